@@ -1,0 +1,365 @@
+"""The `bulwark` command line (contract section 2).
+
+Errors are one line on stderr and a non-zero exit; `--debug` (before the command) shows the
+traceback as well.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from agent.config import ConfigError, Settings, load_settings
+from agent.demo import demo_scenario
+from agent.pipeline import Pipeline
+from agent.replay import REPLAY_CONSUMER, ReplayResult, memory_batches, replay_batches
+from storage.db import Database, DatabaseError, data_dir, redact
+from storage.repository import IncidentFilter, Repository
+from streams.decode import InvalidEvent, parse_ts
+from streams.files import FileSource
+
+app = typer.Typer(
+    help="Bulwark: a runtime guard for ML models in production.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+incidents_app = typer.Typer(help="Query incident history.", no_args_is_help=True)
+dead_letters_app = typer.Typer(
+    help="Inspect records that could not be decoded.", no_args_is_help=True
+)
+db_app = typer.Typer(help="Manage the incident database schema.", no_args_is_help=True)
+app.add_typer(incidents_app, name="incidents")
+app.add_typer(dead_letters_app, name="dead-letters")
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+DB_HELP = (
+    "SQLAlchemy URL of the incident database (env BULWARK_DB_URL). "
+    f"Default: sqlite:///{data_dir() / 'bulwark.db'}"
+)
+DbOption = Annotated[str | None, typer.Option("--db", help=DB_HELP, show_default=False)]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML config file.", show_default=False)
+]
+FormatOption = Annotated[str, typer.Option("--format", "-f", help="table or json.")]
+
+
+class UsageError(ValueError):
+    """A bad option value; reported in one line."""
+
+
+@app.callback()
+def _global(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    _state["debug"] = debug
+
+
+_state: dict[str, Any] = {"debug": False}
+
+
+def _settings(config: Path | None, db: str | None) -> Settings:
+    settings = load_settings(config)
+    if db:
+        settings = settings.model_copy(update={"database_url": db})
+    return settings
+
+
+def _database(settings: Settings, migrate: bool = True) -> Database:
+    database = Database(settings.database_url)
+    if migrate:
+        database.upgrade()
+    elif not database.retrying(database.is_current):
+        raise DatabaseError(
+            f"database {redact(database.url)} has no Bulwark schema; run 'bulwark db upgrade'"
+        )
+    return database
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in ("table", "json"):
+        raise UsageError(f"--format must be 'table' or 'json', not {fmt!r}")
+    return fmt
+
+
+@app.command()
+def demo(
+    db: DbOption = None,
+    events: Annotated[int, typer.Option(help="Predictions per model.", min=5000)] = 20_000,
+) -> None:
+    """Run the pipeline on a built-in scenario (3 models, 2 injected drifts, malformed lines).
+
+    Needs no network and no service. Uses a fresh SQLite file in the data directory unless
+    --db is given.
+    """
+    url = db or f"sqlite:///{data_dir() / 'demo.db'}"
+    if not db:
+        Path(data_dir() / "demo.db").unlink(missing_ok=True)
+    settings = _settings(None, url)
+    scenario = demo_scenario(events_per_model=events)
+    out.print(
+        f"[bold]Bulwark demo[/]: {len(scenario.lines):,} records, 3 models "
+        f"(fraud, churn, price), {scenario.malformed} malformed lines, injected drifts:"
+    )
+    for drift in scenario.drifts:
+        out.print(
+            f"  - {drift.model}.{drift.feature} at prediction {drift.at_event:,}: "
+            f"{drift.description}"
+        )
+    database = _database(settings)
+    pipeline = Pipeline(settings, database, consumer="demo")
+    batches = memory_batches(scenario.lines, "demo", settings.batch_size)
+    result = _run_with_progress(pipeline, batches, total=len(scenario.lines), unit="records")
+    _print_summary(result)
+    incidents = Repository(database).list_incidents()
+    _print_incidents([i.to_contract() for i in incidents])
+    out.print(f"\nDatabase: {redact(database.url)}")
+    out.print(f"Try: bulwark incidents list --db {redact(database.url)}")
+
+
+@app.command()
+def replay(
+    file: Annotated[str, typer.Argument(help="JSONL file of events, or - for standard input.")],
+    config: ConfigOption = None,
+    db: DbOption = None,
+    alerts: Annotated[
+        bool, typer.Option("--alerts", help="Send notifications (off: a backfill pages nobody).")
+    ] = False,
+) -> None:
+    """Feed a file of events through the daemon's pipeline, in event time, then exit."""
+    settings = _settings(config, db)
+    source = FileSource(
+        file, batch_size=settings.batch_size, max_record_bytes=settings.max_record_bytes
+    )
+    database = _database(settings)
+    pipeline = Pipeline(settings, database, consumer=REPLAY_CONSUMER)
+    result = _run_with_progress(pipeline, source.batches(), total=source.size_bytes(), unit="bytes")
+    _print_summary(result)
+
+
+def _run_with_progress(
+    pipeline: Pipeline, batches: Any, total: int | None, unit: str
+) -> ReplayResult:
+    if not err.is_terminal:
+        return replay_batches(pipeline, batches)
+    columns = [
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task(f"processing ({unit})", total=total)
+        return replay_batches(
+            pipeline, batches, on_progress=lambda done: progress.update(task, completed=done)
+        )
+
+
+def _print_summary(result: ReplayResult) -> None:
+    out.print(
+        f"Processed {result.events:,} records in {result.seconds:.2f}s "
+        f"({result.events_per_second:,.0f} events/s): {result.dead_letters:,} dead letters, "
+        f"{result.findings:,} findings, {result.incidents_opened:,} incidents opened."
+    )
+
+
+@incidents_app.command("list")
+def incidents_list(
+    db: DbOption = None,
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this kind, e.g. feature_drift.")] = None,
+    status: Annotated[str | None, typer.Option(help="open, acknowledged or resolved.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Latest evidence at or after T: epoch seconds, ISO-8601, or an age "
+            "like 30m, 6h, 7d."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 1000,
+    fmt: FormatOption = "table",
+) -> None:
+    """List incidents, newest first."""
+    _check_format(fmt)
+    database = _database(_settings(None, db), migrate=False)
+    where = IncidentFilter(
+        model=model, kind=kind, status=status, since=_parse_since(since) if since else None
+    )
+    items = [i.to_contract() for i in Repository(database).list_incidents(where, limit=limit)]
+    if fmt == "json":
+        _print_json(items)
+    else:
+        _print_incidents(items)
+
+
+@incidents_app.command("show")
+def incidents_show(
+    incident_id: Annotated[int, typer.Argument(metavar="ID")],
+    db: DbOption = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """Show one incident with its evidence."""
+    _check_format(fmt)
+    repository = Repository(_database(_settings(None, db), migrate=False))
+    incident = repository.get_incident(incident_id)
+    if incident is None:
+        raise UsageError(f"no incident with id {incident_id}")
+    item = incident.to_contract()
+    evidence = [e.to_contract() for e in repository.evidence_of(incident_id)]
+    if fmt == "json":
+        _print_json({**item, "evidence": evidence})
+        return
+    table = Table(show_header=False, box=None)
+    for key in ("id", "model", "kind", "subject", "severity", "status", "title", "count"):
+        table.add_row(f"[bold]{key}[/]", str(item[key]))
+    table.add_row("[bold]first_seen[/]", _when(item["first_seen"]))
+    table.add_row("[bold]last_seen[/]", _when(item["last_seen"]))
+    out.print(table)
+    out.print("[bold]details[/]")
+    out.print_json(json.dumps(item["details"], default=str))
+    ev = Table(title=f"evidence ({len(evidence)})")
+    for column in ("ts", "detector", "statistic", "value", "threshold", "effect", "support"):
+        ev.add_column(column)
+    for e in evidence:
+        ev.add_row(
+            _when(e["ts"]),
+            e["detector"],
+            e["statistic"],
+            f"{e['value']:.3g}",
+            f"{e['threshold']:.3g}",
+            _num(e["effect_size"]),
+            str(e["support"]),
+        )
+    out.print(ev)
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(
+    db: DbOption = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 100,
+    fmt: FormatOption = "table",
+) -> None:
+    """List dead letters (undecodable records) with their reasons, newest first."""
+    _check_format(fmt)
+    rows = Repository(_database(_settings(None, db), migrate=False)).list_dead_letters(limit)
+    items = [r.to_contract() for r in rows]
+    if fmt == "json":
+        _print_json(items)
+        return
+    table = Table(title=f"dead letters ({len(items)})")
+    for column in ("id", "received", "source", "offset", "reason", "payload"):
+        table.add_column(column, overflow="fold")
+    for d in items:
+        table.add_row(
+            str(d["id"]),
+            _when(d["received_at"]),
+            Path(d["source"]).name,
+            f"{d['partition']}:{d['offset']}",
+            d["reason"],
+            d["payload"][:60],
+        )
+    out.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOption = None, config: ConfigOption = None) -> None:
+    """Create or migrate the schema to the newest version."""
+    database = Database(_settings(config, db).database_url)
+    database.upgrade()
+    out.print(f"Database {redact(database.url)} is at the newest schema.")
+
+
+def _print_incidents(items: list[dict[str, Any]]) -> None:
+    table = Table(title=f"incidents ({len(items)})")
+    for column in (
+        "id",
+        "model",
+        "kind",
+        "subject",
+        "severity",
+        "status",
+        "first seen",
+        "last seen",
+        "count",
+        "title",
+    ):
+        table.add_column(column, overflow="fold")
+    for i in items:
+        table.add_row(
+            str(i["id"]),
+            i["model"],
+            i["kind"],
+            i["subject"],
+            i["severity"],
+            i["status"],
+            _when(i["first_seen"]),
+            _when(i["last_seen"]),
+            str(i["count"]),
+            i["title"],
+        )
+    out.print(table)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.3g}"
+
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_AGE_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_since(value: str) -> float:
+    if match := _AGE.match(value.strip()):
+        return time.time() - float(match[1]) * _AGE_SECONDS[match[2]]
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return parse_ts(value)
+    except InvalidEvent:
+        raise UsageError(
+            f"--since must be epoch seconds, ISO-8601 with a zone, or an age like 6h: {value!r}"
+        ) from None
+
+
+def main() -> None:
+    try:
+        app()
+    except (ConfigError, DatabaseError, UsageError, FileNotFoundError) as exc:
+        if _state["debug"]:
+            raise
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

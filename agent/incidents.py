@@ -1,0 +1,126 @@
+"""Findings -> incidents: one unresolved incident per (model, kind, subject).
+
+The only place that decides whether a finding opens, updates or escalates an incident.
+Each finding is recorded as evidence under a key derived from its source position, so a
+finding seen again (replay, crash recovery, a second process) changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from detectors.base import Finding, Severity
+from storage.models import Evidence, Incident
+from storage.repository import Writer, stable_key
+
+
+class Change(StrEnum):
+    OPENED = "opened"
+    UPDATED = "updated"
+    ESCALATED = "escalated"
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentChange:
+    incident: Incident
+    change: Change
+    finding: Finding
+
+
+def evidence_key(finding: Finding) -> str:
+    p = finding.position
+    return stable_key(
+        finding.model,
+        finding.kind,
+        finding.subject,
+        finding.detector,
+        finding.statistic,
+        p.source,
+        p.partition,
+        p.offset,
+    )
+
+
+def finding_summary(finding: Finding) -> dict[str, Any]:
+    """What an incident's `details` shows of its latest evidence."""
+    return {
+        "detector": finding.detector,
+        "statistic": finding.statistic,
+        "value": finding.value,
+        "threshold": finding.threshold,
+        "effect_size": finding.effect_size,
+        "support": finding.support,
+        **finding.details,
+    }
+
+
+class IncidentManager:
+    def apply(self, writer: Writer, findings: list[Finding]) -> list[IncidentChange]:
+        """Records findings (in event-time order) inside the writer's transaction."""
+        changes = []
+        for finding in sorted(findings, key=lambda f: f.ts):
+            key = evidence_key(finding)
+            if writer.has_evidence(key):
+                continue
+            incident, change = self._incident_for(writer, finding)
+            if writer.add_evidence(_evidence(key, incident, finding)):
+                changes.append(IncidentChange(incident, change, finding))
+        return changes
+
+    def _incident_for(self, writer: Writer, finding: Finding) -> tuple[Incident, Change]:
+        incident = writer.open_incident(finding.model, finding.kind, finding.subject)
+        if incident is None:
+            previous = writer.latest_resolved(finding.model, finding.kind, finding.subject)
+            incident = writer.create_incident(
+                model=finding.model,
+                kind=str(finding.kind),
+                subject=finding.subject,
+                severity=str(finding.severity),
+                status="open",
+                title=finding.title,
+                first_seen=finding.ts,
+                last_seen=finding.ts,
+                count=1,
+                details=finding_summary(finding),
+                previous_id=previous.id if previous else None,
+            )
+            if incident is not None:
+                return incident, Change.OPENED
+            # Another process opened it between our read and our insert: update theirs.
+            incident = writer.open_incident(finding.model, finding.kind, finding.subject)
+            assert incident is not None
+        return incident, self._update(incident, finding)
+
+    @staticmethod
+    def _update(incident: Incident, finding: Finding) -> Change:
+        incident.count += 1
+        incident.first_seen = min(incident.first_seen, finding.ts)
+        incident.last_seen = max(incident.last_seen, finding.ts)
+        incident.details = finding_summary(finding)
+        incident.title = finding.title
+        if finding.severity.rank > Severity(incident.severity).rank:
+            incident.severity = str(finding.severity)
+            return Change.ESCALATED
+        return Change.UPDATED
+
+
+def _evidence(key: str, incident: Incident, finding: Finding) -> Evidence:
+    return Evidence(
+        key=key,
+        incident_id=incident.id,
+        detector=finding.detector,
+        statistic=finding.statistic,
+        value=finding.value,
+        threshold=finding.threshold,
+        effect_size=finding.effect_size,
+        support=finding.support,
+        severity=str(finding.severity),
+        ts=finding.ts,
+        source=finding.position.source,
+        partition=finding.position.partition,
+        offset=finding.position.offset,
+        title=finding.title,
+        details=finding.details,
+    )

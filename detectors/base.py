@@ -1,0 +1,80 @@
+"""The detector interface: a columnar batch in, findings out, state that can be saved.
+
+A detector owns its statistics and calibration and nothing else: no I/O, no alerts, no
+database, no wall clock. Time is the events' time. The incident manager turns findings into
+incidents; detectors never deduplicate across batches beyond their own state.
+"""
+
+from __future__ import annotations
+
+import pickle
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from streams.batch import ModelBatch
+from streams.events import Position
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
+
+
+class Kind(StrEnum):
+    FEATURE_DRIFT = "feature_drift"
+    PREDICTION_DRIFT = "prediction_drift"
+    ACCURACY_DROP = "accuracy_drop"
+    INPUT_ANOMALY = "input_anomaly"
+    SUSPICIOUS_CLIENT = "suspicious_client"
+    DATA_QUALITY = "data_quality"
+    STREAM_STALLED = "stream_stalled"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One piece of evidence: what fired, how strongly, on how much data, and when.
+
+    `ts` is the event time of the event at which the detection happened, and `position` that
+    event's source position (the key that makes storing the finding idempotent).
+    """
+
+    model: str
+    kind: Kind
+    subject: str
+    severity: Severity
+    ts: float
+    position: Position
+    detector: str
+    statistic: str
+    value: float
+    threshold: float
+    effect_size: float | None
+    support: int
+    title: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Detector(ABC):
+    """Per-model, per-partition state; `update` is called with each batch, in arrival order."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def update(self, batch: ModelBatch) -> list[Finding]: ...
+
+    def snapshot(self) -> bytes:
+        """The detector's whole state; the default pickles the instance's attributes."""
+        return pickle.dumps(self.__dict__, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, data: bytes) -> None:
+        self.__dict__.update(pickle.loads(data))
