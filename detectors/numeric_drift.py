@@ -3,7 +3,7 @@
 Per feature, values are mapped to N(0,1) scores through the reference distribution
 (`NormalScores`), averaged over blocks of `block_size` values, and each block feeds two River
 Page-Hinkley tests with no forgetting (that is, two-sided CUSUMs): one on the block mean
-(location shifts) and one on the Wilson-Hilferty transform of the block's mean square
+(location shifts) and one on the Wilson-Hilferty transform of the block's variance
 (spread changes). Both block statistics are N(0,1) in control, so the thresholds come from the
 model's false-alarm budget (`detectors.calibration`), split over every test of the model.
 
@@ -50,7 +50,7 @@ class NumericDriftSettings(BaseModel):
 @dataclass(slots=True)
 class _Block:
     mean_score: float  # mean of normal scores
-    mean_square: float  # mean of squared normal scores
+    variance: float  # within-block variance of normal scores (location-invariant)
     raw_mean: float
     count: int
 
@@ -92,7 +92,7 @@ class _FeatureMonitor:
         return float(block.sum() / math.sqrt(len(block)))
 
     def _spread_stat(self, block: np.ndarray) -> float:
-        return float(_wilson_hilferty(np.dot(block, block) / len(block), len(block)))
+        return float(_wilson_hilferty(np.var(block, ddof=1), len(block) - 1))
 
     def feed(self, raw: np.ndarray) -> list[_Alarm]:
         """Adds values (in arrival order) and returns the alarms of the blocks they complete."""
@@ -106,16 +106,17 @@ class _FeatureMonitor:
             return []
         blocks = scores[:cut].reshape(full, self.block_size)
         mean_scores = blocks.mean(axis=1)
-        mean_squares = np.einsum("ij,ij->i", blocks, blocks) / self.block_size
+        centred = blocks - mean_scores[:, None]
+        variances = np.einsum("ij,ij->i", centred, centred) / (self.block_size - 1)
         raw_means = raws[:cut].reshape(full, self.block_size).mean(axis=1)
         location_stats = mean_scores * math.sqrt(self.block_size)
-        spread_stats = _wilson_hilferty(mean_squares, self.block_size)
+        spread_stats = _wilson_hilferty(variances, self.block_size - 1)
         alarms = []
         for b in range(full):
             self.recent.append(
                 _Block(
                     float(mean_scores[b]),
-                    float(mean_squares[b]),
+                    float(variances[b]),
                     float(raw_means[b]),
                     self.block_size,
                 )
@@ -138,7 +139,7 @@ class _FeatureMonitor:
         if test == "location":
             stats = np.array([b.mean_score * math.sqrt(b.count) for b in blocks])
         else:
-            stats = np.array([_wilson_hilferty(b.mean_square, b.count) for b in blocks])
+            stats = np.array([_wilson_hilferty(b.variance, b.count - 1) for b in blocks])
         best_m, best = 1, -math.inf
         for sign in (1.0, -1.0):
             tail = np.cumsum((sign * stats - self.k)[::-1])
@@ -150,7 +151,7 @@ class _FeatureMonitor:
         return (
             _Block(
                 mean_score=sum(b.mean_score * b.count for b in window) / count,
-                mean_square=sum(b.mean_square * b.count for b in window) / count,
+                variance=sum(b.variance * b.count for b in window) / count,
                 raw_mean=sum(b.raw_mean * b.count for b in window) / count,
                 count=count,
             ),
@@ -237,7 +238,7 @@ class NumericDriftDetector(Detector):
             effect = window.mean_score
             statistic = "cusum_mean_shift"
         else:
-            effect = 0.5 * math.log(max(window.mean_square, 1e-12))
+            effect = 0.5 * math.log(max(window.variance, 1e-12))
             statistic = "cusum_scale_change"
         if abs(effect) < floor:
             return None
@@ -282,9 +283,9 @@ class NumericDriftDetector(Detector):
         )
 
 
-def _wilson_hilferty(mean_square: float | np.ndarray, n: int) -> float | np.ndarray:
+def _wilson_hilferty(variance: float | np.ndarray, n: int) -> float | np.ndarray:
     """N(0,1) in control: the cube root of a chi-square(n)/n is close to normal."""
-    return (np.cbrt(mean_square) - (1 - 2 / (9 * n))) / math.sqrt(2 / (9 * n))
+    return (np.cbrt(variance) - (1 - 2 / (9 * n))) / math.sqrt(2 / (9 * n))
 
 
 def _ph_value(ph: PageHinkley) -> float:
