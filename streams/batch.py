@@ -102,7 +102,7 @@ def _columns(key: tuple[str, int, str], events: list[Prediction]) -> ModelBatch:
         names.update(row)
     for name in names:
         values = [row.get(name) for row in rows]
-        kinds = {type(v) for v in values}
+        kinds = set(map(type, values))
         kinds.discard(type(None))
         if kinds <= {int, float}:
             batch.numeric[name] = np.array(values, dtype=np.float64)  # None -> NaN
