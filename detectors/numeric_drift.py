@@ -244,8 +244,12 @@ class NumericDriftDetector(Detector):
             return None
         severity = Severity.CRITICAL if abs(effect) >= s.critical_effect_size else Severity.WARNING
         raw_shift = (window.raw_mean - monitor.ref_mean) / monitor.ref_std
-        what = "mean" if test == "location" else "spread"
-        direction = "up" if effect > 0 else "down"
+        if test == "location":
+            direction = "up" if effect > 0 else "down"
+            title = f"{name}: mean shifted {direction} by {abs(effect):.2f} std"
+        else:
+            direction = "widened" if effect > 0 else "narrowed"
+            title = f"{name}: spread {direction} (std x{math.exp(effect):.2f})"
         return Finding(
             model=self.model,
             kind=Kind.FEATURE_DRIFT,
@@ -259,7 +263,7 @@ class NumericDriftDetector(Detector):
             threshold=round(monitor.h, 4),
             effect_size=round(effect, 4),
             support=window.count,
-            title=f"{name}: {what} shifted {direction} by {abs(effect):.2f} std",
+            title=title,
             details={
                 "test": "page_hinkley_on_block_normal_scores",
                 "effect_measure": (
