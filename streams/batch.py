@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 
@@ -97,11 +98,7 @@ def _columns(key: tuple[str, int, str], events: list[Prediction]) -> ModelBatch:
     )
     if any(e.score is not None for e in events):
         batch.score = np.array([np.nan if e.score is None else e.score for e in events])
-    names: set[str] = set()
-    for row in rows:
-        names.update(row)
-    for name in names:
-        values = [row.get(name) for row in rows]
+    for name, values in _feature_columns(rows):
         kinds = set(map(type, values))
         kinds.discard(type(None))
         if kinds <= {int, float}:
@@ -118,3 +115,24 @@ def _columns(key: tuple[str, int, str], events: list[Prediction]) -> ModelBatch:
                 [v if type(v) in (str, bool) else None for v in values], dtype=object
             )
     return batch
+
+
+def _feature_columns(rows: list[dict[str, FeatureValue]]) -> list[tuple[str, tuple]]:
+    """(name, values) per feature, None where a row lacks it.
+
+    When every row has the same keys (the usual case) the transpose runs in C through
+    itemgetter and zip; otherwise each feature is gathered with dict.get.
+    """
+    if not rows:
+        return []
+    first = rows[0].keys()
+    if all(row.keys() == first for row in rows):
+        names = list(first)
+        if len(names) == 1:
+            return [(names[0], tuple(row[names[0]] for row in rows))]
+        table = map(itemgetter(*names), rows)
+        return list(zip(names, zip(*table, strict=True), strict=True))
+    union: dict[str, None] = {}
+    for row in rows:
+        union.update(dict.fromkeys(row))
+    return [(name, tuple(row.get(name) for row in rows)) for name in union]
