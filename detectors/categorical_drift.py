@@ -95,7 +95,7 @@ class CategoricalMonitor:
         n = len(reference)
         kept = [c for c, k in counts.most_common() if k * window / n >= min_expected]
         self.bins = {category: i for i, category in enumerate(kept)}
-        self.names = [*kept, OTHER]
+        self.names = [*(_label(c) for c in kept), OTHER]
         self.ref_counts = np.array(
             [counts[c] for c in kept] + [n - sum(counts[c] for c in kept)], dtype=np.float64
         )
