@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2
 
@@ -38,10 +38,12 @@ from detectors.base import Finding, Kind, Severity, Verdict
 from detectors.calibration import window_alpha
 from detectors.reference import (
     ReferenceDetector,
+    ReferenceSettings,
     category_values,
     is_continuous,
     numeric_values,
     reference_type,
+    watch,
 )
 from streams.batch import ModelBatch
 
@@ -50,21 +52,13 @@ PSEUDO_COUNT = 0.5  # added to every bin for PSI and JS, so an empty bin has a f
 TOP = 8  # categories shown in a finding's summaries
 
 
-class CategoricalDriftSettings(BaseModel):
-    """Sensitivity of categorical drift; per-feature overrides of min_psi and critical_psi,
-    e.g. `features = {country = {min_psi = 0.2}}`."""
+class CategoricalDriftSettings(ReferenceSettings):
+    """Sensitivity of categorical drift; per-feature overrides of min_psi and critical_psi."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    budget_share: float = Field(0.2, ge=0, le=1)  # of the model's false-alarm budget
     window: int = Field(1000, ge=100)
     min_expected: float = Field(10.0, ge=1)  # rarer reference categories are pooled
     min_psi: float = Field(0.1, ge=0)  # practical-significance floor
     critical_psi: float = Field(0.25, gt=0)
-    features: dict[str, dict[str, float]] = Field(default_factory=dict)
-
-    def of(self, feature: str, key: str) -> float:
-        return self.features.get(feature, {}).get(key, getattr(self, key))
 
 
 @dataclass(slots=True)
@@ -246,19 +240,10 @@ class CategoricalDriftDetector(ReferenceDetector):
 
     name = "categorical_drift"
 
-    def __init__(
-        self,
-        model: str,
-        settings: CategoricalDriftSettings | None = None,
-        reference_size: int = 3000,
-        false_alarms_per_million: float = 0.1,
-    ) -> None:
-        super().__init__(reference_size)
-        self.model = model
-        self.settings = settings or CategoricalDriftSettings()
-        self.budget = false_alarms_per_million
-        self.monitors: dict[str, CategoricalMonitor] = {}
-        self.numeric_codes: set[str] = set()
+    settings_type = CategoricalDriftSettings
+    settings: CategoricalDriftSettings
+    monitors: dict[str, CategoricalMonitor]
+    numeric_codes: set[str]
 
     def build(self, reference: ModelBatch) -> None:
         s = self.settings
@@ -284,11 +269,7 @@ class CategoricalDriftDetector(ReferenceDetector):
             floors = PsiFloors(
                 self.settings.of(name, "min_psi"), self.settings.of(name, "critical_psi")
             )
-            for alarm in monitor.feed(column[valid]):
-                verdict = monitor.judge(name, alarm, floors)
-                if verdict is not None:
-                    index = int(valid[alarm.index])
-                    findings.append(
-                        verdict.finding(self.name, Kind.FEATURE_DRIFT, name, batch, index)
-                    )
+            findings += watch(
+                self.name, Kind.FEATURE_DRIFT, name, monitor, floors, batch, column[valid], valid
+            )
         return findings

@@ -26,12 +26,17 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy.stats import binom
 
 from detectors.base import Finding, Kind, Severity, Verdict
 from detectors.calibration import window_alpha
-from detectors.reference import ReferenceDetector, numeric_values, reference_type
+from detectors.reference import (
+    ReferenceDetector,
+    ReferenceSettings,
+    numeric_values,
+    reference_type,
+)
 from streams.batch import ModelBatch
 
 RANGE_PSEUDO_COUNT = 2  # expected reference values outside the reference's own range
@@ -40,20 +45,13 @@ RANGE_PSEUDO_COUNT = 2  # expected reference values outside the reference's own 
 MISSING, VIOLATION, VALID, OUT_OF_RANGE, PRESENT = range(5)
 
 
-class DataQualitySettings(BaseModel):
-    """Sensitivity of data-quality checks; per-field overrides of min_rate_increase, e.g.
-    `fields = {channel = {min_rate_increase = 0.1}}`."""
+class DataQualitySettings(ReferenceSettings):
+    """Sensitivity of data-quality checks; per-field overrides (under `features`) of
+    min_rate_increase and critical_rate_increase."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    budget_share: float = Field(0.2, ge=0, le=1)  # of the model's false-alarm budget
     window: int = Field(1000, ge=100)
     min_rate_increase: float = Field(0.02, gt=0)  # practical-significance floor
     critical_rate_increase: float = Field(0.2, gt=0)
-    fields: dict[str, dict[str, float]] = Field(default_factory=dict)
-
-    def of(self, name: str, key: str) -> float:
-        return self.fields.get(name, {}).get(key, getattr(self, key))
 
 
 @dataclass(slots=True)
@@ -109,22 +107,10 @@ class DataQualityDetector(ReferenceDetector):
 
     name = "data_quality"
 
-    def __init__(
-        self,
-        model: str,
-        settings: DataQualitySettings | None = None,
-        reference_size: int = 3000,
-        false_alarms_per_million: float = 0.1,
-    ) -> None:
-        super().__init__(reference_size)
-        self.model = model
-        self.settings = settings or DataQualitySettings()
-        self.budget = false_alarms_per_million
-        self.fields: dict[str, FieldReference] = {}
-        self.alpha = 0.0
-        self.window = _Window()
-        self.filled = 0
-        self.seen = 0
+    settings_type = DataQualitySettings
+    settings: DataQualitySettings
+    fields: dict[str, FieldReference]
+    alpha: float
 
     def build(self, reference: ModelBatch) -> None:
         self.fields = {}
@@ -146,7 +132,7 @@ class DataQualityDetector(ReferenceDetector):
             self.fields[name] = ref
         tests = 3 * len(self.fields) + 1
         self.alpha = window_alpha(self.budget, self.settings.window, tests)
-        self.window, self.filled = _Window(), 0
+        self.window, self.filled, self.seen = _Window(), 0, 0
 
     def monitor(self, batch: ModelBatch) -> list[Finding]:
         n = len(batch)

@@ -20,23 +20,20 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from river.drift import PageHinkley
 
 from detectors.base import Finding, Kind, Severity, Verdict
 from detectors.calibration import NormalScores, cusum_threshold, steps_budget
-from detectors.reference import ReferenceDetector, is_continuous
+from detectors.reference import ReferenceDetector, ReferenceSettings, is_continuous, watch
 from streams.batch import ModelBatch
 
 RECENT_BLOCKS = 64  # how far back the change point and effect size are estimated
 
 
-class NumericDriftSettings(BaseModel):
-    """Sensitivity of numeric drift detection; per-feature overrides by feature name, e.g.
-    `features = {amount = {min_effect_size = 0.5}}` (keys: min_detectable_shift,
-    min_effect_size, min_log_scale_change)."""
-
-    model_config = ConfigDict(extra="forbid")
+class NumericDriftSettings(ReferenceSettings):
+    """Sensitivity of numeric drift detection; per-feature overrides of min_detectable_shift,
+    min_effect_size, min_log_scale_change and critical_effect_size."""
 
     budget_share: float = Field(0.4, ge=0, le=1)  # of the model's false-alarm budget
     block_size: int = Field(50, ge=10)
@@ -44,11 +41,6 @@ class NumericDriftSettings(BaseModel):
     min_effect_size: float = Field(0.2, ge=0)  # practical-significance floor (std units)
     min_log_scale_change: float = Field(0.2, ge=0)  # floor for spread: |log(std ratio)|
     critical_effect_size: float = Field(1.0, gt=0)
-    features: dict[str, dict[str, float]] = Field(default_factory=dict)
-
-    def of(self, feature: str, key: str) -> float:
-        """A setting for one feature: its override if any, else the detector's value."""
-        return self.features.get(feature, {}).get(key, getattr(self, key))
 
 
 @dataclass(slots=True)
@@ -235,18 +227,9 @@ class NumericDriftDetector(ReferenceDetector):
 
     name = "numeric_drift"
 
-    def __init__(
-        self,
-        model: str,
-        settings: NumericDriftSettings | None = None,
-        reference_size: int = 3000,
-        false_alarms_per_million: float = 0.1,
-    ) -> None:
-        super().__init__(reference_size)
-        self.model = model
-        self.settings = settings or NumericDriftSettings()
-        self.budget = false_alarms_per_million
-        self.monitors: dict[str, NumericMonitor] = {}
+    settings_type = NumericDriftSettings
+    settings: NumericDriftSettings
+    monitors: dict[str, NumericMonitor]
 
     def build(self, reference: ModelBatch) -> None:
         s = self.settings
@@ -269,14 +252,16 @@ class NumericDriftDetector(ReferenceDetector):
             valid = np.flatnonzero(~np.isnan(column))
             if len(valid) == 0:
                 continue
-            for alarm in monitor.feed(column[valid]):
-                verdict = monitor.judge(name, alarm, self._floors(name))
-                if verdict is not None:
-                    findings.append(
-                        verdict.finding(
-                            self.name, Kind.FEATURE_DRIFT, name, batch, int(valid[alarm.index])
-                        )
-                    )
+            findings += watch(
+                self.name,
+                Kind.FEATURE_DRIFT,
+                name,
+                monitor,
+                self._floors(name),
+                batch,
+                column[valid],
+                valid,
+            )
         return findings
 
     def _floors(self, name: str) -> Floors:

@@ -14,27 +14,23 @@ The detector's share of the model's false-alarm budget is split evenly over its 
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from detectors.base import Finding, Kind, Verdict
+from detectors.base import Finding, Kind
 from detectors.calibration import window_alpha
 from detectors.categorical_drift import CategoricalMonitor, PsiFloors
 from detectors.numeric_drift import Floors, NumericMonitor, numeric_arl0
-from detectors.reference import ReferenceDetector, is_continuous
+from detectors.reference import Monitor, ReferenceDetector, ReferenceSettings, is_continuous, watch
 from streams.batch import ModelBatch
 
 MIN_REFERENCE_VALUES = 200
 
 
-class PredictionDriftSettings(BaseModel):
-    """Sensitivity of prediction drift (the floors mean what they mean for features)."""
+class PredictionDriftSettings(ReferenceSettings):
+    """Sensitivity of prediction drift (the floors mean what they mean for features);
+    per-subject overrides under `features`, e.g. `features = {score = {min_effect_size = 0.5}}`."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    budget_share: float = Field(0.2, ge=0, le=1)  # of the model's false-alarm budget
     block_size: int = Field(50, ge=10)
     min_detectable_shift: float = Field(0.25, gt=0)
     min_effect_size: float = Field(0.2, ge=0)
@@ -46,30 +42,16 @@ class PredictionDriftSettings(BaseModel):
     critical_psi: float = Field(0.25, gt=0)
 
 
-class _Monitor(Protocol):
-    def feed(self, values: np.ndarray) -> list[Any]: ...
-    def judge(self, name: str, alarm: Any, floors: Any) -> Verdict | None: ...
-
-
 class PredictionDriftDetector(ReferenceDetector):
     """`prediction_drift` on class proportions, scores and regression outputs."""
 
     name = "prediction_drift"
 
-    def __init__(
-        self,
-        model: str,
-        settings: PredictionDriftSettings | None = None,
-        reference_size: int = 3000,
-        false_alarms_per_million: float = 0.1,
-    ) -> None:
-        super().__init__(reference_size)
-        self.model = model
-        self.settings = settings or PredictionDriftSettings()
-        self.budget = false_alarms_per_million
-        self.monitors: dict[str, tuple[_Monitor, Floors | PsiFloors]] = {}
-        self.positive_class: str | None = None
-        self.single_score = False
+    settings_type = PredictionDriftSettings
+    settings: PredictionDriftSettings
+    monitors: dict[str, tuple[Monitor, Floors | PsiFloors]]
+    positive_class: str | None
+    single_score: bool
 
     def build(self, reference: ModelBatch) -> None:
         s = self.settings
@@ -87,22 +69,22 @@ class PredictionDriftDetector(ReferenceDetector):
         }
         share = self.budget / max(1, len(outputs))
         self.monitors = {}
-        for subject, values in outputs.items():
+        for output, values in outputs.items():
             numeric = values.dtype != object and is_continuous(values)
+            subject = "class_proportions" if output == "prediction" and not numeric else output
             if numeric:
                 arl0 = numeric_arl0(s.block_size, 1, share)
                 floors: Floors | PsiFloors = Floors(
-                    s.min_effect_size, s.min_log_scale_change, s.critical_effect_size
+                    s.of(subject, "min_effect_size"),
+                    s.of(subject, "min_log_scale_change"),
+                    s.of(subject, "critical_effect_size"),
                 )
-                monitor: _Monitor = NumericMonitor(
-                    values, s.block_size, s.min_detectable_shift, arl0
-                )
+                shift = s.of(subject, "min_detectable_shift")
+                monitor: Monitor = NumericMonitor(values, s.block_size, shift, arl0)
             else:
                 alpha = window_alpha(share, s.window, 1)
-                floors = PsiFloors(s.min_psi, s.critical_psi)
+                floors = PsiFloors(s.of(subject, "min_psi"), s.of(subject, "critical_psi"))
                 monitor = CategoricalMonitor(values, s.window, alpha, s.min_expected)
-            if subject == "prediction" and not numeric:
-                subject = "class_proportions"
             self.monitors[subject] = (monitor, floors)
 
     def monitor(self, batch: ModelBatch) -> list[Finding]:
@@ -111,13 +93,9 @@ class PredictionDriftDetector(ReferenceDetector):
             values, index = self._values(batch, subject)
             if len(values) == 0:
                 continue
-            for alarm in monitor.feed(values):
-                verdict = monitor.judge(subject, alarm, floors)
-                if verdict is not None:
-                    at = int(index[alarm.index])
-                    findings.append(
-                        verdict.finding(self.name, Kind.PREDICTION_DRIFT, subject, batch, at)
-                    )
+            findings += watch(
+                self.name, Kind.PREDICTION_DRIFT, subject, monitor, floors, batch, values, index
+            )
         return findings
 
     def _values(self, batch: ModelBatch, subject: str) -> tuple[np.ndarray, np.ndarray]:

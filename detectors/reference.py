@@ -9,10 +9,12 @@ the whole reference, in `set_reference`.
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-from detectors.base import Detector, Finding
+from detectors.base import Detector, Finding, Kind, Verdict
 from streams.batch import ModelBatch, concat_batches
 
 MIN_DISTINCT_VALUES = 10  # fewer distinct reference values: a code, not a measurement
@@ -23,10 +25,39 @@ def is_continuous(values: np.ndarray) -> bool:
     return len(np.unique(values)) >= MIN_DISTINCT_VALUES
 
 
-class ReferenceDetector(Detector):
-    """A detector that learns its reference from the first events unless one is set."""
+class ReferenceSettings(BaseModel):
+    """What every reference-based detector's settings have: its share of the model's
+    false-alarm budget, and per-feature overrides of its other settings, e.g.
+    `features = {amount = {min_effect_size = 0.5}}`."""
 
-    def __init__(self, reference_size: int) -> None:
+    model_config = ConfigDict(extra="forbid")
+
+    budget_share: float = Field(0.2, ge=0, le=1)
+    features: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    def of(self, feature: str, key: str) -> float:
+        """A setting for one feature: its override if any, else the detector's value."""
+        return self.features.get(feature, {}).get(key, getattr(self, key))
+
+
+class ReferenceDetector(Detector):
+    """A detector that learns its reference from the first events unless one is set.
+
+    `false_alarms_per_million` is this detector's part of the model's budget (see
+    `detectors.registry`); it splits it over its own tests when it builds its monitors."""
+
+    settings_type: ClassVar[type[ReferenceSettings]]
+
+    def __init__(
+        self,
+        model: str,
+        settings: ReferenceSettings | None = None,
+        reference_size: int = 3000,
+        false_alarms_per_million: float = 0.1,
+    ) -> None:
+        self.model = model
+        self.settings = settings or self.settings_type()
+        self.budget = false_alarms_per_million
         self.reference_size = reference_size
         self.pending: list[ModelBatch] = []
         self.pending_count = 0
@@ -58,6 +89,35 @@ class ReferenceDetector(Detector):
     @abstractmethod
     def monitor(self, batch: ModelBatch) -> list[Finding]:
         """Judges a batch that comes after the reference."""
+
+
+class Monitor(Protocol):
+    """A test on one quantity (numeric or categorical monitor): values in, alarms out."""
+
+    def feed(self, values: np.ndarray) -> list[Any]: ...
+
+    def judge(self, name: str, alarm: Any, floors: Any) -> Verdict | None: ...
+
+
+def watch(
+    detector: str,
+    kind: Kind,
+    subject: str,
+    monitor: Monitor,
+    floors: object,
+    batch: ModelBatch,
+    values: np.ndarray,
+    index: np.ndarray,
+) -> list[Finding]:
+    """Feeds a subject's values (those of the batch's events `index`) to its monitor and
+    returns its alarms that clear their floors, as findings at the alarming events."""
+    findings = []
+    for alarm in monitor.feed(values):
+        verdict = monitor.judge(subject, alarm, floors)
+        if verdict is not None:
+            at = int(index[alarm.index])
+            findings.append(verdict.finding(detector, kind, subject, batch, at))
+    return findings
 
 
 def numeric_values(batch: ModelBatch, name: str) -> np.ndarray:
