@@ -274,9 +274,6 @@ def drift_scenarios(reps: int, river_reps: int, kswin_reps: int, post: int, pre:
             if feature in CONTINUOUS:
                 _score(s)  # the model's score follows its inputs
             findings, _ = run_bulwark(s, settings)
-            offsets = {f.kind: [] for f in findings}
-            for f in findings:
-                offsets[f.kind].append(f)
             feature_kinds = (Kind.FEATURE_DRIFT, Kind.DATA_QUALITY)
             hits = [
                 int(f.position.offset) - at
@@ -315,7 +312,10 @@ def drift_scenarios(reps: int, river_reps: int, kswin_reps: int, post: int, pre:
         ok = not scenario.target or (detected == reps and bulwark.others_named == 0)
         all_ok &= ok
         mark = "" if not scenario.target else ("  [target met]" if ok else "  [TARGET MISSED]")
-        print(f"{scenario.name}  ({reps} streams, drift at event {REFERENCE + pre:,}){mark}")
+        print(
+            f"{scenario.name}  ({reps} streams, drift at event {REFERENCE + pre:,}){mark}",
+            flush=True,
+        )
         print(bulwark.row("Bulwark", reps))
         for name, tally in rivers.items():
             print(tally.row(name, kswin_reps if name == "KSWIN" else river_reps))
@@ -354,24 +354,29 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller streams, fewer repeats")
     parser.add_argument("--events", type=int, help="stationary stream length")
     parser.add_argument("--reps", type=int, help="streams per drift scenario")
+    parser.add_argument("--kswin-reps", type=int, help="streams per scenario for KSWIN (slow)")
+    parser.add_argument("--only", choices=["drift", "stationary"], help="run one part")
     args = parser.parse_args()
     events = args.events or (200_000 if args.quick else 1_000_000)
     reps = args.reps or (8 if args.quick else 24)
-    print(__doc__.split("\n\n")[0])
-    print()
-    ok = drift_scenarios(
-        reps,
-        river_reps=min(reps, 8 if args.quick else 24),
-        kswin_reps=1 if args.quick else 3,
-        post=TARGET_DELAY + 1000,
-        pre=7000,
-    )
-    print()
-    ok &= stationary_run(
-        events,
-        river_prefix=20_000 if args.quick else 100_000,
-        kswin_prefix=1000 if args.quick else 3000,
-    )
+    print(__doc__.split("\n\n")[0], flush=True)
+    ok = True
+    if args.only != "stationary":
+        print()
+        ok &= drift_scenarios(
+            reps,
+            river_reps=reps,
+            kswin_reps=args.kswin_reps or (1 if args.quick else 2),
+            post=TARGET_DELAY + 1000,
+            pre=7000,
+        )
+    if args.only != "drift":
+        print()
+        ok &= stationary_run(
+            events,
+            river_prefix=20_000 if args.quick else 100_000,
+            kswin_prefix=1000 if args.quick else 3000,
+        )
     print("\nall targets met" if ok else "\nSOME TARGETS MISSED")
 
 

@@ -111,6 +111,7 @@ class DataQualityDetector(ReferenceDetector):
     settings: DataQualitySettings
     fields: dict[str, FieldReference]
     alpha: float
+    reference_events: int
 
     def build(self, reference: ModelBatch) -> None:
         self.fields = {}
@@ -130,6 +131,7 @@ class DataQualityDetector(ReferenceDetector):
                 values = numeric_values(reference, name)
                 ref.low, ref.high = float(values.min()), float(values.max())
             self.fields[name] = ref
+        self.reference_events = len(reference)
         tests = 3 * len(self.fields) + 1
         self.alpha = window_alpha(self.budget, self.settings.window, tests)
         self.window, self.filled, self.seen = _Window(), 0, 0
@@ -198,10 +200,6 @@ class DataQualityDetector(ReferenceDetector):
             if verdict is not None:
                 findings.append(verdict.finding(self.name, Kind.DATA_QUALITY, name, batch, index))
         return findings
-
-    @property
-    def reference_events(self) -> int:
-        return next(iter(self.fields.values())).events if self.fields else self.reference_size
 
     def _verdict(
         self,
