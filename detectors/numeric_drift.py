@@ -4,8 +4,9 @@ Per feature, values are mapped to N(0,1) scores through the reference distributi
 (`NormalScores`), averaged over blocks of `block_size` values, and each block feeds two River
 Page-Hinkley tests with no forgetting (that is, two-sided CUSUMs): one on the block mean
 (location shifts) and one on the Wilson-Hilferty transform of the block's mean square
-(spread changes). Both block statistics are N(0,1) in control, so the thresholds come from the
-model's false-alarm budget (`detectors.calibration`), split over every test of the model.
+(spread changes). Both block statistics are N(0,1) in control, so the thresholds come from
+this detector's share of the model's false-alarm budget (`detectors.registry`), split over its
+4 one-sided tests per feature (`detectors.calibration`).
 
 Raw River detectors at their defaults are noisy precisely because their inputs are neither
 standardized nor aggregated; here they are both. A detection becomes a finding only when its
