@@ -263,6 +263,11 @@ class Tally:
 def drift_scenarios(reps: int, river_reps: int, kswin_reps: int, post: int, pre: int) -> bool:
     settings = DetectorSettings()
     all_ok = True
+    print(
+        "false/M: for Bulwark, incidents of the whole 13-feature model per million events "
+        "before the drift;\n         for River, alarms on the watched feature alone per million "
+        f"of its values in the {RIVER_BEFORE:,} before it.\n"
+    )
     for k, scenario in enumerate(SCENARIOS):
         bulwark, rivers = Tally(), {name: Tally() for name in RIVER}
         for r in range(reps):
