@@ -25,7 +25,7 @@ class ModelSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    detectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    detectors: dict[str, Any] = Field(default_factory=dict)
 
 
 class Settings(BaseModel):
