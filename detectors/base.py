@@ -72,6 +72,14 @@ class Detector(ABC):
     @abstractmethod
     def update(self, batch: ModelBatch) -> list[Finding]: ...
 
+    def set_reference(self, reference: ModelBatch) -> None:  # noqa: B027 - optional hook
+        """Use this stored reference instead of learning one from the first events.
+
+        The default ignores it (detectors that need no reference). Detectors that override it
+        replace their whole reference-derived state; the pipeline then feeds them only the
+        events after the reference.
+        """
+
     def snapshot(self) -> bytes:
         """The detector's whole state; the default pickles the instance's attributes."""
         return pickle.dumps(self.__dict__, protocol=pickle.HIGHEST_PROTOCOL)

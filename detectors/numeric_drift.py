@@ -191,6 +191,16 @@ class NumericDriftDetector(Detector):
                     findings.append(finding)
         return findings
 
+    def set_reference(self, reference: ModelBatch) -> None:
+        """Builds the monitors from a stored reference; any learned state is dropped."""
+        self.monitors = {}
+        self.discrete = set()
+        self.reference = {
+            name: [column[~np.isnan(column)]] for name, column in reference.numeric.items()
+        }
+        self.reference_count = {name: len(p[0]) for name, p in self.reference.items()}
+        self._freeze_reference()
+
     def _collect_reference(self, name: str, column: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Feeds the reference until the model has `reference_size` events; returns the
         indices left over for monitoring once the reference is complete."""

@@ -60,6 +60,26 @@ class ModelBatch:
     def feature_names(self) -> set[str]:
         return self.numeric.keys() | self.categorical.keys()
 
+    def since(self, start: int) -> ModelBatch:
+        """The predictions from index `start` on (array views and list slices), same labels."""
+        return ModelBatch(
+            model=self.model,
+            source=self.source,
+            partition=self.partition,
+            ts=self.ts[start:],
+            offsets=self.offsets[start:],
+            ids=self.ids[start:],
+            clients=self.clients[start:],
+            model_versions=self.model_versions[start:],
+            rows=self.rows[start:],
+            numeric={k: v[start:] for k, v in self.numeric.items()},
+            categorical={k: v[start:] for k, v in self.categorical.items()},
+            predictions=self.predictions[start:],
+            scores=self.scores[start:],
+            score=None if self.score is None else self.score[start:],
+            labels=self.labels,
+        )
+
 
 def split_batch(decoded: DecodedBatch) -> dict[tuple[str, int, str], ModelBatch]:
     """Groups a decoded batch by (source, partition, model) into columnar batches."""
@@ -76,6 +96,13 @@ def split_batch(decoded: DecodedBatch) -> dict[tuple[str, int, str], ModelBatch]
             batch.labels = LabelColumns.of(labels[key])
         batches[key] = batch
     return batches
+
+
+def build_model_batch(
+    model: str, source: str, partition: int, events: list[Prediction]
+) -> ModelBatch:
+    """The columnar batch of the given predictions (also used to rebuild stored samples)."""
+    return _columns((source, partition, model), events)
 
 
 def _columns(key: tuple[str, int, str], events: list[Prediction]) -> ModelBatch:
