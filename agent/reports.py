@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -142,7 +143,12 @@ def build_report(
         "model_version": row.model_version or None,
         "origin": row.origin,
     }
-    summary["window"] = {"start": start, "end": end, "events": len(current)}
+    summary["window"] = {
+        "start": start,
+        "end": end,
+        "events": len(current),
+        "requested": window.describe(),
+    }
     report, incident_ids = db.retrying(
         lambda: repository.add_report(model, (start, end), row.id, summary, str(path.resolve()))
     )
@@ -182,11 +188,14 @@ def _run_evidently(reference: Sample, current: Sample, html: Path) -> dict[str, 
     if not numeric and not categorical:
         raise ReportError("reference and window share no column with values")
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
-    snapshot = Report([DataDriftPreset(), DataSummaryPreset()]).run(
-        Dataset.from_pandas(cur_frame, data_definition=definition),
-        Dataset.from_pandas(ref_frame, data_definition=definition),
-    )
-    snapshot.save_html(str(html))
+    # Evidently's correlations divide by zero on constant columns; its warnings are noise here.
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        snapshot = Report([DataDriftPreset(), DataSummaryPreset()]).run(
+            Dataset.from_pandas(cur_frame, data_definition=definition),
+            Dataset.from_pandas(ref_frame, data_definition=definition),
+        )
+        snapshot.save_html(str(html))
     summary = _summarize(snapshot.dict()["metrics"])
     summary["rows"] = {"reference": len(ref_frame), "current": len(cur_frame)}
     return summary
