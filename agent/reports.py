@@ -196,7 +196,7 @@ def _run_evidently(reference: Sample, current: Sample, html: Path) -> dict[str, 
             Dataset.from_pandas(ref_frame, data_definition=definition),
         )
         snapshot.save_html(str(html))
-    summary = _summarize(snapshot.dict()["metrics"])
+    summary = _json_safe(_summarize(snapshot.dict()["metrics"]))
     summary["rows"] = {"reference": len(ref_frame), "current": len(cur_frame)}
     return summary
 
@@ -236,6 +236,18 @@ def _missing(value: Any) -> bool:
 
 def _category(value: Any) -> str:
     return orjson.dumps(value.item() if isinstance(value, np.generic) else value).decode()
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities (Evidently's std of one value, for instance) as null: strict JSON
+    columns (PostgreSQL) reject them."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
