@@ -247,14 +247,19 @@ class Pipeline:
             monitor.recent.dirty = False
 
     def restore_partition(self, source: str, partition: int) -> int | None:
-        """Loads a partition's detector state; returns the offset it is valid for, if any."""
+        """Loads a partition's detector state and recent predictions; returns the offset they
+        are valid for, if any."""
         rows = self.db.retrying(
             lambda: self.repository.load_checkpoints(self.consumer, source, partition)
         )
+        recent = self.db.retrying(lambda: self.repository.load_recent_samples(source, partition))
         self.monitors[(source, partition)] = {}
         offsets = set()
         for model, row in rows.items():
-            self._monitor(source, partition, model).restore(row.state)
+            monitor = self._monitor(source, partition, model)
+            monitor.restore(row.state)
+            if model in recent:
+                monitor.recent.seed(Sample.decode(recent[model].sample))
             offsets.add(row.next_offset)
         position = self.db.retrying(
             lambda: self.repository.load_position(self.consumer, source, partition)

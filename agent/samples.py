@@ -250,6 +250,11 @@ class RecentWindow:
             self.size -= len(self.chunks.popleft())
         self.dirty = True
 
+    def seed(self, sample: Sample) -> None:
+        """Starts from a stored window (a restored partition), without marking it changed."""
+        self.chunks = deque([sample]) if len(sample) else deque()
+        self.size = len(sample)
+
     def sample(self) -> Sample:
         merged = Sample.concat(list(self.chunks))
         if len(merged) <= self.capacity:

@@ -120,6 +120,14 @@ class Repository:
         with self.db.session() as session:
             return list(session.scalars(query))
 
+    def load_recent_samples(self, source: str, partition: int) -> dict[str, RecentSample]:
+        """The recent samples of one partition, per model (for a restored partition)."""
+        query = select(RecentSample).where(
+            RecentSample.source == source, RecentSample.partition == partition
+        )
+        with self.db.session() as session:
+            return {row.model: row for row in session.scalars(query)}
+
     def models_with_recent_samples(self) -> list[str]:
         query = select(RecentSample.model).distinct().order_by(RecentSample.model)
         with self.db.session() as session:

@@ -13,6 +13,7 @@ from alembic.migration import MigrationContext
 from typer.testing import CliRunner
 
 from agent.cli import app
+from agent.pipeline import Pipeline
 from agent.reference import ReferenceFileError, load_reference_file
 from agent.samples import RecentWindow, Sample
 from storage.db import Database
@@ -218,8 +219,6 @@ def test_restored_checkpoint_built_on_an_older_reference_takes_the_new_one(
     path = tmp_path / "new.jsonl"
     path.write_bytes(b"\n".join(events(2000, seed=32, shift=1.0)))
     _set(database.url, "fraud", path)
-    from agent.pipeline import Pipeline
-
     pipeline = Pipeline(settings, database, consumer="same")
     pipeline.restore_partition("src", 0)
     monitor = pipeline.monitors[("src", 0)]["fraud"]
@@ -239,6 +238,16 @@ def test_recent_window_is_bounded_and_persisted_with_checkpoints(database: Datab
     assert (rows[0].start_ts, rows[0].end_ts) == (START + 2333, START + 3332)
     assert sample.scores[-1] is not None
     assert set(sample.features[-1]) == {"amount", "age", "country"}
+
+    # A restarted consumer picks the window up and extends it (not a fresh, short one).
+    pipeline = Pipeline(settings, database, consumer="c")
+    assert pipeline.restore_partition("src", 0) == 3333
+    more = events(100, seed=42, start=START + 3333)
+    records = [RawRecord(line, Position("src", 0, 3333 + i)) for i, line in enumerate(more)]
+    pipeline.process(records)
+    pipeline.checkpoint({("src", 0): 3433})
+    (row,) = Repository(database).recent_samples("fraud")
+    assert Sample.decode(row.sample).ts == [START + i for i in range(2433, 3433)]
 
 
 def test_recent_window_keeps_the_last_events_in_bounded_memory() -> None:
