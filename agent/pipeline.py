@@ -35,14 +35,20 @@ from streams.events import RawRecord
 PartitionKey = tuple[str, int]
 
 
-REFERENCE_KEY = "__reference_id__"  # in a monitor snapshot: the reference its state is built on
+# In a monitor snapshot: the reference its state is built on, and the model version of the
+# events it first saw (which chose that reference).
+REFERENCE_KEY = "__reference_id__"
+VERSION_KEY = "__model_version__"
 
 
 class ModelMonitor:
     """The detectors of one model on one partition, and its recent predictions."""
 
-    def __init__(self, detectors: list[Detector], recent_events: int) -> None:
+    def __init__(
+        self, detectors: list[Detector], recent_events: int, model_version: str | None
+    ) -> None:
         self.detectors = detectors
+        self.model_version = model_version
         # Detectors that override `set_reference` judge events against a reference.
         self.referenced = [d for d in detectors if _takes_reference(d)]
         self.reference: ActiveReference | None = None
@@ -72,7 +78,12 @@ class ModelMonitor:
     def snapshot(self) -> bytes:
         states: dict[str, object] = {d.name: d.snapshot() for d in self.detectors}
         states[REFERENCE_KEY] = self.reference.id if self.reference else None
+        states[VERSION_KEY] = self.model_version
         return pickle.dumps(states)
+
+    @staticmethod
+    def checkpointed_version(data: bytes) -> str | None:
+        return pickle.loads(data).get(VERSION_KEY)
 
     def restore(self, data: bytes) -> None:
         states = pickle.loads(data)
@@ -166,6 +177,7 @@ class Pipeline:
             monitor = ModelMonitor(
                 build_detectors(model, self.settings.detectors_for(model)),
                 self.settings.reference.recent_events,
+                version,
             )
             reference = self._reference(model, version)
             if reference is not None:
@@ -256,7 +268,8 @@ class Pipeline:
         self.monitors[(source, partition)] = {}
         offsets = set()
         for model, row in rows.items():
-            monitor = self._monitor(source, partition, model)
+            version = ModelMonitor.checkpointed_version(row.state)
+            monitor = self._monitor(source, partition, model, version)
             monitor.restore(row.state)
             if model in recent:
                 monitor.recent.seed(Sample.decode(recent[model].sample))

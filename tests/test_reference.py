@@ -263,3 +263,23 @@ def test_recent_window_keeps_the_last_events_in_bounded_memory() -> None:
         assert window.size < 2 * 250 + 70
     assert window.sample().ts == [START + i for i in range(1750, 2000)]
     assert orjson.loads(lines[-1])["features"] == window.sample().features[-1]
+
+
+def test_events_of_a_version_use_that_versions_reference_also_after_restore(
+    database: Database, tmp_path: Path
+) -> None:
+    v2, v1 = tmp_path / "v2.jsonl", tmp_path / "v1.jsonl"
+    v2.write_bytes(b"\n".join(events(1000, seed=71, shift=1.0, version="2")))
+    v1.write_bytes(b"\n".join(events(1000, seed=72, version="1")))
+    _set(database.url, "fraud", v2)
+    _set(database.url, "fraud", v1)  # the newest reference, but for version 1
+    settings = settings_for(database.url)
+    live = events(500, seed=73, shift=1.0, version="2")
+    first = replay(settings, database, live, consumer="v", name="src")
+    expected = Repository(database).find_reference("fraud", "2").id
+    assert first.monitors[("src", 0)]["fraud"].reference.id == expected
+    assert Repository(database).list_incidents() == []  # version 2 data vs its own reference
+
+    restarted = Pipeline(settings, database, consumer="v")
+    restarted.restore_partition("src", 0)
+    assert restarted.monitors[("src", 0)]["fraud"].reference.id == expected
