@@ -330,6 +330,11 @@ def _parse_since(value: str) -> float:
         ) from None
 
 
+from agent.cli_reference import register as register_reference  # noqa: E402
+
+register_reference(app)
+
+
 def main() -> None:
     try:
         app()

@@ -28,6 +28,27 @@ class ModelSettings(BaseModel):
     detectors: dict[str, Any] = Field(default_factory=dict)
 
 
+class ReferenceSettings(BaseModel):
+    """`[reference]`: how reference data is learned and kept (see docs/reference-data.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Rows kept from a reference file (a seeded uniform sample of larger files).
+    max_rows: int = Field(5000, ge=200, le=100_000)
+    # Most recent predictions kept per model and partition for reports.
+    recent_events: int = Field(5000, ge=100, le=100_000)
+
+
+class ReportSettings(BaseModel):
+    """`[reports]`: the scheduled Evidently reports (reference vs the recent window)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    interval_minutes: float = Field(60.0, gt=0)
+    dir: Path | None = None  # None: `reports/` next to the SQLite file, else in the data dir
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -36,6 +57,8 @@ class Settings(BaseModel):
     max_record_bytes: int = Field(1_000_000, ge=1024)
     detectors: DetectorSettings = Field(default_factory=DetectorSettings)
     models: dict[str, ModelSettings] = Field(default_factory=dict)
+    reference: ReferenceSettings = Field(default_factory=ReferenceSettings)
+    reports: ReportSettings = Field(default_factory=ReportSettings)
 
     def detectors_for(self, model: str) -> DetectorSettings:
         overrides = self.models.get(model)

@@ -3,6 +3,13 @@
 Shared by `replay`, `demo` and the daemon. Detector state is per (source, partition, model),
 so a partition can move between processes: `checkpoint` saves a partition's state together
 with the offset it is valid for, and `restore_partition` picks it up elsewhere.
+
+Reference data is the pipeline's business, in one place: a model's stored reference is looked
+up once per process (then cached) and handed to every detector through `set_reference`; with
+none stored, the pipeline collects the model's first `detectors.reference_size` predictions,
+stores them as the reference (so restarts, other processes and reports reuse them) and hands
+them over. Detectors that take a reference see only the events after it. Each monitor also
+keeps the model's most recent predictions, written with checkpoints for reports.
 """
 
 from __future__ import annotations
@@ -14,10 +21,13 @@ from dataclasses import dataclass, field
 
 from agent.config import Settings
 from agent.incidents import Change, IncidentChange, IncidentManager
+from agent.reference import ActiveReference
+from agent.samples import RecentWindow, ReferenceCollector, Sample
 from detectors.base import Detector, Finding
 from detectors.registry import build_detectors
 from storage.db import Database
-from storage.repository import DeadLetterInput, Repository, Writer
+from storage.models import Reference
+from storage.repository import DeadLetterInput, ReferenceInput, Repository, Writer
 from streams.batch import ModelBatch, split_batch
 from streams.decode import decode_batch
 from streams.events import RawRecord
@@ -25,26 +35,68 @@ from streams.events import RawRecord
 PartitionKey = tuple[str, int]
 
 
+# In a monitor snapshot: the reference its state is built on, and the model version of the
+# events it first saw (which chose that reference).
+REFERENCE_KEY = "__reference_id__"
+VERSION_KEY = "__model_version__"
+
+
 class ModelMonitor:
-    """The detectors of one model on one partition."""
+    """The detectors of one model on one partition, and its recent predictions."""
 
-    def __init__(self, detectors: list[Detector]) -> None:
+    def __init__(
+        self, detectors: list[Detector], recent_events: int, model_version: str | None
+    ) -> None:
         self.detectors = detectors
+        self.model_version = model_version
+        # Detectors that override `set_reference` judge events against a reference.
+        self.referenced = [d for d in detectors if _takes_reference(d)]
+        self.reference: ActiveReference | None = None
+        self.recent = RecentWindow(recent_events)
 
-    def update(self, batch: ModelBatch) -> list[Finding]:
+    def set_reference(self, reference: ActiveReference) -> None:
+        batch = reference.batch()
+        for detector in self.referenced:
+            detector.set_reference(batch)
+        self.reference = reference
+
+    def update(self, batch: ModelBatch, reference_start: int) -> list[Finding]:
+        """Feeds every detector; reference-based ones only from `reference_start` on (the
+        events before it are the reference itself, or the reference is still being learned)."""
         findings: list[Finding] = []
         for detector in self.detectors:
-            findings.extend(detector.update(batch))
+            if detector in self.referenced:
+                if reference_start >= len(batch):
+                    continue
+                part = batch if reference_start == 0 else batch.since(reference_start)
+                findings.extend(detector.update(part))
+            else:
+                findings.extend(detector.update(batch))
+        self.recent.add(batch)
         return findings
 
     def snapshot(self) -> bytes:
-        return pickle.dumps({d.name: d.snapshot() for d in self.detectors})
+        states: dict[str, object] = {d.name: d.snapshot() for d in self.detectors}
+        states[REFERENCE_KEY] = self.reference.id if self.reference else None
+        states[VERSION_KEY] = self.model_version
+        return pickle.dumps(states)
+
+    @staticmethod
+    def checkpointed_version(data: bytes) -> str | None:
+        return pickle.loads(data).get(VERSION_KEY)
 
     def restore(self, data: bytes) -> None:
         states = pickle.loads(data)
         for detector in self.detectors:
             if detector.name in states:
                 detector.restore(states[detector.name])
+        if self.reference is not None and states.get(REFERENCE_KEY) != self.reference.id:
+            # The state was built on another (older, or no) reference: the stored one wins.
+            self.set_reference(self.reference)
+
+
+def _takes_reference(detector: Detector) -> bool:
+    return type(detector).set_reference is not Detector.set_reference
 
 
 @dataclass(slots=True)
@@ -71,6 +123,9 @@ class Pipeline:
         self.consumer = consumer
         self.incidents = IncidentManager()
         self.monitors: dict[PartitionKey, dict[str, ModelMonitor]] = {}
+        # Per model: the reference in force (None: none stored, being learned by a collector).
+        self.references: dict[str, ActiveReference | None] = {}
+        self.collectors: dict[str, ReferenceCollector] = {}
         self.stats = Stats()
 
     def process(self, records: list[RawRecord]) -> list[IncidentChange]:
@@ -79,7 +134,9 @@ class Pipeline:
         decoded = decode_batch(records, self.settings.max_record_bytes)
         findings: list[Finding] = []
         for (source, partition, model), batch in split_batch(decoded).items():
-            findings.extend(self._monitor(source, partition, model).update(batch))
+            version = next((v for v in batch.model_versions if v is not None), None)
+            monitor = self._monitor(source, partition, model, version)
+            findings.extend(monitor.update(batch, self._reference_start(model, batch)))
             self.stats.events_by_model[model] += len(batch)
         letters = [
             DeadLetterInput(
@@ -111,16 +168,74 @@ class Pipeline:
         self.stats.busy_seconds += time.perf_counter() - started
         return changes
 
-    def _monitor(self, source: str, partition: int, model: str) -> ModelMonitor:
+    def _monitor(
+        self, source: str, partition: int, model: str, version: str | None = None
+    ) -> ModelMonitor:
         models = self.monitors.setdefault((source, partition), {})
         monitor = models.get(model)
         if monitor is None:
-            monitor = ModelMonitor(build_detectors(model, self.settings.detectors_for(model)))
+            monitor = ModelMonitor(
+                build_detectors(model, self.settings.detectors_for(model)),
+                self.settings.reference.recent_events,
+                version,
+            )
+            reference = self._reference(model, version)
+            if reference is not None:
+                monitor.set_reference(reference)
             models[model] = monitor
         return monitor
 
+    def _reference(self, model: str, version: str | None) -> ActiveReference | None:
+        """The model's reference in force, read from the database once per process."""
+        if model not in self.references:
+            row = self.db.retrying(lambda: self.repository.find_reference(model, version))
+            self.references[model] = None if row is None else _active(row)
+        return self.references[model]
+
+    def _reference_start(self, model: str, batch: ModelBatch) -> int:
+        """Index of the batch's first event that reference-based detectors should judge."""
+        if self.references.get(model) is not None:
+            return 0
+        collector = self.collectors.get(model)
+        if collector is None:
+            collector = self.collectors[model] = ReferenceCollector(
+                self.settings.detectors_for(model).reference_size
+            )
+        taken = collector.add(batch)
+        if not collector.complete:
+            return len(batch)
+        reference = self._store_learned(model, collector.sample())
+        del self.collectors[model]
+        self.references[model] = reference
+        for models in self.monitors.values():
+            if model in models:
+                models[model].set_reference(reference)
+        return taken
+
+    def _store_learned(self, model: str, sample: Sample) -> ActiveReference:
+        versions = {v for v in sample.model_versions if v is not None}
+        ref = ReferenceInput(
+            model=model,
+            model_version=versions.pop() if len(versions) == 1 else "",
+            origin="learned",
+            rows=len(sample),
+            source_rows=len(sample),
+            summary=sample.summary(),
+            sample=sample.encode(),
+        )
+        row = self.db.retrying(lambda: self.repository.add_learned_reference(ref))
+        return _active(row)
+
     def checkpoint(self, next_offsets: dict[PartitionKey, int]) -> None:
-        """Saves each partition's detector state with the offset it is valid for."""
+        """Saves each partition's detector state with the offset it is valid for, and the
+        recent predictions of each model that changed since the last checkpoint."""
+        recent = [
+            (source, partition, model, monitor)
+            for source, partition in next_offsets
+            for model, monitor in self.monitors.get((source, partition), {}).items()
+            if monitor.recent.dirty
+        ]
+        samples = [(key, monitor.recent.sample()) for *key, monitor in recent]
 
         def write() -> None:
             with self.db.session() as session:
@@ -131,18 +246,33 @@ class Pipeline:
                         for model, monitor in self.monitors.get((source, partition), {}).items()
                     }
                     writer.save_checkpoints(self.consumer, source, partition, offset, states)
+                for (source, partition, model), sample in samples:
+                    if len(sample):
+                        window = (min(sample.ts), max(sample.ts))
+                        blob = sample.encode()
+                        writer.save_recent_sample(
+                            model, source, partition, len(sample), window, blob
+                        )
 
         self.db.retrying(write)
+        for *_, monitor in recent:
+            monitor.recent.dirty = False
 
     def restore_partition(self, source: str, partition: int) -> int | None:
-        """Loads a partition's detector state; returns the offset it is valid for, if any."""
+        """Loads a partition's detector state and recent predictions; returns the offset they
+        are valid for, if any."""
         rows = self.db.retrying(
             lambda: self.repository.load_checkpoints(self.consumer, source, partition)
         )
+        recent = self.db.retrying(lambda: self.repository.load_recent_samples(source, partition))
         self.monitors[(source, partition)] = {}
         offsets = set()
         for model, row in rows.items():
-            self._monitor(source, partition, model).restore(row.state)
+            version = ModelMonitor.checkpointed_version(row.state)
+            monitor = self._monitor(source, partition, model, version)
+            monitor.restore(row.state)
+            if model in recent:
+                monitor.recent.seed(Sample.decode(recent[model].sample))
             offsets.add(row.next_offset)
         position = self.db.retrying(
             lambda: self.repository.load_position(self.consumer, source, partition)
@@ -155,3 +285,12 @@ class Pipeline:
     @property
     def incidents_opened(self) -> int:
         return self.stats.changes[Change.OPENED]
+
+
+def _active(row: Reference) -> ActiveReference:
+    return ActiveReference(
+        id=row.id,
+        model=row.model,
+        model_version=row.model_version,
+        sample=Sample.decode(row.sample),
+    )

@@ -120,7 +120,10 @@ class Detector(ABC):
     def set_reference(self, reference: ModelBatch) -> None:  # noqa: B027 - optional hook
         """Use this stored reference instead of learning one from the first events.
 
-        Detectors that judge against no reference (accuracy, clients) ignore it."""
+        The default ignores it (detectors that need no reference). Detectors that override it
+        replace their whole reference-derived state; the pipeline then feeds them only the
+        events after the reference.
+        """
 
     def snapshot(self) -> bytes:
         """The detector's whole state; the default pickles the instance's attributes."""

@@ -1,4 +1,5 @@
-"""SQLAlchemy 2.0 models: incidents, their evidence, dead letters, checkpoints, positions.
+"""SQLAlchemy 2.0 models: incidents, evidence, dead letters, checkpoints, positions,
+reference data, recent samples and Evidently reports.
 
 Portable across SQLite and PostgreSQL: epoch seconds as doubles for event time, JSON for
 details, and idempotency keys as fixed-length hashes rather than long composite indexes.
@@ -192,3 +193,101 @@ class SourcePosition(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+
+
+class Reference(Base):
+    """A model's reference data: a bounded sample of prediction events plus summary stats.
+
+    Versioned per model version (`model_version` "" means: any version). Rows are never
+    updated; the newest row per (model, model_version) is the one in force, so the history of
+    references stays inspectable.
+    """
+
+    __tablename__ = "reference_data"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str] = mapped_column(String(200), default="")
+    origin: Mapped[str] = mapped_column(Text)  # "learned" or "file:<path>"
+    rows: Mapped[int] = mapped_column(Integer)
+    source_rows: Mapped[int] = mapped_column(BigInteger)  # rows available before sampling
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    sample: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # see agent.samples
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_reference_data_model_version", "model", "model_version", "id"),)
+
+    def to_contract(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "model": self.model,
+            "model_version": self.model_version or None,
+            "origin": self.origin,
+            "rows": self.rows,
+            "source_rows": self.source_rows,
+            "created_at": self.created_at.isoformat(),
+            "summary": self.summary or {},
+        }
+
+
+class RecentSample(Base):
+    """The most recent events of one model on one partition, written with checkpoints so that
+    a report built in another process sees the live window."""
+
+    __tablename__ = "recent_samples"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    source: Mapped[str] = mapped_column(String(500), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rows: Mapped[int] = mapped_column(Integer)
+    start_ts: Mapped[float] = mapped_column(Double)
+    end_ts: Mapped[float] = mapped_column(Double)
+    sample: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class Report(Base):
+    """An Evidently report of one model: reference vs a window (in event time)."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(200))
+    window_start: Mapped[float] = mapped_column(Double)
+    window_end: Mapped[float] = mapped_column(Double)
+    reference_id: Mapped[int | None] = mapped_column(
+        ForeignKey("reference_data.id", ondelete="SET NULL"), nullable=True
+    )
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    html_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_reports_model_window_end", "model", "window_end"),)
+
+    def to_contract(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "model": self.model,
+            "window": {"start": self.window_start, "end": self.window_end},
+            "reference_id": self.reference_id,
+            "html_path": self.html_path,
+            "created_at": self.created_at.isoformat(),
+            "summary": self.summary or {},
+        }
+
+
+class IncidentReport(Base):
+    """Links an incident to the reports whose window holds some of its evidence."""
+
+    __tablename__ = "incident_reports"
+
+    incident_id: Mapped[int] = mapped_column(
+        ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True
+    )
+    report_id: Mapped[int] = mapped_column(
+        ForeignKey("reports.id", ondelete="CASCADE"), primary_key=True
+    )
+
+    __table_args__ = (Index("ix_incident_reports_report", "report_id"),)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import Select, and_, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from storage.db import Database
 from storage.models import (
@@ -25,6 +25,10 @@ from storage.models import (
     DeadLetterRow,
     Evidence,
     Incident,
+    IncidentReport,
+    RecentSample,
+    Reference,
+    Report,
     SourcePosition,
     utcnow,
 )
@@ -58,9 +62,129 @@ class DeadLetterInput:
     received_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class ReferenceInput:
+    model: str
+    model_version: str  # "" for any version
+    origin: str
+    rows: int
+    source_rows: int
+    summary: dict[str, Any]
+    sample: bytes
+
+
 class Repository:
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    # Reference data ----------------------------------------------------------------------
+
+    def add_reference(self, ref: ReferenceInput) -> Reference:
+        with self.db.session() as session:
+            row = Reference(**asdict(ref))
+            session.add(row)
+            session.flush()
+            return row
+
+    def add_learned_reference(self, ref: ReferenceInput) -> Reference:
+        """Stores a reference learned from the stream unless the model got one meanwhile (from
+        a file, or learned by another process); returns the one in force either way."""
+        with self.db.session() as session:
+            existing = session.scalars(
+                _newest_reference(ref.model, ref.model_version).options(undefer(Reference.sample))
+            ).first()
+            if existing is not None:
+                return existing
+            row = Reference(**asdict(ref))
+            session.add(row)
+            session.flush()
+            return row
+
+    def find_reference(self, model: str, model_version: str | None = None) -> Reference | None:
+        """The newest reference for this model version, else the model's newest, with sample."""
+        with self.db.session() as session:
+            query = _newest_reference(model, model_version).options(undefer(Reference.sample))
+            return session.scalars(query).first()
+
+    def list_references(self, model: str | None = None) -> list[Reference]:
+        query = select(Reference).order_by(Reference.model, Reference.id.desc())
+        if model is not None:
+            query = query.where(Reference.model == model)
+        with self.db.session() as session:
+            return list(session.scalars(query))
+
+    # Recent samples and reports ----------------------------------------------------------
+
+    def recent_samples(self, model: str) -> list[RecentSample]:
+        query = select(RecentSample).where(RecentSample.model == model)
+        with self.db.session() as session:
+            return list(session.scalars(query))
+
+    def load_recent_samples(self, source: str, partition: int) -> dict[str, RecentSample]:
+        """The recent samples of one partition, per model (for a restored partition)."""
+        query = select(RecentSample).where(
+            RecentSample.source == source, RecentSample.partition == partition
+        )
+        with self.db.session() as session:
+            return {row.model: row for row in session.scalars(query)}
+
+    def models_with_recent_samples(self) -> list[str]:
+        query = select(RecentSample.model).distinct().order_by(RecentSample.model)
+        with self.db.session() as session:
+            return list(session.scalars(query))
+
+    def add_report(
+        self,
+        model: str,
+        window: tuple[float, float],
+        reference_id: int | None,
+        summary: dict[str, Any],
+        html_path: str | None,
+    ) -> tuple[Report, list[int]]:
+        """Stores a report and links it to the model's incidents that have evidence inside the
+        window; returns the report and the linked incident ids."""
+        start, end = window
+        with self.db.session() as session:
+            report = Report(
+                model=model,
+                window_start=start,
+                window_end=end,
+                reference_id=reference_id,
+                summary=summary,
+                html_path=html_path,
+            )
+            session.add(report)
+            session.flush()
+            incident_ids = list(
+                session.scalars(
+                    select(Evidence.incident_id)
+                    .join(Incident, Incident.id == Evidence.incident_id)
+                    .where(Incident.model == model, Evidence.ts >= start, Evidence.ts <= end)
+                    .distinct()
+                    .order_by(Evidence.incident_id)
+                )
+            )
+            session.add_all(
+                IncidentReport(incident_id=i, report_id=report.id) for i in incident_ids
+            )
+            return report, incident_ids
+
+    def list_reports(self, model: str | None = None, limit: int = 100) -> list[Report]:
+        query = select(Report).order_by(Report.id.desc()).limit(limit)
+        if model is not None:
+            query = query.where(Report.model == model)
+        with self.db.session() as session:
+            return list(session.scalars(query))
+
+    def reports_of_incident(self, incident_id: int) -> list[Report]:
+        query = (
+            select(Report)
+            .join(IncidentReport, IncidentReport.report_id == Report.id)
+            .where(IncidentReport.incident_id == incident_id)
+            .order_by(Report.id)
+        )
+        with self.db.session() as session:
+            return list(session.scalars(query))
 
     def list_incidents(
         self,
@@ -228,6 +352,27 @@ class Writer:
             )
         )
 
+    def save_recent_sample(
+        self,
+        model: str,
+        source: str,
+        partition: int,
+        rows: int,
+        window: tuple[float, float],
+        sample: bytes,
+    ) -> None:
+        self.session.merge(
+            RecentSample(
+                model=model,
+                source=source,
+                partition=partition,
+                rows=rows,
+                start_ts=window[0],
+                end_ts=window[1],
+                sample=sample,
+            )
+        )
+
     def delete_checkpoints(self, consumer: str, source: str) -> None:
         self.session.execute(
             delete(Checkpoint).where(Checkpoint.consumer == consumer, Checkpoint.source == source)
@@ -260,6 +405,15 @@ class Writer:
                 )
             )
             self.session.add_all(model(**r) for r in rows if r[key] not in existing)
+
+
+def _newest_reference(model: str, model_version: str | None) -> Select[Any]:
+    """Newest first, a row of the given version ahead of every other version's rows."""
+    query = select(Reference).where(Reference.model == model)
+    if model_version:
+        exact = (Reference.model_version == model_version).desc()
+        return query.order_by(exact, Reference.id.desc())
+    return query.order_by(Reference.id.desc())
 
 
 def _digest(payload: bytes) -> str:

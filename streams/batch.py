@@ -126,6 +126,13 @@ def concat_batches(batches: list[ModelBatch]) -> ModelBatch:
     )
 
 
+    def since(self, start: int) -> ModelBatch:
+        """The predictions from index `start` on, with the same labels (a reference's tail)."""
+        rest = self.slice(start, len(self))
+        rest.labels = self.labels
+        return rest
+
+
 def split_batch(decoded: DecodedBatch) -> dict[tuple[str, int, str], ModelBatch]:
     """Groups a decoded batch by (source, partition, model) into columnar batches."""
     predictions: dict[tuple[str, int, str], list[Prediction]] = defaultdict(list)
@@ -141,6 +148,13 @@ def split_batch(decoded: DecodedBatch) -> dict[tuple[str, int, str], ModelBatch]
             batch.labels = LabelColumns.of(labels[key])
         batches[key] = batch
     return batches
+
+
+def build_model_batch(
+    model: str, source: str, partition: int, events: list[Prediction]
+) -> ModelBatch:
+    """The columnar batch of the given predictions (also used to rebuild stored samples)."""
+    return _columns((source, partition, model), events)
 
 
 def _columns(key: tuple[str, int, str], events: list[Prediction]) -> ModelBatch:

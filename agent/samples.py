@@ -1,0 +1,286 @@
+"""Samples of prediction events: reference data and the recent window of a model.
+
+A `Sample` keeps, per event, what drift detection and reports need (event time, the features
+as received, prediction, scores, score, model version) and nothing that identifies a request
+(no ids, clients or offsets). It is stored as zlib-compressed columnar JSON: JSON keeps the
+contract's value types exactly (a category `"1"` stays distinct from the number `1`, booleans
+stay booleans), which Parquet or CSV would not without a schema per feature.
+
+`Sample.to_batch` rebuilds a columnar `ModelBatch` through the same code the pipeline uses, so
+a detector handed a stored reference sees exactly what it would have learned from the stream.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from streams.batch import ModelBatch, build_model_batch
+from streams.events import FeatureValue, Position, Prediction
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+FORMAT_VERSION = 1
+
+
+@dataclass(slots=True)
+class Sample:
+    """Prediction events of one model as parallel columns, in event order."""
+
+    ts: list[float] = field(default_factory=list)
+    features: list[dict[str, FeatureValue]] = field(default_factory=list)
+    predictions: list[object] = field(default_factory=list)
+    scores: list[dict[str, float] | None] = field(default_factory=list)
+    score: list[float | None] = field(default_factory=list)
+    model_versions: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @classmethod
+    def of_batch(cls, batch: ModelBatch, start: int = 0, stop: int | None = None) -> Sample:
+        """Rows [start:stop] of a batch; list slices, no per-event Python loop."""
+        s = slice(start, stop)
+        n = len(batch.ts[s])
+        return cls(
+            ts=batch.ts[s].tolist(),
+            features=batch.rows[s],
+            predictions=batch.predictions[s],
+            scores=batch.scores[s],
+            # NaN marks an absent score; orjson writes it as null.
+            score=[None] * n if batch.score is None else batch.score[s].tolist(),
+            model_versions=batch.model_versions[s],
+        )
+
+    @classmethod
+    def of_events(cls, events: list[Prediction]) -> Sample:
+        return cls(
+            ts=[e.ts for e in events],
+            features=[e.features for e in events],
+            predictions=[e.prediction for e in events],
+            scores=[e.scores for e in events],
+            score=[e.score for e in events],
+            model_versions=[e.model_version for e in events],
+        )
+
+    @classmethod
+    def concat(cls, parts: list[Sample]) -> Sample:
+        out = cls()
+        for part in parts:
+            out.ts += part.ts
+            out.features += part.features
+            out.predictions += part.predictions
+            out.scores += part.scores
+            out.score += part.score
+            out.model_versions += part.model_versions
+        return out
+
+    def take(self, indices: np.ndarray | list[int]) -> Sample:
+        return Sample(
+            ts=[self.ts[i] for i in indices],
+            features=[self.features[i] for i in indices],
+            predictions=[self.predictions[i] for i in indices],
+            scores=[self.scores[i] for i in indices],
+            score=[self.score[i] for i in indices],
+            model_versions=[self.model_versions[i] for i in indices],
+        )
+
+    def sorted_by_time(self) -> Sample:
+        return self.take(np.argsort(np.asarray(self.ts), kind="stable"))
+
+    def encode(self) -> bytes:
+        data = {
+            "format": FORMAT_VERSION,
+            "ts": self.ts,
+            "features": self.features,
+            "prediction": self.predictions,
+            "scores": self.scores,
+            "score": self.score,
+            "model_version": self.model_versions,
+        }
+        return zlib.compress(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), 6)
+
+    @classmethod
+    def decode(cls, blob: bytes) -> Sample:
+        data = orjson.loads(zlib.decompress(blob))
+        if data.get("format") != FORMAT_VERSION:
+            raise ValueError(f"unsupported sample format {data.get('format')!r}")
+        return cls(
+            ts=data["ts"],
+            features=data["features"],
+            predictions=data["prediction"],
+            scores=data["scores"],
+            score=data["score"],
+            model_versions=data["model_version"],
+        )
+
+    def to_batch(self, model: str, source: str = "reference") -> ModelBatch:
+        """The sample as the columnar batch detectors consume."""
+        events = [
+            Prediction(
+                model=model,
+                ts=self.ts[i],
+                features=self.features[i],
+                position=Position(source, 0, i),
+                model_version=self.model_versions[i],
+                prediction=self.predictions[i],  # type: ignore[arg-type]
+                scores=self.scores[i],
+                score=self.score[i],
+            )
+            for i in range(len(self))
+        ]
+        return build_model_batch(model, source, 0, events)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per event: the features, then `prediction`, `score` and `scores.<class>`
+        where present (a feature with one of those names keeps a `feature.` prefix)."""
+        import pandas as pd
+
+        frame = pd.DataFrame.from_records(self.features, columns=self.feature_names())
+        reserved = {"prediction", "score"} | {c for c in frame.columns if c.startswith("scores.")}
+        frame = frame.rename(columns={c: f"feature.{c}" for c in frame.columns if c in reserved})
+        if any(p is not None for p in self.predictions):
+            frame["prediction"] = self.predictions
+        if any(s is not None for s in self.score):
+            frame["score"] = np.array([np.nan if s is None else s for s in self.score])
+        classes = sorted({k for s in self.scores if s for k in s})
+        for cls_ in classes:
+            frame[f"scores.{cls_}"] = [s.get(cls_) if s else None for s in self.scores]
+        return frame
+
+    def feature_names(self) -> list[str]:
+        names: dict[str, None] = {}
+        for row in self.features:
+            names.update(dict.fromkeys(row))
+        return list(names)
+
+    def summary(self) -> dict[str, Any]:
+        """Per-column statistics stored next to the sample (what `reference show` prints)."""
+        batch = self.to_batch("summary")
+        columns: dict[str, Any] = {}
+        for name in sorted(batch.feature_names()):
+            columns[name] = _column_summary(batch, name)
+        out: dict[str, Any] = {"rows": len(self), "features": columns}
+        if self.ts:
+            out["ts"] = {"min": min(self.ts), "max": max(self.ts)}
+        predictions = [p for p in self.predictions if p is not None]
+        if predictions:
+            if all(isinstance(p, int | float) and not isinstance(p, bool) for p in predictions):
+                out["prediction"] = _numeric_summary(np.asarray(predictions, dtype=np.float64))
+            else:
+                out["prediction"] = {"top": _top_counts(np.asarray(predictions, dtype=object))}
+        versions = sorted({v for v in self.model_versions if v is not None})
+        if versions:
+            out["model_versions"] = versions[:20]
+        return out
+
+
+def _column_summary(batch: ModelBatch, name: str) -> dict[str, Any]:
+    n = len(batch)
+    out: dict[str, Any] = {}
+    present = np.zeros(n, dtype=bool)
+    if name in batch.numeric:
+        values = batch.numeric[name]
+        valid = ~np.isnan(values)
+        present |= valid
+        if valid.any():
+            out["numeric"] = _numeric_summary(values[valid])
+    if name in batch.categorical:
+        values = batch.categorical[name]
+        valid = values != None  # noqa: E711 - elementwise comparison on an object array
+        present |= valid
+        if valid.any():
+            out["categorical"] = {
+                "distinct": len(set(values[valid].tolist())),
+                "top": _top_counts(values[valid]),
+            }
+    out["missing_share"] = round(1 - float(present.mean()), 6) if n else 0.0
+    return out
+
+
+def _numeric_summary(values: np.ndarray) -> dict[str, Any]:
+    q = np.quantile(values, [0.05, 0.5, 0.95])
+    return {
+        "count": len(values),
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "min": float(values.min()),
+        "p05": float(q[0]),
+        "p50": float(q[1]),
+        "p95": float(q[2]),
+        "max": float(values.max()),
+    }
+
+
+def _top_counts(values: np.ndarray, top: int = 10) -> dict[str, float]:
+    """Shares of the most frequent values, keyed by their JSON text (`"DE"`, `true`, `1`)."""
+    keys = [orjson.dumps(v).decode() for v in values.tolist()]
+    uniques, counts = np.unique(np.asarray(keys), return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:top]
+    return {str(uniques[i]): round(float(counts[i]) / len(keys), 6) for i in order}
+
+
+class RecentWindow:
+    """The last `capacity` events of one model on one partition, kept as batch slices.
+
+    Adding a batch costs a few list slices (no per-event work); old chunks are dropped whole
+    once the newer ones alone hold `capacity` events, so memory stays under 2 x capacity.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.chunks: deque[Sample] = deque()
+        self.size = 0
+        self.dirty = False
+
+    def add(self, batch: ModelBatch) -> None:
+        n = len(batch)
+        if n == 0:
+            return
+        chunk = Sample.of_batch(batch, max(0, n - self.capacity))
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        while self.size - len(self.chunks[0]) >= self.capacity:
+            self.size -= len(self.chunks.popleft())
+        self.dirty = True
+
+    def seed(self, sample: Sample) -> None:
+        """Starts from a stored window (a restored partition), without marking it changed."""
+        self.chunks = deque([sample]) if len(sample) else deque()
+        self.size = len(sample)
+
+    def sample(self) -> Sample:
+        merged = Sample.concat(list(self.chunks))
+        if len(merged) <= self.capacity:
+            return merged
+        return merged.take(range(len(merged) - self.capacity, len(merged)))  # type: ignore[arg-type]
+
+
+class ReferenceCollector:
+    """Collects the first `size` predictions a process sees of a model, across partitions."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.parts: list[Sample] = []
+        self.count = 0
+
+    def add(self, batch: ModelBatch) -> int:
+        """Takes what the reference still needs from the front of `batch`; returns how many."""
+        take = min(len(batch), self.size - self.count)
+        if take > 0:
+            self.parts.append(Sample.of_batch(batch, 0, take))
+            self.count += take
+        return take
+
+    @property
+    def complete(self) -> bool:
+        return self.count >= self.size
+
+    def sample(self) -> Sample:
+        return Sample.concat(self.parts)

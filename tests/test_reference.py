@@ -1,0 +1,285 @@
+"""Reference data: loading files, versioning, learning once, handing it to detectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from typer.testing import CliRunner
+
+from agent.cli import app
+from agent.pipeline import Pipeline
+from agent.reference import ReferenceFileError, load_reference_file
+from agent.samples import RecentWindow, Sample
+from storage.db import Database
+from storage.models import Base
+from storage.repository import IncidentFilter, ReferenceInput, Repository
+from streams.batch import split_batch
+from streams.decode import decode_batch
+from streams.events import Position, RawRecord
+from tests.conftest import run_cli
+from tests.refdata import START, events, replay, settings_for
+
+
+def _set(url: str, model: str, path: Path, *extra: str) -> None:
+    """`bulwark reference set`, in-process (the CLI's imports cost seconds per subprocess)."""
+    result = CliRunner().invoke(app, ["reference", "set", model, str(path), "--db", url, *extra])
+    assert result.exit_code == 0, result.output
+    assert "stored for model" in result.output
+
+
+def test_schema_matches_models(database: Database) -> None:
+    with database.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+
+
+def test_reference_set_from_jsonl_csv_and_parquet(db_url: str, tmp_path: Path) -> None:
+    jsonl = tmp_path / "ref.jsonl"
+    lines = events(300, seed=1, version="3.1") + events(50, seed=2, model="other")
+    lines.append(b'{"type": "label", "model": "fraud", "id": "x", "label": 1, "ts": 1}')
+    jsonl.write_bytes(b"\n".join(lines) + b"\n")
+    frame = pd.DataFrame(
+        {
+            "amount": [1.5, 2.5, None, 4.0],
+            "code": ["1", "2", "1", None],  # strings that look like numbers stay strings
+            "flag": [True, False, True, True],
+            "prediction": [0, 1, 0, 1],
+            "scores.1": [0.1, 0.9, 0.2, 0.8],
+            "label": [0, 1, 1, 1],  # ignored: not an input of the model
+        }
+    )
+    csv, parquet = tmp_path / "train.csv", tmp_path / "train.parquet"
+    frame.to_csv(csv, index=False)
+    frame.to_parquet(parquet)
+
+    _set(db_url, "fraud", jsonl)
+    _set(db_url, "churn", csv)
+    _set(db_url, "price", parquet, "--model-version", "7")
+
+    repository = Repository(Database(db_url))
+    fraud = repository.find_reference("fraud")
+    assert fraud is not None and fraud.rows == 300 and fraud.model_version == "3.1"
+    assert fraud.origin == f"file:{jsonl.resolve()}"
+    assert set(fraud.summary["features"]) == {"amount", "age", "country"}
+    assert fraud.summary["features"]["amount"]["numeric"]["mean"] == pytest.approx(10, abs=0.5)
+
+    # CSV has no types: pandas infers them (codes that look like numbers become numbers);
+    # Parquet keeps the strings.
+    for model, path, code in (("churn", csv, 1.0), ("price", parquet, "1")):
+        row = repository.find_reference(model)
+        assert row is not None and row.rows == 4 and row.source_rows == 4
+        sample = Sample.decode(row.sample)
+        assert set(sample.feature_names()) == {"amount", "code", "flag"}
+        assert sample.features[2] == {"amount": None, "code": code, "flag": True}
+        assert sample.features[3]["code"] is None
+        assert sample.predictions == [0, 1, 0, 1]
+        assert sample.scores[1] == {"1": 0.9}
+        batch = sample.to_batch(model)
+        assert "flag" in batch.categorical
+        assert ("code" in batch.categorical) == isinstance(code, str)
+        assert np.isnan(batch.numeric["amount"][2]), path
+    assert repository.find_reference("price").model_version == "7"
+    assert repository.find_reference("churn").model_version == ""
+
+
+def test_large_files_are_sampled_uniformly_and_reproducibly(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    pd.DataFrame({"i": np.arange(20_000), "x": np.arange(20_000) % 7}).to_csv(path, index=False)
+    first = load_reference_file(path, "m", max_rows=1000)
+    again = load_reference_file(path, "m", max_rows=1000)
+    kept = [row["i"] for row in first.sample.features]
+    assert len(kept) == 1000 and first.source_rows == 20_000
+    assert kept == sorted(kept) == [row["i"] for row in again.sample.features]
+    assert 8_000 < np.mean(kept) < 12_000  # spread over the file, not its head
+
+    jsonl = tmp_path / "big.jsonl"
+    jsonl.write_bytes(b"\n".join(events(3000, seed=3)))
+    loaded = load_reference_file(jsonl, "fraud", max_rows=500)
+    ts = loaded.sample.ts
+    assert len(ts) == 500 and loaded.source_rows == 3000 and ts == sorted(ts)
+    assert ts[-1] - ts[0] > 2000  # a reservoir over the whole file
+
+
+def test_references_are_versioned_per_model_version(database: Database) -> None:
+    repository = Repository(database)
+
+    def add(version: str, value: float) -> int:
+        sample = Sample(ts=[0.0], features=[{"x": value}], predictions=[None], scores=[None])
+        sample.score, sample.model_versions = [None], [version or None]
+        row = repository.add_reference(
+            ReferenceInput("m", version, "test", 1, 1, sample.summary(), sample.encode())
+        )
+        return row.id
+
+    v1 = add("1", 1.0)
+    v2_old = add("2", 2.0)
+    v2 = add("2", 2.5)
+    any_version = add("", 9.0)
+    assert repository.find_reference("m", "1").id == v1
+    assert repository.find_reference("m", "2").id == v2 != v2_old
+    assert repository.find_reference("m", "3").id == any_version  # unknown: newest
+    assert repository.find_reference("m").id == any_version
+    assert repository.find_reference("other") is None
+    assert [r.id for r in repository.list_references("m")] == [any_version, v2, v2_old, v1]
+
+
+GOOD_LINE = b'{"type": "prediction", "model": "m", "ts": 1, "features": {}}\n'
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("missing.jsonl", None, "no such file"),
+        ("bad.jsonl", GOOD_LINE + b"{oops\n", "line 2: not valid JSON"),
+        ("other.jsonl", GOOD_LINE.replace(b'"m"', b'"x"'), "no prediction events of model 'm'"),
+        ("data.txt", b"a,b\n1,2\n", "unknown reference file type"),
+        ("empty.csv", b"", "cannot read as CSV"),
+        ("bad.parquet", b"not parquet at all", "cannot read as Parquet"),
+        ("inf.csv", b"x\n1\ninf\n", "infinite"),
+        ("labels.csv", b"label,id\n1,2\n", "no feature columns"),
+    ],
+)
+def test_bad_reference_files_fail_with_one_line(
+    sqlite_url: str, tmp_path: Path, name: str, content: bytes | None, expected: str
+) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ReferenceFileError, match=expected):
+        load_reference_file(path, "m", max_rows=100)
+    if name == "bad.jsonl":  # and through the CLI, as a user sees it
+        result = run_cli("reference", "set", "m", str(path), "--db", sqlite_url)
+        assert result.returncode != 0
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert expected in result.stderr and "Traceback" not in result.stderr
+        assert Repository(Database(sqlite_url)).list_references() == []
+
+
+def test_stored_reference_catches_a_stream_drifted_from_its_first_event(
+    database: Database, tmp_path: Path
+) -> None:
+    reference = tmp_path / "ref.jsonl"
+    reference.write_bytes(b"\n".join(events(3000, seed=11)))
+    _set(database.url, "fraud", reference)
+    settings = settings_for(database.url)
+    drifted = events(1500, seed=12, shift=1.0, start=START + 10**6)
+    replay(settings, database, drifted, consumer="a", name="live")
+
+    incidents = Repository(database).list_incidents(IncidentFilter(kind="feature_drift"))
+    assert [(i.model, i.subject) for i in incidents] == [("fraud", "amount")]
+    # Detected within the first few blocks of the stream, long before a learned reference
+    # (2000 events) would even exist.
+    assert incidents[0].first_seen - (START + 10**6) < 500
+    # The stored reference is the one in force: nothing was learned.
+    assert [r.origin for r in Repository(database).list_references()] == [
+        f"file:{reference.resolve()}"
+    ]
+
+    # Without a stored reference the same stream is its own reference: no alarm.
+    other = settings_for(database.url)
+    lines = [line.replace(b'"fraud"', b'"fresh"') for line in drifted]
+    replay(other, database, lines, consumer="b", name="live2")
+    assert Repository(database).list_incidents(IncidentFilter(model="fresh")) == []
+
+
+def test_learned_reference_is_persisted_once_and_reused_after_restart(
+    database: Database,
+) -> None:
+    settings = settings_for(database.url, learn_events=2000)
+    first = replay(settings, database, events(2600, seed=21, version="5"), "p1", "day1")
+    references = Repository(database).list_references()
+    assert [(r.model, r.model_version, r.origin, r.rows) for r in references] == [
+        ("fraud", "5", "learned", 2000)
+    ]
+    learned = Sample.decode(Repository(database).find_reference("fraud").sample)
+    assert learned.ts[0] == START and learned.ts[-1] == START + 1999  # the first 2000 events
+    assert first.references["fraud"].id == references[0].id
+
+    # A new process (another consumer, no checkpoint) reuses it: a drift from its very first
+    # event is caught, and no second reference is learned.
+    drifted = events(1500, seed=22, shift=1.0, start=START + 10**6, version="5")
+    replay(settings, database, drifted, "p2", "day2")
+    assert len(Repository(database).list_references()) == 1
+    incidents = Repository(database).list_incidents(IncidentFilter(kind="feature_drift"))
+    assert [i.subject for i in incidents] == ["amount"]
+    assert incidents[0].first_seen - (START + 10**6) < 500
+
+
+def test_restored_checkpoint_built_on_an_older_reference_takes_the_new_one(
+    database: Database, tmp_path: Path
+) -> None:
+    settings = settings_for(database.url, learn_events=2000)
+    replay(settings, database, events(2500, seed=31), "same", "src")
+    # A new reference arrives (shifted training data), then the consumer resumes.
+    path = tmp_path / "new.jsonl"
+    path.write_bytes(b"\n".join(events(2000, seed=32, shift=1.0)))
+    _set(database.url, "fraud", path)
+    pipeline = Pipeline(settings, database, consumer="same")
+    pipeline.restore_partition("src", 0)
+    monitor = pipeline.monitors[("src", 0)]["fraud"]
+    assert monitor.reference is not None
+    assert monitor.reference.id == Repository(database).find_reference("fraud").id
+    drift = monitor.detectors[0]
+    assert drift.monitors["amount"].ref_mean == pytest.approx(12, abs=0.3)
+
+
+def test_recent_window_is_bounded_and_persisted_with_checkpoints(database: Database) -> None:
+    settings = settings_for(database.url, recent_events=1000)
+    replay(settings, database, events(3333, seed=41), "c", "src")
+    rows = Repository(database).recent_samples("fraud")
+    assert [(r.source, r.partition, r.rows) for r in rows] == [("src", 0, 1000)]
+    sample = Sample.decode(rows[0].sample)
+    assert sample.ts == [START + i for i in range(2333, 3333)]
+    assert (rows[0].start_ts, rows[0].end_ts) == (START + 2333, START + 3332)
+    assert sample.scores[-1] is not None
+    assert set(sample.features[-1]) == {"amount", "age", "country"}
+
+    # A restarted consumer picks the window up and extends it (not a fresh, short one).
+    pipeline = Pipeline(settings, database, consumer="c")
+    assert pipeline.restore_partition("src", 0) == 3333
+    more = events(100, seed=42, start=START + 3333)
+    records = [RawRecord(line, Position("src", 0, 3333 + i)) for i, line in enumerate(more)]
+    pipeline.process(records)
+    pipeline.checkpoint({("src", 0): 3433})
+    (row,) = Repository(database).recent_samples("fraud")
+    assert Sample.decode(row.sample).ts == [START + i for i in range(2433, 3433)]
+
+
+def test_recent_window_keeps_the_last_events_in_bounded_memory() -> None:
+    window = RecentWindow(capacity=250)
+    lines = events(2000, seed=51)
+    for start in range(0, 2000, 70):
+        records = [
+            RawRecord(line, Position("s", 0, start + i))
+            for i, line in enumerate(lines[start : start + 70])
+        ]
+        (batch,) = split_batch(decode_batch(records)).values()
+        window.add(batch)
+        assert window.size < 2 * 250 + 70
+    assert window.sample().ts == [START + i for i in range(1750, 2000)]
+    assert orjson.loads(lines[-1])["features"] == window.sample().features[-1]
+
+
+def test_events_of_a_version_use_that_versions_reference_also_after_restore(
+    database: Database, tmp_path: Path
+) -> None:
+    v2, v1 = tmp_path / "v2.jsonl", tmp_path / "v1.jsonl"
+    v2.write_bytes(b"\n".join(events(1000, seed=71, shift=1.0, version="2")))
+    v1.write_bytes(b"\n".join(events(1000, seed=72, version="1")))
+    _set(database.url, "fraud", v2)
+    _set(database.url, "fraud", v1)  # the newest reference, but for version 1
+    settings = settings_for(database.url)
+    live = events(500, seed=73, shift=1.0, version="2")
+    first = replay(settings, database, live, consumer="v", name="src")
+    expected = Repository(database).find_reference("fraud", "2").id
+    assert first.monitors[("src", 0)]["fraud"].reference.id == expected
+    assert Repository(database).list_incidents() == []  # version 2 data vs its own reference
+
+    restarted = Pipeline(settings, database, consumer="v")
+    restarted.restore_partition("src", 0)
+    assert restarted.monitors[("src", 0)]["fraud"].reference.id == expected
