@@ -80,6 +80,12 @@ class ModelBatch:
             score=None if self.score is None else self.score[start:stop],
         )
 
+    def since(self, start: int) -> ModelBatch:
+        """The predictions from index `start` on, with the same labels (a reference's tail)."""
+        rest = self.slice(start, len(self))
+        rest.labels = self.labels
+        return rest
+
 
 def concat_batches(batches: list[ModelBatch]) -> ModelBatch:
     """One batch of the predictions of several (of the same model), in order, without labels.
