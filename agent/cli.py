@@ -294,8 +294,17 @@ def _print_incidents(items: list[dict[str, Any]]) -> None:
         table.add_column(column, no_wrap=True)
     table.add_column("title", overflow="fold", min_width=20)
     for i in items:
-        table.add_row(str(i["id"]), i["model"], i["kind"], i["subject"], i["severity"],
-                      i["status"], _when(i["last_seen"]), str(i["count"]), i["title"])
+        table.add_row(
+            str(i["id"]),
+            i["model"],
+            i["kind"],
+            i["subject"],
+            i["severity"],
+            i["status"],
+            _when(i["last_seen"]),
+            str(i["count"]),
+            i["title"],
+        )
     out.print(table)
 
 

@@ -48,17 +48,36 @@ def generate(path: Path, events: int, clients: int, seed: int = 1) -> int:
                 k = start + i
                 features = {f"n{j}": round(float(numeric[i, j]), 4) for j in range(14)}
                 features.update({f"c{j}": f"v{categorical[i, j]}" for j in range(6)})
-                buffer.append(orjson.dumps({
-                    "type": "prediction", "model": "bench", "model_version": "1",
-                    "id": f"p{k}", "ts": START_TS + k * 0.1, "client": f"client-{who[i]}",
-                    "features": features, "prediction": int(p1[i] > 0.5),
-                    "scores": {"0": round(1 - float(p1[i]), 4), "1": round(float(p1[i]), 4)},
-                }))
+                buffer.append(
+                    orjson.dumps(
+                        {
+                            "type": "prediction",
+                            "model": "bench",
+                            "model_version": "1",
+                            "id": f"p{k}",
+                            "ts": START_TS + k * 0.1,
+                            "client": f"client-{who[i]}",
+                            "features": features,
+                            "prediction": int(p1[i] > 0.5),
+                            "scores": {
+                                "0": round(1 - float(p1[i]), 4),
+                                "1": round(float(p1[i]), 4),
+                            },
+                        }
+                    )
+                )
                 if k % 2 == 0:
-                    buffer.append(orjson.dumps({
-                        "type": "label", "model": "bench", "id": f"p{k}",
-                        "label": int(rng.random() < p1[i]), "ts": START_TS + k * 0.1 + 60,
-                    }))
+                    buffer.append(
+                        orjson.dumps(
+                            {
+                                "type": "label",
+                                "model": "bench",
+                                "id": f"p{k}",
+                                "label": int(rng.random() < p1[i]),
+                                "ts": START_TS + k * 0.1 + 60,
+                            }
+                        )
+                    )
             out.write(b"\n".join(buffer) + b"\n")
             lines += len(buffer)
     return lines
@@ -78,7 +97,10 @@ def run_pinned(args: list[str], env: dict[str, str] | None = None) -> tuple[str,
     """Runs a command pinned to CPU 0; returns (stdout, its peak RSS in MB)."""
     with tempfile.TemporaryFile("w+") as errors:
         process = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=errors, text=True,
+            args,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
             preexec_fn=lambda: os.sched_setaffinity(0, {0}),
         )
@@ -116,8 +138,10 @@ def main() -> None:
         work = Path(tmp)
         stream = work / "stream.jsonl"
         lines = generate(stream, args.events, clients=200)
-        print(f"stream: {args.events:,} predictions + labels = {lines:,} lines, "
-              f"{stream.stat().st_size / 1e6:.0f} MB, 20 features, 200 clients")
+        print(
+            f"stream: {args.events:,} predictions + labels = {lines:,} lines, "
+            f"{stream.stat().st_size / 1e6:.0f} MB, 20 features, 200 clients"
+        )
         print(f"machine: {os.cpu_count()} cores; each measured process pinned to CPU 0")
         base, base_rss = baseline_rate(stream)
         replay, replay_rss = replay_rate(stream, work / "replay.db")
@@ -129,8 +153,10 @@ def main() -> None:
             generate(big, args.memory_events, clients=100_000, seed=2)
             stream.unlink()
             _, rss = replay_rate(big, work / "memory.db")
-            print(f"memory: replay of {args.memory_events:,} predictions from 100,000 clients: "
-                  f"peak RSS {rss:.0f} MB (target < 500 MB)")
+            print(
+                f"memory: replay of {args.memory_events:,} predictions from 100,000 clients: "
+                f"peak RSS {rss:.0f} MB (target < 500 MB)"
+            )
 
 
 if __name__ == "__main__":

@@ -132,13 +132,6 @@ def concat_batches(batches: list[ModelBatch]) -> ModelBatch:
     )
 
 
-    def since(self, start: int) -> ModelBatch:
-        """The predictions from index `start` on, with the same labels (a reference's tail)."""
-        rest = self.slice(start, len(self))
-        rest.labels = self.labels
-        return rest
-
-
 def split_batch(decoded: DecodedBatch) -> dict[tuple[str, int, str], ModelBatch]:
     """Groups a decoded batch by (source, partition, model) into columnar batches."""
     predictions: dict[tuple[str, int, str], list[Prediction]] = defaultdict(list)
