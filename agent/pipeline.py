@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from agent.config import Settings
 from agent.incidents import Change, IncidentChange, IncidentManager
+from agent.metrics import ModelCounts
 from detectors.base import Detector, Finding
 from detectors.registry import build_detectors
 from storage.db import Database
@@ -78,9 +79,12 @@ class Pipeline:
         started = time.perf_counter()
         decoded = decode_batch(records, self.settings.max_record_bytes)
         findings: list[Finding] = []
+        seen = ModelCounts()
         for (source, partition, model), batch in split_batch(decoded).items():
+            detect_started = time.perf_counter()
             findings.extend(self._monitor(source, partition, model).update(batch))
             self.stats.events_by_model[model] += len(batch)
+            seen.add(batch, time.perf_counter() - detect_started)
         letters = [
             DeadLetterInput(
                 source=d.position.source,
@@ -93,12 +97,14 @@ class Pipeline:
             for d in decoded.dead_letters
         ]
         changes: list[IncidentChange] = []
-        if findings or letters:
+        seen.add_dead_letters(decoded.dead_letters)
+        if findings or letters or seen.models:
 
             def write() -> list[IncidentChange]:
                 with self.db.session() as session:
                     writer = Writer(session)
                     writer.add_dead_letters(letters)
+                    seen.store(writer)
                     return self.incidents.apply(writer, findings)
 
             changes = self.db.retrying(write)
@@ -109,6 +115,7 @@ class Pipeline:
         self.stats.findings += len(findings)
         self.stats.changes.update(str(c.change) for c in changes)
         self.stats.busy_seconds += time.perf_counter() - started
+        seen.publish()
         return changes
 
     def _monitor(self, source: str, partition: int, model: str) -> ModelMonitor:

@@ -1,0 +1,28 @@
+"""The retention job: prunes what piles up, never anything of an open incident."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from agent.config import RetentionSettings
+from storage.db import Database
+from storage.repository import Repository
+
+log = logging.getLogger(__name__)
+
+
+def prune(db: Database, retention: RetentionSettings, now: float | None = None) -> dict[str, int]:
+    """Deletes evidence of resolved incidents and dead letters older than their configured
+    ages (wall clock: retention is about storage, not about what the events say)."""
+    now = time.time() if now is None else now
+
+    def cutoff(age: float) -> float | None:
+        return now - age if age > 0 else None
+
+    deleted = db.retrying(
+        lambda: Repository(db).prune(cutoff(retention.evidence), cutoff(retention.dead_letters))
+    )
+    if any(deleted.values()):
+        log.info("retention pruned %s", deleted)
+    return deleted
