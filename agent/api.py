@@ -34,7 +34,7 @@ from litestar.exceptions import (
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from agent import lifecycle, metrics
 from agent.config import Settings
@@ -228,20 +228,20 @@ def create_app(
 
     @get("/api/incidents", sync_to_thread=True)
     def list_incidents(
-        model: str | None = None,
-        kind: str | None = None,
-        subject: str | None = None,
-        status: Status | None = None,
-        severity: SeverityName | None = None,
+        model: FromQuery[str | None] = None,
+        kind: FromQuery[str | None] = None,
+        subject: FromQuery[str | None] = None,
+        status: FromQuery[Status | None] = None,
+        severity: FromQuery[SeverityName | None] = None,
         since: Annotated[
-            str | None, Parameter(description="latest evidence at or after (epoch s or ISO)")
+            str | None, QueryParameter(description="latest evidence at or after (epoch s or ISO)")
         ] = None,
         until: Annotated[
-            str | None, Parameter(description="first evidence at or before (epoch s or ISO)")
+            str | None, QueryParameter(description="first evidence at or before (epoch s or ISO)")
         ] = None,
-        limit: Annotated[int, Parameter(ge=1, le=max_page)] = 100,
+        limit: Annotated[int, QueryParameter(ge=1, le=max_page)] = 100,
         cursor: Annotated[
-            str | None, Parameter(description="next_cursor of the previous page")
+            str | None, QueryParameter(description="next_cursor of the previous page")
         ] = None,
     ) -> dict[str, Any]:
         """Incidents, newest (latest evidence) first, a page at a time."""
@@ -263,7 +263,7 @@ def create_app(
         return {"items": [_incident_json(i) for i in page], "next_cursor": next_cursor}
 
     @get("/api/incidents/{incident_id:int}", sync_to_thread=True)
-    def show_incident(incident_id: int) -> dict[str, Any]:
+    def show_incident(incident_id: FromPath[int]) -> dict[str, Any]:
         """One incident with its evidence timeline, notes and links."""
         incident = repo.get_incident(_incident_id(incident_id))
         if incident is None:
@@ -284,7 +284,9 @@ def create_app(
 
     def status_handler(name: str, transition: lifecycle.Transition) -> Any:
         def change(
-            request: Request, incident_id: int, data: StatusChangeBody | None = None
+            request: Request,
+            incident_id: FromPath[int],
+            data: JSONBody[StatusChangeBody | None] = None,
         ) -> dict[str, Any]:
             body = data or StatusChangeBody()
             incident = lifecycle.change_status(
@@ -309,7 +311,9 @@ def create_app(
         )(change)
 
     @post("/api/incidents/{incident_id:int}/notes", opt={"admin": True}, sync_to_thread=True)
-    def add_note(request: Request, incident_id: int, data: NoteBody) -> dict[str, Any]:
+    def add_note(
+        request: Request, incident_id: FromPath[int], data: JSONBody[NoteBody]
+    ) -> dict[str, Any]:
         """Adds a note (admin token); answers the note with who wrote it and when."""
         text = _text("text", data.text, lifecycle.NOTE_LIMIT) or ""
         note = lifecycle.add_note(
@@ -346,9 +350,9 @@ def create_app(
 
     @get("/api/dead-letters", sync_to_thread=True)
     def dead_letters(
-        limit: Annotated[int, Parameter(ge=1, le=max_page)] = 100,
-        source: str | None = None,
-        cursor: str | None = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=max_page)] = 100,
+        source: FromQuery[str | None] = None,
+        cursor: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         """Records that could not be decoded, newest first, with the reason."""
         after = _decode_cursor(_text("cursor", cursor), (int,))

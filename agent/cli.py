@@ -349,6 +349,11 @@ def _parse_since(value: str) -> float:
         ) from None
 
 
+from agent import cli_api  # noqa: E402
+
+cli_api.register(app)
+
+
 def main() -> None:
     try:
         app()
