@@ -204,7 +204,7 @@ def create_app(
             status = 400
         return Response({"status_code": status, "detail": str(exc)}, status_code=status)
 
-    @get("/healthz", opt={"public": True}, security=[], sync_to_thread=False)
+    @get("/healthz", opt={"public": True}, security=[{}], sync_to_thread=False)
     def healthz() -> dict[str, str]:
         """200 while the process lives; needs no token."""
         return {"status": "ok"}
