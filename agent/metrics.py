@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 import orjson
@@ -140,56 +141,62 @@ OUTBOX_FAILURES = REGISTRY.counter(
 
 
 class ModelCounts:
-    """What one pipeline batch saw per model: published to the metrics above and stored as
-    the model's running totals (the API's per-model summary and event-time auto-resolve)."""
+    """What the pipeline saw per model: published to the metrics above at once, and kept
+    until it is stored as the model's running totals (the API's per-model summary and
+    event-time auto-resolve). Storing happens with a batch that writes anyway, or every
+    `store_every` seconds, so quiet batches do not each pay for a transaction."""
 
-    def __init__(self) -> None:
+    def __init__(self, store_every: float = 5.0) -> None:
+        self.store_every = store_every
         self.models: dict[str, list[float]] = {}  # model -> [predictions, labels, letters, ts]
-        self.detector_seconds: dict[str, float] = {}
-        self.dead_letters = 0
+        self.stored_at = time.monotonic()
+        self.batch_seconds = 0.0
 
     def add(self, batch: ModelBatch, detector_seconds: float) -> None:
         row = self._row(batch.model)
+        labels = 0 if batch.labels is None else len(batch.labels.ids)
         row[0] += len(batch)
-        timestamps = [batch.ts]
-        if batch.labels is not None:
-            row[1] += len(batch.labels.ids)
-            timestamps.append(batch.labels.ts)
-        latest = max((float(ts.max()) for ts in timestamps if len(ts)), default=math.nan)
-        if not math.isnan(latest):
-            row[3] = latest if math.isnan(row[3]) else max(row[3], latest)
-        self.detector_seconds[batch.model] = (
-            self.detector_seconds.get(batch.model, 0.0) + detector_seconds
-        )
+        row[1] += labels
+        for ts in (batch.ts, None if batch.labels is None else batch.labels.ts):
+            if ts is not None and len(ts):
+                latest = float(ts.max())
+                row[3] = latest if math.isnan(row[3]) else max(row[3], latest)
+        if len(batch):
+            EVENTS.inc(batch.model, "prediction", by=len(batch))
+        if labels:
+            EVENTS.inc(batch.model, "label", by=labels)
+        DETECTOR_SECONDS.inc(batch.model, by=detector_seconds)
+        self.batch_seconds += detector_seconds
 
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Counts dead letters, per model where the payload still names one."""
-        self.dead_letters += len(letters)
+        DEAD_LETTERS.inc(by=len(letters))
         for letter in letters:
             model = _model_named_in(letter.payload)
             if model is not None:
                 self._row(model)[2] += 1
 
+    def end_batch(self) -> None:
+        BATCHES.inc()
+        LAST_BATCH_DETECTOR_SECONDS.set(value=self.batch_seconds)
+        self.batch_seconds = 0.0
+
+    def due(self) -> bool:
+        return bool(self.models) and time.monotonic() - self.stored_at >= self.store_every
+
     def _row(self, model: str) -> list[float]:
         return self.models.setdefault(model, [0, 0, 0, math.nan])
 
     def store(self, writer: Writer) -> None:
+        """Adds the unsaved counts in the writer's transaction; call `stored` after commit."""
         for model, (predictions, labels, letters, ts) in self.models.items():
             writer.bump_model_stats(
                 model, int(predictions), int(labels), int(letters), None if math.isnan(ts) else ts
             )
 
-    def publish(self) -> None:
-        for model, (predictions, labels, _letters, _ts) in self.models.items():
-            if predictions:
-                EVENTS.inc(model, "prediction", by=predictions)
-            if labels:
-                EVENTS.inc(model, "label", by=labels)
-        for model, seconds in self.detector_seconds.items():
-            DETECTOR_SECONDS.inc(model, by=seconds)
-        DEAD_LETTERS.inc(by=self.dead_letters)
-        BATCHES.inc()
-        LAST_BATCH_DETECTOR_SECONDS.set(value=sum(self.detector_seconds.values()))
+    def stored(self) -> None:
+        self.models = {}
+        self.stored_at = time.monotonic()
 
 
 def _model_named_in(payload: bytes) -> str | None:

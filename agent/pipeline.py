@@ -73,18 +73,18 @@ class Pipeline:
         self.incidents = IncidentManager()
         self.monitors: dict[PartitionKey, dict[str, ModelMonitor]] = {}
         self.stats = Stats()
+        self.counts = ModelCounts()  # metrics, and per-model totals not stored yet
 
     def process(self, records: list[RawRecord]) -> list[IncidentChange]:
         """Runs one batch through detectors and stores what it produced in one transaction."""
         started = time.perf_counter()
         decoded = decode_batch(records, self.settings.max_record_bytes)
         findings: list[Finding] = []
-        seen = ModelCounts()
         for (source, partition, model), batch in split_batch(decoded).items():
             detect_started = time.perf_counter()
             findings.extend(self._monitor(source, partition, model).update(batch))
             self.stats.events_by_model[model] += len(batch)
-            seen.add(batch, time.perf_counter() - detect_started)
+            self.counts.add(batch, time.perf_counter() - detect_started)
         letters = [
             DeadLetterInput(
                 source=d.position.source,
@@ -97,17 +97,19 @@ class Pipeline:
             for d in decoded.dead_letters
         ]
         changes: list[IncidentChange] = []
-        seen.add_dead_letters(decoded.dead_letters)
-        if findings or letters or seen.models:
+        self.counts.add_dead_letters(decoded.dead_letters)
+        self.counts.end_batch()
+        if findings or letters or self.counts.due():
 
             def write() -> list[IncidentChange]:
                 with self.db.session() as session:
                     writer = Writer(session)
                     writer.add_dead_letters(letters)
-                    seen.store(writer)
+                    self.counts.store(writer)
                     return self.incidents.apply(writer, findings)
 
             changes = self.db.retrying(write)
+            self.counts.stored()
         self.stats.records += len(records)
         self.stats.predictions += len(decoded.predictions)
         self.stats.labels += len(decoded.labels)
@@ -115,7 +117,6 @@ class Pipeline:
         self.stats.findings += len(findings)
         self.stats.changes.update(str(c.change) for c in changes)
         self.stats.busy_seconds += time.perf_counter() - started
-        seen.publish()
         return changes
 
     def _monitor(self, source: str, partition: int, model: str) -> ModelMonitor:
@@ -138,8 +139,10 @@ class Pipeline:
                         for model, monitor in self.monitors.get((source, partition), {}).items()
                     }
                     writer.save_checkpoints(self.consumer, source, partition, offset, states)
+                self.counts.store(writer)
 
         self.db.retrying(write)
+        self.counts.stored()
 
     def restore_partition(self, source: str, partition: int) -> int | None:
         """Loads a partition's detector state; returns the offset it is valid for, if any."""
