@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypedDict
 
 import uvicorn
 from litestar import Litestar, MediaType, Request, Response, get, post
@@ -53,6 +53,94 @@ ReadinessCheck = Callable[[], None]  # raises (with a short message) when not re
 
 Status = Literal["open", "acknowledged", "resolved"]
 SeverityName = Literal["info", "warning", "critical"]
+
+
+# --- response shapes (for the OpenAPI spec; the handlers return plain dicts of these) -------
+
+
+class Position(TypedDict):
+    source: str
+    partition: int
+    offset: int
+
+
+class IncidentOut(TypedDict):
+    """The contract's incident JSON (section 3) plus the incident it follows, if any."""
+
+    id: int
+    model: str
+    kind: str
+    subject: str
+    severity: str
+    status: str
+    title: str
+    first_seen: float
+    last_seen: float
+    count: int
+    details: dict[str, Any]
+    previous_id: int | None
+
+
+class IncidentPage(TypedDict):
+    items: list[IncidentOut]
+    next_cursor: str | None
+
+
+class EvidenceOut(TypedDict):
+    id: int
+    ts: float
+    detector: str
+    statistic: str
+    value: float
+    threshold: float
+    effect_size: float | None
+    support: int
+    severity: str
+    title: str
+    position: Position
+    details: dict[str, Any]
+
+
+class NoteOut(TypedDict):
+    id: int
+    author: str
+    text: str
+    action: str
+    created_at: float
+
+
+class IncidentDetail(IncidentOut):
+    resolved_at: float | None
+    evidence: list[EvidenceOut]
+    notes: list[NoteOut]
+    links: dict[str, Any]
+
+
+class ModelSummary(TypedDict):
+    model: str
+    open_incidents: dict[str, int]
+    last_event_ts: float | None
+    events_seen: dict[str, int]
+    dead_letters: int
+
+
+class ModelList(TypedDict):
+    items: list[ModelSummary]
+
+
+class DeadLetterOut(TypedDict):
+    id: int
+    received_at: float
+    source: str
+    partition: int
+    offset: int
+    reason: str
+    payload: str
+
+
+class DeadLetterPage(TypedDict):
+    items: list[DeadLetterOut]
+    next_cursor: str | None
 
 
 @dataclass
@@ -174,8 +262,8 @@ def _incident_id(value: int) -> int:
     return value
 
 
-def _incident_json(incident: Incident) -> dict[str, Any]:
-    return {**incident.to_contract(), "previous_id": incident.previous_id}
+def _incident_json(incident: Incident) -> IncidentOut:
+    return {**incident.to_contract(), "previous_id": incident.previous_id}  # type: ignore[typeddict-item]
 
 
 def _author(request: Request, given: str | None) -> str:
@@ -243,7 +331,7 @@ def create_app(
         cursor: Annotated[
             str | None, QueryParameter(description="next_cursor of the previous page")
         ] = None,
-    ) -> dict[str, Any]:
+    ) -> IncidentPage:
         """Incidents, newest (latest evidence) first, a page at a time."""
         where = IncidentFilter(
             model=_text("model", model),
@@ -263,7 +351,7 @@ def create_app(
         return {"items": [_incident_json(i) for i in page], "next_cursor": next_cursor}
 
     @get("/api/incidents/{incident_id:int}", sync_to_thread=True)
-    def show_incident(incident_id: FromPath[int]) -> dict[str, Any]:
+    def show_incident(incident_id: FromPath[int]) -> IncidentDetail:
         """One incident with its evidence timeline, notes and links."""
         incident = repo.get_incident(_incident_id(incident_id))
         if incident is None:
@@ -287,7 +375,7 @@ def create_app(
             request: Request,
             incident_id: FromPath[int],
             data: JSONBody[StatusChangeBody | None] = None,
-        ) -> dict[str, Any]:
+        ) -> IncidentOut:
             body = data or StatusChangeBody()
             incident = lifecycle.change_status(
                 db,
@@ -311,9 +399,7 @@ def create_app(
         )(change)
 
     @post("/api/incidents/{incident_id:int}/notes", opt={"admin": True}, sync_to_thread=True)
-    def add_note(
-        request: Request, incident_id: FromPath[int], data: JSONBody[NoteBody]
-    ) -> dict[str, Any]:
+    def add_note(request: Request, incident_id: FromPath[int], data: JSONBody[NoteBody]) -> NoteOut:
         """Adds a note (admin token); answers the note with who wrote it and when."""
         text = _text("text", data.text, lifecycle.NOTE_LIMIT) or ""
         note = lifecycle.add_note(
@@ -322,7 +408,7 @@ def create_app(
         return note.to_contract()
 
     @get("/api/models", sync_to_thread=True)
-    def models() -> dict[str, Any]:
+    def models() -> ModelList:
         """Per model: open incidents by kind, last event time, events seen, dead letters."""
         summary: dict[str, dict[str, Any]] = {}
 
@@ -353,7 +439,7 @@ def create_app(
         limit: Annotated[int, QueryParameter(ge=1, le=max_page)] = 100,
         source: FromQuery[str | None] = None,
         cursor: FromQuery[str | None] = None,
-    ) -> dict[str, Any]:
+    ) -> DeadLetterPage:
         """Records that could not be decoded, newest first, with the reason."""
         after = _decode_cursor(_text("cursor", cursor), (int,))
         rows = repo.list_dead_letters_page(
