@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict
 
 import uvicorn
+from apscheduler.schedulers.background import BackgroundScheduler
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import (
@@ -36,8 +37,9 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from agent import lifecycle, metrics
+from agent import lifecycle, metrics, retention
 from agent.config import Settings
+from agent.scheduler import add_interval_job, make_scheduler
 from storage.db import Database
 from storage.models import Incident
 from storage.repository import IncidentFilter, Repository
@@ -503,6 +505,24 @@ def create_app(
         debug=False,
         logging_config=None,
     )
+
+
+def start_jobs(settings: Settings, db: Database) -> BackgroundScheduler:
+    """The API's background jobs on a started scheduler (also for the daemon to call)."""
+    scheduler = make_scheduler()
+    api = settings.api
+    if api.auto_resolve_after > 0:
+        add_interval_job(
+            scheduler,
+            lambda: lifecycle.auto_resolve(db, api.auto_resolve_after),
+            api.auto_resolve_interval,
+            "auto-resolve",
+        )
+    add_interval_job(
+        scheduler, lambda: retention.prune(db, api.retention), api.retention.interval, "retention"
+    )
+    scheduler.start()
+    return scheduler
 
 
 class ApiServer:

@@ -2,39 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 import typer
 import uvicorn
-from apscheduler.schedulers.background import BackgroundScheduler
 
-from agent import lifecycle, logs, retention
-from agent.api import create_app
+from agent import logs
+from agent.api import create_app, start_jobs
 from agent.cli import ConfigOption, DbOption, UsageError, _database, _settings, err
-from agent.config import Settings
-from agent.scheduler import add_interval_job, make_scheduler
-from storage.db import Database, redact
-
-log = logging.getLogger("bulwark.serve")
-
-
-def start_jobs(settings: Settings, db: Database) -> BackgroundScheduler:
-    """The API's background jobs on a started scheduler (also for the daemon to call)."""
-    scheduler = make_scheduler()
-    api = settings.api
-    if api.auto_resolve_after > 0:
-        add_interval_job(
-            scheduler,
-            lambda: lifecycle.auto_resolve(db, api.auto_resolve_after),
-            api.auto_resolve_interval,
-            "auto-resolve",
-        )
-    add_interval_job(
-        scheduler, lambda: retention.prune(db, api.retention), api.retention.interval, "retention"
-    )
-    scheduler.start()
-    return scheduler
+from storage.db import redact
 
 
 def register(app: typer.Typer) -> None:
