@@ -225,8 +225,9 @@ def incidents_show(
         raise UsageError(f"no incident with id {incident_id}")
     item = incident.to_contract()
     evidence = [e.to_contract() for e in repository.evidence_of(incident_id)]
+    reports = [r.to_contract() for r in repository.reports_of_incident(incident_id)]
     if fmt == "json":
-        _print_json({**item, "evidence": evidence})
+        _print_json({**item, "evidence": evidence, "reports": reports})
         return
     table = Table(show_header=False, box=None)
     for key in ("id", "model", "kind", "subject", "severity", "status", "title", "count"):
@@ -250,6 +251,8 @@ def incidents_show(
             str(e["support"]),
         )
     out.print(ev)
+    for report in reports:
+        out.print(f"report {report['id']}: {report['html_path']}")
 
 
 @dead_letters_app.command("list")
@@ -342,6 +345,9 @@ def _parse_since(value: str) -> float:
 from agent.cli_reference import register as register_reference  # noqa: E402
 
 register_reference(app)
+from agent import cli_api  # noqa: E402
+
+cli_api.register(app)
 
 
 def main() -> None:

@@ -7,11 +7,12 @@ command-line options. An invalid value fails at start with a message naming the 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 
 from detectors.registry import DetectorSettings
 
@@ -49,6 +50,65 @@ class ReportSettings(BaseModel):
     dir: Path | None = None  # None: `reports/` next to the SQLite file, else in the data dir
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> Any:
+    """Seconds as a number, or a string like "90s", "30m", "6h", "7d"; other input is left for
+    pydantic to reject with the key's name."""
+    if isinstance(value, str) and (match := _DURATION.match(value)):
+        return float(match[1]) * _UNIT_SECONDS[match[2]]
+    return value
+
+
+def _comma_list(value: Any) -> Any:
+    """Environment variables carry lists as comma-separated strings."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+# A duration in seconds; 0 disables what it configures.
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+Tokens = Annotated[list[SecretStr], BeforeValidator(_comma_list)]
+
+
+class ApiTokens(BaseModel):
+    """Bearer tokens of the HTTP API. Admin tokens may change incidents; read-only ones may
+    only read. SecretStr keeps them out of reprs and logs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    admin: Tokens = Field(default_factory=list)
+    read_only: Tokens = Field(default_factory=list)
+
+
+class RetentionSettings(BaseModel):
+    """How long to keep what piles up; 0 keeps forever. Open incidents are never pruned."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    evidence: Duration = 90 * 86400.0  # evidence of resolved incidents
+    dead_letters: Duration = 30 * 86400.0
+    reports: Duration = 90 * 86400.0
+    interval: Duration = Field(3600.0, gt=0)  # how often the retention job runs
+
+
+class ApiSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    tokens: ApiTokens = Field(default_factory=ApiTokens)
+    # Resolve an incident once its model has seen this much event time without new evidence.
+    auto_resolve_after: Duration = 86400.0
+    auto_resolve_interval: Duration = Field(60.0, gt=0)  # how often that check runs
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    json_logs: bool = False  # one JSON object per log line, for log shippers
+    max_page: int = Field(500, ge=1, le=10_000)  # largest `limit` a list request may ask for
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -59,6 +119,7 @@ class Settings(BaseModel):
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     reference: ReferenceSettings = Field(default_factory=ReferenceSettings)
     reports: ReportSettings = Field(default_factory=ReportSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     def detectors_for(self, model: str) -> DetectorSettings:
         overrides = self.models.get(model)
@@ -73,6 +134,7 @@ class Settings(BaseModel):
 # Environment variable -> dotted config key; lists are comma-separated.
 ENVIRONMENT = {
     "BULWARK_DB_URL": "database_url",
+    "BULWARK_API_TOKEN": "api.tokens.admin",
 }
 
 

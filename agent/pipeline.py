@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from agent.config import Settings
 from agent.incidents import Change, IncidentChange, IncidentManager
+from agent.metrics import ModelCounts
 from agent.reference import ActiveReference
 from agent.samples import RecentWindow, ReferenceCollector, Sample
 from detectors.base import Detector, Finding
@@ -127,6 +128,7 @@ class Pipeline:
         self.references: dict[str, ActiveReference | None] = {}
         self.collectors: dict[str, ReferenceCollector] = {}
         self.stats = Stats()
+        self.counts = ModelCounts()  # metrics, and per-model totals not stored yet
 
     def process(self, records: list[RawRecord]) -> list[IncidentChange]:
         """Runs one batch through detectors and stores what it produced in one transaction."""
@@ -134,10 +136,12 @@ class Pipeline:
         decoded = decode_batch(records, self.settings.max_record_bytes)
         findings: list[Finding] = []
         for (source, partition, model), batch in split_batch(decoded).items():
+            detect_started = time.perf_counter()
             version = next((v for v in batch.model_versions if v is not None), None)
             monitor = self._monitor(source, partition, model, version)
             findings.extend(monitor.update(batch, self._reference_start(model, batch)))
             self.stats.events_by_model[model] += len(batch)
+            self.counts.add(batch, time.perf_counter() - detect_started)
         letters = [
             DeadLetterInput(
                 source=d.position.source,
@@ -150,15 +154,19 @@ class Pipeline:
             for d in decoded.dead_letters
         ]
         changes: list[IncidentChange] = []
-        if findings or letters:
+        self.counts.add_dead_letters(decoded.dead_letters)
+        self.counts.end_batch()
+        if findings or letters or self.counts.due():
 
             def write() -> list[IncidentChange]:
                 with self.db.session() as session:
                     writer = Writer(session)
                     writer.add_dead_letters(letters)
+                    self.counts.store(writer)
                     return self.incidents.apply(writer, findings)
 
             changes = self.db.retrying(write)
+            self.counts.stored()
         self.stats.records += len(records)
         self.stats.predictions += len(decoded.predictions)
         self.stats.labels += len(decoded.labels)
@@ -253,10 +261,12 @@ class Pipeline:
                         writer.save_recent_sample(
                             model, source, partition, len(sample), window, blob
                         )
+                self.counts.store(writer)
 
         self.db.retrying(write)
         for *_, monitor in recent:
             monitor.recent.dirty = False
+        self.counts.stored()
 
     def restore_partition(self, source: str, partition: int) -> int | None:
         """Loads a partition's detector state and recent predictions; returns the offset they

@@ -291,3 +291,45 @@ class IncidentReport(Base):
     )
 
     __table_args__ = (Index("ix_incident_reports_report", "report_id"),)
+
+
+class IncidentNote(Base):
+    """A note on an incident: who wrote it and when (wall clock), including the automatic ones
+    that record each status change, so the incident's history reads as an audit trail."""
+
+    __tablename__ = "incident_notes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    author: Mapped[str] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    # "note" (written by someone) or the status change it records: "acknowledged", ...
+    action: Mapped[str] = mapped_column(String(20), default="note")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_incident_notes_incident", "incident_id", "id"),)
+
+    def to_contract(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "author": self.author,
+            "text": self.text,
+            "action": self.action,
+            "created_at": self.created_at.timestamp(),
+        }
+
+
+class ModelStats(Base):
+    """Running totals per model, updated in each batch's transaction: what the per-model
+    summary and event-time auto-resolve need without scanning events."""
+
+    __tablename__ = "model_stats"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    predictions: Mapped[int] = mapped_column(BigInteger, default=0)
+    labels: Mapped[int] = mapped_column(BigInteger, default=0)
+    dead_letters: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_event_ts: Mapped[float | None] = mapped_column(Double, nullable=True)  # event time
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )

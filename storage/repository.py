@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, func, or_, select
+from sqlalchemy import Select, and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
@@ -25,7 +26,9 @@ from storage.models import (
     DeadLetterRow,
     Evidence,
     Incident,
+    IncidentNote,
     IncidentReport,
+    ModelStats,
     RecentSample,
     Reference,
     Report,
@@ -246,14 +249,81 @@ class Repository:
             row = session.get(SourcePosition, (consumer, source, partition))
             return None if row is None else row.next_offset
 
-    def set_status(self, incident_id: int, status: str) -> Incident | None:
+    def notes_of(self, incident_id: int) -> list[IncidentNote]:
+        query = (
+            select(IncidentNote)
+            .where(IncidentNote.incident_id == incident_id)
+            .order_by(IncidentNote.id)
+        )
         with self.db.session() as session:
-            incident = session.get(Incident, incident_id)
-            if incident is None:
-                return None
-            incident.status = status
-            incident.resolved_at = utcnow() if status == "resolved" else None
-            return incident
+            return list(session.scalars(query))
+
+    def list_dead_letters_page(
+        self, limit: int, before_id: int | None = None, source: str | None = None
+    ) -> list[DeadLetterRow]:
+        """Newest first; `before_id` is the last id of the previous page."""
+        query = select(DeadLetterRow)
+        if before_id is not None:
+            query = query.where(DeadLetterRow.id < before_id)
+        if source is not None:
+            query = query.where(DeadLetterRow.source == source)
+        query = query.order_by(DeadLetterRow.id.desc()).limit(limit)
+        with self.db.session() as session:
+            return list(session.scalars(query))
+
+    def model_stats(self) -> list[ModelStats]:
+        with self.db.session() as session:
+            return list(session.scalars(select(ModelStats).order_by(ModelStats.model)))
+
+    def open_incident_counts(self) -> list[tuple[str, str, str, int]]:
+        """(model, kind, severity, count) of unresolved incidents."""
+        query = (
+            select(Incident.model, Incident.kind, Incident.severity, func.count(Incident.id))
+            .where(Incident.status.in_(OPEN_STATUSES))
+            .group_by(Incident.model, Incident.kind, Incident.severity)
+        )
+        with self.db.session() as session:
+            return [(m, k, s, int(n)) for m, k, s, n in session.execute(query)]
+
+    def ping(self) -> None:
+        """Raises if the database cannot answer a trivial query."""
+        with self.db.engine.connect() as conn:
+            conn.execute(select(1))
+
+    def prune(
+        self,
+        evidence_before: float | None,
+        dead_letters_before: float | None,
+        reports_before: float | None = None,
+    ) -> tuple[dict[str, int], list[str]]:
+        """Deletes evidence of resolved incidents recorded before `evidence_before`, dead
+        letters received before `dead_letters_before` and reports created before
+        `reports_before` (epoch seconds, wall clock; None keeps). Evidence of open or
+        acknowledged incidents is never touched. Returns the counts and the HTML paths of the
+        deleted reports, for the caller to remove from disk."""
+        deleted: dict[str, int] = {"evidence": 0, "dead_letters": 0, "reports": 0}
+        html_paths: list[str] = []
+        with self.db.session() as session:
+            if evidence_before is not None:
+                resolved = select(Incident.id).where(Incident.status == "resolved")
+                result = session.execute(
+                    delete(Evidence).where(
+                        Evidence.created_at < datetime.fromtimestamp(evidence_before, UTC),
+                        Evidence.incident_id.in_(resolved),
+                    )
+                )
+                deleted["evidence"] = int(result.rowcount or 0)
+            if dead_letters_before is not None:
+                result = session.execute(
+                    delete(DeadLetterRow).where(DeadLetterRow.received_at < dead_letters_before)
+                )
+                deleted["dead_letters"] = int(result.rowcount or 0)
+            if reports_before is not None:
+                old = Report.created_at < datetime.fromtimestamp(reports_before, UTC)
+                html_paths = [p for p in session.scalars(select(Report.html_path).where(old)) if p]
+                result = session.execute(delete(Report).where(old))
+                deleted["reports"] = int(result.rowcount or 0)
+        return deleted, html_paths
 
 
 class Writer:
@@ -261,6 +331,73 @@ class Writer:
 
     def __init__(self, session: Session) -> None:
         self.session = session
+
+    def incident_for_update(self, incident_id: int) -> Incident | None:
+        """The incident, row-locked on PostgreSQL so two status changes cannot interleave."""
+        query = select(Incident).where(Incident.id == incident_id).with_for_update()
+        return self.session.scalars(query).first()
+
+    def add_note(self, incident_id: int, author: str, text: str, action: str) -> IncidentNote:
+        note = IncidentNote(incident_id=incident_id, author=author, text=text, action=action)
+        self.session.add(note)
+        self.session.flush()
+        return note
+
+    def quiet_incidents(self, default_now: float, quiet_for: float) -> list[Incident]:
+        """Unresolved incidents without evidence for `quiet_for` seconds of their model's event
+        time (the latest event seen of the model), or of `default_now` for a model never seen."""
+        now = func.coalesce(ModelStats.last_event_ts, default_now)
+        query = (
+            select(Incident)
+            .outerjoin(ModelStats, ModelStats.model == Incident.model)
+            .where(Incident.status.in_(OPEN_STATUSES), Incident.last_seen <= now - quiet_for)
+            .order_by(Incident.id)
+            .with_for_update(of=Incident)
+        )
+        return list(self.session.scalars(query))
+
+    def model_event_time(self, model: str) -> float | None:
+        return self.session.scalar(
+            select(ModelStats.last_event_ts).where(ModelStats.model == model)
+        )
+
+    def bump_model_stats(
+        self,
+        model: str,
+        predictions: int,
+        labels: int,
+        dead_letters: int,
+        last_event_ts: float | None,
+    ) -> None:
+        """Adds a batch's counts to the model's running totals (atomic increments, so several
+        processes can share a model)."""
+        self._insert_ignoring_duplicates(
+            ModelStats,
+            [
+                {
+                    "model": model,
+                    "predictions": 0,
+                    "labels": 0,
+                    "dead_letters": 0,
+                    "last_event_ts": None,
+                    "updated_at": utcnow(),
+                }
+            ],
+            "model",
+        )
+        values: dict[str, Any] = {
+            "predictions": ModelStats.predictions + predictions,
+            "labels": ModelStats.labels + labels,
+            "dead_letters": ModelStats.dead_letters + dead_letters,
+            "updated_at": utcnow(),
+        }
+        if last_event_ts is not None:
+            values["last_event_ts"] = case(
+                (ModelStats.last_event_ts.is_(None), last_event_ts),
+                (ModelStats.last_event_ts < last_event_ts, last_event_ts),
+                else_=ModelStats.last_event_ts,
+            )
+        self.session.execute(update(ModelStats).where(ModelStats.model == model).values(values))
 
     def open_incident(self, model: str, kind: str, subject: str) -> Incident | None:
         query = select(Incident).where(

@@ -110,6 +110,6 @@ def test_scheduler_has_the_reports_job_when_enabled(sqlite_url: str, tmp_path: P
     job = build_scheduler(settings, database).get_job(REPORTS_JOB)
     assert job is not None and job.trigger.interval.total_seconds() == 900
     disabled = settings.model_copy(update={"reports": ReportSettings(enabled=False)})
-    assert build_scheduler(disabled, database).get_jobs() == []
+    assert build_scheduler(disabled, database).get_job(REPORTS_JOB) is None
     # Reports land next to the SQLite file unless configured.
     assert reports_dir(settings, database) == tmp_path / "reports"

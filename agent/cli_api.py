@@ -1,0 +1,47 @@
+"""`bulwark serve`: the HTTP API, with its background jobs (auto-resolve, retention)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from agent import logs
+from agent.api import create_app, start_jobs
+from agent.cli import ConfigOption, DbOption, UsageError, _database, _settings, err
+from storage.db import redact
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+        port: Annotated[int | None, typer.Option(help="Port to listen on.", min=0)] = None,
+        db: DbOption = None,
+        config: ConfigOption = None,
+    ) -> None:
+        """Serve the HTTP API and web page (bearer token from BULWARK_API_TOKEN or config)."""
+        settings = _settings(config, db)
+        api = settings.api
+        if not api.tokens.admin and not api.tokens.read_only:
+            raise UsageError(
+                "no API token configured: set BULWARK_API_TOKEN or api.tokens.admin in the config"
+            )
+        logs.configure(api.json_logs)
+        database = _database(settings)
+        scheduler = start_jobs(settings, database)
+        host = host or api.host
+        port = api.port if port is None else port
+        err.print(f"Bulwark API on http://{host}:{port}/ (database {redact(database.url)})")
+        try:
+            uvicorn.run(
+                create_app(settings, database),
+                host=host,
+                port=port,
+                log_config=None,
+                access_log=True,
+            )
+        finally:
+            scheduler.shutdown(wait=False)
+            database.dispose()

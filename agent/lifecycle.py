@@ -1,0 +1,155 @@
+"""Incident lifecycle: acknowledge, resolve, reopen, notes and auto-resolve.
+
+The one place where an incident's status changes after it was opened (opening and updating
+from evidence is agent/incidents.py). Each change runs in one transaction that also records a
+note saying who changed what, and calls `on_status_change` — the hook for anything that must
+happen atomically with the change (e.g. queueing notifications in the outbox).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError
+
+from storage.db import Database
+from storage.models import OPEN_STATUSES, Incident, IncidentNote, utcnow
+from storage.repository import Writer
+
+log = logging.getLogger(__name__)
+
+AUTO_RESOLVER = "bulwark"
+NOTE_LIMIT = 10_000
+
+
+class LifecycleError(ValueError):
+    """A change that is not possible; the message says why."""
+
+
+class NotFound(LifecycleError):
+    """No incident with that id."""
+
+
+class Conflict(LifecycleError):
+    """The change does not apply to the incident's current status."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    action: str  # the verb recorded in the note
+    to: str  # the status after the change
+    allowed_from: tuple[str, ...]
+
+
+ACKNOWLEDGE = Transition("acknowledged", "acknowledged", ("open",))
+RESOLVE = Transition("resolved", "resolved", OPEN_STATUSES)
+REOPEN = Transition("reopened", "open", ("resolved", "acknowledged"))
+TRANSITIONS = {"acknowledge": ACKNOWLEDGE, "resolve": RESOLVE, "reopen": REOPEN}
+
+
+def on_status_change(writer: Writer, incident: Incident, previous: str, note: IncidentNote) -> None:
+    """Called inside the transaction of every status change, after it is applied.
+
+    The single hook point for side effects that must commit or roll back with the change.
+    """
+
+
+def change_status(
+    db: Database, incident_id: int, transition: Transition, author: str, text: str = ""
+) -> Incident:
+    """Applies one transition in one transaction; raises NotFound or Conflict."""
+
+    def work() -> Incident:
+        with db.session() as session:
+            writer = Writer(session)
+            incident = writer.incident_for_update(incident_id)
+            if incident is None:
+                raise NotFound(f"no incident with id {incident_id}")
+            _apply(writer, incident, transition, author, text)
+            return incident
+
+    try:
+        return db.retrying(work)
+    except IntegrityError:
+        # Reopening while a newer incident of the same key is open: the unique index refuses.
+        raise Conflict(
+            f"incident {incident_id} cannot be reopened: a newer incident for the same "
+            "model, kind and subject is open"
+        ) from None
+
+
+def _apply(
+    writer: Writer, incident: Incident, transition: Transition, author: str, text: str
+) -> IncidentNote:
+    previous = incident.status
+    if previous not in transition.allowed_from:
+        raise Conflict(
+            f"incident {incident.id} is {previous}; it can be {transition.action} only when "
+            f"{' or '.join(transition.allowed_from)}"
+        )
+    incident.status = transition.to
+    incident.resolved_at = utcnow() if transition.to == "resolved" else None
+    writer.session.flush()  # let the unique index of open incidents speak now
+    note = writer.add_note(
+        incident.id, author, _note_text(text) or transition.action, transition.action
+    )
+    on_status_change(writer, incident, previous, note)
+    return note
+
+
+def add_note(db: Database, incident_id: int, author: str, text: str) -> IncidentNote:
+    text = _note_text(text)
+    if not text:
+        raise LifecycleError("a note needs some text")
+
+    def work() -> IncidentNote:
+        with db.session() as session:
+            writer = Writer(session)
+            if writer.incident_for_update(incident_id) is None:
+                raise NotFound(f"no incident with id {incident_id}")
+            return writer.add_note(incident_id, author, text, "note")
+
+    return db.retrying(work)
+
+
+def auto_resolve(db: Database, quiet_for: float, wall_now: float | None = None) -> list[int]:
+    """Resolves every unresolved incident whose model has run `quiet_for` seconds of event
+    time past the incident's latest evidence. A model no event was counted for falls back to
+    the wall clock. Returns the ids resolved. `quiet_for` 0 disables."""
+    if quiet_for <= 0:
+        return []
+    wall_now = time.time() if wall_now is None else wall_now
+
+    def work() -> list[int]:
+        resolved = []
+        with db.session() as session:
+            writer = Writer(session)
+            for incident in writer.quiet_incidents(wall_now, quiet_for):
+                now = writer.model_event_time(incident.model)
+                clock = "event time" if now is not None else "wall-clock time"
+                quiet = (now if now is not None else wall_now) - incident.last_seen
+                text = (
+                    f"auto-resolved: no new evidence for {_duration(quiet)} of {clock} "
+                    f"(auto_resolve_after is {_duration(quiet_for)})"
+                )
+                _apply(writer, incident, RESOLVE, AUTO_RESOLVER, text)
+                resolved.append(incident.id)
+        return resolved
+
+    resolved = db.retrying(work)
+    if resolved:
+        log.info("auto-resolved %d incident(s): %s", len(resolved), resolved)
+    return resolved
+
+
+def _note_text(text: str) -> str:
+    return text.strip()[:NOTE_LIMIT]
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
