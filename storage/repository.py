@@ -123,13 +123,10 @@ class Repository:
             return None if row is None else row.next_offset
 
     def set_status(self, incident_id: int, status: str) -> Incident | None:
+        """Changes the status alone; `agent.lifecycle.set_status` also notifies."""
         with self.db.session() as session:
-            incident = session.get(Incident, incident_id)
-            if incident is None:
-                return None
-            incident.status = status
-            incident.resolved_at = utcnow() if status == "resolved" else None
-            return incident
+            changed = Writer(session).set_status(incident_id, status)
+            return None if changed is None else changed[0]
 
 
 class Writer:
@@ -156,6 +153,17 @@ class Writer:
         except IntegrityError:
             return None
         return incident
+
+    def set_status(self, incident_id: int, status: str) -> tuple[Incident, str] | None:
+        """Sets an incident's status in this transaction; (incident, old status), or None if
+        there is no such incident."""
+        incident = self.session.get(Incident, incident_id, with_for_update=True)
+        if incident is None:
+            return None
+        old = incident.status
+        incident.status = status
+        incident.resolved_at = utcnow() if status == "resolved" else None
+        return incident, old
 
     def latest_resolved(self, model: str, kind: str, subject: str) -> Incident | None:
         query = (
