@@ -100,7 +100,7 @@ class OutboxStore:
         }
         return [
             (incident, row.channel, row)
-            for incident, row in self.session.execute(query).tuples()
+            for incident, row in self.session.execute(query)
             if (incident.id, row.channel) not in pending
         ]
 
@@ -124,7 +124,7 @@ class OutboxStore:
             .where(Notification.id > after_id)
             .group_by(Notification.state)
         )
-        return {state: int(n) for state, n in self.session.execute(query).tuples()}
+        return {state: int(n) for state, n in self.session.execute(query)}
 
     # Silences
 

@@ -94,9 +94,15 @@ class Message:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def send(client: httpx.Client, settings: ChannelSettings, message: Message) -> Result:
-    """Sends one grouped message; never raises for network or receiver trouble."""
-    secrets = _secrets(settings)
+def send(
+    client: httpx.Client,
+    settings: ChannelSettings,
+    message: Message,
+    secrets: list[str] | None = None,
+) -> Result:
+    """Sends one grouped message; never raises for network or receiver trouble. `secrets`
+    (default: the channel's own) are scrubbed from the result's detail."""
+    secrets = secrets_of([settings]) if secrets is None else secrets
     try:
         if settings.type == "slack":
             result = _send_slack(client, settings, message)
@@ -359,14 +365,17 @@ def scrub(text: str, secrets: list[str]) -> str:
     return text
 
 
-def _secrets(settings: ChannelSettings) -> list[str]:
-    values = [
-        s.get_secret_value() for s in (settings.url, settings.routing_key, settings.secret) if s
-    ]
-    if settings.url is not None:
-        path = urlsplit(settings.url.get_secret_value()).path
-        if len(path) > 8:  # Slack's secret is the path: hide it even without the host
-            values.append(path)
+def secrets_of(settings: list[ChannelSettings]) -> list[str]:
+    """Every secret of the given channels, longest first (so a URL goes before its path)."""
+    values: set[str] = set()
+    for channel in settings:
+        for secret in (channel.url, channel.routing_key, channel.secret):
+            if secret is not None and secret.get_secret_value():
+                values.add(secret.get_secret_value())
+        if channel.url is not None:
+            path = urlsplit(channel.url.get_secret_value()).path
+            if len(path) > 8:  # Slack's secret is the path: hide it even without the host
+                values.add(path)
     return sorted(values, key=len, reverse=True)
 
 

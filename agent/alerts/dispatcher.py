@@ -54,6 +54,8 @@ class Dispatcher:
         self.clock = clock
         self.client = client or channels.make_client(alerts.timeout)
         self._next_repeat_check = 0.0
+        # Any channel's secret, scrubbed from any channel's errors (receivers echo things).
+        self._secrets = channels.secrets_of(list(alerts.channels.values()))
 
     def close(self) -> None:
         self.client.close()
@@ -85,19 +87,32 @@ class Dispatcher:
         head = rows[0]
         if head.attempts > 0 and head.next_attempt_at > now:
             return Pass()  # in backoff: later notifications wait, so order is kept
-        groups: dict[str, list[Notification]] = {}
-        for row in rows:
-            groups.setdefault(row.group_key, []).append(row)
         totals = Pass()
-        for group in groups.values():
-            if min(r.next_attempt_at for r in group) > now:
-                continue
+        for group in self._groups(name, rows, now):
             for start in range(0, len(group), MAX_ROWS_PER_MESSAGE):
                 result = self._deliver(name, group[start : start + MAX_ROWS_PER_MESSAGE], now)
                 totals = _add(totals, result)
                 if result.retrying or result.failed:
                     return totals  # stop this channel for now: keep its order
         return totals
+
+    def _groups(self, name: str, rows: list[Notification], now: float) -> list[list[Notification]]:
+        """The due messages of a channel, oldest first. Chat and webhook channels get one
+        message per model with everything pending for it once any of it is due; PagerDuty
+        takes one event per notification anyway, so it gets them strictly in order, up to
+        the first one still waiting out its group_wait."""
+        settings = self.alerts.channels.get(name)
+        if settings is not None and settings.type == "pagerduty":
+            due: list[Notification] = []
+            for row in rows:
+                if row.next_attempt_at > now:
+                    break
+                due.append(row)
+            return [due] if due else []
+        groups: dict[str, list[Notification]] = {}
+        for row in rows:
+            groups.setdefault(row.group_key, []).append(row)
+        return [g for g in groups.values() if min(r.next_attempt_at for r in g) <= now]
 
     def _deliver(self, name: str, rows: list[Notification], now: float) -> Pass:
         settings = self.alerts.channels.get(name)
@@ -120,7 +135,7 @@ class Dispatcher:
             items=[self._item(r) for r in rows],
             max_listed=self.alerts.max_listed,
         )
-        result = channels.send(self.client, settings, message)
+        result = channels.send(self.client, settings, message, self._secrets)
         return _add(done, self.db.retrying(lambda: self._record(rows, result, now)))
 
     def _silenced(
