@@ -239,11 +239,11 @@ def pagerduty_event(routing_key: str, item: Item) -> dict[str, Any]:
         "source": f"bulwark:{i.get('model', 'bulwark')}",
         "severity": PAGERDUTY_SEVERITY.get(str(i.get("severity")), "warning"),
         "timestamp": _iso(i.get("last_seen")) or datetime.now(UTC).isoformat(),
-        "component": str(i.get("subject", "")),
-        "group": str(i.get("model", "")),
-        "class": str(i.get("kind", "")),
         "custom_details": details,
     }
+    for name, key in (("component", "subject"), ("group", "model"), ("class", "kind")):
+        if i.get(key):  # optional fields: absent rather than empty
+            event["payload"][name] = str(i[key])
     event["client"] = "Bulwark"
     if item.link:
         event["client_url"] = item.link

@@ -92,8 +92,8 @@ class Dispatcher:
             for start in range(0, len(group), MAX_ROWS_PER_MESSAGE):
                 result = self._deliver(name, group[start : start + MAX_ROWS_PER_MESSAGE], now)
                 totals = _add(totals, result)
-                if result.retrying or result.failed:
-                    return totals  # stop this channel for now: keep its order
+                if result.retrying:
+                    return totals  # the channel waits for this retry: keep its order
         return totals
 
     def _groups(self, name: str, rows: list[Notification], now: float) -> list[list[Notification]]:
@@ -125,7 +125,9 @@ class Dispatcher:
         if not rows:
             return done
         ids = [r.id for r in rows]
-        lease = now + self.alerts.timeout * 3 + 5
+        # Long enough for every request of the message; a crashed sender's claim lapses.
+        requests = len(rows) if settings.type == "pagerduty" else 1
+        lease = now + self.alerts.timeout * (requests + 2) + 5
         claimed = self.db.retrying(lambda: self._claim(ids, now, lease))
         if not claimed:
             return done  # another dispatcher is sending these
