@@ -128,6 +128,9 @@ class AlertSettings(BaseModel):
     replay_wait: Duration = Field(120.0, ge=0)
     # Link to an incident in messages; `{id}` is replaced, e.g. https://bulwark.example/incidents/{id}
     incident_url: str | None = None
+    # Events per minute sent to one PagerDuty channel (PagerDuty allows about 120 per
+    # routing key and answers 429 beyond): the rest wait their turn, in order.
+    pagerduty_per_minute: int = Field(100, ge=1, le=1000)
     # Incidents listed one by one in a grouped Slack message; the rest are counted.
     max_listed: int = Field(10, ge=1, le=40)
 

@@ -435,3 +435,19 @@ def _settings_from(alerts: dict) -> Settings:
         path = Path(tmp) / "bulwark.toml"
         path.write_text("[alerts]\n" + "\n".join(lines) + "\n")
         return load_settings(path, environ={})
+
+
+def test_pagerduty_pace_stays_under_its_rate_limit(sqlite_url: str, pd: Receiver) -> None:
+    database = Database(sqlite_url)
+    alerts = alert_settings({"pagerduty": pd}, pagerduty_per_minute=5)
+    clock = Clock()
+    dispatcher = Dispatcher(database, alerts, clock=clock)
+    record(database, alerts, [finding(subject=f"f{i}") for i in range(8)], now=clock.now)
+    drain(dispatcher, clock, passes=3, step=10)
+    assert len(pd.accepted) == 5
+    clock.advance(31)
+    drain(dispatcher, clock)
+    keys = [k for _, k in pd_events(pd)]
+    assert len(keys) == 8 == len(set(keys))
+    ids = [int(k.split("-")[1]) for k in keys]
+    assert ids == sorted(ids)  # in order

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,6 +55,7 @@ class Dispatcher:
         self.clock = clock
         self.client = client or channels.make_client(alerts.timeout)
         self._next_repeat_check = 0.0
+        self._recent_events: dict[str, deque[float]] = {}  # PagerDuty send times, last minute
         # Any channel's secret, scrubbed from any channel's errors (receivers echo things).
         self._secrets = channels.secrets_of(list(alerts.channels.values()))
 
@@ -104,7 +106,7 @@ class Dispatcher:
         settings = self.alerts.channels.get(name)
         if settings is not None and settings.type == "pagerduty":
             due: list[Notification] = []
-            for row in rows:
+            for row in rows[: self._pagerduty_budget(name, now)]:
                 if row.next_attempt_at > now:
                     break
                 due.append(row)
@@ -113,6 +115,13 @@ class Dispatcher:
         for row in rows:
             groups.setdefault(row.group_key, []).append(row)
         return [g for g in groups.values() if min(r.next_attempt_at for r in g) <= now]
+
+    def _pagerduty_budget(self, name: str, now: float) -> int:
+        """Events this channel may still send in the current minute."""
+        recent = self._recent_events.setdefault(name, deque())
+        while recent and recent[0] <= now - 60:
+            recent.popleft()
+        return max(0, self.alerts.pagerduty_per_minute - len(recent))
 
     def _deliver(self, name: str, rows: list[Notification], now: float) -> Pass:
         settings = self.alerts.channels.get(name)
@@ -138,6 +147,8 @@ class Dispatcher:
             max_listed=self.alerts.max_listed,
         )
         result = channels.send(self.client, settings, message, self._secrets)
+        if settings.type == "pagerduty":
+            self._recent_events.setdefault(name, deque()).extend([now] * len(rows))
         return _add(done, self.db.retrying(lambda: self._record(rows, result, now)))
 
     def _silenced(
