@@ -187,6 +187,8 @@ def test_silence_commands(sqlite_url: str, cli: Callable[..., Ran]) -> None:
     assert json.loads(cli("silence", "list", "--format", "json", "--db", sqlite_url).stdout) == []
     every = cli("silence", "list", "--all", "--format", "json", "--db", sqlite_url)
     assert len(json.loads(every.stdout)) == 1
+    table = cli("silence", "list", "--all", "--db", sqlite_url)
+    assert table.returncode == 0 and "retraining" in table.stdout
     bad = cli(
         "silence", "add", "--for", "soon", "--model", "m", "--reason", "x", "--db", sqlite_url
     )
@@ -220,6 +222,7 @@ def test_alerts_test_and_list(
     ]
     assert rows[0]["last_error"] == "HTTP 410: channel_is_archived"
     table = cli("alerts", "list", "--db", sqlite_url)
+    assert table.returncode == 0 and "notifications (3)" in table.stdout
     for text in (gone.stderr, listed.stdout, table.stdout):
         assert "XXXXSECRETXXXX" not in text and ROUTING_KEY not in text
 
