@@ -108,19 +108,22 @@ def alerts_test(
         known = ", ".join(sorted(settings.alerts.channels)) or "none configured"
         raise UsageError(f"unknown channel {channel!r} (channels: {known})")
     database = _database(settings)
+    is_pagerduty = settings.alerts.channels[channel].type == "pagerduty"
     with database.session() as session:
-        row_id = enqueue_test(session, channel).id
+        ids = [r.id for r in enqueue_test(session, channel, resolve=is_pagerduty)]
     dispatcher = Dispatcher(database, settings.alerts)
     try:
-        counts = dispatcher.wait_settled(row_id - 1, timeout)
+        counts = dispatcher.wait_settled(ids[0] - 1, timeout)
     finally:
         dispatcher.close()
     with database.session() as session:
-        row = OutboxStore(session).get_many([row_id])[0]
-        state, error = row.state, row.last_error
-    if state == "delivered":
-        out.print(f"Test notification {row_id} delivered to channel {channel}.")
+        rows = OutboxStore(session).get_many(ids)
+        outcome = [(r.id, r.state, r.last_error) for r in rows]
+    failed = [(i, state, error) for i, state, error in outcome if state != "delivered"]
+    if not failed:
+        out.print(f"Test notification {ids[0]} delivered to channel {channel}.")
         return
+    row_id, state, error = failed[0]
     detail = f": {error}" if error else ""
     if counts.get(PENDING):
         raise UsageError(f"test notification {row_id} still pending after {timeout:g}s{detail}")

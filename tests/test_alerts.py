@@ -451,3 +451,22 @@ def test_pagerduty_pace_stays_under_its_rate_limit(sqlite_url: str, pd: Receiver
     assert len(keys) == 8 == len(set(keys))
     ids = [int(k.split("-")[1]) for k in keys]
     assert ids == sorted(ids)  # in order
+
+
+def test_retry_after_and_durations_parse_as_documented() -> None:
+    import httpx
+
+    from agent.alerts.channels import retry_after
+    from agent.config import parse_duration
+
+    assert retry_after(httpx.Headers({"Retry-After": "12"})) == 12
+    date = httpx.Headers({"Retry-After": "Wed, 21 Oct 2026 07:28:00 GMT"})
+    assert retry_after(date, now=lambda: 1792567650.0) == pytest.approx(30)
+    assert retry_after(httpx.Headers({"Retry-After": "soon"})) is None
+    assert retry_after(httpx.Headers()) is None
+    assert [parse_duration(v) for v in ("500ms", "30s", "5m", "2h", "1d", 7, "1.5")] == [
+        0.5, 30, 300, 7200, 86400, 7, 1.5
+    ]  # fmt: skip
+    for bad in ("2 weeks", "-1s", True):
+        with pytest.raises(ValueError):
+            parse_duration(bad)

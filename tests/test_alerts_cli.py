@@ -207,7 +207,9 @@ def test_alerts_test_and_list(
     assert "delivered" in ok.stdout and len(slack.accepted) == 1
     ok = cli("alerts", "test", "pagerduty", "--db", sqlite_url, env=env)
     assert ok.returncode == 0, ok.stderr
-    assert pd.accepted[0].body["event_action"] == "trigger" and pd.invalid == []
+    test_events = [(r.body["event_action"], r.body["dedup_key"]) for r in pd.accepted]
+    assert [a for a, _ in test_events] == ["trigger", "resolve"]  # leaves no alert open
+    assert test_events[0][1] == test_events[1][1] and pd.invalid == []
     slack.scripted.append(Reply(410, "channel_is_archived"))
     gone = cli("alerts", "test", "slack", "--db", sqlite_url, env=env)
     assert gone.returncode == 2 and "channel_is_archived" in gone.stderr
@@ -215,14 +217,15 @@ def test_alerts_test_and_list(
     assert unknown.returncode == 2 and "unknown channel 'teams'" in unknown.stderr
     listed = cli("alerts", "list", "--format", "json", "--db", sqlite_url)
     rows = json.loads(listed.stdout)
-    assert [(r["channel"], r["state"]) for r in rows] == [
-        ("slack", "failed"),
-        ("pagerduty", "delivered"),
-        ("slack", "delivered"),
+    assert [(r["channel"], r["action"], r["state"]) for r in rows] == [
+        ("slack", "trigger", "failed"),
+        ("pagerduty", "resolve", "delivered"),
+        ("pagerduty", "trigger", "delivered"),
+        ("slack", "trigger", "delivered"),
     ]
     assert rows[0]["last_error"] == "HTTP 410: channel_is_archived"
     table = cli("alerts", "list", "--db", sqlite_url)
-    assert table.returncode == 0 and "notifications (3)" in table.stdout
+    assert table.returncode == 0 and "notifications (4)" in table.stdout
     for text in (gone.stderr, listed.stdout, table.stdout):
         assert "XXXXSECRETXXXX" not in text and ROUTING_KEY not in text
 

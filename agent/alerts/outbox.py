@@ -100,23 +100,31 @@ def enqueue_repeats(session: Session, alerts: AlertSettings, now: float | None =
     return len(rows)
 
 
-def enqueue_test(session: Session, channel: str, now: float | None = None) -> Notification:
+def enqueue_test(
+    session: Session, channel: str, resolve: bool = False, now: float | None = None
+) -> list[Notification]:
+    """A test trigger; with `resolve` (PagerDuty) a resolve follows, so the test alert does
+    not stay open on the receiver's side."""
     now = time.time() if now is None else now
-    row = Notification(
-        channel=channel,
-        action="trigger",
-        reason="test",
-        incident_id=None,
-        group_key="test",
-        dedup_key=f"bulwark-test-{int(now * 1000)}",
-        content={"title": "Bulwark test notification", "severity": "info"},
-        state="pending",
-        attempts=0,
-        created_at=now,
-        next_attempt_at=now,
-    )
-    OutboxStore(session).add([row])
-    return row
+    actions = ["trigger", "resolve"] if resolve else ["trigger"]
+    rows = [
+        Notification(
+            channel=channel,
+            action=action,
+            reason="test",
+            incident_id=None,
+            group_key="test",
+            dedup_key=f"bulwark-test-{int(now * 1000)}",
+            content={"title": "Bulwark test notification", "severity": "info"},
+            state="pending",
+            attempts=0,
+            created_at=now,
+            next_attempt_at=now,
+        )
+        for action in actions
+    ]
+    OutboxStore(session).add(rows)
+    return rows
 
 
 def _row(
