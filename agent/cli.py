@@ -45,7 +45,8 @@ app.add_typer(incidents_app, name="incidents")
 app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(db_app, name="db")
 
-out = Console()
+# Off a terminal (pipes, CI logs) rich would wrap tables at 80 columns; give them room.
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 DB_HELP = (
@@ -307,33 +308,13 @@ def db_upgrade(db: DbOption = None, config: ConfigOption = None) -> None:
 
 
 def _print_incidents(items: list[dict[str, Any]]) -> None:
-    table = Table(title=f"incidents ({len(items)})")
-    for column in (
-        "id",
-        "model",
-        "kind",
-        "subject",
-        "severity",
-        "status",
-        "first seen",
-        "last seen",
-        "count",
-        "title",
-    ):
-        table.add_column(column, overflow="fold")
+    table = Table(title=f"incidents ({len(items)})", title_justify="left")
+    for column in ("id", "model", "kind", "subject", "severity", "status", "last seen", "count"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("title", overflow="fold", min_width=20)
     for i in items:
-        table.add_row(
-            str(i["id"]),
-            i["model"],
-            i["kind"],
-            i["subject"],
-            i["severity"],
-            i["status"],
-            _when(i["first_seen"]),
-            _when(i["last_seen"]),
-            str(i["count"]),
-            i["title"],
-        )
+        table.add_row(str(i["id"]), i["model"], i["kind"], i["subject"], i["severity"],
+                      i["status"], _when(i["last_seen"]), str(i["count"]), i["title"])
     out.print(table)
 
 

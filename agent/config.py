@@ -34,7 +34,7 @@ class ModelSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    detectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    detectors: dict[str, Any] = Field(default_factory=dict)
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")

@@ -64,6 +64,51 @@ class Finding:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def event_at(batch: ModelBatch, index: int) -> tuple[float, Position]:
+    """The event time and source position of a batch's `index`-th event: where a finding is."""
+    return float(batch.ts[index]), Position(
+        batch.source, batch.partition, int(batch.offsets[index])
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a test's alarm means, before it is placed at an event: a finding in waiting.
+
+    Monitors shared by several detectors (numeric, categorical) return verdicts; the detector
+    using them supplies the kind, subject and event."""
+
+    statistic: str
+    value: float
+    threshold: float
+    effect_size: float
+    severity: Severity
+    support: int
+    title: str
+    details: dict[str, Any]
+
+    def finding(
+        self, detector: str, kind: Kind, subject: str, batch: ModelBatch, index: int
+    ) -> Finding:
+        ts, position = event_at(batch, index)
+        return Finding(
+            model=batch.model,
+            kind=kind,
+            subject=subject,
+            severity=self.severity,
+            ts=ts,
+            position=position,
+            detector=detector,
+            statistic=self.statistic,
+            value=self.value,
+            threshold=self.threshold,
+            effect_size=self.effect_size,
+            support=self.support,
+            title=self.title,
+            details=self.details,
+        )
+
+
 class Detector(ABC):
     """Per-model, per-partition state; `update` is called with each batch, in arrival order."""
 
@@ -71,6 +116,11 @@ class Detector(ABC):
 
     @abstractmethod
     def update(self, batch: ModelBatch) -> list[Finding]: ...
+
+    def set_reference(self, reference: ModelBatch) -> None:  # noqa: B027 - optional hook
+        """Use this stored reference instead of learning one from the first events.
+
+        Detectors that judge against no reference (accuracy, clients) ignore it."""
 
     def snapshot(self) -> bytes:
         """The detector's whole state; the default pickles the instance's attributes."""

@@ -46,6 +46,12 @@ def steps_budget(events_per_step: float, tests: int, false_alarms_per_million: f
     return steps_per_million * tests / false_alarms_per_million
 
 
+def window_alpha(per_million: float, window: int, tests: int) -> float:
+    """The level of each windowed test so that `tests` of them, each run once per `window`
+    values, make at most `per_million` false alarms per million values (union bound)."""
+    return per_million / (max(1, tests) * 1e6 / window)
+
+
 class NormalScores:
     """Maps values to N(0,1) scores through a reference sample's empirical distribution.
 
@@ -53,20 +59,26 @@ class NormalScores:
     from the reference distribution are standard normal, which is what makes thresholds
     derived from a budget hold. Ties get mid-ranks; the scores are then re-centred and scaled
     on the reference itself, so discrete features are standardized too.
+
+    Scores are tabulated once per distinct reference value and per gap between them, so
+    scoring costs one binary search per value (the hot path of numeric drift).
     """
 
     def __init__(self, reference: np.ndarray) -> None:
         self.sorted = np.sort(np.asarray(reference, dtype=np.float64))
-        raw = self._raw(self.sorted)
-        self.mean = float(raw.mean())
-        self.std = float(raw.std()) or 1.0
-
-    def _raw(self, values: np.ndarray) -> np.ndarray:
+        self.distinct, counts = np.unique(self.sorted, return_counts=True)
         n = len(self.sorted)
-        below = np.searchsorted(self.sorted, values, side="left")
-        at_or_below = np.searchsorted(self.sorted, values, side="right")
-        u = (below + at_or_below + 1) / (2 * n + 2)  # mid-rank, strictly inside (0, 1)
-        return ndtri(u)
+        at_or_below = np.cumsum(counts)
+        below = at_or_below - counts
+        on_value = ndtri((below + at_or_below + 1) / (2 * n + 2))  # mid-rank, inside (0, 1)
+        edges = np.concatenate([[0], at_or_below])
+        in_gap = ndtri((2 * edges + 1) / (2 * n + 2))  # gap i lies just below distinct[i]
+        self.mean = float(np.dot(on_value, counts) / n)
+        self.std = float(np.sqrt(np.dot((on_value - self.mean) ** 2, counts) / n)) or 1.0
+        self.on_value = (on_value - self.mean) / self.std
+        self.in_gap = (in_gap - self.mean) / self.std
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
-        return (self._raw(values) - self.mean) / self.std
+        index = np.searchsorted(self.distinct, values, side="left")
+        exact = self.distinct.take(index, mode="clip") == values
+        return np.where(exact, self.on_value.take(index, mode="clip"), self.in_gap[index])

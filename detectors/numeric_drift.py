@@ -3,9 +3,10 @@
 Per feature, values are mapped to N(0,1) scores through the reference distribution
 (`NormalScores`), averaged over blocks of `block_size` values, and each block feeds two River
 Page-Hinkley tests with no forgetting (that is, two-sided CUSUMs): one on the block mean
-(location shifts) and one on the Wilson-Hilferty transform of the block's mean square
-(spread changes). Both block statistics are N(0,1) in control, so the thresholds come from the
-model's false-alarm budget (`detectors.calibration`), split over every test of the model.
+(location shifts) and one on the Wilson-Hilferty transform of the block's variance
+(spread changes). Both block statistics are N(0,1) in control, so the thresholds come from
+this detector's share of the model's false-alarm budget (`detectors.registry`), split over its
+4 one-sided tests per feature (`detectors.calibration`).
 
 Raw River detectors at their defaults are noisy precisely because their inputs are neither
 standardized nor aggregated; here they are both. A detection becomes a finding only when its
@@ -20,43 +21,39 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from river.drift import PageHinkley
 
-from detectors.base import Detector, Finding, Kind, Severity
+from detectors.base import Finding, Kind, Severity, Verdict
 from detectors.calibration import NormalScores, cusum_threshold, steps_budget
+from detectors.reference import ReferenceDetector, ReferenceSettings, is_continuous, watch
 from streams.batch import ModelBatch
-from streams.events import Position
 
-MIN_DISTINCT_VALUES = 10  # fewer distinct reference values: a code, not a measurement
 RECENT_BLOCKS = 64  # how far back the change point and effect size are estimated
 
 
-class NumericDriftSettings(BaseModel):
-    """Sensitivity of numeric drift detection; per-feature overrides by feature name."""
+class NumericDriftSettings(ReferenceSettings):
+    """Sensitivity of numeric drift detection; per-feature overrides of min_detectable_shift,
+    min_effect_size, min_log_scale_change and critical_effect_size."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    reference_size: int = Field(3000, ge=200)
+    budget_share: float = Field(0.4, ge=0, le=1)  # of the model's false-alarm budget
     block_size: int = Field(50, ge=10)
     min_detectable_shift: float = Field(0.25, gt=0)  # in reference standard deviations
     min_effect_size: float = Field(0.2, ge=0)  # practical-significance floor (std units)
     min_log_scale_change: float = Field(0.2, ge=0)  # floor for spread: |log(std ratio)|
     critical_effect_size: float = Field(1.0, gt=0)
-    false_alarms_per_million: float = Field(0.1, gt=0)  # this detector's share of the budget
-    features: dict[str, dict[str, float]] = Field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class _Block:
     mean_score: float  # mean of normal scores
-    mean_square: float  # mean of squared normal scores
+    variance: float  # within-block variance of normal scores (location-invariant)
     raw_mean: float
     count: int
 
 
 @dataclass(slots=True)
-class _Alarm:
+class NumericAlarm:
     index: int  # index, among the values fed, of the last value of the alarming block
     test: str  # "location" or "spread"
     value: float  # the Page-Hinkley statistic that crossed the threshold
@@ -64,10 +61,25 @@ class _Alarm:
     blocks_since_change: int
 
 
-class _FeatureMonitor:
-    """Reference, block accumulator and the two Page-Hinkley tests of one feature."""
+@dataclass(frozen=True, slots=True)
+class Floors:
+    """Practical-significance floors and the critical level of one monitored quantity."""
 
-    def __init__(self, reference: np.ndarray, block_size: int, k: float, h: float) -> None:
+    mean_shift: float  # |mean normal-score shift|, std units
+    log_scale: float  # |log ratio of standard deviations|
+    critical: float  # |effect| from which an incident is critical
+
+
+class NumericMonitor:
+    """One numeric quantity's reference, block accumulator and two Page-Hinkley tests.
+
+    Shared by feature drift (one per continuous feature) and prediction drift (scores,
+    regression outputs): the calibration is the same wherever the values come from.
+    """
+
+    def __init__(self, reference: np.ndarray, block_size: int, shift: float, arl0: float) -> None:
+        k = math.sqrt(block_size) * shift / 2
+        h = cusum_threshold(k, arl0)
         self.scores = NormalScores(reference)
         self.ref_mean = float(np.mean(reference))
         self.ref_std = float(np.std(reference)) or 1.0
@@ -85,20 +97,14 @@ class _FeatureMonitor:
         ref_scores = self.scores(reference)
         for start in range(0, len(reference) - block_size + 1, block_size):
             block = ref_scores[start : start + block_size]
-            self.location.update(self._location_stat(block))
-            self.spread.update(self._spread_stat(block))
+            self.location.update(float(block.sum() / math.sqrt(len(block))))
+            self.spread.update(float(_wilson_hilferty(np.var(block, ddof=1), len(block) - 1)))
 
-    def _location_stat(self, block: np.ndarray) -> float:
-        return float(block.sum() / math.sqrt(len(block)))
-
-    def _spread_stat(self, block: np.ndarray) -> float:
-        return float(_wilson_hilferty(np.dot(block, block) / len(block), len(block)))
-
-    def feed(self, raw: np.ndarray) -> list[_Alarm]:
+    def feed(self, raw: np.ndarray) -> list[NumericAlarm]:
         """Adds values (in arrival order) and returns the alarms of the blocks they complete."""
+        carried = len(self.pending_scores)
         scores = np.concatenate([self.pending_scores, self.scores(raw)])
         raws = np.concatenate([self.pending_raw, raw])
-        carried = len(self.pending_scores)
         full = len(scores) // self.block_size
         cut = full * self.block_size
         self.pending_scores, self.pending_raw = scores[cut:], raws[cut:]
@@ -106,16 +112,17 @@ class _FeatureMonitor:
             return []
         blocks = scores[:cut].reshape(full, self.block_size)
         mean_scores = blocks.mean(axis=1)
-        mean_squares = np.einsum("ij,ij->i", blocks, blocks) / self.block_size
+        centred = blocks - mean_scores[:, None]
+        variances = np.einsum("ij,ij->i", centred, centred) / (self.block_size - 1)
         raw_means = raws[:cut].reshape(full, self.block_size).mean(axis=1)
         location_stats = mean_scores * math.sqrt(self.block_size)
-        spread_stats = _wilson_hilferty(mean_squares, self.block_size)
+        spread_stats = _wilson_hilferty(variances, self.block_size - 1)
         alarms = []
         for b in range(full):
             self.recent.append(
                 _Block(
                     float(mean_scores[b]),
-                    float(mean_squares[b]),
+                    float(variances[b]),
                     float(raw_means[b]),
                     self.block_size,
                 )
@@ -129,7 +136,9 @@ class _FeatureMonitor:
                 ph.update(float(stat))
                 if ph.drift_detected:
                     window, blocks_since = self._since_change(test)
-                    alarms.append(_Alarm(last_index, test, _ph_value(ph), window, blocks_since))
+                    alarms.append(
+                        NumericAlarm(last_index, test, _ph_value(ph), window, blocks_since)
+                    )
         return alarms
 
     def _since_change(self, test: str) -> tuple[_Block, int]:
@@ -138,7 +147,7 @@ class _FeatureMonitor:
         if test == "location":
             stats = np.array([b.mean_score * math.sqrt(b.count) for b in blocks])
         else:
-            stats = np.array([_wilson_hilferty(b.mean_square, b.count) for b in blocks])
+            stats = np.array([_wilson_hilferty(b.variance, b.count - 1) for b in blocks])
         best_m, best = 1, -math.inf
         for sign in (1.0, -1.0):
             tail = np.cumsum((sign * stats - self.k)[::-1])
@@ -150,141 +159,127 @@ class _FeatureMonitor:
         return (
             _Block(
                 mean_score=sum(b.mean_score * b.count for b in window) / count,
-                mean_square=sum(b.mean_square * b.count for b in window) / count,
+                variance=sum(b.variance * b.count for b in window) / count,
                 raw_mean=sum(b.raw_mean * b.count for b in window) / count,
                 count=count,
             ),
             best_m,
         )
 
-
-class NumericDriftDetector(Detector):
-    """`feature_drift` on numeric features; see the module docstring for the method."""
-
-    name = "numeric_drift"
-
-    def __init__(self, model: str, settings: NumericDriftSettings | None = None) -> None:
-        self.model = model
-        self.settings = settings or NumericDriftSettings()
-        self.reference: dict[str, list[np.ndarray]] = {}
-        self.reference_count: dict[str, int] = {}
-        self.monitors: dict[str, _FeatureMonitor] = {}
-        self.discrete: set[str] = set()
-        self.ready = False
-
-    def update(self, batch: ModelBatch) -> list[Finding]:
-        findings: list[Finding] = []
-        for name, column in batch.numeric.items():
-            valid = np.flatnonzero(~np.isnan(column))
-            if len(valid) == 0:
-                continue
-            if not self.ready:
-                valid = self._collect_reference(name, column, valid)
-                if not self.ready or len(valid) == 0:
-                    continue
-            monitor = self.monitors.get(name)
-            if monitor is None:
-                continue  # a feature unseen in the reference: data quality's business
-            for alarm in monitor.feed(column[valid]):
-                finding = self._finding(batch, name, monitor, int(valid[alarm.index]), alarm)
-                if finding is not None:
-                    findings.append(finding)
-        return findings
-
-    def _collect_reference(self, name: str, column: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """Feeds the reference until the model has `reference_size` events; returns the
-        indices left over for monitoring once the reference is complete."""
-        have = self.reference_count.get(name, 0)
-        take = valid[: max(0, self.settings.reference_size - have)]
-        self.reference.setdefault(name, []).append(column[take])
-        self.reference_count[name] = have + len(take)
-        if max(self.reference_count.values()) >= self.settings.reference_size:
-            self._freeze_reference()
-            return valid[len(take) :]
-        return valid[:0]
-
-    def _freeze_reference(self) -> None:
-        s = self.settings
-        samples = {n: np.concatenate(parts) for n, parts in self.reference.items()}
-        continuous = {
-            n: v
-            for n, v in samples.items()
-            if len(v) >= s.block_size * 4 and len(np.unique(v)) >= MIN_DISTINCT_VALUES
-        }
-        self.discrete = set(samples) - set(continuous)
-        tests = max(1, 4 * len(continuous))  # 2 statistics x 2 sides per feature
-        arl0 = steps_budget(s.block_size, tests, s.false_alarms_per_million)
-        for name, values in continuous.items():
-            shift = s.features.get(name, {}).get("min_detectable_shift", s.min_detectable_shift)
-            k = math.sqrt(s.block_size) * shift / 2
-            self.monitors[name] = _FeatureMonitor(values, s.block_size, k, cusum_threshold(k, arl0))
-        self.reference = {}
-        self.ready = True
-
-    def _finding(
-        self,
-        batch: ModelBatch,
-        name: str,
-        monitor: _FeatureMonitor,
-        index: int,
-        alarm: _Alarm,
-    ) -> Finding | None:
-        s = self.settings
-        test, window = alarm.test, alarm.window
-        floor_key = "min_effect_size" if test == "location" else "min_log_scale_change"
-        floor = s.features.get(name, {}).get(floor_key, getattr(s, floor_key))
-        if test == "location":
-            effect = window.mean_score
-            statistic = "cusum_mean_shift"
+    def judge(self, name: str, alarm: NumericAlarm, floors: Floors) -> Verdict | None:
+        """The alarm as evidence, or None when its effect is below the practical floor."""
+        window = alarm.window
+        if alarm.test == "location":
+            effect, floor, statistic = window.mean_score, floors.mean_shift, "cusum_mean_shift"
         else:
-            effect = 0.5 * math.log(max(window.mean_square, 1e-12))
-            statistic = "cusum_scale_change"
+            effect = 0.5 * math.log(max(window.variance, 1e-12))
+            floor, statistic = floors.log_scale, "cusum_scale_change"
         if abs(effect) < floor:
             return None
-        severity = Severity.CRITICAL if abs(effect) >= s.critical_effect_size else Severity.WARNING
-        raw_shift = (window.raw_mean - monitor.ref_mean) / monitor.ref_std
-        what = "mean" if test == "location" else "spread"
-        direction = "up" if effect > 0 else "down"
-        return Finding(
-            model=self.model,
-            kind=Kind.FEATURE_DRIFT,
-            subject=name,
-            severity=severity,
-            ts=float(batch.ts[index]),
-            position=Position(batch.source, batch.partition, int(batch.offsets[index])),
-            detector=self.name,
+        if alarm.test == "location":
+            direction = "up" if effect > 0 else "down"
+            title = f"{name}: mean shifted {direction} by {abs(effect):.2f} std"
+        else:
+            direction = "widened" if effect > 0 else "narrowed"
+            title = f"{name}: spread {direction} (std x{math.exp(effect):.2f})"
+        return Verdict(
             statistic=statistic,
             value=round(alarm.value, 4),
-            threshold=round(monitor.h, 4),
+            threshold=round(self.h, 4),
             effect_size=round(effect, 4),
+            severity=Severity.CRITICAL if abs(effect) >= floors.critical else Severity.WARNING,
             support=window.count,
-            title=f"{name}: {what} shifted {direction} by {abs(effect):.2f} std",
+            title=title,
             details={
                 "test": "page_hinkley_on_block_normal_scores",
                 "effect_measure": (
                     "mean normal-score shift (std units)"
-                    if test == "location"
+                    if alarm.test == "location"
                     else "log ratio of standard deviations"
                 ),
-                "k": round(monitor.k, 4),
-                "block_size": monitor.block_size,
+                "effect_floor": floor,
+                "k": round(self.k, 4),
+                "block_size": self.block_size,
                 "blocks_since_change": alarm.blocks_since_change,
                 "reference": {
-                    "mean": monitor.ref_mean,
-                    "std": monitor.ref_std,
-                    "p05_p50_p95": monitor.ref_quantiles,
-                    "size": len(monitor.scores.sorted),
+                    "mean": self.ref_mean,
+                    "std": self.ref_std,
+                    "p05_p50_p95": self.ref_quantiles,
+                    "size": len(self.scores.sorted),
                 },
-                "current": {"mean": window.raw_mean, "count": window.count},
-                "standardized_mean_shift": round(raw_shift, 4),
-                "events_seen": monitor.seen,
+                "current": {
+                    "mean": window.raw_mean,
+                    "std_ratio": round(math.sqrt(max(window.variance, 0.0)), 4),
+                    "count": window.count,
+                },
+                "standardized_mean_shift": round(
+                    (window.raw_mean - self.ref_mean) / self.ref_std, 4
+                ),
+                "events_seen": self.seen,
             },
         )
 
 
-def _wilson_hilferty(mean_square: float | np.ndarray, n: int) -> float | np.ndarray:
+def numeric_arl0(block_size: int, monitors: int, per_million: float) -> float:
+    """The in-control ARL (in blocks) each of `monitors` x 2 statistics x 2 sides needs so
+    that together they spend at most `per_million` false alarms per million values."""
+    return steps_budget(block_size, max(1, 4 * monitors), per_million)
+
+
+class NumericDriftDetector(ReferenceDetector):
+    """`feature_drift` on continuous numeric features; see the module docstring."""
+
+    name = "numeric_drift"
+
+    settings_type = NumericDriftSettings
+    settings: NumericDriftSettings
+    monitors: dict[str, NumericMonitor]
+
+    def build(self, reference: ModelBatch) -> None:
+        s = self.settings
+        samples = {n: c[~np.isnan(c)] for n, c in reference.numeric.items()}
+        continuous = {
+            n: v for n, v in samples.items() if len(v) >= s.block_size * 4 and is_continuous(v)
+        }
+        arl0 = numeric_arl0(s.block_size, len(continuous), self.budget)
+        self.monitors = {
+            name: NumericMonitor(values, s.block_size, s.of(name, "min_detectable_shift"), arl0)
+            for name, values in continuous.items()
+        }
+
+    def monitor(self, batch: ModelBatch) -> list[Finding]:
+        findings: list[Finding] = []
+        for name, monitor in self.monitors.items():
+            column = batch.numeric.get(name)
+            if column is None:
+                continue
+            valid = np.flatnonzero(~np.isnan(column))
+            if len(valid) == 0:
+                continue
+            findings += watch(
+                self.name,
+                Kind.FEATURE_DRIFT,
+                name,
+                monitor,
+                self._floors(name),
+                batch,
+                column[valid],
+                valid,
+            )
+        return findings
+
+    def _floors(self, name: str) -> Floors:
+        s = self.settings
+        return Floors(
+            s.of(name, "min_effect_size"),
+            s.of(name, "min_log_scale_change"),
+            s.of(name, "critical_effect_size"),
+        )
+
+
+def _wilson_hilferty(variance: float | np.ndarray, n: int) -> float | np.ndarray:
     """N(0,1) in control: the cube root of a chi-square(n)/n is close to normal."""
-    return (np.cbrt(mean_square) - (1 - 2 / (9 * n))) / math.sqrt(2 / (9 * n))
+    return (np.cbrt(variance) - (1 - 2 / (9 * n))) / math.sqrt(2 / (9 * n))
 
 
 def _ph_value(ph: PageHinkley) -> float:

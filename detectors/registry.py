@@ -1,13 +1,23 @@
-"""Which detectors watch a model, with which settings: the one place that lists them."""
+"""Which detectors watch a model, with which settings: the one place that lists them.
+
+The false-alarm budget is the model's: `false_alarms_per_million` is the expected number of
+false incidents per million events across all its features and detectors together. Each
+reference-based detector gets `budget_share` of it and splits that over its own tests (per
+feature, per statistic, per side, per window), so adding features or detectors never raises
+the model's false-alarm rate.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from detectors.base import Detector
+from detectors.categorical_drift import CategoricalDriftDetector, CategoricalDriftSettings
+from detectors.data_quality import DataQualityDetector, DataQualitySettings
 from detectors.numeric_drift import NumericDriftDetector, NumericDriftSettings
+from detectors.prediction_drift import PredictionDriftDetector, PredictionDriftSettings
 
 
 class DetectorSettings(BaseModel):
@@ -16,7 +26,38 @@ class DetectorSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # Events of the model learned as its reference when none is stored.
+    reference_size: int = Field(3000, ge=200)
+    # Expected false incidents per million events, the whole model. The issue's ceiling is 1;
+    # the default keeps a margin for what the approximations (Siegmund, chi-square tails)
+    # leave uncovered.
+    false_alarms_per_million: float = Field(0.2, gt=0, le=1000)
     numeric_drift: NumericDriftSettings = Field(default_factory=NumericDriftSettings)
+    categorical_drift: CategoricalDriftSettings = Field(default_factory=CategoricalDriftSettings)
+    prediction_drift: PredictionDriftSettings = Field(default_factory=PredictionDriftSettings)
+    data_quality: DataQualitySettings = Field(default_factory=DataQualitySettings)
+
+    @model_validator(mode="after")
+    def _shares_fit(self) -> DetectorSettings:
+        total = sum(s.budget_share for s in self._budgeted().values())
+        if total > 1 + 1e-9:
+            raise ValueError(
+                f"the detectors' budget_share values add up to {total:g}; they must not "
+                "exceed 1 (they split the model's false_alarms_per_million)"
+            )
+        return self
+
+    def _budgeted(self) -> dict[str, Any]:
+        return {
+            "numeric_drift": self.numeric_drift,
+            "categorical_drift": self.categorical_drift,
+            "prediction_drift": self.prediction_drift,
+            "data_quality": self.data_quality,
+        }
+
+    def budget_of(self, detector: str) -> float:
+        """A detector's false alarms per million events: its share of the model's budget."""
+        return self.false_alarms_per_million * self._budgeted()[detector].budget_share
 
     def merged(self, overrides: dict[str, Any]) -> DetectorSettings:
         """These settings with a model's overrides applied on top, validated again."""
@@ -30,4 +71,16 @@ class DetectorSettings(BaseModel):
 
 
 def build_detectors(model: str, settings: DetectorSettings) -> list[Detector]:
-    return [NumericDriftDetector(model, settings.numeric_drift)]
+    size = settings.reference_size
+    return [
+        NumericDriftDetector(
+            model, settings.numeric_drift, size, settings.budget_of("numeric_drift")
+        ),
+        CategoricalDriftDetector(
+            model, settings.categorical_drift, size, settings.budget_of("categorical_drift")
+        ),
+        PredictionDriftDetector(
+            model, settings.prediction_drift, size, settings.budget_of("prediction_drift")
+        ),
+        DataQualityDetector(model, settings.data_quality, size, settings.budget_of("data_quality")),
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 
@@ -60,6 +61,70 @@ class ModelBatch:
     def feature_names(self) -> set[str]:
         return self.numeric.keys() | self.categorical.keys()
 
+    def slice(self, start: int, stop: int) -> ModelBatch:
+        """The predictions in [start, stop), without labels (a reference is about inputs)."""
+        return ModelBatch(
+            model=self.model,
+            source=self.source,
+            partition=self.partition,
+            ts=self.ts[start:stop],
+            offsets=self.offsets[start:stop],
+            ids=self.ids[start:stop],
+            clients=self.clients[start:stop],
+            model_versions=self.model_versions[start:stop],
+            rows=self.rows[start:stop],
+            numeric={k: v[start:stop] for k, v in self.numeric.items()},
+            categorical={k: v[start:stop] for k, v in self.categorical.items()},
+            predictions=self.predictions[start:stop],
+            scores=self.scores[start:stop],
+            score=None if self.score is None else self.score[start:stop],
+        )
+
+
+def concat_batches(batches: list[ModelBatch]) -> ModelBatch:
+    """One batch of the predictions of several (of the same model), in order, without labels.
+
+    A column missing from some batches is filled with missing values there, so the result is
+    what `split_batch` would have built from all the events at once.
+    """
+    first = batches[0]
+
+    def column(part: dict[str, np.ndarray], name: str, n: int, missing: object) -> np.ndarray:
+        if name in part:
+            return part[name]
+        return np.full(n, missing, dtype=np.float64 if missing is not None else object)
+
+    def columns(attr: str, missing: object) -> dict[str, np.ndarray]:
+        names = sorted(set().union(*(getattr(b, attr).keys() for b in batches)))
+        return {
+            name: np.concatenate([column(getattr(b, attr), name, len(b), missing) for b in batches])
+            for name in names
+        }
+
+    has_score = any(b.score is not None for b in batches)
+    return ModelBatch(
+        model=first.model,
+        source=first.source,
+        partition=first.partition,
+        ts=np.concatenate([b.ts for b in batches]),
+        offsets=np.concatenate([b.offsets for b in batches]),
+        ids=[x for b in batches for x in b.ids],
+        clients=[x for b in batches for x in b.clients],
+        model_versions=[x for b in batches for x in b.model_versions],
+        rows=[x for b in batches for x in b.rows],
+        numeric=columns("numeric", np.nan),
+        categorical=columns("categorical", None),
+        predictions=[x for b in batches for x in b.predictions],
+        scores=[x for b in batches for x in b.scores],
+        score=(
+            np.concatenate(
+                [b.score if b.score is not None else np.full(len(b), np.nan) for b in batches]
+            )
+            if has_score
+            else None
+        ),
+    )
+
 
 def split_batch(decoded: DecodedBatch) -> dict[tuple[str, int, str], ModelBatch]:
     """Groups a decoded batch by (source, partition, model) into columnar batches."""
@@ -97,12 +162,8 @@ def _columns(key: tuple[str, int, str], events: list[Prediction]) -> ModelBatch:
     )
     if any(e.score is not None for e in events):
         batch.score = np.array([np.nan if e.score is None else e.score for e in events])
-    names: set[str] = set()
-    for row in rows:
-        names.update(row)
-    for name in names:
-        values = [row.get(name) for row in rows]
-        kinds = {type(v) for v in values}
+    for name, values in _feature_columns(rows):
+        kinds = set(map(type, values))
         kinds.discard(type(None))
         if kinds <= {int, float}:
             batch.numeric[name] = np.array(values, dtype=np.float64)  # None -> NaN
@@ -118,3 +179,24 @@ def _columns(key: tuple[str, int, str], events: list[Prediction]) -> ModelBatch:
                 [v if type(v) in (str, bool) else None for v in values], dtype=object
             )
     return batch
+
+
+def _feature_columns(rows: list[dict[str, FeatureValue]]) -> list[tuple[str, tuple]]:
+    """(name, values) per feature, None where a row lacks it.
+
+    When every row has the same keys (the usual case) the transpose runs in C through
+    itemgetter and zip; otherwise each feature is gathered with dict.get.
+    """
+    if not rows:
+        return []
+    first = rows[0].keys()
+    if all(row.keys() == first for row in rows):
+        names = list(first)
+        if len(names) == 1:
+            return [(names[0], tuple(row[names[0]] for row in rows))]
+        table = map(itemgetter(*names), rows)
+        return list(zip(names, zip(*table, strict=True), strict=True))
+    union: dict[str, None] = {}
+    for row in rows:
+        union.update(dict.fromkeys(row))
+    return [(name, tuple(row.get(name) for row in rows)) for name in union]

@@ -21,6 +21,7 @@ from streams.events import DeadLetter, Label, Position, Prediction, RawRecord
 DEFAULT_MAX_RECORD_BYTES = 1_000_000
 DEAD_LETTER_PAYLOAD_BYTES = 4096
 
+_TARGET_TYPES = frozenset({int, float, str, bool})
 _PREDICTION_FIELDS = frozenset(
     {
         "type",
@@ -168,7 +169,8 @@ def _model(obj: dict[str, Any]) -> str:
 
 
 def _number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """A JSON number (orjson never yields NaN or infinity; `json`'s fallback path does)."""
+    if type(value) not in _NUMBER_TYPES:
         raise InvalidEvent(f"field '{name}' must be a number, got {_json_type(value)}")
     number = float(value)
     if not math.isfinite(number):
@@ -190,44 +192,47 @@ def parse_ts(value: Any) -> float:
 
 
 def _identifier(value: Any, name: str) -> str:
-    if isinstance(value, str) and value:
+    if type(value) is str and value:
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    if type(value) is int:
         return str(value)
     raise InvalidEvent(f"field '{name}' must be a non-empty string or an integer")
 
 
 def _target(value: Any, name: str) -> float | int | str | bool:
-    if isinstance(value, str | bool):
-        return value
-    if isinstance(value, int | float):
-        _number(value, name)
+    if type(value) in _TARGET_TYPES:
         return value
     raise InvalidEvent(
         f"field '{name}' must be a number, string or boolean, got {_json_type(value)}"
     )
 
 
+_FEATURE_TYPES = frozenset({int, float, str, bool, type(None)})
+_NUMBER_TYPES = frozenset({int, float})
+
+
 def _features(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
+    # orjson never produces NaN or infinity (it rejects them), so a type check suffices; it
+    # runs over all values at C speed and only a failure looks for the culprit.
+    if type(value) is not dict:
         raise InvalidEvent(f"field 'features' must be an object, got {_json_type(value)}")
-    for key, item in value.items():
-        if item is None or isinstance(item, str | bool):
-            continue
-        if isinstance(item, int | float):
-            if isinstance(item, float) and not math.isfinite(item):
-                raise InvalidEvent(f"feature '{key}' is NaN or infinite")
-            continue
-        raise InvalidEvent(
-            f"feature '{key}' must be a number, string, boolean or null, got {_json_type(item)}"
-        )
+    if not _FEATURE_TYPES.issuperset(map(type, value.values())):
+        for key, item in value.items():
+            if type(item) not in _FEATURE_TYPES:
+                raise InvalidEvent(
+                    f"feature '{key}' must be a number, string, boolean or null, "
+                    f"got {_json_type(item)}"
+                )
     return value
 
 
 def _scores(value: Any) -> dict[str, float]:
-    if not isinstance(value, dict) or not value:
+    if type(value) is not dict or not value:
         raise InvalidEvent("field 'scores' must be a non-empty object of class -> probability")
-    return {str(k): _number(v, f"scores.{k}") for k, v in value.items()}
+    if not _NUMBER_TYPES.issuperset(map(type, value.values())):
+        for key, item in value.items():
+            _number(item, f"scores.{key}")
+    return value
 
 
 def _prediction(obj: dict[str, Any], position: Position) -> Prediction:
@@ -249,7 +254,7 @@ def _prediction(obj: dict[str, Any], position: Position) -> Prediction:
         event.score = _number(raw, "score")
     if (raw := obj.get("latency_ms")) is not None:
         event.latency_ms = _number(raw, "latency_ms")
-    if len(obj) > len(_PREDICTION_FIELDS & obj.keys()):
+    if not obj.keys() <= _PREDICTION_FIELDS:
         event.extra = {k: v for k, v in obj.items() if k not in _PREDICTION_FIELDS}
     return event
 

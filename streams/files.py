@@ -70,13 +70,11 @@ def _lines(handle: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes, int]]
         line = handle.readline(max_bytes + 1)
         if not line:
             return
-        size = len(line)
+        size, last = len(line), line
         if len(line) > max_bytes and not line.endswith(b"\n"):
-            while True:
-                rest = handle.readline(1 << 20)
-                size += len(rest)
-                if not rest or rest.endswith(b"\n"):
-                    break
-        content = line.rstrip(b"\r\n")
-        yield line_number, content, size - (len(line) - len(content))
+            while last and not last.endswith(b"\n"):
+                last = handle.readline(1 << 20)
+                size += len(last)
+        newline = len(last) - len(last.rstrip(b"\r\n"))
+        yield line_number, line.rstrip(b"\r\n"), size - newline
         line_number += 1

@@ -1,0 +1,137 @@
+"""Throughput and memory of the hot path, against baselines measured in the same run.
+
+    .venv/bin/python bench/throughput.py [--events 200000] [--memory-events 1000000]
+
+Generates a realistic stream (20 features: 14 numeric, 6 categorical; class scores; 200
+clients; labels for half the predictions) and measures, each in its own process pinned to
+one core:
+  (a) the baseline: reading the file and decoding every line with orjson in a plain loop;
+  (b) `bulwark replay` with all default detectors (its own events/s, start-up excluded);
+  (c) with a broker (BULWARK_BENCH_KAFKA_BOOTSTRAP, or one started like the tests do):
+      a plain kafka-python consumer reading the topic, and the daemon consuming it;
+and prints events/s, the ratios (b/a, daemon/consumer) and peak RSS; then the RSS after
+`--memory-events` events with 100,000 distinct clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TS = 1_767_225_600.0
+
+
+def generate(path: Path, events: int, clients: int, seed: int = 1) -> int:
+    """Writes `events` predictions (and a label for every other one); returns line count."""
+    rng = np.random.default_rng(seed)
+    lines = 0
+    with path.open("wb") as out:
+        chunk = 10_000
+        for start in range(0, events, chunk):
+            n = min(chunk, events - start)
+            numeric = rng.normal(size=(n, 14)) * [1, 2, 5, 10, 0.5, 3, 7, 1, 1, 2, 4, 8, 1, 1]
+            numeric[:, 3] = rng.lognormal(3, 0.8, n)
+            categorical = rng.integers(0, 8, size=(n, 6))
+            p1 = rng.random(n)
+            who = rng.integers(0, clients, n)
+            buffer = []
+            for i in range(n):
+                k = start + i
+                features = {f"n{j}": round(float(numeric[i, j]), 4) for j in range(14)}
+                features.update({f"c{j}": f"v{categorical[i, j]}" for j in range(6)})
+                buffer.append(orjson.dumps({
+                    "type": "prediction", "model": "bench", "model_version": "1",
+                    "id": f"p{k}", "ts": START_TS + k * 0.1, "client": f"client-{who[i]}",
+                    "features": features, "prediction": int(p1[i] > 0.5),
+                    "scores": {"0": round(1 - float(p1[i]), 4), "1": round(float(p1[i]), 4)},
+                }))
+                if k % 2 == 0:
+                    buffer.append(orjson.dumps({
+                        "type": "label", "model": "bench", "id": f"p{k}",
+                        "label": int(rng.random() < p1[i]), "ts": START_TS + k * 0.1 + 60,
+                    }))
+            out.write(b"\n".join(buffer) + b"\n")
+            lines += len(buffer)
+    return lines
+
+
+BASELINE = """
+import sys, time, orjson
+start = time.perf_counter(); n = 0
+with open(sys.argv[1], "rb") as f:
+    for line in f:
+        orjson.loads(line); n += 1
+print(f"{n / (time.perf_counter() - start):.1f}")
+"""
+
+
+def run_pinned(args: list[str], env: dict[str, str] | None = None) -> tuple[str, float]:
+    """Runs a command pinned to CPU 0; returns (stdout, its peak RSS in MB)."""
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=errors, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            preexec_fn=lambda: os.sched_setaffinity(0, {0}),
+        )
+        assert process.stdout is not None
+        stdout = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            errors.seek(0)
+            sys.exit(f"benchmark step failed: {' '.join(args)}\n{errors.read()}")
+    return stdout, usage.ru_maxrss / 1024
+
+
+def baseline_rate(path: Path) -> tuple[float, float]:
+    out, rss = run_pinned([sys.executable, "-c", BASELINE, str(path)])
+    return float(out.strip()), rss
+
+
+def replay_rate(path: Path, db: Path) -> tuple[float, float]:
+    out, rss = run_pinned(
+        [sys.executable, "-m", "agent", "replay", str(path), "--db", f"sqlite:///{db}"]
+    )
+    match = re.search(r"\(([\d,]+) events/s\)", out)
+    if not match:
+        sys.exit(f"no throughput in replay output:\n{out}")
+    return float(match[1].replace(",", "")), rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--memory-events", type=int, default=1_000_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        stream = work / "stream.jsonl"
+        lines = generate(stream, args.events, clients=200)
+        print(f"stream: {args.events:,} predictions + labels = {lines:,} lines, "
+              f"{stream.stat().st_size / 1e6:.0f} MB, 20 features, 200 clients")
+        print(f"machine: {os.cpu_count()} cores; each measured process pinned to CPU 0")
+        base, base_rss = baseline_rate(stream)
+        replay, replay_rss = replay_rate(stream, work / "replay.db")
+        print(f"(a) orjson decode loop  {base:>10,.0f} lines/s   peak RSS {base_rss:6.0f} MB")
+        print(f"(b) bulwark replay      {replay:>10,.0f} events/s  peak RSS {replay_rss:6.0f} MB")
+        print(f"    ratio b/a = {replay / base:.2f}   (target >= 0.25, and >= 50,000 events/s)")
+        if args.memory_events:
+            big = work / "memory.jsonl"
+            generate(big, args.memory_events, clients=100_000, seed=2)
+            stream.unlink()
+            _, rss = replay_rate(big, work / "memory.db")
+            print(f"memory: replay of {args.memory_events:,} predictions from 100,000 clients: "
+                  f"peak RSS {rss:.0f} MB (target < 500 MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""Categorical feature drift: windowed two-sample chi-square tests, PSI as the effect size.
+
+Per feature, non-missing values are counted over tumbling windows of `window` values, and
+each window's frequencies are compared with the reference's by the chi-square test of
+homogeneity of a 2 x K table (reference counts, window counts). Being a two-sample test, it
+accounts for the reference's own sampling error, so its p-value is valid for every window.
+
+Categories too rare to keep the test's expected counts >= `min_expected` in a window are
+pooled into one `other` bin, and so are categories never seen in the reference: a new
+category shows up as mass moving into `other`, and the finding names it. A reference category
+that disappears shows up as an empty bin, named as vanished.
+
+The false-alarm budget is spent per window: with W-value windows there are 1e6 / W tests per
+feature per million values, so each test runs at alpha = budget / (features * 1e6 / W). That
+is a union bound, valid however the windows are correlated (they share the reference).
+
+A significant window becomes a finding only when its population stability index (PSI) against
+the reference reaches `min_psi` (default 0.1: the credit-scoring convention reads PSI < 0.1 as
+no meaningful shift, 0.1-0.25 as moderate, > 0.25 as major, which is also `critical_psi`).
+The Jensen-Shannon distance is reported alongside.
+
+Numeric features with fewer than `MIN_DISTINCT_VALUES` distinct reference values (codes,
+flags, small counts) are judged here rather than by numeric drift.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import chi2
+
+from detectors.base import Finding, Kind, Severity, Verdict
+from detectors.calibration import window_alpha
+from detectors.reference import (
+    ReferenceDetector,
+    ReferenceSettings,
+    category_values,
+    is_continuous,
+    numeric_values,
+    reference_type,
+    watch,
+)
+from streams.batch import ModelBatch
+
+OTHER = "__other__"
+PSEUDO_COUNT = 0.5  # added to every bin for PSI and JS, so an empty bin has a finite share
+TOP = 8  # categories shown in a finding's summaries
+
+
+class CategoricalDriftSettings(ReferenceSettings):
+    """Sensitivity of categorical drift; per-feature overrides of min_psi and critical_psi."""
+
+    window: int = Field(1000, ge=100)
+    min_expected: float = Field(10.0, ge=1)  # rarer reference categories are pooled
+    min_psi: float = Field(0.1, ge=0)  # practical-significance floor
+    critical_psi: float = Field(0.25, gt=0)
+
+
+@dataclass(slots=True)
+class CategoricalAlarm:
+    index: int  # index, among the values fed, of the window's last value
+    statistic: float  # the chi-square statistic
+    threshold: float
+    df: int
+    window: Counter[Any]  # the window's raw category counts
+    bins: np.ndarray  # the window's counts per bin
+
+
+@dataclass(frozen=True, slots=True)
+class PsiFloors:
+    min_psi: float
+    critical_psi: float
+
+
+class CategoricalMonitor:
+    """One categorical quantity's reference bins and its tumbling window.
+
+    Shared by feature drift and prediction drift (class proportions, discrete scores)."""
+
+    def __init__(
+        self, reference: np.ndarray, window: int, alpha: float, min_expected: float
+    ) -> None:
+        counts = Counter(reference.tolist())
+        n = len(reference)
+        kept = [c for c, k in counts.most_common() if k * window / n >= min_expected]
+        self.bins = {category: i for i, category in enumerate(kept)}
+        self.names = [*(_label(c) for c in kept), OTHER]
+        self.ref_counts = np.array(
+            [counts[c] for c in kept] + [n - sum(counts[c] for c in kept)], dtype=np.float64
+        )
+        self.ref_size = n
+        self.known = set(counts)
+        self.window_size = window
+        self.alpha = alpha
+        self.current: Counter[Any] = Counter()
+        self.filled = 0
+        self.seen = 0
+        self._thresholds: dict[int, float] = {}
+
+    def feed(self, values: np.ndarray) -> list[CategoricalAlarm]:
+        """Adds values (in arrival order); returns the alarms of the windows they complete."""
+        items = values.tolist()
+        alarms = []
+        i = 0
+        while i < len(items):
+            take = min(self.window_size - self.filled, len(items) - i)
+            self.current.update(items[i : i + take])
+            self.filled += take
+            i += take
+            if self.filled == self.window_size:
+                alarm = self._test(i - 1)
+                if alarm is not None:
+                    alarms.append(alarm)
+                self.seen += self.filled
+                self.current, self.filled = Counter(), 0
+        return alarms
+
+    def _test(self, index: int) -> CategoricalAlarm | None:
+        window = np.zeros(len(self.names))
+        other = len(self.names) - 1
+        for category, count in self.current.items():
+            window[self.bins.get(category, other)] += count
+        statistic, df = chi_square_homogeneity(self.ref_counts, window)
+        if df == 0:
+            return None
+        threshold = self._threshold(df)
+        if statistic <= threshold:
+            return None
+        return CategoricalAlarm(index, statistic, threshold, df, self.current, window)
+
+    def _threshold(self, df: int) -> float:
+        if df not in self._thresholds:
+            self._thresholds[df] = float(chi2.isf(self.alpha, df))
+        return self._thresholds[df]
+
+    def judge(self, name: str, alarm: CategoricalAlarm, floors: PsiFloors) -> Verdict | None:
+        """The alarm as evidence, or None when its PSI is below the practical floor."""
+        p = _shares(self.ref_counts)
+        q = _shares(alarm.bins)
+        psi = stability_index(p, q)
+        if psi < floors.min_psi:
+            return None
+        new = Counter({c: k for c, k in alarm.window.items() if c not in self.known})
+        vanished = [
+            _label(c) for c, i in self.bins.items() if alarm.bins[i] == 0 and self.ref_counts[i]
+        ]
+        m = float(alarm.bins.sum())
+        changes = []
+        if new:
+            changes.append(f"new {', '.join(_label(c) for c, _ in new.most_common(3))}")
+        if vanished:
+            changes.append(f"vanished {', '.join(vanished[:3])}")
+        moved = f" ({'; '.join(changes)})" if changes else ""
+        return Verdict(
+            statistic="chi_square_homogeneity",
+            value=round(alarm.statistic, 4),
+            threshold=round(alarm.threshold, 4),
+            effect_size=round(psi, 4),
+            severity=Severity.CRITICAL if psi >= floors.critical_psi else Severity.WARNING,
+            support=int(m),
+            title=f"{name}: category frequencies shifted, PSI {psi:.2f}{moved}",
+            details={
+                "test": "windowed_chi_square_two_sample",
+                "effect_measure": "population stability index (PSI)",
+                "effect_floor": floors.min_psi,
+                "psi": round(psi, 4),
+                "js_distance": round(float(jensenshannon(p, q, base=2)), 4),
+                "df": alarm.df,
+                "alpha": self.alpha,
+                "window": self.window_size,
+                "reference": {
+                    "size": self.ref_size,
+                    "shares": self._top(self.ref_counts, self.ref_size),
+                },
+                "current": {"size": int(m), "shares": self._top(alarm.bins, m)},
+                "new_categories": {_label(c): k for c, k in new.most_common(TOP)},
+                "vanished_categories": vanished[:TOP],
+                "events_seen": self.seen + self.filled,
+            },
+        )
+
+    def _top(self, counts: np.ndarray, total: float) -> dict[str, float]:
+        order = np.argsort(-counts)[:TOP]
+        return {self.names[i]: round(float(counts[i] / total), 4) for i in order if counts[i]}
+
+
+def chi_square_homogeneity(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
+    """Pearson's statistic of the 2 x K table (a, b) and its degrees of freedom (bins with
+    any count, minus one)."""
+    used = (a + b) > 0
+    a, b = a[used], b[used]
+    n, m = a.sum(), b.sum()
+    total = a + b
+    expected_a = total * n / (n + m)
+    expected_b = total * m / (n + m)
+    statistic = float(
+        np.sum((a - expected_a) ** 2 / expected_a + (b - expected_b) ** 2 / expected_b)
+    )
+    return statistic, int(used.sum()) - 1
+
+
+def stability_index(p: np.ndarray, q: np.ndarray) -> float:
+    """The PSI of shares `q` against reference shares `p` (both without zeros)."""
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def _shares(counts: np.ndarray) -> np.ndarray:
+    smoothed = counts + PSEUDO_COUNT
+    return smoothed / smoothed.sum()
+
+
+def _label(category: object) -> str:
+    if isinstance(category, float) and category.is_integer():
+        return str(int(category))
+    return str(category)
+
+
+def discrete_features(reference: ModelBatch) -> dict[str, np.ndarray]:
+    """Features judged by frequency: categorical ones, and numeric codes (few distinct
+    values), each with its non-missing reference values."""
+    out = {}
+    for name in sorted(reference.feature_names()):
+        kind = reference_type(reference, name)
+        if kind == "categorical":
+            out[name] = category_values(reference, name)
+        elif kind == "numeric":
+            values = numeric_values(reference, name)
+            if not is_continuous(values):
+                out[name] = values
+    return out
+
+
+class CategoricalDriftDetector(ReferenceDetector):
+    """`feature_drift` on categorical and discrete numeric features (module docstring)."""
+
+    name = "categorical_drift"
+
+    settings_type = CategoricalDriftSettings
+    settings: CategoricalDriftSettings
+    monitors: dict[str, CategoricalMonitor]
+    numeric_codes: set[str]
+
+    def build(self, reference: ModelBatch) -> None:
+        s = self.settings
+        features = {n: v for n, v in discrete_features(reference).items() if len(v) >= 100}
+        alpha = window_alpha(self.budget, s.window, len(features))
+        self.monitors = {
+            name: CategoricalMonitor(values, s.window, alpha, s.min_expected)
+            for name, values in features.items()
+        }
+        self.numeric_codes = {n for n, v in features.items() if v.dtype != object}
+
+    def monitor(self, batch: ModelBatch) -> list[Finding]:
+        findings: list[Finding] = []
+        for name, monitor in self.monitors.items():
+            if name in self.numeric_codes:
+                column = batch.numeric.get(name)
+                valid = None if column is None else np.flatnonzero(~np.isnan(column))
+            else:
+                column = batch.categorical.get(name)
+                valid = None if column is None else np.flatnonzero(~np.equal(column, None))
+            if column is None or valid is None or len(valid) == 0:
+                continue
+            floors = PsiFloors(
+                self.settings.of(name, "min_psi"), self.settings.of(name, "critical_psi")
+            )
+            findings += watch(
+                self.name, Kind.FEATURE_DRIFT, name, monitor, floors, batch, column[valid], valid
+            )
+        return findings

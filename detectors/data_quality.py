@@ -1,0 +1,307 @@
+"""Data quality: missing values, type violations, out-of-range values, new and vanished fields,
+each judged against the reference rather than against absolute limits.
+
+Over tumbling windows of `window` events, every field of the reference gets three counts:
+missing values (null or absent), values of the wrong type (strings where the reference had
+numbers, or numbers where it had strings or booleans), and numbers outside the reference's
+[min, max]. Fields absent from the reference are counted too (new fields).
+
+Each count is compared with the reference's by an exact one-sided test: given the total
+t = a + b of the reference count a (of n) and the window count b (of m), b is
+Binomial(t, m / (n + m)) when both come from the same rate. The test is exact for rare events
+(a missing rate of 0.1% as much as 30%) and accounts for the reference's own sampling error.
+Out-of-range values have no reference count (the reference lies inside its own range by
+construction); a new value falls outside the range of n exchangeable ones with probability
+2 / (n + 1), so the reference counts 2 such values.
+
+The budget is spent per window, as for categorical drift: 3 tests per field plus one for new
+fields, alpha = budget / (tests * 1e6 / window), by the union bound. A significant window is
+a finding only if the rate rose by at least `min_rate_increase` (default 0.02: two more
+events in a hundred), so a stable 0.1% of nulls that becomes 0.3% is not an incident.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import Field
+from scipy.stats import binom
+
+from detectors.base import Finding, Kind, Severity, Verdict
+from detectors.calibration import window_alpha
+from detectors.reference import (
+    ReferenceDetector,
+    ReferenceSettings,
+    numeric_values,
+    reference_type,
+)
+from streams.batch import ModelBatch
+
+RANGE_PSEUDO_COUNT = 2  # expected reference values outside the reference's own range
+
+# The counts kept per field and window, in this order.
+MISSING, VIOLATION, VALID, OUT_OF_RANGE, PRESENT = range(5)
+
+
+class DataQualitySettings(ReferenceSettings):
+    """Sensitivity of data-quality checks; per-field overrides (under `features`) of
+    min_rate_increase and critical_rate_increase."""
+
+    window: int = Field(1000, ge=100)
+    min_rate_increase: float = Field(0.02, gt=0)  # practical-significance floor
+    critical_rate_increase: float = Field(0.2, gt=0)
+
+
+@dataclass(slots=True)
+class FieldReference:
+    kind: str  # "numeric" or "categorical"
+    events: int
+    missing: int
+    violations: int
+    values: int  # values of the reference type
+    low: float = math.nan
+    high: float = math.nan
+
+    def summary(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "type": self.kind,
+            "events": self.events,
+            "missing_rate": round(self.missing / self.events, 6),
+            "type_violation_rate": round(self.violations / self.events, 6),
+        }
+        if self.kind == "numeric":
+            out["range"] = [self.low, self.high]
+        return out
+
+
+@dataclass(slots=True)
+class RateTest:
+    """One exact conditional binomial comparison of a window rate with the reference's."""
+
+    statistic: str
+    ref_count: float
+    ref_size: int
+    count: int
+    size: int
+
+    @property
+    def increase(self) -> float:
+        return self.count / self.size - self.ref_count / self.ref_size
+
+    def p_value(self) -> float:
+        share = self.size / (self.size + self.ref_size)
+        total = self.ref_count + self.count
+        return float(binom.sf(self.count - 1, math.floor(total), share))
+
+
+@dataclass(slots=True)
+class _Window:
+    counts: dict[str, np.ndarray] = field(default_factory=dict)  # field -> the 5 counts
+    new: dict[str, int] = field(default_factory=dict)  # new field -> events having it
+
+
+class DataQualityDetector(ReferenceDetector):
+    """`data_quality` findings per field; see the module docstring for the method."""
+
+    name = "data_quality"
+
+    settings_type = DataQualitySettings
+    settings: DataQualitySettings
+    fields: dict[str, FieldReference]
+    alpha: float
+    reference_events: int
+
+    def build(self, reference: ModelBatch) -> None:
+        self.fields = {}
+        for name in sorted(reference.feature_names()):
+            kind = reference_type(reference, name)
+            if kind is None:
+                continue  # never had a value: nothing to compare with
+            counts = _indicators(reference, name, kind, math.nan, math.nan).sum(axis=1)
+            ref = FieldReference(
+                kind,
+                len(reference),
+                int(counts[MISSING]),
+                int(counts[VIOLATION]),
+                int(counts[VALID]),
+            )
+            if kind == "numeric":
+                values = numeric_values(reference, name)
+                ref.low, ref.high = float(values.min()), float(values.max())
+            self.fields[name] = ref
+        self.reference_events = len(reference)
+        tests = 3 * len(self.fields) + 1
+        self.alpha = window_alpha(self.budget, self.settings.window, tests)
+        self.window, self.filled, self.seen = _Window(), 0, 0
+
+    def monitor(self, batch: ModelBatch) -> list[Finding]:
+        n = len(batch)
+        if n == 0:
+            return []
+        cumulative = {
+            name: _cumulative(_indicators(batch, name, ref.kind, ref.low, ref.high))
+            for name, ref in self.fields.items()
+        }
+        for name in batch.feature_names() - self.fields.keys():
+            cumulative[name] = _cumulative(_present(batch, name)[None, :])
+        findings: list[Finding] = []
+        size = self.settings.window
+        start = 0
+        while start < n:
+            stop = min(start + size - self.filled, n)
+            for name, cum in cumulative.items():
+                counts = cum[:, stop] - cum[:, start]
+                if name in self.fields:
+                    previous = self.window.counts.get(name)
+                    self.window.counts[name] = counts if previous is None else previous + counts
+                else:
+                    self.window.new[name] = self.window.new.get(name, 0) + int(counts[0])
+            self.filled += stop - start
+            start = stop
+            if self.filled == size:
+                findings.extend(self._judge(batch, stop - 1))
+                self.seen += size
+                self.window, self.filled = _Window(), 0
+        return findings
+
+    def _judge(self, batch: ModelBatch, index: int) -> list[Finding]:
+        size = self.settings.window
+        findings = []
+        for name, ref in self.fields.items():
+            counts = self.window.counts[name]
+            tests = [
+                RateTest("missing_rate", ref.missing, ref.events, int(counts[MISSING]), size),
+                RateTest(
+                    "type_violation_rate", ref.violations, ref.events, int(counts[VIOLATION]), size
+                ),
+            ]
+            if ref.kind == "numeric" and counts[VALID] > 0:
+                tests.append(
+                    RateTest(
+                        "out_of_range_rate",
+                        RANGE_PSEUDO_COUNT,
+                        ref.values,
+                        int(counts[OUT_OF_RANGE]),
+                        int(counts[VALID]),
+                    )
+                )
+            for test in tests:
+                verdict = self._verdict(name, test, self.alpha, ref, vanished=not counts[PRESENT])
+                if verdict is not None:
+                    findings.append(
+                        verdict.finding(self.name, Kind.DATA_QUALITY, name, batch, index)
+                    )
+        new = {name: count for name, count in self.window.new.items() if count}
+        for name, count in new.items():
+            test = RateTest("new_field_rate", 0, self.reference_events, count, size)
+            verdict = self._verdict(name, test, self.alpha / len(new), None, vanished=False)
+            if verdict is not None:
+                findings.append(verdict.finding(self.name, Kind.DATA_QUALITY, name, batch, index))
+        return findings
+
+    def _verdict(
+        self,
+        name: str,
+        test: RateTest,
+        alpha: float,
+        ref: FieldReference | None,
+        vanished: bool,
+    ) -> Verdict | None:
+        floor = self.settings.of(name, "min_rate_increase")
+        if test.increase < floor:
+            return None  # checked first: it is cheap, and usually settles it
+        p = test.p_value()
+        if p > alpha:
+            return None
+        rate, ref_rate = test.count / test.size, test.ref_count / test.ref_size
+        statistic = test.statistic
+        if statistic == "missing_rate" and vanished:
+            statistic = "field_vanished"
+        critical = vanished or test.increase >= self.settings.of(name, "critical_rate_increase")
+        title = {
+            "missing_rate": f"{name}: missing rate {ref_rate:.1%} -> {rate:.1%}",
+            "field_vanished": f"{name}: field vanished (no value in the last {test.size} events)",
+            "type_violation_rate": (
+                f"{name}: {rate:.1%} of values are not "
+                f"{'numbers' if ref and ref.kind == 'numeric' else 'strings or booleans'}"
+            ),
+            "out_of_range_rate": (
+                f"{name}: {rate:.1%} of values outside the reference range"
+                + (f" [{ref.low:g}, {ref.high:g}]" if ref else "")
+            ),
+            "new_field_rate": f"{name}: new field, in {rate:.1%} of events",
+        }[statistic]
+        return Verdict(
+            statistic=statistic,
+            value=round(_minus_log10(p), 4),
+            threshold=round(_minus_log10(alpha), 4),
+            effect_size=round(test.increase, 6),
+            severity=Severity.CRITICAL if critical else Severity.WARNING,
+            support=test.size,
+            title=title,
+            details={
+                "test": "exact_conditional_binomial",
+                "value_meaning": "-log10 p-value; fires above -log10 alpha",
+                "p_value": p,
+                "alpha": alpha,
+                "effect_measure": "rate increase over the reference rate",
+                "effect_floor": self.settings.of(name, "min_rate_increase"),
+                "reference": {
+                    "rate": round(ref_rate, 6),
+                    "count": test.ref_count,
+                    "size": test.ref_size,
+                    **(ref.summary() if ref else {"type": None}),
+                },
+                "current": {"rate": round(rate, 6), "count": test.count, "size": test.size},
+                "window": self.settings.window,
+                "events_seen": self.seen + self.filled,
+            },
+        )
+
+
+def _indicators(batch: ModelBatch, name: str, kind: str, low: float, high: float) -> np.ndarray:
+    """Per event, the 5 counted indicators (MISSING, VIOLATION, VALID, OUT_OF_RANGE,
+    PRESENT) of a field whose reference type is `kind`."""
+    n = len(batch)
+    number = batch.numeric.get(name)
+    category = batch.categorical.get(name)
+    is_number = np.zeros(n, bool) if number is None else ~np.isnan(number)
+    is_category = np.zeros(n, bool) if category is None else ~np.equal(category, None)
+    out = np.zeros((5, n), dtype=np.int64)
+    out[MISSING] = ~(is_number | is_category)
+    if kind == "numeric":
+        out[VIOLATION] = is_category
+        out[VALID] = is_number
+        if number is not None:
+            with np.errstate(invalid="ignore"):
+                out[OUT_OF_RANGE] = (number < low) | (number > high)
+    else:
+        out[VIOLATION] = is_number
+        out[VALID] = is_category
+    out[PRESENT] = _present(batch, name)
+    return out
+
+
+def _present(batch: ModelBatch, name: str) -> np.ndarray:
+    """Per event, whether the field has a value: a key with null values only counts as absent
+    (it carries nothing)."""
+    n = len(batch)
+    present = np.zeros(n, dtype=np.int64)
+    if name in batch.numeric:
+        present |= ~np.isnan(batch.numeric[name])
+    if name in batch.categorical:
+        present |= ~np.equal(batch.categorical[name], None)
+    return present
+
+
+def _cumulative(indicators: np.ndarray) -> np.ndarray:
+    """Running sums with a leading zero column, so any slice's counts are a difference."""
+    out = np.zeros((indicators.shape[0], indicators.shape[1] + 1), dtype=np.int64)
+    np.cumsum(indicators, axis=1, out=out[:, 1:])
+    return out
+
+
+def _minus_log10(p: float) -> float:
+    return -math.log10(max(p, 1e-300))

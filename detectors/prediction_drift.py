@@ -1,0 +1,140 @@
+"""Prediction drift: what the model outputs, judged against what it output on the reference.
+
+Three subjects, each monitored with the same machinery as features:
+- `class_proportions`: the `prediction` of a classifier (strings, booleans, or few distinct
+  numbers), by the windowed chi-square test with PSI floor (`CategoricalMonitor`);
+- `prediction`: the output of a regressor (many distinct numbers), by the calibrated
+  Page-Hinkley tests on normal scores (`NumericMonitor`);
+- `score`: the single `score`, or from `scores` the positive-class probability (two classes:
+  the one that sorts last, e.g. "1") or else the top-class probability (the model's
+  confidence), numeric or categorical depending on how many distinct values it takes.
+
+The detector's share of the model's false-alarm budget is split evenly over its subjects.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from detectors.base import Finding, Kind
+from detectors.calibration import window_alpha
+from detectors.categorical_drift import CategoricalMonitor, PsiFloors
+from detectors.numeric_drift import Floors, NumericMonitor, numeric_arl0
+from detectors.reference import Monitor, ReferenceDetector, ReferenceSettings, is_continuous, watch
+from streams.batch import ModelBatch
+
+MIN_REFERENCE_VALUES = 200
+
+
+class PredictionDriftSettings(ReferenceSettings):
+    """Sensitivity of prediction drift (the floors mean what they mean for features);
+    per-subject overrides under `features`, e.g. `features = {score = {min_effect_size = 0.5}}`."""
+
+    block_size: int = Field(50, ge=10)
+    min_detectable_shift: float = Field(0.25, gt=0)
+    min_effect_size: float = Field(0.2, ge=0)
+    min_log_scale_change: float = Field(0.2, ge=0)
+    critical_effect_size: float = Field(1.0, gt=0)
+    window: int = Field(1000, ge=100)
+    min_expected: float = Field(10.0, ge=1)
+    min_psi: float = Field(0.1, ge=0)
+    critical_psi: float = Field(0.25, gt=0)
+
+
+class PredictionDriftDetector(ReferenceDetector):
+    """`prediction_drift` on class proportions, scores and regression outputs."""
+
+    name = "prediction_drift"
+
+    settings_type = PredictionDriftSettings
+    settings: PredictionDriftSettings
+    monitors: dict[str, tuple[Monitor, Floors | PsiFloors]]
+    positive_class: str | None
+    single_score: bool
+
+    def build(self, reference: ModelBatch) -> None:
+        s = self.settings
+        scores = reference.scores
+        classes = sorted({c for d in scores if d for c in d})
+        self.positive_class = classes[-1] if len(classes) == 2 else None
+        self.single_score = reference.score is not None and bool(np.any(~np.isnan(reference.score)))
+        outputs = {
+            subject: values
+            for subject, values in (
+                ("prediction", _outputs(reference)),
+                ("score", self._score(reference)),
+            )
+            if len(values) >= MIN_REFERENCE_VALUES
+        }
+        share = self.budget / max(1, len(outputs))
+        self.monitors = {}
+        for output, values in outputs.items():
+            numeric = values.dtype != object and is_continuous(values)
+            subject = "class_proportions" if output == "prediction" and not numeric else output
+            if numeric:
+                arl0 = numeric_arl0(s.block_size, 1, share)
+                floors: Floors | PsiFloors = Floors(
+                    s.of(subject, "min_effect_size"),
+                    s.of(subject, "min_log_scale_change"),
+                    s.of(subject, "critical_effect_size"),
+                )
+                shift = s.of(subject, "min_detectable_shift")
+                monitor: Monitor = NumericMonitor(values, s.block_size, shift, arl0)
+            else:
+                alpha = window_alpha(share, s.window, 1)
+                floors = PsiFloors(s.of(subject, "min_psi"), s.of(subject, "critical_psi"))
+                monitor = CategoricalMonitor(values, s.window, alpha, s.min_expected)
+            self.monitors[subject] = (monitor, floors)
+
+    def monitor(self, batch: ModelBatch) -> list[Finding]:
+        findings: list[Finding] = []
+        for subject, (monitor, floors) in self.monitors.items():
+            values, index = self._values(batch, subject)
+            if len(values) == 0:
+                continue
+            findings += watch(
+                self.name, Kind.PREDICTION_DRIFT, subject, monitor, floors, batch, values, index
+            )
+        return findings
+
+    def _values(self, batch: ModelBatch, subject: str) -> tuple[np.ndarray, np.ndarray]:
+        """The subject's non-missing values and the indices of their events."""
+        if subject == "score":
+            raw = self._score(batch, keep_missing=True)
+        else:
+            raw = np.array(batch.predictions, dtype=object)
+            if subject == "prediction":
+                raw = np.array([_number(v) for v in raw], dtype=np.float64)
+        missing = np.isnan(raw) if raw.dtype != object else np.equal(raw, None)
+        index = np.flatnonzero(~missing)
+        return raw[index], index
+
+    def _score(self, batch: ModelBatch, keep_missing: bool = False) -> np.ndarray:
+        if self.single_score:
+            values = batch.score if batch.score is not None else np.full(len(batch), np.nan)
+        else:
+            positive = self.positive_class
+            values = np.array(
+                [
+                    np.nan if not d else d.get(positive, np.nan) if positive else max(d.values())
+                    for d in batch.scores
+                ],
+                dtype=np.float64,
+            )
+        return values if keep_missing else values[~np.isnan(values)]
+
+
+def _outputs(reference: ModelBatch) -> np.ndarray:
+    """The reference's predictions: floats when all are numbers, else objects."""
+    values = [v for v in reference.predictions if v is not None]
+    if values and all(_number(v) == v for v in values):
+        return np.array(values, dtype=np.float64)
+    return np.array(values, dtype=object)
+
+
+def _number(value: object) -> float:
+    """A prediction as a number, NaN when it is not one (booleans are classes, not numbers)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return np.nan

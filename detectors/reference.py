@@ -1,0 +1,144 @@
+"""Judging against a reference: the one way a detector gets it, learned or given.
+
+A reference is a `ModelBatch` of predictions deemed normal. By default it is the model's first
+`reference_size` events on the partition; a stored reference (training data, a chosen day)
+replaces it through `set_reference`. Either way the detector builds its monitors once, from
+the whole reference, in `set_reference`.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from detectors.base import Detector, Finding, Kind, Verdict
+from streams.batch import ModelBatch, concat_batches
+
+MIN_DISTINCT_VALUES = 10  # fewer distinct reference values: a code, not a measurement
+
+
+def is_continuous(values: np.ndarray) -> bool:
+    """A numeric reference sample worth ranking (NormalScores) rather than counting."""
+    return len(np.unique(values)) >= MIN_DISTINCT_VALUES
+
+
+class ReferenceSettings(BaseModel):
+    """What every reference-based detector's settings have: its share of the model's
+    false-alarm budget, and per-feature overrides of its other settings, e.g.
+    `features = {amount = {min_effect_size = 0.5}}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget_share: float = Field(0.2, ge=0, le=1)
+    features: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    def of(self, feature: str, key: str) -> float:
+        """A setting for one feature: its override if any, else the detector's value."""
+        return self.features.get(feature, {}).get(key, getattr(self, key))
+
+
+class ReferenceDetector(Detector):
+    """A detector that learns its reference from the first events unless one is set.
+
+    `false_alarms_per_million` is this detector's part of the model's budget (see
+    `detectors.registry`); it splits it over its own tests when it builds its monitors."""
+
+    settings_type: ClassVar[type[ReferenceSettings]]
+
+    def __init__(
+        self,
+        model: str,
+        settings: ReferenceSettings | None = None,
+        reference_size: int = 3000,
+        false_alarms_per_million: float = 0.1,
+    ) -> None:
+        self.model = model
+        self.settings = settings or self.settings_type()
+        self.budget = false_alarms_per_million
+        self.reference_size = reference_size
+        self.pending: list[ModelBatch] = []
+        self.pending_count = 0
+        self.ready = False
+
+    def update(self, batch: ModelBatch) -> list[Finding]:
+        if not self.ready:
+            take = min(len(batch), self.reference_size - self.pending_count)
+            if take > 0:
+                self.pending.append(batch.slice(0, take))
+                self.pending_count += take
+            if self.pending_count < self.reference_size:
+                return []
+            self.set_reference(concat_batches(self.pending))
+            if take == len(batch):
+                return []
+            batch = batch.slice(take, len(batch))
+        return self.monitor(batch)
+
+    def set_reference(self, reference: ModelBatch) -> None:
+        self.pending, self.pending_count = [], 0
+        self.build(reference)
+        self.ready = True
+
+    @abstractmethod
+    def build(self, reference: ModelBatch) -> None:
+        """(Re)builds the monitors from a complete reference."""
+
+    @abstractmethod
+    def monitor(self, batch: ModelBatch) -> list[Finding]:
+        """Judges a batch that comes after the reference."""
+
+
+class Monitor(Protocol):
+    """A test on one quantity (numeric or categorical monitor): values in, alarms out."""
+
+    def feed(self, values: np.ndarray) -> list[Any]: ...
+
+    def judge(self, name: str, alarm: Any, floors: Any) -> Verdict | None: ...
+
+
+def watch(
+    detector: str,
+    kind: Kind,
+    subject: str,
+    monitor: Monitor,
+    floors: object,
+    batch: ModelBatch,
+    values: np.ndarray,
+    index: np.ndarray,
+) -> list[Finding]:
+    """Feeds a subject's values (those of the batch's events `index`) to its monitor and
+    returns its alarms that clear their floors, as findings at the alarming events."""
+    findings = []
+    for alarm in monitor.feed(values):
+        verdict = monitor.judge(subject, alarm, floors)
+        if verdict is not None:
+            at = int(index[alarm.index])
+            findings.append(verdict.finding(detector, kind, subject, batch, at))
+    return findings
+
+
+def numeric_values(batch: ModelBatch, name: str) -> np.ndarray:
+    """A feature's non-missing numbers (empty when the batch has none)."""
+    column = batch.numeric.get(name)
+    return np.empty(0) if column is None else column[~np.isnan(column)]
+
+
+def category_values(batch: ModelBatch, name: str) -> np.ndarray:
+    """A feature's non-missing strings and booleans (empty when the batch has none)."""
+    column = batch.categorical.get(name)
+    return np.empty(0, dtype=object) if column is None else column[~np.equal(column, None)]
+
+
+def reference_type(reference: ModelBatch, name: str) -> str | None:
+    """ "numeric" or "categorical": what most of a feature's reference values are; None when
+    it has no value at all. Mixed features are judged by their majority type."""
+    numbers, categories = (
+        len(numeric_values(reference, name)),
+        len(category_values(reference, name)),
+    )
+    if numbers == categories == 0:
+        return None
+    return "numeric" if numbers >= categories else "categorical"
