@@ -388,6 +388,7 @@ def create_app(
             body = data or StatusChangeBody()
             incident = lifecycle.change_status(
                 db,
+                settings.alerts,
                 _incident_id(incident_id),
                 transition,
                 _author(request, body.author),

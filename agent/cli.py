@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from agent.alerts.dispatcher import Delivering
 from agent.config import ConfigError, Settings, load_settings
 from agent.demo import demo_scenario
 from agent.pipeline import Pipeline
@@ -151,9 +152,27 @@ def replay(
         file, batch_size=settings.batch_size, max_record_bytes=settings.max_record_bytes
     )
     database = _database(settings)
-    pipeline = Pipeline(settings, database, consumer=REPLAY_CONSUMER)
-    result = _run_with_progress(pipeline, source.batches(), total=source.size_bytes(), unit="bytes")
+    pipeline = Pipeline(settings, database, consumer=REPLAY_CONSUMER, notify=alerts)
+    if not alerts:
+        result = _run_with_progress(
+            pipeline, source.batches(), total=source.size_bytes(), unit="bytes"
+        )
+        _print_summary(result)
+        return
+    if not settings.alerts.channels:
+        err.print("warning: --alerts given but no alert channel is configured")
+    with Delivering(database, settings.alerts) as delivering:
+        result = _run_with_progress(
+            pipeline, source.batches(), total=source.size_bytes(), unit="bytes"
+        )
     _print_summary(result)
+    assert delivering.settled is not None
+    out.print(delivering.settled.describe())
+    if delivering.settled.pending:
+        err.print(
+            f"warning: {delivering.settled.pending} notifications still pending after "
+            f"{settings.alerts.replay_wait:g}s (alerts.replay_wait); they stay in the outbox"
+        )
 
 
 def _run_with_progress(
@@ -348,6 +367,9 @@ register_reference(app)
 from agent import cli_api  # noqa: E402
 
 cli_api.register(app)
+from agent import cli_alerts  # noqa: E402
+
+cli_alerts.register(app)
 
 
 def main() -> None:

@@ -10,9 +10,17 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from detectors.registry import DetectorSettings
 
@@ -50,16 +58,28 @@ class ReportSettings(BaseModel):
     dir: Path | None = None  # None: `reports/` next to the SQLite file, else in the data dir
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
-def parse_duration(value: Any) -> Any:
-    """Seconds as a number, or a string like "90s", "30m", "6h", "7d"; other input is left for
-    pydantic to reject with the key's name."""
-    if isinstance(value, str) and (match := _DURATION.match(value)):
-        return float(match[1]) * _UNIT_SECONDS[match[2]]
-    return value
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string like `500ms`, `30s`, `5m`, `2h`, `7d`."""
+    if isinstance(value, bool):
+        raise ValueError("a duration must be seconds or a string like 30s, 5m, 2h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"not a duration (seconds, or like 30s, 5m, 2h): {value!r}")
+        seconds = float(match[1]) * _DURATION_SECONDS[match[2]]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+# Seconds, from a number or a string like "30s", "6h"; 0 disables what it configures.
+Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 def _comma_list(value: Any) -> Any:
@@ -69,8 +89,6 @@ def _comma_list(value: Any) -> Any:
     return value
 
 
-# A duration in seconds; 0 disables what it configures.
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 Tokens = Annotated[list[SecretStr], BeforeValidator(_comma_list)]
 
 
@@ -109,6 +127,92 @@ class ApiSettings(BaseModel):
     max_page: int = Field(500, ge=1, le=10_000)  # largest `limit` a list request may ask for
 
 
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+
+
+class ChannelSettings(BaseModel):
+    """One notification channel. Secrets are `SecretStr`: they never show in repr or errors,
+    and only the channel's *name* is ever stored in the outbox."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["slack", "pagerduty", "webhook"]
+    url: SecretStr | None = None  # Slack/webhook: required; PagerDuty: the Events API URL
+    routing_key: SecretStr | None = None  # PagerDuty only
+    secret: SecretStr | None = None  # webhook only: HMAC-SHA256 key for X-Bulwark-Signature
+
+    @model_validator(mode="after")
+    def _complete(self) -> ChannelSettings:
+        if self.type == "pagerduty":
+            if self.routing_key is None or not self.routing_key.get_secret_value():
+                raise ValueError("a pagerduty channel needs routing_key")
+            if self.secret is not None:
+                raise ValueError("secret is for webhook channels only")
+        else:
+            if self.url is None or not self.url.get_secret_value():
+                raise ValueError(f"a {self.type} channel needs url")
+            if self.routing_key is not None:
+                raise ValueError("routing_key is for pagerduty channels only")
+            if self.type == "slack" and self.secret is not None:
+                raise ValueError("secret is for webhook channels only")
+        return self
+
+    def endpoint(self) -> str:
+        if self.url is not None and self.url.get_secret_value():
+            return self.url.get_secret_value()
+        return PAGERDUTY_EVENTS_URL
+
+
+class RouteSettings(BaseModel):
+    """Sends incidents matching every given list (empty: any) to `channels`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(default_factory=list)
+    kinds: list[str] = Field(default_factory=list)
+    severities: list[Literal["info", "warning", "critical"]] = Field(default_factory=list)
+    channels: list[str] = Field(min_length=1)
+
+
+class AlertSettings(BaseModel):
+    """Notification channels, routing, grouping and delivery (see docs/alerts.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channels: dict[str, ChannelSettings] = Field(default_factory=dict)
+    # No routes: every channel gets every incident.
+    routes: list[RouteSettings] = Field(default_factory=list)
+    # Notifications of one model within group_wait go out as one message.
+    group_wait: Duration = Field(30.0, le=3600)
+    # An incident still open (not acknowledged) is notified again after this long.
+    repeat_interval: Duration = Field(4 * 3600.0, ge=60)
+    # Retries stop, and the notification is marked failed, this long after it was queued.
+    give_up_after: Duration = Field(6 * 3600.0, gt=0)
+    backoff_initial: Duration = Field(1.0, gt=0)
+    backoff_max: Duration = Field(300.0, gt=0)
+    timeout: Duration = Field(10.0, gt=0)  # per HTTP request
+    poll_interval: Duration = Field(1.0, gt=0)  # how often the dispatcher looks at the outbox
+    # `replay --alerts` waits at most this long for its notifications to settle.
+    replay_wait: Duration = Field(120.0, ge=0)
+    # Link to an incident in messages; `{id}` is replaced, e.g. https://bulwark.example/incidents/{id}
+    incident_url: str | None = None
+    # Events per minute sent to one PagerDuty channel (PagerDuty allows about 120 per
+    # routing key and answers 429 beyond): the rest wait their turn, in order.
+    pagerduty_per_minute: int = Field(100, ge=1, le=1000)
+    # Incidents listed one by one in a grouped Slack message; the rest are counted.
+    max_listed: int = Field(10, ge=1, le=40)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AlertSettings:
+        for i, route in enumerate(self.routes):
+            for name in route.channels:
+                if name not in self.channels:
+                    raise ValueError(f"routes[{i}] names unknown channel {name!r}")
+        if self.incident_url is not None and "{id}" not in self.incident_url:
+            raise ValueError("incident_url must contain {id}")
+        return self
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -120,6 +224,7 @@ class Settings(BaseModel):
     reference: ReferenceSettings = Field(default_factory=ReferenceSettings)
     reports: ReportSettings = Field(default_factory=ReportSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     def detectors_for(self, model: str) -> DetectorSettings:
         overrides = self.models.get(model)
@@ -135,6 +240,16 @@ class Settings(BaseModel):
 ENVIRONMENT = {
     "BULWARK_DB_URL": "database_url",
     "BULWARK_API_TOKEN": "api.tokens.admin",
+}
+
+# Environment variable -> (channel name, channel type, field): each defines (or overrides a
+# field of) the channel of that name; with no routes configured it receives every incident.
+CHANNEL_ENVIRONMENT = {
+    "BULWARK_SLACK_WEBHOOK_URL": ("slack", "slack", "url"),
+    "BULWARK_PAGERDUTY_ROUTING_KEY": ("pagerduty", "pagerduty", "routing_key"),
+    "BULWARK_PAGERDUTY_URL": ("pagerduty", "pagerduty", "url"),
+    "BULWARK_WEBHOOK_URL": ("webhook", "webhook", "url"),
+    "BULWARK_WEBHOOK_SECRET": ("webhook", "webhook", "secret"),
 }
 
 
@@ -155,6 +270,7 @@ def load_settings(
         value = environ.get(variable)
         if value:
             _set_dotted(data, key, value)
+    _channels_from_environment(data, environ)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
@@ -162,6 +278,26 @@ def load_settings(
     for model in settings.models:
         settings.detectors_for(model)  # validate overrides now, not at the first event
     return settings
+
+
+def _channels_from_environment(data: dict[str, Any], environ: Any) -> None:
+    for variable, (name, kind, key) in CHANNEL_ENVIRONMENT.items():
+        value = environ.get(variable)
+        if not value:
+            continue
+        alerts = data.setdefault("alerts", {})
+        if not isinstance(alerts, dict) or not isinstance(alerts.setdefault("channels", {}), dict):
+            continue  # let validation report the malformed section
+        channel = alerts["channels"].setdefault(name, {"type": kind})
+        if isinstance(channel, dict):
+            channel[key] = value
+    # BULWARK_PAGERDUTY_URL alone defines no channel: it only points the key at an endpoint.
+    channels = (
+        data.get("alerts", {}).get("channels", {}) if isinstance(data.get("alerts"), dict) else {}
+    )
+    pd = channels.get("pagerduty") if isinstance(channels, dict) else None
+    if isinstance(pd, dict) and set(pd) == {"type", "url"} and "BULWARK_PAGERDUTY_URL" in environ:
+        del channels["pagerduty"]
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

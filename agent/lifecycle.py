@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 
+from agent.alerts.outbox import enqueue_status_change
+from agent.config import AlertSettings
 from storage.db import Database
 from storage.models import OPEN_STATUSES, Incident, IncidentNote, utcnow
 from storage.repository import Writer
@@ -47,19 +49,28 @@ ACKNOWLEDGE = Transition("acknowledged", "acknowledged", ("open",))
 RESOLVE = Transition("resolved", "resolved", OPEN_STATUSES)
 REOPEN = Transition("reopened", "open", ("resolved", "acknowledged"))
 TRANSITIONS = {"acknowledge": ACKNOWLEDGE, "resolve": RESOLVE, "reopen": REOPEN}
+BY_STATUS = {t.to: t for t in (ACKNOWLEDGE, RESOLVE, REOPEN)}
 
 
-def on_status_change(writer: Writer, incident: Incident, previous: str, note: IncidentNote) -> None:
-    """Called inside the transaction of every status change, after it is applied.
-
-    The single hook point for side effects that must commit or roll back with the change.
-    """
+def on_status_change(
+    writer: Writer, alerts: AlertSettings, incident: Incident, previous: str, now: float | None
+) -> None:
+    """Called inside the transaction of every status change, after it is applied: whatever
+    must commit or roll back with the change (the outbox rows of its notifications)."""
+    enqueue_status_change(writer.session, alerts, incident, previous, incident.status, now)
 
 
 def change_status(
-    db: Database, incident_id: int, transition: Transition, author: str, text: str = ""
+    db: Database,
+    alerts: AlertSettings,
+    incident_id: int,
+    transition: Transition,
+    author: str,
+    text: str = "",
+    now: float | None = None,
 ) -> Incident:
-    """Applies one transition in one transaction; raises NotFound or Conflict."""
+    """Applies one transition in one transaction; raises NotFound or Conflict. `now` (wall
+    clock, default the current time) stamps the notifications it queues."""
 
     def work() -> Incident:
         with db.session() as session:
@@ -67,7 +78,7 @@ def change_status(
             incident = writer.incident_for_update(incident_id)
             if incident is None:
                 raise NotFound(f"no incident with id {incident_id}")
-            _apply(writer, incident, transition, author, text)
+            _apply(writer, alerts, incident, transition, author, text, now)
             return incident
 
     try:
@@ -80,8 +91,28 @@ def change_status(
         ) from None
 
 
+def set_status(
+    db: Database,
+    alerts: AlertSettings,
+    incident_id: int,
+    status: str,
+    author: str = "cli",
+    now: float | None = None,
+) -> Incident:
+    """`change_status` by target status: "acknowledged", "resolved" or "open" (reopen)."""
+    if status not in BY_STATUS:
+        raise LifecycleError(f"status must be one of {', '.join(BY_STATUS)}, not {status!r}")
+    return change_status(db, alerts, incident_id, BY_STATUS[status], author, now=now)
+
+
 def _apply(
-    writer: Writer, incident: Incident, transition: Transition, author: str, text: str
+    writer: Writer,
+    alerts: AlertSettings,
+    incident: Incident,
+    transition: Transition,
+    author: str,
+    text: str,
+    now: float | None,
 ) -> IncidentNote:
     previous = incident.status
     if previous not in transition.allowed_from:
@@ -95,7 +126,7 @@ def _apply(
     note = writer.add_note(
         incident.id, author, _note_text(text) or transition.action, transition.action
     )
-    on_status_change(writer, incident, previous, note)
+    on_status_change(writer, alerts, incident, previous, now)
     return note
 
 
@@ -114,7 +145,9 @@ def add_note(db: Database, incident_id: int, author: str, text: str) -> Incident
     return db.retrying(work)
 
 
-def auto_resolve(db: Database, quiet_for: float, wall_now: float | None = None) -> list[int]:
+def auto_resolve(
+    db: Database, alerts: AlertSettings, quiet_for: float, wall_now: float | None = None
+) -> list[int]:
     """Resolves every unresolved incident whose model has run `quiet_for` seconds of event
     time past the incident's latest evidence. A model no event was counted for falls back to
     the wall clock. Returns the ids resolved. `quiet_for` 0 disables."""
@@ -134,7 +167,7 @@ def auto_resolve(db: Database, quiet_for: float, wall_now: float | None = None) 
                     f"auto-resolved: no new evidence for {_duration(quiet)} of {clock} "
                     f"(auto_resolve_after is {_duration(quiet_for)})"
                 )
-                _apply(writer, incident, RESOLVE, AUTO_RESOLVER, text)
+                _apply(writer, alerts, incident, RESOLVE, AUTO_RESOLVER, text, None)
                 resolved.append(incident.id)
         return resolved
 

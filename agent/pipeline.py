@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from agent.alerts.outbox import enqueue_changes
 from agent.config import Settings
 from agent.incidents import Change, IncidentChange, IncidentManager
 from agent.metrics import ModelCounts
@@ -117,8 +118,13 @@ class Stats:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, db: Database, consumer: str) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, consumer: str, notify: bool = False
+    ) -> None:
+        """`notify`: write outbox rows for incident changes (off for backfills and the demo,
+        which must page nobody, now or later)."""
         self.settings = settings
+        self.notify = notify
         self.db = db
         self.repository = Repository(db)
         self.consumer = consumer
@@ -163,7 +169,10 @@ class Pipeline:
                     writer = Writer(session)
                     writer.add_dead_letters(letters)
                     self.counts.store(writer)
-                    return self.incidents.apply(writer, findings)
+                    applied = self.incidents.apply(writer, findings)
+                    if self.notify:  # same transaction: the outbox row commits with the change
+                        enqueue_changes(session, self.settings.alerts, applied)
+                    return applied
 
             changes = self.db.retrying(write)
             self.counts.stored()

@@ -61,7 +61,7 @@ def build_scheduler(settings: Settings, db: Database) -> BackgroundScheduler:
     if api.auto_resolve_after > 0:
         add_interval_job(
             scheduler,
-            lambda: lifecycle.auto_resolve(db, api.auto_resolve_after),
+            lambda: lifecycle.auto_resolve(db, settings.alerts, api.auto_resolve_after),
             api.auto_resolve_interval,
             AUTO_RESOLVE_JOB,
         )

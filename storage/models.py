@@ -333,3 +333,91 @@ class ModelStats(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+
+
+class Notification(Base):
+    """The durable outbox: one notification for one channel, written in the transaction of the
+    incident change that causes it. Holds the channel's *name*, never its URL or key."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(100))
+    # trigger | acknowledge | resolve (PagerDuty's actions; Slack and webhooks say the same)
+    action: Mapped[str] = mapped_column(String(20))
+    # opened | escalated | repeat | acknowledged | resolved | reopened | test
+    reason: Mapped[str] = mapped_column(String(20))
+    incident_id: Mapped[int | None] = mapped_column(
+        ForeignKey("incidents.id", ondelete="CASCADE"), nullable=True
+    )
+    group_key: Mapped[str] = mapped_column(String(200))  # the model: grouped per channel
+    dedup_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    content: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # incident snapshot
+    # pending | delivered | failed | silenced
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Wall-clock epoch seconds: alerting is about now, not event time.
+    created_at: Mapped[float] = mapped_column(Double)
+    next_attempt_at: Mapped[float] = mapped_column(Double)
+    claimed_until: Mapped[float | None] = mapped_column(Double, nullable=True)
+    settled_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        Index("ix_notifications_state_id", "state", "id"),
+        Index("ix_notifications_incident_channel", "incident_id", "channel"),
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "channel": self.channel,
+            "action": self.action,
+            "reason": self.reason,
+            "incident_id": self.incident_id,
+            "group": self.group_key,
+            "dedup_key": self.dedup_key,
+            "state": self.state,
+            "attempts": self.attempts,
+            "created_at": self.created_at,
+            "next_attempt_at": self.next_attempt_at,
+            "settled_at": self.settled_at,
+            "last_error": self.last_error,
+        }
+
+
+class Silence(Base):
+    """Holds back notifications of matching incidents (None matches anything) until ends_at."""
+
+    __tablename__ = "silences"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    kind: Mapped[str | None] = mapped_column(String(50), nullable=True)
+    subject: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    starts_at: Mapped[float] = mapped_column(Double)
+    ends_at: Mapped[float] = mapped_column(Double)
+
+    __table_args__ = (Index("ix_silences_ends_at", "ends_at"),)
+
+    def matches(self, model: str, kind: str, subject: str, now: float) -> bool:
+        return (
+            self.starts_at <= now < self.ends_at
+            and self.model in (None, model)
+            and self.kind in (None, kind)
+            and self.subject in (None, subject)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "model": self.model,
+            "kind": self.kind,
+            "subject": self.subject,
+            "reason": self.reason,
+            "created_by": self.created_by,
+            "starts_at": self.starts_at,
+            "ends_at": self.ends_at,
+        }

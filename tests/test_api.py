@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from agent import lifecycle, retention
-from agent.config import RetentionSettings, load_settings
+from agent.config import AlertSettings, RetentionSettings, load_settings
 from agent.demo import demo_scenario
 from agent.pipeline import Pipeline
 from agent.replay import memory_batches, replay_batches
@@ -238,7 +238,9 @@ def test_auto_resolve_in_event_time(api: Api) -> None:
 
     # Fraud's event time says amount has been quiet 1.5 days, age 0.6 days; churn has no
     # event time, so the wall clock (years after T0) decides.
-    resolved = lifecycle.auto_resolve(api.db, quiet_for=day, wall_now=T0 + 400 * day)
+    resolved = lifecycle.auto_resolve(
+        api.db, AlertSettings(), quiet_for=day, wall_now=T0 + 400 * day
+    )
     assert sorted(resolved) == sorted([ids["amount"], ids["tenure"]])
     amount = api.reader.get(f"/api/incidents/{ids['amount']}").json()
     assert amount["status"] == "resolved"
@@ -249,8 +251,11 @@ def test_auto_resolve_in_event_time(api: Api) -> None:
     assert "wall-clock time" in tenure_note
     assert api.reader.get(f"/api/incidents/{ids['age']}").json()["status"] == "open"
     # Running it again changes nothing; zero disables it.
-    assert lifecycle.auto_resolve(api.db, quiet_for=day, wall_now=T0 + 400 * day) == []
-    assert lifecycle.auto_resolve(api.db, quiet_for=0) == []
+    assert (
+        lifecycle.auto_resolve(api.db, AlertSettings(), quiet_for=day, wall_now=T0 + 400 * day)
+        == []
+    )
+    assert lifecycle.auto_resolve(api.db, AlertSettings(), quiet_for=0) == []
 
 
 def _metrics(client: httpx.Client) -> dict[str, float]:
@@ -366,7 +371,7 @@ def test_retention_never_prunes_open_incidents(database: Database, tmp_path) -> 
         ],
     )
     amount, age = sorted(Repository(database).list_incidents(), key=lambda i: i.subject)[::-1]
-    lifecycle.change_status(database, amount.id, lifecycle.RESOLVE, "test")
+    lifecycle.change_status(database, AlertSettings(), amount.id, lifecycle.RESOLVE, "test")
     from storage.repository import DeadLetterInput
 
     with database.session() as session:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.exc import IntegrityError
 
+from agent import lifecycle
+from agent.config import AlertSettings
 from agent.incidents import Change, IncidentManager
 from detectors.base import Finding, Kind, Severity
 from storage.db import Database, DatabaseError
@@ -101,7 +103,7 @@ def test_evidence_after_resolution_opens_a_new_linked_incident(database: Databas
     apply(database, [finding(offset=1)])
     repo = Repository(database)
     (first,) = repo.list_incidents()
-    repo.set_status(first.id, "resolved")
+    lifecycle.set_status(database, AlertSettings(), first.id, "resolved")
     (change,) = apply(database, [finding(offset=2, ts=5000)])
     assert change.change == Change.OPENED
     assert change.incident.id != first.id and change.incident.previous_id == first.id

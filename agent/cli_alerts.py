@@ -1,0 +1,255 @@
+"""`bulwark alerts`, `bulwark silence` and `bulwark incidents acknowledge|resolve|reopen`."""
+
+from __future__ import annotations
+
+import getpass
+import time
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from agent.alerts.dispatcher import Dispatcher
+from agent.alerts.outbox import enqueue_test
+from agent.cli import (
+    ConfigOption,
+    DbOption,
+    FormatOption,
+    UsageError,
+    _check_format,
+    _database,
+    _print_incidents,
+    _print_json,
+    _settings,
+    _when,
+    incidents_app,
+    out,
+)
+from agent.config import parse_duration
+from agent.lifecycle import LifecycleError, set_status
+from storage.models import Silence
+from storage.notifications import PENDING, STATES, OutboxStore
+
+alerts_app = typer.Typer(help="Notification channels and the outbox.", no_args_is_help=True)
+silence_app = typer.Typer(help="Hold back notifications for a while.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(alerts_app, name="alerts")
+    app.add_typer(silence_app, name="silence")
+    for status, verb in (
+        ("acknowledged", "acknowledge"),
+        ("resolved", "resolve"),
+        ("open", "reopen"),
+    ):
+        incidents_app.command(verb, help=f"Mark an incident {status} and notify its channels.")(
+            _status_command(status)
+        )
+
+
+@alerts_app.command("list")
+def alerts_list(
+    db: DbOption = None,
+    state: Annotated[
+        str | None, typer.Option(help="pending, delivered, failed or silenced.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
+    fmt: FormatOption = "table",
+) -> None:
+    """Show the outbox: notifications with their delivery state, newest first."""
+    _check_format(fmt)
+    if state is not None and state not in STATES:
+        raise UsageError(f"--state must be one of {', '.join(STATES)}, not {state!r}")
+    database = _database(_settings(None, db), migrate=False)
+    with database.session() as session:
+        items = [n.to_dict() for n in OutboxStore(session).list(limit=limit, state=state)]
+    if fmt == "json":
+        _print_json(items)
+        return
+    table = Table(title=f"notifications ({len(items)})")
+    for column in (
+        "id",
+        "created",
+        "channel",
+        "action",
+        "reason",
+        "incident",
+        "state",
+        "tries",
+        "error",
+    ):
+        table.add_column(column, overflow="fold")
+    for n in items:
+        table.add_row(
+            str(n["id"]),
+            _when(n["created_at"]),
+            n["channel"],
+            n["action"],
+            n["reason"],
+            "" if n["incident_id"] is None else str(n["incident_id"]),
+            n["state"],
+            str(n["attempts"]),
+            n["last_error"] or "",
+        )
+    out.print(table)
+
+
+@alerts_app.command("test")
+def alerts_test(
+    channel: Annotated[str, typer.Argument(help="A channel name from the config or environment.")],
+    config: ConfigOption = None,
+    db: DbOption = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the outcome.")] = 30.0,
+) -> None:
+    """Send a test notification through the outbox and report what the receiver said."""
+    settings = _settings(config, db)
+    if channel not in settings.alerts.channels:
+        known = ", ".join(sorted(settings.alerts.channels)) or "none configured"
+        raise UsageError(f"unknown channel {channel!r} (channels: {known})")
+    database = _database(settings)
+    is_pagerduty = settings.alerts.channels[channel].type == "pagerduty"
+    with database.session() as session:
+        ids = [r.id for r in enqueue_test(session, channel, resolve=is_pagerduty)]
+    dispatcher = Dispatcher(database, settings.alerts)
+    try:
+        counts = dispatcher.wait_settled(ids[0] - 1, timeout)
+    finally:
+        dispatcher.close()
+    with database.session() as session:
+        rows = OutboxStore(session).get_many(ids)
+        outcome = [(r.id, r.state, r.last_error) for r in rows]
+    failed = [(i, state, error) for i, state, error in outcome if state != "delivered"]
+    if not failed:
+        out.print(f"Test notification {ids[0]} delivered to channel {channel}.")
+        return
+    row_id, state, error = failed[0]
+    detail = f": {error}" if error else ""
+    if counts.get(PENDING):
+        raise UsageError(f"test notification {row_id} still pending after {timeout:g}s{detail}")
+    raise UsageError(f"test notification {row_id} to channel {channel} {state}{detail}")
+
+
+@alerts_app.command("flush")
+def alerts_flush(
+    config: ConfigOption = None,
+    db: DbOption = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to keep trying.")] = 60.0,
+) -> None:
+    """Deliver what is pending in the outbox now (e.g. after a crash), then exit."""
+    settings = _settings(config, db)
+    database = _database(settings)
+    dispatcher = Dispatcher(database, settings.alerts)
+    try:
+        counts = dispatcher.wait_settled(0, timeout)
+    finally:
+        dispatcher.close()
+    pending = counts.get(PENDING, 0)
+    out.print(f"Outbox: {pending} pending" + (" (still retrying)" if pending else ""))
+
+
+@silence_app.command("add")
+def silence_add(
+    reason: Annotated[str, typer.Option(help="Why (shown in silence list).")],
+    duration: Annotated[str, typer.Option("--for", help="How long: 30m, 2h, 1d...")],
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+    subject: Annotated[str | None, typer.Option(help="Only this subject.")] = None,
+    db: DbOption = None,
+) -> None:
+    """Hold back notifications of matching incidents (at least one of --model/--kind/--subject)."""
+    if model is None and kind is None and subject is None:
+        raise UsageError("a silence needs at least one of --model, --kind, --subject")
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as exc:
+        raise UsageError(f"--for: {exc}") from None
+    if seconds <= 0:
+        raise UsageError("--for must be longer than zero")
+    database = _database(_settings(None, db))
+    now = time.time()
+    with database.session() as session:
+        silence = OutboxStore(session).add_silence(
+            Silence(
+                model=model,
+                kind=kind,
+                subject=subject,
+                reason=reason,
+                created_by=_user(),
+                starts_at=now,
+                ends_at=now + seconds,
+            )
+        )
+        silence_id = silence.id
+    out.print(f"Silence {silence_id} active until {_when(now + seconds)} UTC.")
+
+
+@silence_app.command("list")
+def silence_list(
+    db: DbOption = None,
+    all_: Annotated[bool, typer.Option("--all", help="Include expired silences.")] = False,
+    fmt: FormatOption = "table",
+) -> None:
+    """Active silences (all with --all), newest first."""
+    _check_format(fmt)
+    database = _database(_settings(None, db), migrate=False)
+    with database.session() as session:
+        items = [s.to_dict() for s in OutboxStore(session).list_silences(time.time(), all_)]
+    if fmt == "json":
+        _print_json(items)
+        return
+    table = Table(title=f"silences ({len(items)})")
+    for column in ("id", "model", "kind", "subject", "until", "by", "reason"):
+        table.add_column(column, overflow="fold")
+    for s in items:
+        table.add_row(
+            str(s["id"]),
+            s["model"] or "*",
+            s["kind"] or "*",
+            s["subject"] or "*",
+            _when(s["ends_at"]),
+            s["created_by"] or "",
+            s["reason"],
+        )
+    out.print(table)
+
+
+@silence_app.command("expire")
+def silence_expire(
+    silence_id: Annotated[int, typer.Argument(metavar="ID")], db: DbOption = None
+) -> None:
+    """End a silence now."""
+    database = _database(_settings(None, db), migrate=False)
+    with database.session() as session:
+        silence = OutboxStore(session).expire_silence(silence_id, time.time())
+        if silence is None:
+            raise UsageError(f"no silence with id {silence_id}")
+    out.print(f"Silence {silence_id} expired.")
+
+
+def _status_command(status: str) -> Callable[..., None]:
+    def command(
+        incident_id: Annotated[int, typer.Argument(metavar="ID")],
+        config: ConfigOption = None,
+        db: DbOption = None,
+        fmt: FormatOption = "table",
+    ) -> None:
+        _check_format(fmt)
+        settings = _settings(config, db)
+        try:
+            incident = set_status(_database(settings), settings.alerts, incident_id, status)
+        except LifecycleError as exc:
+            raise UsageError(str(exc)) from None
+        if fmt == "json":
+            _print_json(incident.to_contract())
+        else:
+            _print_incidents([incident.to_contract()])
+
+    return command
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None

@@ -1,0 +1,150 @@
+"""Reads and writes of the alert outbox and of silences (the storage side of agent.alerts).
+
+Every method works inside the caller's session, so outbox rows land in the same transaction
+as the incident change that causes them, and a dispatcher's claim is one short transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from storage.models import Incident, Notification, Silence
+
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+SILENCED = "silenced"
+STATES = (PENDING, DELIVERED, FAILED, SILENCED)
+
+
+class OutboxStore:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, rows: Sequence[Notification]) -> None:
+        self.session.add_all(rows)
+        self.session.flush()
+
+    def notified_channels(self, incident_id: int) -> set[str]:
+        """Channels that were told about the incident (so a resolve goes only to them)."""
+        query = select(Notification.channel).where(
+            Notification.incident_id == incident_id, Notification.action == "trigger"
+        )
+        return set(self.session.scalars(query))
+
+    def claimable(self, now: float, limit: int = 1000) -> list[Notification]:
+        """Pending rows not claimed by a live dispatcher, oldest first."""
+        query = (
+            select(Notification)
+            .where(
+                Notification.state == PENDING,
+                (Notification.claimed_until.is_(None)) | (Notification.claimed_until < now),
+            )
+            .order_by(Notification.id)
+            .limit(limit)
+        )
+        return list(self.session.scalars(query))
+
+    def claim(self, ids: Sequence[int], now: float, until: float) -> bool:
+        """Marks rows as being sent until `until`; False if another dispatcher got one first."""
+        result = self.session.execute(
+            update(Notification)
+            .where(
+                Notification.id.in_(ids),
+                Notification.state == PENDING,
+                (Notification.claimed_until.is_(None)) | (Notification.claimed_until < now),
+            )
+            .values(claimed_until=until)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == len(ids)
+
+    def get_many(self, ids: Sequence[int]) -> list[Notification]:
+        query = select(Notification).where(Notification.id.in_(ids)).order_by(Notification.id)
+        return list(self.session.scalars(query))
+
+    def incidents(self, ids: set[int]) -> dict[int, Incident]:
+        if not ids:
+            return {}
+        return {i.id: i for i in self.session.scalars(select(Incident).where(Incident.id.in_(ids)))}
+
+    def repeat_due(self, before: float) -> list[tuple[Incident, str, Notification]]:
+        """(open incident, channel, its latest trigger) where that trigger was settled before
+        `before` and nothing is pending for the pair: candidates for a repeat notification."""
+        latest = (
+            select(func.max(Notification.id).label("id"))
+            .where(Notification.action == "trigger", Notification.incident_id.is_not(None))
+            .group_by(Notification.incident_id, Notification.channel)
+            .subquery()
+        )
+        query = (
+            select(Incident, Notification)
+            .join(Notification, Notification.incident_id == Incident.id)
+            .join(latest, latest.c.id == Notification.id)
+            .where(
+                Incident.status == "open",
+                Notification.state.in_((DELIVERED, FAILED, SILENCED)),
+                Notification.created_at < before,
+            )
+        )
+        pending = {
+            (row.incident_id, row.channel)
+            for row in self.session.execute(
+                select(Notification.incident_id, Notification.channel).where(
+                    Notification.state == PENDING, Notification.incident_id.is_not(None)
+                )
+            )
+        }
+        return [
+            (incident, row.channel, row)
+            for incident, row in self.session.execute(query)
+            if (incident.id, row.channel) not in pending
+        ]
+
+    def list(
+        self, limit: int = 100, state: str | None = None, after_id: int | None = None
+    ) -> list[Notification]:
+        """Newest first."""
+        query = select(Notification).order_by(Notification.id.desc()).limit(limit)
+        if state is not None:
+            query = query.where(Notification.state == state)
+        if after_id is not None:
+            query = query.where(Notification.id > after_id)
+        return list(self.session.scalars(query))
+
+    def max_id(self) -> int:
+        return int(self.session.scalar(select(func.max(Notification.id))) or 0)
+
+    def count_states(self, after_id: int = 0) -> dict[str, int]:
+        query = (
+            select(Notification.state, func.count(Notification.id))
+            .where(Notification.id > after_id)
+            .group_by(Notification.state)
+        )
+        return {state: int(n) for state, n in self.session.execute(query)}
+
+    # Silences
+
+    def add_silence(self, silence: Silence) -> Silence:
+        self.session.add(silence)
+        self.session.flush()
+        return silence
+
+    def active_silences(self, now: float) -> list[Silence]:
+        query = select(Silence).where(Silence.starts_at <= now, Silence.ends_at > now)
+        return list(self.session.scalars(query))
+
+    def list_silences(self, now: float, include_expired: bool = False) -> list[Silence]:
+        query = select(Silence).order_by(Silence.id.desc())
+        if not include_expired:
+            query = query.where(Silence.ends_at > now)
+        return list(self.session.scalars(query))
+
+    def expire_silence(self, silence_id: int, now: float) -> Silence | None:
+        silence = self.session.get(Silence, silence_id)
+        if silence is not None and silence.ends_at > now:
+            silence.ends_at = now
+        return silence
