@@ -64,6 +64,29 @@ class Finding:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class MetricPoint:
+    """One performance value of one model version over one event-time window.
+
+    Not evidence of a problem, so not a Finding: the pipeline drains these with
+    `Detector.metrics` and stores them as the model's performance history. A window's point is
+    emitted again, with the new value, whenever late labels change it; storage keeps the latest.
+    """
+
+    model: str
+    model_version: str  # "" when the events carry none
+    source: str
+    partition: int
+    window_start: float  # event time, epoch seconds
+    window_end: float
+    metric: str
+    value: float
+    ci_low: float | None
+    ci_high: float | None
+    n: int  # events supporting the value (labelled events, or predictions if estimated)
+    estimated: bool
+
+
 class Detector(ABC):
     """Per-model, per-partition state; `update` is called with each batch, in arrival order."""
 
@@ -71,6 +94,10 @@ class Detector(ABC):
 
     @abstractmethod
     def update(self, batch: ModelBatch) -> list[Finding]: ...
+
+    def metrics(self) -> list[MetricPoint]:
+        """Performance points computed since the last call (most detectors have none)."""
+        return []
 
     def snapshot(self) -> bytes:
         """The detector's whole state; the default pickles the instance's attributes."""

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from detectors.accuracy import AccuracyDetector, AccuracySettings
 from detectors.base import Detector
 from detectors.numeric_drift import NumericDriftDetector, NumericDriftSettings
 
@@ -17,6 +18,7 @@ class DetectorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     numeric_drift: NumericDriftSettings = Field(default_factory=NumericDriftSettings)
+    accuracy: AccuracySettings = Field(default_factory=AccuracySettings)
 
     def merged(self, overrides: dict[str, Any]) -> DetectorSettings:
         """These settings with a model's overrides applied on top, validated again."""
@@ -30,4 +32,7 @@ class DetectorSettings(BaseModel):
 
 
 def build_detectors(model: str, settings: DetectorSettings) -> list[Detector]:
-    return [NumericDriftDetector(model, settings.numeric_drift)]
+    return [
+        NumericDriftDetector(model, settings.numeric_drift),
+        AccuracyDetector(model, settings.accuracy),
+    ]
