@@ -349,6 +349,11 @@ def _parse_since(value: str) -> float:
         ) from None
 
 
+from agent import cli_performance  # noqa: E402
+
+cli_performance.register(app)
+
+
 def main() -> None:
     try:
         app()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from agent.config import Settings
 from agent.incidents import Change, IncidentChange, IncidentManager
-from detectors.base import Detector, Finding
+from detectors.base import Detector, Finding, MetricPoint
 from detectors.registry import build_detectors
 from storage.db import Database
 from storage.repository import DeadLetterInput, Repository, Writer
@@ -36,6 +36,12 @@ class ModelMonitor:
         for detector in self.detectors:
             findings.extend(detector.update(batch))
         return findings
+
+    def metrics(self) -> list[MetricPoint]:
+        points: list[MetricPoint] = []
+        for detector in self.detectors:
+            points.extend(detector.metrics())
+        return points
 
     def snapshot(self) -> bytes:
         return pickle.dumps({d.name: d.snapshot() for d in self.detectors})
@@ -78,8 +84,11 @@ class Pipeline:
         started = time.perf_counter()
         decoded = decode_batch(records, self.settings.max_record_bytes)
         findings: list[Finding] = []
+        points: list[MetricPoint] = []
         for (source, partition, model), batch in split_batch(decoded).items():
-            findings.extend(self._monitor(source, partition, model).update(batch))
+            monitor = self._monitor(source, partition, model)
+            findings.extend(monitor.update(batch))
+            points.extend(monitor.metrics())
             self.stats.events_by_model[model] += len(batch)
         letters = [
             DeadLetterInput(
@@ -93,12 +102,13 @@ class Pipeline:
             for d in decoded.dead_letters
         ]
         changes: list[IncidentChange] = []
-        if findings or letters:
+        if findings or letters or points:
 
             def write() -> list[IncidentChange]:
                 with self.db.session() as session:
                     writer = Writer(session)
                     writer.add_dead_letters(letters)
+                    writer.save_performance(points)
                     return self.incidents.apply(writer, findings)
 
             changes = self.db.retrying(write)

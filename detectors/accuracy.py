@@ -74,7 +74,7 @@ class AccuracySettings(BaseModel):
     min_detectable_shift: float = Field(0.25, gt=0)  # regression tests, std units
     estimate: bool = True  # CBPE-style estimated accuracy from class scores
     calibration_bins: int = Field(20, ge=2, le=200)
-    false_alarms_per_million: float = Field(0.5, gt=0)  # per model, per million labelled
+    false_alarms_per_million: float = Field(0.1, gt=0)  # per model, per million labelled
 
     @model_validator(mode="after")
     def _ordered(self) -> AccuracySettings:
@@ -181,8 +181,18 @@ class _Cusum:
         )
 
 
-def _threshold(k: float, block_size: int, tests: int, per_million: float) -> float:
-    return cusum_threshold(k, steps_budget(block_size, tests, per_million))
+def _threshold(
+    k: float, block_size: int, reference_size: int, tests: int, per_million: float
+) -> float:
+    """The budget's threshold, for a reference level that is one standard error off.
+
+    The reference level is estimated, and an error of e in it shifts every block statistic
+    by e*sqrt(B)/sigma, which acts on the CUSUM like a smaller k. With B/N = block/reference
+    size, one reference standard error is sqrt(B/N) in block units: the threshold is the one
+    the budget asks for at k - sqrt(B/N), so it holds unless the reference is unusually off.
+    """
+    allowance = math.sqrt(block_size / reference_size)
+    return cusum_threshold(max(k - allowance, 0.0), steps_budget(block_size, tests, per_million))
 
 
 # --------------------------------------------------------------------------- windows
@@ -432,7 +442,7 @@ class AccuracyDetector(Detector):
             ))
             k = max(k, 0.05)
             self.tests["accuracy"] = _Cusum(
-                "proportion", b, k, _threshold(k, b, tests, s.false_alarms_per_million), p0=p0
+                "proportion", b, k, _threshold(k, b, len(loss), tests, s.false_alarms_per_million), p0=p0
             )
             if estimate:
                 ref.edges, ref.rates = edges, rates
@@ -445,7 +455,7 @@ class AccuracyDetector(Detector):
                     "mean",
                     b,
                     k_est,
-                    _threshold(k_est, b, tests, s.false_alarms_per_million),
+                    _threshold(k_est, b, len(expected), tests, s.false_alarms_per_million),
                     mean=1 - ref.estimated,
                     std=std,
                 )
@@ -462,7 +472,8 @@ class AccuracyDetector(Detector):
                 bias_ci=_mean_ci(err),
             )
             k = math.sqrt(b) * s.min_detectable_shift / 2
-            h = _threshold(k, b, 3, s.false_alarms_per_million)  # mae up, bias up, bias down
+            # Three one-sided tests: MAE up, bias up, bias down.
+            h = _threshold(k, b, len(err), 3, s.false_alarms_per_million)
             self.tests["mae"] = _Cusum("scores", b, k, h, reference=abs_err)
             self.tests["bias"] = _Cusum("scores", b, k, h, reference=err)
             self.tests["bias_down"] = _Cusum("scores", b, k, h, reference=err, sign=-1.0)
@@ -640,7 +651,9 @@ class AccuracyDetector(Detector):
                 estimated=est,
             )
 
-        out = []
+        out: list[MetricPoint] = []
+        if not (w.labelled or w.est_n):
+            return out  # no labels, no estimate: nothing to say about performance yet
         if w.predictions:
             out.append(point("coverage", w.labelled / w.predictions, None, w.predictions))
         n = w.labelled

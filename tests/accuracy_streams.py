@@ -65,14 +65,7 @@ def classification_batches(
     label = (rng.random(n) < p) ^ flips
     prediction = (p > 0.5).astype(np.int64)
     yield from _batches(
-        n,
-        batch_size,
-        delay,
-        model,
-        version,
-        predictions=prediction.tolist(),
-        scores=[{"0": 1 - q, "1": q} for q in p.tolist()],
-        labels=label.astype(np.int64).tolist(),
+        n, batch_size, delay, model, version, prediction, p, label.astype(np.int64)
     )
 
 
@@ -92,16 +85,7 @@ def regression_batches(
     prediction = y + rng.normal(0, 1, n)
     if change_at is not None:
         prediction[change_at:] += bias_after
-    yield from _batches(
-        n,
-        batch_size,
-        delay,
-        model,
-        "v1",
-        predictions=prediction.tolist(),
-        scores=[None] * n,
-        labels=y.tolist(),
-    )
+    yield from _batches(n, batch_size, delay, model, "v1", prediction, None, y)
 
 
 def _batches(
@@ -110,11 +94,11 @@ def _batches(
     delay: int,
     model: str,
     version: str,
-    predictions: list[object],
-    scores: list[dict[str, float] | None],
-    labels: list[object],
+    predictions: np.ndarray,
+    p1: np.ndarray | None,
+    labels: np.ndarray,
 ) -> Iterator[ModelBatch]:
-    ids = [f"{model}-{i}" for i in range(n)]
+    """Batches built lazily (score dicts per batch), as a decoder would hand them over."""
     ts = START + np.arange(n, dtype=np.float64)
     offset = 0
     for start in range(0, n + delay, batch_size):
@@ -129,18 +113,22 @@ def _batches(
             partition=0,
             ts=ts[start:stop] if k else np.empty(0),
             offsets=np.arange(offset, offset + k, dtype=np.int64),
-            ids=ids[start:stop] if k else [],
+            ids=[f"{model}-{i}" for i in range(start, stop)],
             clients=[None] * k,
             model_versions=[version] * k,
             rows=[{}] * k,
-            predictions=predictions[start:stop] if k else [],
-            scores=scores[start:stop] if k else [],
+            predictions=predictions[start:stop].tolist() if k else [],
+            scores=(
+                [None] * k
+                if p1 is None
+                else [{"0": 1 - q, "1": q} for q in p1[start:stop].tolist()]
+            ),
         )
         offset += k
         if m:
             batch.labels = LabelColumns(
-                ids=ids[lab_lo:lab_hi],
-                values=labels[lab_lo:lab_hi],
+                ids=[f"{model}-{i}" for i in range(lab_lo, lab_hi)],
+                values=labels[lab_lo:lab_hi].tolist(),
                 ts=ts[lab_lo:lab_hi] + delay,
                 offsets=np.arange(offset, offset + m, dtype=np.int64),
             )
