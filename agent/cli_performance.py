@@ -14,8 +14,9 @@ def register(app: typer.Typer) -> None:
 
 def performance(
     model: Annotated[str, typer.Argument(help="The model whose history to show.")],
-    db: Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL (env BULWARK_DB_URL).")]
-    = None,
+    db: Annotated[
+        str | None, typer.Option("--db", help="SQLAlchemy URL (env BULWARK_DB_URL).")
+    ] = None,
     version: Annotated[
         str | None, typer.Option("--version", help="Only this model version.")
     ] = None,
@@ -102,5 +103,3 @@ def _cell(row: dict[str, Any] | None) -> str:
 
 def _fmt(value: float) -> str:
     return f"{value:.3g}"
-
-

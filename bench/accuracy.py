@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detectors.accuracy import AccuracyDetector  # noqa: E402
-from detectors.base import Finding  # noqa: E402
-from tests.accuracy_streams import (  # noqa: E402
+from detectors.accuracy import AccuracyDetector
+from detectors.base import Finding
+from tests.accuracy_streams import (
     START,
     accuracy_of_spread,
     classification_batches,
@@ -81,10 +81,14 @@ def main() -> None:
     parser.add_argument("--million", type=int, default=3, help="stationary 1M-event runs")
     args = parser.parse_args()
     base = accuracy_of_spread(SPREAD)
-    print(f"reference accuracy {base:.3f}; change after prediction {CHANGE_AT:,}; labels "
-          f"{DELAY} events late; {args.seeds} seeds; default settings (margin 0.02)\n")
-    print(f"{'drop':>5} {'scenario':>10} | {'measured: labelled events after change':>40} | "
-          f"{'estimated: predictions after change':>38}")
+    print(
+        f"reference accuracy {base:.3f}; change after prediction {CHANGE_AT:,}; labels "
+        f"{DELAY} events late; {args.seeds} seeds; default settings (margin 0.02)\n"
+    )
+    print(
+        f"{'drop':>5} {'scenario':>10} | {'measured: labelled events after change':>40} | "
+        f"{'estimated: predictions after change':>38}"
+    )
     for drop in DROPS:
         spread_after = spread_for_accuracy(base - drop)
         flip = drop / (2 * base - 1)
@@ -96,16 +100,22 @@ def main() -> None:
                 )
                 findings = run(
                     classification_batches(
-                        CHANGE_AT + AFTER, change_at=CHANGE_AT, delay=DELAY, seed=seed,
-                        spread=SPREAD, **kwargs,
+                        CHANGE_AT + AFTER,
+                        change_at=CHANGE_AT,
+                        delay=DELAY,
+                        seed=seed,
+                        spread=SPREAD,
+                        **kwargs,
                     ),
                     AccuracyDetector("m"),
                 )
                 m, e = delays(findings)
                 measured.append(m)
                 estimated.append(e)
-            print(f"{100 * drop:>4.0f}p {scenario:>10} | {summary(measured):>40} | "
-                  f"{summary(estimated):>38}")
+            print(
+                f"{100 * drop:>4.0f}p {scenario:>10} | {summary(measured):>40} | "
+                f"{summary(estimated):>38}"
+            )
 
     print("\nstationary streams, 1,000,000 labelled events each:")
     total_m = total_e = 0
@@ -122,18 +132,23 @@ def main() -> None:
         print(f"  seed {1000 + seed}: {m} measured, {e} estimated findings")
     seconds = time.perf_counter() - started
     runs = max(args.million, 1)
-    print(f"  false alarms per million labelled events: measured {total_m / runs:.2f}, "
-          f"estimated {total_e / runs:.2f} (default budget: 0.1 for the detector, all its tests)")
-    print(f"  throughput: {2 * args.million * 1e6 / seconds:,.0f} events/s "
-          f"(predictions + labels, detector only)")
+    print(
+        f"  false alarms per million labelled events: measured {total_m / runs:.2f}, "
+        f"estimated {total_e / runs:.2f} (default budget: 0.1 for the detector, all its tests)"
+    )
+    print(
+        f"  throughput: {2 * args.million * 1e6 / seconds:,.0f} events/s "
+        f"(predictions + labels, detector only)"
+    )
 
     print("\nregression, bias shift of 0.25 / 0.5 / 1 residual std after prediction 10,000:")
     for shift in (0.25, 0.5, 1.0):
         values = []
         for seed in range(args.seeds):
             findings = run(
-                regression_batches(CHANGE_AT + AFTER, change_at=CHANGE_AT, bias_after=shift,
-                                   delay=DELAY, seed=seed),
+                regression_batches(
+                    CHANGE_AT + AFTER, change_at=CHANGE_AT, bias_after=shift, delay=DELAY, seed=seed
+                ),
                 AccuracyDetector("r"),
             )
             first = next((f for f in findings if f.subject == "bias"), None)

@@ -41,7 +41,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from detectors.base import Detector, Finding, Kind, MetricPoint, Severity
-from detectors.calibration import NormalScores, cusum_threshold, steps_budget
+from detectors.calibration import NormalScores, cusum_threshold_exact, steps_budget
 from detectors.label_join import Joined, LabelJoin
 from streams.batch import ModelBatch
 from streams.events import Position
@@ -116,8 +116,10 @@ class _Cusum:
         std: float = 1.0,
         reference: np.ndarray | None = None,
         sign: float = 1.0,
+        skew: float = 0.0,
     ) -> None:
         self.kind = kind
+        self.skew = skew  # of the block mean ("mean"): its tail is made normal by `_unskew`
         self.block_size = block_size
         self.k, self.h = k, h
         self.g0 = math.asin(math.sqrt(min(max(p0, 0.0), 1.0)))
@@ -135,7 +137,7 @@ class _Cusum:
             g = np.arcsin(np.sqrt((blocks.sum(axis=1) + 0.375) / (b + 0.75)))
             return 2 * math.sqrt(b) * (g - self.g0)
         if self.kind == "mean":
-            return (blocks.mean(axis=1) - self.mean) * math.sqrt(b) / self.std
+            return _unskew((blocks.mean(axis=1) - self.mean) * math.sqrt(b) / self.std, self.skew)
         assert self.scores is not None
         normal = self.scores(blocks.ravel()).reshape(blocks.shape)
         return self.sign * normal.mean(axis=1) * math.sqrt(b)
@@ -181,6 +183,21 @@ class _Cusum:
         )
 
 
+def _unskew(z: np.ndarray, skew: float) -> np.ndarray:
+    """Standardized block means with skewness `skew` -> N(0,1), via Wilson-Hilferty.
+
+    A mean of skewed values (expected errors are mostly near 0, sometimes large) has a heavier
+    upper tail than the normal, and a CUSUM's false alarms live in that tail. Matching a gamma
+    of the same skewness (shape 4/skew^2) and taking its cube root makes it normal again.
+    """
+    if abs(skew) < 1e-3:
+        return z
+    shape = 4 / (skew * skew)
+    sign = 1.0 if skew > 0 else -1.0
+    x = np.maximum(shape + math.sqrt(shape) * sign * z, 0.0) / shape
+    return sign * (np.cbrt(x) - (1 - 1 / (9 * shape))) / math.sqrt(1 / (9 * shape))
+
+
 def _threshold(
     k: float, block_size: int, reference_size: int, tests: int, per_million: float
 ) -> float:
@@ -192,7 +209,8 @@ def _threshold(
     the budget asks for at k - sqrt(B/N), so it holds unless the reference is unusually off.
     """
     allowance = math.sqrt(block_size / reference_size)
-    return cusum_threshold(max(k - allowance, 0.0), steps_budget(block_size, tests, per_million))
+    budget = steps_budget(block_size, tests, per_million)
+    return cusum_threshold_exact(max(k - allowance, 0.0), budget)
 
 
 # --------------------------------------------------------------------------- windows
@@ -325,7 +343,12 @@ class AccuracyDetector(Detector):
         s = self.settings
         expected = None
         ref = self.reference
-        if s.estimate and ref is not None and ref.rates is not None and self.task == "classification":
+        if (
+            s.estimate
+            and ref is not None
+            and ref.rates is not None
+            and self.task == "classification"
+        ):
             confidence = _confidence(
                 [_class_key(p) for p in batch.predictions],
                 batch.scores,
@@ -437,12 +460,18 @@ class AccuracyDetector(Detector):
             edges, rates = _fit_calibration(parts["confidence"], 1 - loss, s.calibration_bins)
             estimate = s.estimate and rates is not None
             tests = 2 if estimate else 1
-            k = 2 * math.sqrt(b) * (math.asin(math.sqrt(min(p0 + s.margin, 1.0))) - math.asin(
-                math.sqrt(p0)
-            ))
+            k = (
+                2
+                * math.sqrt(b)
+                * (math.asin(math.sqrt(min(p0 + s.margin, 1.0))) - math.asin(math.sqrt(p0)))
+            )
             k = max(k, 0.05)
             self.tests["accuracy"] = _Cusum(
-                "proportion", b, k, _threshold(k, b, len(loss), tests, s.false_alarms_per_million), p0=p0
+                "proportion",
+                b,
+                k,
+                _threshold(k, b, len(loss), tests, s.false_alarms_per_million),
+                p0=p0,
             )
             if estimate:
                 ref.edges, ref.rates = edges, rates
@@ -450,6 +479,7 @@ class AccuracyDetector(Detector):
                 expected = expected[~np.isnan(expected)]
                 ref.estimated = float(expected.mean())
                 std = max(float(expected.std()), 1e-3)
+                skew = float(np.mean((expected - expected.mean()) ** 3)) / std**3
                 k_est = s.margin * math.sqrt(b) / std
                 self.estimate_test = _Cusum(
                     "mean",
@@ -458,6 +488,7 @@ class AccuracyDetector(Detector):
                     _threshold(k_est, b, len(expected), tests, s.false_alarms_per_million),
                     mean=1 - ref.estimated,
                     std=std,
+                    skew=-skew / math.sqrt(b),  # of the expected errors 1 - e, per block
                 )
         else:
             err = parts["err"]
@@ -546,22 +577,28 @@ class AccuracyDetector(Detector):
         s, ref = self.settings, self.reference
         assert ref is not None
         std = math.sqrt(max(alarm.mean_square - alarm.mean**2, 0.0))
-        after_ci = (alarm.mean - Z95 * std / math.sqrt(alarm.count),
-                    alarm.mean + Z95 * std / math.sqrt(alarm.count))
+        after_ci = (
+            alarm.mean - Z95 * std / math.sqrt(alarm.count),
+            alarm.mean + Z95 * std / math.sqrt(alarm.count),
+        )
         if subject == "mae":
             before, before_ci, after = ref.level, ref.ci, alarm.mean
             change = (after - before) / before if before > 0 else math.inf
             title = f"MAE rose from {before:.4g} to {after:.4g} ({100 * change:+.0f}%)"
             metric, statistic = "mae", "cusum_abs_error"
-            extra: dict[str, Any] = {"rmse_after": round(math.sqrt(alarm.mean_square), 6),
-                                     "rmse_before": round(ref.rmse, 6)}
+            extra: dict[str, Any] = {
+                "rmse_after": round(math.sqrt(alarm.mean_square), 6),
+                "rmse_before": round(ref.rmse, 6),
+            }
         else:
             before, before_ci, after = ref.bias, ref.bias_ci, alarm.mean
             change = abs(after - before) / ref.rmse if ref.rmse > 0 else math.inf
             title = f"bias moved from {before:.4g} to {after:.4g} ({change:.2f} reference RMSE)"
             metric, statistic = "bias", "cusum_signed_error"
-            extra = {"direction": "up" if after > before else "down",
-                     "rmse_before": round(ref.rmse, 6)}
+            extra = {
+                "direction": "up" if after > before else "down",
+                "rmse_before": round(ref.rmse, 6),
+            }
         if change < s.regression_margin:
             return None
         severity = Severity.CRITICAL if change >= s.regression_critical else Severity.WARNING
@@ -692,8 +729,7 @@ def _guess_task(batch: ModelBatch) -> str | None:
     if not values:
         return None
     if all(_is_number(v) for v in values) and (
-        any(isinstance(v, float) and not v.is_integer() for v in values)
-        or len(set(values)) > 20
+        any(isinstance(v, float) and not v.is_integer() for v in values) or len(set(values)) > 20
     ):
         return "regression"
     return "classification"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import ndtri
+from scipy.special import ndtr, ndtri
 
 SIEGMUND_CORRECTION = 1.166  # 2 * 0.583: the overshoot correction for normal increments
 
@@ -70,3 +70,39 @@ class NormalScores:
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
         return (self._raw(values) - self.mean) / self.std
+
+
+def cusum_arl0_exact(k: float, h: float, nodes: int = 64) -> float:
+    """In-control ARL of a one-sided CUSUM on N(0,1) increments, solving its integral equation.
+
+    L(s) = 1 + L(0) * Phi(k - s) + integral_0^h L(y) phi(y - s + k) dy (Page's equation),
+    by Gauss-Legendre quadrature. Siegmund's closed form is good for small k but overstates the
+    ARL when k is large and h small (an alarm is then mostly one extreme step), which is where
+    tests with large blocks or large margins live; this is accurate for every k and h.
+    """
+    if h <= 0:
+        return 1.0 / max(float(ndtr(-k)), 1e-300)
+    x, w = np.polynomial.legendre.leggauss(nodes)
+    y = (x + 1) * h / 2
+    w = w * h / 2
+    points = np.concatenate([[0.0], y])  # L(0) first, then L at the nodes
+    kernel = np.exp(-0.5 * (y[None, :] - points[:, None] + k) ** 2) / math.sqrt(2 * math.pi)
+    system = np.eye(nodes + 1)
+    system[:, 0] -= ndtr(k - points)
+    system[:, 1:] -= kernel * w[None, :]
+    arl = np.linalg.solve(system, np.ones(nodes + 1))
+    return float(arl[0])
+
+
+def cusum_threshold_exact(k: float, arl0: float) -> float:
+    """The smallest h whose exact in-control ARL (`cusum_arl0_exact`) reaches `arl0`."""
+    low, high = 0.0, 1.0
+    while cusum_arl0_exact(k, high) < arl0:
+        high *= 2
+    for _ in range(40):
+        mid = (low + high) / 2
+        if cusum_arl0_exact(k, mid) < arl0:
+            low = mid
+        else:
+            high = mid
+    return high

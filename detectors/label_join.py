@@ -119,7 +119,10 @@ class LabelJoin:
     def _add_predictions(self, batch: ModelBatch, out: _Builder) -> None:
         ids = batch.ids
         scores = repeat(None) if batch.score is None else _floats_or_none(batch.score)
-        rows = zip(batch.ts.tolist(), batch.model_versions, batch.predictions, batch.scores, scores)
+        # `scores` may be an endless repeat(None): zip stops at the columns' common length.
+        rows = zip(  # noqa: B905
+            batch.ts.tolist(), batch.model_versions, batch.predictions, batch.scores, scores
+        )
         new: dict[str | None, PendingPrediction] = dict(zip(ids, rows, strict=False))
         unidentified = ids.count(None)
         new.pop(None, None)
@@ -154,7 +157,8 @@ class LabelJoin:
         c = self.counters
         c.labels += len(ids)
         joined = duplicates = 0
-        for lid, value, label_ts, offset in zip(ids, values, ts.tolist(), offsets.tolist()):
+        columns = zip(ids, values, ts.tolist(), offsets.tolist(), strict=True)
+        for lid, value, label_ts, offset in columns:
             pred = pending.pop(lid, None)
             if pred is not None:
                 out.add(pred, value, label_ts, label_ts, offset)

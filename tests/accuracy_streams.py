@@ -64,9 +64,7 @@ def classification_batches(
     p = 1 / (1 + np.exp(-2 * x))
     label = (rng.random(n) < p) ^ flips
     prediction = (p > 0.5).astype(np.int64)
-    yield from _batches(
-        n, batch_size, delay, model, version, prediction, p, label.astype(np.int64)
-    )
+    yield from _batches(n, batch_size, delay, model, version, prediction, p, label.astype(np.int64))
 
 
 def regression_batches(

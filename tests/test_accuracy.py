@@ -157,7 +157,9 @@ def test_window_metrics_match_a_direct_computation() -> None:
         offsets=np.arange(n, n + len(labelled)),
     )
     detector.update(batch)
-    points = {(q.model_version, q.window_start, q.metric, q.estimated): q for q in detector.metrics()}
+    points = {
+        (q.model_version, q.window_start, q.metric, q.estimated): q for q in detector.metrics()
+    }
     assert detector.metrics() == []  # drained
     window = START // 1000 * 1000 + 1000
     sel = [i for i in labelled if window <= ts[i] < window + 1000 and i % 2 == 1]
@@ -188,12 +190,21 @@ def test_multiclass_metrics_are_macro_averaged() -> None:
     detector = AccuracyDetector("m", AccuracySettings(window_seconds=1e6))
     ids = [str(i) for i in range(n)]
     batch = ModelBatch(
-        model="m", source="s", partition=0, ts=np.full(n, START), offsets=np.arange(n),
-        ids=ids, clients=[None] * n, model_versions=[None] * n, rows=[{}] * n,
-        predictions=list(yp), scores=probs,
+        model="m",
+        source="s",
+        partition=0,
+        ts=np.full(n, START),
+        offsets=np.arange(n),
+        ids=ids,
+        clients=[None] * n,
+        model_versions=[None] * n,
+        rows=[{}] * n,
+        predictions=list(yp),
+        scores=probs,
     )
-    batch.labels = LabelColumns(ids=ids, values=list(yt), ts=np.full(n, START + 1),
-                                offsets=np.arange(n, 2 * n))
+    batch.labels = LabelColumns(
+        ids=ids, values=list(yt), ts=np.full(n, START + 1), offsets=np.arange(n, 2 * n)
+    )
     detector.update(batch)
     points = {q.metric: q.value for q in detector.metrics() if not q.estimated}
     assert points["f1"] == pytest.approx(f1_score(yt, yp, average="macro"))
