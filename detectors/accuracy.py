@@ -537,21 +537,16 @@ class AccuracyDetector(Detector):
             subject, statistic = "accuracy", "cusum_error_rate"
             test = self.tests["accuracy"]
         assert test is not None
-        severity = self._severity(drop)
         what = "estimated accuracy" if estimated else "accuracy"
-        return Finding(
-            model=self.model,
-            kind=Kind.ACCURACY_DROP,
-            subject=subject,
-            severity=severity,
-            ts=ts,
-            position=position,
-            detector=self.name,
-            statistic=statistic,
-            value=round(alarm.value, 4),
-            threshold=round(test.h, 4),
-            effect_size=round(drop, 4),
-            support=alarm.count,
+        return self._finding(
+            subject,
+            statistic,
+            self._severity(drop),
+            test,
+            alarm,
+            ts,
+            position,
+            effect=drop,
             title=f"{what} fell from {before:.3f} to {after:.3f} ({100 * drop:.1f} points)",
             details={
                 "metric": "accuracy",
@@ -562,12 +557,7 @@ class AccuracyDetector(Detector):
                 "margin": s.margin,
                 "labelled_events": alarm.count if not estimated else 0,
                 "predictions": alarm.count if estimated else 0,
-                "labelled_events_total": self.labelled,
                 "test": "cusum_on_block_error_rate",
-                "k": round(test.k, 4),
-                "block_size": test.block_size,
-                "blocks_since_change": alarm.blocks,
-                "join": self.join.counters.as_dict(),
             },
         )
 
@@ -602,19 +592,15 @@ class AccuracyDetector(Detector):
         if change < s.regression_margin:
             return None
         severity = Severity.CRITICAL if change >= s.regression_critical else Severity.WARNING
-        return Finding(
-            model=self.model,
-            kind=Kind.ACCURACY_DROP,
-            subject=metric,
-            severity=severity,
-            ts=ts,
-            position=position,
-            detector=self.name,
-            statistic=statistic,
-            value=round(alarm.value, 4),
-            threshold=round(test.h, 4),
-            effect_size=round(change, 4),
-            support=alarm.count,
+        return self._finding(
+            metric,
+            statistic,
+            severity,
+            test,
+            alarm,
+            ts,
+            position,
+            effect=change,
             title=title,
             details={
                 "metric": metric,
@@ -624,13 +610,46 @@ class AccuracyDetector(Detector):
                 "relative_change" if subject == "mae" else "shift_in_rmse": round(change, 4),
                 "margin": s.regression_margin,
                 "labelled_events": alarm.count,
-                "labelled_events_total": self.labelled,
                 "test": "cusum_on_block_normal_scores",
+                **extra,
+            },
+        )
+
+    def _finding(
+        self,
+        subject: str,
+        statistic: str,
+        severity: Severity,
+        test: _Cusum,
+        alarm: _Alarm,
+        ts: float,
+        position: Position,
+        effect: float,
+        title: str,
+        details: dict[str, Any],
+    ) -> Finding:
+        """The fields every accuracy finding shares around its own details."""
+        return Finding(
+            model=self.model,
+            kind=Kind.ACCURACY_DROP,
+            subject=subject,
+            severity=severity,
+            ts=ts,
+            position=position,
+            detector=self.name,
+            statistic=statistic,
+            value=round(alarm.value, 4),
+            threshold=round(test.h, 4),
+            effect_size=round(effect, 4),
+            support=alarm.count,
+            title=title,
+            details={
+                **details,
+                "labelled_events_total": self.labelled,
                 "k": round(test.k, 4),
                 "block_size": test.block_size,
                 "blocks_since_change": alarm.blocks,
                 "join": self.join.counters.as_dict(),
-                **extra,
             },
         )
 

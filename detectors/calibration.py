@@ -9,7 +9,9 @@ derived from a false-alarm budget instead of being tuned by hand.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 from scipy.special import ndtr, ndtri
@@ -25,14 +27,16 @@ def cusum_arl0(k: float, h: float) -> float:
     return (math.exp(2 * k * b) - 2 * k * b - 1) / (2 * k * k)
 
 
-def cusum_threshold(k: float, arl0: float) -> float:
+def cusum_threshold(
+    k: float, arl0: float, arl: Callable[[float, float], float] = cusum_arl0
+) -> float:
     """The smallest h whose in-control ARL reaches `arl0` (bisection on the monotone ARL)."""
     low, high = 0.0, 1.0
-    while cusum_arl0(k, high) < arl0:
+    while arl(k, high) < arl0:
         high *= 2
     for _ in range(60):
         mid = (low + high) / 2
-        if cusum_arl0(k, mid) < arl0:
+        if arl(k, mid) < arl0:
             low = mid
         else:
             high = mid
@@ -72,6 +76,11 @@ class NormalScores:
         return (self._raw(values) - self.mean) / self.std
 
 
+@functools.cache
+def _gauss_legendre(nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.polynomial.legendre.leggauss(nodes)
+
+
 def cusum_arl0_exact(k: float, h: float, nodes: int = 64) -> float:
     """In-control ARL of a one-sided CUSUM on N(0,1) increments, solving its integral equation.
 
@@ -82,7 +91,7 @@ def cusum_arl0_exact(k: float, h: float, nodes: int = 64) -> float:
     """
     if h <= 0:
         return 1.0 / max(float(ndtr(-k)), 1e-300)
-    x, w = np.polynomial.legendre.leggauss(nodes)
+    x, w = _gauss_legendre(nodes)
     y = (x + 1) * h / 2
     w = w * h / 2
     points = np.concatenate([[0.0], y])  # L(0) first, then L at the nodes
@@ -96,13 +105,4 @@ def cusum_arl0_exact(k: float, h: float, nodes: int = 64) -> float:
 
 def cusum_threshold_exact(k: float, arl0: float) -> float:
     """The smallest h whose exact in-control ARL (`cusum_arl0_exact`) reaches `arl0`."""
-    low, high = 0.0, 1.0
-    while cusum_arl0_exact(k, high) < arl0:
-        high *= 2
-    for _ in range(40):
-        mid = (low + high) / 2
-        if cusum_arl0_exact(k, mid) < arl0:
-            low = mid
-        else:
-            high = mid
-    return high
+    return cusum_threshold(k, arl0, cusum_arl0_exact)
