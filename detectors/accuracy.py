@@ -299,6 +299,7 @@ class _Reference:
     bias: float = 0.0
     bias_ci: tuple[float, float] = (0.0, 0.0)
     estimated: float | None = None  # mean expected correctness of the reference
+    estimated_ci: tuple[float, float] = (0.0, 1.0)
     edges: np.ndarray | None = None  # calibration bins (confidence cut points)
     rates: np.ndarray | None = None  # accuracy per calibration bin
 
@@ -478,6 +479,7 @@ class AccuracyDetector(Detector):
                 expected = _calibrated(ref, parts["confidence"])
                 expected = expected[~np.isnan(expected)]
                 ref.estimated = float(expected.mean())
+                ref.estimated_ci = _expected_ci(expected)
                 std = max(float(expected.std()), 1e-3)
                 skew = float(np.mean((expected - expected.mean()) ** 3)) / std**3
                 k_est = s.margin * math.sqrt(b) / std
@@ -524,11 +526,10 @@ class AccuracyDetector(Detector):
         if drop < s.margin:
             return None
         if estimated:
-            # CBPE's variance: the expected correctness of each prediction is a Bernoulli mean.
+            # Sum of e(1-e) over the window from the sums of the expected errors l = 1 - e.
             variance = max(alarm.mean - alarm.mean_square, 0.0) * alarm.count
-            half = Z95 * math.sqrt(variance) / alarm.count
-            after_ci = (max(0.0, after - half), min(1.0, after + half))
-            before_ci = ref.ci
+            after_ci = _bounded_ci(after, variance, alarm.count)
+            before_ci = ref.estimated_ci
             subject, statistic = "estimated_accuracy", "cusum_estimated_error_rate"
             test = self.estimate_test
         else:
@@ -731,8 +732,7 @@ class AccuracyDetector(Detector):
                 out.append(point("bias", w.err / n, _sums_ci(w.err, w.err_sq, n), n))
         if w.est_n:
             value = w.est / w.est_n
-            half = Z95 * math.sqrt(w.est_var) / w.est_n
-            ci = (max(0.0, value - half), min(1.0, value + half))
+            ci = _bounded_ci(value, w.est_var, w.est_n)
             out.append(point("accuracy", value, ci, w.est_n, est=True))
         return out
 
@@ -878,6 +878,17 @@ def _wilson(p: float, n: int) -> tuple[float, float]:
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _expected_ci(expected: np.ndarray) -> tuple[float, float]:
+    """CI of an estimated accuracy: CBPE's variance, each prediction a Bernoulli(e)."""
+    variance = float((expected * (1 - expected)).sum())
+    return _bounded_ci(float(expected.mean()), variance, len(expected))
+
+
+def _bounded_ci(value: float, variance_of_sum: float, n: int) -> tuple[float, float]:
+    half = Z95 * math.sqrt(variance_of_sum) / n
+    return (max(0.0, value - half), min(1.0, value + half))
 
 
 def _mean_ci(values: np.ndarray) -> tuple[float, float]:

@@ -87,6 +87,9 @@ def test_the_estimate_sees_a_covariate_shift_before_the_labels_arrive() -> None:
     predictions_after_change = int(first.ts - START) - 25_000 + 1
     assert 0 < predictions_after_change <= 2000
     assert first.details["estimated"] is True
+    low, high = first.details["before"]["ci95"]
+    assert low < first.details["before"]["value"] < high
+    assert first.details["predictions"] == first.support > 0
     assert first.details["before"]["value"] - first.details["after"]["value"] > 0.05
     assert not [f for f in findings if f.subject == "accuracy"]  # labels not yet there
 
