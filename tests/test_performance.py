@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -150,3 +151,21 @@ def test_cli_shows_measured_and_estimated_history(sqlite_url: str) -> None:
     assert none.returncode == 0 and "no performance history" in none.stdout
     bad = run_cli("performance", "m", "--db", sqlite_url, "--format", "xml")
     assert bad.returncode == 2 and "--format" in bad.stderr
+
+
+def test_accuracy_settings_come_from_the_config_file(tmp_path: Path) -> None:
+    from agent.config import ConfigError, load_settings
+
+    path = tmp_path / "bulwark.toml"
+    path.write_text(
+        "[detectors.accuracy]\nmargin = 0.03\nlabel_ttl_seconds = 600\n"
+        "[models.fraud.detectors.accuracy]\nreference_size = 2000\n"
+    )
+    loaded = load_settings(path, environ={})
+    fraud = loaded.detectors_for("fraud").accuracy
+    assert (fraud.margin, fraud.label_ttl_seconds, fraud.reference_size) == (0.03, 600, 2000)
+    assert loaded.detectors_for("other").accuracy.reference_size == 5000
+
+    path.write_text("[detectors.accuracy]\nmax_pending = 0\n")
+    with pytest.raises(ConfigError, match=r"detectors\.accuracy\.max_pending"):
+        load_settings(path, environ={})
