@@ -81,26 +81,32 @@ def _gauss_legendre(nodes: int) -> tuple[np.ndarray, np.ndarray]:
     return np.polynomial.legendre.leggauss(nodes)
 
 
-def cusum_arl0_exact(k: float, h: float, nodes: int = 64) -> float:
+def cusum_arl0_exact(k: float, h: float) -> float:
     """In-control ARL of a one-sided CUSUM on N(0,1) increments, solving its integral equation.
 
     L(s) = 1 + L(0) * Phi(k - s) + integral_0^h L(y) phi(y - s + k) dy (Page's equation),
     by Gauss-Legendre quadrature. Siegmund's closed form is good for small k but overstates the
     ARL when k is large and h small (an alarm is then mostly one extreme step), which is where
-    tests with large blocks or large margins live; this is accurate for every k and h.
+    tests with large blocks or large margins live; this is accurate for every k and h. For
+    small k, where Siegmund is accurate and h grows large, it answers with Siegmund's value.
     """
+    if k < 0.25:
+        return cusum_arl0(k, h)
     if h <= 0:
         return 1.0 / max(float(ndtr(-k)), 1e-300)
-    x, w = _gauss_legendre(nodes)
+    x, w = _gauss_legendre(min(max(64, math.ceil(6 * h)), 600))
     y = (x + 1) * h / 2
     w = w * h / 2
     points = np.concatenate([[0.0], y])  # L(0) first, then L at the nodes
     kernel = np.exp(-0.5 * (y[None, :] - points[:, None] + k) ** 2) / math.sqrt(2 * math.pi)
-    system = np.eye(nodes + 1)
+    system = np.eye(len(points))
     system[:, 0] -= ndtr(k - points)
     system[:, 1:] -= kernel * w[None, :]
-    arl = np.linalg.solve(system, np.ones(nodes + 1))
-    return float(arl[0])
+    try:
+        arl = float(np.linalg.solve(system, np.ones(len(points)))[0])
+    except np.linalg.LinAlgError:
+        return math.inf  # no way out of the continuation region: no false alarm, ever
+    return arl if arl > 0 and math.isfinite(arl) else math.inf
 
 
 def cusum_threshold_exact(k: float, arl0: float) -> float:

@@ -254,3 +254,19 @@ def test_settings_reject_unordered_thresholds() -> None:
     with pytest.raises(ValueError, match="margin <= warning_drop"):
         AccuracySettings(margin=0.2, warning_drop=0.1)
     assert math.isfinite(AccuracySettings().label_ttl_seconds)
+
+
+def test_constant_confidence_does_not_break_the_estimate() -> None:
+    """Every prediction equally sure (the calibration curve is one point): no crash, and
+    the measured test still works."""
+
+    def constant(batches: Iterable[ModelBatch]) -> Iterable[ModelBatch]:
+        for b in batches:
+            b.scores = [{"0": 0.1, "1": 0.9} for _ in b.scores]
+            b.predictions = [1] * len(b.predictions)
+            yield b
+
+    detector = AccuracyDetector("m", AccuracySettings(reference_size=1000))
+    findings = run(constant(classification_batches(6000, seed=4)), detector)
+    assert detector.reference is not None
+    assert [f for f in findings if f.subject == "estimated_accuracy"] == []
