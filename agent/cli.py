@@ -370,6 +370,9 @@ cli_api.register(app)
 from agent import cli_alerts  # noqa: E402
 
 cli_alerts.register(app)
+from agent import cli_performance  # noqa: E402
+
+cli_performance.register(app)
 
 
 def main() -> None:

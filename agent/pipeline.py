@@ -25,7 +25,7 @@ from agent.incidents import Change, IncidentChange, IncidentManager
 from agent.metrics import ModelCounts
 from agent.reference import ActiveReference
 from agent.samples import RecentWindow, ReferenceCollector, Sample
-from detectors.base import Detector, Finding
+from detectors.base import Detector, Finding, MetricPoint
 from detectors.registry import build_detectors
 from storage.db import Database
 from storage.models import Reference
@@ -76,6 +76,12 @@ class ModelMonitor:
                 findings.extend(detector.update(batch))
         self.recent.add(batch)
         return findings
+
+    def metrics(self) -> list[MetricPoint]:
+        points: list[MetricPoint] = []
+        for detector in self.detectors:
+            points.extend(detector.metrics())
+        return points
 
     def snapshot(self) -> bytes:
         states: dict[str, object] = {d.name: d.snapshot() for d in self.detectors}
@@ -141,11 +147,13 @@ class Pipeline:
         started = time.perf_counter()
         decoded = decode_batch(records, self.settings.max_record_bytes)
         findings: list[Finding] = []
+        points: list[MetricPoint] = []
         for (source, partition, model), batch in split_batch(decoded).items():
             detect_started = time.perf_counter()
             version = next((v for v in batch.model_versions if v is not None), None)
             monitor = self._monitor(source, partition, model, version)
             findings.extend(monitor.update(batch, self._reference_start(model, batch)))
+            points.extend(monitor.metrics())
             self.stats.events_by_model[model] += len(batch)
             self.counts.add(batch, time.perf_counter() - detect_started)
         letters = [
@@ -162,13 +170,14 @@ class Pipeline:
         changes: list[IncidentChange] = []
         self.counts.add_dead_letters(decoded.dead_letters)
         self.counts.end_batch()
-        if findings or letters or self.counts.due():
+        if findings or letters or points or self.counts.due():
 
             def write() -> list[IncidentChange]:
                 with self.db.session() as session:
                     writer = Writer(session)
                     writer.add_dead_letters(letters)
                     self.counts.store(writer)
+                    writer.save_performance(points)
                     applied = self.incidents.apply(writer, findings)
                     if self.notify:  # same transaction: the outbox row commits with the change
                         enqueue_changes(session, self.settings.alerts, applied)

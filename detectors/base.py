@@ -109,6 +109,29 @@ class Verdict:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class MetricPoint:
+    """One performance value of one model version over one event-time window.
+
+    Not evidence of a problem, so not a Finding: the pipeline drains these with
+    `Detector.metrics` and stores them as the model's performance history. A window's point is
+    emitted again, with the new value, whenever late labels change it; storage keeps the latest.
+    """
+
+    model: str
+    model_version: str  # "" when the events carry none
+    source: str
+    partition: int
+    window_start: float  # event time, epoch seconds
+    window_end: float
+    metric: str
+    value: float
+    ci_low: float | None
+    ci_high: float | None
+    n: int  # events supporting the value (labelled events, or predictions if estimated)
+    estimated: bool
+
+
 class Detector(ABC):
     """Per-model, per-partition state; `update` is called with each batch, in arrival order."""
 
@@ -124,6 +147,10 @@ class Detector(ABC):
         replace their whole reference-derived state; the pipeline then feeds them only the
         events after the reference.
         """
+
+    def metrics(self) -> list[MetricPoint]:
+        """Performance points computed since the last call (most detectors have none)."""
+        return []
 
     def snapshot(self) -> bytes:
         """The detector's whole state; the default pickles the instance's attributes."""

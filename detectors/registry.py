@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from detectors.accuracy import AccuracyDetector, AccuracySettings
 from detectors.base import Detector
 from detectors.categorical_drift import CategoricalDriftDetector, CategoricalDriftSettings
 from detectors.data_quality import DataQualityDetector, DataQualitySettings
@@ -36,6 +37,8 @@ class DetectorSettings(BaseModel):
     categorical_drift: CategoricalDriftSettings = Field(default_factory=CategoricalDriftSettings)
     prediction_drift: PredictionDriftSettings = Field(default_factory=PredictionDriftSettings)
     data_quality: DataQualitySettings = Field(default_factory=DataQualitySettings)
+
+    accuracy: AccuracySettings = Field(default_factory=AccuracySettings)
 
     @model_validator(mode="after")
     def _shares_fit(self) -> DetectorSettings:
@@ -83,4 +86,5 @@ def build_detectors(model: str, settings: DetectorSettings) -> list[Detector]:
             model, settings.prediction_drift, size, settings.budget_of("prediction_drift")
         ),
         DataQualityDetector(model, settings.data_quality, size, settings.budget_of("data_quality")),
+        AccuracyDetector(model, settings.accuracy),
     ]

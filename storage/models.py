@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Double,
     ForeignKey,
@@ -330,6 +331,31 @@ class ModelStats(Base):
     labels: Mapped[int] = mapped_column(BigInteger, default=0)
     dead_letters: Mapped[int] = mapped_column(BigInteger, default=0)
     last_event_ts: Mapped[float | None] = mapped_column(Double, nullable=True)  # event time
+
+
+class PerformanceRow(Base):
+    """One metric of one model version over one event-time window, from one partition.
+
+    Written again (same `key`) whenever late labels change the window, so the latest value
+    wins; readers combine partitions (see `Repository.performance_history`).
+    """
+
+    __tablename__ = "performance"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    model: Mapped[str] = mapped_column(String(200))
+    model_version: Mapped[str] = mapped_column(String(200))  # "" when events carry none
+    source: Mapped[str] = mapped_column(String(500))
+    partition: Mapped[int] = mapped_column(Integer)
+    window_start: Mapped[float] = mapped_column(Double)  # event time
+    window_end: Mapped[float] = mapped_column(Double)
+    metric: Mapped[str] = mapped_column(String(50))
+    estimated: Mapped[bool] = mapped_column(Boolean)
+    value: Mapped[float] = mapped_column(Double)
+    ci_low: Mapped[float | None] = mapped_column(Double, nullable=True)
+    ci_high: Mapped[float | None] = mapped_column(Double, nullable=True)
+    n: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
@@ -421,3 +447,5 @@ class Silence(Base):
             "starts_at": self.starts_at,
             "ends_at": self.ends_at,
         }
+
+    __table_args__ = (Index("ix_performance_model_window", "model", "window_start"),)

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select, and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -29,12 +29,16 @@ from storage.models import (
     IncidentNote,
     IncidentReport,
     ModelStats,
+    PerformanceRow,
     RecentSample,
     Reference,
     Report,
     SourcePosition,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from detectors.base import MetricPoint
 
 PAYLOAD_LIMIT = 4096
 
@@ -248,6 +252,62 @@ class Repository:
         with self.db.session() as session:
             row = session.get(SourcePosition, (consumer, source, partition))
             return None if row is None else row.next_offset
+
+    def performance_history(
+        self,
+        model: str,
+        model_version: str | None = None,
+        metric: str | None = None,
+        since: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """A model's metric values per window, oldest first, partitions combined.
+
+        Rows of one window from several partitions are combined weighted by `n`: exact for
+        the mean-type metrics (accuracy, MAE, bias, log-loss, Brier, coverage, delay), and
+        for RMSE through its mean square; an approximation for precision, recall and F1.
+        Confidence intervals are only shown when one partition holds the whole window.
+        """
+        query = select(PerformanceRow).where(PerformanceRow.model == model)
+        if model_version is not None:
+            query = query.where(PerformanceRow.model_version == model_version)
+        if metric is not None:
+            query = query.where(PerformanceRow.metric == metric)
+        if since is not None:
+            query = query.where(PerformanceRow.window_end >= since)
+        with self.db.session() as session:
+            rows = list(session.scalars(query))
+        groups: dict[tuple[str, float, float, str, bool], list[PerformanceRow]] = {}
+        for row in rows:
+            key = (row.model_version, row.window_start, row.window_end, row.metric, row.estimated)
+            groups.setdefault(key, []).append(row)
+        out = []
+        for (version, start, end, name, estimated), parts in groups.items():
+            n = sum(r.n for r in parts)
+            if len(parts) == 1:
+                value, low, high = parts[0].value, parts[0].ci_low, parts[0].ci_high
+            else:
+                weights = n or 1
+                if name == "rmse":
+                    value = (sum(r.n * r.value**2 for r in parts) / weights) ** 0.5
+                else:
+                    value = sum(r.n * r.value for r in parts) / weights
+                low = high = None
+            out.append(
+                {
+                    "model": model,
+                    "model_version": version,
+                    "window_start": start,
+                    "window_end": end,
+                    "metric": name,
+                    "estimated": estimated,
+                    "value": value,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "n": n,
+                }
+            )
+        out.sort(key=lambda r: (r["window_start"], r["model_version"], r["estimated"], r["metric"]))
+        return out
 
     def notes_of(self, incident_id: int) -> list[IncidentNote]:
         query = (
@@ -509,6 +569,62 @@ class Writer:
                 sample=sample,
             )
         )
+
+    def save_performance(self, points: Sequence[MetricPoint]) -> None:
+        """Upserts metric points: one row per (model, version, partition, window, metric)."""
+        if not points:
+            return
+        rows = [
+            {
+                "key": stable_key(
+                    p.model,
+                    p.model_version,
+                    p.source,
+                    p.partition,
+                    p.window_start,
+                    p.metric,
+                    p.estimated,
+                ),
+                "model": p.model,
+                "model_version": p.model_version,
+                "source": p.source,
+                "partition": p.partition,
+                "window_start": p.window_start,
+                "window_end": p.window_end,
+                "metric": p.metric,
+                "estimated": p.estimated,
+                "value": p.value,
+                "ci_low": p.ci_low,
+                "ci_high": p.ci_high,
+                "n": p.n,
+                "updated_at": utcnow(),
+            }
+            for p in points
+        ]
+        # The latest point of a key wins, also within one call.
+        latest = list({r["key"]: r for r in rows}.values())
+        dialect = self.session.get_bind().dialect.name
+        table = PerformanceRow.__table__
+        changing = ("window_end", "value", "ci_low", "ci_high", "n", "updated_at")
+        for start in range(0, len(latest), 500):
+            chunk = latest[start : start + 500]
+            if dialect in ("postgresql", "sqlite"):
+                insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+                stmt = insert(table).values(chunk)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["key"], set_={c: stmt.excluded[c] for c in changing}
+                )
+                self.session.execute(stmt)
+            else:
+                for row in chunk:
+                    existing = self.session.scalars(
+                        select(PerformanceRow).where(PerformanceRow.key == row["key"])
+                    ).first()
+                    if existing is None:
+                        self.session.add(PerformanceRow(**row))
+                    else:
+                        for column in changing:
+                            setattr(existing, column, row[column])
 
     def delete_checkpoints(self, consumer: str, source: str) -> None:
         self.session.execute(

@@ -1,0 +1,105 @@
+"""`bulwark performance MODEL`: a model's metric history, measured and estimated."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("performance")(performance)
+
+
+def performance(
+    model: Annotated[str, typer.Argument(help="The model whose history to show.")],
+    db: Annotated[
+        str | None, typer.Option("--db", help="SQLAlchemy URL (env BULWARK_DB_URL).")
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Only this model version.")
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option("--metric", help="Only this metric, e.g. accuracy.")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Windows ending at or after T: epoch, ISO-8601, or an age like 7d."),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+) -> None:
+    """Show a model's performance per event-time window (measured and estimated)."""
+    from agent.cli import _check_format, _database, _parse_since, _print_json, _settings, out
+    from storage.repository import Repository
+
+    _check_format(fmt)
+    repository = Repository(_database(_settings(None, db), migrate=False))
+    rows = repository.performance_history(
+        model,
+        model_version=version,
+        metric=metric,
+        since=_parse_since(since) if since else None,
+    )
+    if fmt == "json":
+        _print_json(rows)
+        return
+    if not rows:
+        out.print(f"no performance history for model {model!r} (no labels or scores yet)")
+        return
+    out.print(_pivot(model, rows))
+
+
+METRIC_ORDER = (
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "log_loss",
+    "brier",
+    "mae",
+    "rmse",
+    "bias",
+    "coverage",
+    "label_delay",
+)
+
+
+def _pivot(model: str, rows: list[dict[str, Any]]) -> Table:
+    """One line per (window, version); one column per metric, estimated ones marked."""
+    from agent.cli import _when
+
+    lines: dict[tuple[float, str], dict[str, dict[str, Any]]] = {}
+    names: set[str] = set()
+    for r in rows:
+        name = f"est. {r['metric']}" if r["estimated"] else r["metric"]
+        names.add(name)
+        lines.setdefault((r["window_start"], r["model_version"]), {})[name] = r
+    order = {m: i for i, m in enumerate(METRIC_ORDER)}
+    columns = sorted(names, key=lambda m: (order.get(m.removeprefix("est. "), 99), m))
+    table = Table(title=f"performance of {model} (per event-time window; est. = estimated)")
+    for column in ("window start", "version", "labelled", *columns):
+        table.add_column(column, overflow="fold")
+    for (start, version), values in sorted(lines.items()):
+        delay = values.get("label_delay")
+        table.add_row(
+            _when(start),
+            version or "-",
+            f"{delay['n']:,}" if delay else "0",
+            *(_cell(values.get(c)) for c in columns),
+        )
+    return table
+
+
+def _cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return ""
+    text = _fmt(row["value"])
+    if row["ci_low"] is not None and row["ci_high"] is not None:
+        half = max(row["value"] - row["ci_low"], row["ci_high"] - row["value"])
+        text += f"±{half:.2g}"
+    return text
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"

@@ -1,0 +1,906 @@
+"""Accuracy shifts: delayed-label joins, windowed performance, budgeted sequential tests,
+and label-free (CBPE-style) estimates.
+
+Labels are joined to predictions by id (`detectors.label_join`). The first `reference_size`
+labelled events fix the reference level. After that, every joined pair feeds a one-sided
+CUSUM on blocks of `block_size` labelled events whose statistic is N(0,1) while nothing has
+changed, so its threshold comes from the false-alarm budget (`detectors.calibration`):
+
+- classifiers: the block error rate, through Anscombe's arcsine transform
+  (2*sqrt(B)*(asin(sqrt((c + 3/8)/(B + 3/4))) - asin(sqrt(p0))) is N(0,1) for binomial
+  counts even when errors are rare, where a plain z-score has a heavy upper tail);
+- regressors: block means of the reference-normal scores of |error| (MAE/RMSE up) and of
+  the signed error (bias, both ways), as the numeric drift detector does for features.
+
+The CUSUM's reference value k is the practical margin itself (it is designed for a drop of
+twice the margin): drops smaller than the margin drift the statistic down, so neither they
+nor the reference's own sampling error raise alarms, while larger drops are found fast. An
+alarm becomes a finding only if the drop measured since the estimated change point clears
+the margin; severity grows with that drop.
+
+Where predictions carry class scores, each prediction's confidence is mapped to an expected
+correctness through a calibration curve fitted on the reference (binned, as NannyML's CBPE
+does), so accuracy is estimated for every prediction at once, before any label comes. A
+second CUSUM on blocks of expected errors raises `accuracy_drop` on the subject
+`estimated_accuracy`, with `"estimated": true`.
+
+Per model version and event-time window (by prediction time) the detector keeps running
+sums and hands the metric values to the pipeline through `metrics()`; late labels update
+their window again.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from detectors.base import Detector, Finding, Kind, MetricPoint, Severity
+from detectors.calibration import NormalScores, cusum_threshold_exact, steps_budget
+from detectors.label_join import Joined, LabelJoin
+from streams.batch import ModelBatch
+from streams.events import Position
+
+RECENT_BLOCKS = 64  # how far back the change point and the "after" value are estimated
+Z95 = 1.959964
+LOG_LOSS_EPS = 1e-15
+CALIBRATION_PRIOR = 5.0  # pseudo-events pulling a sparse calibration bin to the overall rate
+
+
+class AccuracySettings(BaseModel):
+    """The label join, the performance windows and the accuracy-drop tests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal["auto", "classification", "regression"] = "auto"
+    positive_class: str = "1"  # binary precision/recall/F1, and what a lone `score` is for
+    negative_class: str = "0"
+    label_ttl_seconds: float = Field(3 * 86400.0, gt=0)  # event time a prediction waits
+    max_pending: int = Field(200_000, ge=1)  # unlabelled predictions kept per partition
+    max_early_labels: int = Field(50_000, ge=0)  # labels kept waiting for their prediction
+    window_seconds: float = Field(3600.0, gt=0)  # performance history granularity
+    reference_size: int = Field(5000, ge=200)  # labelled events fixing the reference level
+    block_size: int = Field(200, ge=20)  # labelled events per test step
+    margin: float = Field(0.02, gt=0, lt=1)  # smallest accuracy drop worth reporting
+    warning_drop: float = Field(0.05, gt=0, lt=1)  # below: info; at or above: warning
+    critical_drop: float = Field(0.10, gt=0, lt=1)
+    regression_margin: float = Field(0.10, gt=0)  # MAE +10%, or bias of 0.1 reference RMSE
+    regression_critical: float = Field(0.5, gt=0)
+    min_detectable_shift: float = Field(0.25, gt=0)  # regression tests, std units
+    estimate: bool = True  # CBPE-style estimated accuracy from class scores
+    calibration_bins: int = Field(20, ge=2, le=200)
+    false_alarms_per_million: float = Field(0.1, gt=0)  # per model, per million labelled
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AccuracySettings:
+        if not self.margin <= self.warning_drop <= self.critical_drop:
+            raise ValueError("need margin <= warning_drop <= critical_drop")
+        return self
+
+
+# --------------------------------------------------------------------------- the test
+
+
+@dataclass(slots=True)
+class _Alarm:
+    index: int  # index, in the values fed, of the last value of the alarming block
+    value: float  # the CUSUM statistic that crossed the threshold
+    mean: float  # raw mean since the estimated change point
+    mean_square: float
+    count: int
+    blocks: int
+
+
+class _Cusum:
+    """One-sided CUSUM on block statistics that are N(0,1) in control; larger = worse.
+
+    `kind` says how a block becomes that statistic: "proportion" (0/1 losses, arcsine
+    transform against the reference rate `p0`), "mean" (bounded values, z-score against the
+    reference mean and std) or "scores" (any values, reference-normal scores times `sign`).
+    """
+
+    def __init__(
+        self,
+        kind: Literal["proportion", "mean", "scores"],
+        block_size: int,
+        k: float,
+        h: float,
+        *,
+        p0: float = 0.0,
+        mean: float = 0.0,
+        std: float = 1.0,
+        reference: np.ndarray | None = None,
+        sign: float = 1.0,
+        skew: float = 0.0,
+    ) -> None:
+        self.kind = kind
+        self.skew = skew  # of the block mean ("mean"): its tail is made normal by `_unskew`
+        self.block_size = block_size
+        self.k, self.h = k, h
+        self.g0 = math.asin(math.sqrt(min(max(p0, 0.0), 1.0)))
+        self.mean, self.std = mean, std
+        self.scores = NormalScores(reference) if reference is not None else None
+        self.sign = sign
+        self.s = 0.0
+        self.pending = np.empty(0)
+        self.recent: deque[tuple[float, float, float]] = deque(maxlen=RECENT_BLOCKS)
+        self.seen = 0
+
+    def _z(self, blocks: np.ndarray) -> np.ndarray:
+        b = self.block_size
+        if self.kind == "proportion":
+            g = np.arcsin(np.sqrt((blocks.sum(axis=1) + 0.375) / (b + 0.75)))
+            return 2 * math.sqrt(b) * (g - self.g0)
+        if self.kind == "mean":
+            return _unskew((blocks.mean(axis=1) - self.mean) * math.sqrt(b) / self.std, self.skew)
+        assert self.scores is not None
+        normal = self.scores(blocks.ravel()).reshape(blocks.shape)
+        return self.sign * normal.mean(axis=1) * math.sqrt(b)
+
+    def feed(self, values: np.ndarray) -> list[_Alarm]:
+        """Adds values in arrival order; returns the alarms of the blocks they complete."""
+        b = self.block_size
+        data = np.concatenate([self.pending, values])
+        carried = len(self.pending)
+        full = len(data) // b
+        self.pending = data[full * b :]
+        if full == 0:
+            return []
+        blocks = data[: full * b].reshape(full, b)
+        z = self._z(blocks)
+        sums = blocks.sum(axis=1)
+        squares = np.einsum("ij,ij->i", blocks, blocks)
+        alarms = []
+        for i in range(full):
+            self.recent.append((float(z[i]), float(sums[i]), float(squares[i])))
+            self.seen += b
+            self.s = max(0.0, self.s + float(z[i]) - self.k)
+            if self.s > self.h:
+                alarms.append(self._alarm((i + 1) * b - 1 - carried))
+                self.s = 0.0
+                self.recent.clear()  # later evidence stands on blocks after this alarm
+        return alarms
+
+    def _alarm(self, index: int) -> _Alarm:
+        """The blocks since the most likely change point (the CUSUM's argmax)."""
+        recent = list(self.recent)
+        tail = np.cumsum((np.array([r[0] for r in recent]) - self.k)[::-1])
+        m = int(np.argmax(tail)) + 1
+        window = recent[-m:]
+        count = m * self.block_size
+        return _Alarm(
+            index=index,
+            value=self.s,
+            mean=sum(r[1] for r in window) / count,
+            mean_square=sum(r[2] for r in window) / count,
+            count=count,
+            blocks=m,
+        )
+
+
+def _unskew(z: np.ndarray, skew: float) -> np.ndarray:
+    """Standardized block means with skewness `skew` -> N(0,1), via Wilson-Hilferty.
+
+    A mean of skewed values (expected errors are mostly near 0, sometimes large) has a heavier
+    upper tail than the normal, and a CUSUM's false alarms live in that tail. Matching a gamma
+    of the same skewness (shape 4/skew^2) and taking its cube root makes it normal again.
+    """
+    if abs(skew) < 1e-3:
+        return z
+    shape = 4 / (skew * skew)
+    sign = 1.0 if skew > 0 else -1.0
+    x = np.maximum(shape + math.sqrt(shape) * sign * z, 0.0) / shape
+    return sign * (np.cbrt(x) - (1 - 1 / (9 * shape))) / math.sqrt(1 / (9 * shape))
+
+
+def _threshold(
+    k: float, block_size: int, reference_size: int, tests: int, per_million: float
+) -> float:
+    """The budget's threshold, for a reference level that is one standard error off.
+
+    The reference level is estimated, and an error of e in it shifts every block statistic
+    by e*sqrt(B)/sigma, which acts on the CUSUM like a smaller k. With B/N = block/reference
+    size, one reference standard error is sqrt(B/N) in block units: the threshold is the one
+    the budget asks for at k - sqrt(B/N), so it holds unless the reference is unusually off.
+    """
+    allowance = math.sqrt(block_size / reference_size)
+    budget = steps_budget(block_size, tests, per_million)
+    return cusum_threshold_exact(max(k - allowance, 0.0), budget)
+
+
+# --------------------------------------------------------------------------- windows
+
+
+@dataclass(slots=True)
+class _Window:
+    """Running sums of one model version over one event-time window (prediction time)."""
+
+    predictions: int = 0
+    labelled: int = 0
+    delay: float = 0.0
+    correct: int = 0
+    scored: int = 0
+    log_loss: float = 0.0
+    brier: float = 0.0
+    err: float = 0.0
+    err_sq: float = 0.0
+    abs_err: float = 0.0
+    abs_err_sq: float = 0.0
+    est_n: int = 0
+    est: float = 0.0
+    est_var: float = 0.0  # sum of e(1-e): the variance of the expected number correct
+    tp: dict[str, int] = field(default_factory=dict)
+    fp: dict[str, int] = field(default_factory=dict)
+    fn: dict[str, int] = field(default_factory=dict)
+
+
+def _groups(
+    versions: list[str | None], ts: np.ndarray, width: float
+) -> list[tuple[str, float, np.ndarray]]:
+    """(model_version, window_start, indices) for each group present in the events."""
+    starts = np.floor(ts / width) * width
+    names = ["" if v is None else v for v in versions]
+    distinct = set(names)
+    if len(distinct) == 1:
+        codes = np.zeros(len(names), np.int64)
+        labels = [next(iter(distinct))]
+    else:
+        labels = sorted(distinct)
+        lookup = {v: i for i, v in enumerate(labels)}
+        codes = np.fromiter((lookup[v] for v in names), np.int64, len(names))
+    unique_starts, start_codes = np.unique(starts, return_inverse=True)
+    keys = codes * len(unique_starts) + start_codes
+    out = []
+    for key in np.unique(keys):
+        version, start = divmod(int(key), len(unique_starts))
+        out.append((labels[version], float(unique_starts[start]), np.flatnonzero(keys == key)))
+    return out
+
+
+# --------------------------------------------------------------------------- classes
+
+
+def _class_key(value: object) -> str | None:
+    """Labels, predictions and score keys compared as strings: 1, 1.0, True and "1" agree."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+@dataclass(slots=True)
+class _Scored:
+    """Per-pair classification values of a joined batch."""
+
+    correct: np.ndarray  # bool
+    p_true: np.ndarray  # probability given to the true class; NaN without scores
+    brier: np.ndarray  # NaN without scores
+    confidence: np.ndarray  # probability of the predicted class; NaN without scores
+    predicted: list[str | None]
+    actual: list[str | None]
+
+
+@dataclass(slots=True)
+class _Reference:
+    """What the first `reference_size` labelled events say; frozen afterwards."""
+
+    n: int
+    level: float  # accuracy, or MAE for regression
+    ci: tuple[float, float]
+    rmse: float = 0.0
+    bias: float = 0.0
+    bias_ci: tuple[float, float] = (0.0, 0.0)
+    estimated: float | None = None  # mean expected correctness of the reference
+    estimated_ci: tuple[float, float] = (0.0, 1.0)
+    edges: np.ndarray | None = None  # calibration bins (confidence cut points)
+    rates: np.ndarray | None = None  # accuracy per calibration bin
+
+
+class AccuracyDetector(Detector):
+    """`accuracy_drop` from joined labels (measured) and from class scores (estimated)."""
+
+    name = "accuracy"
+
+    def __init__(self, model: str, settings: AccuracySettings | None = None) -> None:
+        self.model = model
+        self.settings = s = settings or AccuracySettings()
+        self.join = LabelJoin(s.label_ttl_seconds, s.max_pending, s.max_early_labels)
+        self.task: str | None = None if s.task == "auto" else s.task
+        self.source, self.partition = "", 0
+        self.labelled = 0  # joined pairs seen
+        self.ref_parts: list[dict[str, np.ndarray]] = []
+        self.ref_count = 0
+        self.reference: _Reference | None = None
+        self.tests: dict[str, _Cusum] = {}
+        self.estimate_test: _Cusum | None = None
+        self.windows: dict[tuple[str, float], _Window] = {}
+        self.dirty: set[tuple[str, float]] = set()
+
+    # ----------------------------------------------------------------- update
+
+    def update(self, batch: ModelBatch) -> list[Finding]:
+        self.source, self.partition = batch.source, batch.partition
+        if self.task is None and len(batch):
+            self.task = _guess_task(batch)
+        findings: list[Finding] = []
+        if len(batch):
+            findings.extend(self._predictions(batch))
+        joined = self.join.add(batch)
+        if len(joined) and self.task is not None:
+            findings.extend(self._joined(batch, joined))
+        self._forget_old_windows()
+        return findings
+
+    def _predictions(self, batch: ModelBatch) -> list[Finding]:
+        """Counts predictions per window and, once calibrated, estimates their accuracy."""
+        s = self.settings
+        expected = None
+        ref = self.reference
+        if (
+            s.estimate
+            and ref is not None
+            and ref.rates is not None
+            and self.task == "classification"
+        ):
+            confidence = _confidence(
+                [_class_key(p) for p in batch.predictions],
+                batch.scores,
+                batch.score,
+                s.positive_class,
+            )
+            expected = _calibrated(ref, confidence)
+        for version, start, idx in _groups(batch.model_versions, batch.ts, s.window_seconds):
+            w = self._window(version, start)
+            w.predictions += len(idx)
+            if expected is not None:
+                e = expected[idx]
+                e = e[~np.isnan(e)]
+                w.est_n += len(e)
+                w.est += float(e.sum())
+                w.est_var += float((e * (1 - e)).sum())
+        if expected is None or self.estimate_test is None:
+            return []
+        valid = np.flatnonzero(~np.isnan(expected))
+        findings = []
+        for alarm in self.estimate_test.feed(1.0 - expected[valid]):
+            i = int(valid[alarm.index])
+            position = Position(batch.source, batch.partition, int(batch.offsets[i]))
+            finding = self._classification_finding(
+                alarm, float(batch.ts[i]), position, estimated=True
+            )
+            if finding is not None:
+                findings.append(finding)
+        return findings
+
+    def _joined(self, batch: ModelBatch, joined: Joined) -> list[Finding]:
+        s = self.settings
+        n = len(joined)
+        self.labelled += n
+        delay = joined.label_ts - joined.pred_ts
+        if self.task == "classification":
+            scored = _score_pairs(joined, s.positive_class, s.negative_class)
+            per_event = {
+                "loss": (~scored.correct).astype(np.float64),
+                "confidence": scored.confidence,
+            }
+        else:
+            predicted = np.array(
+                [np.nan if not _is_number(p) else float(p) for p in joined.predictions]
+            )
+            actual = np.array([np.nan if not _is_number(v) else float(v) for v in joined.labels])
+            err = predicted - actual
+            usable = ~np.isnan(err)
+            per_event = {"err": err[usable]}
+        for version, start, idx in _groups(joined.versions, joined.pred_ts, s.window_seconds):
+            w = self._window(version, start)
+            w.labelled += len(idx)
+            w.delay += float(delay[idx].sum())
+            if self.task == "classification":
+                _add_classification(w, scored, idx)
+            else:
+                e = err[idx]
+                e = e[~np.isnan(e)]
+                w.err += float(e.sum())
+                w.err_sq += float(np.dot(e, e))
+                a = np.abs(e)
+                w.abs_err += float(a.sum())
+                w.abs_err_sq += float(np.dot(a, a))
+        # Which joined pair each per-event value belongs to (regression drops unusable pairs).
+        where = np.arange(n) if self.task == "classification" else np.flatnonzero(usable)
+        if self.reference is None:
+            take = min(len(where), self.settings.reference_size - self.ref_count)
+            self.ref_parts.append({k: v[:take] for k, v in per_event.items()})
+            self.ref_count += take
+            if self.ref_count < self.settings.reference_size:
+                return []
+            self._freeze()
+            per_event = {k: v[take:] for k, v in per_event.items()}
+            where = where[take:]
+        return self._test(joined, per_event, where)
+
+    def _test(
+        self, joined: Joined, per_event: dict[str, np.ndarray], where: np.ndarray
+    ) -> list[Finding]:
+        findings: list[Finding] = []
+        for subject, test in self.tests.items():
+            values = per_event["loss"] if self.task == "classification" else per_event["err"]
+            if subject == "mae":
+                values = np.abs(values)
+            for alarm in test.feed(values):
+                i = int(where[alarm.index])
+                ts = float(joined.at_ts[i])
+                position = Position(self.source, self.partition, int(joined.at_offset[i]))
+                if self.task == "classification":
+                    finding = self._classification_finding(alarm, ts, position, estimated=False)
+                else:
+                    finding = self._regression_finding(subject, test, alarm, ts, position)
+                if finding is not None:
+                    findings.append(finding)
+        return findings
+
+    # ----------------------------------------------------------------- reference
+
+    def _freeze(self) -> None:
+        s = self.settings
+        parts = {k: np.concatenate([p[k] for p in self.ref_parts]) for k in self.ref_parts[0]}
+        self.ref_parts = []
+        b = s.block_size
+        if self.task == "classification":
+            loss = parts["loss"]
+            p0 = float(loss.mean())
+            accuracy = 1 - p0
+            ref = _Reference(n=len(loss), level=accuracy, ci=_wilson(accuracy, len(loss)))
+            edges, rates = _fit_calibration(parts["confidence"], 1 - loss, s.calibration_bins)
+            estimate = s.estimate and rates is not None
+            tests = 2 if estimate else 1
+            k = (
+                2
+                * math.sqrt(b)
+                * (math.asin(math.sqrt(min(p0 + s.margin, 1.0))) - math.asin(math.sqrt(p0)))
+            )
+            k = max(k, 0.05)
+            self.tests["accuracy"] = _Cusum(
+                "proportion",
+                b,
+                k,
+                _threshold(k, b, len(loss), tests, s.false_alarms_per_million),
+                p0=p0,
+            )
+            if estimate:
+                ref.edges, ref.rates = edges, rates
+                expected = _calibrated(ref, parts["confidence"])
+                expected = expected[~np.isnan(expected)]
+                ref.estimated = float(expected.mean())
+                ref.estimated_ci = _expected_ci(expected)
+                std = max(float(expected.std()), 1e-3)
+                skew = float(np.mean((expected - expected.mean()) ** 3)) / std**3
+                k_est = s.margin * math.sqrt(b) / std
+                self.estimate_test = _Cusum(
+                    "mean",
+                    b,
+                    k_est,
+                    _threshold(k_est, b, len(expected), tests, s.false_alarms_per_million),
+                    mean=1 - ref.estimated,
+                    std=std,
+                    skew=-skew / math.sqrt(b),  # of the expected errors 1 - e, per block
+                )
+        else:
+            err = parts["err"]
+            abs_err = np.abs(err)
+            mae = float(abs_err.mean())
+            ref = _Reference(
+                n=len(err),
+                level=mae,
+                ci=_mean_ci(abs_err),
+                rmse=float(np.sqrt(np.mean(err * err))),
+                bias=float(err.mean()),
+                bias_ci=_mean_ci(err),
+            )
+            k = math.sqrt(b) * s.min_detectable_shift / 2
+            # Three one-sided tests: MAE up, bias up, bias down.
+            h = _threshold(k, b, len(err), 3, s.false_alarms_per_million)
+            self.tests["mae"] = _Cusum("scores", b, k, h, reference=abs_err)
+            self.tests["bias"] = _Cusum("scores", b, k, h, reference=err)
+            self.tests["bias_down"] = _Cusum("scores", b, k, h, reference=err, sign=-1.0)
+        self.reference = ref
+
+    # ----------------------------------------------------------------- findings
+
+    def _classification_finding(
+        self, alarm: _Alarm, ts: float, position: Position, estimated: bool
+    ) -> Finding | None:
+        s, ref = self.settings, self.reference
+        assert ref is not None
+        after = 1 - alarm.mean
+        before = ref.estimated if estimated else ref.level
+        assert before is not None
+        drop = before - after
+        if drop < s.margin:
+            return None
+        if estimated:
+            # Sum of e(1-e) over the window from the sums of the expected errors l = 1 - e.
+            variance = max(alarm.mean - alarm.mean_square, 0.0) * alarm.count
+            after_ci = _bounded_ci(after, variance, alarm.count)
+            before_ci = ref.estimated_ci
+            subject, statistic = "estimated_accuracy", "cusum_estimated_error_rate"
+            test = self.estimate_test
+        else:
+            after_ci = _wilson(after, alarm.count)
+            before_ci = ref.ci
+            subject, statistic = "accuracy", "cusum_error_rate"
+            test = self.tests["accuracy"]
+        assert test is not None
+        what = "estimated accuracy" if estimated else "accuracy"
+        return self._finding(
+            subject,
+            statistic,
+            self._severity(drop),
+            test,
+            alarm,
+            ts,
+            position,
+            effect=drop,
+            title=f"{what} fell from {before:.3f} to {after:.3f} ({100 * drop:.1f} points)",
+            details={
+                "metric": "accuracy",
+                "estimated": estimated,
+                "before": _value(before, before_ci, ref.n),
+                "after": _value(after, after_ci, alarm.count),
+                "drop": round(drop, 4),
+                "margin": s.margin,
+                "labelled_events": alarm.count if not estimated else 0,
+                "predictions": alarm.count if estimated else 0,
+                "test": "cusum_on_block_error_rate",
+            },
+        )
+
+    def _regression_finding(
+        self, subject: str, test: _Cusum, alarm: _Alarm, ts: float, position: Position
+    ) -> Finding | None:
+        s, ref = self.settings, self.reference
+        assert ref is not None
+        std = math.sqrt(max(alarm.mean_square - alarm.mean**2, 0.0))
+        after_ci = (
+            alarm.mean - Z95 * std / math.sqrt(alarm.count),
+            alarm.mean + Z95 * std / math.sqrt(alarm.count),
+        )
+        if subject == "mae":
+            before, before_ci, after = ref.level, ref.ci, alarm.mean
+            change = (after - before) / before if before > 0 else math.inf
+            title = f"MAE rose from {before:.4g} to {after:.4g} ({100 * change:+.0f}%)"
+            metric, statistic = "mae", "cusum_abs_error"
+            extra: dict[str, Any] = {
+                "rmse_after": round(math.sqrt(alarm.mean_square), 6),
+                "rmse_before": round(ref.rmse, 6),
+            }
+        else:
+            before, before_ci, after = ref.bias, ref.bias_ci, alarm.mean
+            change = abs(after - before) / ref.rmse if ref.rmse > 0 else math.inf
+            title = f"bias moved from {before:.4g} to {after:.4g} ({change:.2f} reference RMSE)"
+            metric, statistic = "bias", "cusum_signed_error"
+            extra = {
+                "direction": "up" if after > before else "down",
+                "rmse_before": round(ref.rmse, 6),
+            }
+        if change < s.regression_margin:
+            return None
+        severity = Severity.CRITICAL if change >= s.regression_critical else Severity.WARNING
+        return self._finding(
+            metric,
+            statistic,
+            severity,
+            test,
+            alarm,
+            ts,
+            position,
+            effect=change,
+            title=title,
+            details={
+                "metric": metric,
+                "estimated": False,
+                "before": _value(before, before_ci, ref.n),
+                "after": _value(after, after_ci, alarm.count),
+                "relative_change" if subject == "mae" else "shift_in_rmse": round(change, 4),
+                "margin": s.regression_margin,
+                "labelled_events": alarm.count,
+                "test": "cusum_on_block_normal_scores",
+                **extra,
+            },
+        )
+
+    def _finding(
+        self,
+        subject: str,
+        statistic: str,
+        severity: Severity,
+        test: _Cusum,
+        alarm: _Alarm,
+        ts: float,
+        position: Position,
+        effect: float,
+        title: str,
+        details: dict[str, Any],
+    ) -> Finding:
+        """The fields every accuracy finding shares around its own details."""
+        return Finding(
+            model=self.model,
+            kind=Kind.ACCURACY_DROP,
+            subject=subject,
+            severity=severity,
+            ts=ts,
+            position=position,
+            detector=self.name,
+            statistic=statistic,
+            value=round(alarm.value, 4),
+            threshold=round(test.h, 4),
+            effect_size=round(effect, 4),
+            support=alarm.count,
+            title=title,
+            details={
+                **details,
+                "labelled_events_total": self.labelled,
+                "k": round(test.k, 4),
+                "block_size": test.block_size,
+                "blocks_since_change": alarm.blocks,
+                "join": self.join.counters.as_dict(),
+            },
+        )
+
+    def _severity(self, drop: float) -> Severity:
+        s = self.settings
+        if drop >= s.critical_drop:
+            return Severity.CRITICAL
+        return Severity.WARNING if drop >= s.warning_drop else Severity.INFO
+
+    # ----------------------------------------------------------------- history
+
+    def _window(self, version: str, start: float) -> _Window:
+        key = (version, start)
+        self.dirty.add(key)
+        w = self.windows.get(key)
+        if w is None:
+            w = self.windows[key] = _Window()
+        return w
+
+    def _forget_old_windows(self) -> None:
+        """A window no label can reach any more (older than the TTL) is final: drop it."""
+        s = self.settings
+        cutoff = self.join.watermark - s.label_ttl_seconds - s.window_seconds
+        for key in [k for k in self.windows if k[1] < cutoff]:
+            del self.windows[key]
+            self.dirty.discard(key)
+
+    def metrics(self) -> list[MetricPoint]:
+        points: list[MetricPoint] = []
+        for key in sorted(self.dirty):
+            w = self.windows.get(key)
+            if w is not None:
+                points.extend(self._points(key[0], key[1], w))
+        self.dirty.clear()
+        return points
+
+    def _points(self, version: str, start: float, w: _Window) -> list[MetricPoint]:
+        end = start + self.settings.window_seconds
+
+        def point(
+            metric: str, value: float, ci: tuple[float, float] | None, n: int, est: bool = False
+        ) -> MetricPoint:
+            return MetricPoint(
+                model=self.model,
+                model_version=version,
+                source=self.source,
+                partition=self.partition,
+                window_start=start,
+                window_end=end,
+                metric=metric,
+                value=float(value),
+                ci_low=None if ci is None else float(ci[0]),
+                ci_high=None if ci is None else float(ci[1]),
+                n=n,
+                estimated=est,
+            )
+
+        out: list[MetricPoint] = []
+        if not (w.labelled or w.est_n):
+            return out  # no labels, no estimate: nothing to say about performance yet
+        if w.predictions:
+            out.append(point("coverage", w.labelled / w.predictions, None, w.predictions))
+        n = w.labelled
+        if n:
+            out.append(point("label_delay", w.delay / n, None, n))
+            if self.task == "classification":
+                accuracy = w.correct / n
+                out.append(point("accuracy", accuracy, _wilson(accuracy, n), n))
+                precision, recall, f1 = _precision_recall_f1(w, self.settings)
+                out.append(point("precision", precision, None, n))
+                out.append(point("recall", recall, None, n))
+                out.append(point("f1", f1, None, n))
+                if w.scored:
+                    out.append(point("log_loss", w.log_loss / w.scored, None, w.scored))
+                    out.append(point("brier", w.brier / w.scored, None, w.scored))
+            else:
+                out.append(point("mae", w.abs_err / n, _sums_ci(w.abs_err, w.abs_err_sq, n), n))
+                out.append(point("rmse", math.sqrt(w.err_sq / n), None, n))
+                out.append(point("bias", w.err / n, _sums_ci(w.err, w.err_sq, n), n))
+        if w.est_n:
+            value = w.est / w.est_n
+            ci = _bounded_ci(value, w.est_var, w.est_n)
+            out.append(point("accuracy", value, ci, w.est_n, est=True))
+        return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _guess_task(batch: ModelBatch) -> str | None:
+    """Classification unless predictions are numbers that look continuous."""
+    values = [p for p in batch.predictions if p is not None]
+    if any(s is not None for s in batch.scores) or batch.score is not None:
+        return "classification"
+    if not values:
+        return None
+    if all(_is_number(v) for v in values) and (
+        any(isinstance(v, float) and not v.is_integer() for v in values) or len(set(values)) > 20
+    ):
+        return "regression"
+    return "classification"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _confidence(
+    predicted: list[str | None],
+    scores: list[dict[str, float] | None],
+    score: np.ndarray | list[float | None] | None,
+    positive: str,
+) -> np.ndarray:
+    """The probability each prediction gives its predicted class (NaN without scores)."""
+    n = len(predicted)
+    out = np.full(n, np.nan)
+    lone = score.tolist() if isinstance(score, np.ndarray) else score
+    for i in range(n):
+        s = scores[i]
+        if s:
+            p = predicted[i]
+            out[i] = s[p] if p in s else max(s.values())
+        elif lone is not None and lone[i] is not None and not math.isnan(lone[i]):
+            p1 = lone[i]
+            p = predicted[i]
+            out[i] = p1 if (p == positive if p is not None else p1 >= 0.5) else 1 - p1
+    return out
+
+
+def _score_pairs(joined: Joined, positive: str, negative: str) -> _Scored:
+    n = len(joined)
+    predicted = [_class_key(p) for p in joined.predictions]
+    actual = [_class_key(v) for v in joined.labels]
+    p_true = np.full(n, np.nan)
+    brier = np.full(n, np.nan)
+    for i in range(n):
+        s = joined.scores[i]
+        if s:
+            if predicted[i] is None:
+                predicted[i] = max(s, key=s.__getitem__)
+            p = s.get(actual[i], 0.0)  # type: ignore[arg-type]
+            squares = sum(v * v for v in s.values())
+            # Binary Brier is (p1 - y)^2, half the sum over both classes.
+            brier[i] = (squares - 2 * p + 1) / (2 if len(s) == 2 else 1)
+            p_true[i] = p
+        elif (p1 := joined.score[i]) is not None:
+            if predicted[i] is None:
+                predicted[i] = positive if p1 >= 0.5 else negative
+            p = p1 if actual[i] == positive else 1 - p1
+            brier[i] = (1 - p) ** 2
+            p_true[i] = p
+    confidence = _confidence(predicted, joined.scores, joined.score, positive)
+    correct = np.fromiter(map(operator.eq, predicted, actual), bool, n)
+    return _Scored(correct, p_true, brier, confidence, predicted, actual)
+
+
+def _add_classification(w: _Window, scored: _Scored, idx: np.ndarray) -> None:
+    correct = scored.correct[idx]
+    w.correct += int(correct.sum())
+    p = scored.p_true[idx]
+    has = ~np.isnan(p)
+    if has.any():
+        w.scored += int(has.sum())
+        w.log_loss += float(-np.log(np.clip(p[has], LOG_LOSS_EPS, 1.0)).sum())
+        w.brier += float(scored.brier[idx][has].sum())
+    for i, ok in zip(idx.tolist(), correct.tolist(), strict=True):
+        p, a = scored.predicted[i], scored.actual[i]
+        if ok:
+            w.tp[p] = w.tp.get(p, 0) + 1  # type: ignore[index]
+        else:
+            w.fp[p] = w.fp.get(p, 0) + 1  # type: ignore[index]
+            w.fn[a] = w.fn.get(a, 0) + 1  # type: ignore[index]
+
+
+def _precision_recall_f1(w: _Window, s: AccuracySettings) -> tuple[float, float, float]:
+    """Binary (for `positive_class`) when at most two classes are seen, else macro-averaged."""
+    classes = set(w.tp) | set(w.fp) | set(w.fn)
+    classes.discard(None)  # type: ignore[arg-type]
+    if len(classes) <= 2 and (s.positive_class in classes or classes <= {s.negative_class}):
+        chosen = [s.positive_class]
+    else:
+        chosen = sorted(classes)
+    ps, rs, fs = [], [], []
+    for c in chosen:
+        tp, fp, fn = w.tp.get(c, 0), w.fp.get(c, 0), w.fn.get(c, 0)
+        p = tp / (tp + fp) if tp + fp else 0.0
+        r = tp / (tp + fn) if tp + fn else 0.0
+        ps.append(p)
+        rs.append(r)
+        fs.append(2 * p * r / (p + r) if p + r else 0.0)
+    k = len(chosen)
+    return sum(ps) / k, sum(rs) / k, sum(fs) / k
+
+
+def _fit_calibration(
+    confidence: np.ndarray, correct: np.ndarray, bins: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Binned accuracy by confidence on the reference: CBPE's calibration step."""
+    has = ~np.isnan(confidence)
+    if has.sum() < max(100, len(confidence) // 2):
+        return None, None
+    conf, ok = confidence[has], correct[has]
+    edges = np.unique(np.quantile(conf, np.linspace(0, 1, bins + 1)[1:-1]))
+    which = np.searchsorted(edges, conf, side="right")
+    hits = np.bincount(which, weights=ok, minlength=len(edges) + 1)
+    counts = np.bincount(which, minlength=len(edges) + 1)
+    overall = float(ok.mean())
+    rates = (hits + CALIBRATION_PRIOR * overall) / (counts + CALIBRATION_PRIOR)
+    return edges, rates
+
+
+def _calibrated(ref: _Reference, confidence: np.ndarray) -> np.ndarray:
+    """Expected correctness of each prediction (NaN where it has no scores)."""
+    assert ref.edges is not None and ref.rates is not None
+    out = ref.rates[np.searchsorted(ref.edges, np.nan_to_num(confidence), side="right")]
+    out[np.isnan(confidence)] = np.nan
+    return out
+
+
+def _wilson(p: float, n: int) -> tuple[float, float]:
+    """95% Wilson interval of a proportion: sane near 0 and 1, unlike p +- z*se."""
+    if n <= 0:
+        return (0.0, 1.0)
+    z2 = Z95 * Z95
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _expected_ci(expected: np.ndarray) -> tuple[float, float]:
+    """CI of an estimated accuracy: CBPE's variance, each prediction a Bernoulli(e)."""
+    variance = float((expected * (1 - expected)).sum())
+    return _bounded_ci(float(expected.mean()), variance, len(expected))
+
+
+def _bounded_ci(value: float, variance_of_sum: float, n: int) -> tuple[float, float]:
+    half = Z95 * math.sqrt(variance_of_sum) / n
+    return (max(0.0, value - half), min(1.0, value + half))
+
+
+def _mean_ci(values: np.ndarray) -> tuple[float, float]:
+    return _sums_ci(float(values.sum()), float(np.dot(values, values)), len(values))
+
+
+def _sums_ci(total: float, squares: float, n: int) -> tuple[float, float]:
+    mean = total / n
+    std = math.sqrt(max(squares / n - mean * mean, 0.0))
+    half = Z95 * std / math.sqrt(n)
+    return (mean - half, mean + half)
+
+
+def _value(value: float, ci: tuple[float, float], n: int) -> dict[str, Any]:
+    return {"value": round(value, 6), "ci95": [round(ci[0], 6), round(ci[1], 6)], "n": n}
