@@ -7,7 +7,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from detectors.base import Detector
+from detectors.input_anomaly import InputAnomalyDetector, InputAnomalySettings
 from detectors.numeric_drift import NumericDriftDetector, NumericDriftSettings
+from detectors.query_patterns import QueryPatternDetector, QueryPatternSettings
 
 
 class DetectorSettings(BaseModel):
@@ -17,6 +19,8 @@ class DetectorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     numeric_drift: NumericDriftSettings = Field(default_factory=NumericDriftSettings)
+    query_patterns: QueryPatternSettings = Field(default_factory=QueryPatternSettings)
+    input_anomaly: InputAnomalySettings = Field(default_factory=InputAnomalySettings)
 
     def merged(self, overrides: dict[str, Any]) -> DetectorSettings:
         """These settings with a model's overrides applied on top, validated again."""
@@ -30,4 +34,8 @@ class DetectorSettings(BaseModel):
 
 
 def build_detectors(model: str, settings: DetectorSettings) -> list[Detector]:
-    return [NumericDriftDetector(model, settings.numeric_drift)]
+    return [
+        NumericDriftDetector(model, settings.numeric_drift),
+        QueryPatternDetector(model, settings.query_patterns),
+        InputAnomalyDetector(model, settings.input_anomaly),
+    ]
