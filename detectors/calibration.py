@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import betaln, gammaln, ndtri
+from scipy.special import ndtri
 
 SIEGMUND_CORRECTION = 1.166  # 2 * 0.583: the overshoot correction for normal increments
 
@@ -75,67 +75,27 @@ class NormalScores:
 class TailPValue:
     """Upper-tail p-values of a statistic against a benign sample (peaks over threshold).
 
-    Below the sample's `tail_quantile` the p-value is empirical; beyond it the excesses are
-    modelled as exponential (a generalized Pareto tail with shape 0, fitted by their mean), so
-    p-values far smaller than 1/len(sample) stay meaningful and heavy-tailed benign behaviour
-    (a batch job among ordinary users) widens the tail instead of tripping it.
+    Below the sample's 90th percentile the p-value is empirical; beyond it the tail is
+    modelled as exponential (a generalized Pareto tail with shape 0), so p-values far smaller
+    than 1/len(sample) stay meaningful, and heavy-tailed benign behaviour (a batch job among
+    ordinary users) widens the tail instead of tripping it: the tail's scale is the mean
+    excess over the 90th percentile. The flip side: whatever the sample holds counts as benign,
+    so it should come from traffic that is mostly clean (each client's weight capped).
     """
 
-    def __init__(
-        self, sample: np.ndarray, tail_quantile: float = 0.9, min_scale: float = 1e-3
-    ) -> None:
+    def __init__(self, sample: np.ndarray, min_scale: float = 1e-3) -> None:
         values = np.sort(np.asarray(sample, dtype=np.float64))
         self.sorted = values
-        self.tail_quantile = tail_quantile
-        self.u = float(np.quantile(values, tail_quantile))
+        q25, q50, q75, q90 = np.quantile(values, [0.25, 0.5, 0.75, 0.9])
+        self.median = float(q50)
+        self.u = float(q90)
         excess = values[values > self.u] - self.u
-        spread = float(np.quantile(values, 0.75) - np.quantile(values, 0.25))
-        self.scale = max(float(excess.mean()) if len(excess) else 0.0, min_scale, 0.1 * spread)
+        mean_excess = float(excess.mean()) if len(excess) else 0.0
+        self.scale = max(mean_excess, min_scale, 0.1 * float(q75 - q25))
 
     def __call__(self, value: float) -> float:
         if value > self.u:
-            return (1 - self.tail_quantile) * math.exp(-(value - self.u) / self.scale)
+            return 0.1 * math.exp(-(value - self.u) / self.scale)
         n = len(self.sorted)
         at_or_above = n - int(np.searchsorted(self.sorted, value, side="left"))
         return (at_or_above + 1) / (n + 1)
-
-
-class ShareTest:
-    """P-values of "x of n queries had property P" against a population of benign clients.
-
-    Benign clients differ in their own rates (one scores many borderline cases, another none),
-    so a plain binomial test would flag the heterogeneous ones; the beta-binomial fitted to
-    the population (method of moments, with floors) accounts for that.
-    """
-
-    def __init__(
-        self, hits: np.ndarray, counts: np.ndarray, min_rate: float, min_icc: float = 0.02
-    ) -> None:
-        hits = np.asarray(hits, dtype=np.float64)
-        counts = np.asarray(counts, dtype=np.float64)
-        keep = counts > 0
-        hits, counts = hits[keep], counts[keep]
-        rate = float(hits.sum() / counts.sum()) if counts.sum() else 0.0
-        self.rate = min(max(rate, min_rate), 0.5)
-        icc = min_icc
-        if len(counts) >= 5 and rate > 0:
-            shares = hits / counts
-            binomial = np.mean(self.rate * (1 - self.rate) / counts)
-            between = float(np.var(shares)) - binomial
-            icc = max(min_icc, min(0.5, between / (self.rate * (1 - self.rate))))
-        self.icc = icc
-        total = (1 - icc) / icc  # alpha + beta
-        self.a, self.b = self.rate * total, (1 - self.rate) * total
-
-    def __call__(self, hits: int, count: int) -> float:
-        if hits <= self.rate * count:
-            return 1.0  # at or below the population's rate: nothing to test (one-sided)
-        k = np.arange(hits, count + 1, dtype=np.float64)
-        log_pmf = (
-            gammaln(count + 1)
-            - gammaln(k + 1)
-            - gammaln(count - k + 1)
-            + betaln(k + self.a, count - k + self.b)
-            - betaln(self.a, self.b)
-        )
-        return float(min(1.0, np.exp(log_pmf).sum()))

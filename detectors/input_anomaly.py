@@ -2,9 +2,10 @@
 when the share of inputs outside it rises well above its reference rate.
 
 `InputProfile` is the one place that knows what a model's inputs look like in its reference:
-per numeric feature the median and IQR (robust scaling) and a central quantile range, per
-categorical feature the values seen. An input is anomalous when some numeric feature falls
-outside its range or some categorical feature takes a value never seen in the reference
+per numeric feature the median and IQR (robust scaling), a central quantile range and whether
+it only ever takes whole numbers, per categorical feature the values seen. An input is
+anomalous when some numeric feature falls outside its range or off its integer lattice, or
+some categorical feature takes a value never seen in the reference
 (missing values are data quality's business, not anomalies). The query-pattern detector
 reuses the same profile to scale and encode each query.
 
@@ -46,6 +47,7 @@ class InputProfile:
         self.numeric_names = sorted(n for n, v in numeric.items() if np.isfinite(v).any())
         self.median = np.zeros(len(self.numeric_names))
         self.scale = np.ones(len(self.numeric_names))
+        self.integral = np.zeros(len(self.numeric_names), dtype=bool)
         self.low = np.full(len(self.numeric_names), -np.inf)
         self.high = np.full(len(self.numeric_names), np.inf)
         for i, name in enumerate(self.numeric_names):
@@ -56,6 +58,11 @@ class InputProfile:
             if spread <= 0:  # a mostly constant feature: fall back to the std, then to 1
                 spread = float(np.std(values)) or 1.0
             self.scale[i] = spread
+            # Counts, ages, hours: a feature whose every reference value is a whole number.
+            # Synthetic queries (interpolated, perturbed, sampled from ranges) fall between.
+            self.integral[i] = len(np.unique(values)) > 2 and bool(
+                np.all(values == np.round(values))
+            )
         self.categorical_names = sorted(categorical)
         self.vocabulary = {
             name: {v for v in categorical[name] if v is not None} for name in self.categorical_names
@@ -113,6 +120,7 @@ class InputProfile:
         numeric = self._numeric_matrix(batch)
         with np.errstate(invalid="ignore"):
             out_numeric = (numeric < self.low) | (numeric > self.high)
+            out_numeric |= self.integral & (numeric != np.round(numeric)) & np.isfinite(numeric)
         out_categorical = np.zeros((n, len(self.categorical_names)), dtype=bool)
         for j, name in enumerate(self.categorical_names):
             column = batch.categorical.get(name)

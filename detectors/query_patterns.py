@@ -5,8 +5,9 @@ to its client's bounded ring of recent queries (at most `buffer_size`; at most `
 clients, the least recently seen evicted and counted). Per query, in micro-batches with numpy:
 
 - distance to the client's earlier queries: the minimum (PRADA's statistic) and the mean to
-  the `k_neighbours` nearest (Blacklight / stateful detection). Exact repeats are left out of
-  both: re-scoring the same entity is use, not probing;
+  the `k_neighbours` nearest (Blacklight / stateful detection). Earlier queries that differ in
+  at most `entity_changes` coordinates are left out of both: re-scoring the same entity, even
+  with a field updated, is use, not probing;
 - out of the reference's ranges (the `InputProfile` rule), and a low-margin prediction;
 - a salted random-projection LSH fingerprint, looked up in one table shared by all clients,
   so near-duplicates sent under another client key within `fingerprint_horizon_seconds` are
@@ -38,14 +39,13 @@ import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from scipy.stats import shapiro
 
 from detectors.base import Detector, Finding, Kind, Severity
-from detectors.calibration import ShareTest, TailPValue
+from detectors.calibration import TailPValue
 from detectors.input_anomaly import InputProfile, ReferenceSample, reference_batch
 from streams.batch import ModelBatch
 from streams.events import Position
@@ -53,10 +53,17 @@ from streams.events import Position
 _shapiro = getattr(shapiro, "__wrapped__", shapiro)  # skip scipy's slow argument wrapper
 
 DAY = 86_400.0
-SHARE_DETECTORS = ("ood_share", "low_margin_share", "shared_fingerprints")
-TAIL_DETECTORS = ("knn_distance", "prada_normality", "coverage_speed", "rate")
-DETECTORS = SHARE_DETECTORS + TAIL_DETECTORS
-MIN_CALIBRATION_VALUES = 30  # fewer benign values of a statistic: that detector stays off
+DETECTORS = (
+    "ood_share",
+    "low_margin_share",
+    "shared_fingerprints",
+    "knn_distance",
+    "prada_normality",
+    "coverage_speed",
+    "rate",
+)
+MIN_CALIBRATION_VALUES = 30
+CALIBRATION_LOOKS_PER_CLIENT = 8  # fewer benign values of a statistic: that detector stays off
 SUSPECT_P = 0.01  # a look below this starts "the pattern"; above CLEAN_P ends it
 CLEAN_P = 0.1
 LINKED_CLIENTS = 8  # other keys remembered per client for shared fingerprints
@@ -76,7 +83,8 @@ class QueryPatternSettings(BaseModel):
     min_queries: int = Field(25, ge=10)
     check_every: int = Field(25, ge=5)
     k_neighbours: int = Field(5, ge=1, le=50)
-    repeat_distance: float = Field(0.01, ge=0)  # closer (robust units): the same input again
+    repeat_distance: float = Field(0.01, ge=0)  # smaller coordinate change: no change
+    entity_changes: int = Field(2, ge=0)  # at most this many coordinates changed: same entity
     low_margin: float = Field(0.1, gt=0, lt=1)  # top-two score gap counted as "low margin"
     rate_window_seconds: float = Field(1800.0, gt=0)
     fingerprint_tables: int = Field(3, ge=1, le=8)
@@ -154,10 +162,8 @@ class QueryPatternDetector(Detector):
         self.fp_ts = np.full(size, -np.inf)
         self.exact_weights = np.zeros(0)
         self.calibration_left = self.settings.calibration_queries
-        self.share_samples: dict[str, list[tuple[int, int]]] = {d: [] for d in SHARE_DETECTORS}
-        self.tail_samples: dict[str, list[float]] = {d: [] for d in TAIL_DETECTORS}
-        self.share_tests: dict[str, ShareTest] = {}
-        self.tail_tests: dict[str, TailPValue] = {}
+        self.samples: dict[str, list[float]] = {d: [] for d in DETECTORS}  # benign values
+        self.tails: dict[str, TailPValue] = {}
         self.projections = np.zeros((0, 0))
         self.offsets = np.zeros(0)
         self.hash_weights = np.zeros(0, dtype=np.int64)
@@ -165,7 +171,7 @@ class QueryPatternDetector(Detector):
 
     @property
     def calibrated(self) -> bool:
-        return self.calibration_left <= 0 and bool(self.share_tests or self.tail_tests)
+        return self.calibration_left <= 0 and bool(self.tails)
 
     # --- the hot path -------------------------------------------------------------------
 
@@ -205,23 +211,22 @@ class QueryPatternDetector(Detector):
         stored = np.hstack([x, norms, ones])
         query = np.hstack([-2.0 * x, ones, norms])
         k = self.settings.k_neighbours
-        repeat = self.settings.repeat_distance**2
         nearest = np.full((n, k), np.inf)  # squared distances to the k nearest earlier
         states = []
         for client, idx in groups:
             state = self._state(client, owners[client])
             states.append(state)
             filled = state.filled
-            d2 = query[idx] @ np.concatenate([state.vectors[:filled], stored[idx]]).T
+            pool = np.concatenate([state.vectors[:filled], stored[idx]])
+            d2 = query[idx] @ pool.T
             d2[:, filled:] += _not_earlier(len(idx))
-            d2[d2 < repeat] = np.inf  # repeats are not neighbours: re-scoring is use
-            cols = min(k, d2.shape[1])
-            nearest[idx, :cols] = np.partition(d2, cols - 1, axis=1)[:, :cols]
+            found = self._neighbours(x[idx], pool[:, : x.shape[1]], d2)
+            nearest[idx, : found.shape[1]] = found
         closest = nearest.min(axis=1)
-        records[:, MIN_DISTANCE] = np.where(np.isfinite(closest), np.sqrt(closest), np.nan)
+        records[:, MIN_DISTANCE] = np.where(np.isfinite(closest), np.sqrt(np.abs(closest)), np.nan)
         enough = np.isfinite(nearest[:, -1])
         records[:, KNN] = np.nan
-        records[enough, KNN] = np.log(np.sqrt(nearest[enough]).mean(axis=1) + 1e-6)
+        records[enough, KNN] = np.log(np.sqrt(np.maximum(nearest[enough], 0)).mean(axis=1) + 1e-6)
         findings = []
         s = self.settings
         for (client, idx), state in zip(groups, states, strict=True):
@@ -265,6 +270,25 @@ class QueryPatternDetector(Detector):
         else:
             self.clients.move_to_end(client)
         return state
+
+    def _neighbours(self, x: np.ndarray, pool: np.ndarray, d2: np.ndarray) -> np.ndarray:
+        """Squared distances to the k nearest candidates that are not the same entity again.
+
+        A candidate that differs from the query in at most `entity_changes` coordinates (by
+        more than `repeat_distance`) is the same record re-scored, maybe with a field updated:
+        that is use, not probing, and it is no neighbour. Probes (HopSkipJump, JBDA, NES) move
+        every coordinate a little, so they stay close. Only the 3k nearest by distance are
+        examined, which keeps this cheap.
+        """
+        s = self.settings
+        k = s.k_neighbours
+        cand = min(3 * k, d2.shape[1])
+        idx = np.argpartition(d2, cand - 1, axis=1)[:, :cand]
+        dist = np.take_along_axis(d2, idx, axis=1)
+        changed = (np.abs(pool[idx] - x[:, None, :]) > s.repeat_distance).sum(axis=2)
+        dist[changed <= s.entity_changes] = np.inf
+        keep = min(k, cand)
+        return np.partition(dist, keep - 1, axis=1)[:, :keep]
 
     def _shared_fingerprints(
         self, x: np.ndarray, ts: np.ndarray, owner: np.ndarray
@@ -310,20 +334,19 @@ class QueryPatternDetector(Detector):
 
     # --- looks: statistics, p-values, findings ------------------------------------------
 
-    def _statistics(self, state: ClientState) -> dict[str, Any]:
+    def _statistics(self, state: ClientState) -> dict[str, float]:
         """The client's statistics over its ring (and the trailing rate window)."""
         s = self.settings
         records = state.window()
-        n = len(records)
         now = float(records[:, TS].max())
         recent = records[:, TS] >= now - s.rate_window_seconds
         scored = records[:, LOW] >= 0
-        stats: dict[str, Any] = {
-            "ood_share": (int(records[:, OOD].sum()), n),
-            "shared_fingerprints": (int(records[:, SHARED].sum()), n),
+        stats = {
+            "ood_share": float(records[:, OOD].mean()),
+            "shared_fingerprints": float(records[:, SHARED].mean()),
         }
         if scored.sum() >= s.min_queries:
-            stats["low_margin_share"] = (int((records[:, LOW] == 1).sum()), int(scored.sum()))
+            stats["low_margin_share"] = float((records[scored, LOW] == 1).mean())
         knn = records[:, KNN][np.isfinite(records[:, KNN])]
         if len(knn) >= s.min_queries:
             stats["knn_distance"] = -float(knn.mean())  # higher: closer than usual
@@ -344,22 +367,15 @@ class QueryPatternDetector(Detector):
     ) -> Finding | None:
         stats = self._statistics(state)
         if not self.calibrated:
-            if self.calibration_left > 0:
-                for name in SHARE_DETECTORS:
-                    if name in stats:
-                        self.share_samples[name].append(stats[name])
-                for name in TAIL_DETECTORS:
-                    if name in stats:
-                        self.tail_samples[name].append(stats[name])
+            # Each client gives at most a few values, so that no single client (a busy
+            # one, or an attacker active during calibration) shapes what "benign" means.
+            if self.calibration_left > 0 and state.day_looks < CALIBRATION_LOOKS_PER_CLIENT:
+                state.day_looks += 1
+                for name, value in stats.items():
+                    self.samples[name].append(value)
             return None
-        p_values = {}
-        for name, test in self.share_tests.items():
-            if name in stats:
-                p_values[name] = test(*stats[name])
-        for name, tail in self.tail_tests.items():
-            if name in stats:
-                p_values[name] = tail(stats[name])
-        tested = len(self.share_tests) + len(self.tail_tests)
+        p_values = {name: tail(stats[name]) for name, tail in self.tails.items() if name in stats}
+        tested = len(self.tails)
         day = int(float(batch.ts[index]) // DAY)
         if day != state.day:
             state.day, state.day_looks = day, 0
@@ -391,7 +407,7 @@ class QueryPatternDetector(Detector):
         state: ClientState,
         batch: ModelBatch,
         index: int,
-        stats: dict[str, Any],
+        stats: dict[str, float],
         p_values: dict[str, float],
         tested: int,
         threshold: float,
@@ -411,17 +427,10 @@ class QueryPatternDetector(Detector):
             burstiness = float((gaps.std() - gaps.mean()) / (gaps.std() + gaps.mean()))
         detail_stats = {
             d: {
-                "value": (
-                    round(stats[d][0] / stats[d][1], 4)
-                    if d in SHARE_DETECTORS
-                    else round(stats[d], 4)
-                ),
+                "value": round(stats[d], 4),
                 "p_value": float(f"{p_values[d]:.3g}"),
-                **(
-                    {"reference_share": round(self.share_tests[d].rate, 4)}
-                    if d in SHARE_DETECTORS
-                    else {"benign_tail_start": round(self.tail_tests[d].u, 4)}
-                ),
+                "benign_median": round(self.tails[d].median, 4),
+                "benign_tail_start": round(self.tails[d].u, 4),
             }
             for d in p_values
         }
@@ -482,24 +491,19 @@ class QueryPatternDetector(Detector):
         ring, queries = encoded[: s.buffer_size], encoded[s.buffer_size :]
         d2 = (queries**2).sum(axis=1)[:, None] + (ring**2).sum(axis=1)[None, :]
         d2 -= 2 * queries @ ring.T
-        d2[d2 < s.repeat_distance**2] = np.inf
-        k = min(s.k_neighbours, ring.shape[0])
-        nearest = np.sqrt(np.partition(d2, k - 1, axis=1)[:, :k]).mean(axis=1)
+        nearest = np.sqrt(self._neighbours(queries, ring, d2)).mean(axis=1)
         finite = nearest[np.isfinite(nearest)]
         self.novel_knn = float(np.median(np.log(finite + 1e-6))) if len(finite) else 0.0
         self.reference = None
 
     def _freeze_calibration(self) -> None:
         """Benign statistics -> p-value models; detectors with too few values stay off."""
-        for name, samples in self.share_samples.items():
-            if len(samples) >= MIN_CALIBRATION_VALUES:
-                hits, counts = np.array(samples).T
-                self.share_tests[name] = ShareTest(hits, counts, min_rate=0.002)
-        for name, values in self.tail_samples.items():
+        for name, values in self.samples.items():
             if len(values) >= MIN_CALIBRATION_VALUES:
-                self.tail_tests[name] = TailPValue(np.array(values), min_scale=0.05)
-        self.share_samples = {d: [] for d in SHARE_DETECTORS}
-        self.tail_samples = {d: [] for d in TAIL_DETECTORS}
+                self.tails[name] = TailPValue(np.array(values), min_scale=0.05)
+        self.samples = {d: [] for d in DETECTORS}
+        for state in self.clients.values():
+            state.day_looks = 0  # calibration looks are not tests: the budget starts now
 
 
 def _low_margin(batch: ModelBatch, margin: float) -> np.ndarray:
