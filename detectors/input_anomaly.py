@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from abc import abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -174,6 +175,32 @@ class ReferenceSample:
         return numeric, categorical
 
 
+class ProfiledDetector(Detector):
+    """A detector that first learns the model's `InputProfile` from its first events."""
+
+    def __init__(self, model: str, reference_size: int) -> None:
+        self.model = model
+        self.reference: ReferenceSample | None = ReferenceSample(reference_size)
+        self.profile: InputProfile | None = None
+
+    def _monitored_from(self, batch: ModelBatch) -> int | None:
+        """Feeds the reference while it fills (learning from it once full); returns where in
+        the batch monitoring starts, or None when nothing of the batch is left to monitor."""
+        start = 0
+        if self.reference is not None:
+            start = self.reference.add(batch)
+            if not self.reference.full:
+                return None
+            numeric, categorical = self.reference.columns()
+            self.reference = None
+            self._learn(numeric, categorical)
+        return start if start < len(batch) else None
+
+    @abstractmethod
+    def _learn(self, numeric: dict[str, np.ndarray], categorical: dict[str, np.ndarray]) -> None:
+        """Builds the profile (and whatever else the detector needs) from the reference."""
+
+
 class InputAnomalySettings(BaseModel):
     """Population-level `input_anomaly`: share of out-of-reference inputs in a model's traffic."""
 
@@ -189,16 +216,14 @@ class InputAnomalySettings(BaseModel):
     false_alarms_per_million: float = Field(0.1, gt=0)
 
 
-class InputAnomalyDetector(Detector):
+class InputAnomalyDetector(ProfiledDetector):
     """`input_anomaly` (subject `*`): see the module docstring for the method."""
 
     name = "input_anomaly"
 
     def __init__(self, model: str, settings: InputAnomalySettings | None = None) -> None:
-        self.model = model
         self.settings = settings or InputAnomalySettings()
-        self.reference: ReferenceSample | None = ReferenceSample(self.settings.reference_size)
-        self.profile: InputProfile | None = None
+        super().__init__(model, self.settings.reference_size)
         self.rate = 0.0
         self.k = self.h = 0.0
         self.cusum = 0.0
@@ -211,20 +236,15 @@ class InputAnomalyDetector(Detector):
     def update(self, batch: ModelBatch) -> list[Finding]:
         if not self.settings.enabled or len(batch) == 0:
             return []
-        start = 0
-        if self.reference is not None:
-            start = self.reference.add(batch)
-            if not self.reference.full:
-                return []
-            self._freeze()
+        start = self._monitored_from(batch)
+        if start is None:
+            return []
         assert self.profile is not None
         flags = self.profile.anomalies(batch)[start:]
         return self._feed(batch, start, flags)
 
-    def _freeze(self) -> None:
-        assert self.reference is not None
+    def _learn(self, numeric: dict[str, np.ndarray], categorical: dict[str, np.ndarray]) -> None:
         s = self.settings
-        numeric, categorical = self.reference.columns()
         even = (
             {n: v[0::2] for n, v in numeric.items()},
             {n: v[0::2] for n, v in categorical.items()},
@@ -244,7 +264,6 @@ class InputAnomalyDetector(Detector):
         self.h = cusum_threshold(self.k, steps_budget(s.block_size, 1, s.false_alarms_per_million))
         self.pending = np.zeros((0, len(self.profile.feature_names)), dtype=bool)
         self.window_features = np.zeros(len(self.profile.feature_names))
-        self.reference = None
 
     def _feed(self, batch: ModelBatch, start: int, flags: np.ndarray) -> list[Finding]:
         s = self.settings

@@ -44,9 +44,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from scipy.stats import shapiro
 
-from detectors.base import Detector, Finding, Kind, Severity
+from detectors.base import Finding, Kind, Severity
 from detectors.calibration import TailPValue
-from detectors.input_anomaly import InputProfile, ReferenceSample, reference_batch
+from detectors.input_anomaly import (
+    InputProfile,
+    ProfiledDetector,
+    reference_batch,
+)
 from streams.batch import ModelBatch
 from streams.events import Position
 
@@ -142,16 +146,14 @@ class ClientState:
         return self.records[: self.filled]
 
 
-class QueryPatternDetector(Detector):
+class QueryPatternDetector(ProfiledDetector):
     """`suspicious_client` per client; see the module docstring for the method."""
 
     name = "query_patterns"
 
     def __init__(self, model: str, settings: QueryPatternSettings | None = None) -> None:
-        self.model = model
         self.settings = settings or QueryPatternSettings()
-        self.reference: ReferenceSample | None = ReferenceSample(self.settings.reference_size)
-        self.profile: InputProfile | None = None
+        super().__init__(model, self.settings.reference_size)
         self.clients: OrderedDict[str, ClientState] = OrderedDict()
         self.evicted = 0
         self.anonymous = 0  # queries without a client: not attributable, not tracked
@@ -178,13 +180,8 @@ class QueryPatternDetector(Detector):
     def update(self, batch: ModelBatch) -> list[Finding]:
         if not self.settings.enabled or len(batch) == 0:
             return []
-        start = 0
-        if self.reference is not None:
-            start = self.reference.add(batch)
-            if not self.reference.full:
-                return []
-            self._freeze_profile()
-        if start >= len(batch):
+        start = self._monitored_from(batch)
+        if start is None:
             return []
         assert self.profile is not None
         x = self.profile.encode(batch)[start:]
@@ -470,10 +467,8 @@ class QueryPatternDetector(Detector):
 
     # --- learning the reference and the benign population --------------------------------
 
-    def _freeze_profile(self) -> None:
-        assert self.reference is not None
+    def _learn(self, numeric: dict[str, np.ndarray], categorical: dict[str, np.ndarray]) -> None:
         s = self.settings
-        numeric, categorical = self.reference.columns()
         self.profile = InputProfile(numeric, categorical)
         dim = self.profile.dim
         seed = int.from_bytes(
@@ -494,7 +489,6 @@ class QueryPatternDetector(Detector):
         nearest = np.sqrt(self._neighbours(queries, ring, d2)).mean(axis=1)
         finite = nearest[np.isfinite(nearest)]
         self.novel_knn = float(np.median(np.log(finite + 1e-6))) if len(finite) else 0.0
-        self.reference = None
 
     def _freeze_calibration(self) -> None:
         """Benign statistics -> p-value models; detectors with too few values stay off."""
