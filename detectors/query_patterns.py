@@ -11,17 +11,16 @@ clients, the least recently seen evicted and counted). Per query, in micro-batch
 - out of the reference's ranges (the `InputProfile` rule), and a low-margin prediction;
 - a salted random-projection LSH fingerprint, looked up in one table shared by all clients,
   so near-duplicates sent under another client key within `fingerprint_horizon_seconds` are
-  noticed: splitting an attack over several keys does not hide it;
-- a coarse cell of the input space (quantized projections) to measure coverage.
+  noticed: splitting an attack over several keys does not hide it.
 
 Every `check_every` queries of a client (a "look"), seven statistics summarize its recent
-queries: `ood_share`, `low_margin_share`, `shared_fingerprints` (shares: beta-binomial
-p-values against the client population, which tolerates benign heterogeneity),
-`knn_distance` (mean log k-NN distance, closer than benign), `prada_normality` (Shapiro-Wilk
-W of the min distances, lower than benign), `coverage_speed` (distinct coarse cells in the
-trailing `rate_window_seconds`) and `rate` (queries in that window); the last four get
-peaks-over-threshold p-values against the values benign clients showed. All are learned
-during calibration, the first `calibration_queries` queries after the reference.
+queries: `ood_share`, `low_margin_share`, `shared_fingerprints` (shares of its ring),
+`knn_distance` (mean log k-NN distance: closer than benign), `prada_normality` (Shapiro-Wilk
+W of the min distances: less normal than benign), `coverage_speed` (novel queries, farther
+from the client's earlier ones than a typical reference query is from its neighbours, in the
+trailing `rate_window_seconds`) and `rate` (queries in that window). Each gets
+peaks-over-threshold p-values (`TailPValue`) against the values benign clients showed during
+calibration, the first `calibration_queries` queries after the reference.
 
 A look's p-value is the Bonferroni minimum over detectors, valid whatever their dependence.
 Looks are spent per client and per event-time day: the j-th look of a day is tested at
@@ -66,10 +65,9 @@ DETECTORS = (
     "coverage_speed",
     "rate",
 )
-MIN_CALIBRATION_VALUES = 30
-CALIBRATION_LOOKS_PER_CLIENT = 8  # fewer benign values of a statistic: that detector stays off
-SUSPECT_P = 0.01  # a look below this starts "the pattern"; above CLEAN_P ends it
-CLEAN_P = 0.1
+MIN_CALIBRATION_VALUES = 30  # fewer benign values of a statistic: that detector stays off
+CALIBRATION_LOOKS_PER_CLIENT = 8  # so that no single client shapes what "benign" means
+CLEAN_P = 0.1  # a look above this is clean: a later pattern began after it
 LINKED_CLIENTS = 8  # other keys remembered per client for shared fingerprints
 
 
@@ -186,7 +184,8 @@ class QueryPatternDetector(ProfiledDetector):
         assert self.profile is not None
         x = self.profile.encode(batch)[start:]
         n = len(x)
-        clients = [self._client_key(c) for c in batch.clients[start:]]
+        keyed = {c: self._client_key(c) for c in set(batch.clients[start:])}
+        clients = [keyed[c] for c in batch.clients[start:]]
         names = sorted({c for c in clients if c is not None})
         owners = {c: _owner_hash(c) for c in names}
         owner = np.fromiter((owners.get(c, 0) for c in clients), np.int64, n)
