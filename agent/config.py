@@ -50,6 +50,7 @@ class Settings(BaseModel):
 # Environment variable -> dotted config key; lists are comma-separated.
 ENVIRONMENT = {
     "BULWARK_DB_URL": "database_url",
+    "BULWARK_CLIENT_ID_KEY": "detectors.query_patterns.client_id_key",
 }
 
 

@@ -220,6 +220,13 @@ def test_client_ids_can_be_stored_as_keyed_hashes() -> None:
     assert all(not c.startswith("c") for c in pickle.loads(detector.snapshot())["clients"])
 
 
+def test_the_client_id_key_can_come_from_the_environment() -> None:
+    settings = load_settings(None, environ={"BULWARK_CLIENT_ID_KEY": "from-env"})
+    key = settings.detectors.query_patterns.client_id_key
+    assert key is not None and key.get_secret_value() == "from-env"
+    assert "from-env" not in repr(settings)
+
+
 def test_settings_are_validated_with_the_key_named(tmp_path) -> None:
     config = tmp_path / "bulwark.toml"
     config.write_text("[detectors.query_patterns]\nfalse_clients_per_thousand = 0\n")
