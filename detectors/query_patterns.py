@@ -93,7 +93,7 @@ class QueryPatternSettings(BaseModel):
     fingerprint_projections: int = Field(6, ge=2, le=32)
     fingerprint_width: float = Field(0.05, gt=0)  # in robust (IQR) units
     fingerprint_horizon_seconds: float = Field(3600.0, gt=0)
-    max_fingerprints: int = Field(200_000, ge=1000)
+    max_fingerprints: int = Field(65_536, ge=1024)
     fingerprint_salt: str = ""  # salts the projections: attackers cannot aim between buckets
     critical_factor: float = Field(1e-3, gt=0, le=1)  # p below threshold x this: critical
     client_id_key: SecretStr | None = None  # set: clients are known by HMAC-SHA256 only
@@ -121,7 +121,8 @@ class ClientState:
 
     @classmethod
     def empty(cls, size: int, dim: int) -> ClientState:
-        return cls(np.zeros((size, dim + 2)), np.zeros((size, 7)))
+        # float32 vectors halve the state (and snapshots); distances that matter are >= 1e-2.
+        return cls(np.zeros((size, dim + 2), dtype=np.float32), np.zeros((size, 7)))
 
     @property
     def filled(self) -> int:
