@@ -207,18 +207,28 @@ class QueryPatternDetector(ProfiledDetector):
         ones = np.ones((n, 1))
         stored = np.hstack([x, norms, ones])
         query = np.hstack([-2.0 * x, ones, norms])
-        k = self.settings.k_neighbours
-        nearest = np.full((n, k), np.inf)  # squared distances to the k nearest earlier
-        states = []
+        # Squared distances of each query to its client's earlier queries (ring, then the
+        # earlier ones of this batch), one row per query padded with inf; then the nearest
+        # candidates of all clients are screened at once.
+        states, pools = [], []
         for client, idx in groups:
             state = self._state(client, owners[client])
             states.append(state)
-            filled = state.filled
-            pool = np.concatenate([state.vectors[:filled], stored[idx]])
-            d2 = query[idx] @ pool.T
-            d2[:, filled:] += _not_earlier(len(idx))
-            found = self._neighbours(x[idx], pool[:, : x.shape[1]], d2)
-            nearest[idx, : found.shape[1]] = found
+            pools.append(np.concatenate([state.vectors[: state.filled], stored[idx]]))
+        width = max(len(pool) for pool in pools)
+        d2 = np.full((n, width), np.inf, dtype=np.float32)  # ranking needs no more
+        for (_, idx), state, pool in zip(groups, states, pools, strict=True):
+            block = query[idx] @ pool.T
+            block[:, state.filled :] += _not_earlier(len(idx))
+            d2[idx, : len(pool)] = block
+        cand = min(3 * self.settings.k_neighbours, width)
+        chosen = np.argpartition(d2, cand - 1, axis=1)[:, :cand]
+        vectors = np.empty((n, cand, x.shape[1]))
+        for (_, idx), pool in zip(groups, pools, strict=True):
+            vectors[idx] = pool[np.minimum(chosen[idx], len(pool) - 1), : x.shape[1]]
+        nearest = np.full((n, self.settings.k_neighbours), np.inf)
+        found = self._neighbours(x, vectors, d2[np.arange(n)[:, None], chosen])
+        nearest[:, : found.shape[1]] = found
         closest = nearest.min(axis=1)
         records[:, MIN_DISTANCE] = np.where(np.isfinite(closest), np.sqrt(np.abs(closest)), np.nan)
         enough = np.isfinite(nearest[:, -1])
@@ -268,24 +278,20 @@ class QueryPatternDetector(ProfiledDetector):
             self.clients.move_to_end(client)
         return state
 
-    def _neighbours(self, x: np.ndarray, pool: np.ndarray, d2: np.ndarray) -> np.ndarray:
+    def _neighbours(self, x: np.ndarray, vectors: np.ndarray, d2: np.ndarray) -> np.ndarray:
         """Squared distances to the k nearest candidates that are not the same entity again.
 
-        A candidate that differs from the query in at most `entity_changes` coordinates (by
-        more than `repeat_distance`) is the same record re-scored, maybe with a field updated:
-        that is use, not probing, and it is no neighbour. Probes (HopSkipJump, JBDA, NES) move
-        every coordinate a little, so they stay close. Only the 3k nearest by distance are
-        examined, which keeps this cheap.
+        `vectors[i]` are query i's candidates (its 3k nearest earlier queries), `d2[i]` their
+        squared distances. A candidate that differs from the query in at most
+        `entity_changes` coordinates (by more than `repeat_distance`) is the same record
+        re-scored, maybe with a field updated: that is use, not probing, and no neighbour.
+        Probes (HopSkipJump, JBDA, NES) move every coordinate a little, so they stay close.
         """
         s = self.settings
-        k = s.k_neighbours
-        cand = min(3 * k, d2.shape[1])
-        idx = np.argpartition(d2, cand - 1, axis=1)[:, :cand]
-        dist = np.take_along_axis(d2, idx, axis=1)
-        changed = (np.abs(pool[idx] - x[:, None, :]) > s.repeat_distance).sum(axis=2)
-        dist[changed <= s.entity_changes] = np.inf
-        keep = min(k, cand)
-        return np.partition(dist, keep - 1, axis=1)[:, :keep]
+        changed = (np.abs(vectors - x[:, None, :]) > s.repeat_distance).sum(axis=2)
+        d2 = np.where(changed <= s.entity_changes, np.inf, d2)
+        keep = min(s.k_neighbours, d2.shape[1])
+        return np.partition(d2, keep - 1, axis=1)[:, :keep]
 
     def _shared_fingerprints(
         self, x: np.ndarray, ts: np.ndarray, owner: np.ndarray
@@ -486,7 +492,10 @@ class QueryPatternDetector(ProfiledDetector):
         ring, queries = encoded[: s.buffer_size], encoded[s.buffer_size :]
         d2 = (queries**2).sum(axis=1)[:, None] + (ring**2).sum(axis=1)[None, :]
         d2 -= 2 * queries @ ring.T
-        nearest = np.sqrt(self._neighbours(queries, ring, d2)).mean(axis=1)
+        cand = min(3 * s.k_neighbours, len(ring))
+        chosen = np.argpartition(d2, cand - 1, axis=1)[:, :cand]
+        found = self._neighbours(queries, ring[chosen], np.take_along_axis(d2, chosen, axis=1))
+        nearest = np.sqrt(np.maximum(found, 0)).mean(axis=1)
         finite = nearest[np.isfinite(nearest)]
         self.novel_knn = float(np.median(np.log(finite + 1e-6))) if len(finite) else 0.0
 
