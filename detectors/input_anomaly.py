@@ -221,8 +221,25 @@ class InputAnomalyDetector(ProfiledDetector):
 
     name = "input_anomaly"
 
-    def __init__(self, model: str, settings: InputAnomalySettings | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        settings: InputAnomalySettings | None = None,
+        reference_size: int | None = None,
+        false_alarms_per_million: float | None = None,
+    ) -> None:
+        """`reference_size` and `false_alarms_per_million`, when given, override the settings'
+        own: the model-wide reference size and this detector's share of the model's budget."""
         self.settings = settings or InputAnomalySettings()
+        updates = {
+            "reference_size": reference_size,
+            "false_alarms_per_million": false_alarms_per_million,
+        }
+        updates = {key: value for key, value in updates.items() if value is not None}
+        if updates:
+            self.settings = InputAnomalySettings.model_validate(
+                {**self.settings.model_dump(), **updates}
+            )
         super().__init__(model, self.settings.reference_size)
         self.rate = 0.0
         self.k = self.h = 0.0

@@ -55,3 +55,17 @@ def test_a_rise_in_anomalous_inputs_is_reported_once_per_change() -> None:
     assert 0.08 < first.details["anomalous_share"] < 0.3
     assert next(iter(first.details["share_by_feature"])) == "b"
     assert first.value > first.threshold
+
+
+def test_the_model_wide_reference_size_and_budget_override_the_settings() -> None:
+    detector = InputAnomalyDetector("m", SETTINGS, reference_size=500, false_alarms_per_million=1)
+    assert detector.settings.reference_size == 500
+    assert detector.settings.block_size == SETTINGS.block_size
+    rng = np.random.default_rng(3)
+    feed(detector, rng.normal(size=(600, len(FEATURES))), 0)
+    assert detector.profile is not None  # learned from 500 events, not 2,000
+    stricter = InputAnomalyDetector(
+        "m", SETTINGS, reference_size=500, false_alarms_per_million=0.01
+    )
+    feed(stricter, rng.normal(size=(600, len(FEATURES))), 0)
+    assert stricter.h > detector.h
