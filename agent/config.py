@@ -240,6 +240,7 @@ class Settings(BaseModel):
 ENVIRONMENT = {
     "BULWARK_DB_URL": "database_url",
     "BULWARK_API_TOKEN": "api.tokens.admin",
+    "BULWARK_CLIENT_ID_KEY": "detectors.query_patterns.client_id_key",
 }
 
 # Environment variable -> (channel name, channel type, field): each defines (or overrides a

@@ -17,8 +17,10 @@ from detectors.accuracy import AccuracyDetector, AccuracySettings
 from detectors.base import Detector
 from detectors.categorical_drift import CategoricalDriftDetector, CategoricalDriftSettings
 from detectors.data_quality import DataQualityDetector, DataQualitySettings
+from detectors.input_anomaly import InputAnomalyDetector, InputAnomalySettings
 from detectors.numeric_drift import NumericDriftDetector, NumericDriftSettings
 from detectors.prediction_drift import PredictionDriftDetector, PredictionDriftSettings
+from detectors.query_patterns import QueryPatternDetector, QueryPatternSettings
 
 
 class DetectorSettings(BaseModel):
@@ -39,6 +41,8 @@ class DetectorSettings(BaseModel):
     data_quality: DataQualitySettings = Field(default_factory=DataQualitySettings)
 
     accuracy: AccuracySettings = Field(default_factory=AccuracySettings)
+    query_patterns: QueryPatternSettings = Field(default_factory=QueryPatternSettings)
+    input_anomaly: InputAnomalySettings = Field(default_factory=InputAnomalySettings)
 
     @model_validator(mode="after")
     def _shares_fit(self) -> DetectorSettings:
@@ -56,6 +60,7 @@ class DetectorSettings(BaseModel):
             "categorical_drift": self.categorical_drift,
             "prediction_drift": self.prediction_drift,
             "data_quality": self.data_quality,
+            "input_anomaly": self.input_anomaly,
         }
 
     def budget_of(self, detector: str) -> float:
@@ -87,4 +92,8 @@ def build_detectors(model: str, settings: DetectorSettings) -> list[Detector]:
         ),
         DataQualityDetector(model, settings.data_quality, size, settings.budget_of("data_quality")),
         AccuracyDetector(model, settings.accuracy),
+        QueryPatternDetector(model, settings.query_patterns),
+        InputAnomalyDetector(
+            model, settings.input_anomaly, size, settings.budget_of("input_anomaly")
+        ),
     ]

@@ -1,0 +1,380 @@
+"""Input anomalies: the model's reference picture of its inputs, and a population-level alarm
+when the share of inputs outside it rises well above its reference rate.
+
+`InputProfile` is the one place that knows what a model's inputs look like in its reference:
+per numeric feature the median and IQR (robust scaling), a central quantile range and whether
+it only ever takes whole numbers, per categorical feature the values seen. An input is
+anomalous when some numeric feature falls outside its range or off its integer lattice, or
+some categorical feature takes a value never seen in the reference
+(missing values are data quality's business, not anomalies). The query-pattern detector
+reuses the same profile to scale and encode each query.
+
+`InputAnomalyDetector` counts anomalous inputs in blocks of `block_size` events and runs a
+one-sided CUSUM on a variance-stabilized block count (2*sqrt(x + 3/8) is close to N(0, 1)
+shifted for Poisson-like counts), with the threshold derived from the false-alarm budget like
+the drift detectors (`detectors.calibration`). The reference rate is cross-fitted: ranges
+from half the reference, rate measured on the other half, so it is not biased to zero by
+judging the reference against itself.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from abc import abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from detectors.base import Detector, Finding, Kind, Severity
+from detectors.calibration import cusum_threshold, steps_budget
+from streams.batch import ModelBatch
+from streams.events import Position
+
+CATEGORY_CACHE = 10_000  # per feature: value -> bucket memo, bounded
+
+
+class InputProfile:
+    """Robust scaling, categorical encoding and plausible ranges learned from a reference."""
+
+    def __init__(
+        self,
+        numeric: dict[str, np.ndarray],
+        categorical: dict[str, np.ndarray],
+        tail_quantile: float = 0.0025,
+        buckets: int = 4,
+    ) -> None:
+        self.numeric_names = sorted(n for n, v in numeric.items() if np.isfinite(v).any())
+        self.median = np.zeros(len(self.numeric_names))
+        self.scale = np.ones(len(self.numeric_names))
+        self.integral = np.zeros(len(self.numeric_names), dtype=bool)
+        self.low = np.full(len(self.numeric_names), -np.inf)
+        self.high = np.full(len(self.numeric_names), np.inf)
+        for i, name in enumerate(self.numeric_names):
+            values = numeric[name][np.isfinite(numeric[name])]
+            q = np.quantile(values, [tail_quantile, 0.25, 0.5, 0.75, 1 - tail_quantile])
+            self.low[i], self.median[i], self.high[i] = q[0], q[2], q[4]
+            spread = q[3] - q[1]
+            if spread <= 0:  # a mostly constant feature: fall back to the std, then to 1
+                spread = float(np.std(values)) or 1.0
+            self.scale[i] = spread
+            # Counts, ages, hours: a feature whose every reference value is a whole number.
+            # Synthetic queries (interpolated, perturbed, sampled from ranges) fall between.
+            self.integral[i] = len(np.unique(values)) > 2 and bool(
+                np.all(values == np.round(values))
+            )
+        self.categorical_names = sorted(categorical)
+        self.vocabulary = {
+            name: {v for v in categorical[name] if v is not None} for name in self.categorical_names
+        }
+        self.buckets = buckets
+        self._bucket_memo: dict[str, dict[object, int]] = {n: {} for n in self.categorical_names}
+
+    @property
+    def dim(self) -> int:
+        return len(self.numeric_names) + self.buckets * len(self.categorical_names)
+
+    def _numeric_matrix(self, batch: ModelBatch) -> np.ndarray:
+        n = len(batch)
+        matrix = np.full((n, len(self.numeric_names)), np.nan)
+        for i, name in enumerate(self.numeric_names):
+            column = batch.numeric.get(name)
+            if column is not None:
+                matrix[:, i] = column
+        return matrix
+
+    def encode(self, batch: ModelBatch) -> np.ndarray:
+        """Each event as a vector: robust-scaled numerics (missing: the median), then one
+        hashed one-hot block per categorical feature (missing: all zeros)."""
+        n = len(batch)
+        out = np.zeros((n, self.dim), dtype=np.float64)
+        k = len(self.numeric_names)
+        if k:
+            scaled = (self._numeric_matrix(batch) - self.median) / self.scale
+            out[:, :k] = np.nan_to_num(scaled, nan=0.0, posinf=1e6, neginf=-1e6)
+        for j, name in enumerate(self.categorical_names):
+            column = batch.categorical.get(name)
+            if column is None:
+                continue
+            memo = self._bucket_memo[name]
+            buckets = np.fromiter(
+                (self._bucket(memo, name, v) for v in column), dtype=np.int64, count=n
+            )
+            present = np.flatnonzero(buckets >= 0)
+            out[present, k + j * self.buckets + buckets[present]] = 1.0
+        return out
+
+    def _bucket(self, memo: dict[object, int], name: str, value: object) -> int:
+        if value is None:
+            return -1
+        bucket = memo.get(value)
+        if bucket is None:
+            bucket = zlib.crc32(f"{name}={value}".encode()) % self.buckets
+            if len(memo) < CATEGORY_CACHE:
+                memo[value] = bucket
+        return bucket
+
+    def anomalies(self, batch: ModelBatch) -> np.ndarray:
+        """Per event and feature (numeric, then categorical): outside the reference's picture."""
+        n = len(batch)
+        numeric = self._numeric_matrix(batch)
+        with np.errstate(invalid="ignore"):
+            out_numeric = (numeric < self.low) | (numeric > self.high)
+            out_numeric |= self.integral & (numeric != np.round(numeric)) & np.isfinite(numeric)
+        out_categorical = np.zeros((n, len(self.categorical_names)), dtype=bool)
+        for j, name in enumerate(self.categorical_names):
+            column = batch.categorical.get(name)
+            if column is not None:
+                seen = self.vocabulary[name]
+                out_categorical[:, j] = [v is not None and v not in seen for v in column]
+        return np.hstack([out_numeric, out_categorical])
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.numeric_names + self.categorical_names
+
+
+@dataclass
+class ReferenceSample:
+    """Collects a model's first `size` events, column by column, to build an `InputProfile`."""
+
+    size: int
+    numeric: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    categorical: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    count: int = 0
+
+    def add(self, batch: ModelBatch) -> int:
+        """Takes what the reference still needs; returns how many events of the batch it took.
+        A feature absent from some batches is padded with missing values, so columns align."""
+        take = min(len(batch), self.size - self.count)
+        for store, columns, missing in (
+            (self.numeric, batch.numeric, np.nan),
+            (self.categorical, batch.categorical, None),
+        ):
+            for name in store.keys() | columns.keys():
+                parts = store.setdefault(name, [])
+                if not parts and self.count:
+                    parts.append(
+                        np.full(self.count, missing, dtype=object if missing is None else float)
+                    )
+                column = columns.get(name)
+                if column is None:
+                    column = np.full(take, missing, dtype=object if missing is None else float)
+                parts.append(column[:take])
+        self.count += take
+        return take
+
+    @property
+    def full(self) -> bool:
+        return self.count >= self.size
+
+    def columns(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        numeric = {n: np.concatenate(p) for n, p in self.numeric.items()}
+        categorical = {n: np.concatenate(p) for n, p in self.categorical.items()}
+        return numeric, categorical
+
+
+class ProfiledDetector(Detector):
+    """A detector that first learns the model's `InputProfile` from its first events."""
+
+    def __init__(self, model: str, reference_size: int) -> None:
+        self.model = model
+        self.reference: ReferenceSample | None = ReferenceSample(reference_size)
+        self.profile: InputProfile | None = None
+
+    def _monitored_from(self, batch: ModelBatch) -> int | None:
+        """Feeds the reference while it fills (learning from it once full); returns where in
+        the batch monitoring starts, or None when nothing of the batch is left to monitor."""
+        start = 0
+        if self.reference is not None:
+            start = self.reference.add(batch)
+            if not self.reference.full:
+                return None
+            numeric, categorical = self.reference.columns()
+            self.reference = None
+            self._learn(numeric, categorical)
+        return start if start < len(batch) else None
+
+    @abstractmethod
+    def _learn(self, numeric: dict[str, np.ndarray], categorical: dict[str, np.ndarray]) -> None:
+        """Builds the profile (and whatever else the detector needs) from the reference."""
+
+
+class InputAnomalySettings(BaseModel):
+    """Population-level `input_anomaly`: share of out-of-reference inputs in a model's traffic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    reference_size: int = Field(3000, ge=200)
+    tail_quantile: float = Field(0.0025, gt=0, lt=0.1)  # each numeric range: central 99.5%
+    block_size: int = Field(200, ge=20)
+    min_rate_ratio: float = Field(3.0, gt=1)  # the rise (x reference rate) tuned to catch fast
+    min_excess_share: float = Field(0.01, ge=0)  # practical floor: share above reference rate
+    critical_rate_ratio: float = Field(10.0, gt=1)
+    # Used standalone; in a model, the registry passes `budget_share` of the model's budget.
+    false_alarms_per_million: float = Field(0.1, gt=0)
+    budget_share: float = Field(0.1, ge=0, le=1)  # of the model's false-alarm budget
+
+
+class InputAnomalyDetector(ProfiledDetector):
+    """`input_anomaly` (subject `*`): see the module docstring for the method."""
+
+    name = "input_anomaly"
+
+    def __init__(
+        self,
+        model: str,
+        settings: InputAnomalySettings | None = None,
+        reference_size: int | None = None,
+        false_alarms_per_million: float | None = None,
+    ) -> None:
+        """`reference_size` and `false_alarms_per_million`, when given, override the settings'
+        own: the model-wide reference size and this detector's share of the model's budget."""
+        self.settings = settings or InputAnomalySettings()
+        updates = {
+            "reference_size": reference_size,
+            "false_alarms_per_million": false_alarms_per_million,
+        }
+        updates = {key: value for key, value in updates.items() if value is not None}
+        if updates:
+            self.settings = InputAnomalySettings.model_validate(
+                {**self.settings.model_dump(), **updates}
+            )
+        super().__init__(model, self.settings.reference_size)
+        self.rate = 0.0
+        self.k = self.h = 0.0
+        self.cusum = 0.0
+        self.pending = np.zeros((0, 0), dtype=bool)  # per event x feature, not yet in a block
+        self.window_hits = 0  # anomalous events since the CUSUM last left zero
+        self.window_count = 0
+        self.window_features: np.ndarray = np.zeros(0)
+        self.seen = 0
+
+    def update(self, batch: ModelBatch) -> list[Finding]:
+        if not self.settings.enabled or len(batch) == 0:
+            return []
+        start = self._monitored_from(batch)
+        if start is None:
+            return []
+        assert self.profile is not None
+        flags = self.profile.anomalies(batch)[start:]
+        return self._feed(batch, start, flags)
+
+    def _learn(self, numeric: dict[str, np.ndarray], categorical: dict[str, np.ndarray]) -> None:
+        s = self.settings
+        even = (
+            {n: v[0::2] for n, v in numeric.items()},
+            {n: v[0::2] for n, v in categorical.items()},
+        )
+        half = InputProfile(*even, tail_quantile=s.tail_quantile)
+        odd = reference_batch(
+            {n: v[1::2] for n, v in numeric.items()}, {n: v[1::2] for n, v in categorical.items()}
+        )
+        self.rate = max(
+            float(half.anomalies(odd).any(axis=1).mean()) if len(odd) else 0.0,
+            1.0 / s.reference_size,
+        )
+        self.profile = InputProfile(numeric, categorical, tail_quantile=s.tail_quantile)
+        expected = s.block_size * self.rate
+        shift = _stabilized(s.min_rate_ratio * expected, expected)
+        self.k = shift / 2
+        self.h = cusum_threshold(self.k, steps_budget(s.block_size, 1, s.false_alarms_per_million))
+        self.pending = np.zeros((0, len(self.profile.feature_names)), dtype=bool)
+        self.window_features = np.zeros(len(self.profile.feature_names))
+
+    def _feed(self, batch: ModelBatch, start: int, flags: np.ndarray) -> list[Finding]:
+        s = self.settings
+        carried = len(self.pending)
+        rows = np.vstack([self.pending, flags])
+        full = len(rows) // s.block_size
+        cut = full * s.block_size
+        self.pending = rows[cut:]
+        findings = []
+        expected = s.block_size * self.rate
+        for b in range(full):
+            block = rows[b * s.block_size : (b + 1) * s.block_size]
+            hits = int(block.any(axis=1).sum())
+            self.seen += s.block_size
+            if self.cusum == 0.0:
+                self.window_hits, self.window_count = 0, 0
+                self.window_features[:] = 0
+            self.cusum = max(0.0, self.cusum + _stabilized(hits, expected) - self.k)
+            self.window_hits += hits
+            self.window_count += s.block_size
+            self.window_features += block.sum(axis=0)
+            if self.cusum > self.h:
+                index = start + (b + 1) * s.block_size - 1 - carried
+                finding = self._finding(batch, index)
+                if finding is not None:
+                    findings.append(finding)
+                self.cusum = 0.0
+        return findings
+
+    def _finding(self, batch: ModelBatch, index: int) -> Finding | None:
+        s = self.settings
+        assert self.profile is not None
+        share = self.window_hits / self.window_count
+        if share - self.rate < s.min_excess_share:
+            return None
+        ratio = share / self.rate
+        severity = Severity.CRITICAL if ratio >= s.critical_rate_ratio else Severity.WARNING
+        order = np.argsort(-self.window_features)[:5]
+        top = {
+            self.profile.feature_names[i]: round(
+                float(self.window_features[i] / self.window_count), 4
+            )
+            for i in order
+            if self.window_features[i] > 0
+        }
+        return Finding(
+            model=self.model,
+            kind=Kind.INPUT_ANOMALY,
+            subject="*",
+            severity=severity,
+            ts=float(batch.ts[index]),
+            position=Position(batch.source, batch.partition, int(batch.offsets[index])),
+            detector=self.name,
+            statistic="cusum_anomalous_share",
+            value=round(self.cusum, 4),
+            threshold=round(self.h, 4),
+            effect_size=round(ratio, 3),
+            support=self.window_count,
+            title=f"{share:.1%} of inputs out of reference range ({ratio:.1f}x the usual "
+            f"{self.rate:.2%})",
+            details={
+                "anomalous_share": round(share, 4),
+                "reference_share": round(self.rate, 4),
+                "share_by_feature": top,
+                "events_since_change": self.window_count,
+                "block_size": s.block_size,
+                "k": round(self.k, 4),
+                "events_seen": self.seen,
+            },
+        )
+
+
+def _stabilized(hits: float, expected: float) -> float:
+    """Anscombe's transform of a Poisson-like count minus its value at the expectation."""
+    return 2 * (math.sqrt(hits + 0.375) - math.sqrt(expected + 0.375))
+
+
+def reference_batch(
+    numeric: dict[str, np.ndarray], categorical: dict[str, np.ndarray]
+) -> ModelBatch:
+    """A feature-only batch over reference columns, so the profile code reads them as usual."""
+    n = len(next(iter(numeric.values()), next(iter(categorical.values()), np.empty(0))))
+    return ModelBatch(
+        model="",
+        source="",
+        partition=0,
+        ts=np.zeros(n),
+        offsets=np.zeros(n, dtype=np.int64),
+        ids=[],
+        clients=[],
+        model_versions=[],
+        rows=[],
+        numeric=numeric,
+        categorical=categorical,
+    )

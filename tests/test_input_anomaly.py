@@ -1,0 +1,71 @@
+"""Population-level input anomalies: the share of out-of-reference inputs against its rate."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detectors.base import Kind
+from detectors.input_anomaly import InputAnomalyDetector, InputAnomalySettings, InputProfile
+from tests.test_query_patterns import FEATURES, make_batch
+
+SETTINGS = InputAnomalySettings(reference_size=2000, block_size=100)
+
+
+def feed(detector: InputAnomalyDetector, x: np.ndarray, start: int) -> list:
+    findings = []
+    for i in range(0, len(x), 500):
+        chunk = x[i : i + 500]
+        ts = 1000.0 + start + i + np.arange(len(chunk), dtype=float)
+        findings += detector.update(make_batch(chunk, [None] * len(chunk), ts, start + i))
+    return findings
+
+
+def test_profile_flags_values_outside_reference_ranges_and_unseen_categories() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 4))
+    profile = InputProfile({"a": x[:, 0]}, {"kind": np.array(["u", "v"] * 1000, dtype=object)})
+    batch = make_batch(np.array([[0.0, 0, 0, 0], [9.0, 0, 0, 0]]), [None, None], np.zeros(2), 0)
+    batch.categorical["kind"] = np.array(["u", "never-seen"], dtype=object)
+    flags = profile.anomalies(batch)
+    assert flags.tolist() == [[False, False], [True, True]]
+    encoded = profile.encode(batch)
+    assert encoded.shape == (2, profile.dim)
+    assert abs(encoded[0, 0]) < 0.1 and encoded[1, 0] > 5  # robust-scaled by median and IQR
+
+
+def test_in_control_traffic_stays_quiet() -> None:
+    rng = np.random.default_rng(1)
+    detector = InputAnomalyDetector("m", SETTINGS)
+    assert feed(detector, rng.normal(size=(40_000, len(FEATURES))), 0) == []
+    assert 0.005 < detector.rate < 0.05  # cross-fitted, not biased to zero
+
+
+def test_a_rise_in_anomalous_inputs_is_reported_once_per_change() -> None:
+    rng = np.random.default_rng(2)
+    detector = InputAnomalyDetector("m", SETTINGS)
+    assert feed(detector, rng.normal(size=(5000, len(FEATURES))), 0) == []
+    shifted = rng.normal(size=(3000, len(FEATURES)))
+    outliers = rng.random(3000) < 0.15
+    shifted[outliers, 1] = rng.uniform(6, 10, outliers.sum())
+    findings = feed(detector, shifted, 5000)
+    assert findings, "a 15% share of out-of-range inputs must be reported"
+    first = findings[0]
+    assert first.kind == Kind.INPUT_ANOMALY and first.subject == "*"
+    assert first.ts < 1000 + 5000 + 1000  # within the first 1,000 shifted events
+    assert 0.08 < first.details["anomalous_share"] < 0.3
+    assert next(iter(first.details["share_by_feature"])) == "b"
+    assert first.value > first.threshold
+
+
+def test_the_model_wide_reference_size_and_budget_override_the_settings() -> None:
+    detector = InputAnomalyDetector("m", SETTINGS, reference_size=500, false_alarms_per_million=1)
+    assert detector.settings.reference_size == 500
+    assert detector.settings.block_size == SETTINGS.block_size
+    rng = np.random.default_rng(3)
+    feed(detector, rng.normal(size=(600, len(FEATURES))), 0)
+    assert detector.profile is not None  # learned from 500 events, not 2,000
+    stricter = InputAnomalyDetector(
+        "m", SETTINGS, reference_size=500, false_alarms_per_million=0.01
+    )
+    feed(stricter, rng.normal(size=(600, len(FEATURES))), 0)
+    assert stricter.h > detector.h

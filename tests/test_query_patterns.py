@@ -1,0 +1,282 @@
+"""Per-client query-pattern detection on small synthetic streams.
+
+A population of benign clients queries a 4-feature model (each client from its own corner of
+the input space, with one categorical feature); attackers join once the detector has learned
+its reference and calibrated on the benign population.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from agent.config import ConfigError, load_settings
+from detectors.base import Finding, Kind
+from detectors.calibration import TailPValue
+from detectors.query_patterns import QueryPatternDetector, QueryPatternSettings
+from streams.batch import ModelBatch
+from tests.conftest import run_cli
+
+FEATURES = ("a", "b", "c", "d")
+SETTINGS = QueryPatternSettings(reference_size=300, calibration_queries=3000)
+
+
+def _probability(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-(x[:, 0] + x[:, 1])))
+
+
+def make_batch(x: np.ndarray, clients: list[str | None], ts: np.ndarray, start: int) -> ModelBatch:
+    n = len(x)
+    p = _probability(x)
+    return ModelBatch(
+        model="m",
+        source="test",
+        partition=0,
+        ts=ts,
+        offsets=np.arange(start, start + n, dtype=np.int64),
+        ids=[None] * n,
+        clients=clients,
+        model_versions=[None] * n,
+        rows=[],
+        numeric={f: x[:, j].copy() for j, f in enumerate(FEATURES)},
+        categorical={"kind": np.array([f"k{int(v * 3) % 3}" for v in x[:, 2]], dtype=object)},
+        scores=[{"0": 1 - float(v), "1": float(v)} for v in p],
+    )
+
+
+class Stream:
+    """Benign clients sending queries round-robin, one time step per query."""
+
+    def __init__(self, seed: int, clients: int = 40) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.centres = self.rng.normal(0, 0.7, size=(clients, len(FEATURES)))
+        self.names = [f"c{i}" for i in range(clients)]
+        self.t = 0.0
+        self.offset = 0
+
+    def benign(self, n: int) -> tuple[np.ndarray, list[str | None]]:
+        who = self.rng.integers(len(self.names), size=n)
+        x = self.centres[who] + self.rng.normal(0, 1.0, size=(n, len(FEATURES)))
+        return x, [self.names[i] for i in who]
+
+    def batch(self, x: np.ndarray, clients: list[str | None]) -> ModelBatch:
+        ts = self.t + np.arange(len(x)) * 2.0
+        batch = make_batch(x, clients, ts, self.offset)
+        self.t = float(ts[-1]) + 2.0
+        self.offset += len(x)
+        return batch
+
+
+def warmed(
+    seed: int = 1, settings: QueryPatternSettings = SETTINGS, calibrated: bool = True
+) -> tuple[QueryPatternDetector, Stream]:
+    detector = QueryPatternDetector("m", settings)
+    stream = Stream(seed)
+    for _ in range(9):
+        assert detector.update(stream.batch(*stream.benign(500))) == []
+    assert detector.calibrated == calibrated
+    return detector, stream
+
+
+def with_settings(**changes: object) -> QueryPatternSettings:
+    return QueryPatternSettings.model_validate({**SETTINGS.model_dump(), **changes})
+
+
+def run_mixed(
+    detector: QueryPatternDetector,
+    stream: Stream,
+    attack: np.ndarray,
+    attack_clients: list[str],
+    per_batch: int = 20,
+) -> list[Finding]:
+    """Interleaves the attack (per_batch queries per batch) with benign traffic."""
+    findings = []
+    for start in range(0, len(attack), per_batch):
+        bx, bc = stream.benign(200)
+        x = np.vstack([bx, attack[start : start + per_batch]])
+        clients = bc + attack_clients[start : start + per_batch]
+        order = stream.rng.permutation(len(x))
+        findings += detector.update(stream.batch(x[order], [clients[i] for i in order]))
+    return findings
+
+
+def first_by_client(findings: list[Finding]) -> dict[str, Finding]:
+    out: dict[str, Finding] = {}
+    for f in findings:
+        out.setdefault(f.subject, f)
+    return out
+
+
+def boundary_probe(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Tiny perturbations around a point on the decision boundary (a + b = 0)."""
+    centre = np.array([0.5, -0.5, 0.3, 0.1])
+    return centre + rng.normal(0, 0.03, size=(n, len(FEATURES)))
+
+
+def test_calibration_helpers_give_small_p_values_only_beyond_benign() -> None:
+    rng = np.random.default_rng(0)
+    benign = rng.gamma(2.0, 1.0, 2000)
+    tail = TailPValue(benign)
+    fresh = np.array([tail(v) for v in rng.gamma(2.0, 1.0, 2000)])
+    assert 0.03 < (fresh <= 0.05).mean() < 0.08  # close to uniform where it matters
+    assert tail(benign.max() + 10) < 1e-4  # extrapolated past what the sample shows
+    assert tail(3.0) > tail(5.0) > tail(8.0)
+    # A minority of unusual benign clients lengthens the tail instead of being flagged.
+    mixed = TailPValue(np.concatenate([benign, rng.gamma(2.0, 1.0, 100) + 6]))
+    assert mixed(12.0) > tail(12.0)
+
+
+def test_benign_population_is_not_flagged_and_boundary_probing_is() -> None:
+    detector, stream = warmed()
+    probe = boundary_probe(stream.rng, 200)
+    findings = run_mixed(detector, stream, probe, ["prober"] * 200)
+    flagged = first_by_client(findings)
+    assert set(flagged) == {"prober"}
+    finding = flagged["prober"]
+    assert finding.kind == Kind.SUSPICIOUS_CLIENT
+    assert {"knn_distance", "low_margin_share"} <= set(finding.details["detectors_fired"])
+    assert finding.details["queries_seen"] <= 100
+    assert finding.support == finding.details["queries_seen"]
+    assert finding.value <= finding.threshold
+    assert finding.details["statistics"]["low_margin_share"]["value"] > 0.5
+    assert finding.details["pattern_began"] <= finding.ts
+
+
+def test_out_of_distribution_extraction_is_flagged() -> None:
+    detector, stream = warmed(seed=2)
+    uniform = stream.rng.uniform(-12, 12, size=(200, len(FEATURES)))
+    flagged = first_by_client(run_mixed(detector, stream, uniform, ["extractor"] * 200))
+    assert set(flagged) == {"extractor"}
+    assert "ood_share" in flagged["extractor"].details["detectors_fired"]
+    assert str(flagged["extractor"].severity) == "critical"
+
+
+def test_attack_split_over_keys_is_linked_through_shared_fingerprints() -> None:
+    detector, stream = warmed(seed=3)
+    # One sequence of near-duplicate queries sent round-robin under five keys.
+    base = stream.rng.normal(0, 1, size=(60, len(FEATURES))) + 3.0
+    walk = np.repeat(base, 5, axis=0) + stream.rng.normal(0, 1e-3, size=(300, len(FEATURES)))
+    keys = [f"split-{i % 5}" for i in range(300)]
+    flagged = first_by_client(run_mixed(detector, stream, walk, keys, per_batch=25))
+    assert set(flagged) == {f"split-{i}" for i in range(5)}
+    for key, finding in flagged.items():
+        assert "shared_fingerprints" in finding.details["detectors_fired"]
+        others = set(finding.details["linked_clients"])
+        assert others and key not in others and others <= set(flagged)
+
+
+def test_re_scoring_the_same_entities_is_not_flagged() -> None:
+    detector, stream = warmed(seed=4)
+    entities = stream.rng.normal(0, 1, size=(5, len(FEATURES)))
+    again = entities[stream.rng.integers(5, size=300)]
+    # At an ordinary client's rate (40 clients share 200 queries a batch).
+    findings = run_mixed(detector, stream, again, ["rescorer"] * 300, per_batch=5)
+    assert findings == []
+    assert detector.clients["rescorer"].count == 300
+
+
+def test_bounded_state_evicts_least_recently_seen_clients() -> None:
+    settings = with_settings(max_clients=10, buffer_size=32)
+    # Clients churn before reaching `min_queries`: nothing to calibrate on, and no alarms.
+    detector, stream = warmed(seed=5, settings=settings, calibrated=False)
+    assert len(detector.clients) == 10
+    assert detector.evicted > 0
+    for state in detector.clients.values():
+        assert len(state.records) == 32
+    x, _ = stream.benign(3)
+    detector.update(stream.batch(x, ["new", None, "new"]))
+    assert next(reversed(detector.clients)) == "new"
+    assert detector.anonymous == 1
+
+
+def test_snapshot_restore_continues_identically() -> None:
+    detector, stream = warmed(seed=6)
+    probe = boundary_probe(stream.rng, 200)
+    twin = QueryPatternDetector("m", SETTINGS)
+    twin.restore(detector.snapshot())
+    rng_state = stream.rng.bit_generator.state
+    t, offset = stream.t, stream.offset
+    first = run_mixed(detector, stream, probe, ["prober"] * 200)
+    stream.rng.bit_generator.state = rng_state
+    stream.t, stream.offset = t, offset
+    second = run_mixed(twin, stream, probe, ["prober"] * 200)
+    assert first and [f.position for f in first] == [f.position for f in second]
+
+
+def test_client_ids_can_be_stored_as_keyed_hashes() -> None:
+    settings = with_settings(client_id_key="s3cret")
+    detector, stream = warmed(seed=7, settings=settings)
+    probe = boundary_probe(stream.rng, 200)
+    flagged = first_by_client(run_mixed(detector, stream, probe, ["alice@example.com"] * 200))
+    assert len(flagged) == 1
+    subject = next(iter(flagged))
+    assert subject.startswith("hmac:") and "alice" not in subject
+    other_key = QueryPatternDetector("m", with_settings(client_id_key="x"))
+    assert other_key._client_key("alice@example.com") != subject
+    assert b"alice" not in detector.snapshot()
+    assert all(not c.startswith("c") for c in pickle.loads(detector.snapshot())["clients"])
+
+
+def test_the_client_id_key_can_come_from_the_environment() -> None:
+    settings = load_settings(None, environ={"BULWARK_CLIENT_ID_KEY": "from-env"})
+    key = settings.detectors.query_patterns.client_id_key
+    assert key is not None and key.get_secret_value() == "from-env"
+    assert "from-env" not in repr(settings)
+
+
+def test_settings_are_validated_with_the_key_named(tmp_path) -> None:
+    config = tmp_path / "bulwark.toml"
+    config.write_text("[detectors.query_patterns]\nfalse_clients_per_thousand = 0\n")
+    with pytest.raises(ConfigError, match=r"query_patterns\.false_clients_per_thousand"):
+        load_settings(config, environ={})
+    config.write_text("[detectors.query_patterns]\nno_such_option = 1\n")
+    with pytest.raises(ConfigError, match=r"query_patterns\.no_such_option"):
+        load_settings(config, environ={})
+
+
+def test_replay_opens_a_suspicious_client_incident(tmp_path, sqlite_url: str) -> None:
+    stream = Stream(seed=8)
+    lines = []
+    x, clients = stream.benign(4000)
+    probe = boundary_probe(stream.rng, 150)
+    x = np.vstack([x, probe])
+    clients = clients + ["prober"] * 150
+    order = np.concatenate([np.arange(4000), 4000 + np.arange(150)])
+    mix = np.concatenate([order[:3500], stream.rng.permutation(order[3500:])])
+    for i, row in enumerate(mix):
+        p = float(_probability(x[row : row + 1])[0])
+        lines.append(
+            json.dumps(
+                {
+                    "type": "prediction",
+                    "model": "m",
+                    "id": f"p{i}",
+                    "ts": 1_767_225_600 + 2.0 * i,
+                    "client": clients[row],
+                    "features": {f: float(x[row, j]) for j, f in enumerate(FEATURES)},
+                    "prediction": int(p > 0.5),
+                    "scores": {"0": 1 - p, "1": p},
+                }
+            )
+        )
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n")
+    config = tmp_path / "bulwark.toml"
+    config.write_text(
+        "batch_size = 500\n[detectors.query_patterns]\nreference_size = 300\n"
+        "calibration_queries = 3000\n"
+    )
+    done = run_cli("replay", str(events), "--config", str(config), "--db", sqlite_url)
+    assert done.returncode == 0, done.stderr
+    listed = run_cli(
+        "incidents", "list", "--kind", "suspicious_client", "--format", "json", "--db", sqlite_url
+    )
+    assert listed.returncode == 0, listed.stderr
+    incidents = json.loads(listed.stdout)
+    assert [i["subject"] for i in incidents] == ["prober"]
+    details = incidents[0]["details"]
+    assert "knn_distance" in details["detectors_fired"]
+    assert details["queries_seen"] <= 150
