@@ -331,6 +331,9 @@ class ModelStats(Base):
     labels: Mapped[int] = mapped_column(BigInteger, default=0)
     dead_letters: Mapped[int] = mapped_column(BigInteger, default=0)
     last_event_ts: Mapped[float | None] = mapped_column(Double, nullable=True)  # event time
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
 
 
 class PerformanceRow(Base):
@@ -359,6 +362,8 @@ class PerformanceRow(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+
+    __table_args__ = (Index("ix_performance_model_window", "model", "window_start"),)
 
 
 class Notification(Base):
@@ -447,5 +452,3 @@ class Silence(Base):
             "starts_at": self.starts_at,
             "ends_at": self.ends_at,
         }
-
-    __table_args__ = (Index("ix_performance_model_window", "model", "window_start"),)
