@@ -188,6 +188,9 @@ class QueryPatternDetector(ProfiledDetector):
         keyed = {c: self._client_key(c) for c in set(batch.clients[start:])}
         clients = [keyed[c] for c in batch.clients[start:]]
         names = sorted({c for c in clients if c is not None})
+        if not names:  # no caller identified in this batch: nothing per client to judge
+            self.anonymous += n
+            return []
         owners = {c: _owner_hash(c) for c in names}
         owner = np.fromiter((owners.get(c, 0) for c in clients), np.int64, n)
         records = np.empty((n, 7))

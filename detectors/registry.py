@@ -46,7 +46,7 @@ class DetectorSettings(BaseModel):
 
     @model_validator(mode="after")
     def _shares_fit(self) -> DetectorSettings:
-        total = sum(s.budget_share for s in self._budgeted().values())
+        total = sum(s.budget_share for s in self.budgeted().values())
         if total > 1 + 1e-9:
             raise ValueError(
                 f"the detectors' budget_share values add up to {total:g}; they must not "
@@ -54,7 +54,9 @@ class DetectorSettings(BaseModel):
             )
         return self
 
-    def _budgeted(self) -> dict[str, Any]:
+    def budgeted(self) -> dict[str, Any]:
+        """The detectors sharing the model's event-based false-alarm budget (accuracy budgets
+        labelled events, query patterns benign clients: each on its own)."""
         return {
             "numeric_drift": self.numeric_drift,
             "categorical_drift": self.categorical_drift,
@@ -65,7 +67,7 @@ class DetectorSettings(BaseModel):
 
     def budget_of(self, detector: str) -> float:
         """A detector's false alarms per million events: its share of the model's budget."""
-        return self.false_alarms_per_million * self._budgeted()[detector].budget_share
+        return self.false_alarms_per_million * self.budgeted()[detector].budget_share
 
     def merged(self, overrides: dict[str, Any]) -> DetectorSettings:
         """These settings with a model's overrides applied on top, validated again."""

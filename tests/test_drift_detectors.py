@@ -312,7 +312,9 @@ def test_concat_fills_columns_missing_from_some_batches() -> None:
 
 def test_budget_is_the_models_and_split_over_detectors() -> None:
     settings = DetectorSettings()
-    total = sum(settings.budget_of(d.name) for d in build_detectors("m", settings))
+    budgeted = [d.name for d in build_detectors("m", settings) if d.name in settings.budgeted()]
+    assert set(budgeted) == set(settings.budgeted())  # every budgeted detector is built
+    total = sum(settings.budget_of(name) for name in budgeted)
     assert total == pytest.approx(settings.false_alarms_per_million)
     with pytest.raises(ValidationError, match="budget_share"):
         DetectorSettings.model_validate({"data_quality": {"budget_share": 0.9}})
