@@ -349,6 +349,11 @@ def _parse_since(value: str) -> float:
         ) from None
 
 
+from agent import cli_kafka  # noqa: E402 - registers `run` and `kafka` on the app above
+
+cli_kafka.register(app)
+
+
 def main() -> None:
     try:
         app()

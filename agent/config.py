@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from detectors.registry import DetectorSettings
+from streams.kafka import KafkaSettings
 
 
 class ConfigError(ValueError):
@@ -28,6 +29,18 @@ class ModelSettings(BaseModel):
     detectors: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
+class DaemonSettings(BaseModel):
+    """`[daemon]`: how often `bulwark run` makes progress durable, and how fast it stops."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Seconds between checkpoints (detector state + positions, then the Kafka commit). Shorter
+    # means less re-processing after a crash, longer means fewer snapshot writes.
+    checkpoint_interval: float = Field(5.0, gt=0, le=3600)
+    shutdown_timeout: float = Field(10.0, gt=0, le=600)  # SIGTERM -> exit, at most
+    retry_max_delay: float = Field(30.0, ge=1, le=600)  # cap of the broker-outage backoff
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -36,6 +49,8 @@ class Settings(BaseModel):
     max_record_bytes: int = Field(1_000_000, ge=1024)
     detectors: DetectorSettings = Field(default_factory=DetectorSettings)
     models: dict[str, ModelSettings] = Field(default_factory=dict)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
 
     def detectors_for(self, model: str) -> DetectorSettings:
         overrides = self.models.get(model)
@@ -50,7 +65,13 @@ class Settings(BaseModel):
 # Environment variable -> dotted config key; lists are comma-separated.
 ENVIRONMENT = {
     "BULWARK_DB_URL": "database_url",
+    "BULWARK_KAFKA_BOOTSTRAP": "kafka.bootstrap_servers",
+    "BULWARK_KAFKA_TOPICS": "kafka.topics",
+    "BULWARK_KAFKA_GROUP": "kafka.group_id",
+    "BULWARK_KAFKA_API_VERSION": "kafka.api_version",
 }
+# Variables whose empty value means something (probe the broker) rather than "unset".
+EMPTY_IS_A_VALUE = {"BULWARK_KAFKA_API_VERSION"}
 
 
 def load_settings(
@@ -68,7 +89,7 @@ def load_settings(
     environ = os.environ if environ is None else environ
     for variable, key in ENVIRONMENT.items():
         value = environ.get(variable)
-        if value:
+        if value or (value == "" and variable in EMPTY_IS_A_VALUE):
             _set_dotted(data, key, value)
     try:
         settings = Settings.model_validate(data)

@@ -26,7 +26,6 @@ from river.drift import PageHinkley
 from detectors.base import Detector, Finding, Kind, Severity
 from detectors.calibration import NormalScores, cusum_threshold, steps_budget
 from streams.batch import ModelBatch
-from streams.events import Position
 
 MIN_DISTINCT_VALUES = 10  # fewer distinct reference values: a code, not a measurement
 RECENT_BLOCKS = 64  # how far back the change point and effect size are estimated
@@ -167,21 +166,22 @@ class NumericDriftDetector(Detector):
         self.model = model
         self.settings = settings or NumericDriftSettings()
         self.reference: dict[str, list[np.ndarray]] = {}
-        self.reference_count: dict[str, int] = {}
+        self.reference_events = 0  # events (predictions) of the model fed to the reference
         self.monitors: dict[str, _FeatureMonitor] = {}
         self.discrete: set[str] = set()
         self.ready = False
 
     def update(self, batch: ModelBatch) -> list[Finding]:
+        start = 0
+        if not self.ready:
+            start = self._collect_reference(batch)
+            if not self.ready:
+                return []
         findings: list[Finding] = []
         for name, column in batch.numeric.items():
-            valid = np.flatnonzero(~np.isnan(column))
+            valid = start + np.flatnonzero(~np.isnan(column[start:]))
             if len(valid) == 0:
                 continue
-            if not self.ready:
-                valid = self._collect_reference(name, column, valid)
-                if not self.ready or len(valid) == 0:
-                    continue
             monitor = self.monitors.get(name)
             if monitor is None:
                 continue  # a feature unseen in the reference: data quality's business
@@ -191,17 +191,23 @@ class NumericDriftDetector(Detector):
                     findings.append(finding)
         return findings
 
-    def _collect_reference(self, name: str, column: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """Feeds the reference until the model has `reference_size` events; returns the
-        indices left over for monitoring once the reference is complete."""
-        have = self.reference_count.get(name, 0)
-        take = valid[: max(0, self.settings.reference_size - have)]
-        self.reference.setdefault(name, []).append(column[take])
-        self.reference_count[name] = have + len(take)
-        if max(self.reference_count.values()) >= self.settings.reference_size:
+    def _collect_reference(self, batch: ModelBatch) -> int:
+        """Feeds the reference with the model's first `reference_size` events; returns the
+        index of the batch's first event left for monitoring.
+
+        Counted in events, not per feature, so the reference (and every later result) is the
+        same however the stream is cut into batches: a Kafka run equals a replay.
+        """
+        take = min(len(batch), self.settings.reference_size - self.reference_events)
+        for name, column in batch.numeric.items():
+            values = column[:take]
+            values = values[~np.isnan(values)]
+            if len(values):
+                self.reference.setdefault(name, []).append(values)
+        self.reference_events += take
+        if self.reference_events >= self.settings.reference_size:
             self._freeze_reference()
-            return valid[len(take) :]
-        return valid[:0]
+        return take
 
     def _freeze_reference(self) -> None:
         s = self.settings
@@ -251,7 +257,7 @@ class NumericDriftDetector(Detector):
             subject=name,
             severity=severity,
             ts=float(batch.ts[index]),
-            position=Position(batch.source, batch.partition, int(batch.offsets[index])),
+            position=batch.positions[index],
             detector=self.name,
             statistic=statistic,
             value=round(alarm.value, 4),

@@ -7,14 +7,23 @@ over events in Python to get at a feature.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from streams.decode import DecodedBatch
-from streams.events import FeatureValue, Label, Prediction
+from streams.events import FeatureValue, Label, Position, Prediction
 
 PartitionKey = tuple[str, int]  # (source, partition)
+# Which detector state a record of (source, partition) feeds. Files: the partition itself.
+# Kafka: one key per partition number shared by all topics, so co-partitioned prediction and
+# label topics meet in the same detectors (see streams.kafka).
+StateKeyFn = Callable[[str, int], PartitionKey]
+
+
+def own_partition(source: str, partition: int) -> PartitionKey:
+    return (source, partition)
 
 
 @dataclass(slots=True)
@@ -23,6 +32,7 @@ class LabelColumns:
     values: list[object]
     ts: np.ndarray
     offsets: np.ndarray
+    positions: list[Position]  # each label's real source position
 
     @classmethod
     def of(cls, labels: list[Label]) -> LabelColumns:
@@ -31,18 +41,24 @@ class LabelColumns:
             values=[lab.label for lab in labels],
             ts=np.fromiter((lab.ts for lab in labels), np.float64, len(labels)),
             offsets=np.fromiter((lab.position.offset for lab in labels), np.int64, len(labels)),
+            positions=[lab.position for lab in labels],
         )
 
 
 @dataclass(slots=True)
 class ModelBatch:
-    """Predictions (and labels) of one model from one partition, in arrival order."""
+    """Predictions (and labels) of one model for one detector state, in arrival order.
+
+    `source`/`partition` are the state key; a finding must cite `positions[i]`, the event's
+    real position, which may be on another topic than the key names.
+    """
 
     model: str
     source: str
     partition: int
     ts: np.ndarray  # event times, float64 epoch seconds
     offsets: np.ndarray  # source offsets, int64
+    positions: list[Position]
     ids: list[str | None]
     clients: list[str | None]
     model_versions: list[str | None]
@@ -61,14 +77,18 @@ class ModelBatch:
         return self.numeric.keys() | self.categorical.keys()
 
 
-def split_batch(decoded: DecodedBatch) -> dict[tuple[str, int, str], ModelBatch]:
-    """Groups a decoded batch by (source, partition, model) into columnar batches."""
+def split_batch(
+    decoded: DecodedBatch, state_key: StateKeyFn = own_partition
+) -> dict[tuple[str, int, str], ModelBatch]:
+    """Groups a decoded batch by (state source, state partition, model) into columnar batches."""
     predictions: dict[tuple[str, int, str], list[Prediction]] = defaultdict(list)
     labels: dict[tuple[str, int, str], list[Label]] = defaultdict(list)
     for event in decoded.predictions:
-        predictions[(event.position.source, event.position.partition, event.model)].append(event)
+        p = event.position
+        predictions[(*state_key(p.source, p.partition), event.model)].append(event)
     for label in decoded.labels:
-        labels[(label.position.source, label.position.partition, label.model)].append(label)
+        p = label.position
+        labels[(*state_key(p.source, p.partition), label.model)].append(label)
     batches = {}
     for key in predictions.keys() | labels.keys():
         batch = _columns(key, predictions.get(key, []))
@@ -88,6 +108,7 @@ def _columns(key: tuple[str, int, str], events: list[Prediction]) -> ModelBatch:
         partition=partition,
         ts=np.fromiter((e.ts for e in events), np.float64, n),
         offsets=np.fromiter((e.position.offset for e in events), np.int64, n),
+        positions=[e.position for e in events],
         ids=[e.id for e in events],
         clients=[e.client for e in events],
         model_versions=[e.model_version for e in events],
