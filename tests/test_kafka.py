@@ -26,7 +26,7 @@ from storage.db import Database
 from storage.models import DeadLetterRow, Evidence, Incident, SourcePosition
 from streams.files import FileSource
 from streams.kafka import KafkaSettings, make_producer, produce_lines
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, _postgres_reason, _truncate_all, run_cli
 
 pytestmark = pytest.mark.kafka
 
@@ -129,6 +129,20 @@ class Daemons:
 
 
 @pytest.fixture
+def shared_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The database a group of daemons shares: PostgreSQL, as in production, when reachable."""
+    if _postgres_reason() is not None:
+        yield _migrated(tmp_path / "shared.db")
+        return
+    url = request.getfixturevalue("postgres_url")
+    database = Database(url)
+    database.upgrade()
+    _truncate_all(database)
+    database.dispose()
+    yield url
+
+
+@pytest.fixture
 def daemons(tmp_path: Path) -> Iterator[Daemons]:
     running = Daemons(tmp_path)
     yield running
@@ -158,6 +172,22 @@ def _consumed(url: str, group: str) -> int:
         )
     db.dispose()
     return int(total or 0)
+
+
+def _positions(url: str, group: str) -> dict[tuple[str, int], int]:
+    db = Database(url)
+    with db.session() as session:
+        rows = session.scalars(
+            select(SourcePosition).where(SourcePosition.consumer == f"kafka:{group}")
+        )
+        positions = {(r.source, r.partition): r.next_offset for r in rows}
+    db.dispose()
+    return positions
+
+
+def _processed(log: str) -> int:
+    """The record count of the daemon's last progress line."""
+    return int(log.rsplit("processed ", 1)[1].split(" records", 1)[0])
 
 
 def _wait(condition: Callable[[], bool], timeout: float, what: str, daemons: Daemons) -> None:
@@ -268,11 +298,13 @@ def test_sigkill_mid_stream_then_restart_loses_and_duplicates_nothing(
 
     assert code == 0
     assert _outcome(url) == replayed
+    # It resumed from the checkpoint (state and offsets), not from the start of the topic.
+    assert _processed(daemons.log(second)) == total - at_kill
 
 
 def test_two_daemons_share_partitions_and_one_takes_over(
     kafka_bootstrap: str, stream: Path, replayed: dict[str, object], daemons: Daemons,
-    tmp_path: Path, db_url: str,
+    tmp_path: Path, shared_db_url: str,
 ) -> None:  # fmt: skip
     uid = uuid.uuid4().hex[:8]
     topic, group = f"events-{uid}", f"g-{uid}"
@@ -281,8 +313,8 @@ def test_two_daemons_share_partitions_and_one_takes_over(
     _produce(kafka_bootstrap, lines[:half], topic)
     config = _config(tmp_path / "run.toml", kafka_bootstrap, [topic], group)
 
-    a = daemons.start(config, db_url)
-    b = daemons.start(config, db_url)
+    a = daemons.start(config, shared_db_url)
+    b = daemons.start(config, shared_db_url)
 
     def split() -> bool:
         # Each has most recently been assigned two of the four partitions.
@@ -290,16 +322,20 @@ def test_two_daemons_share_partitions_and_one_takes_over(
         return all("assigned 2 partitions" in log.rsplit("revoked", 1)[-1] for log in logs)
 
     _wait(split, 90, "the group to split the partitions", daemons)
-    _wait(lambda: _consumed(db_url, group) == half, 90, "the first half", daemons)
+    _wait(lambda: _consumed(shared_db_url, group) == half, 90, "the first half", daemons)
     a.kill()
     a.wait(timeout=30)
+    at_kill = _positions(shared_db_url, group)
     _produce(kafka_bootstrap, lines[half:], topic)
-    _wait(lambda: _consumed(db_url, group) == len(lines), 120, "b to finish", daemons)
+    _wait(lambda: _consumed(shared_db_url, group) == len(lines), 120, "b to finish", daemons)
     code, _ = _terminate(b)
 
     assert code == 0
-    assert "assigned 4 partitions" in daemons.log(b)
-    assert _outcome(db_url) == replayed
+    assert _outcome(shared_db_url) == replayed
+    # b took a's partitions over from a's checkpoints, not from the start of the topic.
+    takeover = daemons.log(b).split("assigned 4 partitions: ", 1)[1].split("\n", 1)[0]
+    for (source, partition), offset in at_kill.items():
+        assert f"{source}[{partition}]@{offset}" in takeover
 
 
 def test_unreachable_broker_is_retried_with_backoff_and_sigterm_still_exits(
