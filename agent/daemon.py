@@ -43,7 +43,9 @@ from streams.kafka import (
 
 log = logging.getLogger(__name__)
 
-COMMIT_TIMEOUT_MS = 5000
+# Kafka calls at a checkpoint or at shutdown wait at most this long, so that a dead broker
+# cannot hold SIGTERM past daemon.shutdown_timeout (poll + commit + close stay well below 10 s).
+COMMIT_TIMEOUT_MS = 2000
 SUMMARY_INTERVAL = 60.0  # seconds between progress lines in the log
 
 
@@ -105,7 +107,7 @@ class Daemon:
 
     def _loop(self) -> None:
         interval = self.settings.daemon.checkpoint_interval
-        next_checkpoint = time.monotonic() + interval
+        next_checkpoint = next_commit = time.monotonic() + interval
         next_summary = time.monotonic() + SUMMARY_INTERVAL
         failures = 0
         while not self.stopping.is_set():
@@ -125,18 +127,23 @@ class Daemon:
             now = time.monotonic()
             self._watch_connection(now)
             if now >= next_checkpoint:
-                committed = self._checkpoint_and_commit()
-                # A failing commit (broker down) is retried later and later, not every poll.
-                self.commit_failures = 0 if committed else self.commit_failures + 1
-                delay = interval if committed else self._backoff(self.commit_failures)
-                next_checkpoint = now + max(interval, delay)
+                next_checkpoint = now + interval
+                self._save()
+                if now >= next_commit:
+                    # A failing commit (broker down) is retried later and later; the database
+                    # checkpoints go on meanwhile.
+                    committed = self._commit()
+                    self.commit_failures = 0 if committed else self.commit_failures + 1
+                    next_commit = now + (0 if committed else self._backoff(self.commit_failures))
             if now >= next_summary:
                 self._log_summary()
                 next_summary = now + SUMMARY_INTERVAL
 
     def _shutdown(self) -> None:
         log.info("shutting down: checkpoint, commit, close")
-        self._checkpoint_and_commit()
+        self._save()
+        if not self.commit_failures:  # else the broker is down: the database has the positions
+            self._commit(probe=False)
         try:
             self.consumer.close(autocommit=False, timeout_ms=COMMIT_TIMEOUT_MS)
         except KafkaError as exc:
@@ -247,11 +254,20 @@ class Daemon:
         self.dirty -= offsets.keys()
         return offsets
 
-    def _checkpoint_and_commit(self) -> bool:
-        """Checkpoint to the database, then commit to Kafka; False if the commit failed."""
+    def _save(self) -> None:
+        """Checkpoints every owned partition that advanced; their offsets await the commit."""
         with self.lock:
             self.uncommitted.update(self._checkpoint(set(self.owned)))
+
+    def _commit(self, probe: bool = True) -> bool:
+        """Commits the checkpointed offsets to Kafka; False if that failed.
+
+        With `probe`, the offsets of owned partitions are committed again even when nothing
+        changed: the commit doubles as the check that reveals a broker outage while idle."""
+        with self.lock:
             pending = {tp: o for tp, o in self.uncommitted.items() if tp in self.owned}
+            if not pending and probe:
+                pending = {tp: o for tp, o in self.next_offsets.items() if tp in self.owned}
         if not pending:
             return True
         try:
@@ -261,10 +277,14 @@ class Daemon:
             )
         except KafkaError as exc:
             log.warning(
-                "committing offsets to Kafka failed (%s); the database holds them, will retry",
+                "committing offsets to Kafka at %s failed (%s); the database holds them, "
+                "will retry",
+                self._servers,
                 _describe(exc),
             )
             return False
+        if self.commit_failures:
+            log.info("Kafka at %s reachable again: offsets committed", self._servers)
         with self.lock:
             for tp, offset in pending.items():
                 if self.uncommitted.get(tp) == offset:
@@ -315,8 +335,9 @@ class Daemon:
                 self.next_offsets.pop(tp, None)
                 self.dirty.discard(tp)
                 self.uncommitted.pop(tp, None)
-        what = "revoked" if save else "lost (state dropped, the new owner resumes)"
-        log.info("%s %d partitions", what, len(partitions))
+        if partitions:
+            what = "revoked" if save else "lost (state dropped, the new owner resumes)"
+            log.info("%s %d partitions", what, len(partitions))
 
     def _warn_if_not_copartitioned(self) -> None:
         by_topic: dict[str, set[int]] = {}

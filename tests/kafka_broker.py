@@ -143,8 +143,7 @@ class KafkaBroker:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=self.dir,
-            start_new_session=True,
+            cwd=self.dir,  # same process group: an interrupted test run takes them along
         )
         self.processes.append(process)
 
@@ -165,38 +164,43 @@ class KafkaBroker:
         return "\n".join(tails)
 
     def _broker_ready(self) -> bool:
-        from kafka import KafkaConsumer
-        from kafka.errors import KafkaError
+        """Registered in ZooKeeper (the broker's last startup step) and accepting connections.
 
-        try:
-            consumer = KafkaConsumer(
-                bootstrap_servers=self.bootstrap,
-                api_version=API_VERSION,
-                request_timeout_ms=5000,
-            )
-        except KafkaError:
+        Deliberately not a kafka-python call: `bootstrap(timeout_ms)` can block past its
+        timeout while the broker is still starting."""
+        if "/brokers/ids/0" not in _zk_command(self.zk_port, b"dump"):
             return False
         try:
-            consumer.bootstrap(timeout_ms=2000)
-            return bool(consumer._client.cluster.brokers())
-        except KafkaError:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
             return False
-        finally:
-            consumer.close(autocommit=False)
+        return True
 
-    def stop(self) -> None:
+    def kill(self) -> None:
+        """Kills ZooKeeper and the broker, keeping their data: `start()` brings them back."""
         for process in reversed(self.processes):
             if process.poll() is None:
                 process.kill()
                 process.wait(timeout=30)
         self.processes.clear()
+
+    def stop(self) -> None:
+        self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _zk_ok(port: int) -> bool:
+    return _zk_command(port, b"ruok") == "imok"
+
+
+def _zk_command(port: int, command: bytes) -> str:
+    """A ZooKeeper four-letter command's answer ("" if ZooKeeper does not answer)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"ruok")
-            return sock.recv(4) == b"imok"
+            sock.sendall(command)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+            return b"".join(chunks).decode(errors="replace")
     except OSError:
-        return False
+        return ""

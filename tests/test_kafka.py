@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -366,3 +367,39 @@ def test_unreachable_broker_is_retried_with_backoff_and_sigterm_still_exits(
     waits = [int(line.split("unreachable for ")[1].split("s;")[0]) for line in log.splitlines()
              if "unreachable for" in line]  # fmt: skip
     assert all(later >= 1.5 * earlier for earlier, later in itertools.pairwise(waits))
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("BULWARK_TEST_KAFKA_BOOTSTRAP")), reason="kills its own broker"
+)
+def test_broker_outage_mid_run_is_reported_with_backoff_and_sigterm_still_exits(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    """A private broker dies under a running daemon: the daemon lives on, reports the outage
+    at growing intervals, and still shuts down cleanly within 10 s."""
+    from tests.kafka_broker import KafkaBroker, kafka_home
+
+    broker = KafkaBroker(kafka_home())
+    try:
+        broker.start()
+        lines = demo_scenario(events_per_model=200).lines
+        _produce(broker.bootstrap, lines, "events")
+        config = _config(tmp_path / "run.toml", broker.bootstrap, ["events"], "g")
+        url = _migrated(tmp_path / "daemon.db")
+        daemon = daemons.start(config, url)
+        _wait(lambda: _consumed(url, "g") == len(lines), 90, "the stream", daemons)
+        broker.kill()
+        _wait(lambda: daemons.log(daemon).count("failed") >= 4, 60, "outage reports", daemons)
+        assert daemon.poll() is None  # still alive
+        code, seconds = _terminate(daemon)
+    finally:
+        broker.stop()
+
+    assert code == 0 and seconds < 10
+    stamps = [
+        datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+        for line in daemons.log(daemon).splitlines()
+        if "committing offsets to Kafka" in line
+    ]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
+    assert gaps[-1] > gaps[0]  # backing off (1, 2, 4 s...), not retrying at a fixed pace
