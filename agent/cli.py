@@ -373,6 +373,9 @@ cli_alerts.register(app)
 from agent import cli_performance  # noqa: E402
 
 cli_performance.register(app)
+from agent import cli_kafka  # noqa: E402 - registers `run` and `kafka` on the app above
+
+cli_kafka.register(app)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from detectors.registry import DetectorSettings
+from streams.kafka import KafkaSettings
 
 
 class ConfigError(ValueError):
@@ -213,6 +214,18 @@ class AlertSettings(BaseModel):
         return self
 
 
+class DaemonSettings(BaseModel):
+    """`[daemon]`: how often `bulwark run` makes progress durable, and how fast it stops."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Seconds between checkpoints (detector state + positions, then the Kafka commit). Shorter
+    # means less re-processing after a crash, longer means fewer snapshot writes.
+    checkpoint_interval: float = Field(5.0, gt=0, le=3600)
+    shutdown_timeout: float = Field(10.0, gt=0, le=600)  # SIGTERM -> exit, at most
+    retry_max_delay: float = Field(30.0, ge=1, le=600)  # cap of the broker-outage backoff
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -225,6 +238,8 @@ class Settings(BaseModel):
     reports: ReportSettings = Field(default_factory=ReportSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
 
     def detectors_for(self, model: str) -> DetectorSettings:
         overrides = self.models.get(model)
@@ -241,6 +256,10 @@ ENVIRONMENT = {
     "BULWARK_DB_URL": "database_url",
     "BULWARK_API_TOKEN": "api.tokens.admin",
     "BULWARK_CLIENT_ID_KEY": "detectors.query_patterns.client_id_key",
+    "BULWARK_KAFKA_BOOTSTRAP": "kafka.bootstrap_servers",
+    "BULWARK_KAFKA_TOPICS": "kafka.topics",
+    "BULWARK_KAFKA_GROUP": "kafka.group_id",
+    "BULWARK_KAFKA_API_VERSION": "kafka.api_version",
 }
 
 # Environment variable -> (channel name, channel type, field): each defines (or overrides a
@@ -252,6 +271,8 @@ CHANNEL_ENVIRONMENT = {
     "BULWARK_WEBHOOK_URL": ("webhook", "webhook", "url"),
     "BULWARK_WEBHOOK_SECRET": ("webhook", "webhook", "secret"),
 }
+# Variables whose empty value means something (probe the broker) rather than "unset".
+EMPTY_IS_A_VALUE = {"BULWARK_KAFKA_API_VERSION"}
 
 
 def load_settings(
@@ -269,7 +290,7 @@ def load_settings(
     environ = os.environ if environ is None else environ
     for variable, key in ENVIRONMENT.items():
         value = environ.get(variable)
-        if value:
+        if value or (value == "" and variable in EMPTY_IS_A_VALUE):
             _set_dotted(data, key, value)
     _channels_from_environment(data, environ)
     try:

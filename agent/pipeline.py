@@ -1,8 +1,10 @@
 """The pipeline: raw records -> decode -> columnar batches -> detectors -> incidents -> storage.
 
-Shared by `replay`, `demo` and the daemon. Detector state is per (source, partition, model),
-so a partition can move between processes: `checkpoint` saves a partition's state together
-with the offset it is valid for, and `restore_partition` picks it up elsewhere.
+Shared by `replay`, `demo` and the daemon. Detector state is per (state key, model), where the
+state key of a record's (source, partition) is given by `state_key`: the partition itself for
+files, one key per partition number across topics for Kafka. A partition can move between
+processes: `checkpoint` saves its state together with the next offset of every (source,
+partition) that state covers, and `restore_partition` picks it up elsewhere.
 
 Reference data is the pipeline's business, in one place: a model's stored reference is looked
 up once per process (then cached) and handed to every detector through `set_reference`; with
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 import pickle
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.alerts.outbox import enqueue_changes
@@ -30,12 +33,9 @@ from detectors.registry import build_detectors
 from storage.db import Database
 from storage.models import Reference
 from storage.repository import DeadLetterInput, ReferenceInput, Repository, Writer
-from streams.batch import ModelBatch, split_batch
+from streams.batch import ModelBatch, PartitionKey, StateKeyFn, own_partition, split_batch
 from streams.decode import decode_batch
-from streams.events import RawRecord
-
-PartitionKey = tuple[str, int]
-
+from streams.events import DeadLetter, RawRecord
 
 # In a monitor snapshot: the reference its state is built on, and the model version of the
 # events it first saw (which chose that reference).
@@ -125,15 +125,24 @@ class Stats:
 
 class Pipeline:
     def __init__(
-        self, settings: Settings, db: Database, consumer: str, notify: bool = False
+        self,
+        settings: Settings,
+        db: Database,
+        consumer: str,
+        notify: bool = False,
+        state_key: StateKeyFn = own_partition,
+        on_dead_letters: Callable[[list[DeadLetter]], None] | None = None,
     ) -> None:
         """`notify`: write outbox rows for incident changes (off for backfills and the demo,
-        which must page nobody, now or later)."""
+        which must page nobody, now or later). `on_dead_letters` sees each batch's dead
+        letters once they are stored (the daemon forwards them to a dead-letter topic)."""
         self.settings = settings
         self.notify = notify
         self.db = db
         self.repository = Repository(db)
         self.consumer = consumer
+        self.state_key = state_key
+        self.on_dead_letters = on_dead_letters
         self.incidents = IncidentManager()
         self.monitors: dict[PartitionKey, dict[str, ModelMonitor]] = {}
         # Per model: the reference in force (None: none stored, being learned by a collector).
@@ -148,7 +157,7 @@ class Pipeline:
         decoded = decode_batch(records, self.settings.max_record_bytes)
         findings: list[Finding] = []
         points: list[MetricPoint] = []
-        for (source, partition, model), batch in split_batch(decoded).items():
+        for (source, partition, model), batch in split_batch(decoded, self.state_key).items():
             detect_started = time.perf_counter()
             version = next((v for v in batch.model_versions if v is not None), None)
             monitor = self._monitor(source, partition, model, version)
@@ -185,6 +194,8 @@ class Pipeline:
 
             changes = self.db.retrying(write)
             self.counts.stored()
+        if letters and self.on_dead_letters is not None:
+            self.on_dead_letters(decoded.dead_letters)
         self.stats.records += len(records)
         self.stats.predictions += len(decoded.predictions)
         self.stats.labels += len(decoded.labels)
@@ -253,12 +264,16 @@ class Pipeline:
         return _active(row)
 
     def checkpoint(self, next_offsets: dict[PartitionKey, int]) -> None:
-        """Saves each partition's detector state with the offset it is valid for, and the
-        recent predictions of each model that changed since the last checkpoint."""
+        """Saves, in one transaction, the detector state behind the given (source, partition)s
+        and the next offset of each (a state and the positions it is valid for land together),
+        and the recent predictions of each model that changed since the last checkpoint."""
+        covered: dict[PartitionKey, list[int]] = defaultdict(list)
+        for (source, partition), offset in next_offsets.items():
+            covered[self.state_key(source, partition)].append(offset)
         recent = [
-            (source, partition, model, monitor)
-            for source, partition in next_offsets
-            for model, monitor in self.monitors.get((source, partition), {}).items()
+            (*key, model, monitor)
+            for key in covered
+            for model, monitor in self.monitors.get(key, {}).items()
             if monitor.recent.dirty
         ]
         samples = [(key, monitor.recent.sample()) for *key, monitor in recent]
@@ -266,12 +281,16 @@ class Pipeline:
         def write() -> None:
             with self.db.session() as session:
                 writer = Writer(session)
-                for (source, partition), offset in next_offsets.items():
+                for key, offsets in covered.items():
                     states = {
                         model: monitor.snapshot()
-                        for model, monitor in self.monitors.get((source, partition), {}).items()
+                        for model, monitor in self.monitors.get(key, {}).items()
                     }
-                    writer.save_checkpoints(self.consumer, source, partition, offset, states)
+                    # A state shared by several topics is valid for a vector of offsets,
+                    # stored as positions below; the checkpoint keeps the smallest of them.
+                    writer.save_checkpoints(self.consumer, *key, min(offsets), states)
+                for (source, partition), offset in next_offsets.items():
+                    writer.save_position(self.consumer, source, partition, offset)
                 for (source, partition, model), sample in samples:
                     if len(sample):
                         window = (min(sample.ts), max(sample.ts))
@@ -287,17 +306,16 @@ class Pipeline:
         self.counts.stored()
 
     def restore_partition(self, source: str, partition: int) -> int | None:
-        """Loads a partition's detector state and recent predictions; returns the offset they
-        are valid for, if any."""
-        rows = self.db.retrying(
-            lambda: self.repository.load_checkpoints(self.consumer, source, partition)
-        )
-        recent = self.db.retrying(lambda: self.repository.load_recent_samples(source, partition))
-        self.monitors[(source, partition)] = {}
+        """Loads the detector state and recent predictions (source, partition) feeds; returns
+        the stored next offset of (source, partition), if any."""
+        key = self.state_key(source, partition)
+        rows = self.db.retrying(lambda: self.repository.load_checkpoints(self.consumer, *key))
+        recent = self.db.retrying(lambda: self.repository.load_recent_samples(*key))
+        self.monitors[key] = {}
         offsets = set()
         for model, row in rows.items():
             version = ModelMonitor.checkpointed_version(row.state)
-            monitor = self._monitor(source, partition, model, version)
+            monitor = self._monitor(*key, model, version)
             monitor.restore(row.state)
             if model in recent:
                 monitor.recent.seed(Sample.decode(recent[model].sample))
@@ -305,10 +323,13 @@ class Pipeline:
         position = self.db.retrying(
             lambda: self.repository.load_position(self.consumer, source, partition)
         )
-        return position if position is not None else (min(offsets) if offsets else None)
+        if position is not None or key != (source, partition):
+            return position
+        return min(offsets) if offsets else None
 
     def drop_partition(self, source: str, partition: int) -> None:
-        self.monitors.pop((source, partition), None)
+        """Forgets the detector state (source, partition) feeds (it moved to another process)."""
+        self.monitors.pop(self.state_key(source, partition), None)
 
     @property
     def incidents_opened(self) -> int:

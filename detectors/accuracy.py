@@ -372,7 +372,7 @@ class AccuracyDetector(Detector):
         findings = []
         for alarm in self.estimate_test.feed(1.0 - expected[valid]):
             i = int(valid[alarm.index])
-            position = Position(batch.source, batch.partition, int(batch.offsets[i]))
+            position = batch.position(i)
             finding = self._classification_finding(
                 alarm, float(batch.ts[i]), position, estimated=True
             )

@@ -66,9 +66,7 @@ class Finding:
 
 def event_at(batch: ModelBatch, index: int) -> tuple[float, Position]:
     """The event time and source position of a batch's `index`-th event: where a finding is."""
-    return float(batch.ts[index]), Position(
-        batch.source, batch.partition, int(batch.offsets[index])
-    )
+    return float(batch.ts[index]), batch.position(index)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from detectors.base import Detector, Finding, Kind, Severity
 from detectors.calibration import cusum_threshold, steps_budget
 from streams.batch import ModelBatch
-from streams.events import Position
 
 CATEGORY_CACHE = 10_000  # per feature: value -> bucket memo, bounded
 
@@ -334,7 +333,7 @@ class InputAnomalyDetector(ProfiledDetector):
             subject="*",
             severity=severity,
             ts=float(batch.ts[index]),
-            position=Position(batch.source, batch.partition, int(batch.offsets[index])),
+            position=batch.position(index),
             detector=self.name,
             statistic="cusum_anomalous_share",
             value=round(self.cusum, 4),

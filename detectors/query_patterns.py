@@ -51,7 +51,6 @@ from detectors.input_anomaly import (
     reference_batch,
 )
 from streams.batch import ModelBatch
-from streams.events import Position
 
 _shapiro = getattr(shapiro, "__wrapped__", shapiro)  # skip scipy's slow argument wrapper
 
@@ -447,7 +446,7 @@ class QueryPatternDetector(ProfiledDetector):
             subject=client,
             severity=severity,
             ts=float(batch.ts[index]),
-            position=Position(batch.source, batch.partition, int(batch.offsets[index])),
+            position=batch.position(index),
             detector=self.name,
             statistic="bonferroni_min_p",
             value=float(f"{combined:.3g}"),

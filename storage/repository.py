@@ -543,6 +543,9 @@ class Writer:
                     state=state,
                 )
             )
+
+    def save_position(self, consumer: str, source: str, partition: int, next_offset: int) -> None:
+        """The next offset to read; written in the same transaction as the checkpoints."""
         self.session.merge(
             SourcePosition(
                 consumer=consumer, source=source, partition=partition, next_offset=next_offset

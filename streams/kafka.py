@@ -1,0 +1,231 @@
+"""Kafka source: kafka-python clients built from one validated settings model.
+
+Records become `RawRecord`s whose position is the real (topic, partition, offset), so evidence
+and dead letters stay idempotent per message. Detector state, however, is keyed by
+(`state_source`, partition) - one key per partition number shared by every subscribed topic -
+so that a prediction topic and a label topic partitioned alike (same partition count, same
+key: model or id) feed the same detectors. The range assignor hands partition N of every
+topic to the same consumer, which keeps that true across a consumer group.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from streams.events import DeadLetter, Position, RawRecord
+
+_VERSION = re.compile(r"^\d+(\.\d+){1,2}$")
+
+
+def _comma_list(value: Any) -> Any:
+    """Accepts `"a,b"` (environment variables) as well as a TOML list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class KafkaSettings(BaseModel):
+    """`[kafka]` in the config file; security options are passed to kafka-python unchanged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bootstrap_servers: list[str] = Field(default_factory=lambda: ["localhost:9092"], min_length=1)
+    topics: list[str] = Field(default_factory=list)
+    group_id: str = Field("bulwark", min_length=1)
+    client_id: str = "bulwark"
+    api_version: str | None = None  # "0.9", "2.8.1"; None or "": probe the broker
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    dead_letter_topic: str | None = None
+    poll_timeout_ms: int = Field(500, ge=10, le=10_000)
+    session_timeout_ms: int = Field(30_000, ge=1000)
+    heartbeat_interval_ms: int = Field(3000, ge=100)
+    request_timeout_ms: int = Field(40_000, ge=1000)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: str | None = None
+    ssl_crlfile: str | None = None
+    ssl_check_hostname: bool = True
+    sasl_mechanism: (
+        Literal["PLAIN", "GSSAPI", "OAUTHBEARER", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None
+    ) = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = None
+    sasl_kerberos_service_name: str = "kafka"
+    sasl_kerberos_domain_name: str | None = None
+
+    _split = field_validator("bootstrap_servers", "topics", mode="before")(_comma_list)
+
+    @field_validator("api_version")
+    @classmethod
+    def _version(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if not _VERSION.match(value.strip()):
+            raise ValueError(f"must look like '0.9' or '2.8.1' (empty: probe), not {value!r}")
+        return value.strip()
+
+    @field_validator("topics")
+    @classmethod
+    def _topics(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a topic twice")
+        return value
+
+    def version_tuple(self) -> tuple[int, ...] | None:
+        return None if self.api_version is None else tuple(map(int, self.api_version.split(".")))
+
+    @property
+    def state_source(self) -> str:
+        """The source part of the detector-state key, shared by all subscribed topics."""
+        return f"kafka:{self.group_id}"
+
+    def state_key(self, source: str, partition: int) -> tuple[str, int]:
+        return (self.state_source, partition)
+
+    def connection(self) -> dict[str, Any]:
+        """Options common to consumer and producer: servers, version, security."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": self.client_id,
+            "api_version": self.version_tuple(),
+            "request_timeout_ms": self.request_timeout_ms,
+            "security_protocol": self.security_protocol,
+            "ssl_check_hostname": self.ssl_check_hostname,
+            "sasl_kerberos_service_name": self.sasl_kerberos_service_name,
+        }
+        for name in (
+            "ssl_cafile",
+            "ssl_certfile",
+            "ssl_keyfile",
+            "ssl_password",
+            "ssl_crlfile",
+            "sasl_mechanism",
+            "sasl_plain_username",
+            "sasl_plain_password",
+            "sasl_kerberos_domain_name",
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                options[name] = value
+        return options
+
+
+BOOTSTRAP_TIMEOUT_MS = 5000  # per connection attempt; the daemon retries with backoff
+
+
+def make_consumer(settings: KafkaSettings, max_poll_records: int) -> KafkaConsumer:
+    """A consumer that never commits by itself: the daemon commits after the database."""
+    return KafkaConsumer(
+        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=settings.auto_offset_reset,
+        max_poll_records=max_poll_records,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        # Partition N of every topic goes to the same member (co-partitioning, see above).
+        partition_assignment_strategy=(RangePartitionAssignor,),
+        **settings.connection(),
+    )
+
+
+def has_metadata(consumer: KafkaConsumer) -> bool:
+    """True once the consumer has reached the cluster. kafka-python has no public check that
+    cannot block: `bootstrap(timeout_ms)` ignores its timeout while a bootstrap is running."""
+    return bool(consumer._client.cluster.brokers())
+
+
+def make_producer(settings: KafkaSettings) -> KafkaProducer:
+    """A producer that keeps order (one request in flight) and retries transient errors.
+
+    Idempotence is off because brokers before 0.11 do not support it; order plus retries is
+    what a recorded stream or a dead-letter topic needs."""
+    return KafkaProducer(
+        acks="all",
+        retries=5,
+        max_in_flight_requests_per_connection=1,
+        enable_idempotence=False,
+        linger_ms=5,
+        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+        **settings.connection(),
+    )
+
+
+KEY_FIELDS = ("model", "id", "none")
+
+
+def produce_lines(
+    producer: KafkaProducer, topic: str, lines: Iterable[bytes], key_field: str = "model"
+) -> int:
+    """Sends each non-empty line as one message, keyed by the event's `key_field` (unkeyed if
+    the line is not a JSON object or lacks it); returns how many were sent."""
+    sent = 0
+    for line in lines:
+        value = line.rstrip(b"\r\n")
+        if not value.strip():
+            continue
+        producer.send(topic, value=value, key=_key(value, key_field))
+        sent += 1
+    producer.flush()
+    return sent
+
+
+def _key(value: bytes, field: str) -> bytes | None:
+    if field == "none":
+        return None
+    try:
+        event = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    key = event.get(field) if isinstance(event, dict) else None
+    return None if key is None else str(key).encode()
+
+
+def to_records(polled: dict[Any, list[Any]]) -> list[RawRecord]:
+    """kafka-python's {TopicPartition: [ConsumerRecord]} as raw records, partition by partition."""
+    records: list[RawRecord] = []
+    for tp, messages in polled.items():
+        for message in messages:
+            value = message.value if message.value is not None else b""
+            records.append(RawRecord(value, Position(tp.topic, tp.partition, message.offset)))
+    return records
+
+
+def dead_letter_envelope(letter: DeadLetter) -> bytes:
+    """The dead-letter topic's message: JSON, since 0.9 brokers carry no headers."""
+    position = letter.position
+    return json.dumps(
+        {
+            "source": {
+                "topic": position.source,
+                "partition": position.partition,
+                "offset": position.offset,
+            },
+            "reason": letter.reason,
+            "received_at": letter.received_at,
+            "payload": letter.payload.decode("utf-8", errors="replace"),
+        }
+    ).encode()
+
+
+__all__ = [
+    "ConsumerRebalanceListener",
+    "KafkaSettings",
+    "dead_letter_envelope",
+    "has_metadata",
+    "make_consumer",
+    "make_producer",
+    "produce_lines",
+    "to_records",
+]
