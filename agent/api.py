@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict
 
 import uvicorn
-from apscheduler.schedulers.background import BackgroundScheduler
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import (
@@ -39,7 +38,6 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from agent import lifecycle, metrics
 from agent.config import Settings
-from agent.scheduler import build_scheduler
 from storage.db import Database
 from storage.models import Incident
 from storage.repository import IncidentFilter, Repository
@@ -513,13 +511,6 @@ def create_app(
         debug=False,
         logging_config=None,
     )
-
-
-def start_jobs(settings: Settings, db: Database) -> BackgroundScheduler:
-    """Every background job (reports, auto-resolve, retention) on a started scheduler."""
-    scheduler = build_scheduler(settings, db)
-    scheduler.start()
-    return scheduler
 
 
 class ApiServer:

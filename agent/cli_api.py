@@ -1,4 +1,4 @@
-"""`bulwark serve`: the HTTP API, with its background jobs (auto-resolve, retention)."""
+"""`bulwark serve`: the HTTP API, with the background jobs and the alert dispatcher."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import typer
 import uvicorn
 
 from agent import logs
-from agent.api import create_app, start_jobs
+from agent.api import create_app
+from agent.background import Background
 from agent.cli import ConfigOption, DbOption, UsageError, _database, _settings, err
+from agent.config import Settings
 from storage.db import redact
 
 
@@ -24,13 +26,10 @@ def register(app: typer.Typer) -> None:
         """Serve the HTTP API and web page (bearer token from BULWARK_API_TOKEN or config)."""
         settings = _settings(config, db)
         api = settings.api
-        if not api.tokens.admin and not api.tokens.read_only:
-            raise UsageError(
-                "no API token configured: set BULWARK_API_TOKEN or api.tokens.admin in the config"
-            )
+        require_token(settings)
         logs.configure(api.json_logs)
         database = _database(settings)
-        scheduler = start_jobs(settings, database)
+        background = Background(settings, database).start()
         host = host or api.host
         port = api.port if port is None else port
         err.print(f"Bulwark API on http://{host}:{port}/ (database {redact(database.url)})")
@@ -43,5 +42,13 @@ def register(app: typer.Typer) -> None:
                 access_log=True,
             )
         finally:
-            scheduler.shutdown(wait=False)
+            background.stop()
             database.dispose()
+
+
+def require_token(settings: Settings) -> None:
+    """The API serves nothing without a token: refuse to start rather than run open."""
+    if not settings.api.tokens.admin and not settings.api.tokens.read_only:
+        raise UsageError(
+            "no API token configured: set BULWARK_API_TOKEN or api.tokens.admin in the config"
+        )

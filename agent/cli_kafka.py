@@ -10,10 +10,15 @@ from typing import Annotated
 import typer
 from kafka.errors import KafkaError
 
+from agent.api import ApiServer, create_app
+from agent.background import Background
 from agent.cli import ConfigOption, DbOption, UsageError, _database, _settings, _state, err, out
+from agent.cli_api import require_token
 from agent.config import ConfigError
 from agent.daemon import Daemon, check_settings
 from streams.kafka import KEY_FIELDS, make_producer, produce_lines
+
+log = logging.getLogger("agent.daemon")
 
 
 def register(app: typer.Typer) -> None:
@@ -23,20 +28,42 @@ def register(app: typer.Typer) -> None:
     app.add_typer(kafka_app, name="kafka")
 
 
-def run(config: ConfigOption = None, db: DbOption = None) -> None:
+def run(
+    config: ConfigOption = None,
+    db: DbOption = None,
+    api: Annotated[
+        bool, typer.Option("--api", help="Also serve the HTTP API ([api] host/port, tokens).")
+    ] = False,
+) -> None:
     """The daemon: consume Kafka until SIGTERM/SIGINT, then checkpoint, commit and exit.
 
     Kafka settings come from the [kafka] section of the config file and the BULWARK_KAFKA_*
-    environment variables. Run several processes with the same group to scale out.
+    environment variables. Run several processes with the same group to scale out. Beside the
+    consumer it runs the scheduled jobs (reports, auto-resolve, retention) and delivers alerts.
     """
     settings = _settings(config, db)
     check_settings(settings)  # before touching the database
+    if api:
+        require_token(settings)
     logging.getLogger("agent").setLevel(logging.DEBUG if _state["debug"] else logging.INFO)
     if not _state["debug"]:
         # kafka-python logs every failed connection attempt; the daemon reports outages itself.
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
-    daemon = Daemon(settings, _database(settings))
-    daemon.run()
+    database = _database(settings)
+    daemon = Daemon(settings, database)
+    background = Background(settings, database).start()
+    server = None
+    if api:
+        app = create_app(settings, database, readiness={"kafka": daemon.check_ready})
+        server = ApiServer(app, settings.api.host, settings.api.port)
+        server.start()
+        log.info("HTTP API on http://%s:%d/", settings.api.host, server.port)
+    try:
+        daemon.run()
+    finally:
+        if server is not None:
+            server.stop()
+        background.stop()
 
 
 def produce(

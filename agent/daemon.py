@@ -80,6 +80,7 @@ class Daemon:
             settings,
             database,
             consumer=self.kafka.state_source,
+            notify=True,  # incident changes queue notifications (delivered by the dispatcher)
             state_key=self.kafka.state_key,
             on_dead_letters=self._forward_dead_letters,
         )
@@ -197,6 +198,13 @@ class Daemon:
                 )
                 self.stopping.wait(delay)
         return None
+
+    def check_ready(self) -> None:
+        """Readiness for /readyz: raises while Kafka has not been reached or commits fail."""
+        if not self.reached:
+            raise RuntimeError(f"Kafka at {self._servers} not reached yet")
+        if self.commit_failures:
+            raise RuntimeError(f"Kafka commits failing ({self.commit_failures} in a row)")
 
     @property
     def _servers(self) -> str:

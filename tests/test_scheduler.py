@@ -1,4 +1,4 @@
-"""The serve command's background jobs: registered as configured, failures logged not raised."""
+"""The background jobs of run and serve: registered as configured, failures logged not raised."""
 
 from __future__ import annotations
 
@@ -7,26 +7,23 @@ import threading
 
 import pytest
 
-from agent.api import start_jobs
-from agent.scheduler import add_interval_job, make_scheduler
+from agent.scheduler import add_interval_job, build_scheduler, make_scheduler
 from storage.db import Database
 from tests.api_helpers import api_settings
 
 
-def test_serve_jobs_follow_the_config(sqlite_url: str) -> None:
+def test_jobs_follow_the_config(sqlite_url: str) -> None:
     db = Database(sqlite_url)
     settings = api_settings(sqlite_url, auto_resolve_interval=30.0)
-    scheduler = start_jobs(settings, db)
-    try:
-        jobs = {job.id: job.trigger.interval.total_seconds() for job in scheduler.get_jobs()}
-        assert jobs == {"auto-resolve": 30.0, "retention": 3600.0}
-    finally:
-        scheduler.shutdown(wait=False)
-    scheduler = start_jobs(api_settings(sqlite_url, auto_resolve_after=0.0), db)
-    try:
-        assert [job.id for job in scheduler.get_jobs()] == ["retention"]
-    finally:
-        scheduler.shutdown(wait=False)
+    jobs = {
+        job.id: job.trigger.interval.total_seconds()
+        for job in build_scheduler(settings, db).get_jobs()
+    }
+    assert jobs == {"reports": 3600.0, "auto-resolve": 30.0, "retention": 3600.0}
+    quiet = api_settings(sqlite_url, auto_resolve_after=0.0).model_copy(
+        update={"reports": settings.reports.model_copy(update={"enabled": False})}
+    )
+    assert [job.id for job in build_scheduler(quiet, db).get_jobs()] == ["retention"]
     db.dispose()
 
 
