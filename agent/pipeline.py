@@ -41,6 +41,9 @@ from streams.events import DeadLetter, RawRecord
 # events it first saw (which chose that reference).
 REFERENCE_KEY = "__reference_id__"
 VERSION_KEY = "__model_version__"
+# A reference still being learned when the checkpoint was taken: resumed, not skipped, so a
+# restarted process judges exactly the events the first one would have.
+COLLECTOR_KEY = "__reference_collector__"
 
 
 class ModelMonitor:
@@ -83,24 +86,33 @@ class ModelMonitor:
             points.extend(detector.metrics())
         return points
 
-    def snapshot(self) -> bytes:
+    def snapshot(self, collector: ReferenceCollector | None = None) -> bytes:
         states: dict[str, object] = {d.name: d.snapshot() for d in self.detectors}
         states[REFERENCE_KEY] = self.reference.id if self.reference else None
         states[VERSION_KEY] = self.model_version
+        if self.reference is None and collector is not None:
+            states[COLLECTOR_KEY] = collector
         return pickle.dumps(states)
 
     @staticmethod
     def checkpointed_version(data: bytes) -> str | None:
         return pickle.loads(data).get(VERSION_KEY)
 
-    def restore(self, data: bytes) -> None:
+    def restore(self, data: bytes) -> ReferenceCollector | None:
+        """Restores the detectors; returns the reference collection to resume, if the state
+        was checkpointed while the reference was still being learned."""
         states = pickle.loads(data)
         for detector in self.detectors:
             if detector.name in states:
                 detector.restore(states[detector.name])
+        collector = states.get(COLLECTOR_KEY)
+        if collector is not None:
+            self.reference = None  # judged from where the resumed collection ends, as before
+            return collector
         if self.reference is not None and states.get(REFERENCE_KEY) != self.reference.id:
             # The state was built on another (older, or no) reference: the stored one wins.
             self.set_reference(self.reference)
+        return None
 
 
 def _takes_reference(detector: Detector) -> bool:
@@ -283,7 +295,7 @@ class Pipeline:
                 writer = Writer(session)
                 for key, offsets in covered.items():
                     states = {
-                        model: monitor.snapshot()
+                        model: monitor.snapshot(self.collectors.get(model))
                         for model, monitor in self.monitors.get(key, {}).items()
                     }
                     # A state shared by several topics is valid for a vector of offsets,
@@ -316,7 +328,10 @@ class Pipeline:
         for model, row in rows.items():
             version = ModelMonitor.checkpointed_version(row.state)
             monitor = self._monitor(*key, model, version)
-            monitor.restore(row.state)
+            collector = monitor.restore(row.state)
+            if collector is not None:
+                self.collectors[model] = collector
+                self.references[model] = None
             if model in recent:
                 monitor.recent.seed(Sample.decode(recent[model].sample))
             offsets.add(row.next_offset)

@@ -35,8 +35,10 @@ def test_replay_finds_the_drifted_feature_and_nothing_else(drifted_file: Path, d
     assert "events/s" in result.stdout and "2 dead letters" in result.stdout
 
     incidents = _incidents(db_url)
-    # A shifted uniform also leaves its reference range (data_quality); no other feature appears.
-    assert {i["subject"] for i in incidents} == {"x2_uniform"}
+    # A shifted uniform also leaves its reference range (data_quality, and input_anomaly whose
+    # subject "*" is the population); no other feature appears.
+    assert {i["subject"] for i in incidents} - {"*"} == {"x2_uniform"}
+    assert {i["kind"] for i in incidents if i["subject"] == "*"} <= {"input_anomaly"}
     (incident,) = [i for i in incidents if i["kind"] == "feature_drift"]
     assert set(incident) >= {
         "id",
@@ -77,7 +79,9 @@ def test_replay_reads_standard_input_and_filters_work(tmp_path: Path, sqlite_url
     lines = prediction_lines(12_000, model="a", seed=5, shift=("x0_normal", 6_000, 1.5))
     result = run_cli("replay", "-", "--db", sqlite_url, input=b"\n".join(lines))
     assert result.returncode == 0, result.stderr
-    assert {i["subject"] for i in _incidents(sqlite_url, "--model", "a")} == {"x0_normal"}
+    found = _incidents(sqlite_url, "--model", "a")
+    assert {i["subject"] for i in found} - {"*"} == {"x0_normal"}
+    assert {i["kind"] for i in found if i["subject"] == "*"} <= {"input_anomaly"}
     assert _incidents(sqlite_url, "--model", "other") == []
     assert _incidents(sqlite_url, "--kind", "accuracy_drop") == []
     assert _incidents(sqlite_url, "--status", "open", "--since", "1767225600")

@@ -210,6 +210,52 @@ def test_learned_reference_is_persisted_once_and_reused_after_restart(
     assert incidents[0].first_seen - (START + 10**6) < 500
 
 
+def test_restart_while_the_reference_is_being_learned_resumes_the_learning(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint taken half-way through learning the reference carries the collection: the
+    process that resumes learns the same reference and finds exactly the same incidents as a
+    process that never stopped."""
+    lines = events(2000, seed=41) + events(2000, seed=42, shift=1.5, start=START + 2000)
+
+    def outcome(url: str) -> tuple[list[tuple], list[int]]:
+        database = Database(url)
+        repository = Repository(database)
+        (reference,) = repository.list_references()
+        incidents = sorted(
+            (i.kind, i.subject, i.first_seen, i.last_seen, i.count)
+            for i in repository.list_incidents(IncidentFilter(model="fraud"))
+        )
+        learned = Sample.decode(repository.find_reference("fraud").sample)
+        assert reference.rows == 2000
+        database.dispose()
+        return incidents, [int(learned.ts[0]), int(learned.ts[-1])]
+
+    whole = f"sqlite:///{tmp_path / 'whole.db'}"
+    Database(whole).upgrade()
+    settings = settings_for(whole, learn_events=2000)
+    replay(settings, Database(whole), lines, consumer="c", name="src")
+
+    resumed = f"sqlite:///{tmp_path / 'resumed.db'}"
+    database = Database(resumed)
+    database.upgrade()
+    settings = settings_for(resumed, learn_events=2000)
+    replay(settings, database, lines[:1000], consumer="c", name="src")  # checkpoints at 1000
+    assert Repository(database).list_references() == []  # still learning
+    pipeline = Pipeline(settings, database, consumer="c")
+    assert pipeline.restore_partition("src", 0) == 1000
+    for start in range(1000, len(lines), settings.batch_size):
+        chunk = lines[start : start + settings.batch_size]
+        pipeline.process(
+            [RawRecord(line, Position("src", 0, start + i)) for i, line in enumerate(chunk)]
+        )
+
+    expected = outcome(whole)
+    assert expected[0], "the shift should open incidents"
+    assert expected[1] == [int(START), int(START) + 1999]
+    assert outcome(resumed) == expected
+
+
 def test_restored_checkpoint_built_on_an_older_reference_takes_the_new_one(
     database: Database, tmp_path: Path
 ) -> None:

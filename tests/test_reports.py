@@ -18,6 +18,7 @@ from agent.reports import (
 )
 from agent.scheduler import REPORTS_JOB, build_scheduler
 from storage.db import Database
+from storage.models import Incident
 from storage.repository import IncidentFilter, Repository
 from tests.conftest import run_cli
 from tests.refdata import START, events, replay, settings_for
@@ -35,27 +36,37 @@ def test_parse_window() -> None:
 
 
 def _drifted_model(database: Database, tmp_path: Path):
-    """A learned reference, then a mean shift of `amount`: one incident, recent window stored."""
+    """A learned reference, then a mean shift of `amount`: its feature_drift incident, and every
+    incident of the model (the shift may also show as input_anomaly or data_quality)."""
     settings = settings_for(database.url, learn_events=2000, recent_events=2000)
     settings = settings.model_copy(update={"reports": ReportSettings(dir=tmp_path / "reports")})
     lines = events(2000, seed=61) + events(2000, seed=62, shift=1.5, start=START + 2000)
     replay(settings, database, lines, consumer="r", name="src")
-    (incident,) = Repository(database).list_incidents(IncidentFilter(model="fraud"))
+    incidents = Repository(database).list_incidents(IncidentFilter(model="fraud"))
+    (incident,) = [i for i in incidents if i.kind == "feature_drift"]
     assert incident.subject == "amount"
-    return settings, incident
+    return settings, incident, incidents
+
+
+def _with_evidence_since(incidents: list[Incident], start: float) -> list[int]:
+    """Ids of the incidents whose latest evidence is at or after `start` (the recent window
+    ends at the last event, so these are the incidents with evidence inside it)."""
+    return sorted(i.id for i in incidents if i.last_seen >= start)
 
 
 def test_report_is_stored_written_and_linked_to_the_incident(
     database: Database, tmp_path: Path
 ) -> None:
-    settings, incident = _drifted_model(database, tmp_path)
+    settings, incident, incidents = _drifted_model(database, tmp_path)
     repository = Repository(database)
 
     (outcome,) = run_scheduled_reports(settings, database)
     report = outcome.report
     assert report.model == "fraud"
     assert (report.window_start, report.window_end) == (START + 2000, START + 3999)
-    assert outcome.incident_ids == [incident.id]
+    # Every incident of the model is detected after the reference, inside the window.
+    assert sorted(outcome.incident_ids) == sorted(i.id for i in incidents)
+    assert incident.id in outcome.incident_ids
     assert [r.id for r in repository.reports_of_incident(incident.id)] == [report.id]
 
     html = Path(report.html_path)
@@ -76,12 +87,12 @@ def test_report_is_stored_written_and_linked_to_the_incident(
     # A window before the drift's evidence links nothing.
     early = build_report(settings, database, "fraud", Window(events=1))
     assert early is not None and early.report.window_start == START + 3999
-    assert early.incident_ids == ([incident.id] if incident.last_seen >= START + 3999 else [])
+    assert sorted(early.incident_ids) == _with_evidence_since(incidents, START + 3999)
 
 
 def test_report_command(sqlite_url: str, tmp_path: Path) -> None:
     database = Database(sqlite_url)
-    _, incident = _drifted_model(database, tmp_path)
+    _, _, incidents = _drifted_model(database, tmp_path)
     out = tmp_path / "fraud.html"
     result = run_cli(
         "report", "fraud", "--window", "1000", "--out", str(out), "--db", sqlite_url, "-f", "json"
@@ -92,7 +103,7 @@ def test_report_command(sqlite_url: str, tmp_path: Path) -> None:
     assert item["summary"]["window"]["events"] == 1000
     assert item["window"] == {"start": START + 3000, "end": START + 3999}
     assert item["summary"]["drift"]["columns"]["amount"]["drifted"] is True
-    assert item["incidents"] == ([incident.id] if incident.last_seen >= START + 3000 else [])
+    assert sorted(item["incidents"]) == _with_evidence_since(incidents, START + 3000)
 
     missing = run_cli("report", "nobody", "--db", sqlite_url)
     assert missing.returncode != 0
