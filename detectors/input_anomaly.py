@@ -96,23 +96,27 @@ class InputProfile:
             column = batch.categorical.get(name)
             if column is None:
                 continue
-            memo = self._bucket_memo[name]
-            buckets = np.fromiter(
-                (self._bucket(memo, name, v) for v in column), dtype=np.int64, count=n
-            )
+            buckets = self._buckets(name, column)
             present = np.flatnonzero(buckets >= 0)
             out[present, k + j * self.buckets + buckets[present]] = 1.0
         return out
 
-    def _bucket(self, memo: dict[object, int], name: str, value: object) -> int:
+    def _buckets(self, name: str, column: np.ndarray) -> np.ndarray:
+        """Each value's hashed bucket (-1: missing). Hashing is memoized per distinct value
+        (bounded), so a batch costs one dictionary lookup per value, done in C by map()."""
+        memo = self._bucket_memo[name]
+        new = {v: self._bucket(name, v) for v in set(column).difference(memo)}
+        if len(memo) + len(new) <= CATEGORY_CACHE:
+            memo.update(new)
+            lookup = memo
+        else:  # the memo is full: values new to it are hashed for this batch only
+            lookup = {**memo, **new}
+        return np.fromiter(map(lookup.__getitem__, column), dtype=np.int64, count=len(column))
+
+    def _bucket(self, name: str, value: object) -> int:
         if value is None:
             return -1
-        bucket = memo.get(value)
-        if bucket is None:
-            bucket = zlib.crc32(f"{name}={value}".encode()) % self.buckets
-            if len(memo) < CATEGORY_CACHE:
-                memo[value] = bucket
-        return bucket
+        return zlib.crc32(f"{name}={value}".encode()) % self.buckets
 
     def anomalies(self, batch: ModelBatch) -> np.ndarray:
         """Per event and feature (numeric, then categorical): outside the reference's picture."""
@@ -125,8 +129,8 @@ class InputProfile:
         for j, name in enumerate(self.categorical_names):
             column = batch.categorical.get(name)
             if column is not None:
-                seen = self.vocabulary[name]
-                out_categorical[:, j] = [v is not None and v not in seen for v in column]
+                seen = np.fromiter(map(self.vocabulary[name].__contains__, column), bool, n)
+                out_categorical[:, j] = ~seen & (column != None)  # noqa: E711 - elementwise
         return np.hstack([out_numeric, out_categorical])
 
     @property
