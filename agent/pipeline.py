@@ -162,19 +162,22 @@ class Pipeline:
         self.collectors: dict[str, ReferenceCollector] = {}
         self.stats = Stats()
         self.counts = ModelCounts()  # metrics, and per-model totals not stored yet
+        # Performance points not stored yet, the latest per stored row (a window's point is
+        # re-emitted whenever late labels change it): written with the model totals.
+        self.points: dict[tuple[object, ...], MetricPoint] = {}
 
     def process(self, records: list[RawRecord]) -> list[IncidentChange]:
         """Runs one batch through detectors and stores what it produced in one transaction."""
         started = time.perf_counter()
         decoded = decode_batch(records, self.settings.max_record_bytes)
         findings: list[Finding] = []
-        points: list[MetricPoint] = []
         for (source, partition, model), batch in split_batch(decoded, self.state_key).items():
             detect_started = time.perf_counter()
             version = next((v for v in batch.model_versions if v is not None), None)
             monitor = self._monitor(source, partition, model, version)
             findings.extend(monitor.update(batch, self._reference_start(model, batch)))
-            points.extend(monitor.metrics())
+            for point in monitor.metrics():
+                self.points[_point_key(point)] = point
             self.stats.events_by_model[model] += len(batch)
             self.counts.add(batch, time.perf_counter() - detect_started)
         letters = [
@@ -191,7 +194,10 @@ class Pipeline:
         changes: list[IncidentChange] = []
         self.counts.add_dead_letters(decoded.dead_letters)
         self.counts.end_batch()
-        if findings or letters or points or self.counts.due():
+        # Model totals and performance points ride along with a batch that writes anyway, or
+        # go every `counts.store_every` seconds: a quiet batch pays for no transaction.
+        if findings or letters or self.counts.due():
+            points = list(self.points.values())
 
             def write() -> list[IncidentChange]:
                 with self.db.session() as session:
@@ -206,6 +212,7 @@ class Pipeline:
 
             changes = self.db.retrying(write)
             self.counts.stored()
+            self.points.clear()
         if letters and self.on_dead_letters is not None:
             self.on_dead_letters(decoded.dead_letters)
         self.stats.records += len(records)
@@ -278,7 +285,8 @@ class Pipeline:
     def checkpoint(self, next_offsets: dict[PartitionKey, int]) -> None:
         """Saves, in one transaction, the detector state behind the given (source, partition)s
         and the next offset of each (a state and the positions it is valid for land together),
-        and the recent predictions of each model that changed since the last checkpoint."""
+        the recent predictions of each model that changed since the last checkpoint, and the
+        model totals and performance points not stored yet."""
         covered: dict[PartitionKey, list[int]] = defaultdict(list)
         for (source, partition), offset in next_offsets.items():
             covered[self.state_key(source, partition)].append(offset)
@@ -289,6 +297,7 @@ class Pipeline:
             if monitor.recent.dirty
         ]
         samples = [(key, monitor.recent.sample()) for *key, monitor in recent]
+        points = list(self.points.values())
 
         def write() -> None:
             with self.db.session() as session:
@@ -311,11 +320,13 @@ class Pipeline:
                             model, source, partition, len(sample), window, blob
                         )
                 self.counts.store(writer)
+                writer.save_performance(points)
 
         self.db.retrying(write)
         for *_, monitor in recent:
             monitor.recent.dirty = False
         self.counts.stored()
+        self.points.clear()
 
     def restore_partition(self, source: str, partition: int) -> int | None:
         """Loads the detector state and recent predictions (source, partition) feeds; returns
@@ -343,12 +354,28 @@ class Pipeline:
         return min(offsets) if offsets else None
 
     def drop_partition(self, source: str, partition: int) -> None:
-        """Forgets the detector state (source, partition) feeds (it moved to another process)."""
-        self.monitors.pop(self.state_key(source, partition), None)
+        """Forgets the detector state (source, partition) feeds (it moved to another process),
+        and its performance points not stored yet: the new owner replays their events."""
+        key = self.state_key(source, partition)
+        self.monitors.pop(key, None)
+        self.points = {k: p for k, p in self.points.items() if (p.source, p.partition) != key}
 
     @property
     def incidents_opened(self) -> int:
         return self.stats.changes[Change.OPENED]
+
+
+def _point_key(point: MetricPoint) -> tuple[object, ...]:
+    """What identifies a performance row in storage: a later point of the key replaces it."""
+    return (
+        point.model,
+        point.model_version,
+        point.source,
+        point.partition,
+        point.window_start,
+        point.metric,
+        point.estimated,
+    )
 
 
 def _active(row: Reference) -> ActiveReference:

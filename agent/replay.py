@@ -36,8 +36,8 @@ def replay_batches(
     for records, consumed in batches:
         pipeline.process(records)
         for record in records:
-            key = (record.position.source, record.position.partition)
-            next_offsets[key] = record.position.offset + 1
+            p = record.position
+            next_offsets[p.source, p.partition] = p.offset + 1
         if on_progress is not None:
             on_progress(consumed)
     if next_offsets:

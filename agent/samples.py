@@ -104,7 +104,9 @@ class Sample:
             "score": self.score,
             "model_version": self.model_versions,
         }
-        return zlib.compress(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), 6)
+        # Level 1: a third larger than level 6 but four times faster; the pipeline encodes a
+        # sample per model at every checkpoint, and once when it learns a reference.
+        return zlib.compress(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), 1)
 
     @classmethod
     def decode(cls, blob: bytes) -> Sample:

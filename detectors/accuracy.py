@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import math
 import operator
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from itertools import compress, repeat
+from typing import Any, Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -244,6 +245,11 @@ def _groups(
 ) -> list[tuple[str, float, np.ndarray]]:
     """(model_version, window_start, indices) for each group present in the events."""
     starts = np.floor(ts / width) * width
+    distinct_versions = set(versions)
+    if len(distinct_versions) == 1 and len(starts) and starts.min() == starts.max():
+        # The usual batch: one version, one window. No sorting, no masks.
+        version = distinct_versions.pop()
+        return [("" if version is None else version, float(starts[0]), np.arange(len(starts)))]
     names = ["" if v is None else v for v in versions]
     distinct = set(names)
     if len(distinct) == 1:
@@ -263,6 +269,12 @@ def _groups(
 
 
 # --------------------------------------------------------------------------- classes
+
+
+def _class_keys(values: list[object]) -> list[str | None]:
+    """`_class_key` of each value, worked out once per distinct value (classes are few)."""
+    keys = {v: _class_key(v) for v in set(values)}
+    return list(map(keys.__getitem__, values))
 
 
 def _class_key(value: object) -> str | None:
@@ -351,7 +363,7 @@ class AccuracyDetector(Detector):
             and self.task == "classification"
         ):
             confidence = _confidence(
-                [_class_key(p) for p in batch.predictions],
+                _class_keys(batch.predictions),
                 batch.scores,
                 batch.score,
                 s.positive_class,
@@ -765,46 +777,89 @@ def _confidence(
     positive: str,
 ) -> np.ndarray:
     """The probability each prediction gives its predicted class (NaN without scores)."""
-    n = len(predicted)
-    out = np.full(n, np.nan)
+    if None not in scores:
+        # The usual case: every event has class scores naming its class; dict.get runs in C.
+        found = list(map(dict.get, cast(list[dict[str, float]], scores), predicted))
+        if None not in found:
+            return np.array(found, dtype=np.float64)
     lone = score.tolist() if isinstance(score, np.ndarray) else score
-    for i in range(n):
-        s = scores[i]
-        if s:
-            p = predicted[i]
-            out[i] = s[p] if p in s else max(s.values())
-        elif lone is not None and lone[i] is not None and not math.isnan(lone[i]):
-            p1 = lone[i]
-            p = predicted[i]
-            out[i] = p1 if (p == positive if p is not None else p1 >= 0.5) else 1 - p1
-    return out
+    # `lone` may be an endless repeat(None): zip stops at the columns' common length.
+    columns = zip(predicted, scores, repeat(None) if lone is None else lone, strict=False)
+    values = [
+        (s[p] if p in s else max(s.values())) if s else _lone_confidence(p, p1, positive)
+        for p, s, p1 in columns
+    ]
+    return np.array(values, dtype=np.float64)
+
+
+def _lone_confidence(predicted: str | None, p1: float | None, positive: str) -> float:
+    """The probability a lone `score` (of the positive class) gives the predicted class."""
+    if p1 is None or math.isnan(p1):
+        return math.nan
+    return p1 if (predicted == positive if predicted is not None else p1 >= 0.5) else 1 - p1
 
 
 def _score_pairs(joined: Joined, positive: str, negative: str) -> _Scored:
     n = len(joined)
-    predicted = [_class_key(p) for p in joined.predictions]
-    actual = [_class_key(v) for v in joined.labels]
-    p_true = np.full(n, np.nan)
-    brier = np.full(n, np.nan)
-    for i in range(n):
-        s = joined.scores[i]
+    predicted = _class_keys(joined.predictions)
+    actual = _class_keys(joined.labels)
+    scored = _score_pairs_by_class(joined.scores, predicted, actual)
+    if scored is not None:
+        p_true_array, brier_array = scored
+        confidence = _confidence(predicted, joined.scores, joined.score, positive)
+        correct = np.fromiter(map(operator.eq, predicted, actual), bool, n)
+        return _Scored(correct, p_true_array, brier_array, confidence, predicted, actual)
+    p_true: list[float] = [math.nan] * n
+    brier: list[float] = [math.nan] * n
+    for i, (s, p1, a) in enumerate(zip(joined.scores, joined.score, actual, strict=True)):
         if s:
             if predicted[i] is None:
                 predicted[i] = max(s, key=s.__getitem__)
-            p = s.get(actual[i], 0.0)  # type: ignore[arg-type]
-            squares = sum(v * v for v in s.values())
+            p = s.get(a, 0.0)  # type: ignore[arg-type]
+            squares = sum(map(operator.mul, s.values(), s.values()))
             # Binary Brier is (p1 - y)^2, half the sum over both classes.
             brier[i] = (squares - 2 * p + 1) / (2 if len(s) == 2 else 1)
             p_true[i] = p
-        elif (p1 := joined.score[i]) is not None:
+        elif p1 is not None:
             if predicted[i] is None:
                 predicted[i] = positive if p1 >= 0.5 else negative
-            p = p1 if actual[i] == positive else 1 - p1
+            p = p1 if a == positive else 1 - p1
             brier[i] = (1 - p) ** 2
             p_true[i] = p
     confidence = _confidence(predicted, joined.scores, joined.score, positive)
     correct = np.fromiter(map(operator.eq, predicted, actual), bool, n)
-    return _Scored(correct, p_true, brier, confidence, predicted, actual)
+    return _Scored(
+        correct,
+        np.array(p_true, dtype=np.float64),
+        np.array(brier, dtype=np.float64),
+        confidence,
+        predicted,
+        actual,
+    )
+
+
+def _score_pairs_by_class(
+    scores: list[dict[str, float] | None], predicted: list[str | None], actual: list[str | None]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The probability of the true class and the Brier score of each pair, as `_score_pairs`
+    computes them one pair at a time, but column-wise: for the usual batch, where every pair
+    has a prediction and scores for the same number of classes. None for any other batch.
+
+    The squares are summed class after class, in each dict's own order, starting from 0: the
+    same additions in the same order as `sum(...)` per pair, so the same values to the bit.
+    """
+    if None in scores or None in predicted:
+        return None
+    dicts = cast(list[dict[str, float]], scores)
+    sizes = set(map(len, dicts))
+    if len(sizes) != 1 or 0 in sizes:
+        return None
+    p_true = np.array(list(map(dict.get, dicts, actual, repeat(0.0))), dtype=np.float64)
+    values = np.array(list(map(list, map(dict.values, dicts))), dtype=np.float64)
+    squares = sum(values[:, j] * values[:, j] for j in range(values.shape[1]))
+    # Binary Brier is (p1 - y)^2, half the sum over both classes.
+    brier = (squares - 2 * p_true + 1) / (2 if values.shape[1] == 2 else 1)
+    return p_true, brier
 
 
 def _add_classification(w: _Window, scored: _Scored, idx: np.ndarray) -> None:
@@ -816,13 +871,21 @@ def _add_classification(w: _Window, scored: _Scored, idx: np.ndarray) -> None:
         w.scored += int(has.sum())
         w.log_loss += float(-np.log(np.clip(p[has], LOG_LOSS_EPS, 1.0)).sum())
         w.brier += float(scored.brier[idx][has].sum())
-    for i, ok in zip(idx.tolist(), correct.tolist(), strict=True):
-        p, a = scored.predicted[i], scored.actual[i]
-        if ok:
-            w.tp[p] = w.tp.get(p, 0) + 1  # type: ignore[index]
-        else:
-            w.fp[p] = w.fp.get(p, 0) + 1  # type: ignore[index]
-            w.fn[a] = w.fn.get(a, 0) + 1  # type: ignore[index]
+    predicted, actual = _pick(scored.predicted, idx), _pick(scored.actual, idx)
+    hits = correct.tolist()
+    misses = [not ok for ok in hits]
+    for counts, classes in (
+        (w.tp, compress(predicted, hits)),
+        (w.fp, compress(predicted, misses)),
+        (w.fn, compress(actual, misses)),
+    ):
+        for cls_, k in Counter(classes).items():
+            counts[cls_] = counts.get(cls_, 0) + k  # type: ignore[index]
+
+
+def _pick(values: list[str | None], idx: np.ndarray) -> list[str | None]:
+    """values[idx] for sorted distinct indices (all of them, in the usual one-group batch)."""
+    return values if len(idx) == len(values) else [values[i] for i in idx.tolist()]
 
 
 def _precision_recall_f1(w: _Window, s: AccuracySettings) -> tuple[float, float, float]:

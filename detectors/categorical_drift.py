@@ -109,7 +109,7 @@ class CategoricalMonitor:
         i = 0
         while i < len(items):
             take = min(self.window_size - self.filled, len(items) - i)
-            self.current.update(items[i : i + take])
+            self.current.update(items if take == len(items) else items[i : i + take])
             self.filled += take
             i += take
             if self.filled == self.window_size:
@@ -260,16 +260,32 @@ class CategoricalDriftDetector(ReferenceDetector):
         for name, monitor in self.monitors.items():
             if name in self.numeric_codes:
                 column = batch.numeric.get(name)
-                valid = None if column is None else np.flatnonzero(~np.isnan(column))
+                if column is None:
+                    continue
+                valid = np.flatnonzero(~np.isnan(column))
+                values = column[valid]
             else:
-                column = batch.categorical.get(name)
-                valid = None if column is None else np.flatnonzero(~np.equal(column, None))
-            if column is None or valid is None or len(valid) == 0:
+                values, valid = _categories(batch.categorical.get(name))
+            if len(valid) == 0:
                 continue
             floors = PsiFloors(
                 self.settings.of(name, "min_psi"), self.settings.of(name, "critical_psi")
             )
             findings += watch(
-                self.name, Kind.FEATURE_DRIFT, name, monitor, floors, batch, column[valid], valid
+                self.name, Kind.FEATURE_DRIFT, name, monitor, floors, batch, values, valid
             )
         return findings
+
+
+def _categories(column: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """A categorical column's non-missing values and their indices in the batch.
+
+    Columns usually have no missing value, and a list's own None check is several times
+    cheaper than numpy's elementwise comparison on objects: that is checked first.
+    """
+    if column is None:
+        return np.empty(0, dtype=object), np.empty(0, dtype=np.intp)
+    if None not in column.tolist():
+        return column, np.arange(len(column))
+    valid = np.flatnonzero(~np.equal(column, None))
+    return column[valid], valid

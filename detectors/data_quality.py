@@ -119,18 +119,14 @@ class DataQualityDetector(ReferenceDetector):
             kind = reference_type(reference, name)
             if kind is None:
                 continue  # never had a value: nothing to compare with
-            counts = _indicators(reference, name, kind, math.nan, math.nan).sum(axis=1)
-            ref = FieldReference(
-                kind,
-                len(reference),
-                int(counts[MISSING]),
-                int(counts[VIOLATION]),
-                int(counts[VALID]),
-            )
-            if kind == "numeric":
+            self.fields[name] = FieldReference(kind, len(reference), 0, 0, 0)
+        counts = _Flags.of(reference, self.fields).counts(0, len(reference))
+        for ref, row in zip(self.fields.values(), counts.tolist(), strict=True):
+            ref.missing, ref.violations, ref.values = row[MISSING], row[VIOLATION], row[VALID]
+        for name, ref in self.fields.items():
+            if ref.kind == "numeric":
                 values = numeric_values(reference, name)
                 ref.low, ref.high = float(values.min()), float(values.max())
-            self.fields[name] = ref
         self.reference_events = len(reference)
         tests = 3 * len(self.fields) + 1
         self.alpha = window_alpha(self.budget, self.settings.window, tests)
@@ -140,24 +136,19 @@ class DataQualityDetector(ReferenceDetector):
         n = len(batch)
         if n == 0:
             return []
-        cumulative = {
-            name: _cumulative(_indicators(batch, name, ref.kind, ref.low, ref.high))
-            for name, ref in self.fields.items()
-        }
-        for name in batch.feature_names() - self.fields.keys():
-            cumulative[name] = _cumulative(_present(batch, name)[None, :])
+        flags = _Flags.of(batch, self.fields)
+        new = {name: _present(batch, name) for name in batch.feature_names() - self.fields.keys()}
         findings: list[Finding] = []
         size = self.settings.window
         start = 0
         while start < n:
             stop = min(start + size - self.filled, n)
-            for name, cum in cumulative.items():
-                counts = cum[:, stop] - cum[:, start]
-                if name in self.fields:
-                    previous = self.window.counts.get(name)
-                    self.window.counts[name] = counts if previous is None else previous + counts
-                else:
-                    self.window.new[name] = self.window.new.get(name, 0) + int(counts[0])
+            for name, counts in zip(self.fields, flags.counts(start, stop), strict=True):
+                previous = self.window.counts.get(name)
+                self.window.counts[name] = counts if previous is None else previous + counts
+            for name, present in new.items():
+                count = int(np.count_nonzero(present[start:stop]))
+                self.window.new[name] = self.window.new.get(name, 0) + count
             self.filled += stop - start
             start = stop
             if self.filled == size:
@@ -170,11 +161,12 @@ class DataQualityDetector(ReferenceDetector):
         size = self.settings.window
         findings = []
         for name, ref in self.fields.items():
-            counts = self.window.counts[name]
+            counts = self.window.counts[name].tolist()
+            floor = self.settings.of(name, "min_rate_increase")
             tests = [
-                RateTest("missing_rate", ref.missing, ref.events, int(counts[MISSING]), size),
+                RateTest("missing_rate", ref.missing, ref.events, counts[MISSING], size),
                 RateTest(
-                    "type_violation_rate", ref.violations, ref.events, int(counts[VIOLATION]), size
+                    "type_violation_rate", ref.violations, ref.events, counts[VIOLATION], size
                 ),
             ]
             if ref.kind == "numeric" and counts[VALID] > 0:
@@ -183,11 +175,13 @@ class DataQualityDetector(ReferenceDetector):
                         "out_of_range_rate",
                         RANGE_PSEUDO_COUNT,
                         ref.values,
-                        int(counts[OUT_OF_RANGE]),
-                        int(counts[VALID]),
+                        counts[OUT_OF_RANGE],
+                        counts[VALID],
                     )
                 )
             for test in tests:
+                if test.increase < floor:
+                    continue  # the usual case, settled without the verdict's work
                 verdict = self._verdict(name, test, self.alpha, ref, vanished=not counts[PRESENT])
                 if verdict is not None:
                     findings.append(
@@ -261,46 +255,64 @@ class DataQualityDetector(ReferenceDetector):
         )
 
 
-def _indicators(batch: ModelBatch, name: str, kind: str, low: float, high: float) -> np.ndarray:
-    """Per event, the 5 counted indicators (MISSING, VIOLATION, VALID, OUT_OF_RANGE,
-    PRESENT) of a field whose reference type is `kind`."""
-    n = len(batch)
-    number = batch.numeric.get(name)
-    category = batch.categorical.get(name)
-    is_number = np.zeros(n, bool) if number is None else ~np.isnan(number)
-    is_category = np.zeros(n, bool) if category is None else ~np.equal(category, None)
-    out = np.zeros((5, n), dtype=np.int64)
-    out[MISSING] = ~(is_number | is_category)
-    if kind == "numeric":
-        out[VIOLATION] = is_category
-        out[VALID] = is_number
-        if number is not None:
+@dataclass(slots=True)
+class _Flags:
+    """What each field of the reference holds in each event of a batch, as (fields x events)
+    boolean matrices, so that a window's counts for all fields are a few numpy calls."""
+
+    number: np.ndarray  # a number
+    category: np.ndarray  # a string or boolean
+    out_of_range: np.ndarray  # a number outside the reference range (numeric fields)
+    numeric: np.ndarray  # per field: its reference type is numeric
+
+    @classmethod
+    def of(cls, batch: ModelBatch, fields: dict[str, FieldReference]) -> _Flags:
+        shape = (len(fields), len(batch))
+        number, category = np.zeros(shape, bool), np.zeros(shape, bool)
+        out_of_range = np.zeros(shape, bool)
+        rows = [(i, batch.numeric[n]) for i, n in enumerate(fields) if n in batch.numeric]
+        if rows:
+            which = [i for i, _ in rows]
+            values = np.stack([column for _, column in rows])
+            refs = list(fields.values())
+            # A field of categorical reference type has no range (NaN): nothing is outside it.
+            low = np.array([refs[i].low for i in which])
+            high = np.array([refs[i].high for i in which])
+            number[which] = ~np.isnan(values)
             with np.errstate(invalid="ignore"):
-                out[OUT_OF_RANGE] = (number < low) | (number > high)
-    else:
-        out[VIOLATION] = is_number
-        out[VALID] = is_category
-    out[PRESENT] = _present(batch, name)
-    return out
+                out_of_range[which] = (values < low[:, None]) | (values > high[:, None])
+        rows = [(i, batch.categorical[n]) for i, n in enumerate(fields) if n in batch.categorical]
+        if rows:
+            category[[i for i, _ in rows]] = ~np.equal(np.stack([c for _, c in rows]), None)
+        numeric = np.array([ref.kind == "numeric" for ref in fields.values()], dtype=bool)
+        return cls(number, category, out_of_range, numeric)
+
+    def counts(self, start: int, stop: int) -> np.ndarray:
+        """Per field, the 5 counts (MISSING, VIOLATION, VALID, OUT_OF_RANGE, PRESENT) of the
+        events in [start, stop)."""
+        numbers = np.count_nonzero(self.number[:, start:stop], axis=1)
+        categories = np.count_nonzero(self.category[:, start:stop], axis=1)
+        present = np.count_nonzero(
+            self.number[:, start:stop] | self.category[:, start:stop], axis=1
+        )
+        out = np.empty((len(self.numeric), 5), dtype=np.int64)
+        out[:, MISSING] = (stop - start) - present
+        out[:, VIOLATION] = np.where(self.numeric, categories, numbers)
+        out[:, VALID] = np.where(self.numeric, numbers, categories)
+        out[:, OUT_OF_RANGE] = np.count_nonzero(self.out_of_range[:, start:stop], axis=1)
+        out[:, PRESENT] = present
+        return out
 
 
 def _present(batch: ModelBatch, name: str) -> np.ndarray:
     """Per event, whether the field has a value: a key with null values only counts as absent
     (it carries nothing)."""
-    n = len(batch)
-    present = np.zeros(n, dtype=np.int64)
+    present = np.zeros(len(batch), dtype=bool)
     if name in batch.numeric:
         present |= ~np.isnan(batch.numeric[name])
     if name in batch.categorical:
         present |= ~np.equal(batch.categorical[name], None)
     return present
-
-
-def _cumulative(indicators: np.ndarray) -> np.ndarray:
-    """Running sums with a leading zero column, so any slice's counts are a difference."""
-    out = np.zeros((indicators.shape[0], indicators.shape[1] + 1), dtype=np.int64)
-    np.cumsum(indicators, axis=1, out=out[:, 1:])
-    return out
 
 
 def _minus_log10(p: float) -> float:

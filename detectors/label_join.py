@@ -66,28 +66,28 @@ class Joined:
         return len(self.pred_ts)
 
 
-class _Builder:
-    def __init__(self) -> None:
-        self.rows: list[tuple[PendingPrediction, object, float, float, int]] = []
+# A completed pair as the join collects it: (prediction, label, label ts, at ts, at offset).
+JoinedRow = tuple[PendingPrediction, object, float, float, int]
 
-    def add(self, pred: PendingPrediction, label: object, label_ts: float, at: float, off: int):
-        self.rows.append((pred, label, label_ts, at, off))
 
-    def build(self) -> Joined:
-        rows = self.rows
-        n = len(rows)
-        preds = [r[0] for r in rows]
-        return Joined(
-            pred_ts=np.fromiter((p[0] for p in preds), np.float64, n),
-            label_ts=np.fromiter((r[2] for r in rows), np.float64, n),
-            at_ts=np.fromiter((r[3] for r in rows), np.float64, n),
-            at_offset=np.fromiter((r[4] for r in rows), np.int64, n),
-            versions=[p[1] for p in preds],
-            predictions=[p[2] for p in preds],
-            scores=[p[3] for p in preds],
-            score=[p[4] for p in preds],
-            labels=[r[1] for r in rows],
-        )
+def _build(rows: list[JoinedRow]) -> Joined:
+    """The pairs as columns; the transposes run in C (zip), not per pair in Python."""
+    if not rows:
+        empty = np.empty(0)
+        return Joined(empty, empty, empty, np.empty(0, dtype=np.int64))
+    preds, labels, label_ts, at_ts, at_offset = zip(*rows, strict=True)
+    pred_ts, versions, predictions, scores, score = zip(*preds, strict=True)
+    return Joined(
+        pred_ts=np.array(pred_ts, dtype=np.float64),
+        label_ts=np.array(label_ts, dtype=np.float64),
+        at_ts=np.array(at_ts, dtype=np.float64),
+        at_offset=np.array(at_offset, dtype=np.int64),
+        versions=list(versions),
+        predictions=list(predictions),
+        scores=list(scores),
+        score=list(score),
+        labels=list(labels),
+    )
 
 
 class LabelJoin:
@@ -105,7 +105,7 @@ class LabelJoin:
 
     def add(self, batch: ModelBatch) -> Joined:
         """Enters the batch's predictions, then its labels; returns the pairs completed."""
-        out = _Builder()
+        out: list[JoinedRow] = []
         if len(batch):
             self._add_predictions(batch, out)
             self.watermark = max(self.watermark, float(batch.ts.max()))
@@ -114,9 +114,9 @@ class LabelJoin:
             self._add_labels(labels.ids, labels.values, labels.ts, labels.offsets, out)
             self.watermark = max(self.watermark, float(labels.ts.max()))
         self._expire()
-        return out.build()
+        return _build(out)
 
-    def _add_predictions(self, batch: ModelBatch, out: _Builder) -> None:
+    def _add_predictions(self, batch: ModelBatch, out: list[JoinedRow]) -> None:
         ids = batch.ids
         scores = repeat(None) if batch.score is None else _floats_or_none(batch.score)
         # `scores` may be an endless repeat(None): zip stops at the columns' common length.
@@ -138,7 +138,7 @@ class LabelJoin:
                 for pid in sorted(matched, key=where.__getitem__):
                     label, label_ts = self.early.pop(pid)
                     i = where[pid]
-                    out.add(new.pop(pid), label, label_ts, float(ts[i]), int(offsets[i]))
+                    out.append((new.pop(pid), label, label_ts, float(ts[i]), int(offsets[i])))
                     self.done[pid] = label_ts
                 c.early += len(matched)
                 c.joined += len(matched)
@@ -151,24 +151,36 @@ class LabelJoin:
         c.evicted_predictions += max(0, excess)
 
     def _add_labels(
-        self, ids: list[str], values: list[object], ts: np.ndarray, offsets: np.ndarray, out
+        self,
+        ids: list[str],
+        values: list[object],
+        ts: np.ndarray,
+        offsets: np.ndarray,
+        out: list[JoinedRow],
     ) -> None:
-        pending, done, early = self.pending, self.done, self.early
+        done, early = self.done, self.early
         c = self.counters
         c.labels += len(ids)
-        joined = duplicates = 0
-        columns = zip(ids, values, ts.tolist(), offsets.tolist(), strict=True)
-        for lid, value, label_ts, offset in columns:
-            pred = pending.pop(lid, None)
-            if pred is not None:
-                out.add(pred, value, label_ts, label_ts, offset)
-                done[lid] = label_ts
-                joined += 1
-            elif lid in done or lid in early:
-                duplicates += 1
-            else:
-                early[lid] = (value, label_ts)
-        c.joined += joined
+        before = len(out)
+        duplicates = 0
+        times, offs = ts.tolist(), offsets.tolist()
+        # Every label takes its prediction out of `pending`, in order (a second label for an
+        # id finds it gone). Usually each one finds it: the pairs are then made in C.
+        preds = list(map(self.pending.pop, ids, repeat(None)))
+        if None not in preds:
+            out.extend(zip(preds, values, times, times, offs, strict=True))
+            done.update(zip(ids, times, strict=True))
+        else:
+            columns = zip(ids, preds, values, times, offs, strict=True)
+            for lid, pred, value, label_ts, offset in columns:
+                if pred is not None:
+                    out.append((pred, value, label_ts, label_ts, offset))
+                    done[lid] = label_ts
+                elif lid in done or lid in early:
+                    duplicates += 1
+                else:
+                    early[lid] = (value, label_ts)
+        c.joined += len(out) - before
         c.duplicates += duplicates
         excess = len(early) - self.max_early
         for _ in range(max(0, excess)):

@@ -106,6 +106,37 @@ def test_replay_raises_accuracy_drop_and_stores_the_history(database: Database) 
     assert repository.performance_history("m", metric="accuracy") == history
 
 
+def test_performance_points_are_stored_with_the_model_totals_not_per_batch(
+    database: Database,
+) -> None:
+    """Quiet batches keep their points (the latest per row) until the totals are due or a
+    checkpoint; a partition that moved away takes its unsaved points with it."""
+    batches = list(memory_batches(lines(seed=3, flip_after_change=0.0), "t", 500))
+    repository = Repository(database)
+    pipeline = Pipeline(settings(database.url), database, consumer="c")
+    pipeline.counts.store_every = 1e9  # never due by time in this test
+    for records, _ in batches[:4]:
+        pipeline.process(records)
+    assert pipeline.points and not repository.performance_history("m")
+    pipeline.counts.store_every = 0.0  # due now: the next batch writes what is pending
+    pipeline.process(batches[4][0])
+    assert not pipeline.points
+    stored = repository.performance_history("m", metric="coverage")
+    assert stored
+
+    pipeline.counts.store_every = 1e9
+    pipeline.process(batches[5][0])
+    pipeline.checkpoint({("t", 0): batches[5][0][-1].position.offset + 1})
+    assert not pipeline.points
+    later = repository.performance_history("m", metric="coverage")
+    assert sum(r["n"] for r in later) > sum(r["n"] for r in stored)
+
+    pipeline.process(batches[6][0])
+    assert pipeline.points
+    pipeline.drop_partition("t", 0)
+    assert not pipeline.points
+
+
 def test_pipeline_checkpoint_keeps_pending_joins_across_a_restart(database: Database) -> None:
     data = lines(seed=2, flip_after_change=0.0)
     batches = list(memory_batches(data, "t", 500))
