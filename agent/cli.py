@@ -6,7 +6,6 @@ traceback as well.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import re
@@ -21,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from agent import tune_garbage_collector
 from agent.alerts.dispatcher import Delivering
 from agent.config import ConfigError, Settings, load_settings
 from agent.demo import demo_scenario
@@ -379,19 +379,8 @@ from agent import cli_kafka  # noqa: E402 - registers `run` and `kafka` on the a
 cli_kafka.register(app)
 
 
-def _tune_garbage_collector() -> None:
-    """Keep the cyclic garbage collector off the hot path. A batch allocates many short-lived
-    containers (decoded records, columns) while the process holds much long-lived state
-    (libraries, pending label joins, client buffers); with CPython's defaults the collector's
-    full passes over that heap cost about 10 us per record, more than any detector (measured
-    on bench/throughput.py's stream). Freezing what start-up loaded and collecting the young
-    generation less often brings that to about 2 us; cycles are still collected."""
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
-
-
 def main() -> None:
-    _tune_garbage_collector()
+    tune_garbage_collector()
     try:
         app()
     except (ConfigError, DatabaseError, UsageError, FileNotFoundError) as exc:
