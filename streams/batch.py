@@ -9,12 +9,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import attrgetter
+from typing import Any
 
 import numpy as np
 
-from streams.decode import DecodedBatch
+from streams.decode import DecodedBatch, LabelGroup, PredictionGroup, feature_columns
 from streams.events import FeatureValue, Label, Position, Prediction
+
+_offset = attrgetter("offset")
 
 PartitionKey = tuple[str, int]  # (source, partition)
 # Which detector state a record of (source, partition) feeds. Files: the partition itself.
@@ -161,19 +164,21 @@ def split_batch(
     decoded: DecodedBatch, state_key: StateKeyFn = own_partition
 ) -> dict[tuple[str, int, str], ModelBatch]:
     """Groups a decoded batch by (state source, state partition, model) into columnar batches."""
-    predictions: dict[tuple[str, int, str], list[Prediction]] = defaultdict(list)
-    labels: dict[tuple[str, int, str], list[Label]] = defaultdict(list)
-    for event in decoded.predictions:
-        p = event.position
-        predictions[(*state_key(p.source, p.partition), event.model)].append(event)
-    for label in decoded.labels:
-        p = label.position
-        labels[(*state_key(p.source, p.partition), label.model)].append(label)
+    predictions: dict[tuple[str, int, str], list[PredictionGroup]] = defaultdict(list)
+    labels: dict[tuple[str, int, str], list[LabelGroup]] = defaultdict(list)
+    for group in decoded.prediction_groups:
+        predictions[(*state_key(group.source, group.partition), group.model)].append(group)
+    for label_group in decoded.label_groups:
+        key = (*state_key(label_group.source, label_group.partition), label_group.model)
+        labels[key].append(label_group)
     batches = {}
     for key in predictions.keys() | labels.keys():
-        batch = _columns(key, predictions.get(key, []))
+        if key in predictions:
+            batch = _model_batch(key, _merge_predictions(predictions[key]))
+        else:
+            batch = _model_batch(key, _prediction_columns(key, []))
         if key in labels:
-            batch.labels = LabelColumns.of(labels[key])
+            batch.labels = _label_columns(_merge_labels(labels[key]))
         batches[key] = batch
     return batches
 
@@ -182,32 +187,52 @@ def build_model_batch(
     model: str, source: str, partition: int, events: list[Prediction]
 ) -> ModelBatch:
     """The columnar batch of the given predictions (also used to rebuild stored samples)."""
-    return _columns((source, partition, model), events)
+    key = (source, partition, model)
+    return _model_batch(key, _prediction_columns(key, events))
 
 
-def _columns(key: tuple[str, int, str], events: list[Prediction]) -> ModelBatch:
+def _prediction_columns(key: tuple[str, int, str], events: list[Prediction]) -> PredictionGroup:
     source, partition, model = key
-    n = len(events)
     rows = [e.features for e in events]
+    return PredictionGroup(
+        model=model,
+        source=source,
+        partition=partition,
+        order=list(range(len(events))),
+        positions=[e.position for e in events],
+        ts=[e.ts for e in events],
+        ids=[e.id for e in events],
+        model_versions=[e.model_version for e in events],
+        clients=[e.client for e in events],
+        rows=rows,
+        features=feature_columns(rows),
+        predictions=[e.prediction for e in events],
+        scores=[e.scores for e in events],
+        score=[e.score for e in events],
+    )
+
+
+def _model_batch(key: tuple[str, int, str], group: PredictionGroup) -> ModelBatch:
+    source, partition, model = key
+    n = len(group.ts)
     batch = ModelBatch(
         model=model,
         source=source,
         partition=partition,
-        ts=np.fromiter((e.ts for e in events), np.float64, n),
-        offsets=np.fromiter((e.position.offset for e in events), np.int64, n),
-        positions=[e.position for e in events],
-        ids=[e.id for e in events],
-        clients=[e.client for e in events],
-        model_versions=[e.model_version for e in events],
-        rows=rows,
-        predictions=[e.prediction for e in events],
-        scores=[e.scores for e in events],
+        ts=np.array(group.ts, dtype=np.float64),
+        offsets=np.fromiter(map(_offset, group.positions), np.int64, n),
+        positions=group.positions,
+        ids=group.ids,
+        clients=group.clients,
+        model_versions=group.model_versions,
+        rows=group.rows,
+        predictions=group.predictions,
+        scores=group.scores,
     )
-    if any(e.score is not None for e in events):
-        batch.score = np.array([np.nan if e.score is None else e.score for e in events])
-    for name, values in _feature_columns(rows):
-        kinds = set(map(type, values))
-        kinds.discard(type(None))
+    if group.score.count(None) < n:
+        batch.score = np.array(group.score, dtype=np.float64)  # None -> NaN
+    for name, values, types in group.features:
+        kinds = types - {type(None)}
         if kinds <= {int, float}:
             batch.numeric[name] = np.array(values, dtype=np.float64)  # None -> NaN
         elif kinds <= {str, bool}:
@@ -224,22 +249,63 @@ def _columns(key: tuple[str, int, str], events: list[Prediction]) -> ModelBatch:
     return batch
 
 
-def _feature_columns(rows: list[dict[str, FeatureValue]]) -> list[tuple[str, tuple]]:
-    """(name, values) per feature, None where a row lacks it.
+def _label_columns(group: LabelGroup) -> LabelColumns:
+    n = len(group.ts)
+    return LabelColumns(
+        ids=group.ids,
+        values=group.values,
+        ts=np.array(group.ts, dtype=np.float64),
+        offsets=np.fromiter(map(_offset, group.positions), np.int64, n),
+        positions=group.positions,
+    )
 
-    When every row has the same keys (the usual case) the transpose runs in C through
-    itemgetter and zip; otherwise each feature is gathered with dict.get.
-    """
-    if not rows:
-        return []
-    first = rows[0].keys()
-    if all(row.keys() == first for row in rows):
-        names = list(first)
-        if len(names) == 1:
-            return [(names[0], tuple(row[names[0]] for row in rows))]
-        table = map(itemgetter(*names), rows)
-        return list(zip(names, zip(*table, strict=True), strict=True))
-    union: dict[str, None] = {}
-    for row in rows:
-        union.update(dict.fromkeys(row))
-    return [(name, tuple(row.get(name) for row in rows)) for name in union]
+
+def _merge_predictions(groups: list[PredictionGroup]) -> PredictionGroup:
+    """One group of several that feed the same state (Kafka topics sharing a partition
+    number), in the order the events came in the batch."""
+    if len(groups) == 1:
+        return groups[0]
+    first = groups[0]
+    merged = PredictionGroup(
+        model=first.model,
+        source=first.source,
+        partition=first.partition,
+        **{name: _in_order(groups, name) for name in _PREDICTION_LISTS},
+        features=[],
+    )
+    merged.features = feature_columns(merged.rows)
+    return merged
+
+
+def _merge_labels(groups: list[LabelGroup]) -> LabelGroup:
+    if len(groups) == 1:
+        return groups[0]
+    first = groups[0]
+    return LabelGroup(
+        model=first.model,
+        source=first.source,
+        partition=first.partition,
+        **{name: _in_order(groups, name) for name in _LABEL_LISTS},
+    )
+
+
+_PREDICTION_LISTS = (
+    "order",
+    "positions",
+    "ts",
+    "ids",
+    "model_versions",
+    "clients",
+    "rows",
+    "predictions",
+    "scores",
+    "score",
+)
+_LABEL_LISTS = ("order", "positions", "ids", "values", "ts")
+
+
+def _in_order(groups: list[PredictionGroup] | list[LabelGroup], name: str) -> list[Any]:
+    """The groups' `name` lists joined, sorted by the events' order in the batch."""
+    order = [i for group in groups for i in group.order]
+    items = [x for group in groups for x in getattr(group, name)]
+    return [items[i] for i in sorted(range(len(order)), key=order.__getitem__)]

@@ -138,3 +138,85 @@ def test_file_source_cuts_a_10mb_line_without_losing_its_neighbours(tmp_path) ->
 def test_file_source_reports_a_missing_file() -> None:
     with pytest.raises(FileNotFoundError, match=r"no such file: /nonexistent\.jsonl"):
         FileSource("/nonexistent.jsonl")
+
+
+def _label(**changes: object) -> bytes:
+    event = {"type": "label", "model": "fraud", "id": "p-1", "label": 0, "ts": 1767229200}
+    return json.dumps({**event, **changes}).encode()
+
+
+def test_batch_decoding_agrees_with_the_per_record_decoder() -> None:
+    """Each record of a mixed batch decodes as it does alone, and the bad ones are dead
+    letters in their order, whichever columns they spoil for the others."""
+    payloads = [
+        _with(id=7, client=8, model_version=3),  # integer identifiers become strings
+        _with(ts="2026-01-01T00:00:00Z"),
+        _with(features={"amount": None}, scores=..., prediction="yes", score=0.5),
+        _label(id=12, label="spam"),
+        _with(ts="yesterday"),  # spoils the ts column of the fraud group
+        _with(model="churn", features={"x": [1]}),
+        _label(model=""),
+        _with(scores={}),
+        b"[]",
+        _with(model="churn", features={}),
+        _label(ts=True),
+        _with(client=True),
+    ]
+    batch = decode_batch(_records(*payloads))
+    alone = [decode_batch(_records(p)) for p in payloads]
+    assert [p.position for p in batch.predictions] == [
+        Position("test", 0, i) for i, a in enumerate(alone) if a.predictions
+    ]
+    first = batch.predictions[0]
+    assert (first.id, first.client, first.model_version) == ("7", "8", "3")
+    fraud = next(g for g in batch.prediction_groups if g.model == "fraud")
+    assert (fraud.ids[0], fraud.clients[0], fraud.model_versions[0]) == ("7", "8", "3")
+    assert fraud.ts[:2] == [1767225600.0, 1767225600.0]
+    assert [lab.id for lab in batch.labels] == ["12"]
+    assert [(d.position.offset, d.reason) for d in batch.dead_letters] == [
+        (i, a.dead_letters[0].reason) for i, a in enumerate(alone) if a.dead_letters
+    ]
+    assert (len(batch.predictions), len(batch.labels), len(batch.dead_letters)) == (4, 1, 7)
+
+
+def test_groups_hold_the_columns_and_empty_features_are_fine() -> None:
+    batch = decode_batch(
+        [
+            RawRecord(_with(model="churn", features={}), Position("a", 0, 5)),
+            RawRecord(_with(), Position("a", 1, 6)),
+            RawRecord(_with(model="churn", features={"x": 1}), Position("a", 0, 7)),
+            RawRecord(_label(), Position("a", 1, 8)),
+        ]
+    )
+    groups = {(g.source, g.partition, g.model): g for g in batch.prediction_groups}
+    churn = groups[("a", 0, "churn")]
+    assert churn.positions == [Position("a", 0, 5), Position("a", 0, 7)]
+    assert churn.features == [("x", (None, 1), {type(None), int})]
+    (labels,) = batch.label_groups
+    assert (labels.model, labels.ids, labels.values, labels.ts) == (
+        "fraud",
+        ["p-1"],
+        [0],
+        [1767229200.0],
+    )
+
+
+def test_file_source_keeps_line_numbers_across_chunks_blank_lines_and_crlf(
+    tmp_path, monkeypatch
+) -> None:
+    import streams.files
+
+    monkeypatch.setattr(streams.files, "_CHUNK_BYTES", 7)  # lines straddle chunk boundaries
+    path = tmp_path / "events.jsonl"
+    lines = [_with(id="a") + b"\r", b"", b"  ", _with(id="b"), b"x" * 40 + b"\r", _with(id="c")]
+    path.write_bytes(b"\n".join(lines))  # no newline at the end
+    source = FileSource(str(path), batch_size=2, max_record_bytes=len(_with(id="a")))
+    batches = list(source.batches())
+    records = [r for batch, _ in batches for r in batch]
+    assert [r.position.offset for r in records] == [0, 3, 4, 5]
+    assert records[0].value == _with(id="a") and records[0].size == len(_with(id="a"))
+    assert records[2].value == b"x" * 40 and records[2].size == 40
+    assert [consumed for _, consumed in batches] == [
+        sum(len(line.rstrip(b"\r")) + 1 for line in lines[:4]),
+        sum(len(line.rstrip(b"\r")) + 1 for line in lines),
+    ]
