@@ -29,12 +29,15 @@ with probability at most alpha = `false_clients_per_thousand` / 1000. Since the 
 share of clients, that is also the expected share of benign clients flagged, however many
 are tested.
 
-Cost: every query is measured and every look computes every statistic (nothing is sampled).
-The batch is grouped by client once; clients' rings are rows of shared arrays, stored in one
-step; nearest candidates come from one `np.partition` of packed (distance, column) keys per
-group of similar widths (`_smallest`); Shapiro-Wilk W uses cached coefficients
-(`_shapiro_w`). Much of the remaining CPU time can be OpenBLAS worker threads spinning after
-larger products: `OPENBLAS_NUM_THREADS=1` for the process roughly halves it.
+Cost: every query is measured and every look computes every statistic (nothing is sampled),
+with no numpy call per client. The batch is grouped by client once; clients' rings are rows
+of shared arrays, stored in one step; runs of similar clients (`_segments`) get their
+distances from one padded batched product and their nearest candidates from one
+`np.partition` of packed (distance, column) keys (`_smallest`); the entity check looks at the
+k nearest candidates first. The looks due in a batch are computed together: statistics as
+arrays over clients, Shapiro-Wilk W from cached coefficients (`_shapiro_w`), one p-value call
+per statistic. OpenBLAS worker threads spinning after larger products can double the CPU
+time: `OPENBLAS_NUM_THREADS=1` for the process avoids that.
 """
 
 from __future__ import annotations
@@ -75,6 +78,9 @@ MIN_CALIBRATION_VALUES = 30  # fewer benign values of a statistic: that detector
 CALIBRATION_LOOKS_PER_CLIENT = 8  # so that no single client shapes what "benign" means
 CLEAN_P = 0.1  # a look above this is clean: a later pattern began after it
 LINKED_CLIENTS = 8  # other keys remembered per client for shared fingerprints
+# A padded distance block's fixed cost (its numpy calls), in distance entries: a client group
+# joins a block unless that adds more padding than this (`_segments`).
+SEGMENT_OVERHEAD = 20_000
 
 
 class QueryPatternSettings(BaseModel):
@@ -107,6 +113,7 @@ class QueryPatternSettings(BaseModel):
 
 # Columns of a client's per-query record (one row per query in its ring).
 TS, OOD, LOW, SHARED, EXACT, KNN, MIN_DISTANCE = range(7)
+_NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan])  # counts in no statistic
 # LOW: 1 low margin, 0 not, -1 no score. KNN: log mean distance to the k nearest earlier
 # distinct queries (NaN: not enough of them). MIN_DISTANCE: NaN for repeats and the first.
 
@@ -177,8 +184,9 @@ class QueryPatternDetector(ProfiledDetector):
         x = self.profile.encode(batch)[start:]
         n = len(x)
         # Each distinct caller once: its index in this batch, key, owner hash and state.
-        seen: dict[str | None, int] = {}
-        codes = np.array([seen.setdefault(c, len(seen)) for c in batch.clients[start:]])
+        callers = batch.clients[start:]
+        seen = {c: i for i, c in enumerate(dict.fromkeys(callers))}  # in order of arrival
+        codes = np.fromiter(map(seen.__getitem__, callers), np.int64, len(callers))
         names = [self._client_key(c) for c in seen]
         owners = np.array([0 if c is None else _owner_hash(c) for c in names], dtype=np.int64)
         states = self._states(names, owners.tolist())
@@ -189,12 +197,17 @@ class QueryPatternDetector(ProfiledDetector):
         self.anonymous += int((owner == 0).sum())
         ts = batch.ts[start:]
         shared, linked = self._shared_fingerprints(x, ts, owner)
-        # Tracked queries grouped by client (arrival order within), clients sorted by how
-        # many earlier queries each query is compared with (ring + this batch).
+        # Tracked queries grouped by client (arrival order within), clients sorted by the
+        # size class of their group (1, 2-3, 4-7, ... queries in this batch), then by how many
+        # earlier queries each query is compared with (ring + this batch): `_nearest` pads
+        # runs of similar clients into one block.
         filled = np.array([0 if st is None else min(st.count, s.buffer_size) for st in states])
         per_client = np.bincount(codes, minlength=len(names))
+        size_class = np.frexp(per_client)[1]
         rows = np.flatnonzero(np.array([st is not None for st in states])[codes])
-        order = rows[np.lexsort((codes[rows], (filled + per_client)[codes[rows]]))]
+        row_codes = codes[rows]
+        keys = (row_codes, (filled + per_client)[row_codes], size_class[row_codes])
+        order = rows[np.lexsort(keys)]
         sorted_codes = codes[order]
         m = len(order)
         first = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
@@ -205,9 +218,9 @@ class QueryPatternDetector(ProfiledDetector):
         norms = np.einsum("ij,ij->i", xs, xs)[:, None]
         ones = np.ones((m, 1))
         # Stored as [x, |x|^2, 1] and queried as [-2x, 1, |x|^2]: one product is then the
-        # squared distance, so each client costs a single matrix product.
-        stored = np.hstack([xs, norms, ones])
-        query = np.hstack([-2.0 * xs, ones, norms])
+        # squared distance. float32, as the rings store them.
+        stored = np.hstack([xs, norms, ones]).astype(np.float32)
+        query = np.hstack([-2.0 * xs, ones, norms]).astype(np.float32)
         records = np.empty((m, 7))
         records[:, TS] = ts[order]
         records[:, OOD] = self.profile.anomalies(batch)[start:].any(axis=1)[order]
@@ -216,7 +229,7 @@ class QueryPatternDetector(ProfiledDetector):
         records[:, EXACT] = xs.round(6) @ self.exact_weights
         group_states = [states[c] for c in group_codes.tolist()]
         slots = np.array([st.slot for st in group_states])
-        nearest = self._nearest(xs, stored, query, slots, filled[group_codes], first, sizes)
+        nearest = self._nearest(stored, query, slots, filled[group_codes], first, sizes)
         closest = nearest.min(axis=1)
         records[:, MIN_DISTANCE] = np.where(np.isfinite(closest), np.sqrt(np.abs(closest)), np.nan)
         enough = np.isfinite(nearest[:, -1])
@@ -225,23 +238,22 @@ class QueryPatternDetector(ProfiledDetector):
         counts = np.array([st.count for st in group_states])
         self._push(stored, records, slots, counts, first, sizes)
 
-        findings = []
+        # Counts and links per client; the clients due for a look are then looked at together.
+        due: list[tuple[str, ClientState, int]] = []
         latest = (start + order[first + sizes - 1]).tolist()  # each client's latest query
+        check, least = s.check_every, s.min_queries
         for state, code, index, size in zip(
             group_states, group_codes.tolist(), latest, sizes.tolist(), strict=True
         ):
             before = state.count
-            state.count += size
-            for other in linked.get(int(owners[code]), ()):
-                state.linked[other] += 1
-            if len(state.linked) > LINKED_CLIENTS:
-                state.linked = Counter(dict(state.linked.most_common(LINKED_CLIENTS)))
-            if state.count >= s.min_queries and (
-                state.count // s.check_every > before // s.check_every
-            ):
-                finding = self._look(names[code], state, batch, index)
-                if finding is not None:
-                    findings.append((index, finding))
+            state.count = after = before + size
+            if linked and (others := linked.get(int(owners[code]))):
+                state.linked.update(others)
+                if len(state.linked) > LINKED_CLIENTS:
+                    state.linked = Counter(dict(state.linked.most_common(LINKED_CLIENTS)))
+            if after >= least and after // check > before // check:
+                due.append((names[code], state, index))
+        findings = self._looks(due, batch)
         if self.calibration_left > 0:
             self.calibration_left -= n
             if self.calibration_left <= 0:
@@ -299,7 +311,6 @@ class QueryPatternDetector(ProfiledDetector):
 
     def _nearest(
         self,
-        xs: np.ndarray,
         stored: np.ndarray,
         query: np.ndarray,
         slots: np.ndarray,
@@ -309,44 +320,55 @@ class QueryPatternDetector(ProfiledDetector):
     ) -> np.ndarray:
         """Squared distances of each query to its k nearest earlier queries of its client
         (ring, then the earlier ones of this batch) that are not the same entity; inf when
-        fewer. Rows are grouped by client (group g: rows first[g] to first[g] + sizes[g]),
-        groups sorted by width (filled + size), so each segment of similar widths is one
-        padded matrix: a batch job's long group does not widen every client's row."""
+        fewer. Rows are grouped by client (group g: rows first[g] to first[g] + sizes[g]).
+
+        Consecutive groups of similar shape (`_segments`) form one padded block, clients x
+        queries x (ring + batch) columns, from two batched products: the cost is a few numpy
+        calls per block rather than per client. Padding is masked with +inf (ring columns
+        beyond a client's fill, batch columns not earlier than the query) and padded query
+        rows are dropped before the partition."""
         s = self.settings
-        m, dim = xs.shape
-        size = s.buffer_size
-        nearest = np.full((m, s.k_neighbours), np.inf)
-        widths = (filled + sizes).tolist()
+        size, dim = s.buffer_size, stored.shape[1] - 2
+        nearest = np.full((len(stored), s.k_neighbours), np.inf)
         flat = self.ring_vectors.reshape(-1, dim + 2)
-        group = 0
-        while group < len(widths):
-            end = group + 1
-            while end < len(widths) and widths[end] <= 2 * widths[group]:
-                end += 1
-            width = widths[end - 1]
-            top, bottom = int(first[group]), int(first[end - 1] + sizes[end - 1])
-            d2 = np.full((bottom - top, width), np.inf, dtype=np.float32)
-            for g in range(group, end):
-                a, b, f = int(first[g]) - top, int(first[g] + sizes[g]) - top, int(filled[g])
-                q = query[top + a : top + b]
-                if f:
-                    d2[a:b, :f] = q @ self.ring_vectors[slots[g], :f].T
-                d2[a:b, f : f + b - a] = q @ stored[top + a : top + b].T + _not_earlier(b - a)
-            cand = min(3 * s.k_neighbours, width)
-            values, cols = _smallest(d2, cand)
-            # The candidates' vectors: from the client's ring, or earlier in this batch.
-            seg_sizes = sizes[group:end]
-            row_filled = np.repeat(filled[group:end], seg_sizes)[:, None]
-            row_slot = np.repeat(slots[group:end], seg_sizes)[:, None]
-            row_first = np.repeat(first[group:end], seg_sizes)[:, None]
-            vectors = flat[row_slot * size + np.minimum(cols, size - 1), :dim]
-            in_batch = cols >= row_filled
-            if in_batch.any():
-                batch_rows = np.minimum(row_first + cols - row_filled, len(stored) - 1)
-                vectors[in_batch] = stored[batch_rows[in_batch], :dim]
-            found = self._neighbours(xs[top:bottom].astype(np.float32), vectors, values)
-            nearest[top:bottom, : found.shape[1]] = found
-            group = end
+        for group, end in _segments(filled, sizes):
+            seg_slots, seg_filled = slots[group:end], filled[group:end]
+            seg_first, seg_sizes = first[group:end], sizes[group:end]
+            rows_q, rows_f = int(seg_sizes.max()), int(seg_filled.max())
+            top, bottom = int(seg_first[0]), int(seg_first[-1] + seg_sizes[-1])
+            # Each client's queries padded to rows_q (a padded row repeats a real one; its
+            # results are dropped): clients x rows_q x (dim + 2).
+            lag = np.arange(rows_q)
+            rows = np.minimum(seg_first[:, None] + lag, bottom - 1)
+            queries = query[rows]
+            d2 = np.empty((end - group, rows_q, rows_f + rows_q), dtype=np.float32)
+            if rows_f:
+                ring = np.take(self.ring_vectors[:, :rows_f], seg_slots, axis=0)
+                np.matmul(queries, ring.transpose(0, 2, 1), out=d2[:, :, :rows_f])
+                if int(seg_filled.min()) < rows_f:
+                    unfilled = np.arange(rows_f) >= seg_filled[:, None]
+                    np.copyto(d2[:, :, :rows_f], np.inf, where=unfilled[:, None, :])
+            batch_part = d2[:, :, rows_f:]
+            np.matmul(queries, stored[rows].transpose(0, 2, 1), out=batch_part)
+            batch_part += _not_earlier(rows_q)
+            d2 = d2[lag < seg_sizes[:, None]]  # the real rows, top to bottom
+            k = min(s.k_neighbours, d2.shape[1])
+            values, cols = _smallest(d2, min(3 * s.k_neighbours, d2.shape[1]), k)
+            # Usually none of the k nearest candidates is the same entity again, and then they
+            # are the answer: all the candidates are checked only for rows where one is.
+            x = stored[top:bottom]
+            row_group = np.repeat(np.arange(end - group), seg_sizes)
+            ring_base = (seg_slots * size)[row_group, None]
+            batch_base = seg_first[row_group, None] - rows_f
+            vectors = _candidates(flat, stored, size, rows_f, ring_base, batch_base, cols[:, :k])
+            found = values[:, :k]
+            redo = np.flatnonzero(self._same_entity(x, vectors, dim).any(axis=1))
+            if len(redo):
+                vectors = _candidates(
+                    flat, stored, size, rows_f, ring_base[redo], batch_base[redo], cols[redo]
+                )
+                found[redo] = self._neighbours(x[redo], vectors, values[redo], dim)
+            nearest[top:bottom, :k] = found
         return nearest
 
     def _push(
@@ -368,20 +390,33 @@ class QueryPatternDetector(ProfiledDetector):
         self.ring_vectors[row_slot, position] = stored[keep]
         self.ring_records[row_slot, position] = records[keep]
 
-    def _neighbours(self, x: np.ndarray, vectors: np.ndarray, d2: np.ndarray) -> np.ndarray:
+    def _neighbours(
+        self, x: np.ndarray, vectors: np.ndarray, d2: np.ndarray, dim: int
+    ) -> np.ndarray:
         """Squared distances to the k nearest candidates that are not the same entity again.
 
-        `vectors[i]` are query i's candidates (its 3k nearest earlier queries), `d2[i]` their
-        squared distances. A candidate that differs from the query in at most
-        `entity_changes` coordinates (by more than `repeat_distance`) is the same record
-        re-scored, maybe with a field updated: that is use, not probing, and no neighbour.
-        Probes (HopSkipJump, JBDA, NES) move every coordinate a little, so they stay close.
+        `vectors[i]` are query i's candidates (its 3k nearest earlier queries; only their
+        first `dim` coordinates count, and the array is overwritten), `d2[i]` their squared
+        distances. A candidate that differs from the query in at most `entity_changes`
+        coordinates (by more than `repeat_distance`) is the same record re-scored, maybe with
+        a field updated: that is use, not probing, and no neighbour. Probes (HopSkipJump,
+        JBDA, NES) move every coordinate a little, so they stay close.
         """
-        s = self.settings
-        changed = np.count_nonzero(np.abs(vectors - x[:, None, :]) > s.repeat_distance, axis=2)
-        d2 = np.where(changed <= s.entity_changes, np.inf, d2)
-        keep = min(s.k_neighbours, d2.shape[1])
+        d2 = np.where(self._same_entity(x, vectors, dim), np.inf, d2)
+        keep = min(self.settings.k_neighbours, d2.shape[1])
         return np.partition(d2, keep - 1, axis=1)[:, :keep]
+
+    def _same_entity(self, x: np.ndarray, vectors: np.ndarray, dim: int) -> np.ndarray:
+        """Whether each candidate `vectors[i, j]` differs from query `x[i]` in at most
+        `entity_changes` of the first `dim` coordinates (by more than `repeat_distance`).
+        `vectors` is overwritten (it is a fresh gather; this is the hot path)."""
+        s = self.settings
+        diff = np.subtract(vectors, x[:, None, :], out=vectors)
+        np.abs(diff, out=diff)
+        np.greater(diff, s.repeat_distance, out=diff)  # 1.0 where a coordinate changed
+        counted = np.zeros(diff.shape[2], dtype=diff.dtype)
+        counted[:dim] = 1.0
+        return diff @ counted <= s.entity_changes  # a product is the fastest count
 
     def _shared_fingerprints(
         self, x: np.ndarray, ts: np.ndarray, owner: np.ndarray
@@ -392,14 +427,16 @@ class QueryPatternDetector(ProfiledDetector):
         s = self.settings
         n, tables = len(x), s.fingerprint_tables
         codes = np.floor(x @ self.projections + self.offsets).astype(np.int64)
-        keys = (codes.reshape(n, tables, -1) * self.hash_weights).sum(axis=2)
+        keys = (codes.reshape(n * tables, -1) @ self.hash_weights).reshape(n, tables)
         keys = keys * tables + np.arange(tables)  # (n, tables): the table is part of the key
         keys, rows = keys.ravel(), np.repeat(np.arange(n), tables)
         slots = keys & (len(self.fp_keys) - 1)
         # Within the batch, a query's predecessor in its slot is the previous query there;
         # the first of each slot is compared with what the table holds. (Rows ascend, so a
         # stable sort by slot keeps each slot's queries in arrival order.)
-        order = np.argsort(slots, kind="stable")
+        # (Radix sort when the slots fit 16 bits, as the default table's do: ~5x faster.)
+        narrow = slots.astype(np.uint16) if len(self.fp_keys) <= 1 << 16 else slots
+        order = np.argsort(narrow, kind="stable")
         slots_o, keys_o, rows_o = slots[order], keys[order], rows[order]
         first = np.ones(len(order), dtype=bool)
         first[1:] = slots_o[1:] != slots_o[:-1]
@@ -429,73 +466,111 @@ class QueryPatternDetector(ProfiledDetector):
 
     # --- looks: statistics, p-values, findings ------------------------------------------
 
-    def _statistics(self, state: ClientState) -> dict[str, float]:
-        """The client's statistics over its ring (and the trailing rate window)."""
+    def _statistics(self, states: list[ClientState]) -> dict[str, np.ndarray]:
+        """Each client's statistics over its ring (and the trailing rate window); NaN where
+        one is not defined (too few values). All clients at once: one gather of their rings
+        and a few array operations, instead of a dozen numpy calls per client."""
         s = self.settings
-        records = self.window(state)
-        n = len(records)
-        ts, low, knn = records[:, TS], records[:, LOW], records[:, KNN]
-        recent = ts >= ts.max() - s.rate_window_seconds
+        size = s.buffer_size
+        slots = np.fromiter((state.slot for state in states), np.int64, len(states))
+        counts = np.fromiter((state.count for state in states), np.int64, len(states))
+        n = np.minimum(counts, size)
+        records = np.take(self.ring_records, slots, axis=0)
+        if n.min() < size:  # a ring fills from its start: neutral values in the rest
+            records[np.arange(size) >= n[:, None]] = _NO_RECORD
+        ts, low, knn = records[:, :, TS], records[:, :, LOW], records[:, :, KNN]
+        recent = ts >= ts.max(axis=1, keepdims=True) - s.rate_window_seconds
         stats = {
-            "ood_share": np.count_nonzero(records[:, OOD]) / n,
-            "shared_fingerprints": np.count_nonzero(records[:, SHARED]) / n,
+            "ood_share": np.count_nonzero(records[:, :, OOD], axis=1) / n,
+            "shared_fingerprints": np.count_nonzero(records[:, :, SHARED], axis=1) / n,
         }
-        scored = np.count_nonzero(low >= 0)
-        if scored >= s.min_queries:
-            stats["low_margin_share"] = np.count_nonzero(low == 1) / scored
-        finite = knn[np.isfinite(knn)]
-        if len(finite) >= s.min_queries:
-            stats["knn_distance"] = -float(finite.sum()) / len(finite)  # higher: closer
-        distances = records[:, MIN_DISTANCE]
-        distances = distances[np.isfinite(distances)]
-        if len(distances) >= s.min_queries and (w := _shapiro_w(distances)) is not None:
-            stats["prada_normality"] = -math.log(max(w, 1e-9))  # higher: less normal
+        scored = np.count_nonzero(low >= 0, axis=1)
+        low_count = np.count_nonzero(low == 1, axis=1)
+        enough = scored >= s.min_queries
+        stats["low_margin_share"] = np.where(enough, low_count / np.maximum(scored, 1), np.nan)
+        finite = np.isfinite(knn)
+        found = np.count_nonzero(finite, axis=1)
+        total = np.where(finite, knn, 0.0).sum(axis=1)
+        enough = found >= s.min_queries
+        stats["knn_distance"] = np.where(enough, -total / np.maximum(found, 1), np.nan)  # closer
+        distances = records[:, :, MIN_DISTANCE]  # finite or NaN, and NaN sorts last
+        found = np.count_nonzero(~np.isnan(distances), axis=1)
+        w = _shapiro_w(np.sort(distances, axis=1), np.where(found >= s.min_queries, found, 0))
+        stats["prada_normality"] = -np.log(np.maximum(w, 1e-9))  # higher: less normal
         # How fast the client covers new ground: queries in the trailing window that are
         # novel (farther from the client's earlier queries than a typical reference query is
         # from its neighbours). A batch job of similar records or a re-scorer stays low, an
         # extractor or a scraper sampling the whole input space climbs.
-        stats["coverage_speed"] = float(np.count_nonzero(recent & (knn > self.novel_knn)))
-        stats["rate"] = float(np.count_nonzero(recent))
+        novel = recent & (knn > self.novel_knn)
+        stats["coverage_speed"] = np.count_nonzero(novel, axis=1).astype(np.float64)
+        stats["rate"] = np.count_nonzero(recent, axis=1).astype(np.float64)
         return stats
 
-    def _look(
-        self, client: str, state: ClientState, batch: ModelBatch, index: int
-    ) -> Finding | None:
+    def _looks(
+        self, due: list[tuple[str, ClientState, int]], batch: ModelBatch
+    ) -> list[tuple[int, Finding]]:
+        """The looks of the clients due in this batch ((client, state, index of its latest
+        query)), their statistics and p-values computed for all of them at once; returns
+        (index, finding) for the flagged ones."""
+        if not due:
+            return []
         if not self.calibrated:
             # Each client gives at most a few values, so that no single client (a busy
             # one, or an attacker active during calibration) shapes what "benign" means.
-            if self.calibration_left > 0 and state.day_looks < CALIBRATION_LOOKS_PER_CLIENT:
-                state.day_looks += 1
-                for name, value in self._statistics(state).items():
-                    self.samples[name].append(value)
-            return None
-        stats = self._statistics(state)
-        p_values = {name: tail(stats[name]) for name, tail in self.tails.items() if name in stats}
+            if self.calibration_left <= 0:
+                return []
+            counted = [st for _, st, _ in due if st.day_looks < CALIBRATION_LOOKS_PER_CLIENT]
+            if counted:
+                for state in counted:
+                    state.day_looks += 1
+                for name, values in self._statistics(counted).items():
+                    self.samples[name].extend(values[~np.isnan(values)].tolist())
+            return []
+        stats = self._statistics([state for _, state, _ in due])
+        p_values = {name: tail.p_values(stats[name]) for name, tail in self.tails.items()}
         tested = len(self.tails)
-        day = int(float(batch.ts[index]) // DAY)
-        if day != state.day:
-            state.day, state.day_looks = day, 0
-        state.day_looks += 1
-        j = state.day_looks
+        smallest = np.ones(len(due))
+        for p in p_values.values():
+            smallest = np.fmin(smallest, p)  # NaN: that statistic is not defined for a client
+        combined = np.minimum(1.0, tested * smallest).tolist()
+        days = (batch.ts[[index for _, _, index in due]] // DAY).astype(np.int64).tolist()
         alpha = self.settings.false_clients_per_thousand / 1000
-        threshold = alpha / (j * (j + 1))
-        combined = min(1.0, tested * min(p_values.values(), default=1.0))
-        if combined > CLEAN_P:
-            state.clean_count = state.count
-        if combined > threshold:
-            return None
-        critical = combined <= threshold * self.settings.critical_factor
-        severity = Severity.CRITICAL if critical else Severity.WARNING
-        due = state.flagged_severity is None or (
-            severity == Severity.CRITICAL and state.flagged_severity != Severity.CRITICAL
-        )
-        if not due and j - state.last_finding_look < 20:
-            return None
-        state.flagged_severity = str(severity)
-        state.last_finding_look = j
-        return self._finding(
-            client, state, batch, index, stats, p_values, tested, threshold, combined, severity
-        )
+        findings = []
+        for i, (client, state, index) in enumerate(due):
+            if days[i] != state.day:
+                state.day, state.day_looks = days[i], 0
+            state.day_looks += 1
+            j = state.day_looks
+            threshold = alpha / (j * (j + 1))
+            if combined[i] > CLEAN_P:
+                state.clean_count = state.count
+            if combined[i] > threshold:
+                continue
+            critical = combined[i] <= threshold * self.settings.critical_factor
+            severity = Severity.CRITICAL if critical else Severity.WARNING
+            first_or_worse = state.flagged_severity is None or (
+                severity == Severity.CRITICAL and state.flagged_severity != Severity.CRITICAL
+            )
+            if not first_or_worse and j - state.last_finding_look < 20:
+                continue
+            state.flagged_severity = str(severity)
+            state.last_finding_look = j
+            look_stats = {d: float(v[i]) for d, v in stats.items() if not np.isnan(v[i])}
+            look_p = {d: float(p[i]) for d, p in p_values.items() if not np.isnan(p[i])}
+            finding = self._finding(
+                client,
+                state,
+                batch,
+                index,
+                look_stats,
+                look_p,
+                tested,
+                threshold,
+                combined[i],
+                severity,
+            )
+            findings.append((index, finding))
+        return findings
 
     def _finding(
         self,
@@ -587,8 +662,9 @@ class QueryPatternDetector(ProfiledDetector):
         ring, queries = encoded[: s.buffer_size], encoded[s.buffer_size :]
         d2 = (queries**2).sum(axis=1)[:, None] + (ring**2).sum(axis=1)[None, :]
         d2 -= 2 * queries @ ring.T
-        values, chosen = _smallest(d2.astype(np.float32), min(3 * s.k_neighbours, len(ring)))
-        found = self._neighbours(queries, ring[chosen], values)
+        count = min(3 * s.k_neighbours, len(ring))
+        values, chosen = _smallest(d2.astype(np.float32), count, count)
+        found = self._neighbours(queries, ring[chosen], values, dim)
         nearest = np.sqrt(np.maximum(found, 0)).mean(axis=1)
         finite = nearest[np.isfinite(nearest)]
         self.novel_knn = float(np.median(np.log(finite + 1e-6))) if len(finite) else 0.0
@@ -608,8 +684,10 @@ def _low_margin(batch: ModelBatch, margin: float) -> np.ndarray:
     0 where they are not, -1 where the event carries no score."""
     n = len(batch)
     out = np.full(n, -1, dtype=np.int8)
-    widths = {len(scores) if scores else 0 for scores in batch.scores}
-    if len(widths) == 1 and (classes := widths.pop()) >= 2 and len(batch.scores) == n:
+    present = list(filter(None, batch.scores))
+    widths = set(map(len, present))
+    every = len(present) == n == len(batch.scores) and len(widths) == 1
+    if every and (classes := widths.pop()) >= 2:
         # The usual case, every event with the same number of classes: one matrix.
         flat = chain.from_iterable(map(dict.values, batch.scores))
         top = np.fromiter(flat, np.float64, n * classes).reshape(n, classes)
@@ -627,24 +705,65 @@ def _low_margin(batch: ModelBatch, margin: float) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=1 << 16)  # the same clients come back batch after batch
 def _owner_hash(client: str) -> int:
     """A stable 64-bit id for a client (never 0, which marks "no client")."""
     value = int.from_bytes(hashlib.blake2b(client.encode(), digest_size=8).digest(), "big")
     return (value >> 1) or 1
 
 
+def _segments(filled: np.ndarray, sizes: np.ndarray) -> list[tuple[int, int]]:
+    """Runs [start, end) of consecutive client groups (sorted by size class, then width) that
+    `_nearest` computes as one padded block. A group joins the current run unless the padding
+    it adds (every client of the run padded to the longest queries and fullest ring) costs
+    more than starting a block of its own, whose numpy calls have a fixed cost."""
+    runs = []
+    start, rows_q, rows_f, padded = 0, 0, 0, 0
+    for group, (f, q) in enumerate(zip(filled.tolist(), sizes.tolist(), strict=True)):
+        own = q * (f + q)
+        grown_q, grown_f = max(rows_q, q), max(rows_f, f)
+        grown = (group - start + 1) * grown_q * (grown_f + grown_q)
+        if group > start and grown - padded - own > SEGMENT_OVERHEAD:
+            runs.append((start, group))
+            start, grown_q, grown_f, grown = group, q, f, own
+        rows_q, rows_f, padded = grown_q, grown_f, grown
+    runs.append((start, len(sizes)))
+    return runs
+
+
+def _candidates(
+    flat: np.ndarray,
+    stored: np.ndarray,
+    size: int,
+    filled: int,
+    ring_base: np.ndarray,
+    batch_base: np.ndarray,
+    cols: np.ndarray,
+) -> np.ndarray:
+    """The vectors of candidate columns `cols` of a padded distance block: column c < `filled`
+    is entry c of the ring whose first row in `flat` is `ring_base`, a later one is row
+    `batch_base + c` of this batch's `stored` queries. A fresh array (callers overwrite it)."""
+    vectors = np.take(flat, ring_base + np.minimum(cols, size - 1), axis=0)
+    in_batch = cols >= filled
+    if in_batch.any():
+        rows = np.minimum(batch_base + cols, len(stored) - 1)
+        vectors[in_batch] = stored[rows[in_batch]]
+    return vectors
+
+
 @lru_cache(maxsize=64)
 def _not_earlier_cached(m: int) -> np.ndarray:
-    return np.triu(np.full((m, m), np.inf))
+    return np.triu(np.full((m, m), np.inf, dtype=np.float32))
 
 
 def _not_earlier(m: int) -> np.ndarray:
     """+inf where query j of a batch is not earlier than query i (j >= i), else 0."""
-    return _not_earlier_cached(m) if m <= 256 else np.triu(np.full((m, m), np.inf))
+    return _not_earlier_cached(m) if m <= 256 else np.triu(np.full((m, m), np.inf, np.float32))
 
 
-def _smallest(d2: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `count` smallest entries of each row of `d2` (float32; unordered) and their columns.
+def _smallest(d2: np.ndarray, count: int, first: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `count` smallest entries of each row of `d2` (float32) and their columns, the `first`
+    smallest of them first (each part unordered, but entry `first - 1` is the first-th).
 
     Each value's bit pattern, which orders non-negative floats as their values, is packed with
     its column into one int64, so a plain np.partition selects values and columns together:
@@ -656,6 +775,8 @@ def _smallest(d2: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     keys = np.left_shift(np.ascontiguousarray(d2).view(np.int32), shift, dtype=np.int64)
     keys |= np.arange(width)
     keys = np.partition(keys, count - 1, axis=1)[:, :count]
+    if first < count:
+        keys = np.partition(keys, first - 1, axis=1)
     values = (keys >> shift).astype(np.int32).view(np.float32)
     return values, keys & ((1 << shift) - 1)
 
@@ -694,12 +815,23 @@ def _shapiro_weights(n: int) -> np.ndarray:
     return weights
 
 
-def _shapiro_w(values: np.ndarray) -> float | None:
-    """Shapiro-Wilk W of at least 3 values (the squared correlation of the sorted values with
-    the coefficients); None when they are all equal."""
-    ordered = np.sort(values)
-    if ordered[-1] <= ordered[0]:
-        return None
-    weights = _shapiro_weights(len(ordered))
-    centred = ordered - float(ordered.sum()) / len(ordered)
-    return float((weights @ ordered) ** 2 / ((weights @ weights) * (centred @ centred)))
+def _shapiro_w(ordered: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Shapiro-Wilk W of each row's first `counts[i]` values (rows sorted ascending, the
+    rest ignored): the squared correlation of the sorted values with the coefficients. NaN
+    for fewer than 3 values or all equal. Rows of equal length share their coefficients, so
+    many clients cost one pass over a matrix."""
+    rows, width = ordered.shape
+    counts = np.asarray(counts)
+    inside = np.arange(width) < counts[:, None]
+    values = np.where(inside, ordered, 0.0)
+    weights = np.zeros((rows, width))
+    for n in np.unique(counts[counts >= 3]).tolist():
+        weights[counts == n, :n] = _shapiro_weights(n)
+    last = values[np.arange(rows), np.maximum(counts - 1, 0)]
+    spread = (counts >= 3) & (last > values[:, 0])
+    centred = values - (values.sum(axis=1) / np.maximum(counts, 1))[:, None]
+    centred[~inside] = 0.0
+    top = np.einsum("ij,ij->i", weights, values) ** 2
+    bottom = np.einsum("ij,ij->i", weights, weights) * np.einsum("ij,ij->i", centred, centred)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(spread, top / np.where(spread, bottom, 1.0), np.nan)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from detectors.calibration import NormalScores, cusum_arl0, cusum_threshold, steps_budget
+from detectors.calibration import (
+    NormalScores,
+    TailPValue,
+    cusum_arl0,
+    cusum_threshold,
+    steps_budget,
+)
 
 
 def _run_lengths(k: float, h: float, runs: int, rng: np.random.Generator) -> np.ndarray:
@@ -62,3 +68,12 @@ def test_normal_scores_are_standard_normal_for_any_reference_shape(sample) -> No
     assert fresh.std() == pytest.approx(1.0, abs=0.05)
     if len(np.unique(fresh)) > 1000:  # continuous: the whole shape is normal, not just moments
         assert stats.kstest(fresh, "norm").statistic < 0.03
+
+
+def test_tail_p_values_of_an_array_are_the_scalar_ones() -> None:
+    rng = np.random.default_rng(4)
+    tail = TailPValue(rng.gamma(2.0, 1.0, 500), min_scale=0.05)
+    values = np.concatenate([rng.gamma(2.0, 1.0, 300), tail.sorted[:50], [tail.u, 40.0, -1.0]])
+    together = tail.p_values(np.append(values, np.nan))
+    assert together[:-1].tolist() == [tail(v) for v in values]  # the same numbers, exactly
+    assert np.isnan(together[-1])

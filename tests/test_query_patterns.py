@@ -12,11 +12,12 @@ import pickle
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from agent.config import ConfigError, load_settings
 from detectors.base import Finding, Kind
 from detectors.calibration import TailPValue
-from detectors.query_patterns import QueryPatternDetector, QueryPatternSettings
+from detectors.query_patterns import QueryPatternDetector, QueryPatternSettings, _shapiro_w
 from streams.batch import ModelBatch
 from tests.conftest import run_cli
 
@@ -176,6 +177,92 @@ def test_re_scoring_the_same_entities_is_not_flagged() -> None:
     findings = run_mixed(detector, stream, again, ["rescorer"] * 300, per_batch=5)
     assert findings == []
     assert detector.clients["rescorer"].count == 300
+
+
+def _expected_neighbours(
+    history: list[np.ndarray], before: int, x: np.ndarray, s: QueryPatternSettings
+) -> tuple[float, float]:
+    """(min distance, log mean k-NN distance) of query x by brute force: its candidates are
+    the last `buffer_size` queries of its client before the batch (`history[:before]`) and the
+    client's earlier queries of the batch; the 3k nearest, without the same entity again."""
+    earlier = np.array(history[max(0, before - s.buffer_size) :])
+    if len(earlier) == 0:
+        return np.nan, np.nan
+    d2 = ((earlier - x) ** 2).sum(axis=1)
+    nearest = np.argsort(d2, kind="stable")[: 3 * s.k_neighbours]
+    changed = (np.abs(earlier[nearest] - x) > s.repeat_distance).sum(axis=1)
+    kept = np.sort(d2[nearest][changed > s.entity_changes])
+    closest = float(np.sqrt(kept[0])) if len(kept) else np.nan
+    if len(kept) < s.k_neighbours:
+        return closest, np.nan
+    return closest, float(np.log(np.sqrt(kept[: s.k_neighbours]).mean() + 1e-6))
+
+
+def test_batched_neighbour_search_matches_brute_force() -> None:
+    """The padded per-segment products, masks and candidate checks give every query the
+    neighbours a per-query search gives: clients with full and partial rings, one-query and
+    bursty clients (more queries in a batch than the ring holds), re-scored entities."""
+    settings = with_settings(buffer_size=32)
+    detector = QueryPatternDetector("m", settings)
+    stream = Stream(seed=11, clients=12)
+    history: dict[str, list[np.ndarray]] = {}
+    seen = 0
+    for step in range(8):
+        x, clients = stream.benign(120)
+        if step >= 2:  # a burst longer than the ring, a newcomer, a re-scorer
+            burst = stream.centres[0] + stream.rng.normal(0, 0.3, size=(45, len(FEATURES)))
+            fresh = stream.rng.normal(0, 1.0, size=(step, len(FEATURES)))
+            again = np.repeat(x[:4], 3, axis=0)
+            again[:, 0] += stream.rng.normal(0, 1.0, size=len(again))  # one field updated
+            x = np.vstack([x, burst, fresh, again])
+            clients += ["burst"] * 45 + [f"new{step}"] * step + ["again"] * len(again)
+        batch = stream.batch(x, clients)
+        detector.update(batch)
+        skip = min(len(batch), max(0, settings.reference_size - seen))  # still the reference
+        seen += len(batch)
+        if detector.profile is None:
+            continue
+        encoded = detector.profile.encode(batch)[skip:].astype(np.float32).astype(np.float64)
+        before = {c: len(h) for c, h in history.items()}
+        expected: dict[str, list[tuple[float, float]]] = {}
+        for row, client in zip(encoded, batch.clients[skip:], strict=True):
+            past = history.setdefault(client, [])
+            result = _expected_neighbours(past, before.get(client, 0), row, settings)
+            expected.setdefault(client, []).append(result)
+            past.append(row)
+        for client, results in expected.items():
+            state = detector.clients[client]
+            count = state.count
+            for q, (closest, knn) in enumerate(results):
+                number = count - len(results) + q
+                if number < count - settings.buffer_size:
+                    continue  # overwritten within the batch
+                record = detector.ring_records[state.slot, number % settings.buffer_size]
+                np.testing.assert_allclose(record[6], closest, rtol=1e-3, atol=1e-3)
+                np.testing.assert_allclose(record[5], knn, rtol=1e-3, atol=1e-3)
+
+
+def test_statistics_of_many_clients_match_one_at_a_time() -> None:
+    detector, _ = warmed(seed=12)
+    states = list(detector.clients.values())
+    together = detector._statistics(states)
+    for i, state in enumerate(states):
+        alone = detector._statistics([state])
+        for name, values in together.items():
+            np.testing.assert_allclose(values[i], alone[name][0], rtol=1e-12)
+
+
+def test_shapiro_w_matches_scipy_for_rows_of_any_length() -> None:
+    rng = np.random.default_rng(3)
+    rows = np.full((4, 60), np.nan)
+    lengths = [60, 41, 25, 3]
+    for row, n in zip(rows, lengths, strict=True):
+        row[:n] = np.sort(rng.gamma(2.0, 1.0, n))
+    w = _shapiro_w(rows, np.array(lengths))
+    for row, n, value in zip(rows, lengths, w, strict=True):
+        assert value == pytest.approx(stats.shapiro(row[:n]).statistic, abs=1e-9)
+    same = np.full((1, 10), 2.0)
+    assert np.isnan(_shapiro_w(same, np.array([10]))[0])  # all equal: undefined
 
 
 def test_bounded_state_evicts_least_recently_seen_clients() -> None:
