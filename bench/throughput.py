@@ -7,7 +7,8 @@ clients; labels for half the predictions) and measures, each in its own process 
 one core:
   (a) the baseline: reading the file and decoding every line with orjson in a plain loop;
   (b) `bulwark replay` with all default detectors (its own events/s, start-up excluded);
-  (c) with a broker (BULWARK_BENCH_KAFKA_BOOTSTRAP, or one started like the tests do):
+  (c) with a broker (BULWARK_BENCH_KAFKA_BOOTSTRAP, or one started like the tests do, pinned
+      to CPU 1), the stream produced to a fresh 4-partition topic keyed by id:
       a plain kafka-python consumer reading the topic, and the daemon consuming it;
 and prints events/s, the ratios (b/a, daemon/consumer) and peak RSS; then the RSS after
 `--memory-events` events with 100,000 distinct clients.
@@ -21,6 +22,9 @@ import re
 import subprocess
 import sys
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +97,57 @@ print(f"{n / (time.perf_counter() - start):.1f}")
 """
 
 
+# A plain kafka-python consumer: the most a Python consumer of this topic can do.
+PLAIN_CONSUMER = """
+import sys, time
+from kafka import KafkaConsumer
+bootstrap, topic, total, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+consumer = KafkaConsumer(topic, bootstrap_servers=[bootstrap], api_version=(0, 9),
+                         group_id="plain-" + topic, auto_offset_reset="earliest",
+                         enable_auto_commit=False, max_poll_records=batch)
+seen, started = 0, None
+while seen < total:
+    for messages in consumer.poll(timeout_ms=500).values():
+        if started is None:
+            started = time.perf_counter()
+        seen += len(messages)
+print(f"{seen / (time.perf_counter() - started):.1f}")
+consumer.close()
+"""
+
+# The daemon itself (agent.daemon.Daemon, as `bulwark run` builds it), timed from its first
+# polled batch until it has processed every record; then stopped as SIGTERM would. Start-up
+# is tuned as the CLI tunes it.
+DAEMON = """
+import sys, time
+from agent import tune_garbage_collector
+from agent.config import Settings
+from agent.daemon import Daemon
+from storage.db import Database
+tune_garbage_collector()
+bootstrap, topic, total, batch, url = sys.argv[1:6]
+settings = Settings.model_validate({
+    "database_url": url, "batch_size": int(batch),
+    "kafka": {"bootstrap_servers": [bootstrap], "topics": [topic], "group_id": "daemon-" + topic,
+              "api_version": "0.9"},
+})
+database = Database(url)
+database.upgrade()
+daemon = Daemon(settings, database)
+process, started = daemon._process, []
+def timed(polled):
+    if not started:
+        started.append(time.perf_counter())
+    process(polled)
+    if daemon.pipeline.stats.records >= int(total):
+        started.append(time.perf_counter())
+        daemon.stopping.set()
+daemon._process = timed
+daemon.run()
+print(f"{daemon.pipeline.stats.records / (started[1] - started[0]):.1f}")
+"""
+
+
 def run_pinned(args: list[str], env: dict[str, str] | None = None) -> tuple[str, float]:
     """Runs a command pinned to CPU 0; returns (stdout, its peak RSS in MB)."""
     with tempfile.TemporaryFile("w+") as errors:
@@ -129,10 +184,54 @@ def replay_rate(path: Path, db: Path) -> tuple[float, float]:
     return float(match[1].replace(",", "")), rss
 
 
+@contextmanager
+def kafka_broker() -> Iterator[str]:
+    """The broker named by BULWARK_BENCH_KAFKA_BOOTSTRAP, or a throw-away one started as the
+    tests start theirs (pinned to CPU 1, away from the measured process on CPU 0)."""
+    external = os.environ.get("BULWARK_BENCH_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    sys.path.insert(0, str(ROOT))
+    from tests.kafka_broker import KafkaBroker, kafka_home
+
+    broker = KafkaBroker(kafka_home(), partitions=4)
+    broker.start()
+    try:
+        for process in broker.processes:
+            os.sched_setaffinity(process.pid, {1 % (os.cpu_count() or 1)})
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+def kafka_rates(stream: Path, lines: int, batch: int, work: Path) -> tuple[float, float, float]:
+    """(plain consumer records/s, daemon records/s, daemon peak RSS MB) on one fresh topic."""
+    sys.path.insert(0, str(ROOT))
+    from kafka import KafkaProducer
+
+    from streams.kafka import produce_lines
+
+    with kafka_broker() as bootstrap:
+        topic = f"bench-{uuid.uuid4().hex[:8]}"
+        producer = KafkaProducer(bootstrap_servers=[bootstrap], api_version=(0, 9), linger_ms=20)
+        with stream.open("rb") as handle:
+            # Keyed by id: a prediction and its label share a partition, spread over four.
+            sent = produce_lines(producer, topic, handle, key_field="id")
+        producer.close()
+        assert sent == lines, (sent, lines)
+        args = [bootstrap, topic, str(lines), str(batch)]
+        plain, _ = run_pinned([sys.executable, "-c", PLAIN_CONSUMER, *args])
+        url = f"sqlite:///{work / 'daemon.db'}"
+        daemon, rss = run_pinned([sys.executable, "-c", DAEMON, *args, url])
+    return float(plain.strip()), float(daemon.strip().splitlines()[-1]), rss
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--memory-events", type=int, default=1_000_000)
+    parser.add_argument("--no-kafka", action="store_true", help="skip the Kafka part (c)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -148,6 +247,13 @@ def main() -> None:
         print(f"(a) orjson decode loop  {base:>10,.0f} lines/s   peak RSS {base_rss:6.0f} MB")
         print(f"(b) bulwark replay      {replay:>10,.0f} events/s  peak RSS {replay_rss:6.0f} MB")
         print(f"    ratio b/a = {replay / base:.2f}   (target >= 0.25, and >= 50,000 events/s)")
+        if not args.no_kafka:
+            plain, daemon, daemon_rss = kafka_rates(stream, lines, 2000, work)
+            print(f"(c) kafka-python consumer {plain:>8,.0f} records/s")
+            print(
+                f"    bulwark run (daemon) {daemon:>9,.0f} records/s  peak RSS {daemon_rss:6.0f} MB"
+            )
+            print(f"    ratio daemon/consumer = {daemon / plain:.2f}   (target >= 0.50)")
         if args.memory_events:
             big = work / "memory.jsonl"
             generate(big, args.memory_events, clients=100_000, seed=2)
