@@ -1,8 +1,10 @@
 """Suspicious clients: per-caller detection of model extraction, boundary probing and abuse.
 
 Every query is scaled and encoded through the model's reference `InputProfile`, then appended
-to its client's bounded ring of recent queries (at most `buffer_size`; at most `max_clients`
-clients, the least recently seen evicted and counted). Per query, in micro-batches with numpy:
+to its client's bounded ring of recent queries (at most `buffer_size`). The rings of all
+clients fit in `max_state_mb`, whatever the number of clients: the detector tracks at most
+min(`max_clients`, `max_state_mb` / one ring's bytes) clients, the least recently seen evicted
+and counted. Per query, in micro-batches with numpy:
 
 - distance to the client's earlier queries: the minimum (PRADA's statistic) and the mean to
   the `k_neighbours` nearest (Blacklight / stateful detection). Earlier queries that differ in
@@ -45,6 +47,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import pickle
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -84,7 +87,10 @@ SEGMENT_OVERHEAD = 20_000
 
 
 class QueryPatternSettings(BaseModel):
-    """Per-client query-pattern detection (`suspicious_client`)."""
+    """Per-client query-pattern detection (`suspicious_client`).
+
+    Memory: `max_state_mb` bounds the per-client rings whatever the number of clients
+    (config key `detectors.query_patterns.max_state_mb`); see docs/query-patterns.md."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -93,6 +99,11 @@ class QueryPatternSettings(BaseModel):
     calibration_queries: int = Field(30_000, ge=1000)  # then benign statistics are frozen
     false_clients_per_thousand: float = Field(1.0, gt=0, le=100)  # per client and day
     max_clients: int = Field(50_000, ge=10)
+    # MiB for the rings of all tracked clients (per model and partition): at most
+    # budget / (buffer_size x (4 (dim + 2) + 56)) clients are tracked (about 1,200 at the
+    # default with 38 encoded features), if fewer than max_clients; beyond, the least
+    # recently seen is evicted (see `_states`). Snapshots hold only the entries in use.
+    max_state_mb: float = Field(64.0, ge=0.5, le=65_536)
     buffer_size: int = Field(256, ge=32, le=4096)
     min_queries: int = Field(25, ge=10)
     check_every: int = Field(25, ge=5)
@@ -143,11 +154,12 @@ class QueryPatternDetector(ProfiledDetector):
         super().__init__(model, self.settings.reference_size)
         self.clients: OrderedDict[str, ClientState] = OrderedDict()
         self.evicted = 0
+        self.untracked = 0  # queries of new clients beyond the cap in an over-full batch
         self.anonymous = 0  # queries without a client: not attributable, not tracked
         self.owner_names: OrderedDict[int, str] = OrderedDict()  # owner hash -> client
         # Rings of recent queries, row `slot` per client: encoded queries as [x, |x|^2, 1]
         # (float32 halves the state; distances that matter are >= 1e-2) and their records.
-        # Sized in `_learn`, grown by doubling up to `max_clients` rows.
+        # Sized in `_learn`; `tracked_cap()` rows (the memory budget) at the first client.
         self.ring_vectors = np.zeros((0, self.settings.buffer_size, 0), dtype=np.float32)
         self.ring_records = np.zeros((0, self.settings.buffer_size, 7))
         size = 1 << max(10, (self.settings.max_fingerprints - 1).bit_length())
@@ -166,6 +178,64 @@ class QueryPatternDetector(ProfiledDetector):
     @property
     def calibrated(self) -> bool:
         return self.calibration_left <= 0 and bool(self.tails)
+
+    def tracked_cap(self) -> int:
+        """How many clients can be tracked at once: `max_clients`, or fewer when their full
+        rings would not fit in `max_state_mb` (at least one). Known once the encoded
+        dimension is (`_learn`); before that, `max_clients`."""
+        s = self.settings
+        width = self.ring_vectors.shape[2]
+        if width == 0:
+            return s.max_clients
+        per_client = s.buffer_size * (self.ring_vectors.itemsize * width + 7 * 8)
+        return max(1, min(s.max_clients, int(s.max_state_mb * 2**20) // per_client))
+
+    def snapshot(self) -> bytes:
+        """The state, with only the ring entries in use: clients hold slots 0..n-1 and a
+        ring fills from its start, so spare rows and the unfilled ends of rings (most of a
+        ring for the many clients that send a few queries) are left out; `restore`
+        rebuilds the arrays."""
+        state = dict(self.__dict__)
+        size = self.settings.buffer_size
+        fill = np.zeros(len(self.clients), dtype=np.int64)
+        for client in self.clients.values():
+            fill[client.slot] = min(client.count, size)
+        used = np.arange(size) < fill[:, None]
+        state["ring_fill"] = fill
+        state["ring_vectors"] = self.ring_vectors[: len(fill)][used]
+        state["ring_records"] = self.ring_records[: len(fill)][used]
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, data: bytes) -> None:
+        state = pickle.loads(data)
+        fill = state.pop("ring_fill", None)  # None: a checkpoint from before the budget
+        self.__dict__.update(state)
+        # Settings pickled before a key existed lack it: validating again fills the default.
+        self.settings = QueryPatternSettings.model_validate(vars(self.settings))
+        if fill is not None:
+            size = self.settings.buffer_size
+            used = np.arange(size) < fill[:, None]
+            vectors, records = self.ring_vectors, self.ring_records
+            self.ring_vectors = np.zeros((len(fill), size, vectors.shape[1]), dtype=np.float32)
+            self.ring_records = np.zeros((len(fill), size, 7))
+            self.ring_vectors[used], self.ring_records[used] = vectors, records
+        self._fit_budget()
+
+    def _fit_budget(self) -> None:
+        """Brings restored state within the budget (an older checkpoint may hold more
+        clients or rows): the least recently seen clients beyond the cap are evicted and the
+        rest moved to slots 0..n-1."""
+        cap = self.tracked_cap()
+        if len(self.ring_records) <= cap:
+            return
+        while len(self.clients) > cap:
+            self.clients.popitem(last=False)
+            self.evicted += 1
+        slots = [client.slot for client in self.clients.values()]
+        self.ring_vectors = self.ring_vectors[slots]
+        self.ring_records = self.ring_records[slots]
+        for slot, client in enumerate(self.clients.values()):
+            client.slot = slot
 
     def window(self, state: ClientState) -> np.ndarray:
         """The records of a client's queries in its ring (ring order, not arrival order)."""
@@ -190,11 +260,12 @@ class QueryPatternDetector(ProfiledDetector):
         names = [self._client_key(c) for c in seen]
         owners = np.array([0 if c is None else _owner_hash(c) for c in names], dtype=np.int64)
         states = self._states(names, owners.tolist())
-        if all(state is None for state in states):
-            self.anonymous += int((owners[codes] == 0).sum())
-            return []
         owner = owners[codes]
         self.anonymous += int((owner == 0).sum())
+        untracked = np.array([st is None for st in states]) & (owners != 0)
+        self.untracked += int(untracked[codes].sum())
+        if all(state is None for state in states):
+            return []
         ts = batch.ts[start:]
         shared, linked = self._shared_fingerprints(x, ts, owner)
         # Tracked queries grouped by client (arrival order within), clients sorted by the
@@ -268,44 +339,51 @@ class QueryPatternDetector(ProfiledDetector):
         return "hmac:" + digest.hexdigest()[:32]
 
     def _states(self, names: list[str | None], owners: list[int]) -> list[ClientState | None]:
-        """The state of each caller of the batch (None: no client).
+        """The state of each caller of the batch (None: no client, or not tracked).
 
         Known clients are refreshed first; a new one takes the ring of the least recently
-        seen client. Only when a batch has more callers than `max_clients` is a client of
-        the batch itself evicted: its queries in this batch are then not tracked either."""
+        seen client not in this batch. When a batch has more callers than can be tracked
+        (`tracked_cap`), its new callers beyond the cap are not tracked (their queries are
+        counted in `untracked`): clients with a history are never evicted by a flood of new
+        keys, so an attacker cannot flush its own or anyone's history that way."""
+        cap = self.tracked_cap()
         states: list[ClientState | None] = [None] * len(names)
-        position = {name: i for i, name in enumerate(names) if name is not None}
         for i, name in enumerate(names):
             if name is not None and name in self.clients:
                 self.clients.move_to_end(name)
                 states[i] = self.clients[name]
+        # Tracked clients not in this batch: the front of the LRU order, the only ones evicted.
+        evictable = len(self.clients) - sum(state is not None for state in states)
         for i, name in enumerate(names):
             if name is None or states[i] is not None:
                 continue
-            if len(self.clients) >= self.settings.max_clients:
-                oldest, evicted = self.clients.popitem(last=False)
+            if len(self.clients) < cap:
+                slot = len(self.clients)
+                self._reserve(slot + 1, cap)
+            elif evictable > 0:
+                _, evicted = self.clients.popitem(last=False)
                 self.evicted += 1
-                if oldest in position:
-                    states[position[oldest]] = None
+                evictable -= 1
                 slot = evicted.slot
             else:
-                slot = len(self.clients)
-                self._reserve(slot + 1)
+                continue  # over-full batch: not tracked
             states[i] = self.clients[name] = ClientState(slot)
             self.owner_names[owners[i]] = name
             while len(self.owner_names) > self.settings.max_clients:
                 self.owner_names.popitem(last=False)
         return states
 
-    def _reserve(self, rows: int) -> None:
-        """Grows the ring arrays (by doubling, up to `max_clients` rows) to hold `rows`."""
+    def _reserve(self, rows: int, cap: int) -> None:
+        """Makes the ring arrays hold `rows` clients: at the first need, they are allocated
+        at `cap` rows at once. np.zeros maps zero pages that take memory only once written,
+        so the arrays cost the rows in use, and growing never copies (doubling did: the old
+        and new arrays together took up to 1.5x the budget)."""
         have = len(self.ring_records)
         if rows <= have:
             return
-        grown = min(max(rows, 2 * have, 16), self.settings.max_clients)
         size, dim = self.settings.buffer_size, self.ring_vectors.shape[2]
-        vectors = np.zeros((grown, size, dim), dtype=np.float32)
-        records = np.zeros((grown, size, 7))
+        vectors = np.zeros((cap, size, dim), dtype=np.float32)
+        records = np.zeros((cap, size, 7))
         vectors[:have], records[:have] = self.ring_vectors, self.ring_records
         self.ring_vectors, self.ring_records = vectors, records
 
@@ -636,6 +714,7 @@ class QueryPatternDetector(ProfiledDetector):
                 "queries_per_minute": round(stats["rate"] * 60 / s.rate_window_seconds, 3),
                 "tracked_clients": len(self.clients),
                 "evicted_clients": self.evicted,
+                "untracked_queries": self.untracked,
             },
         )
 

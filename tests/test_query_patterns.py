@@ -266,16 +266,100 @@ def test_shapiro_w_matches_scipy_for_rows_of_any_length() -> None:
 
 
 def test_bounded_state_evicts_least_recently_seen_clients() -> None:
-    settings = with_settings(max_clients=10, buffer_size=32)
-    # Clients churn before reaching `min_queries`: nothing to calibrate on, and no alarms.
-    detector, stream = warmed(seed=5, settings=settings, calibrated=False)
-    assert len(detector.clients) == 10
-    assert detector.evicted > 0
+    detector = QueryPatternDetector("m", with_settings(max_clients=10, buffer_size=32))
+    stream = Stream(seed=5)
+    detector.update(stream.batch(*stream.benign(300)))  # the reference
+    # Batches of 4 clients each, 40 clients in all: the 10 most recently seen stay.
+    for k in range(10):
+        x, _ = stream.benign(20)
+        detector.update(stream.batch(x, [f"c{4 * k + i % 4}" for i in range(20)]))
+    assert set(detector.clients) == {f"c{i}" for i in range(30, 40)}
+    assert detector.evicted == 30
     assert detector.ring_records.shape[:2] == (10, 32)  # a ring per client, at most 10
+    # A batch with more callers than the cap: known clients stay, new ones beyond it are not
+    # tracked (counted), so a flood of new keys cannot flush a client's history.
+    x, _ = stream.benign(13)
+    detector.update(stream.batch(x, ["c39"] + [f"flood{i}" for i in range(12)]))
+    assert "c39" in detector.clients and "flood8" in detector.clients
+    assert "flood9" not in detector.clients
+    assert (detector.evicted, detector.untracked) == (39, 3)
     x, _ = stream.benign(3)
     detector.update(stream.batch(x, ["new", None, "new"]))
     assert next(reversed(detector.clients)) == "new"
     assert detector.anonymous == 1
+
+
+def test_memory_budget_bounds_the_rings_whatever_the_number_of_clients() -> None:
+    budget = 2 * 2**20
+    detector, stream = warmed(seed=9, settings=with_settings(max_state_mb=2.0))
+    width = detector.ring_vectors.shape[2]
+    cap = budget // (256 * (4 * width + 7 * 8))
+    assert detector.tracked_cap() == cap < 100  # far below max_clients
+    probe = boundary_probe(stream.rng, 600)
+    findings: list[Finding] = []
+    one_off = 0
+    for start in range(0, len(probe), 20):
+        # 200 benign queries of the 40 regulars, 20 of the prober, 30 one-off clients.
+        bx, bc = stream.benign(200)
+        fx, _ = stream.benign(30)
+        x = np.vstack([bx, probe[start : start + 20], fx])
+        clients = bc + ["prober"] * 20 + [f"once{one_off + i}" for i in range(30)]
+        one_off += 30
+        order = stream.rng.permutation(len(x))
+        findings += detector.update(stream.batch(x[order], [clients[i] for i in order]))
+        assert detector.ring_vectors.nbytes + detector.ring_records.nbytes <= budget
+        assert len(detector.clients) <= cap
+    assert one_off == 900 and detector.evicted >= one_off - cap
+    assert set(first_by_client(findings)) == {"prober"}
+    assert findings[-1].details["evicted_clients"] > 0
+    # A flood of new keys in one batch does not evict the prober.
+    fx, _ = stream.benign(3 * cap)
+    x = np.vstack([probe[:5], fx])
+    detector.update(stream.batch(x, ["prober"] * 5 + [f"flood{i}" for i in range(3 * cap)]))
+    assert "prober" in detector.clients and detector.untracked > 0
+    # The snapshot holds the rows in use: the rings' budget, the fingerprint table, a little.
+    data = detector.snapshot()
+    table = detector.fp_keys.nbytes + detector.fp_owners.nbytes + detector.fp_ts.nbytes
+    assert len(data) < budget + table + 2**19
+    twin = QueryPatternDetector("m", SETTINGS)
+    twin.restore(data)
+    assert list(twin.clients) == list(detector.clients)
+    assert len(twin.ring_vectors) == len(detector.clients)  # no spare rows
+    for state in detector.clients.values():  # the entries in use (the rest is never read)
+        filled = min(state.count, 256)
+        assert np.array_equal(
+            twin.ring_vectors[state.slot, :filled], detector.ring_vectors[state.slot, :filled]
+        )
+        assert np.array_equal(twin.window(state), detector.window(state), equal_nan=True)
+    x, clients = stream.benign(50)
+    assert twin.update(stream.batch(x, clients)) == []
+
+
+def test_a_checkpoint_from_before_the_budget_is_restored_within_it() -> None:
+    detector, stream = warmed(seed=10)
+    old = dict(detector.__dict__)  # the former snapshot: every attribute, arrays as they are
+    settings = vars(detector.settings).copy()
+    del settings["max_state_mb"]  # settings pickled before the key existed
+    old["settings"] = QueryPatternSettings.model_construct(**settings)
+    assert len(detector.clients) == 40
+    twin = QueryPatternDetector("m", SETTINGS)
+    twin.restore(pickle.dumps(old))
+    assert twin.settings.max_state_mb == QueryPatternSettings().max_state_mb
+    assert list(twin.clients) == list(detector.clients)  # the budget does not bind
+    # With a budget that binds, the most recently seen clients are kept, in slots 0..n-1.
+    old["settings"] = with_settings(max_state_mb=0.5)
+    small = QueryPatternDetector("m", SETTINGS)
+    small.restore(pickle.dumps(old))
+    cap = small.tracked_cap()
+    assert cap < 40 and len(small.ring_records) == len(small.clients) == cap
+    assert list(small.clients) == list(detector.clients)[-cap:]
+    assert small.evicted == detector.evicted + 40 - cap
+    for client, state in small.clients.items():
+        before = detector.clients[client]
+        assert np.array_equal(small.window(state), detector.window(before), equal_nan=True)
+    x, clients = stream.benign(50)
+    small.update(stream.batch(x, clients))
+    assert len(small.clients) == cap
 
 
 def test_snapshot_restore_continues_identically() -> None:
@@ -317,6 +401,9 @@ def test_settings_are_validated_with_the_key_named(tmp_path) -> None:
     config = tmp_path / "bulwark.toml"
     config.write_text("[detectors.query_patterns]\nfalse_clients_per_thousand = 0\n")
     with pytest.raises(ConfigError, match=r"query_patterns\.false_clients_per_thousand"):
+        load_settings(config, environ={})
+    config.write_text("[detectors.query_patterns]\nmax_state_mb = 0\n")
+    with pytest.raises(ConfigError, match=r"query_patterns\.max_state_mb"):
         load_settings(config, environ={})
     config.write_text("[detectors.query_patterns]\nno_such_option = 1\n")
     with pytest.raises(ConfigError, match=r"query_patterns\.no_such_option"):
