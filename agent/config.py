@@ -220,8 +220,10 @@ class DaemonSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Seconds between checkpoints (detector state + positions, then the Kafka commit). Shorter
-    # means less re-processing after a crash, longer means fewer snapshot writes.
-    checkpoint_interval: float = Field(5.0, gt=0, le=3600)
+    # means less re-processing after a crash, longer means fewer snapshot writes: a checkpoint
+    # writes every advanced partition's state (about 15 MB and 0.1 s per model and partition
+    # with 200 active clients), which at 5 s cost the daemon about a tenth of its time.
+    checkpoint_interval: float = Field(15.0, gt=0, le=3600)
     shutdown_timeout: float = Field(10.0, gt=0, le=600)  # SIGTERM -> exit, at most
     retry_max_delay: float = Field(30.0, ge=1, le=600)  # cap of the broker-outage backoff
 

@@ -532,17 +532,22 @@ class Writer:
         next_offset: int,
         states: dict[str, bytes],
     ) -> None:
-        for model, state in states.items():
-            self.session.merge(
-                Checkpoint(
-                    consumer=consumer,
-                    source=source,
-                    partition=partition,
-                    model=model,
-                    next_offset=next_offset,
-                    state=state,
-                )
-            )
+        rows = [
+            {
+                "consumer": consumer,
+                "source": source,
+                "partition": partition,
+                "model": model,
+                "next_offset": next_offset,
+                "state": state,
+                "updated_at": utcnow(),
+            }
+            for model, state in states.items()
+        ]
+        keys = ("consumer", "source", "partition", "model")
+        if not self._upsert(Checkpoint, rows, keys, ("next_offset", "state", "updated_at")):
+            for row in rows:
+                self.session.merge(Checkpoint(**row))
 
     def save_position(self, consumer: str, source: str, partition: int, next_offset: int) -> None:
         """The next offset to read; written in the same transaction as the checkpoints."""
@@ -606,28 +611,41 @@ class Writer:
         ]
         # The latest point of a key wins, also within one call.
         latest = list({r["key"]: r for r in rows}.values())
-        dialect = self.session.get_bind().dialect.name
-        table = PerformanceRow.__table__
         changing = ("window_end", "value", "ci_low", "ci_high", "n", "updated_at")
-        for start in range(0, len(latest), 500):
-            chunk = latest[start : start + 500]
-            if dialect in ("postgresql", "sqlite"):
-                insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-                stmt = insert(table).values(chunk)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["key"], set_={c: stmt.excluded[c] for c in changing}
-                )
-                self.session.execute(stmt)
+        if self._upsert(PerformanceRow, latest, ("key",), changing):
+            return
+        for row in latest:
+            existing = self.session.scalars(
+                select(PerformanceRow).where(PerformanceRow.key == row["key"])
+            ).first()
+            if existing is None:
+                self.session.add(PerformanceRow(**row))
             else:
-                for row in chunk:
-                    existing = self.session.scalars(
-                        select(PerformanceRow).where(PerformanceRow.key == row["key"])
-                    ).first()
-                    if existing is None:
-                        self.session.add(PerformanceRow(**row))
-                    else:
-                        for column in changing:
-                            setattr(existing, column, row[column])
+                for column in changing:
+                    setattr(existing, column, row[column])
+
+    def _upsert(
+        self,
+        model: type,
+        rows: list[dict[str, Any]],
+        keys: tuple[str, ...],
+        changing: tuple[str, ...],
+    ) -> bool:
+        """INSERT ... ON CONFLICT (keys) DO UPDATE, in chunks, where the dialect has it
+        (PostgreSQL, SQLite): one statement, and the old row (a checkpoint's state blob, say)
+        is never read back. Returns False elsewhere: the caller reads, then writes."""
+        dialect = self.session.get_bind().dialect.name
+        if dialect not in ("postgresql", "sqlite"):
+            return False
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        table = model.__table__  # type: ignore[attr-defined]
+        for start in range(0, len(rows), 500):  # stay under the drivers' parameter limits
+            stmt = insert(table).values(rows[start : start + 500])
+            stmt = stmt.on_conflict_do_update(
+                index_elements=list(keys), set_={c: stmt.excluded[c] for c in changing}
+            )
+            self.session.execute(stmt)
+        return True
 
     def delete_checkpoints(self, consumer: str, source: str) -> None:
         self.session.execute(
