@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from dataclasses import dataclass, field
+
+# Measure as the agent runs: one BLAS thread (agent/__init__.py), set before numpy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 

@@ -39,7 +39,7 @@ distances from one padded batched product and their nearest candidates from one
 k nearest candidates first. The looks due in a batch are computed together: statistics as
 arrays over clients, Shapiro-Wilk W from cached coefficients (`_shapiro_w`), one p-value call
 per statistic. OpenBLAS worker threads spinning after larger products can double the CPU
-time: `OPENBLAS_NUM_THREADS=1` for the process avoids that.
+time: the agent runs with one BLAS thread (`agent/__init__.py`).
 """
 
 from __future__ import annotations
