@@ -177,7 +177,7 @@ class Pipeline:
             monitor = self._monitor(source, partition, model, version)
             findings.extend(monitor.update(batch, self._reference_start(model, batch)))
             for point in monitor.metrics():
-                self.points[_point_key(point)] = point
+                self.points[point.row] = point
             self.stats.events_by_model[model] += len(batch)
             self.counts.add(batch, time.perf_counter() - detect_started)
         letters = [
@@ -363,19 +363,6 @@ class Pipeline:
     @property
     def incidents_opened(self) -> int:
         return self.stats.changes[Change.OPENED]
-
-
-def _point_key(point: MetricPoint) -> tuple[object, ...]:
-    """What identifies a performance row in storage: a later point of the key replaces it."""
-    return (
-        point.model,
-        point.model_version,
-        point.source,
-        point.partition,
-        point.window_start,
-        point.metric,
-        point.estimated,
-    )
 
 
 def _active(row: Reference) -> ActiveReference:

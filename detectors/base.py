@@ -129,6 +129,19 @@ class MetricPoint:
     n: int  # events supporting the value (labelled events, or predictions if estimated)
     estimated: bool
 
+    @property
+    def row(self) -> tuple[object, ...]:
+        """What identifies its stored row: a later point with the same row replaces it."""
+        return (
+            self.model,
+            self.model_version,
+            self.source,
+            self.partition,
+            self.window_start,
+            self.metric,
+            self.estimated,
+        )
+
 
 class Detector(ABC):
     """Per-model, per-partition state; `update` is called with each batch, in arrival order."""

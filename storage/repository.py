@@ -584,15 +584,7 @@ class Writer:
             return
         rows = [
             {
-                "key": stable_key(
-                    p.model,
-                    p.model_version,
-                    p.source,
-                    p.partition,
-                    p.window_start,
-                    p.metric,
-                    p.estimated,
-                ),
+                "key": stable_key(*p.row),
                 "model": p.model,
                 "model_version": p.model_version,
                 "source": p.source,
