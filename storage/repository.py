@@ -616,6 +616,11 @@ class Writer:
                 for column in changing:
                     setattr(existing, column, row[column])
 
+    def _conflict_insert(self) -> Any:
+        """The dialect's INSERT with ON CONFLICT (PostgreSQL, SQLite), or None elsewhere."""
+        dialect = self.session.get_bind().dialect.name
+        return {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
+
     def _upsert(
         self,
         model: type,
@@ -626,10 +631,9 @@ class Writer:
         """INSERT ... ON CONFLICT (keys) DO UPDATE, in chunks, where the dialect has it
         (PostgreSQL, SQLite): one statement, and the old row (a checkpoint's state blob, say)
         is never read back. Returns False elsewhere: the caller reads, then writes."""
-        dialect = self.session.get_bind().dialect.name
-        if dialect not in ("postgresql", "sqlite"):
+        insert = self._conflict_insert()
+        if insert is None:
             return False
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         table = model.__table__  # type: ignore[attr-defined]
         for start in range(0, len(rows), 500):  # stay under the drivers' parameter limits
             stmt = insert(table).values(rows[start : start + 500])
@@ -652,15 +656,10 @@ class Writer:
             self._insert_chunk(model, rows[start : start + 500], key)
 
     def _insert_chunk(self, model: type, rows: list[dict[str, Any]], key: str) -> None:
-        dialect = self.session.get_bind().dialect.name
-        table = model.__table__  # type: ignore[attr-defined]
-        if dialect == "postgresql":
-            stmt = (
-                postgresql.insert(table).values(rows).on_conflict_do_nothing(index_elements=[key])
-            )
-            self.session.execute(stmt)
-        elif dialect == "sqlite":
-            stmt = sqlite.insert(table).values(rows).on_conflict_do_nothing(index_elements=[key])
+        insert = self._conflict_insert()
+        if insert is not None:
+            table = model.__table__  # type: ignore[attr-defined]
+            stmt = insert(table).values(rows).on_conflict_do_nothing(index_elements=[key])
             self.session.execute(stmt)
         else:
             existing = set(
