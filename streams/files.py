@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from io import BufferedIOBase
 from itertools import accumulate, compress, repeat
-from operator import add, methodcaller
+from operator import add
 from pathlib import Path
 
 from streams.decode import DEFAULT_MAX_RECORD_BYTES
@@ -22,7 +22,6 @@ from streams.events import Position, RawRecord
 STDIN = "-"
 _CHUNK_BYTES = 1 << 20
 _new = tuple.__new__
-_ends_with_cr = methodcaller("endswith", b"\r")
 
 
 class FileSource:
