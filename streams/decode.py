@@ -142,14 +142,15 @@ class DecodedEvents(Sequence[E]):
     @overload
     def __getitem__(self, index: slice) -> list[E]: ...
     def __getitem__(self, index: int | slice) -> E | list[E]:
-        if self._events is None:
-            self._events = self._build()
-        return self._events[index]
+        return self._built()[index]
 
     def __iter__(self) -> Iterator[E]:
+        return iter(self._built())
+
+    def _built(self) -> list[E]:
         if self._events is None:
             self._events = self._build()
-        return iter(self._events)
+        return self._events
 
 
 @dataclass(slots=True)
