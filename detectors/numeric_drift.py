@@ -286,41 +286,18 @@ def _wilson_hilferty(variance: float | np.ndarray, n: int) -> float | np.ndarray
 def _page_hinkley(ph: PageHinkley, values: np.ndarray | list[float]) -> list[tuple[int, float]]:
     """Feeds `values` to a River Page-Hinkley test; returns (index, statistic) of each alarm.
 
-    This is `PageHinkley.update` step for step on the test's own state (the same operations
-    in the same order, so the same alarms and values to the last bit, and the same pickled
-    state), without a method call and property look-up per block: it runs once per block
-    per statistic of every feature, the numeric detector's inner loop.
-    """
-    mean = ph._x_mean
-    n, m = mean.n, mean._mean
-    s_inc, s_dec = ph._sum_increase, ph._sum_decrease
-    min_inc, max_dec = ph._min_increase, ph._max_decrease
-    detected = ph._drift_detected
-    alpha, delta, threshold = ph.alpha, ph.delta, ph.threshold
-    up, down = ph.mode in ("up", "both"), ph.mode in ("down", "both")
+    Through River's own `update` (a hand-inlined copy on its private state saved about
+    0.3 us per record, not worth tying the detector to River's internals)."""
     alarms = []
     for i, x in enumerate(values.tolist() if isinstance(values, np.ndarray) else values):
-        if detected:  # River resets the test on the update after an alarm
-            n, m = 0.0, 0.0
-            s_inc, s_dec = 0.0, 0.0
-            min_inc, max_dec = float("inf"), -1
-            detected = False
-        n += 1.0
-        m += (1.0 / n) * (x - m)
-        dev = x - m
-        s_inc = alpha * s_inc + dev - delta
-        s_dec = alpha * s_dec + dev + delta
-        if s_inc < min_inc:
-            min_inc = s_inc
-        if s_dec > max_dec:
-            max_dec = s_dec
-        if n >= ph.min_instances:
-            increase, decrease = s_inc - min_inc, max_dec - s_dec
-            detected = (up and increase > threshold) or (down and decrease > threshold)
-            if detected:
-                alarms.append((i, float(max(increase, decrease))))
-    mean.n, mean._mean = n, m
-    ph._sum_increase, ph._sum_decrease = s_inc, s_dec
-    ph._min_increase, ph._max_decrease = min_inc, max_dec
-    ph._drift_detected = detected
+        ph.update(x)
+        if ph.drift_detected:
+            alarms.append((i, _ph_value(ph)))
     return alarms
+
+
+def _ph_value(ph: PageHinkley) -> float:
+    """The Page-Hinkley statistic that crossed the threshold (the larger of its two sides)."""
+    up = ph._sum_increase - ph._min_increase
+    down = ph._max_decrease - ph._sum_decrease
+    return float(max(up, down))
