@@ -16,18 +16,58 @@ significance floor, so trivial shifts on huge streams stay quiet.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import Field
-from river.drift import PageHinkley
 
 from detectors.base import Finding, Kind, Severity, Verdict
 from detectors.calibration import NormalScores, cusum_threshold, steps_budget
 from detectors.reference import ReferenceDetector, ReferenceSettings, is_continuous, watch
 from streams.batch import ModelBatch
+
+_PAGE_HINKLEY_MODULE = "river.drift.page_hinkley"
+
+
+def _river_page_hinkley() -> type:
+    """River's PageHinkley, loaded without running `river/drift/__init__.py`.
+
+    That package module imports River's example drift datasets, which import scikit-learn and
+    pandas: about 150 MB of resident memory in every Bulwark process, for a class that needs
+    only `river.stats` and `river.base`. The module is loaded from River's own file under its
+    own name, so pickled detectors name it as River does and a later `import river.drift`
+    reuses it; should River move the file, the usual import is used.
+    """
+    if _PAGE_HINKLEY_MODULE in sys.modules:
+        return sys.modules[_PAGE_HINKLEY_MODULE].PageHinkley
+    import river
+
+    path = Path(river.__file__).parent / "drift" / "page_hinkley.py"
+    spec = importlib.util.spec_from_file_location(_PAGE_HINKLEY_MODULE, path)
+    if not path.is_file() or spec is None or spec.loader is None:
+        from river.drift import PageHinkley as usual
+
+        return usual
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_PAGE_HINKLEY_MODULE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[_PAGE_HINKLEY_MODULE]
+        raise
+    return module.PageHinkley
+
+
+if TYPE_CHECKING:
+    from river.drift import PageHinkley
+else:
+    PageHinkley = _river_page_hinkley()
 
 RECENT_BLOCKS = 64  # how far back the change point and effect size are estimated
 

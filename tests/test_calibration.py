@@ -75,5 +75,7 @@ def test_tail_p_values_of_an_array_are_the_scalar_ones() -> None:
     tail = TailPValue(rng.gamma(2.0, 1.0, 500), min_scale=0.05)
     values = np.concatenate([rng.gamma(2.0, 1.0, 300), tail.sorted[:50], [tail.u, 40.0, -1.0]])
     together = tail.p_values(np.append(values, np.nan))
-    assert together[:-1].tolist() == [tail(v) for v in values]  # the same numbers, exactly
+    # The same numbers, to the last bit or two: numpy's vectorized exp may differ from
+    # math.exp by an ulp, depending on the CPU's SIMD instructions.
+    np.testing.assert_allclose(together[:-1], [tail(v) for v in values], rtol=1e-14, atol=0)
     assert np.isnan(together[-1])
