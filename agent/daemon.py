@@ -113,7 +113,9 @@ class Daemon:
         failures = 0
         while not self.stopping.is_set():
             try:
-                polled = self.consumer.poll(timeout_ms=self.kafka.poll_timeout_ms)
+                polled = self.consumer.poll(
+                    timeout_ms=self.kafka.poll_timeout_ms, max_records=self._poll_size()
+                )
             except KafkaError as exc:
                 self._raise_callback_error()
                 failures += 1
@@ -250,6 +252,13 @@ class Daemon:
             for tp, messages in mine.items():
                 self.next_offsets[tp] = messages[-1].offset + 1
                 self.dirty.add(tp)
+
+    def _poll_size(self) -> int:
+        """`batch_size` records per owned partition: each partition has its own detector state,
+        so a poll is split into per-partition batches, and these stay near `batch_size` however
+        many partitions this member owns (per-batch costs amortized as in a replay). Under no
+        backlog a poll returns what has arrived, whatever this cap."""
+        return self.settings.batch_size * max(1, len(self.owned))
 
     def _checkpoint(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
         """Makes the progress on `partitions` durable; call with the lock held."""
