@@ -26,7 +26,7 @@ from agent.alerts.outbox import enqueue_changes
 from agent.config import Settings
 from agent.incidents import Change, IncidentChange, IncidentManager
 from agent.metrics import ModelCounts
-from agent.reference import ActiveReference
+from agent.reference import ActiveReference, decode_learned_until, encode_learned_until
 from agent.samples import RecentWindow, ReferenceCollector, Sample
 from detectors.base import Detector, Finding, MetricPoint
 from detectors.registry import build_detectors
@@ -250,8 +250,9 @@ class Pipeline:
 
     def _reference_start(self, model: str, batch: ModelBatch) -> int:
         """Index of the batch's first event that reference-based detectors should judge."""
-        if self.references.get(model) is not None:
-            return 0
+        reference = self.references.get(model)
+        if reference is not None:
+            return reference.judged_from(batch)
         collector = self.collectors.get(model)
         if collector is None:
             collector = self.collectors[model] = ReferenceCollector(
@@ -260,15 +261,17 @@ class Pipeline:
         taken = collector.add(batch)
         if not collector.complete:
             return len(batch)
-        reference = self._store_learned(model, collector.sample())
+        reference = self._store_learned(model, collector)
         del self.collectors[model]
         self.references[model] = reference
         for models in self.monitors.values():
             if model in models:
                 models[model].set_reference(reference)
-        return taken
+        # Another process may have learned the reference in force: skip what it took too.
+        return max(taken, reference.judged_from(batch))
 
-    def _store_learned(self, model: str, sample: Sample) -> ActiveReference:
+    def _store_learned(self, model: str, collector: ReferenceCollector) -> ActiveReference:
+        sample = collector.sample()
         versions = {v for v in sample.model_versions if v is not None}
         ref = ReferenceInput(
             model=model,
@@ -278,6 +281,7 @@ class Pipeline:
             source_rows=len(sample),
             summary=sample.summary(),
             sample=sample.encode(),
+            learned_until=encode_learned_until(collector.taken_until),
         )
         row = self.db.retrying(lambda: self.repository.add_learned_reference(ref))
         return _active(row)
@@ -341,8 +345,15 @@ class Pipeline:
             monitor = self._monitor(*key, model, version)
             collector = monitor.restore(row.state)
             if collector is not None:
-                self.collectors[model] = collector
-                self.references[model] = None
+                # Checkpointed while the reference was being learned. If the process that
+                # stopped learned it meanwhile, that reference is used: its `learned_until`
+                # skips exactly the events it took. Otherwise the collection resumes.
+                stored = self._reference(model, version) if model not in self.collectors else None
+                if stored is not None:
+                    monitor.set_reference(stored)
+                else:
+                    self.collectors[model] = collector
+                    self.references[model] = None
             if model in recent:
                 monitor.recent.seed(Sample.decode(recent[model].sample))
             offsets.add(row.next_offset)
@@ -371,4 +382,5 @@ def _active(row: Reference) -> ActiveReference:
         model=row.model,
         model_version=row.model_version,
         sample=Sample.decode(row.sample),
+        learned_until=decode_learned_until(row.learned_until),
     )

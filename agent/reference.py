@@ -17,7 +17,7 @@ same file gives the same reference), in the file's order.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 
 from agent.samples import Sample
-from streams.batch import ModelBatch
+from streams.batch import ModelBatch, PartitionKey
 from streams.decode import InvalidEvent, decode_record
 from streams.events import Position, Prediction
 from streams.files import FileSource
@@ -56,12 +56,45 @@ class ActiveReference:
     model: str
     model_version: str
     sample: Sample
+    # Learned from the stream: per source partition, the offset after the events it took.
+    learned_until: dict[PartitionKey, int] = field(default_factory=dict)
     _batch: ModelBatch | None = None
 
     def batch(self) -> ModelBatch:
         if self._batch is None:
             self._batch = self.sample.to_batch(self.model)
         return self._batch
+
+    def judged_from(self, batch: ModelBatch) -> int:
+        """Index of the batch's first prediction to judge against this reference: 0, except
+        where a partition is read again from before the reference was learned (its state was
+        not checkpointed when the process that learned it stopped). The events the reference
+        took, and those before them, are then skipped, as the learning process skipped them,
+        so that the detectors see the same events in the same blocks."""
+        if not self.learned_until:
+            return 0
+        if batch.positions is None:
+            until = self.learned_until.get((batch.source, batch.partition))
+            return 0 if until is None else int(np.searchsorted(batch.offsets, until))
+        before = [
+            i
+            for i, p in enumerate(batch.positions)
+            if p.offset < self.learned_until.get((p.source, p.partition), 0)
+        ]
+        return before[-1] + 1 if before else 0
+
+
+def encode_learned_until(taken_until: dict[PartitionKey, int]) -> dict[str, int]:
+    """As stored (JSON keys are strings): "partition:source" -> offset."""
+    return {f"{partition}:{source}": offset for (source, partition), offset in taken_until.items()}
+
+
+def decode_learned_until(stored: dict[str, int] | None) -> dict[PartitionKey, int]:
+    out: dict[PartitionKey, int] = {}
+    for key, offset in (stored or {}).items():
+        partition, source = key.split(":", 1)
+        out[source, int(partition)] = int(offset)
+    return out
 
 
 def load_reference_file(path: str | Path, model: str, max_rows: int) -> LoadedReference:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from streams.batch import ModelBatch, build_model_batch
+from streams.batch import ModelBatch, PartitionKey, build_model_batch
 from streams.events import FeatureValue, Position, Prediction
 
 if TYPE_CHECKING:
@@ -271,6 +271,13 @@ class ReferenceCollector:
         self.size = size
         self.parts: list[Sample] = []
         self.count = 0
+        # Per source partition, the offset after the last prediction taken: stored with the
+        # learned reference (see ActiveReference.judged_from).
+        self.taken_until: dict[PartitionKey, int] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("taken_until", {})  # a collector checkpointed before it was kept
+        self.__dict__.update(state)
 
     def add(self, batch: ModelBatch) -> int:
         """Takes what the reference still needs from the front of `batch`; returns how many."""
@@ -278,6 +285,13 @@ class ReferenceCollector:
         if take > 0:
             self.parts.append(Sample.of_batch(batch, 0, take))
             self.count += take
+            if batch.positions is None:
+                key = (batch.source, batch.partition)
+                self.taken_until[key] = int(batch.offsets[take - 1]) + 1
+            else:  # topics sharing the state: each event's own (in order, so the last wins)
+                self.taken_until.update(
+                    ((p.source, p.partition), p.offset + 1) for p in batch.positions[:take]
+                )
         return take
 
     @property

@@ -214,6 +214,8 @@ class Reference(Base):
     source_rows: Mapped[int] = mapped_column(BigInteger)  # rows available before sampling
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     sample: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # see agent.samples
+    # Learned references: per "partition:source", the offset after the last event taken.
+    learned_until: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (Index("ix_reference_data_model_version", "model", "model_version", "id"),)

@@ -78,6 +78,7 @@ class ReferenceInput:
     source_rows: int
     summary: dict[str, Any]
     sample: bytes
+    learned_until: dict[str, int] | None = None  # see Reference.learned_until
 
 
 class Repository:

@@ -256,6 +256,59 @@ def test_restart_while_the_reference_is_being_learned_resumes_the_learning(
     assert outcome(resumed) == expected
 
 
+@pytest.mark.parametrize("checkpoint_at", [None, 1000])
+def test_partition_read_again_after_its_process_learned_the_reference_skips_what_it_took(
+    tmp_path: Path, checkpoint_at: int | None
+) -> None:
+    """A process learns the reference (events 0-1999) and dies before checkpointing the
+    partition after that (never, or half-way through learning). Its successor reads the
+    partition again from the last checkpoint and finds the learned reference stored: it must
+    skip the events the reference took, as the learning process did, so that the detectors
+    see the same events in the same blocks and find exactly the same incidents."""
+    lines = events(2000, seed=43) + events(3000, seed=44, shift=0.6, start=START + 2000)
+
+    def records(start: int, stop: int) -> list[RawRecord]:
+        return [RawRecord(lines[i], Position("src", 0, i)) for i in range(start, stop)]
+
+    def outcome(url: str) -> tuple[list[tuple], int]:
+        database = Database(url)
+        incidents = sorted(
+            (i.kind, i.subject, i.first_seen, i.last_seen, i.count)
+            for i in Repository(database).list_incidents(IncidentFilter(model="fraud"))
+        )
+        database.dispose()
+        return incidents, pipeline.monitors[("src", 0)]["fraud"].detectors[0].monitors[
+            "amount"
+        ].seen
+
+    whole = f"sqlite:///{tmp_path / 'whole.db'}"
+    Database(whole).upgrade()
+    pipeline = replay(settings_for(whole), Database(whole), lines, consumer="c", name="src")
+    expected = outcome(whole)
+    assert expected[0], "the shift should open incidents"
+    assert expected[1] == 3000  # judged: everything after the reference
+
+    url = f"sqlite:///{tmp_path / 'killed.db'}"
+    database = Database(url)
+    database.upgrade()
+    settings = settings_for(url)
+    pipeline = Pipeline(settings, database, consumer="c")
+    if checkpoint_at:
+        for start in range(0, checkpoint_at, 500):
+            pipeline.process(records(start, start + 500))
+        pipeline.checkpoint({("src", 0): checkpoint_at})
+    for start in range(checkpoint_at or 0, 3000, 500):  # learns at 2000, then dies
+        pipeline.process(records(start, start + 500))
+    assert len(Repository(database).list_references()) == 1
+
+    pipeline = Pipeline(settings, database, consumer="c")
+    resume = pipeline.restore_partition("src", 0) or 0
+    assert resume == (checkpoint_at or 0)
+    for start in range(resume, len(lines), 500):
+        pipeline.process(records(start, min(start + 500, len(lines))))
+    assert outcome(url) == expected
+
+
 def test_restored_checkpoint_built_on_an_older_reference_takes_the_new_one(
     database: Database, tmp_path: Path
 ) -> None:
