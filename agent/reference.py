@@ -71,8 +71,10 @@ class ActiveReference:
         not checkpointed when the process that learned it stopped). The events the reference
         took, and those before them, are then skipped, as the learning process skipped them,
         so that the detectors see the same events in the same blocks."""
-        if not self.learned_until:
+        if not self.learned_until or not len(batch):
             return 0
+        if batch.offsets.min() >= max(self.learned_until.values()):
+            return 0  # the usual case, every batch once past the reference: no per-event work
         if batch.positions is None:
             until = self.learned_until.get((batch.source, batch.partition))
             return 0 if until is None else int(np.searchsorted(batch.offsets, until))
