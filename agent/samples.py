@@ -12,6 +12,7 @@ a detector handed a stored reference sees exactly what it would have learned fro
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ import numpy as np
 import orjson
 
 from streams.batch import ModelBatch, PartitionKey, build_model_batch
-from streams.events import FeatureValue, Position, Prediction
+from streams.decode import decode_batch
+from streams.events import FeatureValue, Position, Prediction, RawRecord
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,10 +55,29 @@ class Sample:
             features=batch.rows[s],
             predictions=batch.predictions[s],
             scores=batch.scores[s],
-            # NaN marks an absent score; orjson writes it as null.
-            score=[None] * n if batch.score is None else batch.score[s].tolist(),
+            # NaN marks an absent score in the batch; None in a sample, as in an event.
+            score=[None] * n if batch.score is None else _nan_to_none(batch.score[s].tolist()),
             model_versions=batch.model_versions[s],
         )
+
+    @classmethod
+    def of_records(cls, records: list[bytes]) -> Sample:
+        """Predictions' JSON records (all of one model, accepted once already), decoded again
+        by the decoder that accepted them."""
+        raw = [RawRecord(value, Position("sample", 0, i)) for i, value in enumerate(records)]
+        decoded = decode_batch(raw, max_record_bytes=max(map(len, records), default=0))
+        if decoded.dead_letters or decoded.label_groups:
+            reason = decoded.dead_letters[0].reason if decoded.dead_letters else "a label"
+            raise ValueError(f"not a record of an accepted prediction: {reason}")
+        out = cls()
+        for group in decoded.prediction_groups:  # one: one model, one source partition
+            out.ts += group.ts
+            out.features += group.rows
+            out.predictions += group.predictions
+            out.scores += group.scores
+            out.score += group.score
+            out.model_versions += group.model_versions
+        return out
 
     @classmethod
     def of_events(cls, events: list[Prediction]) -> Sample:
@@ -183,6 +204,10 @@ class Sample:
         return out
 
 
+def _nan_to_none(values: list[float]) -> list[float | None]:
+    return [None if math.isnan(v) else v for v in values]
+
+
 def _column_summary(batch: ModelBatch, name: str) -> dict[str, Any]:
     n = len(batch)
     out: dict[str, Any] = {}
@@ -231,13 +256,20 @@ def _top_counts(values: np.ndarray, top: int = 10) -> dict[str, float]:
 class RecentWindow:
     """The last `capacity` events of one model on one partition, kept as batch slices.
 
-    Adding a batch costs a few list slices (no per-event work); old chunks are dropped whole
-    once the newer ones alone hold `capacity` events, so memory stays under 2 x capacity.
+    A slice holds the predictions' JSON records as received (one bytes object per event),
+    decoded again only when a checkpoint stores the window. Holding the decoded objects
+    instead (a feature dict, a scores dict and their values: ~25 objects per event) for
+    thousands of events made every later batch decode into cold memory: ~3 µs more per
+    event in `bench/throughput.py`, and about four times the memory.
+
+    Adding a batch costs a list slice (no per-event work); old slices are dropped whole once
+    the newer ones alone hold `capacity` events, so memory stays under 2 x capacity.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.chunks: deque[Sample] = deque()
+        # Records, or a decoded Sample (a restored window, or batches built from events).
+        self.chunks: deque[list[bytes] | Sample] = deque()
         self.size = 0
         self.dirty = False
 
@@ -245,7 +277,10 @@ class RecentWindow:
         n = len(batch)
         if n == 0:
             return
-        chunk = Sample.of_batch(batch, max(0, n - self.capacity))
+        start = max(0, n - self.capacity)
+        chunk = (
+            batch.records[start:] if batch.records is not None else Sample.of_batch(batch, start)
+        )
         self.chunks.append(chunk)
         self.size += len(chunk)
         while self.size - len(self.chunks[0]) >= self.capacity:
@@ -258,7 +293,8 @@ class RecentWindow:
         self.size = len(sample)
 
     def sample(self) -> Sample:
-        merged = Sample.concat(list(self.chunks))
+        parts = [c if isinstance(c, Sample) else Sample.of_records(c) for c in self.chunks]
+        merged = Sample.concat(parts)
         if len(merged) <= self.capacity:
             return merged
         return merged.take(range(len(merged) - self.capacity, len(merged)))  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """Hot-path cost of keeping each model's recent predictions (agent.samples.RecentWindow).
 
 Prints the amortised cost per event of `RecentWindow.add` on realistic batches, and of
-encoding the window at a checkpoint. Run: PYTHONPATH=. python bench/recent_window.py
+storing the window at a checkpoint (decoding its records again, then encoding the sample). Run: PYTHONPATH=. python bench/recent_window.py
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main() -> None:
     blob = window.sample().encode()
     encode = time.perf_counter() - started
     print(f"RecentWindow.add: {per_event * 1e9:.0f} ns per event (batches of 2000)")
-    print(f"checkpoint encode of 5000 events: {encode * 1e3:.1f} ms, {len(blob):,} bytes")
+    print(f"checkpoint decode + encode of 5000 events: {encode * 1e3:.1f} ms, {len(blob):,} bytes")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from streams.decode import DecodedBatch, LabelGroup, PredictionGroup, feature_co
 from streams.events import FeatureValue, Label, Position, Prediction
 
 _offset = attrgetter("offset")
+_value = attrgetter("value")
 
 PartitionKey = tuple[str, int]  # (source, partition)
 # Which detector state a record of (source, partition) feeds. Files: the partition itself.
@@ -74,6 +75,9 @@ class ModelBatch:
     labels: LabelColumns | None = None
     # Each event's real position; None when they are all (source, partition, offsets[i]).
     positions: list[Position] | None = None
+    # Each prediction's JSON record as received (None for batches built from event objects):
+    # one object per event, what the recent window keeps instead of the decoded ones.
+    records: list[bytes] | None = None
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -105,6 +109,7 @@ class ModelBatch:
             scores=self.scores[start:stop],
             score=None if self.score is None else self.score[start:stop],
             positions=None if self.positions is None else self.positions[start:stop],
+            records=None if self.records is None else self.records[start:stop],
         )
 
     def since(self, start: int) -> ModelBatch:
@@ -157,6 +162,11 @@ def concat_batches(batches: list[ModelBatch]) -> ModelBatch:
             else None
         ),
         positions=[b.position(i) for b in batches for i in range(len(b))],
+        records=(
+            [x for b in batches for x in b.records]  # type: ignore[union-attr]
+            if all(b.records is not None for b in batches)
+            else None
+        ),
     )
 
 
@@ -171,10 +181,13 @@ def split_batch(
     for label_group in decoded.label_groups:
         key = (*state_key(label_group.source, label_group.partition), label_group.model)
         labels[key].append(label_group)
+    values = list(map(_value, decoded.records))
     batches = {}
     for key in predictions.keys() | labels.keys():
         if key in predictions:
-            batch = _model_batch(key, _merge_predictions(predictions[key]))
+            group = _merge_predictions(predictions[key])
+            batch = _model_batch(key, group)
+            batch.records = list(map(values.__getitem__, group.order))
         else:
             batch = _model_batch(key, _prediction_columns(key, []))
         if key in labels:

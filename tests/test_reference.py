@@ -364,6 +364,50 @@ def test_recent_window_keeps_the_last_events_in_bounded_memory() -> None:
     assert orjson.loads(lines[-1])["features"] == window.sample().features[-1]
 
 
+def test_recent_window_of_records_stores_what_the_decoded_events_hold() -> None:
+    """The window keeps records and decodes them at a checkpoint: the stored sample must be
+    the one the decoded objects make, for every form the contract allows (ISO times, integer
+    versions, a lone score, missing and mixed-type features, labels and bad lines between)."""
+    rng = np.random.default_rng(5)
+    lines = []
+    for i in range(600):
+        event: dict[str, object] = {"type": "prediction", "model": "m", "ts": START + i}
+        if i % 7 == 0:
+            event["ts"] = f"2026-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}Z"
+        event["features"] = {"x": round(float(rng.normal()), 3), "c": ["a", "b", 1, True][i % 4]}
+        if i % 5 == 0:
+            del event["features"]["x"]  # type: ignore[attr-defined]
+        event["model_version"] = [None, "v1", 2][i % 3]
+        if i % 2:
+            event["scores"] = {"no": 0.25, "yes": 0.75}
+            event["prediction"] = "yes"
+        else:
+            event["score"] = round(float(rng.random()), 3)
+        lines.append(orjson.dumps({k: v for k, v in event.items() if v is not None}))
+        if i % 9 == 0:
+            lines.append(
+                orjson.dumps({"type": "label", "model": "m", "id": "x", "label": 1, "ts": 1})
+            )
+        if i % 50 == 0:
+            lines.append(b'{"type": "prediction", "model": "m"}')  # no ts: a dead letter
+    of_records, of_objects = RecentWindow(capacity=250), RecentWindow(capacity=250)
+    for start in range(0, len(lines), 90):
+        records = [
+            RawRecord(line, Position("s", 0, start + i))
+            for i, line in enumerate(lines[start : start + 90])
+        ]
+        (batch,) = split_batch(decode_batch(records)).values()
+        assert batch.records is not None and len(batch.records) == len(batch)
+        of_records.add(batch)
+        batch.records = None  # as a batch built from event objects
+        of_objects.add(batch)
+    assert of_records.size == of_objects.size
+    stored = of_records.sample()
+    assert stored == of_objects.sample()
+    assert len(stored) == 250 and "2026-01-01T00" not in str(stored.ts)
+    assert Sample.decode(stored.encode()) == Sample.decode(of_objects.sample().encode())
+
+
 def test_events_of_a_version_use_that_versions_reference_also_after_restore(
     database: Database, tmp_path: Path
 ) -> None:
