@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-import uvicorn
 
 from agent import logs
-from agent.api import create_app
 from agent.background import Background
 from agent.cli import ConfigOption, DbOption, UsageError, _database, _settings, err
 from agent.config import Settings
@@ -24,6 +22,11 @@ def register(app: typer.Typer) -> None:
         config: ConfigOption = None,
     ) -> None:
         """Serve the HTTP API and web page (bearer token from BULWARK_API_TOKEN or config)."""
+        # Imported here: the web framework and server would cost every other command ~0.2 s.
+        import uvicorn
+
+        from agent.api import create_app
+
         settings = _settings(config, db)
         api = settings.api
         require_token(settings)

@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 from kafka.errors import KafkaError
 
-from agent.api import ApiServer, create_app
 from agent.background import Background
 from agent.cli import ConfigOption, DbOption, UsageError, _database, _settings, _state, err, out
 from agent.cli_api import require_token
@@ -54,6 +53,8 @@ def run(
     background = Background(settings, database).start()
     server = None
     if api:
+        from agent.api import ApiServer, create_app  # the web framework: only when serving
+
         app = create_app(settings, database, readiness={"kafka": daemon.check_ready})
         server = ApiServer(app, settings.api.host, settings.api.port)
         server.start()
