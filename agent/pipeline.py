@@ -16,6 +16,7 @@ keeps the model's most recent predictions, written with checkpoints for reports.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import time
 from collections import Counter, defaultdict
@@ -36,6 +37,8 @@ from storage.repository import DeadLetterInput, ReferenceInput, Repository, Writ
 from streams.batch import ModelBatch, PartitionKey, StateKeyFn, own_partition, split_batch
 from streams.decode import decode_batch
 from streams.events import DeadLetter, RawRecord
+
+log = logging.getLogger(__name__)
 
 # In a monitor snapshot: the reference its state is built on, and the model version of the
 # events it first saw (which chose that reference).
@@ -102,9 +105,18 @@ class ModelMonitor:
         """Restores the detectors; returns the reference collection to resume, if the state
         was checkpointed while the reference was still being learned."""
         states = pickle.loads(data)
-        for detector in self.detectors:
-            if detector.name in states:
-                detector.restore(states[detector.name])
+        reconfigured = [
+            detector
+            for detector in self.detectors
+            if detector.name in states and not detector.restore(states[detector.name])
+        ]
+        for detector in reconfigured:
+            log.warning(
+                "model %s: the %s detector's settings changed since its checkpoint; it starts "
+                "again with the new ones (what it had learned from the stream is dropped)",
+                detector.model,
+                detector.name,
+            )
         collector = states.get(COLLECTOR_KEY)
         if collector is not None:
             self.reference = None  # judged from where the resumed collection ends, as before
@@ -112,6 +124,12 @@ class ModelMonitor:
         if self.reference is not None and states.get(REFERENCE_KEY) != self.reference.id:
             # The state was built on another (older, or no) reference: the stored one wins.
             self.set_reference(self.reference)
+        elif self.reference is not None:
+            batch = None
+            for detector in self.referenced:
+                if detector in reconfigured:  # rebuilt at once from the reference
+                    batch = batch or self.reference.batch()
+                    detector.set_reference(batch)
         return None
 
 

@@ -1,7 +1,8 @@
 """Hot-path cost of keeping each model's recent predictions (agent.samples.RecentWindow).
 
 Prints the amortised cost per event of `RecentWindow.add` on realistic batches, and of
-storing the window at a checkpoint (decoding its records again, then encoding the sample). Run: PYTHONPATH=. python bench/recent_window.py
+storing the window at a checkpoint (decoding its records again, then encoding the sample).
+Run: PYTHONPATH=. python bench/recent_window.py
 """
 
 from __future__ import annotations

@@ -336,6 +336,19 @@ class AccuracyDetector(Detector):
         self.windows: dict[tuple[str, float], _Window] = {}
         self.dirty: set[tuple[str, float]] = set()
 
+    def keep_on_reconfigure(self, state: dict[str, Any]) -> None:
+        """Settings changed: the baseline and tests are learned again, but the predictions
+        still waiting for their labels are kept (under the new caps), or those labels would
+        be lost."""
+        join: LabelJoin = state["join"]
+        s = self.settings
+        join.ttl, join.max_pending, join.max_early = (
+            s.label_ttl_seconds,
+            s.max_pending,
+            s.max_early_labels,
+        )
+        self.join = join
+
     # ----------------------------------------------------------------- update
 
     def update(self, batch: ModelBatch) -> list[Finding]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from pydantic import BaseModel, ValidationError
+
 from streams.batch import ModelBatch
 from streams.events import Position
 
@@ -147,6 +149,11 @@ class Detector(ABC):
     """Per-model, per-partition state; `update` is called with each batch, in arrival order."""
 
     name: ClassVar[str]
+    model: str
+    # The attributes holding what the detector was configured with. Its statistics,
+    # thresholds and array shapes follow from them, so a checkpointed state built with
+    # other values is not resumed (see `restore`).
+    configuration: ClassVar[tuple[str, ...]] = ("settings",)
 
     @abstractmethod
     def update(self, batch: ModelBatch) -> list[Finding]: ...
@@ -167,5 +174,34 @@ class Detector(ABC):
         """The detector's whole state; the default pickles the instance's attributes."""
         return pickle.dumps(self.__dict__, protocol=pickle.HIGHEST_PROTOCOL)
 
-    def restore(self, data: bytes) -> None:
-        self.__dict__.update(pickle.loads(data))
+    def restore(self, data: bytes) -> bool:
+        """Resumes a checkpointed state if it was built with this detector's configuration
+        and returns True. Otherwise (the config changed since) the detector starts afresh
+        as constructed, keeping only what `keep_on_reconfigure` carries over, and returns
+        False: new settings take effect at a restart."""
+        state = pickle.loads(data)
+        configured = {name: getattr(self, name) for name in self.configuration}
+        if all(_same(state.get(name), value) for name, value in configured.items()):
+            # The configured values: equal, and validated with today's fields and defaults.
+            self.resume({**state, **configured})
+            return True
+        self.keep_on_reconfigure(state)
+        return False
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """Takes over a checkpointed state (`snapshot`'s, unpickled)."""
+        self.__dict__.update(state)
+
+    def keep_on_reconfigure(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """What a detector keeps of a state built with another configuration (nothing)."""
+
+
+def _same(checkpointed: object, configured: object) -> bool:
+    """Whether a checkpointed setting is the configured one. Settings models are validated
+    again first: one pickled before a field existed lacks it, and gets its default."""
+    if isinstance(configured, BaseModel) and isinstance(checkpointed, BaseModel):
+        try:
+            checkpointed = type(configured).model_validate(vars(checkpointed))
+        except ValidationError:
+            return False
+    return checkpointed == configured

@@ -52,6 +52,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
+from typing import Any
 
 import numpy as np
 from numpy.polynomial import polynomial
@@ -207,12 +208,9 @@ class QueryPatternDetector(ProfiledDetector):
         state["ring_records"] = self.ring_records[: len(fill)][used]
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
-    def restore(self, data: bytes) -> None:
-        state = pickle.loads(data)
+    def resume(self, state: dict[str, Any]) -> None:
         fill = state.pop("ring_fill", None)  # None: a checkpoint from before the budget
         self.__dict__.update(state)
-        # Settings pickled before a key existed lack it: validating again fills the default.
-        self.settings = QueryPatternSettings.model_validate(vars(self.settings))
         if fill is not None:
             size = self.settings.buffer_size
             used = np.arange(size) < fill[:, None]

@@ -47,6 +47,7 @@ class ReferenceDetector(Detector):
     `detectors.registry`); it splits it over its own tests when it builds its monitors."""
 
     settings_type: ClassVar[type[ReferenceSettings]]
+    configuration = ("settings", "budget", "reference_size")
 
     def __init__(
         self,

@@ -230,7 +230,7 @@ def test_a_restart_keeps_pending_joins_and_gives_the_same_result() -> None:
     got = run(batches[:4], first)
     assert len(first.join.pending) > 2000  # predictions waiting for labels at the restart
     second = AccuracyDetector("m")
-    second.restore(first.snapshot())
+    assert second.restore(first.snapshot())
     got += run(batches[4:], second)
     assert [(f.subject, f.ts, f.value) for f in got] == [
         (f.subject, f.ts, f.value) for f in expected

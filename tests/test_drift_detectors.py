@@ -295,10 +295,9 @@ def test_snapshot_restore_continues_the_same_way() -> None:
     stream = chunks(batch(**columns))
     straight = [f for d in all_detectors() for f in run(d, stream)]
     resumed = []
-    for d in all_detectors():
+    for d, fresh in zip(all_detectors(), all_detectors(), strict=True):
         run(d, stream[:6])
-        fresh = type(d)("m")
-        fresh.restore(d.snapshot())
+        assert fresh.restore(d.snapshot())
         resumed.extend(run(fresh, stream[6:]))
     assert straight and sorted(resumed, key=repr) == sorted(straight, key=repr)
 

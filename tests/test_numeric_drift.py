@@ -100,7 +100,7 @@ def test_snapshot_restore_continues_exactly() -> None:
     original = NumericDriftDetector("m")
     before = run(original, n=20_000, seed=5)
     clone = NumericDriftDetector("m")
-    clone.restore(original.snapshot())
+    assert clone.restore(original.snapshot())
     rng_a, rng_b = np.random.default_rng(9), np.random.default_rng(9)
     for start in range(20_000, 40_000, 2500):
         a, b = numeric_columns(2500, rng_a, 8), numeric_columns(2500, rng_b, 8)

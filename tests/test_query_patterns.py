@@ -321,8 +321,8 @@ def test_memory_budget_bounds_the_rings_whatever_the_number_of_clients() -> None
     data = detector.snapshot()
     table = detector.fp_keys.nbytes + detector.fp_owners.nbytes + detector.fp_ts.nbytes
     assert len(data) < budget + table + 2**19
-    twin = QueryPatternDetector("m", SETTINGS)
-    twin.restore(data)
+    twin = QueryPatternDetector("m", detector.settings)
+    assert twin.restore(data)
     assert list(twin.clients) == list(detector.clients)
     assert len(twin.ring_vectors) == len(detector.clients)  # no spare rows
     for state in detector.clients.values():  # the entries in use (the rest is never read)
@@ -343,13 +343,13 @@ def test_a_checkpoint_from_before_the_budget_is_restored_within_it() -> None:
     old["settings"] = QueryPatternSettings.model_construct(**settings)
     assert len(detector.clients) == 40
     twin = QueryPatternDetector("m", SETTINGS)
-    twin.restore(pickle.dumps(old))
+    assert twin.restore(pickle.dumps(old))  # the same settings, with the new key's default
     assert twin.settings.max_state_mb == QueryPatternSettings().max_state_mb
     assert list(twin.clients) == list(detector.clients)  # the budget does not bind
     # With a budget that binds, the most recently seen clients are kept, in slots 0..n-1.
     old["settings"] = with_settings(max_state_mb=0.5)
-    small = QueryPatternDetector("m", SETTINGS)
-    small.restore(pickle.dumps(old))
+    small = QueryPatternDetector("m", with_settings(max_state_mb=0.5))
+    assert small.restore(pickle.dumps(old))
     cap = small.tracked_cap()
     assert cap < 40 and len(small.ring_records) == len(small.clients) == cap
     assert list(small.clients) == list(detector.clients)[-cap:]
@@ -366,7 +366,7 @@ def test_snapshot_restore_continues_identically() -> None:
     detector, stream = warmed(seed=6)
     probe = boundary_probe(stream.rng, 200)
     twin = QueryPatternDetector("m", SETTINGS)
-    twin.restore(detector.snapshot())
+    assert twin.restore(detector.snapshot())
     rng_state = stream.rng.bit_generator.state
     t, offset = stream.t, stream.offset
     first = run_mixed(detector, stream, probe, ["prober"] * 200)

@@ -16,6 +16,7 @@ from agent.cli import app
 from agent.pipeline import Pipeline
 from agent.reference import ReferenceFileError, load_reference_file
 from agent.samples import RecentWindow, Sample
+from detectors.registry import build_detectors
 from storage.db import Database
 from storage.models import Base
 from storage.repository import IncidentFilter, ReferenceInput, Repository
@@ -325,6 +326,52 @@ def test_restored_checkpoint_built_on_an_older_reference_takes_the_new_one(
     assert monitor.reference.id == Repository(database).find_reference("fraud").id
     drift = monitor.detectors[0]
     assert drift.monitors["amount"].ref_mean == pytest.approx(12, abs=0.3)
+
+
+def test_changed_settings_take_effect_when_a_checkpoint_is_restored(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A checkpoint holds detector state built with the settings of its day; a restart with
+    other settings must apply them (not resume the old ones), losing no pending label."""
+    settings = settings_for(database.url, learn_events=2000)
+    first = replay(settings, database, events(3200, seed=35), "c", "src")
+    before = {d.name: d for d in first.monitors[("src", 0)]["fraud"].detectors}
+    assert before["categorical_drift"].ready and before["query_patterns"].profile is not None
+
+    changed = settings.model_copy(deep=True)
+    changed.detectors.numeric_drift.min_effect_size = 0.9
+    changed.detectors.accuracy.max_pending = 450
+    changed.detectors.query_patterns.buffer_size = 64
+    pipeline = Pipeline(changed, database, consumer="c")
+    with caplog.at_level("WARNING", logger="agent.pipeline"):
+        assert pipeline.restore_partition("src", 0) == 3200
+    after = {d.name: d for d in pipeline.monitors[("src", 0)]["fraud"].detectors}
+    warned = {r.getMessage().split(" detector")[0] for r in caplog.records}
+    assert warned == {
+        f"model fraud: the {n}" for n in ("numeric_drift", "accuracy", "query_patterns")
+    }
+
+    # Unchanged settings: the state resumes as it was (as a twin restores it, unchanged).
+    twins = {d.name: d for d in build_detectors("fraud", settings.detectors)}
+    for name in ("categorical_drift", "prediction_drift", "data_quality", "input_anomaly"):
+        assert twins[name].restore(before[name].snapshot())
+        assert after[name].snapshot() == twins[name].snapshot(), name
+    # Reference-based: rebuilt at once from the stored reference, under the new settings.
+    numeric = after["numeric_drift"]
+    assert numeric.settings.min_effect_size == 0.9 and numeric.ready
+    assert (
+        numeric.monitors["amount"].ref_mean == before["numeric_drift"].monitors["amount"].ref_mean
+    )
+    # Learned from the stream: learned again; the pending predictions are kept, within the cap.
+    assert after["query_patterns"].settings.buffer_size == 64
+    assert after["query_patterns"].profile is None
+    join = after["accuracy"].join
+    assert join.max_pending == 450 and len(before["accuracy"].join.pending) == 3200
+    assert list(join.pending) == list(before["accuracy"].join.pending)
+    pipeline.process(
+        [RawRecord(events(1, seed=36, start=START + 3200)[0], Position("src", 0, 3200))]
+    )
+    assert len(join.pending) == 450
 
 
 def test_recent_window_is_bounded_and_persisted_with_checkpoints(database: Database) -> None:
