@@ -95,13 +95,17 @@ class IncidentManager:
 
     @staticmethod
     def _update(incident: Incident, finding: Finding) -> Change:
+        """Counts the finding in; `details` follow the latest evidence, the title only a
+        finding that escalates (it names what the incident is about, and what was alerted:
+        a drift opened as "mean shifted up" keeps that headline when a later finding of the
+        same feature is about its spread)."""
         incident.count += 1
         incident.first_seen = min(incident.first_seen, finding.ts)
         incident.last_seen = max(incident.last_seen, finding.ts)
         incident.details = finding_summary(finding)
-        incident.title = finding.title
         if finding.severity.rank > Severity(incident.severity).rank:
             incident.severity = str(finding.severity)
+            incident.title = finding.title
             return Change.ESCALATED
         return Change.UPDATED
 

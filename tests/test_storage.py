@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from sqlalchemy.exc import IntegrityError
 
@@ -77,6 +79,19 @@ def test_higher_severity_escalates(database: Database) -> None:
     changes = apply(database, [finding(offset=1), finding(offset=2, severity=Severity.CRITICAL)])
     assert [c.change for c in changes] == [Change.OPENED, Change.ESCALATED]
     assert Repository(database).list_incidents()[0].severity == "critical"
+
+
+def test_title_is_the_opening_or_escalating_findings_and_details_the_latest(
+    database: Database,
+) -> None:
+    spread = replace(finding(offset=2, ts=2000), title="amount: spread narrowed", value=7.0)
+    apply(database, [finding(offset=1), spread])
+    (incident,) = Repository(database).list_incidents()
+    assert incident.title == "amount: mean shifted up" and incident.details["value"] == 7.0
+    critical = replace(spread, position=Position("events.jsonl", 0, 3), severity=Severity.CRITICAL)
+    apply(database, [critical])
+    (incident,) = Repository(database).list_incidents()
+    assert (incident.title, incident.severity) == ("amount: spread narrowed", "critical")
 
 
 def test_the_database_refuses_a_second_open_incident_for_a_key(database: Database) -> None:
