@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from streams.events import DeadLetter, Position, RawRecord
 
 _VERSION = re.compile(r"^\d+(\.\d+){1,2}$")
+_new = tuple.__new__
 
 
 def _comma_list(value: Any) -> Any:
@@ -196,9 +197,20 @@ def to_records(polled: dict[Any, list[Any]]) -> list[RawRecord]:
     """kafka-python's {TopicPartition: [ConsumerRecord]} as raw records, partition by partition."""
     records: list[RawRecord] = []
     for tp, messages in polled.items():
-        for message in messages:
-            value = message.value if message.value is not None else b""
-            records.append(RawRecord(value, Position(tp.topic, tp.partition, message.offset)))
+        topic, partition = tp.topic, tp.partition
+        # tuple.__new__ makes the NamedTuples without a Python-level __new__ call per record
+        # (half of this function's cost: ~0.5 us per record).
+        records += [
+            _new(
+                RawRecord,
+                (
+                    b"" if message.value is None else message.value,
+                    _new(Position, (topic, partition, message.offset)),
+                    None,
+                ),
+            )
+            for message in messages
+        ]
     return records
 
 

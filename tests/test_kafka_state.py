@@ -6,6 +6,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import TopicPartition
 from sqlalchemy import select
 
 from agent.config import ConfigError, Settings, load_settings
@@ -15,7 +17,7 @@ from agent.replay import memory_batches, replay_batches
 from storage.db import Database
 from storage.models import Checkpoint, Evidence, Incident
 from streams.events import Position, RawRecord
-from streams.kafka import KafkaSettings
+from streams.kafka import KafkaSettings, to_records
 
 
 def test_environment_overrides_the_kafka_section(tmp_path: Path) -> None:
@@ -133,3 +135,21 @@ def test_findings_do_not_depend_on_how_the_stream_is_batched(tmp_path: Path) -> 
         outcomes.append((incidents, evidence))
     assert outcomes[0][0], "the demo's drifts should open incidents"
     assert outcomes[0] == outcomes[1]
+
+
+def test_polled_messages_become_raw_records_at_their_real_positions() -> None:
+    def message(tp: TopicPartition, offset: int, value: bytes | None) -> ConsumerRecord:
+        return ConsumerRecord(
+            tp.topic, tp.partition, None, offset, 0, 0, None, value, [], None, 0, 0, 0
+        )
+
+    a, b = TopicPartition("predictions", 3), TopicPartition("labels", 0)
+    polled = {a: [message(a, 7, b"x"), message(a, 8, None)], b: [message(b, 0, b"y")]}
+    records = to_records(polled)
+    assert records == [
+        RawRecord(b"x", Position("predictions", 3, 7)),
+        RawRecord(b"", Position("predictions", 3, 8)),  # a tombstone: a dead letter later
+        RawRecord(b"y", Position("labels", 0, 0)),
+    ]
+    assert all(type(r) is RawRecord and type(r.position) is Position for r in records)
+    assert records[0].size is None and records[0].position.offset == 7
