@@ -69,15 +69,18 @@ class Sample:
         if decoded.dead_letters or decoded.label_groups:
             reason = decoded.dead_letters[0].reason if decoded.dead_letters else "a label"
             raise ValueError(f"not a record of an accepted prediction: {reason}")
-        out = cls()
-        for group in decoded.prediction_groups:  # one: one model, one source partition
-            out.ts += group.ts
-            out.features += group.rows
-            out.predictions += group.predictions
-            out.scores += group.scores
-            out.score += group.score
-            out.model_versions += group.model_versions
-        return out
+        parts = [
+            cls(
+                ts=group.ts,
+                features=group.rows,
+                predictions=list(group.predictions),
+                scores=group.scores,
+                score=group.score,
+                model_versions=group.model_versions,
+            )
+            for group in decoded.prediction_groups  # one: one model, one source partition
+        ]
+        return parts[0] if len(parts) == 1 else cls.concat(parts)
 
     @classmethod
     def of_events(cls, events: list[Prediction]) -> Sample:
