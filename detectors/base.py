@@ -204,4 +204,5 @@ def _same(checkpointed: object, configured: object) -> bool:
             checkpointed = type(configured).model_validate(vars(checkpointed))
         except ValidationError:
             return False
+        return checkpointed.model_dump() == configured.model_dump()  # values, nothing else
     return checkpointed == configured
