@@ -1,6 +1,6 @@
 """Throughput and memory of the hot path, against baselines measured in the same run.
 
-    .venv/bin/python bench/throughput.py [--events 200000] [--memory-events 1000000]
+    .venv/bin/python bench/throughput.py [--events 200000] [--memory-events 1000000] [--rounds 3]
 
 Generates a realistic stream (20 features: 14 numeric, 6 categorical; class scores; 200
 clients; labels for half the predictions) and measures, each in its own process pinned to
@@ -11,7 +11,9 @@ one core:
       to CPU 1), the stream produced to a fresh 4-partition topic keyed by id:
       a plain kafka-python consumer reading the topic, and the daemon consuming it;
 and prints events/s, the ratios (b/a, daemon/consumer) and peak RSS; then the RSS after
-`--memory-events` events with 100,000 distinct clients.
+`--memory-events` events with 100,000 distinct clients. Rates on a shared machine move from
+run to run, so each pair (a then b, consumer then daemon) is measured back to back
+`--rounds` times and the medians, ranges and the median of the rounds' ratios are printed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -101,9 +104,10 @@ print(f"{n / (time.perf_counter() - start):.1f}")
 PLAIN_CONSUMER = """
 import sys, time
 from kafka import KafkaConsumer
-bootstrap, topic, total, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+bootstrap, topic, total, batch, group = sys.argv[1:6]
+total, batch = int(total), int(batch)
 consumer = KafkaConsumer(topic, bootstrap_servers=[bootstrap], api_version=(0, 9),
-                         group_id="plain-" + topic, auto_offset_reset="earliest",
+                         group_id=group, auto_offset_reset="earliest",
                          enable_auto_commit=False, max_poll_records=batch)
 seen, started = 0, None
 while seen < total:
@@ -125,10 +129,10 @@ from agent.config import Settings
 from agent.daemon import Daemon
 from storage.db import Database
 tune_garbage_collector()
-bootstrap, topic, total, batch, url = sys.argv[1:6]
+bootstrap, topic, total, batch, group, url = sys.argv[1:7]
 settings = Settings.model_validate({
     "database_url": url, "batch_size": int(batch),
-    "kafka": {"bootstrap_servers": [bootstrap], "topics": [topic], "group_id": "daemon-" + topic,
+    "kafka": {"bootstrap_servers": [bootstrap], "topics": [topic], "group_id": group,
               "api_version": "0.9"},
 })
 database = Database(url)
@@ -205,13 +209,17 @@ def kafka_broker() -> Iterator[str]:
         broker.stop()
 
 
-def kafka_rates(stream: Path, lines: int, batch: int, work: Path) -> tuple[float, float, float]:
-    """(plain consumer records/s, daemon records/s, daemon peak RSS MB) on one fresh topic."""
+def kafka_rates(
+    stream: Path, lines: int, batch: int, work: Path, rounds: int
+) -> list[tuple[float, float, float]]:
+    """Per round, (plain consumer records/s, daemon records/s, daemon peak RSS MB), the two
+    back to back on one fresh topic, each round with groups (and a database) of its own."""
     sys.path.insert(0, str(ROOT))
     from kafka import KafkaProducer
 
     from streams.kafka import produce_lines
 
+    results = []
     with kafka_broker() as bootstrap:
         topic = f"bench-{uuid.uuid4().hex[:8]}"
         producer = KafkaProducer(bootstrap_servers=[bootstrap], api_version=(0, 9), linger_ms=20)
@@ -221,10 +229,27 @@ def kafka_rates(stream: Path, lines: int, batch: int, work: Path) -> tuple[float
         producer.close()
         assert sent == lines, (sent, lines)
         args = [bootstrap, topic, str(lines), str(batch)]
-        plain, _ = run_pinned([sys.executable, "-c", PLAIN_CONSUMER, *args])
-        url = f"sqlite:///{work / 'daemon.db'}"
-        daemon, rss = run_pinned([sys.executable, "-c", DAEMON, *args, url])
-    return float(plain.strip()), float(daemon.strip().splitlines()[-1]), rss
+        for round_ in range(rounds):
+            plain, _ = run_pinned([sys.executable, "-c", PLAIN_CONSUMER, *args, f"plain-{round_}"])
+            url = f"sqlite:///{work / f'daemon-{round_}.db'}"
+            daemon, rss = run_pinned([sys.executable, "-c", DAEMON, *args, f"daemon-{round_}", url])
+            results.append((float(plain.strip()), float(daemon.strip().splitlines()[-1]), rss))
+    return results
+
+
+def spread(values: list[float]) -> str:
+    """The median, and the range when there are several rounds."""
+    middle = f"{statistics.median(values):>10,.0f}"
+    if len(values) == 1:
+        return middle
+    return f"{middle} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def spread_ratio(values: list[float]) -> str:
+    middle = f"{statistics.median(values):.2f}"
+    if len(values) == 1:
+        return middle
+    return f"{middle} ({min(values):.2f}-{max(values):.2f})"
 
 
 def main() -> None:
@@ -232,6 +257,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--memory-events", type=int, default=1_000_000)
     parser.add_argument("--no-kafka", action="store_true", help="skip the Kafka part (c)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="measurements of each pair (rates move run to run)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -242,18 +270,28 @@ def main() -> None:
             f"{stream.stat().st_size / 1e6:.0f} MB, 20 features, 200 clients"
         )
         print(f"machine: {os.cpu_count()} cores; each measured process pinned to CPU 0")
-        base, base_rss = baseline_rate(stream)
-        replay, replay_rss = replay_rate(stream, work / "replay.db")
-        print(f"(a) orjson decode loop  {base:>10,.0f} lines/s   peak RSS {base_rss:6.0f} MB")
-        print(f"(b) bulwark replay      {replay:>10,.0f} events/s  peak RSS {replay_rss:6.0f} MB")
-        print(f"    ratio b/a = {replay / base:.2f}   (target >= 0.25, and >= 50,000 events/s)")
+        print(f"rounds: {args.rounds}, each measuring its pair back to back: median (range)")
+        base, replay, rss = [], [], []
+        for round_ in range(args.rounds):
+            base.append(baseline_rate(stream)[0])
+            rate, peak = replay_rate(stream, work / f"replay-{round_}.db")
+            replay.append(rate)
+            rss.append(peak)
+        ratios = [b / a for a, b in zip(base, replay, strict=True)]
+        print(f"(a) orjson decode loop    {spread(base)} lines/s")
+        print(f"(b) bulwark replay        {spread(replay)} events/s  peak RSS {max(rss):.0f} MB")
+        print(f"    ratio b/a = {spread_ratio(ratios)}   (target >= 0.25, and >= 50,000 events/s)")
         if not args.no_kafka:
-            plain, daemon, daemon_rss = kafka_rates(stream, lines, 2000, work)
-            print(f"(c) kafka-python consumer {plain:>8,.0f} records/s")
+            results = kafka_rates(stream, lines, 2000, work, args.rounds)
+            plain = [r[0] for r in results]
+            daemon = [r[1] for r in results]
+            print(f"(c) kafka-python consumer {spread(plain)} records/s")
             print(
-                f"    bulwark run (daemon) {daemon:>9,.0f} records/s  peak RSS {daemon_rss:6.0f} MB"
+                f"    bulwark run (daemon)    {spread(daemon)} records/s  "
+                f"peak RSS {max(r[2] for r in results):.0f} MB"
             )
-            print(f"    ratio daemon/consumer = {daemon / plain:.2f}   (target >= 0.50)")
+            ratios = [d / p for p, d, _ in results]
+            print(f"    ratio daemon/consumer = {spread_ratio(ratios)}   (target >= 0.50)")
         if args.memory_events:
             big = work / "memory.jsonl"
             generate(big, args.memory_events, clients=100_000, seed=2)
