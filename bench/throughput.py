@@ -287,7 +287,7 @@ def main() -> None:
             daemon = [r[1] for r in results]
             print(f"(c) kafka-python consumer {spread(plain)} records/s")
             print(
-                f"    bulwark run (daemon)    {spread(daemon)} records/s  "
+                f"    bulwark run (daemon)  {spread(daemon)} records/s  "
                 f"peak RSS {max(r[2] for r in results):.0f} MB"
             )
             ratios = [d / p for p, d, _ in results]
