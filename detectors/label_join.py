@@ -473,7 +473,11 @@ class _Pending:
             "code": self.code[live],
             "values": self.values[live],
             "class_names": self.class_names,
-            "kept": {i: self.kept[a] for i, a in enumerate(arrivals) if a in self.kept},
+            "kept": (  # usually none: no pass over every live row for nothing
+                {i: self.kept[a] for i, a in enumerate(arrivals) if a in self.kept}
+                if self.kept
+                else {}
+            ),
         }
 
     def __setstate__(self, state: dict[str, object]) -> None:
