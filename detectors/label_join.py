@@ -36,7 +36,7 @@ from itertools import chain, compress, islice, repeat
 
 import numpy as np
 
-from streams.batch import ModelBatch
+from streams.batch import ModelBatch, floats_or_none
 
 # A pending prediction as states pickled with the earlier layout keep it (`_Pending.of`):
 # (ts, model_version, prediction, scores, score).
@@ -367,7 +367,7 @@ class _Pending:
             versions=self.versions[rows].tolist(),
             predictions=self.predictions[rows].tolist(),
             scores=self._decode(rows),
-            score=[None] * len(rows) if self.score is None else _floats_or_none(self.score[rows]),
+            score=[None] * len(rows) if self.score is None else floats_or_none(self.score[rows]),
             labels=labels,
         )
 
@@ -635,7 +635,7 @@ class LabelJoin:
             labels.append(label)
             label_ts.append(ts)
             self._mark_done(pid, ts)
-        score = None if batch.score is None else _floats_or_none(batch.score[rows])
+        score = None if batch.score is None else floats_or_none(batch.score[rows])
         return Joined(
             pred_ts=np.array(batch.ts[rows], dtype=np.float64),
             label_ts=np.array(label_ts, dtype=np.float64),
@@ -717,12 +717,3 @@ class LabelJoin:
             del done[order.popleft()]
         for _ in range(max(0, len(done) - self.max_pending)):
             del done[order.popleft()]
-
-
-def _floats_or_none(column: np.ndarray) -> list[float | None]:
-    absent = np.isnan(column)
-    if not absent.any():
-        return column.tolist()
-    if absent.all():
-        return [None] * len(column)
-    return [None if math.isnan(v) else v for v in column.tolist()]

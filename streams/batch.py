@@ -6,6 +6,7 @@ over events in Python to get at a feature.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,6 +118,16 @@ class ModelBatch:
         rest = self.slice(start, len(self))
         rest.labels = self.labels
         return rest
+
+
+def floats_or_none(column: np.ndarray) -> list[float | None]:
+    """A float column (NaN where absent, as `ModelBatch.score`) as values and None."""
+    absent = np.isnan(column)
+    if not absent.any():
+        return column.tolist()
+    if absent.all():
+        return [None] * len(column)
+    return [None if math.isnan(v) else v for v in column.tolist()]
 
 
 def concat_batches(batches: list[ModelBatch]) -> ModelBatch:
