@@ -125,11 +125,9 @@ class ModelMonitor:
             # The state was built on another (older, or no) reference: the stored one wins.
             self.set_reference(self.reference)
         elif self.reference is not None:
-            batch = None
             for detector in self.referenced:
-                if detector in reconfigured:  # rebuilt at once from the reference
-                    batch = batch or self.reference.batch()
-                    detector.set_reference(batch)
+                if detector in reconfigured:  # rebuilt at once from the (cached) reference batch
+                    detector.set_reference(self.reference.batch())
         return None
 
 

@@ -12,16 +12,16 @@ a detector handed a stored reference sees exactly what it would have learned fro
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
-from streams.batch import ModelBatch, PartitionKey, build_model_batch
+from streams.batch import ModelBatch, PartitionKey, build_model_batch, floats_or_none
 from streams.decode import decode_batch
 from streams.events import FeatureValue, Position, Prediction, RawRecord
 
@@ -56,7 +56,7 @@ class Sample:
             predictions=batch.predictions[s],
             scores=batch.scores[s],
             # NaN marks an absent score in the batch; None in a sample, as in an event.
-            score=[None] * n if batch.score is None else _nan_to_none(batch.score[s].tolist()),
+            score=[None] * n if batch.score is None else floats_or_none(batch.score[s]),
             model_versions=batch.model_versions[s],
         )
 
@@ -73,7 +73,7 @@ class Sample:
             cls(
                 ts=group.ts,
                 features=group.rows,
-                predictions=list(group.predictions),
+                predictions=group.predictions,  # type: ignore[arg-type]
                 scores=group.scores,
                 score=group.score,
                 model_versions=group.model_versions,
@@ -105,7 +105,7 @@ class Sample:
             out.model_versions += part.model_versions
         return out
 
-    def take(self, indices: np.ndarray | list[int]) -> Sample:
+    def take(self, indices: Sequence[int] | np.ndarray) -> Sample:
         return Sample(
             ts=[self.ts[i] for i in indices],
             features=[self.features[i] for i in indices],
@@ -207,10 +207,6 @@ class Sample:
         return out
 
 
-def _nan_to_none(values: list[float]) -> list[float | None]:
-    return [None if math.isnan(v) else v for v in values]
-
-
 def _column_summary(batch: ModelBatch, name: str) -> dict[str, Any]:
     n = len(batch)
     out: dict[str, Any] = {}
@@ -296,11 +292,17 @@ class RecentWindow:
         self.size = len(sample)
 
     def sample(self) -> Sample:
-        parts = [c if isinstance(c, Sample) else Sample.of_records(c) for c in self.chunks]
-        merged = Sample.concat(parts)
-        if len(merged) <= self.capacity:
-            return merged
-        return merged.take(range(len(merged) - self.capacity, len(merged)))  # type: ignore[arg-type]
+        """The last `capacity` events. The older ones are cut before records are decoded, and
+        they all lie in the oldest chunk (`add` drops a chunk the newer ones cover)."""
+        skip = max(0, self.size - self.capacity)
+        parts = []
+        for chunk in self.chunks:
+            if isinstance(chunk, Sample):
+                parts.append(chunk.take(range(skip, len(chunk))) if skip else chunk)
+            else:
+                parts.append(Sample.of_records(chunk[skip:]))
+            skip = 0
+        return Sample.concat(parts)
 
 
 class ReferenceCollector:
