@@ -21,7 +21,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "alembic"
+# In an installed wheel the migrations ship as storage/migrations (pyproject.toml maps them
+# there); in a source checkout they are the repository's alembic/ folder.
+_INSTALLED_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATIONS_DIR = (
+    _INSTALLED_MIGRATIONS
+    if (_INSTALLED_MIGRATIONS / "env.py").is_file()
+    else Path(__file__).resolve().parent.parent / "alembic"
+)
 T = TypeVar("T")
 
 
