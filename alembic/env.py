@@ -3,14 +3,38 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, inspect, text
 
 from alembic import context
 from storage.db import Database
 from storage.models import Base
 
+# Until 2026-12 the revisions were bare numbers applied out of numeric order (0001, 0003, 0007,
+# 0006, 0004, 0008). They were renumbered in their order of application; a database stamped
+# with an old number is restamped with the same revision's new id before anything runs. New ids
+# are never bare numbers, so the two cannot be confused.
+RENUMBERED = {
+    "0001": "0001_initial_schema",
+    "0003": "0002_reference_data",
+    "0007": "0003_notes_model_stats",
+    "0006": "0004_alert_outbox",
+    "0004": "0005_performance",
+    "0008": "0006_reference_learned_until",
+}
+
+
+def restamp_renumbered(connection: Connection) -> None:
+    if "alembic_version" not in inspect(connection).get_table_names():
+        return
+    for old, new in RENUMBERED.items():
+        connection.execute(
+            text("UPDATE alembic_version SET version_num = :new WHERE version_num = :old"),
+            {"new": new, "old": old},
+        )
+
 
 def run(connection: Connection) -> None:
+    restamp_renumbered(connection)
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,

@@ -1,7 +1,7 @@
 """reference data, recent samples, Evidently reports
 
-Revision ID: 0003
-Revises: 0001
+Revision ID: 0002_reference_data
+Revises: 0001_initial_schema
 Create Date: 2026-11-23 16:30:00.000000
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0003"
-down_revision = "0001"
+revision = "0002_reference_data"
+down_revision = "0001_initial_schema"
 branch_labels = None
 depends_on = None
 

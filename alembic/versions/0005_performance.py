@@ -1,7 +1,7 @@
 """performance history: metric values per model version and event-time window
 
-Revision ID: 0004
-Revises: 0006
+Revision ID: 0005_performance
+Revises: 0004_alert_outbox
 Create Date: 2026-11-23 16:20:00.000000
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0004"
-down_revision = "0006"
+revision = "0005_performance"
+down_revision = "0004_alert_outbox"
 branch_labels = None
 depends_on = None
 

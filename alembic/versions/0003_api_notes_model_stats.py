@@ -1,7 +1,7 @@
 """incident notes and per-model stats for the HTTP API
 
-Revision ID: 0007
-Revises: 0003
+Revision ID: 0003_notes_model_stats
+Revises: 0002_reference_data
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0007"
-down_revision = "0003"
+revision = "0003_notes_model_stats"
+down_revision = "0002_reference_data"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """alert outbox and silences
 
-Revision ID: 0006
-Revises: 0007
+Revision ID: 0004_alert_outbox
+Revises: 0003_notes_model_stats
 Create Date: 2026-11-23 16:25:00
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0006"
-down_revision = "0007"
+revision = "0004_alert_outbox"
+down_revision = "0003_notes_model_stats"
 branch_labels = None
 depends_on = None
 

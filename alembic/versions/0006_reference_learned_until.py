@@ -1,7 +1,7 @@
 """a learned reference remembers, per source partition, where the events it took end
 
-Revision ID: 0008
-Revises: 0004
+Revision ID: 0006_reference_learned_until
+Revises: 0005_performance
 Create Date: 2026-11-29 23:55:00.000000
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0008"
-down_revision = "0004"
+revision = "0006_reference_learned_until"
+down_revision = "0005_performance"
 branch_labels = None
 depends_on = None
 
