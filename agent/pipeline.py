@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 # while the reference is still being learned, the collection so far: resumed, not skipped,
 # so a restarted process judges exactly the events the first one would have.
 MONITOR_STATE_VERSION = 1
+_MONITOR_KEYS = frozenset({"version", "detectors", "reference_id", "model_version", "collector"})
 
 
 class ModelMonitor:
@@ -109,42 +110,39 @@ class ModelMonitor:
         state = state_codec.decode(data)
         if not isinstance(state, dict) or state.get("version") != MONITOR_STATE_VERSION:
             raise StateError("not a monitor checkpoint of this layout")
+        if not state.keys() >= _MONITOR_KEYS:
+            raise StateError(f"a monitor checkpoint lacks {sorted(_MONITOR_KEYS - state.keys())}")
         return state
 
     def restore(self, state: dict[str, Any]) -> ReferenceCollector | None:
         """Restores the detectors from a decoded checkpoint (`decode`); returns the reference
         collection to resume, if the state was checkpointed while the reference was still
-        being learned."""
-        snapshots: dict[str, bytes] = state["detectors"]
-        reconfigured = []
-        for detector in self.detectors:
-            if detector.name not in snapshots:
-                continue
-            try:
-                resumed = detector.restore(snapshots[detector.name])
-            except StateError as exc:
-                log.warning(
-                    "model %s: the %s detector's checkpoint is unreadable (%s); it starts again",
-                    detector.model,
-                    detector.name,
-                    exc,
-                )
-                resumed = False
-            else:
-                if not resumed:
-                    log.warning(
-                        "model %s: the %s detector's settings (or state layout) changed since "
-                        "its checkpoint; it starts again with the new ones (what it had "
-                        "learned from the stream is dropped)",
-                        detector.model,
-                        detector.name,
-                    )
-            if not resumed:
-                reconfigured.append(detector)
-        if state["collector"] is not None:
+        being learned. Raises `StateError` when the checkpoint does not fit the schema (the
+        monitor must then be built afresh)."""
+        try:
+            snapshots: dict[str, bytes] = state["detectors"]
+            collected = state["collector"]
+            reference_id = state["reference_id"]
+            collector = None if collected is None else ReferenceCollector.of_state(collected)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"monitor state does not fit its schema: {exc!r}") from exc
+        reconfigured = [
+            detector
+            for detector in self.detectors
+            if detector.name in snapshots and not detector.restore(snapshots[detector.name])
+        ]
+        for detector in reconfigured:
+            log.warning(
+                "model %s: the %s detector's settings (or state layout) changed since its "
+                "checkpoint; it starts again with the new ones (what it had learned from the "
+                "stream is dropped)",
+                detector.model,
+                detector.name,
+            )
+        if collector is not None:
             self.reference = None  # judged from where the resumed collection ends, as before
-            return ReferenceCollector.of_state(state["collector"])
-        if self.reference is not None and state["reference_id"] != self.reference.id:
+            return collector
+        if self.reference is not None and reference_id != self.reference.id:
             # The state was built on another (older, or no) reference: the stored one wins.
             self.set_reference(self.reference)
         elif self.reference is not None:
@@ -382,24 +380,25 @@ class Pipeline:
         for model, row in rows.items():
             try:
                 state = ModelMonitor.decode(row.state)
-            except StateError:
-                # Never unpickled: whoever can write the database must not run code here.
-                log.warning(
-                    "model %s: checkpoint of %s partition %d is not data-only (an older, "
-                    "pickled one?) and is never loaded; its detectors start again from the "
-                    "stored reference (or learn one)",
-                    model,
-                    *key,
-                )
-                monitor, collector = self._monitor(*key, model), None
-            else:
                 monitor = self._monitor(*key, model, state["model_version"])
                 collector = monitor.restore(state)
+            except StateError as exc:
+                # Never unpickled, never half-restored: whoever can write the database must
+                # not be able to run code here, nor to stop the agent.
+                log.warning(
+                    "model %s: checkpoint of %s partition %d not loaded (%s); its detectors "
+                    "start again from the stored reference (or learn one)",
+                    model,
+                    *key,
+                    exc,
+                )
+                self.monitors[key].pop(model, None)
+                monitor, collector = self._monitor(*key, model), None
             if collector is not None:
                 # Checkpointed while the reference was being learned. If the process that
                 # stopped learned it meanwhile, that reference is used: its `learned_until`
                 # skips exactly the events it took. Otherwise the collection resumes.
-                version = state["model_version"]
+                version = monitor.model_version
                 stored = self._reference(model, version) if model not in self.collectors else None
                 if stored is not None:
                     monitor.set_reference(stored)

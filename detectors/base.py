@@ -206,7 +206,8 @@ class Detector(ABC):
         carries over, and returns False: new settings take effect at a restart.
 
         Raises `StateError` on bytes that are not this detector's data-only checkpoint (an
-        old pickle is refused unread)."""
+        old pickle is refused unread), or whose state does not fit its schema; the detector
+        is then in no defined state and must be built afresh."""
         envelope = state_codec.decode(data)
         if not isinstance(envelope, dict) or envelope.get("detector") != self.name:
             raise StateError(f"not a checkpoint of the {self.name} detector")
@@ -214,10 +215,15 @@ class Detector(ABC):
             return False  # a layout this code does not read: nothing is carried over
         checkpointed = envelope.get("configuration") or {}
         state = envelope["state"]
-        if all(_same(checkpointed.get(n), getattr(self, n)) for n in self.configuration):
-            self.load_state(state)
-            return True
-        self.keep_on_reconfigure(state)
+        try:
+            if all(_same(checkpointed.get(n), getattr(self, n)) for n in self.configuration):
+                self.load_state(state)
+                return True
+            self.keep_on_reconfigure(state)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            # Encoded, but not in this detector's schema (forged, or a layout bug): the
+            # detector may be half-restored, so the caller must build it afresh.
+            raise StateError(f"{self.name} state does not fit its schema: {exc!r}") from exc
         return False
 
     def keep_on_reconfigure(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook

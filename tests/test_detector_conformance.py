@@ -197,6 +197,20 @@ def test_a_snapshot_is_data_only_and_a_pickle_is_refused(name: str) -> None:
         build(name).restore(pickle.dumps({"state": Boom()}))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_state_that_does_not_fit_the_schema_is_refused(name: str) -> None:
+    """Encoded but forged, or written by a buggy layout: a clear error, not a half-restored
+    detector going on (the pipeline then builds the monitor afresh)."""
+    detector = build(name)
+    run(detector, STREAM[:20])
+    envelope = state_codec.decode(detector.snapshot())
+    # Keys missing; or every value of the wrong kind (the objects rebuilt from them fail).
+    for state in ({}, dict.fromkeys(envelope["state"], "?")):
+        envelope["state"] = state
+        with pytest.raises(StateError, match="does not fit its schema"):
+            build(name).restore(state_codec.encode(envelope))
+
+
 # Per detector, one of its own settings changed (a practical floor: nothing to rebuild).
 OTHER_SETTING = {
     "numeric_drift": {"min_effect_size": 0.3},

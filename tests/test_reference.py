@@ -18,6 +18,7 @@ from agent.cli import app
 from agent.pipeline import Pipeline
 from agent.reference import ReferenceFileError, load_reference_file
 from agent.samples import RecentWindow, Sample
+from detectors import state_codec
 from detectors.registry import build_detectors
 from storage.db import Database
 from storage.models import Base, Checkpoint
@@ -399,7 +400,8 @@ def test_a_pickled_checkpoint_is_never_loaded_the_monitor_starts_from_the_refere
     with caplog.at_level("WARNING", logger="agent.pipeline"):
         assert pipeline.restore_partition("src", 0) == 3200
     (warning,) = [r.getMessage() for r in caplog.records]
-    assert warning.startswith("model fraud: checkpoint of src partition 0 is not data-only")
+    assert warning.startswith("model fraud: checkpoint of src partition 0 not loaded (not a")
+    assert "pickled" in warning
     assert "\n" not in warning
     monitor = pipeline.monitors[("src", 0)]["fraud"]
     assert monitor.reference is not None and monitor.reference.id == reference.id
@@ -419,6 +421,31 @@ def test_a_pickled_checkpoint_is_never_loaded_the_monitor_starts_from_the_refere
         caplog.clear()
         assert restarted.restore_partition("src", 0) == 3700
     assert caplog.records == []
+
+
+def test_a_checkpoint_off_its_schema_rebuilds_the_whole_monitor(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A data-only row whose accuracy state does not fit the schema (forged, or a layout
+    bug): the detectors restored before it are not kept half-way either."""
+    settings = settings_for(database.url, learn_events=2000)
+    replay(settings, database, events(3200, seed=37), "c", "src")
+    (row,) = Repository(database).load_checkpoints("c", "src", 0).values()
+    monitor_state = state_codec.decode(row.state)
+    accuracy = state_codec.decode(monitor_state["detectors"]["accuracy"])
+    accuracy["state"] = {"join": "?"}
+    monitor_state["detectors"]["accuracy"] = state_codec.encode(accuracy)
+    with database.session() as session:
+        session.execute(update(Checkpoint).values(state=state_codec.encode(monitor_state)))
+    pipeline = Pipeline(settings, database, consumer="c")
+    with caplog.at_level("WARNING", logger="agent.pipeline"):
+        assert pipeline.restore_partition("src", 0) == 3200
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("model fraud: checkpoint of src partition 0 not loaded (accuracy")
+    detectors = {d.name: d for d in pipeline.monitors[("src", 0)]["fraud"].detectors}
+    assert detectors["categorical_drift"].ready  # from the stored reference, afresh
+    assert all(m.seen == 0 for m in detectors["categorical_drift"].monitors.values())
+    assert detectors["query_patterns"].profile is None
 
 
 def test_recent_window_is_bounded_and_persisted_with_checkpoints(database: Database) -> None:
