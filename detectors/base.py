@@ -213,9 +213,8 @@ class Detector(ABC):
             raise StateError(f"not a checkpoint of the {self.name} detector")
         if envelope.get("version") != self.state_version:
             return False  # a layout this code does not read: nothing is carried over
-        checkpointed = envelope.get("configuration") or {}
-        state = envelope["state"]
         try:
+            checkpointed, state = envelope["configuration"], envelope["state"]
             if all(_same(checkpointed.get(n), getattr(self, n)) for n in self.configuration):
                 self.load_state(state)
                 return True

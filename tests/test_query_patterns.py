@@ -402,6 +402,12 @@ def test_client_ids_can_be_stored_as_keyed_hashes() -> None:
     clients = state_codec.decode(detector.snapshot())["state"]["clients"]
     assert all(not name.startswith("c") for name, *_ in clients)
     assert b"s3cret" not in detector.snapshot()  # the key itself is never checkpointed
+    # ... only its digest, which tells a checkpoint made under another key.
+    assert QueryPatternDetector("m", settings).restore(detector.snapshot())
+    assert not QueryPatternDetector("m", with_settings(client_id_key="x")).restore(
+        detector.snapshot()
+    )
+    assert not QueryPatternDetector("m", SETTINGS).restore(detector.snapshot())
 
 
 def test_the_client_id_key_can_come_from_the_environment() -> None:
