@@ -92,14 +92,14 @@ class ModelMonitor:
         return points
 
     def snapshot(self, collector: ReferenceCollector | None = None) -> bytes:
-        collecting = self.reference is None and collector is not None
+        collecting = collector if self.reference is None else None
         return state_codec.encode(
             {
                 "version": MONITOR_STATE_VERSION,
                 "detectors": {d.name: d.snapshot() for d in self.detectors},
                 "reference_id": self.reference.id if self.reference else None,
                 "model_version": self.model_version,
-                "collector": collector.state() if collecting else None,  # type: ignore[union-attr]
+                "collector": None if collecting is None else collecting.state(),
             }
         )
 
