@@ -17,11 +17,11 @@ keeps the model's most recent predictions, written with checkpoints for reports.
 from __future__ import annotations
 
 import logging
-import pickle
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent.alerts.outbox import enqueue_changes
 from agent.config import Settings
@@ -29,8 +29,10 @@ from agent.incidents import Change, IncidentChange, IncidentManager
 from agent.metrics import ModelCounts
 from agent.reference import ActiveReference, decode_learned_until, encode_learned_until
 from agent.samples import RecentWindow, ReferenceCollector, Sample
+from detectors import state_codec
 from detectors.base import Detector, Finding, MetricPoint
 from detectors.registry import build_detectors
+from detectors.state_codec import StateError
 from storage.db import Database
 from storage.models import Reference
 from storage.repository import DeadLetterInput, ReferenceInput, Repository, Writer
@@ -40,13 +42,13 @@ from streams.events import DeadLetter, RawRecord
 
 log = logging.getLogger(__name__)
 
-# In a monitor snapshot: the reference its state is built on, and the model version of the
-# events it first saw (which chose that reference).
-REFERENCE_KEY = "__reference_id__"
-VERSION_KEY = "__model_version__"
-# A reference still being learned when the checkpoint was taken: resumed, not skipped, so a
-# restarted process judges exactly the events the first one would have.
-COLLECTOR_KEY = "__reference_collector__"
+# The layout of a monitor checkpoint (`ModelMonitor.snapshot`): a data-only map (no pickle,
+# see detectors/state_codec.py) of each detector's own snapshot, the reference its state is
+# built on, the model version of the events it first saw (which chose that reference) and,
+# while the reference is still being learned, the collection so far: resumed, not skipped,
+# so a restarted process judges exactly the events the first one would have.
+MONITOR_STATE_VERSION = 1
+_MONITOR_KEYS = frozenset({"version", "detectors", "reference_id", "model_version", "collector"})
 
 
 class ModelMonitor:
@@ -90,38 +92,57 @@ class ModelMonitor:
         return points
 
     def snapshot(self, collector: ReferenceCollector | None = None) -> bytes:
-        states: dict[str, object] = {d.name: d.snapshot() for d in self.detectors}
-        states[REFERENCE_KEY] = self.reference.id if self.reference else None
-        states[VERSION_KEY] = self.model_version
-        if self.reference is None and collector is not None:
-            states[COLLECTOR_KEY] = collector
-        return pickle.dumps(states)
+        collecting = collector if self.reference is None else None
+        return state_codec.encode(
+            {
+                "version": MONITOR_STATE_VERSION,
+                "detectors": {d.name: d.snapshot() for d in self.detectors},
+                "reference_id": self.reference.id if self.reference else None,
+                "model_version": self.model_version,
+                "collector": None if collecting is None else collecting.state(),
+            }
+        )
 
     @staticmethod
-    def checkpointed_version(data: bytes) -> str | None:
-        return pickle.loads(data).get(VERSION_KEY)
+    def decode(data: bytes) -> dict[str, Any]:
+        """A checkpoint's contents; `StateError` for anything but this data-only layout (an
+        older, pickled checkpoint is refused unread)."""
+        state = state_codec.decode(data)
+        if not isinstance(state, dict) or state.get("version") != MONITOR_STATE_VERSION:
+            raise StateError("not a monitor checkpoint of this layout")
+        if not state.keys() >= _MONITOR_KEYS:
+            raise StateError(f"a monitor checkpoint lacks {sorted(_MONITOR_KEYS - state.keys())}")
+        return state
 
-    def restore(self, data: bytes) -> ReferenceCollector | None:
-        """Restores the detectors; returns the reference collection to resume, if the state
-        was checkpointed while the reference was still being learned."""
-        states = pickle.loads(data)
+    def restore(self, state: dict[str, Any]) -> ReferenceCollector | None:
+        """Restores the detectors from a decoded checkpoint (`decode`); returns the reference
+        collection to resume, if the state was checkpointed while the reference was still
+        being learned. Raises `StateError` when the checkpoint does not fit the schema (the
+        monitor must then be built afresh)."""
+        try:
+            snapshots: dict[str, bytes] = state["detectors"]
+            collected = state["collector"]
+            reference_id = state["reference_id"]
+            collector = None if collected is None else ReferenceCollector.of_state(collected)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"monitor state does not fit its schema: {exc!r}") from exc
         reconfigured = [
             detector
             for detector in self.detectors
-            if detector.name in states and not detector.restore(states[detector.name])
+            if detector.name in snapshots and not detector.restore(snapshots[detector.name])
         ]
         for detector in reconfigured:
             log.warning(
-                "model %s: the %s detector's settings changed since its checkpoint; it starts "
-                "again with the new ones (what it had learned from the stream is dropped)",
+                "model %s: the %s detector's settings (or state layout) changed since its "
+                "checkpoint; it starts again with the new ones (what it had learned from the "
+                "stream is dropped)",
                 detector.model,
                 detector.name,
             )
-        collector = states.get(COLLECTOR_KEY)
         if collector is not None:
             self.reference = None  # judged from where the resumed collection ends, as before
             return collector
-        if self.reference is not None and states.get(REFERENCE_KEY) != self.reference.id:
+        if self.reference is not None and reference_id != self.reference.id:
             # The state was built on another (older, or no) reference: the stored one wins.
             self.set_reference(self.reference)
         elif self.reference is not None:
@@ -357,13 +378,27 @@ class Pipeline:
         self.monitors[key] = {}
         offsets = set()
         for model, row in rows.items():
-            version = ModelMonitor.checkpointed_version(row.state)
-            monitor = self._monitor(*key, model, version)
-            collector = monitor.restore(row.state)
+            try:
+                state = ModelMonitor.decode(row.state)
+                monitor = self._monitor(*key, model, state["model_version"])
+                collector = monitor.restore(state)
+            except StateError as exc:
+                # Never unpickled, never half-restored: whoever can write the database must
+                # not be able to run code here, nor to stop the agent.
+                log.warning(
+                    "model %s: checkpoint of %s partition %d not loaded (%s); its detectors "
+                    "start again from the stored reference (or learn one)",
+                    model,
+                    *key,
+                    exc,
+                )
+                self.monitors[key].pop(model, None)
+                monitor, collector = self._monitor(*key, model), None
             if collector is not None:
                 # Checkpointed while the reference was being learned. If the process that
                 # stopped learned it meanwhile, that reference is used: its `learned_until`
                 # skips exactly the events it took. Otherwise the collection resumes.
+                version = monitor.model_version
                 stored = self._reference(model, version) if model not in self.collectors else None
                 if stored is not None:
                     monitor.set_reference(stored)

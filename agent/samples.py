@@ -316,10 +316,6 @@ class ReferenceCollector:
         # learned reference (see ActiveReference.judged_from).
         self.taken_until: dict[PartitionKey, int] = {}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        state.setdefault("taken_until", {})  # a collector checkpointed before it was kept
-        self.__dict__.update(state)
-
     def add(self, batch: ModelBatch) -> int:
         """Takes what the reference still needs from the front of `batch`; returns how many."""
         take = min(len(batch), self.size - self.count)
@@ -334,6 +330,35 @@ class ReferenceCollector:
                     ((p.source, p.partition), p.offset + 1) for p in batch.positions[:take]
                 )
         return take
+
+    def state(self) -> dict[str, Any]:
+        """Plain data for a checkpoint: the predictions taken so far (as one sample's
+        columns) and, per source partition, the offset after the last one taken."""
+        sample = self.sample()
+        return {
+            "size": self.size,
+            "count": self.count,
+            "sample": {
+                "ts": sample.ts,
+                "features": sample.features,
+                "predictions": sample.predictions,
+                "scores": sample.scores,
+                "score": sample.score,
+                "model_versions": sample.model_versions,
+            },
+            "taken_until": [[*key, offset] for key, offset in self.taken_until.items()],
+        }
+
+    @classmethod
+    def of_state(cls, state: dict[str, Any]) -> ReferenceCollector:
+        collector = cls(state["size"])
+        sample = Sample(**state["sample"])
+        collector.parts = [sample] if len(sample) else []
+        collector.count = state["count"]
+        collector.taken_until = {
+            (source, partition): offset for source, partition, offset in state["taken_until"]
+        }
+        return collector
 
     @property
     def complete(self) -> bool:

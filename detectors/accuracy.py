@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import operator
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from itertools import compress, repeat
 from typing import Any, Literal, cast
 
@@ -131,6 +131,48 @@ class _Cusum:
         self.pending = np.empty(0)
         self.recent: deque[tuple[float, float, float]] = deque(maxlen=RECENT_BLOCKS)
         self.seen = 0
+
+    def state(self) -> dict[str, Any]:
+        """Plain data: the test's constants, its sum, partial block and recent blocks (a
+        "scores" test keeps its sorted reference; the normal scores are rebuilt from it)."""
+        return {
+            "kind": self.kind,
+            "skew": self.skew,
+            "block_size": self.block_size,
+            "k": self.k,
+            "h": self.h,
+            "g0": self.g0,
+            "mean": self.mean,
+            "std": self.std,
+            "reference": None if self.scores is None else self.scores.sorted,
+            "sign": self.sign,
+            "s": self.s,
+            "pending": self.pending,
+            "recent": np.array(list(self.recent), dtype=np.float64).reshape(-1, 3),
+            "seen": self.seen,
+        }
+
+    @classmethod
+    def of_state(cls, state: dict[str, Any]) -> _Cusum:
+        test = cls(
+            state["kind"],
+            state["block_size"],
+            state["k"],
+            state["h"],
+            mean=state["mean"],
+            std=state["std"],
+            reference=state["reference"],
+            sign=state["sign"],
+            skew=state["skew"],
+        )
+        test.g0, test.s, test.pending, test.seen = (
+            state["g0"],
+            state["s"],
+            state["pending"],
+            state["seen"],
+        )
+        test.recent.extend(tuple(r) for r in state["recent"].tolist())
+        return test
 
     def _z(self, blocks: np.ndarray) -> np.ndarray:
         b = self.block_size
@@ -240,6 +282,24 @@ class _Window:
     fn: dict[str, int] = field(default_factory=dict)
 
 
+def _window_state(w: _Window) -> dict[str, Any]:
+    """A window's sums as plain data; its per-class counts as pairs (a class may be None)."""
+    out: dict[str, Any] = {}
+    for f in fields(w):
+        value = getattr(w, f.name)
+        out[f.name] = list(value.items()) if isinstance(value, dict) else value
+    return out
+
+
+def _window_of_state(state: dict[str, Any]) -> _Window:
+    return _Window(
+        **{
+            name: dict(map(tuple, value)) if isinstance(value, list) else value
+            for name, value in state.items()
+        }
+    )
+
+
 def _groups(
     versions: list[str | None], ts: np.ndarray, width: float
 ) -> list[tuple[str, float, np.ndarray]]:
@@ -336,18 +396,54 @@ class AccuracyDetector(Detector):
         self.windows: dict[tuple[str, float], _Window] = {}
         self.dirty: set[tuple[str, float]] = set()
 
+    def state(self) -> dict[str, Any]:
+        return {
+            "join": self.join.state(),
+            "task": self.task,
+            "source": self.source,
+            "partition": self.partition,
+            "labelled": self.labelled,
+            "ref_parts": self.ref_parts,
+            "ref_count": self.ref_count,
+            "reference": None if self.reference is None else asdict(self.reference),
+            "tests": {subject: test.state() for subject, test in self.tests.items()},
+            "estimate_test": None if self.estimate_test is None else self.estimate_test.state(),
+            "windows": [
+                [version, start, _window_state(w)] for (version, start), w in self.windows.items()
+            ],
+            "dirty": sorted(self.dirty),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self._load_join(state)
+        self.task = state["task"]
+        self.source, self.partition = state["source"], state["partition"]
+        self.labelled = state["labelled"]
+        self.ref_parts, self.ref_count = state["ref_parts"], state["ref_count"]
+        ref = state["reference"]
+        if ref is not None:
+            for name in ("ci", "bias_ci", "estimated_ci"):
+                ref[name] = tuple(ref[name])
+            self.reference = _Reference(**ref)
+        self.tests = {subject: _Cusum.of_state(t) for subject, t in state["tests"].items()}
+        estimate = state["estimate_test"]
+        self.estimate_test = None if estimate is None else _Cusum.of_state(estimate)
+        self.windows = {
+            (version, start): _window_of_state(w) for version, start, w in state["windows"]
+        }
+        self.dirty = {(version, start) for version, start in state["dirty"]}
+
     def keep_on_reconfigure(self, state: dict[str, Any]) -> None:
         """Settings changed: the baseline and tests are learned again, but the predictions
         still waiting for their labels are kept (under the new caps), or those labels would
         be lost."""
-        join: LabelJoin = state["join"]
+        self._load_join(state)
+
+    def _load_join(self, state: dict[str, Any]) -> None:
         s = self.settings
-        join.ttl, join.max_pending, join.max_early = (
-            s.label_ttl_seconds,
-            s.max_pending,
-            s.max_early_labels,
+        self.join = LabelJoin.of_state(
+            state["join"], s.label_ttl_seconds, s.max_pending, s.max_early_labels
         )
-        self.join = join
 
     # ----------------------------------------------------------------- update
 

@@ -7,14 +7,17 @@ incidents; detectors never deduplicate across batches beyond their own state.
 
 from __future__ import annotations
 
-import pickle
+import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 
+from detectors import state_codec
+from detectors.state_codec import StateError
 from streams.batch import ModelBatch
 from streams.events import Position
 
@@ -170,39 +173,102 @@ class Detector(ABC):
         """Performance points computed since the last call (most detectors have none)."""
         return []
 
+    # The layout of `state()`: bump it when what `state()` returns changes meaning, so a
+    # checkpoint written by an older layout is not misread (the detector starts afresh).
+    state_version: ClassVar[int] = 1
+
+    @abstractmethod
+    def state(self) -> dict[str, Any]:
+        """Everything the detector learned and counted, as plain data (`state_codec`): no
+        objects, only what `load_state` needs to rebuild them. Caches are left out."""
+
+    @abstractmethod
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Rebuilds what `state()` described, on a detector constructed with the same
+        configuration (`restore` checks that first)."""
+
     def snapshot(self) -> bytes:
-        """The detector's whole state; the default pickles the instance's attributes."""
-        return pickle.dumps(self.__dict__, protocol=pickle.HIGHEST_PROTOCOL)
+        """The detector's whole state as data-only bytes (`state_codec`), never a pickle:
+        its name, state layout version, configuration (as plain data) and `state()`."""
+        return state_codec.encode(
+            {
+                "detector": self.name,
+                "version": self.state_version,
+                "configuration": {name: _plain(getattr(self, name)) for name in self.configuration},
+                "state": self.state(),
+            }
+        )
 
     def restore(self, data: bytes) -> bool:
         """Resumes a checkpointed state if it was built with this detector's configuration
-        and returns True. Otherwise (the config changed since) the detector starts afresh
-        as constructed, keeping only what `keep_on_reconfigure` carries over, and returns
-        False: new settings take effect at a restart."""
-        state = pickle.loads(data)
-        configured = {name: getattr(self, name) for name in self.configuration}
-        if all(_same(state.get(name), value) for name, value in configured.items()):
-            # The configured values: equal, and validated with today's fields and defaults.
-            self.resume({**state, **configured})
-            return True
-        self.keep_on_reconfigure(state)
-        return False
+        and returns True. Otherwise (the config changed since, or the state's layout) the
+        detector starts afresh as constructed, keeping only what `keep_on_reconfigure`
+        carries over, and returns False: new settings take effect at a restart.
 
-    def resume(self, state: dict[str, Any]) -> None:
-        """Takes over a checkpointed state (`snapshot`'s, unpickled)."""
-        self.__dict__.update(state)
+        Raises `StateError` on bytes that are not this detector's data-only checkpoint (an
+        old pickle is refused unread), or whose state does not fit its schema; the detector
+        is then in no defined state and must be built afresh."""
+        envelope = state_codec.decode(data)
+        if not isinstance(envelope, dict) or envelope.get("detector") != self.name:
+            raise StateError(f"not a checkpoint of the {self.name} detector")
+        if envelope.get("version") != self.state_version:
+            return False  # a layout this code does not read: nothing is carried over
+        try:
+            checkpointed, state = envelope["configuration"], envelope["state"]
+            if all(_same(checkpointed.get(n), getattr(self, n)) for n in self.configuration):
+                self.load_state(state)
+                return True
+            self.keep_on_reconfigure(state)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            # Encoded, but not in this detector's schema (forged, or a layout bug): the
+            # detector may be half-restored, so the caller must build it afresh.
+            raise StateError(f"{self.name} state does not fit its schema: {exc!r}") from exc
+        return False
 
     def keep_on_reconfigure(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """What a detector keeps of a state built with another configuration (nothing)."""
 
 
+def _plain(value: object, secret: Callable[[Any], str | None] | None = None) -> object:
+    """A configured value as plain data: a settings model as its field values, each secret
+    as a digest of it (`secret` says how), so no checkpoint holds a key."""
+    if not isinstance(value, BaseModel):
+        return value
+    return _without_secrets(value.model_dump(), secret or _digest)
+
+
+def _without_secrets(data: object, secret: Callable[[Any], str | None]) -> object:
+    if isinstance(data, dict):
+        return {key: _without_secrets(item, secret) for key, item in data.items()}
+    if isinstance(data, list | tuple):
+        return [_without_secrets(item, secret) for item in data]
+    if isinstance(data, SecretStr | SecretBytes):
+        return secret(data)
+    return data
+
+
+def _digest(secret: SecretStr | SecretBytes) -> str:
+    raw = secret.get_secret_value()
+    return "sha256:" + hashlib.sha256(raw if isinstance(raw, bytes) else raw.encode()).hexdigest()
+
+
+def _stored(secret: SecretStr | SecretBytes) -> str | None:
+    """A secret field of settings validated from a checkpoint holds the digest itself."""
+    raw = secret.get_secret_value()
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
 def _same(checkpointed: object, configured: object) -> bool:
-    """Whether a checkpointed setting is the configured one. Settings models are validated
-    again first: one pickled before a field existed lacks it, and gets its default."""
-    if isinstance(configured, BaseModel) and isinstance(checkpointed, BaseModel):
+    """Whether a checkpointed setting is the configured one. Settings are validated again
+    by today's model first: a checkpoint written before a field existed lacks it, and gets
+    its default; one that no longer validates is another configuration."""
+    if isinstance(configured, BaseModel):
+        if not isinstance(checkpointed, dict):
+            return False
         try:
-            checkpointed = type(configured).model_validate(vars(checkpointed))
+            revalidated = type(configured).model_validate(checkpointed)
         except ValidationError:
             return False
-        return checkpointed.model_dump() == configured.model_dump()  # values, nothing else
+        # Values, nothing else; secrets compared by their digests.
+        return _plain(revalidated, _stored) == _plain(configured)
     return checkpointed == configured

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from scipy.special import ndtr, ndtri
@@ -146,6 +147,17 @@ class TailPValue:
         excess = values[values > self.u] - self.u
         mean_excess = float(excess.mean()) if len(excess) else 0.0
         self.scale = max(mean_excess, min_scale, 0.1 * float(q75 - q25))
+
+    def state(self) -> dict[str, Any]:
+        """Plain data: the sorted sample and the tail model fitted on it."""
+        return {"sorted": self.sorted, "median": self.median, "u": self.u, "scale": self.scale}
+
+    @classmethod
+    def of_state(cls, state: dict[str, Any]) -> TailPValue:
+        tail = cls.__new__(cls)
+        tail.sorted, tail.median = state["sorted"], state["median"]
+        tail.u, tail.scale = state["u"], state["scale"]
+        return tail
 
     def __call__(self, value: float) -> float:
         if value > self.u:

@@ -45,6 +45,7 @@ from detectors.reference import (
     reference_type,
     watch,
 )
+from detectors.state_codec import set_items
 from streams.batch import ModelBatch
 
 OTHER = "__other__"
@@ -101,6 +102,38 @@ class CategoricalMonitor:
         self.filled = 0
         self.seen = 0
         self._thresholds: dict[int, float] = {}
+
+    def state(self) -> dict[str, Any]:
+        """Plain data: the reference bins (categories in bin order) and counts, and the
+        current window's counts in the order its categories came."""
+        return {
+            "bins": list(self.bins),
+            "names": self.names,
+            "ref_counts": self.ref_counts,
+            "ref_size": self.ref_size,
+            "known": set_items(self.known),
+            "window_size": self.window_size,
+            "alpha": self.alpha,
+            "current": [[category, count] for category, count in self.current.items()],
+            "filled": self.filled,
+            "seen": self.seen,
+        }
+
+    @classmethod
+    def of_state(cls, state: dict[str, Any]) -> CategoricalMonitor:
+        monitor = cls.__new__(cls)
+        monitor.bins = {category: i for i, category in enumerate(state["bins"])}
+        monitor.names = state["names"]
+        monitor.ref_counts = state["ref_counts"]
+        monitor.ref_size = state["ref_size"]
+        monitor.known = set(state["known"])
+        monitor.window_size = state["window_size"]
+        monitor.alpha = state["alpha"]
+        monitor.current = Counter(dict(state["current"]))
+        monitor.filled = state["filled"]
+        monitor.seen = state["seen"]
+        monitor._thresholds = {}
+        return monitor
 
     def feed(self, values: np.ndarray) -> list[CategoricalAlarm]:
         """Adds values (in arrival order); returns the alarms of the windows they complete."""
@@ -254,6 +287,16 @@ class CategoricalDriftDetector(ReferenceDetector):
             for name, values in features.items()
         }
         self.numeric_codes = {n for n, v in features.items() if v.dtype != object}
+
+    def built_state(self) -> dict[str, Any]:
+        return {
+            "monitors": {name: m.state() for name, m in self.monitors.items()},
+            "numeric_codes": sorted(self.numeric_codes),
+        }
+
+    def load_built(self, state: dict[str, Any]) -> None:
+        self.monitors = {n: CategoricalMonitor.of_state(m) for n, m in state["monitors"].items()}
+        self.numeric_codes = set(state["numeric_codes"])
 
     def monitor(self, batch: ModelBatch) -> list[Finding]:
         findings: list[Finding] = []

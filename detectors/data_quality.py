@@ -23,7 +23,8 @@ events in a hundred), so a stable 0.1% of nulls that becomes 0.3% is not an inci
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -134,6 +135,25 @@ class DataQualityDetector(ReferenceDetector):
         tests = 3 * len(self.fields) + 1
         self.alpha = window_alpha(self.budget, self.settings.window, tests)
         self.window, self.filled, self.seen = _Window(), 0, 0
+
+    def built_state(self) -> dict[str, Any]:
+        """Per field its reference figures (in the fields' order, which the counts follow),
+        and the current window."""
+        return {
+            "fields": [[name, *astuple(ref)] for name, ref in self.fields.items()],
+            "reference_events": self.reference_events,
+            "alpha": self.alpha,
+            "window": {"counts": self.window.counts, "new": self.window.new},
+            "filled": self.filled,
+            "seen": self.seen,
+        }
+
+    def load_built(self, state: dict[str, Any]) -> None:
+        self.fields = {name: FieldReference(*values) for name, *values in state["fields"]}
+        self.reference_events = state["reference_events"]
+        self.alpha = state["alpha"]
+        self.window = _Window(state["window"]["counts"], state["window"]["new"])
+        self.filled, self.seen = state["filled"], state["seen"]
 
     def monitor(self, batch: ModelBatch) -> list[Finding]:
         n = len(batch)

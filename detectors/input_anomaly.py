@@ -24,13 +24,15 @@ import math
 import zlib
 from abc import abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from detectors.base import Detector, Finding, Kind, Severity
 from detectors.calibration import cusum_threshold, steps_budget
-from streams.batch import ModelBatch
+from detectors.state_codec import set_items
+from streams.batch import ModelBatch, object_array
 
 CATEGORY_CACHE = 10_000  # per feature: value -> bucket memo, bounded
 
@@ -70,6 +72,33 @@ class InputProfile:
         }
         self.buckets = buckets
         self._bucket_memo: dict[str, dict[object, int]] = {n: {} for n in self.categorical_names}
+
+    def state(self) -> dict[str, Any]:
+        """Plain data: what was learned (the bucket memo is a cache, left out)."""
+        return {
+            "numeric_names": self.numeric_names,
+            "median": self.median,
+            "scale": self.scale,
+            "integral": self.integral,
+            "low": self.low,
+            "high": self.high,
+            "categorical_names": self.categorical_names,
+            "vocabulary": {name: set_items(v) for name, v in self.vocabulary.items()},
+            "buckets": self.buckets,
+        }
+
+    @classmethod
+    def of_state(cls, state: dict[str, Any]) -> InputProfile:
+        profile = cls.__new__(cls)
+        profile.numeric_names = state["numeric_names"]
+        profile.median, profile.scale = state["median"], state["scale"]
+        profile.integral = state["integral"]
+        profile.low, profile.high = state["low"], state["high"]
+        profile.categorical_names = state["categorical_names"]
+        profile.vocabulary = {name: set(v) for name, v in state["vocabulary"].items()}
+        profile.buckets = state["buckets"]
+        profile._bucket_memo = {n: {} for n in profile.categorical_names}
+        return profile
 
     @property
     def dim(self) -> int:
@@ -175,6 +204,25 @@ class ReferenceSample:
         self.count += take
         return take
 
+    def state(self) -> dict[str, Any]:
+        """Plain data: each column collected so far, joined (categories as a list)."""
+        numeric, categorical = self.columns()
+        return {
+            "size": self.size,
+            "count": self.count,
+            "numeric": numeric,
+            "categorical": {name: column.tolist() for name, column in categorical.items()},
+        }
+
+    @classmethod
+    def of_state(cls, state: dict[str, Any]) -> ReferenceSample:
+        return cls(
+            size=state["size"],
+            numeric={name: [column] for name, column in state["numeric"].items()},
+            categorical={name: [object_array(v)] for name, v in state["categorical"].items()},
+            count=state["count"],
+        )
+
     @property
     def full(self) -> bool:
         return self.count >= self.size
@@ -205,6 +253,18 @@ class ProfiledDetector(Detector):
             self.reference = None
             self._learn(numeric, categorical)
         return start if start < len(batch) else None
+
+    def profiled_state(self) -> dict[str, Any]:
+        """The reference being collected, or the profile learned from it, as plain data."""
+        return {
+            "reference": None if self.reference is None else self.reference.state(),
+            "profile": None if self.profile is None else self.profile.state(),
+        }
+
+    def load_profiled(self, state: dict[str, Any]) -> None:
+        reference, profile = state["reference"], state["profile"]
+        self.reference = None if reference is None else ReferenceSample.of_state(reference)
+        self.profile = None if profile is None else InputProfile.of_state(profile)
 
     @abstractmethod
     def _learn(self, numeric: dict[str, np.ndarray], categorical: dict[str, np.ndarray]) -> None:
@@ -262,6 +322,30 @@ class InputAnomalyDetector(ProfiledDetector):
         self.window_count = 0
         self.window_features: np.ndarray = np.zeros(0)
         self.seen = 0
+
+    def state(self) -> dict[str, Any]:
+        return {
+            **self.profiled_state(),
+            "measured_rate": self.measured_rate,
+            "rate": self.rate,
+            "k": self.k,
+            "h": self.h,
+            "cusum": self.cusum,
+            "pending": self.pending,
+            "window_hits": self.window_hits,
+            "window_count": self.window_count,
+            "window_features": self.window_features,
+            "seen": self.seen,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.load_profiled(state)
+        self.measured_rate, self.rate = state["measured_rate"], state["rate"]
+        self.k, self.h, self.cusum = state["k"], state["h"], state["cusum"]
+        self.pending = state["pending"]
+        self.window_hits, self.window_count = state["window_hits"], state["window_count"]
+        self.window_features = state["window_features"]
+        self.seen = state["seen"]
 
     def update(self, batch: ModelBatch) -> list[Finding]:
         if not self.settings.enabled or len(batch) == 0:

@@ -20,27 +20,23 @@ never. The join keeps three insertion-ordered collections:
 
 Everything is expired by event time: an entry older than `ttl` seconds behind the watermark
 (the largest event time seen) is dropped, in arrival order, and counted; caps bound each map
-whatever the event times say. The state pickles compactly (the pending predictions as
-arrays), so the detector that owns the join checkpoints it with its own snapshot and a
-restart keeps the pending joins; a state pickled with the earlier layout (OrderedDicts of
-tuples) is converted when loaded.
+whatever the event times say. `state()` describes the join as plain data, compactly (the
+pending predictions as arrays), so the detector that owns the join checkpoints it with its
+own snapshot and a restart keeps the pending joins (`LabelJoin.of_state`).
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain, compress, islice, repeat
+from typing import Any
 
 import numpy as np
 
 from streams.batch import ModelBatch, floats_or_none
-
-# A pending prediction as states pickled with the earlier layout keep it (`_Pending.of`):
-# (ts, model_version, prediction, scores, score).
-PendingPrediction = tuple[float, str | None, object, dict[str, float] | None, float | None]
 
 _NO_SCORES = -1  # the class-names code of a prediction without class scores
 _KEPT_SCORES = -2  # ... of one whose scores are kept as given (`_Pending.kept`)
@@ -459,8 +455,8 @@ class _Pending:
 
     # ------------------------------------------------------------------ state
 
-    def __getstate__(self) -> dict[str, object]:
-        """The live rows only, renumbered from 0: a compact pickle, restored exactly."""
+    def state(self) -> dict[str, Any]:
+        """The live rows only, renumbered from 0, as plain data: compact, restored exactly."""
         self.settle()  # a no-op between batches
         live = np.flatnonzero(self.alive[self.head : self.used]) + self.head
         arrivals = self.arrival[live].tolist()
@@ -473,57 +469,39 @@ class _Pending:
             "code": self.code[live],
             "values": self.values[live],
             "class_names": self.class_names,
-            "kept": (  # usually none: no pass over every live row for nothing
-                {i: self.kept[a] for i, a in enumerate(arrivals) if a in self.kept}
+            # Usually none: no pass over every live row for nothing. Pairs, as the keys are
+            # row numbers.
+            "kept": (
+                [[i, self.kept[a]] for i, a in enumerate(arrivals) if a in self.kept]
                 if self.kept
-                else {}
+                else []
             ),
         }
 
-    def __setstate__(self, state: dict[str, object]) -> None:
-        ids: list[str] = state["ids"]  # type: ignore[assignment]
-        values: np.ndarray = state["values"]  # type: ignore[assignment]
-        score: np.ndarray | None = state["score"]  # type: ignore[assignment]
-        n = len(ids)
-        self._allocate(max(_MIN_ROWS, n + n // 2), values.shape[1], score is not None)
-        self.index = dict(zip(ids, range(n), strict=True))
-        self.arrivals = self.used = self.fresh_from = n
-        self.head = 0
-        self.fresh = []
-        self.arrival[:n] = np.arange(n)
-        self.alive[:n] = True
-        self.ids[:n] = ids
-        self.ts[:n] = state["ts"]
-        for name in ("versions", "predictions"):
-            objects: list[object] = state[name]  # type: ignore[assignment]
-            getattr(self, name)[:n] = np.fromiter(objects, dtype=object, count=n)
-        if self.score is not None:
-            self.score[:n] = score
-        self.code[:n] = state["code"]
-        self.values[:n] = values
-        self.class_names = state["class_names"]  # type: ignore[assignment]
-        self.class_codes = {names: code for code, names in enumerate(self.class_names)}
-        self.kept = dict(state["kept"])  # type: ignore[call-overload]
-        self.interned = {}
-
     @classmethod
-    def of(cls, items: Iterable[tuple[str, PendingPrediction]]) -> _Pending:
-        """The pending predictions of a state pickled as (id, tuple) pairs, in order."""
+    def of_state(cls, state: dict[str, Any]) -> _Pending:
         pending = cls()
-        pairs = list(items)
-        if pairs:
-            ids, rows = zip(*pairs, strict=True)
-            ts, versions, predictions, scores, score = zip(*rows, strict=True)
-            lone = [math.nan if s is None else s for s in score]
-            columns = (
-                np.array(ts, dtype=np.float64),
-                list(versions),
-                list(predictions),
-                list(scores),
-                np.array(lone, dtype=np.float64),
-            )
-            pending.put(list(ids), columns)
-            pending.settle()
+        ids: list[str] = state["ids"]
+        values: np.ndarray = state["values"]
+        score: np.ndarray | None = state["score"]
+        n = len(ids)
+        pending._allocate(max(_MIN_ROWS, n + n // 2), values.shape[1], score is not None)
+        pending.index = dict(zip(ids, range(n), strict=True))
+        pending.arrivals = pending.used = pending.fresh_from = n
+        pending.arrival[:n] = np.arange(n)
+        pending.alive[:n] = True
+        pending.ids[:n] = ids
+        pending.ts[:n] = state["ts"]
+        for name in ("versions", "predictions"):
+            objects: list[object] = state[name]
+            getattr(pending, name)[:n] = np.fromiter(objects, dtype=object, count=n)
+        if pending.score is not None:
+            pending.score[:n] = score
+        pending.code[:n] = state["code"]
+        pending.values[:n] = values
+        pending.class_names = [tuple(names) for names in state["class_names"]]
+        pending.class_codes = {names: code for code, names in enumerate(pending.class_names)}
+        pending.kept = {i: scores for i, scores in state["kept"]}
         return pending
 
 
@@ -569,17 +547,30 @@ class LabelJoin:
         self.watermark = -math.inf
         self.counters = JoinCounters()
 
-    def __getstate__(self) -> dict[str, object]:
-        state = self.__dict__.copy()
-        del state["_done_order"]  # the keys of `done`
-        return state
+    def state(self) -> dict[str, Any]:
+        """The join as plain data (its caps and TTL are the owner's configuration)."""
+        return {
+            "pending": self.pending.state(),
+            "early": [[lid, label, ts] for lid, (label, ts) in self.early.items()],
+            "done": self.done,  # in arrival order
+            "watermark": self.watermark,
+            "counters": self.counters.as_dict(),
+        }
 
-    def __setstate__(self, state: dict[str, object]) -> None:
-        if not isinstance(state["pending"], _Pending):  # pickled before the columnar layout
-            state["pending"] = _Pending.of(state["pending"].items())  # type: ignore[attr-defined]
-            state["done"] = dict(state["done"])  # type: ignore[call-overload]
-        self.__dict__.update(state)
-        self._done_order = deque(self.done)
+    @classmethod
+    def of_state(
+        cls, state: dict[str, Any], ttl: float, max_pending: int, max_early: int
+    ) -> LabelJoin:
+        """The join `state()` described, under these caps and TTL (they apply from the next
+        batch on, should they differ from the checkpointed join's)."""
+        join = cls(ttl, max_pending, max_early)
+        join.pending = _Pending.of_state(state["pending"])
+        join.early = OrderedDict((lid, (label, ts)) for lid, label, ts in state["early"])
+        join.done = state["done"]
+        join._done_order = deque(join.done)
+        join.watermark = state["watermark"]
+        join.counters = JoinCounters(**state["counters"])
+        return join
 
     def add(self, batch: ModelBatch) -> Joined:
         """Enters the batch's predictions, then its labels; returns the pairs completed."""

@@ -22,7 +22,7 @@ import sys
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import Field
@@ -41,8 +41,8 @@ def _river_page_hinkley() -> type:
     That package module imports River's example drift datasets, which import scikit-learn and
     pandas: about 150 MB of resident memory in every Bulwark process, for a class that needs
     only `river.stats` and `river.base`. The module is loaded from River's own file under its
-    own name, so pickled detectors name it as River does and a later `import river.drift`
-    reuses it; should River move the file, the usual import is used.
+    own name, so a later `import river.drift` reuses it; should River move the file, the
+    usual import is used.
     """
     if _PAGE_HINKLEY_MODULE in sys.modules:
         return sys.modules[_PAGE_HINKLEY_MODULE].PageHinkley
@@ -142,6 +142,50 @@ class NumericMonitor:
             spread.append(float(_wilson_hilferty(np.var(block, ddof=1), len(block) - 1)))
         _page_hinkley(self.location, location)
         _page_hinkley(self.spread, spread)
+
+    def state(self) -> dict[str, Any]:
+        """Plain data: the sorted reference (the normal scores are rebuilt from it), the
+        reference summary, both tests' running sums, the partial block and recent blocks."""
+        return {
+            "reference": self.scores.sorted,
+            "ref_mean": self.ref_mean,
+            "ref_std": self.ref_std,
+            "ref_quantiles": self.ref_quantiles,
+            "block_size": self.block_size,
+            "k": self.k,
+            "h": self.h,
+            "location": _ph_state(self.location),
+            "spread": _ph_state(self.spread),
+            "pending_scores": self.pending_scores,
+            "pending_raw": self.pending_raw,
+            # One row per block: mean score, variance, raw mean, count.
+            "recent": np.array(
+                [[b.mean_score, b.variance, b.raw_mean, b.count] for b in self.recent],
+                dtype=np.float64,
+            ).reshape(-1, 4),
+            "seen": self.seen,
+        }
+
+    @classmethod
+    def of_state(cls, state: dict[str, Any]) -> NumericMonitor:
+        """The monitor `state()` described, without the reference warm-up (its effect is in
+        the tests' sums)."""
+        monitor = cls.__new__(cls)
+        monitor.scores = NormalScores(state["reference"])
+        monitor.ref_mean, monitor.ref_std = state["ref_mean"], state["ref_std"]
+        monitor.ref_quantiles = state["ref_quantiles"]
+        monitor.block_size = state["block_size"]
+        monitor.k, monitor.h = state["k"], state["h"]
+        monitor.location = _ph_of_state(state["location"], monitor.k, monitor.h)
+        monitor.spread = _ph_of_state(state["spread"], monitor.k, monitor.h)
+        monitor.pending_scores = state["pending_scores"]
+        monitor.pending_raw = state["pending_raw"]
+        monitor.recent = deque(
+            (_Block(m, v, r, int(c)) for m, v, r, c in state["recent"].tolist()),
+            maxlen=RECENT_BLOCKS,
+        )
+        monitor.seen = state["seen"]
+        return monitor
 
     def feed(self, raw: np.ndarray) -> list[NumericAlarm]:
         """Adds values (in arrival order) and returns the alarms of the blocks they complete."""
@@ -288,6 +332,12 @@ class NumericDriftDetector(ReferenceDetector):
             for name, values in continuous.items()
         }
 
+    def built_state(self) -> dict[str, Any]:
+        return {"monitors": {name: m.state() for name, m in self.monitors.items()}}
+
+    def load_built(self, state: dict[str, Any]) -> None:
+        self.monitors = {n: NumericMonitor.of_state(m) for n, m in state["monitors"].items()}
+
     def monitor(self, batch: ModelBatch) -> list[Finding]:
         findings: list[Finding] = []
         for name, monitor in self.monitors.items():
@@ -341,3 +391,30 @@ def _ph_value(ph: PageHinkley) -> float:
     up = ph._sum_increase - ph._min_increase
     down = ph._max_decrease - ph._sum_decrease
     return float(max(up, down))
+
+
+# River's Page-Hinkley keeps its running state in these attributes (river/drift/page_hinkley.py
+# and river/stats/mean.py); a checkpoint stores them as numbers and sets them back.
+def _ph_state(ph: PageHinkley) -> list[float]:
+    """A Page-Hinkley test's running state: count and mean of the values, both cumulative
+    sums and their extremes, and whether the last value alarmed (the next one resets)."""
+    return [
+        float(ph._x_mean.n),
+        float(ph._x_mean._mean),
+        float(ph._sum_increase),
+        float(ph._sum_decrease),
+        float(ph._min_increase),
+        float(ph._max_decrease),
+        float(ph.drift_detected),
+    ]
+
+
+def _ph_of_state(state: list[float], k: float, h: float) -> PageHinkley:
+    """The test `_ph_state` described, configured as `NumericMonitor` configures it."""
+    ph = PageHinkley(min_instances=1, delta=k, threshold=h, alpha=1.0)
+    n, mean, up, down, low, high, alarmed = state
+    ph._x_mean.n, ph._x_mean._mean = n, mean
+    ph._sum_increase, ph._sum_decrease = up, down
+    ph._min_increase, ph._max_decrease = low, high
+    ph._drift_detected = bool(alarmed)
+    return ph

@@ -14,7 +14,9 @@ The detector's share of the model's false-alarm budget is split evenly over its 
 
 from __future__ import annotations
 
+from dataclasses import astuple
 from itertools import repeat
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -87,6 +89,33 @@ class PredictionDriftDetector(ReferenceDetector):
                 alpha = window_alpha(share, s.window, 1)
                 floors = PsiFloors(s.of(subject, "min_psi"), s.of(subject, "critical_psi"))
                 monitor = CategoricalMonitor(values, s.window, alpha, s.min_expected)
+            self.monitors[subject] = (monitor, floors)
+
+    def built_state(self) -> dict[str, Any]:
+        return {
+            "positive_class": self.positive_class,
+            "single_score": self.single_score,
+            "monitors": {
+                subject: {
+                    "numeric": isinstance(monitor, NumericMonitor),
+                    "monitor": monitor.state(),  # type: ignore[attr-defined]
+                    "floors": list(astuple(floors)),
+                }
+                for subject, (monitor, floors) in self.monitors.items()
+            },
+        }
+
+    def load_built(self, state: dict[str, Any]) -> None:
+        self.positive_class = state["positive_class"]
+        self.single_score = state["single_score"]
+        self.monitors = {}
+        for subject, entry in state["monitors"].items():
+            if entry["numeric"]:
+                monitor: Monitor = NumericMonitor.of_state(entry["monitor"])
+                floors: Floors | PsiFloors = Floors(*entry["floors"])
+            else:
+                monitor = CategoricalMonitor.of_state(entry["monitor"])
+                floors = PsiFloors(*entry["floors"])
             self.monitors[subject] = (monitor, floors)
 
     def monitor(self, batch: ModelBatch) -> list[Finding]:

@@ -47,7 +47,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import pickle
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -146,6 +145,26 @@ class ClientState:
     linked: Counter[int] | None = None
 
 
+def _client_state(client: ClientState) -> list[Any]:
+    """A client's bookkeeping as plain data (its links as (owner, count) pairs)."""
+    linked = None if client.linked is None else list(client.linked.items())
+    return [
+        client.slot,
+        client.count,
+        client.day,
+        client.day_looks,
+        client.clean_count,
+        client.flagged_severity,
+        client.last_finding_look,
+        linked,
+    ]
+
+
+def _client_of_state(values: list[Any]) -> ClientState:
+    *fields, linked = values
+    return ClientState(*fields, linked=None if linked is None else Counter(dict(linked)))
+
+
 class QueryPatternDetector(ProfiledDetector):
     """`suspicious_client` per client; see the module docstring for the method."""
 
@@ -192,32 +211,65 @@ class QueryPatternDetector(ProfiledDetector):
         per_client = s.buffer_size * (self.ring_vectors.itemsize * width + 7 * 8)
         return max(1, min(s.max_clients, int(s.max_state_mb * 2**20) // per_client))
 
-    def snapshot(self) -> bytes:
-        """The state, with only the ring entries in use: clients hold slots 0..n-1 and a
+    def state(self) -> dict[str, Any]:
+        """Plain data, with only the ring entries in use: clients hold slots 0..n-1 and a
         ring fills from its start, so spare rows and the unfilled ends of rings (most of a
-        ring for the many clients that send a few queries) are left out; `restore`
+        ring for the many clients that send a few queries) are left out; `load_state`
         rebuilds the arrays."""
-        state = dict(self.__dict__)
         size = self.settings.buffer_size
         fill = np.zeros(len(self.clients), dtype=np.int64)
         for client in self.clients.values():
             fill[client.slot] = min(client.count, size)
         used = np.arange(size) < fill[:, None]
-        state["ring_fill"] = fill
-        state["ring_vectors"] = self.ring_vectors[: len(fill)][used]
-        state["ring_records"] = self.ring_records[: len(fill)][used]
-        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        return {
+            **self.profiled_state(),
+            "clients": [[name, *_client_state(c)] for name, c in self.clients.items()],
+            "evicted": self.evicted,
+            "untracked": self.untracked,
+            "anonymous": self.anonymous,
+            "owner_names": list(self.owner_names.items()),
+            "ring_fill": fill,
+            "ring_width": self.ring_vectors.shape[2],
+            "ring_vectors": self.ring_vectors[: len(fill)][used],
+            "ring_records": self.ring_records[: len(fill)][used],
+            "fp_keys": self.fp_keys,
+            "fp_owners": self.fp_owners,
+            "fp_ts": self.fp_ts,
+            "exact_weights": self.exact_weights,
+            "calibration_left": self.calibration_left,
+            "samples": self.samples,
+            "tails": {name: tail.state() for name, tail in self.tails.items()},
+            "projections": self.projections,
+            "offsets": self.offsets,
+            "hash_weights": self.hash_weights,
+            "novel_knn": self.novel_knn,
+        }
 
-    def resume(self, state: dict[str, Any]) -> None:
-        fill = state.pop("ring_fill", None)  # None: a checkpoint from before the budget
-        self.__dict__.update(state)
-        if fill is not None:
-            size = self.settings.buffer_size
-            used = np.arange(size) < fill[:, None]
-            vectors, records = self.ring_vectors, self.ring_records
-            self.ring_vectors = np.zeros((len(fill), size, vectors.shape[1]), dtype=np.float32)
-            self.ring_records = np.zeros((len(fill), size, 7))
-            self.ring_vectors[used], self.ring_records[used] = vectors, records
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.load_profiled(state)
+        self.clients = OrderedDict(
+            (name, _client_of_state(values)) for name, *values in state["clients"]
+        )
+        self.evicted, self.untracked = state["evicted"], state["untracked"]
+        self.anonymous = state["anonymous"]
+        self.owner_names = OrderedDict((owner, name) for owner, name in state["owner_names"])
+        fill = state["ring_fill"]
+        size = self.settings.buffer_size
+        used = np.arange(size) < fill[:, None]
+        width = state["ring_width"]
+        self.ring_vectors = np.zeros((len(fill), size, width), dtype=np.float32)
+        self.ring_records = np.zeros((len(fill), size, 7))
+        self.ring_vectors[used] = state["ring_vectors"]
+        self.ring_records[used] = state["ring_records"]
+        self.fp_keys, self.fp_owners = state["fp_keys"], state["fp_owners"]
+        self.fp_ts = state["fp_ts"]
+        self.exact_weights = state["exact_weights"]
+        self.calibration_left = state["calibration_left"]
+        self.samples = state["samples"]
+        self.tails = {name: TailPValue.of_state(t) for name, t in state["tails"].items()}
+        self.projections, self.offsets = state["projections"], state["offsets"]
+        self.hash_weights = state["hash_weights"]
+        self.novel_knn = state["novel_knn"]
         self._fit_budget()
 
     def _fit_budget(self) -> None:

@@ -83,6 +83,33 @@ class ReferenceDetector(Detector):
         self.build(reference)
         self.ready = True
 
+    def state(self) -> dict[str, Any]:
+        """The reference still being learned (its events so far, as one batch), or the
+        monitors built from it (`built_state`)."""
+        pending = concat_batches(self.pending).to_data() if self.pending else None
+        return {
+            "ready": self.ready,
+            "pending": pending,
+            "pending_count": self.pending_count,
+            "built": self.built_state() if self.ready else None,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pending = state["pending"]
+        self.pending = [] if pending is None else [ModelBatch.of_data(pending)]
+        self.pending_count = state["pending_count"]
+        self.ready = state["ready"]
+        if self.ready:
+            self.load_built(state["built"])
+
+    @abstractmethod
+    def built_state(self) -> dict[str, Any]:
+        """What `build` made and `monitor` updated since, as plain data."""
+
+    @abstractmethod
+    def load_built(self, state: dict[str, Any]) -> None:
+        """Rebuilds the monitors `built_state` described."""
+
     @abstractmethod
     def build(self, reference: ModelBatch) -> None:
         """(Re)builds the monitors from a complete reference."""

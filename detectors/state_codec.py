@@ -85,6 +85,12 @@ def decode(data: bytes) -> Any:
         raise StateError(f"corrupted checkpoint: {exc}") from exc
 
 
+def set_items(values: set[Any] | frozenset[Any]) -> list[Any]:
+    """A set's items as a list in a fixed order (by type name, then value), so that equal
+    sets give equal checkpoint bytes whatever order they were built in."""
+    return sorted(values, key=lambda v: (type(v).__name__, v))
+
+
 def is_encoded(data: bytes) -> bool:
     """Whether `data` is in this format (an older checkpoint was pickled)."""
     return data.startswith(MAGIC)

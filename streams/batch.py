@@ -113,11 +113,64 @@ class ModelBatch:
             records=None if self.records is None else self.records[start:stop],
         )
 
+    def to_data(self) -> dict[str, Any]:
+        """The predictions as plain data (lists and numeric arrays, no objects), for a
+        checkpoint: `of_data` gives the batch back. Labels are left out (a batch kept in a
+        state is a reference being learned, which is about inputs)."""
+        return {
+            "model": self.model,
+            "source": self.source,
+            "partition": self.partition,
+            "ts": self.ts,
+            "offsets": self.offsets,
+            "ids": self.ids,
+            "clients": self.clients,
+            "model_versions": self.model_versions,
+            "rows": self.rows,
+            "numeric": self.numeric,
+            "categorical": {name: column.tolist() for name, column in self.categorical.items()},
+            "predictions": self.predictions,
+            "scores": self.scores,
+            "score": self.score,
+            "positions": None if self.positions is None else [list(p) for p in self.positions],
+            "records": self.records,
+        }
+
+    @classmethod
+    def of_data(cls, data: dict[str, Any]) -> ModelBatch:
+        """The batch `to_data` described."""
+        positions = data["positions"]
+        return cls(
+            model=data["model"],
+            source=data["source"],
+            partition=data["partition"],
+            ts=data["ts"],
+            offsets=data["offsets"],
+            ids=data["ids"],
+            clients=data["clients"],
+            model_versions=data["model_versions"],
+            rows=data["rows"],
+            numeric=data["numeric"],
+            categorical={name: object_array(v) for name, v in data["categorical"].items()},
+            predictions=data["predictions"],
+            scores=data["scores"],
+            score=data["score"],
+            positions=None if positions is None else [Position(*p) for p in positions],
+            records=data["records"],
+        )
+
     def since(self, start: int) -> ModelBatch:
         """The predictions from index `start` on, with the same labels (a reference's tail)."""
         rest = self.slice(start, len(self))
         rest.labels = self.labels
         return rest
+
+
+def object_array(values: list[Any]) -> np.ndarray:
+    """A list as a 1-d object array (np.array would nest lists, or guess a dtype)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 def floats_or_none(column: np.ndarray) -> list[float | None]:

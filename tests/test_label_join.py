@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import pickle
 import random
 from collections import OrderedDict
 
 import numpy as np
 import pytest
 
+from detectors import state_codec
 from detectors.label_join import JoinCounters, Joined, LabelJoin
 from streams.batch import LabelColumns, ModelBatch
 
@@ -122,7 +122,13 @@ def test_predictions_without_id_are_counted_not_kept() -> None:
 # ---------------------------------------------------------------------------------------------
 # The columnar join against a straightforward one (OrderedDicts of tuples, record by record),
 # over random interleavings: repeated ids in and across batches, labels before, twice and for
-# unknown ids, ids missing, both caps, TTL expiry, odd scores, and pickles mid-stream.
+# unknown ids, ids missing, both caps, TTL expiry, odd scores, and checkpoints mid-stream.
+
+
+def checkpointed(join: LabelJoin) -> LabelJoin:
+    """The join after a checkpoint and a restart: its state as data-only bytes, read back."""
+    state = state_codec.decode(state_codec.encode(join.state()))
+    return LabelJoin.of_state(state, join.ttl, join.max_pending, join.max_early)
 
 
 class ReferenceJoin:
@@ -200,19 +206,6 @@ class ReferenceJoin:
             self.done.popitem(last=False)
         return out
 
-    def legacy_state(self) -> dict[str, object]:
-        """The state as the join pickled it before its columnar layout."""
-        return {
-            "ttl": self.ttl,
-            "max_pending": self.max_pending,
-            "max_early": self.max_early,
-            "pending": OrderedDict(self.pending),
-            "early": OrderedDict(self.early),
-            "done": OrderedDict(self.done),
-            "watermark": self.watermark,
-            "counters": JoinCounters(**self.counters.as_dict()),
-        }
-
 
 def random_scores(rng: random.Random) -> dict[str, float] | None:
     x = rng.random()
@@ -279,7 +272,7 @@ def assert_same_pairs(joined: Joined, expected: list[tuple]) -> None:
             assert got is None
             continue
         # Rebuilt or not: the same classes in the same order, equal values of the same types
-        # (NaN, equal only to itself, compared as NaN: a pickle copies it).
+        # (NaN, equal only to itself, compared as NaN: a checkpoint copies it).
         assert list(got) == list(want)
         assert [v if v == v else "nan" for v in got.values()] == [
             v if v == v else "nan" for v in want.values()
@@ -303,10 +296,7 @@ def test_join_matches_a_straightforward_one_across_random_interleavings(seed: in
         assert list(join.early) == list(reference.early)
         assert join.watermark == reference.watermark
         if step % 37 == 36:  # a checkpoint and a restart: the restored join must go on exactly
-            join = pickle.loads(pickle.dumps(join, protocol=pickle.HIGHEST_PROTOCOL))
-        if step % 101 == 100:  # a checkpoint written by the earlier layout
-            join = LabelJoin.__new__(LabelJoin)
-            join.__setstate__(reference.legacy_state())
+            join = checkpointed(join)
     # Whatever is still pending comes out with its own values.
     flush = batch(labels=[(pid, 1, t) for pid in reference.pending])
     assert_same_pairs(join.add(flush), reference.add(flush))
@@ -317,7 +307,7 @@ def test_a_restored_join_keeps_thousands_of_pending_predictions_with_their_value
     join = LabelJoin(ttl=1e9, max_pending=5000, max_early=10)
     n = 6000
     join.add(batch(preds=[(f"p{i}", i) for i in range(n)]))  # 1000 evicted at the cap
-    restored = pickle.loads(pickle.dumps(join, protocol=pickle.HIGHEST_PROTOCOL))
+    restored = checkpointed(join)
     assert list(restored.pending) == [f"p{i}" for i in range(1000, n)]
     joined = restored.add(batch(labels=[("p5999", 1, n), ("p1000", 0, n)]))
     assert joined.pred_ts.tolist() == [T0 + 5999, T0 + 1000]

@@ -8,13 +8,13 @@ its reference and calibrated on the benign population.
 from __future__ import annotations
 
 import json
-import pickle
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from agent.config import ConfigError, load_settings
+from detectors import state_codec
 from detectors.base import Finding, Kind
 from detectors.calibration import TailPValue
 from detectors.query_patterns import QueryPatternDetector, QueryPatternSettings, _shapiro_w
@@ -335,21 +335,33 @@ def test_memory_budget_bounds_the_rings_whatever_the_number_of_clients() -> None
     assert twin.update(stream.batch(x, clients)) == []
 
 
-def test_a_checkpoint_from_before_the_budget_is_restored_within_it() -> None:
-    detector, stream = warmed(seed=10)
-    old = dict(detector.__dict__)  # the former snapshot: every attribute, arrays as they are
-    settings = vars(detector.settings).copy()
-    del settings["max_state_mb"]  # settings pickled before the key existed
-    old["settings"] = QueryPatternSettings.model_construct(**settings)
-    assert len(detector.clients) == 40
+def checkpoint_with_settings(detector: QueryPatternDetector, settings: dict[str, object]) -> bytes:
+    """The detector's snapshot as if written with other settings values."""
+    envelope = state_codec.decode(detector.snapshot())
+    envelope["configuration"]["settings"] = settings
+    return state_codec.encode(envelope)
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default() -> None:
+    detector, _ = warmed(seed=10)
+    settings = detector.settings.model_dump()
+    del settings["max_state_mb"]  # written before the key existed
     twin = QueryPatternDetector("m", SETTINGS)
-    assert twin.restore(pickle.dumps(old))  # the same settings, with the new key's default
-    assert twin.settings.max_state_mb == QueryPatternSettings().max_state_mb
-    assert list(twin.clients) == list(detector.clients)  # the budget does not bind
-    # With a budget that binds, the most recently seen clients are kept, in slots 0..n-1.
-    old["settings"] = with_settings(max_state_mb=0.5)
+    assert twin.restore(checkpoint_with_settings(detector, settings))
+    assert list(twin.clients) == list(detector.clients)
+
+
+def test_a_checkpoint_over_the_budget_is_restored_within_it() -> None:
+    detector, stream = warmed(seed=10)
+    assert len(detector.clients) == 40
+    # Written when the budget did not bind (it had no budget key yet): restored under one
+    # that binds, the most recently seen clients are kept, in slots 0..n-1.
+    settings = detector.settings.model_dump()
+    del settings["max_state_mb"]
     small = QueryPatternDetector("m", with_settings(max_state_mb=0.5))
-    assert small.restore(pickle.dumps(old))
+    assert not small.restore(checkpoint_with_settings(detector, settings))  # other settings
+    settings["max_state_mb"] = 0.5
+    assert small.restore(checkpoint_with_settings(detector, settings))
     cap = small.tracked_cap()
     assert cap < 40 and len(small.ring_records) == len(small.clients) == cap
     assert list(small.clients) == list(detector.clients)[-cap:]
@@ -387,7 +399,15 @@ def test_client_ids_can_be_stored_as_keyed_hashes() -> None:
     other_key = QueryPatternDetector("m", with_settings(client_id_key="x"))
     assert other_key._client_key("alice@example.com") != subject
     assert b"alice" not in detector.snapshot()
-    assert all(not c.startswith("c") for c in pickle.loads(detector.snapshot())["clients"])
+    clients = state_codec.decode(detector.snapshot())["state"]["clients"]
+    assert all(not name.startswith("c") for name, *_ in clients)
+    assert b"s3cret" not in detector.snapshot()  # the key itself is never checkpointed
+    # ... only its digest, which tells a checkpoint made under another key.
+    assert QueryPatternDetector("m", settings).restore(detector.snapshot())
+    assert not QueryPatternDetector("m", with_settings(client_id_key="x")).restore(
+        detector.snapshot()
+    )
+    assert not QueryPatternDetector("m", SETTINGS).restore(detector.snapshot())
 
 
 def test_the_client_id_key_can_come_from_the_environment() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +11,17 @@ import pandas as pd
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import update
 from typer.testing import CliRunner
 
 from agent.cli import app
 from agent.pipeline import Pipeline
 from agent.reference import ReferenceFileError, load_reference_file
 from agent.samples import RecentWindow, Sample
+from detectors import state_codec
 from detectors.registry import build_detectors
 from storage.db import Database
-from storage.models import Base
+from storage.models import Base, Checkpoint
 from storage.repository import IncidentFilter, ReferenceInput, Repository
 from streams.batch import split_batch
 from streams.decode import decode_batch
@@ -372,6 +375,77 @@ def test_changed_settings_take_effect_when_a_checkpoint_is_restored(
         [RawRecord(events(1, seed=36, start=START + 3200)[0], Position("src", 0, 3200))]
     )
     assert len(join.pending) == 450
+
+
+class _Exploit:
+    """What a forged checkpoint row could hold: unpickling it would run code."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (exec, ("raise SystemExit('a checkpoint was unpickled')",))
+
+
+def test_a_pickled_checkpoint_is_never_loaded_the_monitor_starts_from_the_reference(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An older (pickled) or forged checkpoint row: refused unread, one warning naming the
+    model, and the detectors start again from the stored reference at the stored position."""
+    settings = settings_for(database.url, learn_events=2000)
+    replay(settings, database, events(3200, seed=37), "c", "src")
+    reference = Repository(database).find_reference("fraud")
+    with database.session() as session:
+        session.execute(
+            update(Checkpoint).values(state=pickle.dumps({"numeric_drift": _Exploit()}))
+        )
+    pipeline = Pipeline(settings, database, consumer="c")
+    with caplog.at_level("WARNING", logger="agent.pipeline"):
+        assert pipeline.restore_partition("src", 0) == 3200
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("model fraud: checkpoint of src partition 0 not loaded (not a")
+    assert "pickled" in warning
+    assert "\n" not in warning
+    monitor = pipeline.monitors[("src", 0)]["fraud"]
+    assert monitor.reference is not None and monitor.reference.id == reference.id
+    detectors = {d.name: d for d in monitor.detectors}
+    assert detectors["numeric_drift"].ready  # rebuilt from the stored reference
+    assert detectors["numeric_drift"].monitors["amount"].seen == 0  # nothing of the old state
+    assert len(detectors["accuracy"].join.pending) == 0
+    pipeline.process(
+        [
+            RawRecord(line, Position("src", 0, 3200 + i))
+            for i, line in enumerate(events(500, seed=38, start=START + 3200))
+        ]
+    )
+    pipeline.checkpoint({("src", 0): 3700})  # written in the data-only format from now on
+    restarted = Pipeline(settings, database, consumer="c")
+    with caplog.at_level("WARNING", logger="agent.pipeline"):
+        caplog.clear()
+        assert restarted.restore_partition("src", 0) == 3700
+    assert caplog.records == []
+
+
+def test_a_checkpoint_off_its_schema_rebuilds_the_whole_monitor(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A data-only row whose accuracy state does not fit the schema (forged, or a layout
+    bug): the detectors restored before it are not kept half-way either."""
+    settings = settings_for(database.url, learn_events=2000)
+    replay(settings, database, events(3200, seed=37), "c", "src")
+    (row,) = Repository(database).load_checkpoints("c", "src", 0).values()
+    monitor_state = state_codec.decode(row.state)
+    accuracy = state_codec.decode(monitor_state["detectors"]["accuracy"])
+    accuracy["state"] = {"join": "?"}
+    monitor_state["detectors"]["accuracy"] = state_codec.encode(accuracy)
+    with database.session() as session:
+        session.execute(update(Checkpoint).values(state=state_codec.encode(monitor_state)))
+    pipeline = Pipeline(settings, database, consumer="c")
+    with caplog.at_level("WARNING", logger="agent.pipeline"):
+        assert pipeline.restore_partition("src", 0) == 3200
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("model fraud: checkpoint of src partition 0 not loaded (accuracy")
+    detectors = {d.name: d for d in pipeline.monitors[("src", 0)]["fraud"].detectors}
+    assert detectors["categorical_drift"].ready  # from the stored reference, afresh
+    assert all(m.seen == 0 for m in detectors["categorical_drift"].monitors.values())
+    assert detectors["query_patterns"].profile is None
 
 
 def test_recent_window_is_bounded_and_persisted_with_checkpoints(database: Database) -> None:
