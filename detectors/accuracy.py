@@ -558,7 +558,7 @@ class AccuracyDetector(Detector):
             for alarm in test.feed(values):
                 i = int(where[alarm.index])
                 ts = float(joined.at_ts[i])
-                position = Position(self.source, self.partition, int(joined.at_offset[i]))
+                position = joined.at_position[i]
                 if self.task == "classification":
                     finding = self._classification_finding(alarm, ts, position, estimated=False)
                 else:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from streams.batch import ModelBatch, floats_or_none
+from streams.events import Position
 
 _NO_SCORES = -1  # the class-names code of a prediction without class scores
 _KEPT_SCORES = -2  # ... of one whose scores are kept as given (`_Pending.kept`)
@@ -73,7 +74,7 @@ class Joined:
     pred_ts: np.ndarray
     label_ts: np.ndarray
     at_ts: np.ndarray  # event time of the event that completed the pair (this batch's)
-    at_offset: np.ndarray  # its source offset
+    at_position: list[Position]  # its real source position (a label's topic, or a prediction's)
     versions: list[str | None] = field(default_factory=list)
     predictions: list[object] = field(default_factory=list)
     scores: list[dict[str, float] | None] = field(default_factory=list)
@@ -88,14 +89,14 @@ def _build(parts: list[Joined]) -> Joined:
     """One batch's pairs: those its predictions completed (early labels), then its labels'."""
     if not parts:
         empty = np.empty(0)
-        return Joined(empty, empty, empty, np.empty(0, dtype=np.int64))
+        return Joined(empty, empty, empty, [])
     if len(parts) == 1:
         return parts[0]
     return Joined(
         pred_ts=np.concatenate([p.pred_ts for p in parts]),
         label_ts=np.concatenate([p.label_ts for p in parts]),
         at_ts=np.concatenate([p.at_ts for p in parts]),
-        at_offset=np.concatenate([p.at_offset for p in parts]),
+        at_position=[v for p in parts for v in p.at_position],
         versions=[v for p in parts for v in p.versions],
         predictions=[v for p in parts for v in p.predictions],
         scores=[v for p in parts for v in p.scores],
@@ -352,14 +353,18 @@ class _Pending:
         return found + self.head
 
     def pairs(
-        self, rows: np.ndarray, labels: list[object], label_ts: np.ndarray, offsets: np.ndarray
+        self,
+        rows: np.ndarray,
+        labels: list[object],
+        label_ts: np.ndarray,
+        positions: list[Position],
     ) -> Joined:
         """The pairs of the predictions at `rows` with their labels (which completed them)."""
         return Joined(
             pred_ts=self.ts[rows],
             label_ts=label_ts,
             at_ts=label_ts.copy(),
-            at_offset=offsets,
+            at_position=positions,
             versions=self.versions[rows].tolist(),
             predictions=self.predictions[rows].tolist(),
             scores=self._decode(rows),
@@ -580,7 +585,10 @@ class LabelJoin:
             self.watermark = max(self.watermark, float(batch.ts.max()))
         labels = batch.labels
         if labels is not None and len(labels.ids):
-            self._add_labels(labels.ids, labels.values, labels.ts, labels.offsets, out)
+            positions = labels.positions or [
+                Position(batch.source, batch.partition, int(o)) for o in labels.offsets
+            ]
+            self._add_labels(labels.ids, labels.values, labels.ts, positions, out)
             self.watermark = max(self.watermark, float(labels.ts.max()))
         self._expire()
         self.pending.settle()
@@ -631,7 +639,7 @@ class LabelJoin:
             pred_ts=np.array(batch.ts[rows], dtype=np.float64),
             label_ts=np.array(label_ts, dtype=np.float64),
             at_ts=np.array(batch.ts[rows], dtype=np.float64),
-            at_offset=np.array(batch.offsets[rows], dtype=np.int64),
+            at_position=[batch.position(i) for i in rows],
             versions=[batch.model_versions[i] for i in rows],
             predictions=[batch.predictions[i] for i in rows],
             scores=[batch.scores[i] for i in rows],
@@ -644,7 +652,7 @@ class LabelJoin:
         ids: list[str],
         values: list[object],
         ts: np.ndarray,
-        offsets: np.ndarray,
+        positions: list[Position],
         out: list[Joined],
     ) -> None:
         done, early, pending = self.done, self.early, self.pending
@@ -677,7 +685,8 @@ class LabelJoin:
                     early[lid] = (value, label_ts)
             c.duplicates += duplicates
             arrivals = [found[i] for i in joined]  # type: ignore[misc]
-            values, ts, offsets = [values[i] for i in joined], ts[joined], offsets[joined]
+            values, ts = [values[i] for i in joined], ts[joined]
+            positions = [positions[i] for i in joined]
         excess = len(early) - self.max_early
         for _ in range(max(0, excess)):
             early.popitem(last=False)
@@ -685,7 +694,7 @@ class LabelJoin:
         if arrivals:
             rows = pending.rows_of(arrivals)
             label_ts = np.array(ts, dtype=np.float64)
-            out.append(pending.pairs(rows, list(values), label_ts, np.array(offsets, np.int64)))
+            out.append(pending.pairs(rows, list(values), label_ts, positions))
             pending.remove(rows)
             c.joined += len(arrivals)
 

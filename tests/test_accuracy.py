@@ -12,6 +12,7 @@ from sklearn.metrics import brier_score_loss, f1_score, log_loss, precision_scor
 from detectors.accuracy import AccuracyDetector, AccuracySettings
 from detectors.base import Finding, Kind, Severity
 from streams.batch import LabelColumns, ModelBatch
+from streams.events import Position
 from tests.accuracy_streams import (
     START,
     accuracy_of_spread,
@@ -270,3 +271,34 @@ def test_constant_confidence_does_not_break_the_estimate() -> None:
     findings = run(constant(classification_batches(6000, seed=4)), detector)
     assert detector.reference is not None
     assert [f for f in findings if f.subject == "estimated_accuracy"] == []
+
+
+def test_measured_findings_cite_the_real_topic_of_the_label_that_completed_them() -> None:
+    """With Kafka, a detector's state key is ("kafka:<group>", partition) and predictions and
+    labels come from two topics whose offsets overlap: a finding citing the state key's name
+    would give two different events one evidence key (and the second would be dropped)."""
+    base = accuracy_of_spread(2.0)
+    flip = 0.10 / (2 * base - 1)
+    predictions_seen = labels_seen = 0
+    label_offsets: set[int] = set()
+    batches = []
+    for batch in classification_batches(CHANGE_AT + 4000, change_at=CHANGE_AT, flip=flip):
+        batch.source = "kafka:bulwark"
+        batch.positions = [
+            Position("predictions", 0, predictions_seen + i) for i in range(len(batch))
+        ]
+        predictions_seen += len(batch)
+        if batch.labels is not None:
+            n = len(batch.labels.ids)
+            offsets = range(labels_seen, labels_seen + n)  # overlaps the predictions' offsets
+            batch.labels.offsets = np.array(offsets, dtype=np.int64)
+            batch.labels.positions = [Position("labels", 0, o) for o in offsets]
+            label_offsets.update(offsets)
+            labels_seen += n
+        batches.append(batch)
+
+    measured = [f for f in run(batches, AccuracyDetector("m")) if not f.details["estimated"]]
+
+    assert measured, "the drop was not found"
+    assert {f.position.source for f in measured} == {"labels"}
+    assert all(f.position.offset in label_offsets for f in measured)

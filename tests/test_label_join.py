@@ -51,7 +51,7 @@ def test_label_after_its_prediction_is_joined_with_both_times() -> None:
     assert len(joined) == 1
     assert joined.labels == [0] and joined.predictions == [1]
     assert joined.pred_ts.tolist() == [T0 + 1] and joined.label_ts.tolist() == [T0 + 60]
-    assert joined.at_offset.tolist() == [100]  # the label completed the pair
+    assert [p.offset for p in joined.at_position] == [100]  # the label completed the pair
     assert join.counters.joined == 1 and list(join.pending) == ["a"]
 
 
@@ -61,7 +61,7 @@ def test_label_before_its_prediction_waits_and_joins_later() -> None:
     assert list(join.early) == ["x"]
     joined = join.add(batch(preds=[("y", 6), ("x", 7)]))
     assert len(joined) == 1 and joined.labels == [1]
-    assert joined.at_offset.tolist() == [1]  # the prediction (index 1) completed it
+    assert [p.offset for p in joined.at_position] == [1]  # the prediction (index 1) completed it
     assert join.counters.early == 1 and join.counters.joined == 1
     assert not join.early and list(join.pending) == ["y"]
 
@@ -255,11 +255,11 @@ def random_batch(rng: random.Random, t: float, pool: list[str]) -> ModelBatch:
 
 def assert_same_pairs(joined: Joined, expected: list[tuple]) -> None:
     preds = [p for p, *_ in expected]
-    assert joined.pred_ts.dtype == np.float64 and joined.at_offset.dtype == np.int64
+    assert joined.pred_ts.dtype == np.float64
     assert joined.pred_ts.tolist() == [p[0] for p in preds]
     assert joined.label_ts.tolist() == [e[2] for e in expected]
     assert joined.at_ts.tolist() == [e[3] for e in expected]
-    assert joined.at_offset.tolist() == [e[4] for e in expected]
+    assert [p.offset for p in joined.at_position] == [e[4] for e in expected]
     assert joined.labels == [e[1] for e in expected]
     for got, want in (
         (joined.versions, [p[1] for p in preds]),
