@@ -1,18 +1,31 @@
-"""The web page in headless Chromium: it shows the incidents and one incident's evidence."""
+"""The web page in headless Chromium: it shows the incidents and one incident's evidence;
+on a replayed drift, what changed, the distributions, the statistic's history, the report
+link, and an admin acknowledges from the page (driven over the DevTools protocol)."""
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent.demo import demo_scenario
+from agent.pipeline import Pipeline
+from agent.replay import memory_batches, replay_batches
+from agent.reports import build_report
 from detectors.base import Kind, Severity
 from storage.db import Database
-from tests.api_helpers import READER, T0, api_settings, finding, record, serving
+from tests.api_helpers import ADMIN, READER, T0, api_settings, finding, record, serving
+
+DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -94,3 +107,219 @@ def test_web_page_shows_incidents_and_evidence(sqlite_url: str, tmp_path: Path) 
         assert error_box(refused).startswith("The API refused the token")
         assert 'data-incident="' not in refused
     db.dispose()
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe:
+    JSON messages separated by NUL on file descriptors 3 and 4), so the test needs no
+    WebDriver and no websocket client."""
+
+    def __init__(self, width: int = 1400, height: int = 1000) -> None:
+        self.profile = tempfile.mkdtemp(prefix="bulwark-chromium-")
+        to_chrome_r, self.to_chrome = os.pipe()
+        self.from_chrome, from_chrome_w = os.pipe()
+
+        def map_fds() -> None:  # in the child, before exec: the protocol's fds 3 and 4
+            os.dup2(to_chrome_r, 3)
+            os.dup2(from_chrome_w, 4)
+
+        self.process = subprocess.Popen(
+            [
+                str(CHROMIUM),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--remote-debugging-pipe",
+                f"--user-data-dir={self.profile}",
+                "about:blank",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=map_fds,  # maps two fds in the child; nothing else runs there
+            close_fds=False,
+        )
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
+        self.buffer = b""
+        self.next_id = 0
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        self.call("Emulation.setDeviceMetricsOverride", metrics, session=True)
+
+    def call(self, method: str, params: dict[str, Any], session: bool = False) -> dict[str, Any]:
+        self.next_id += 1
+        message: dict[str, Any] = {"id": self.next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = self.session
+        os.write(self.to_chrome, json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in self.buffer:
+                chunk = os.read(self.from_chrome, 1 << 20)
+                assert chunk, "Chromium closed the DevTools pipe"
+                self.buffer += chunk
+            raw, self.buffer = self.buffer.split(b"\0", 1)
+            answer = json.loads(raw)
+            if answer.get("id") == self.next_id:  # events and other answers are skipped
+                assert "error" not in answer, answer["error"]
+                return answer["result"]
+
+    def open(self, url: str) -> None:
+        self.call("Page.navigate", {"url": url}, session=True)
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": True},
+            session=True,
+        )
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 60) -> Any:
+        """Polls until the expression is truthy (the page loads its data asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            assert time.monotonic() < deadline, f"the page never satisfied: {expression}"
+            time.sleep(0.2)
+
+    def screenshot(self, path: Path) -> None:
+        size = self.call("Page.getLayoutMetrics", {}, session=True)["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        shot = self.call(
+            "Page.captureScreenshot",
+            {"format": "png", "captureBeyondViewport": True, "clip": clip},
+            session=True,
+        )
+        path.write_bytes(base64.b64decode(shot["data"]))
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+        os.close(self.to_chrome)
+        os.close(self.from_chrome)
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def test_an_incident_page_on_a_replayed_drift(sqlite_url: str, tmp_path: Path) -> None:
+    settings = api_settings(sqlite_url)
+    db = Database(sqlite_url)
+    db.upgrade()
+    scenario = demo_scenario(events_per_model=8_000)
+    pipeline = Pipeline(settings, db, consumer="demo")
+    replay_batches(pipeline, memory_batches(scenario.lines, "demo", settings.batch_size))
+    report = build_report(settings, db, "fraud").report  # what the scheduled job would do
+    with serving(settings, db) as api:
+        listed = api.reader.get(
+            "/api/incidents", params={"model": "fraud", "kind": "feature_drift"}
+        ).json()["items"]
+        (incident,) = [i for i in listed if i["subject"] == "amount"]
+        reference, current = incident["details"]["reference"], incident["details"]["current"]
+        browser = Browser()
+        try:
+            browser.open(f"{api.url}/ui#token={ADMIN}&incident={incident['id']}")
+            browser.wait_for(
+                "document.querySelectorAll('#distribution-chart .dist-bar').length > 0 && "
+                "document.querySelectorAll('#history-chart .history-point').length > 0"
+            )
+            assert browser.evaluate("document.getElementById('error').textContent") == ""
+            # What changed, in words and numbers: the reference and current means.
+            headline = browser.evaluate("document.getElementById('headline').textContent")
+            assert headline.startswith("amount: mean ") and " UTC" in headline
+            rows = browser.evaluate(
+                "[...document.querySelectorAll('#what-changed tr.change-row')].map("
+                "r => [...r.cells].map(c => c.textContent))"
+            )
+            by_measure = {r[0]: r for r in rows}
+            assert float(by_measure["mean"][1]) == pytest.approx(reference["mean"], rel=1e-3)
+            assert float(by_measure["mean"][2]) == pytest.approx(current["mean"], rel=1e-3)
+            assert f"{float(by_measure['mean'][1]):g}" in headline
+            # The distribution: reference and recent histograms on the same 20 bins.
+            bars = browser.evaluate(
+                "[...document.querySelectorAll('#distribution-chart .dist-bar')].map("
+                "b => b.classList[1])"
+            )
+            assert bars.count("reference") == bars.count("recent") == 20
+            distribution = api.reader.get(
+                "/api/models/fraud/distribution", params={"feature": "amount"}
+            ).json()
+            assert (
+                distribution["recent"]["summary"]["mean"]
+                > distribution["reference"]["summary"]["mean"]
+                + 0.5 * distribution["reference"]["summary"]["std"]
+            )  # the injected shift
+            # The statistic's history over the recent window, beyond its alarms.
+            points = browser.evaluate(
+                "document.querySelectorAll('#history-chart .history-point').length"
+            )
+            assert points == len(distribution["history"]) > incident["count"]
+            assert (
+                browser.evaluate("document.querySelectorAll('#history-chart .alarm-mark').length")
+                == incident["count"]
+            )
+            # The Evidently report, served over HTTP behind the token.
+            href = browser.evaluate("document.querySelector('a.report-link').getAttribute('href')")
+            assert href == f"/api/reports/{report.id}/html"
+            assert api.anonymous.get(href).status_code == 401
+            served = api.reader.get(href)
+            assert served.status_code == 200 and served.headers["content-type"].startswith(
+                "text/html"
+            )
+            assert served.content == Path(report.html_path).read_bytes()
+            # Performance and dead letters have their views.
+            browser.wait_for("document.querySelectorAll('tr.dead-letter').length > 0")
+            assert browser.evaluate("document.querySelectorAll('tr.dead-letter').length") == (
+                scenario.malformed
+            )
+
+            shot = tmp_path / "bulwark-incident.png"
+            browser.screenshot(shot)
+            assert shot.stat().st_size > 20_000
+            print(f"\nincident page screenshot: {shot}")
+            if os.environ.get("BULWARK_UPDATE_DOC_SCREENSHOTS"):
+                DOCS_IMG.mkdir(parents=True, exist_ok=True)
+                shutil.copy(shot, DOCS_IMG / "web-incident.png")
+
+            # An admin acknowledges from the page, with a note.
+            browser.evaluate("document.getElementById('note-text').value = 'looking at amount'")
+            browser.evaluate(
+                "document.querySelector('#actions button[data-action=acknowledge]').click()"
+            )
+            browser.wait_for(
+                "document.getElementById('detail-status').textContent === 'acknowledged'"
+            )
+            after = api.reader.get(f"/api/incidents/{incident['id']}").json()
+            assert after["status"] == "acknowledged"
+            assert [(n["action"], n["author"], n["text"]) for n in after["notes"]] == [
+                ("acknowledged", "web page", "looking at amount")
+            ]
+            assert browser.evaluate(
+                "document.querySelector('#actions button[data-action=acknowledge]').disabled"
+            )
+        finally:
+            browser.close()
+
+        # A read-only token sees the same page without the buttons.
+        dom = chromium("--dump-dom", f"{api.url}/ui#token={READER}&incident={incident['id']}")
+        assert re.search(r'<div class="actions" id="actions" hidden=""', dom.stdout)
+        assert "read-only token" in dom.stdout
+    db.dispose()
+
+
+def test_the_page_lists_every_incident_kind() -> None:
+    """The kind filter offers the contract's kinds (the page keeps its own list)."""
+    page = (Path(__file__).resolve().parents[1] / "agent" / "web" / "index.html").read_text()
+    match = re.search(r"const KINDS = \[(.*?)\];", page, re.S)
+    assert match
+    assert re.findall(r'"(\w+)"', match[1]) == [k.value for k in Kind]
