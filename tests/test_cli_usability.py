@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 from pathlib import Path
 
 import orjson
@@ -62,9 +63,11 @@ def test_since_and_until_count_in_event_time(replayed: str) -> None:
     assert latest < START + 2 * DAY  # the stream is of January 2026 ...
     # ... yet "the last 7 days" counts back from its latest event, not from the wall clock.
     assert _json("incidents", "list", "--db", replayed, "--since", "7d") == everything
-    assert _json("incidents", "list", "--db", replayed, "--since", "1s") == [
-        i for i in everything if i["last_seen"] >= latest - 1
-    ]
+    latest_event = START + 11_999 + 60  # the last label
+    age = math.ceil(latest_event - latest)  # just reaches the newest incident
+    newest = [i for i in everything if i["last_seen"] >= latest_event - age]
+    assert newest and _json("incidents", "list", "--db", replayed, "--since", f"{age}s") == newest
+    assert _json("incidents", "list", "--db", replayed, "--since", f"{age - 1}s") == []
     first = min(i["first_seen"] for i in everything)
     assert _json("incidents", "list", "--db", replayed, "--until", str(first - 1)) == []
     assert _json("incidents", "list", "--db", replayed, "--until", "1s") == everything
