@@ -277,7 +277,20 @@ def test_an_incident_page_on_a_replayed_drift(sqlite_url: str, tmp_path: Path) -
                 "text/html"
             )
             assert served.content == Path(report.html_path).read_bytes()
-            # Performance and dead letters have their views.
+            # Performance over time (fraud is the model with labels and scores), dead letters.
+            browser.wait_for("document.querySelectorAll('.performance-point').length > 0")
+            accuracy = api.reader.get(
+                "/api/models/fraud/performance", params={"metric": "accuracy"}
+            ).json()["items"]
+            for estimated, cls in ((False, "measured"), (True, "estimated")):
+                drawn = browser.evaluate(
+                    f"document.querySelectorAll('.performance-point.{cls}').length"
+                )
+                assert drawn == sum(p["estimated"] is estimated for p in accuracy), cls
+            assert (
+                browser.evaluate("document.querySelectorAll('.performance-point.measured').length")
+                > 0
+            )
             browser.wait_for("document.querySelectorAll('tr.dead-letter').length > 0")
             assert browser.evaluate("document.querySelectorAll('tr.dead-letter').length") == (
                 scenario.malformed
