@@ -336,3 +336,59 @@ def test_the_page_lists_every_incident_kind() -> None:
     match = re.search(r"const KINDS = \[(.*?)\];", page, re.S)
     assert match
     assert re.findall(r'"(\w+)"', match[1]) == [k.value for k in Kind]
+
+
+@pytest.mark.parametrize(
+    ("details", "headline"),
+    [
+        (  # categorical drift
+            {
+                "psi": 0.31,
+                "reference": {"size": 3000, "shares": {"DE": 0.5, "FR": 0.5}},
+                "current": {"size": 500, "shares": {"DE": 0.8, "FR": 0.2}},
+            },
+            "country: DE 50.0% → 80.0% (PSI 0.31) since 2026-01-01 00:00:00 UTC",
+        ),
+        (  # data quality
+            {"reference": {"rate": 0.001, "count": 3}, "current": {"rate": 0.065, "count": 65}},
+            "country: rate 0.1% → 6.5% since 2026-01-01 00:00:00 UTC",
+        ),
+        (  # accuracy drop, estimated
+            {
+                "estimated": True,
+                "before": {"value": 0.91, "ci95": [0.9, 0.92], "n": 5000},
+                "after": {"value": 0.84, "ci95": [0.82, 0.86], "n": 800},
+            },
+            "country: 0.91 → 0.84 (estimated) since 2026-01-01 00:00:00 UTC",
+        ),
+        (  # input anomaly
+            {"reference_share": 0.0234, "anomalous_share": 0.245},
+            "inputs out of reference range: 2.3% → 24.5% since 2026-01-01 00:00:00 UTC",
+        ),
+        ({"client": "key-1"}, "the title, as nothing states a reference"),
+    ],
+)
+def test_what_changed_reads_every_detectors_details(
+    sqlite_url: str, details: dict[str, Any], headline: str
+) -> None:
+    db = Database(sqlite_url)
+    db.upgrade()
+    with serving(api_settings(sqlite_url), db) as api:
+        browser = Browser()
+        try:
+            browser.open(f"{api.url}/ui")
+            browser.wait_for("typeof whatChanged === 'function'")
+            incident = {
+                "subject": "country",
+                "first_seen": T0,
+                "title": "the title, as nothing states a reference",
+                "details": details,
+            }
+            change = browser.evaluate(f"whatChanged({json.dumps(incident)})")
+        finally:
+            browser.close()
+    db.dispose()
+    assert change["headline"] == headline
+    if "reference" in details:  # every reference and current value has its row
+        measures = {row[0] for row in change["rows"]}
+        assert measures >= set(details["reference"]) - {"shares"}
