@@ -183,3 +183,17 @@ def test_token_role(api: Api) -> None:
     assert api.admin.get("/api/token").json() == {"role": "admin"}
     assert api.reader.get("/api/token").json() == {"role": "read"}
     assert api.anonymous.get("/api/token").status_code == 401
+
+
+def test_latest_event_time_is_what_relative_times_count_back_from(database: Database) -> None:
+    from detectors.base import Kind
+    from tests.api_helpers import finding, record
+
+    repo = Repository(database)
+    assert repo.latest_event_time() is None  # nothing yet: callers fall back to the wall clock
+    record(database, [finding("fraud", Kind.FEATURE_DRIFT, "amount", T0 + 50, 1)])
+    assert repo.latest_event_time() == T0 + 50  # no counted events: the latest evidence
+    with database.session() as session:
+        Writer(session).bump_model_stats("fraud", 10, 0, 0, T0 + 900)
+        Writer(session).bump_model_stats("churn", 10, 0, 0, T0 + 400)
+    assert repo.latest_event_time() == T0 + 900
