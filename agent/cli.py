@@ -386,13 +386,13 @@ def incidents_show(
     table = Table(show_header=False, box=None)
     for key in ("id", "model", "kind", "subject", "severity", "status", "title", "count"):
         table.add_row(f"[bold]{key}[/]", str(item[key]))
-    table.add_row("[bold]first_seen[/]", _when(item["first_seen"]))
-    table.add_row("[bold]last_seen[/]", _when(item["last_seen"]))
+    table.add_row("[bold]first_seen[/]", _when(item["first_seen"]) + " UTC")
+    table.add_row("[bold]last_seen[/]", _when(item["last_seen"]) + " UTC")
     out.print(table)
     out.print("[bold]details[/]")
     out.print_json(json.dumps(item["details"], default=str))
     ev = Table(title=f"evidence ({len(evidence)})")
-    for column in ("ts", "detector", "statistic", "value", "threshold", "effect", "support"):
+    for column in ("ts (UTC)", "detector", "statistic", "value", "threshold", "effect", "support"):
         ev.add_column(column)
     for e in evidence:
         ev.add_row(
@@ -428,7 +428,7 @@ def dead_letters_list(
         _print_json(items)
         return
     table = Table(title=f"dead letters ({len(items)})")
-    for column in ("id", "received", "source", "offset", "reason", "payload"):
+    for column in ("id", "received (UTC)", "source", "offset", "reason", "payload"):
         table.add_column(column, overflow="fold")
     for d in items:
         table.add_row(
@@ -452,7 +452,9 @@ def db_upgrade(db: DbOption = None, config: ConfigOption = None) -> None:
 
 def _print_incidents(items: list[dict[str, Any]]) -> None:
     table = Table(title=f"incidents ({len(items)})", title_justify="left")
-    for column in ("id", "model", "kind", "subject", "severity", "status", "last seen", "count"):
+    for column in (
+        "id", "model", "kind", "subject", "severity", "status", "last seen (UTC)", "count"
+    ):  # fmt: skip
         table.add_column(column, no_wrap=True)
     table.add_column("title", overflow="fold", min_width=20)
     for i in items:

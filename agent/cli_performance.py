@@ -96,7 +96,7 @@ def _pivot(model: str, rows: list[dict[str, Any]]) -> Table:
     order = {m: i for i, m in enumerate(METRIC_ORDER)}
     columns = sorted(names, key=lambda m: (order.get(m.removeprefix("est. "), 99), m))
     table = Table(title=f"performance of {model} (per event-time window; est. = estimated)")
-    for column in ("window start", "version", "labelled", *columns):
+    for column in ("window start (UTC)", "version", "labelled", *columns):
         table.add_column(column, overflow="fold")
     for (start, version), values in sorted(lines.items()):
         delay = values.get("label_delay")
