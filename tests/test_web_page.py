@@ -320,6 +320,29 @@ def test_an_incident_page_on_a_replayed_drift(sqlite_url: str, tmp_path: Path) -
             assert browser.evaluate(
                 "document.querySelector('#actions button[data-action=acknowledge]').disabled"
             )
+
+            # The filters: kind, severity and event time (UTC) reach the API.
+            everything = api.reader.get("/api/incidents").json()["items"]
+
+            def shown_after(script: str, want: list[int]) -> None:
+                browser.evaluate(script + "; load()")
+                browser.wait_for(
+                    "JSON.stringify([...document.querySelectorAll('tr.incident')]"
+                    f".map(r => +r.dataset.incident).sort((a, b) => a - b)) === '{want}'".replace(
+                        ", ", ","
+                    )
+                )
+
+            for kind in sorted({i["kind"] for i in everything}):
+                want = sorted(i["id"] for i in everything if i["kind"] == kind)
+                shown_after(f"$('f-kind').value = '{kind}'", want)
+            critical = sorted(i["id"] for i in everything if i["severity"] == "critical")
+            shown_after("$('f-kind').value = ''; $('f-severity').value = 'critical'", critical)
+            cut = sorted(i["last_seen"] for i in everything)[len(everything) // 2]
+            local = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(cut))  # the input's UTC text
+            later = sorted(i["id"] for i in everything if i["last_seen"] >= cut)
+            shown_after(f"$('f-severity').value = ''; $('f-since').value = '{local}'", later)
+            assert 0 < len(later) < len(everything)
         finally:
             browser.close()
 
@@ -392,3 +415,33 @@ def test_what_changed_reads_every_detectors_details(
     if "reference" in details:  # every reference and current value has its row
         measures = {row[0] for row in change["rows"]}
         assert measures >= set(details["reference"]) - {"shares"}
+
+
+def test_related_incidents_are_linked_when_the_incident_names_them(sqlite_url: str) -> None:
+    """`parent_id` / `related_ids` (root-cause grouping) and `previous_id` become links;
+    an incident without them shows none."""
+    db = Database(sqlite_url)
+    db.upgrade()
+    with serving(api_settings(sqlite_url), db) as api:
+        browser = Browser()
+        try:
+            browser.open(f"{api.url}/ui")
+            browser.wait_for("typeof renderRelated === 'function'")
+            read = (
+                "[...document.querySelectorAll('#related a.related-link')]"
+                ".map(a => [a.parentNode.textContent.split(' #')[0], +a.dataset.incidentLink])"
+            )
+            browser.evaluate("renderRelated({parent_id: 3, related_ids: [5, 6], previous_id: 2})")
+            linked = browser.evaluate(read)
+            browser.evaluate("renderRelated({previous_id: null})")
+            empty = browser.evaluate("document.getElementById('related').textContent")
+        finally:
+            browser.close()
+    db.dispose()
+    assert linked == [
+        ["caused by (root)", 3],
+        ["related", 5],
+        ["related", 6],
+        ["follows the resolved", 2],
+    ]
+    assert empty == "none"
