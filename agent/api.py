@@ -36,8 +36,9 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from agent import lifecycle, metrics
+from agent import distributions, lifecycle, metrics
 from agent.config import Settings
+from agent.samples import Sample
 from storage.db import Database
 from storage.models import Incident
 from storage.repository import IncidentFilter, Repository
@@ -136,6 +137,27 @@ class DeadLetterOut(TypedDict):
     offset: int
     reason: str
     payload: str
+
+
+class Role(TypedDict):
+    role: str
+
+
+class PerformancePoint(TypedDict):
+    model: str
+    model_version: str
+    window_start: float
+    window_end: float
+    metric: str
+    estimated: bool
+    value: float
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+
+
+class PerformancePage(TypedDict):
+    items: list[PerformancePoint]
 
 
 class DeadLetterPage(TypedDict):
@@ -366,6 +388,7 @@ def create_app(
                     "id": r.id,
                     "window": {"start": r.window_start, "end": r.window_end},
                     "html_path": r.html_path,
+                    "html": f"/api/reports/{r.id}/html" if r.html_path else None,
                 }
                 for r in reports
             ]
@@ -442,6 +465,77 @@ def create_app(
             kinds[kind] = kinds.get(kind, 0) + count
         return {"items": [summary[m] for m in sorted(summary)]}
 
+    @get("/api/token", sync_to_thread=False)
+    def token_role(request: Request) -> Role:
+        """The presented token's role: `admin` (may change incidents) or `read`."""
+        return {"role": str(request.scope.get("bulwark_role", "read"))}
+
+    @get("/api/models/{model:str}/distribution", sync_to_thread=True)
+    def distribution(
+        model: FromPath[str],
+        feature: Annotated[
+            str | None, QueryParameter(description="a feature of the model's events")
+        ] = None,
+        output: Annotated[
+            Literal["prediction", "class_proportions", "score"] | None,
+            QueryParameter(description="or one of the model's outputs"),
+        ] = None,
+    ) -> dict[str, Any]:
+        """One column's distribution, the stored reference against the recent window (shares
+        on common bins or categories, summaries), and its history over the recent window."""
+        if (feature is None) == (output is None):
+            raise ValidationException(detail="give exactly one of feature and output")
+        name = _text("model", model)
+        assert name is not None
+        recent = Sample.concat(
+            [Sample.decode(r.sample) for r in repo.recent_samples(name)]
+        ).sorted_by_time()
+        if not len(recent):
+            raise NotFoundException(detail=f"no recent predictions of model {model!r} stored")
+        versions = {v for v in recent.model_versions if v is not None}
+        row = repo.find_reference(name, versions.pop() if len(versions) == 1 else None)
+        if row is None:
+            raise NotFoundException(detail=f"model {model!r} has no reference yet")
+        column = _text("feature", feature) if feature is not None else output
+        assert column is not None
+        try:
+            found = distributions.distribution(
+                Sample.decode(row.sample), recent, column, output=output is not None
+            )
+        except distributions.NoColumn as exc:
+            raise NotFoundException(detail=str(exc)) from None
+        return {"model": name, "reference_id": row.id, **found}
+
+    @get("/api/models/{model:str}/performance", sync_to_thread=True)
+    def performance(
+        model: FromPath[str],
+        metric: FromQuery[str | None] = None,
+        since: Annotated[
+            str | None, QueryParameter(description="windows ending at or after (event time)")
+        ] = None,
+        until: Annotated[
+            str | None, QueryParameter(description="windows starting at or before (event time)")
+        ] = None,
+    ) -> PerformancePage:
+        """The model's measured and estimated metrics per event-time window, oldest first,
+        with confidence intervals where one partition holds the whole window."""
+        rows = repo.performance_history(
+            _text("model", model) or "",
+            metric=_text("metric", metric),
+            since=_time("since", since),
+            until=_time("until", until),
+        )
+        return {"items": rows}  # type: ignore[typeddict-item]
+
+    @get("/api/reports/{report_id:int}/html", media_type=MediaType.HTML, sync_to_thread=True)
+    def report_html(report_id: FromPath[int]) -> Response[bytes]:
+        """The Evidently report's HTML, as written by the report job (same token as the API)."""
+        report = repo.get_report(report_id) if 1 <= report_id <= MAX_ID else None
+        path = Path(report.html_path) if report is not None and report.html_path else None
+        if path is None or not path.is_file():
+            raise NotFoundException(detail=f"no report HTML with id {report_id}")
+        return Response(path.read_bytes(), media_type=MediaType.HTML)
+
     @get("/api/dead-letters", sync_to_thread=True)
     def dead_letters(
         limit: Annotated[int, QueryParameter(ge=1, le=max_page)] = 100,
@@ -501,6 +595,10 @@ def create_app(
             status_handler("reopen", lifecycle.REOPEN),
             add_note,
             models,
+            token_role,
+            distribution,
+            performance,
+            report_html,
             dead_letters,
             prometheus,
             web_page,

@@ -6,6 +6,7 @@ traceback as well.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import re
@@ -19,14 +20,25 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from agent import tune_garbage_collector
 from agent.alerts.dispatcher import Delivering
 from agent.config import ConfigError, Settings, load_settings
 from agent.demo import demo_scenario
 from agent.pipeline import Pipeline
-from agent.replay import REPLAY_CONSUMER, ReplayResult, memory_batches, replay_batches
-from storage.db import Database, DatabaseError, data_dir, redact
+from agent.replay import (
+    REPLAY_CONSUMER,
+    ReplayResult,
+    memory_batches,
+    mostly_dead_letters,
+    replay_batches,
+    waiting_for_labels,
+)
+from detectors.base import Kind
+from storage.db import Database, DatabaseError, data_dir, default_url, redact
+from storage.models import OPEN_STATUSES
 from storage.repository import IncidentFilter, Repository
 from streams.decode import InvalidEvent, parse_ts
 from streams.files import FileSource
@@ -65,9 +77,25 @@ class UsageError(ValueError):
     """A bad option value; reported in one line."""
 
 
+def _version(value: bool) -> None:
+    if value:
+        try:
+            version = importlib.metadata.version("bulwark")
+        except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+            version = "unknown (not installed)"
+        out.print(f"bulwark {version}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_version
+        ),
+    ] = False,
 ) -> None:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
@@ -86,7 +114,17 @@ def _settings(config: Path | None, db: str | None) -> Settings:
     return settings
 
 
+class NothingYet(Exception):
+    """A read command on a SQLite file that does not exist: nothing was recorded yet."""
+
+
 def _database(settings: Settings, migrate: bool = True) -> Database:
+    """The database; a read (`migrate=False`) of a SQLite file that does not exist raises
+    NothingYet instead of creating an empty file."""
+    if not migrate:
+        path = sqlite_file(settings.database_url or default_url())
+        if path is not None and not path.exists():
+            raise NothingYet(str(path))
     database = Database(settings.database_url)
     if migrate:
         database.upgrade()
@@ -95,6 +133,31 @@ def _database(settings: Settings, migrate: bool = True) -> Database:
             f"database {redact(database.url)} has no Bulwark schema; run 'bulwark db upgrade'"
         )
     return database
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # Database() reports a bad URL in its own words
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser()
+
+
+def nothing_yet(path: str, fmt: str = "table", empty: Any = None) -> None:
+    """Says that nothing was recorded yet (and where the demo's data is, if it ran); prints
+    the empty answer in JSON so that scripts see a valid document."""
+    demo = data_dir() / "demo.db"
+    hint = "run 'bulwark replay FILE' or 'bulwark demo' first"
+    if demo.exists() and Path(path).resolve() != demo.resolve():
+        hint = f"the demo's database is sqlite:///{demo} (pass it with --db)"
+    err.print(
+        f"Nothing recorded yet: no database at {path}; {hint}.", highlight=False, soft_wrap=True
+    )
+    if fmt == "json":
+        _print_json([] if empty is None else empty)
 
 
 def _check_format(fmt: str) -> str:
@@ -132,6 +195,7 @@ def demo(
     batches = memory_batches(scenario.lines, "demo", settings.batch_size)
     result = _run_with_progress(pipeline, batches, total=len(scenario.lines), unit="records")
     _print_summary(result)
+    _after_run(pipeline, result, database, strict=False)
     incidents = Repository(database).list_incidents()
     _print_incidents([i.to_contract() for i in incidents])
     out.print(f"\nDatabase: {redact(database.url)}")
@@ -146,8 +210,15 @@ def replay(
     alerts: Annotated[
         bool, typer.Option("--alerts", help="Send notifications (off: a backfill pages nobody).")
     ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Exit 1 when most records became dead letters (not events)."),
+    ] = False,
 ) -> None:
-    """Feed a file of events through the daemon's pipeline, in event time, then exit."""
+    """Feed a file of events through the daemon's pipeline, in event time, then exit.
+
+    Warns when most records become dead letters, and says which models' accuracy monitoring
+    still waits for labels."""
     settings = _settings(config, db)
     source = FileSource(
         file, batch_size=settings.batch_size, max_record_bytes=settings.max_record_bytes
@@ -159,6 +230,7 @@ def replay(
             pipeline, source.batches(), total=source.size_bytes(), unit="bytes"
         )
         _print_summary(result)
+        _after_run(pipeline, result, database, strict)
         return
     if not settings.alerts.channels:
         err.print("warning: --alerts given but no alert channel is configured")
@@ -174,6 +246,34 @@ def replay(
             f"warning: {delivering.settled.pending} notifications still pending after "
             f"{settings.alerts.replay_wait:g}s (alerts.replay_wait); they stay in the outbox"
         )
+    _after_run(pipeline, result, database, strict)
+
+
+def _after_run(pipeline: Pipeline, result: ReplayResult, database: Database, strict: bool) -> None:
+    """What a user should know after a run: records that were not events, accuracy
+    monitoring that has not started for want of labels."""
+    for wait in waiting_for_labels(pipeline):
+        per = f" per partition ({wait.partitions} partitions)" if wait.partitions > 1 else ""
+        err.print(
+            f"note: accuracy monitoring of model {wait.model!r} waits for labels: "
+            f"{wait.have:,} labelled predictions of the {wait.needed:,} it needs{per} "
+            "(detectors.accuracy.reference_size) before it tests for an accuracy drop",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if mostly_dead_letters(result):
+        total = result.events
+        latest = Repository(database).list_dead_letters(1)
+        example = f"; e.g. {latest[0].reason}" if latest else ""
+        err.print(
+            f"warning: {result.dead_letters:,} of {total:,} records "
+            f"({result.dead_letters / total:.0%}) became dead letters{example}. Is this a "
+            "JSONL file of Bulwark events? See 'bulwark dead-letters list'.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        if strict:
+            raise typer.Exit(1)
 
 
 def _run_with_progress(
@@ -202,29 +302,58 @@ def _print_summary(result: ReplayResult) -> None:
     )
 
 
+KINDS = tuple(k.value for k in Kind)
+STATUSES = (*OPEN_STATUSES, "resolved")
+EVENT_TIME_HELP = (
+    "epoch seconds, ISO-8601 with a zone, or an age like 30m, 6h, 7d. Event time: an age "
+    "counts back from the latest event time in the database, not from now, so a replay of "
+    "last month's traffic keeps its incidents."
+)
+SinceOption = Annotated[
+    str | None, typer.Option(help=f"Latest evidence at or after T: {EVENT_TIME_HELP}")
+]
+UntilOption = Annotated[
+    str | None, typer.Option(help=f"First evidence at or before T: {EVENT_TIME_HELP}")
+]
+
+
+def _one_of(option: str, value: str | None, valid: tuple[str, ...]) -> str | None:
+    if value is not None and value not in valid:
+        raise UsageError(f"unknown {option} {value!r}; valid: {', '.join(valid)}")
+    return value
+
+
 @incidents_app.command("list")
 def incidents_list(
     db: DbOption = None,
     model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
-    kind: Annotated[str | None, typer.Option(help="Only this kind, e.g. feature_drift.")] = None,
-    status: Annotated[str | None, typer.Option(help="open, acknowledged or resolved.")] = None,
-    since: Annotated[
-        str | None,
-        typer.Option(
-            help="Latest evidence at or after T: epoch seconds, ISO-8601, or an age "
-            "like 30m, 6h, 7d."
-        ),
+    kind: Annotated[str | None, typer.Option(help=f"Only this kind: {', '.join(KINDS)}.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help=f"Only this status: {', '.join(STATUSES)}.")
     ] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 1000,
     fmt: FormatOption = "table",
 ) -> None:
-    """List incidents, newest first."""
+    """List incidents, newest first (times are event times, UTC)."""
     _check_format(fmt)
-    database = _database(_settings(None, db), migrate=False)
+    _one_of("--kind", kind, KINDS)
+    _one_of("--status", status, STATUSES)
+    try:
+        database = _database(_settings(None, db), migrate=False)
+    except NothingYet as missing:
+        nothing_yet(str(missing), fmt)
+        return
+    repository = Repository(database)
     where = IncidentFilter(
-        model=model, kind=kind, status=status, since=_parse_since(since) if since else None
+        model=model,
+        kind=kind,
+        status=status,
+        since=event_time("--since", since, repository),
+        until=event_time("--until", until, repository),
     )
-    items = [i.to_contract() for i in Repository(database).list_incidents(where, limit=limit)]
+    items = [i.to_contract() for i in repository.list_incidents(where, limit=limit)]
     if fmt == "json":
         _print_json(items)
     else:
@@ -239,7 +368,12 @@ def incidents_show(
 ) -> None:
     """Show one incident with its evidence."""
     _check_format(fmt)
-    repository = Repository(_database(_settings(None, db), migrate=False))
+    try:
+        repository = Repository(_database(_settings(None, db), migrate=False))
+    except NothingYet as missing:
+        raise UsageError(
+            f"no incident with id {incident_id}: no database at {missing} yet"
+        ) from None
     incident = repository.get_incident(incident_id)
     if incident is None:
         raise UsageError(f"no incident with id {incident_id}")
@@ -252,13 +386,13 @@ def incidents_show(
     table = Table(show_header=False, box=None)
     for key in ("id", "model", "kind", "subject", "severity", "status", "title", "count"):
         table.add_row(f"[bold]{key}[/]", str(item[key]))
-    table.add_row("[bold]first_seen[/]", _when(item["first_seen"]))
-    table.add_row("[bold]last_seen[/]", _when(item["last_seen"]))
+    table.add_row("[bold]first_seen[/]", _when(item["first_seen"]) + " UTC")
+    table.add_row("[bold]last_seen[/]", _when(item["last_seen"]) + " UTC")
     out.print(table)
     out.print("[bold]details[/]")
     out.print_json(json.dumps(item["details"], default=str))
     ev = Table(title=f"evidence ({len(evidence)})")
-    for column in ("ts", "detector", "statistic", "value", "threshold", "effect", "support"):
+    for column in ("ts (UTC)", "detector", "statistic", "value", "threshold", "effect", "support"):
         ev.add_column(column)
     for e in evidence:
         ev.add_row(
@@ -283,13 +417,18 @@ def dead_letters_list(
 ) -> None:
     """List dead letters (undecodable records) with their reasons, newest first."""
     _check_format(fmt)
-    rows = Repository(_database(_settings(None, db), migrate=False)).list_dead_letters(limit)
+    try:
+        database = _database(_settings(None, db), migrate=False)
+    except NothingYet as missing:
+        nothing_yet(str(missing), fmt)
+        return
+    rows = Repository(database).list_dead_letters(limit)
     items = [r.to_contract() for r in rows]
     if fmt == "json":
         _print_json(items)
         return
     table = Table(title=f"dead letters ({len(items)})")
-    for column in ("id", "received", "source", "offset", "reason", "payload"):
+    for column in ("id", "received (UTC)", "source", "offset", "reason", "payload"):
         table.add_column(column, overflow="fold")
     for d in items:
         table.add_row(
@@ -313,7 +452,9 @@ def db_upgrade(db: DbOption = None, config: ConfigOption = None) -> None:
 
 def _print_incidents(items: list[dict[str, Any]]) -> None:
     table = Table(title=f"incidents ({len(items)})", title_justify="left")
-    for column in ("id", "model", "kind", "subject", "severity", "status", "last seen", "count"):
+    for column in (
+        "id", "model", "kind", "subject", "severity", "status", "last seen (UTC)", "count"
+    ):  # fmt: skip
         table.add_column(column, no_wrap=True)
     table.add_column("title", overflow="fold", min_width=20)
     for i in items:
@@ -347,9 +488,16 @@ _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _AGE_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _parse_since(value: str) -> float:
+def event_time(option: str, value: str | None, repository: Repository) -> float | None:
+    """An event time from epoch seconds, ISO-8601, or an age counted back from the latest
+    event time in the database (the wall clock only when the database holds no event)."""
+    if value is None:
+        return None
     if match := _AGE.match(value.strip()):
-        return time.time() - float(match[1]) * _AGE_SECONDS[match[2]]
+        latest = repository.latest_event_time()
+        return (time.time() if latest is None else latest) - float(match[1]) * _AGE_SECONDS[
+            match[2]
+        ]
     try:
         return float(value)
     except ValueError:
@@ -358,7 +506,7 @@ def _parse_since(value: str) -> float:
         return parse_ts(value)
     except InvalidEvent:
         raise UsageError(
-            f"--since must be epoch seconds, ISO-8601 with a zone, or an age like 6h: {value!r}"
+            f"{option} must be epoch seconds, ISO-8601 with a zone, or an age like 6h: {value!r}"
         ) from None
 
 

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from agent.cli import EVENT_TIME_HELP
+
 
 def register(app: typer.Typer) -> None:
     app.command("performance")(performance)
@@ -24,22 +26,38 @@ def performance(
         str | None, typer.Option("--metric", help="Only this metric, e.g. accuracy.")
     ] = None,
     since: Annotated[
-        str | None,
-        typer.Option(help="Windows ending at or after T: epoch, ISO-8601, or an age like 7d."),
+        str | None, typer.Option(help=f"Windows ending at or after T: {EVENT_TIME_HELP}")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help=f"Windows starting at or before T: {EVENT_TIME_HELP}")
     ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
 ) -> None:
     """Show a model's performance per event-time window (measured and estimated)."""
-    from agent.cli import _check_format, _database, _parse_since, _print_json, _settings, out
+    from agent.cli import (
+        NothingYet,
+        _check_format,
+        _database,
+        _print_json,
+        _settings,
+        event_time,
+        nothing_yet,
+        out,
+    )
     from storage.repository import Repository
 
     _check_format(fmt)
-    repository = Repository(_database(_settings(None, db), migrate=False))
+    try:
+        repository = Repository(_database(_settings(None, db), migrate=False))
+    except NothingYet as missing:
+        nothing_yet(str(missing), fmt)
+        return
     rows = repository.performance_history(
         model,
         model_version=version,
         metric=metric,
-        since=_parse_since(since) if since else None,
+        since=event_time("--since", since, repository),
+        until=event_time("--until", until, repository),
     )
     if fmt == "json":
         _print_json(rows)
@@ -78,7 +96,7 @@ def _pivot(model: str, rows: list[dict[str, Any]]) -> Table:
     order = {m: i for i, m in enumerate(METRIC_ORDER)}
     columns = sorted(names, key=lambda m: (order.get(m.removeprefix("est. "), 99), m))
     table = Table(title=f"performance of {model} (per event-time window; est. = estimated)")
-    for column in ("window start", "version", "labelled", *columns):
+    for column in ("window start (UTC)", "version", "labelled", *columns):
         table.add_column(column, overflow="fold")
     for (start, version), values in sorted(lines.items()):
         delay = values.get("label_delay")

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from agent.pipeline import Pipeline
+from detectors.accuracy import AccuracyDetector
 from streams.events import Position, RawRecord
 
 REPLAY_CONSUMER = "replay"
@@ -14,7 +15,7 @@ REPLAY_CONSUMER = "replay"
 
 @dataclass(frozen=True, slots=True)
 class ReplayResult:
-    events: int
+    events: int  # records read, dead letters included
     dead_letters: int
     findings: int
     incidents_opened: int
@@ -50,6 +51,45 @@ def replay_batches(
         incidents_opened=pipeline.incidents_opened,
         seconds=time.perf_counter() - started,
     )
+
+
+DEAD_LETTER_WARNING_SHARE = 0.5  # above this share of a run's records: warn (and fail --strict)
+
+
+def mostly_dead_letters(result: ReplayResult) -> bool:
+    """More than half the records could not be decoded: likely not a file of events at all
+    (a CSV, a binary file, another schema)."""
+    return result.dead_letters > DEAD_LETTER_WARNING_SHARE * result.events  # events: records
+
+
+@dataclass(frozen=True, slots=True)
+class LabelWait:
+    """A model whose accuracy test has not started: it learns the reference level from its
+    first `needed` labelled predictions (per partition) and has `have` of them."""
+
+    model: str
+    have: int
+    needed: int
+    partitions: int
+
+
+def waiting_for_labels(pipeline: Pipeline) -> list[LabelWait]:
+    """The models whose accuracy monitoring still waits for labels, from the detectors'
+    live state (summed over the partitions that wait)."""
+    waits: dict[str, LabelWait] = {}
+    for monitors in pipeline.monitors.values():
+        for model, monitor in monitors.items():
+            for detector in monitor.detectors:
+                if not isinstance(detector, AccuracyDetector) or detector.reference is not None:
+                    continue
+                before = waits.get(model)
+                waits[model] = LabelWait(
+                    model,
+                    detector.ref_count + (before.have if before else 0),
+                    detector.settings.reference_size,
+                    1 + (before.partitions if before else 0),
+                )
+    return [waits[m] for m in sorted(waits)]
 
 
 def memory_batches(

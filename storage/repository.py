@@ -177,6 +177,19 @@ class Repository:
             )
             return report, incident_ids
 
+    def get_report(self, report_id: int) -> Report | None:
+        with self.db.session() as session:
+            return session.get(Report, report_id)
+
+    def latest_event_time(self) -> float | None:
+        """The latest event time the database knows of: of the events counted per model, else
+        of the latest evidence (what relative `--since 7d` counts back from)."""
+        with self.db.session() as session:
+            latest = session.scalar(select(func.max(ModelStats.last_event_ts)))
+            if latest is None:
+                latest = session.scalar(select(func.max(Incident.last_seen)))
+            return None if latest is None else float(latest)
+
     def list_reports(self, model: str | None = None, limit: int = 100) -> list[Report]:
         query = select(Report).order_by(Report.id.desc()).limit(limit)
         if model is not None:
@@ -260,6 +273,7 @@ class Repository:
         model_version: str | None = None,
         metric: str | None = None,
         since: float | None = None,
+        until: float | None = None,
     ) -> list[dict[str, Any]]:
         """A model's metric values per window, oldest first, partitions combined.
 
@@ -275,6 +289,8 @@ class Repository:
             query = query.where(PerformanceRow.metric == metric)
         if since is not None:
             query = query.where(PerformanceRow.window_end >= since)
+        if until is not None:
+            query = query.where(PerformanceRow.window_start <= until)
         with self.db.session() as session:
             rows = list(session.scalars(query))
         groups: dict[tuple[str, float, float, str, bool], list[PerformanceRow]] = {}

@@ -48,6 +48,10 @@ def test_openapi_spec_is_valid(api: Api) -> None:
         "/api/incidents/{incident_id}/notes",
         "/api/models",
         "/api/dead-letters",
+        "/api/models/{model}/distribution",
+        "/api/models/{model}/performance",
+        "/api/reports/{report_id}/html",
+        "/api/token",
         "/metrics",
     ):
         assert path in paths, path
@@ -64,7 +68,7 @@ def test_fuzz_finds_no_server_error(api: Api) -> None:
     schema = schemathesis.openapi.from_url(f"{api.url}/schema/openapi.json", headers=headers)
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 11
+    assert len(operations) >= 15
     modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)  # valid input, and invalid
     for operation, mode in itertools.product(operations, modes):
 
