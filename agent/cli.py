@@ -216,13 +216,25 @@ def incidents_list(
         ),
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 1000,
+    every: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Also incidents attributed to another one (by default only root incidents, "
+            "one per cause; the others are listed under `related` of their root).",
+        ),
+    ] = False,
     fmt: FormatOption = "table",
 ) -> None:
-    """List incidents, newest first."""
+    """List root incidents (one per cause), newest first; --all for every incident."""
     _check_format(fmt)
     database = _database(_settings(None, db), migrate=False)
     where = IncidentFilter(
-        model=model, kind=kind, status=status, since=_parse_since(since) if since else None
+        model=model,
+        kind=kind,
+        status=status,
+        since=_parse_since(since) if since else None,
+        roots_only=not every,
     )
     items = [i.to_contract() for i in Repository(database).list_incidents(where, limit=limit)]
     if fmt == "json":
@@ -315,8 +327,17 @@ def _print_incidents(items: list[dict[str, Any]]) -> None:
     table = Table(title=f"incidents ({len(items)})", title_justify="left")
     for column in ("id", "model", "kind", "subject", "severity", "status", "last seen", "count"):
         table.add_column(column, no_wrap=True)
+    table.add_column("cause", no_wrap=True)
     table.add_column("title", overflow="fold", min_width=20)
     for i in items:
+        related = i.get("related_ids") or []
+        cause = (
+            f"see #{i['parent_id']}"
+            if i.get("parent_id") is not None
+            else f"root, +{len(related)} related"
+            if related
+            else "root"
+        )
         table.add_row(
             str(i["id"]),
             i["model"],
@@ -326,6 +347,7 @@ def _print_incidents(items: list[dict[str, Any]]) -> None:
             i["status"],
             _when(i["last_seen"]),
             str(i["count"]),
+            cause,
             i["title"],
         )
     out.print(table)
