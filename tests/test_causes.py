@@ -307,3 +307,48 @@ def test_a_root_explained_later_takes_its_related_incidents_along() -> None:
     assert score.parent_id == client.id
     assert score.details["cause"]["via"]["incident_id"] == feature.id
     assert sorted(i.id for i in client.related) == [feature.id, score.id]
+
+
+def test_headlines_say_what_changed_in_plain_words() -> None:
+    from agent.alerts.wording import headline
+
+    numeric = {
+        "subject": "utilization",
+        "first_seen": START + 3 * 3600 + 22 * 60,
+        "details": {
+            "statistic": "cusum_mean_shift",
+            "reference": {"mean": 0.2812, "std": 0.17},
+            "current": {"mean": 0.4991, "std": 0.18},
+        },
+    }
+    assert (
+        headline(numeric) == "utilization: mean 0.28 -> 0.50 (+1.3 std) since 2026-01-01 03:22 UTC"
+    )
+    spread = {
+        "subject": "sqft",
+        "details": {
+            "statistic": "cusum_scale_change",
+            "reference": {"mean": 900.0, "std": 250.0},
+            "current": {"mean": 905.0, "std": 500.0},
+        },
+    }
+    assert headline(spread) == "sqft: std 250 -> 500 (x2.00)"
+    shares = {
+        "subject": "country",
+        "details": {
+            "psi": 0.421,
+            "reference": {"shares": {"DE": 0.6, "FR": 0.3, "IT": 0.1}},
+            "current": {"shares": {"DE": 0.3, "FR": 0.3, "IT": 0.4}},
+        },
+    }
+    assert headline(shares) == "country: DE 60% -> 30%, IT 10% -> 40% (PSI 0.42)"
+    quality = {
+        "subject": "amount",
+        "details": {
+            "statistic": "out_of_range_rate",
+            "reference": {"rate": 0.003},
+            "current": {"rate": 0.31},
+        },
+    }
+    assert headline(quality) == "amount: outside the reference range 0.3% -> 31% of values"
+    assert headline({"subject": "m", "title": "stream stalled", "details": {}}) == "stream stalled"

@@ -7,6 +7,7 @@ UTC". An incident whose details carry no such summary falls back to its title.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,9 +36,9 @@ def _numeric(subject: str, d: dict[str, Any]) -> str | None:
         return None
     if d.get("statistic") == "cusum_scale_change" and isinstance(cur.get("std"), int | float):
         ratio = cur["std"] / std if std else float("inf")
-        return f"{subject}: std {_n(std)} -> {_n(cur['std'])} (x{ratio:.2f})"
+        return f"{subject}: std {_n(std, std)} -> {_n(cur['std'], std)} (x{ratio:.2f})"
     shift = (after - before) / std if std else 0.0
-    return f"{subject}: mean {_n(before)} -> {_n(after)} ({shift:+.1f} std)"
+    return f"{subject}: mean {_n(before, std)} -> {_n(after, std)} ({shift:+.1f} std)"
 
 
 def _shares(subject: str, d: dict[str, Any]) -> str | None:
@@ -48,7 +49,7 @@ def _shares(subject: str, d: dict[str, Any]) -> str | None:
         return None
     moves = sorted(
         ((c, ref.get(c, 0.0), cur.get(c, 0.0)) for c in {*ref, *cur}),
-        key=lambda m: (-abs(m[2] - m[1]), m[0]),
+        key=lambda m: (-round(abs(m[2] - m[1]), 4), m[0]),
     )[:2]
     parts = ", ".join(f"{c} {_pct(a)} -> {_pct(b)}" for c, a, b in moves)
     psi = d.get("psi")
@@ -84,8 +85,11 @@ def _anomaly(d: dict[str, Any]) -> str | None:
     return f"inputs out of reference range: {_pct(usual)} -> {_pct(share)} of events{lead}"
 
 
-def _n(x: float) -> str:
-    return f"{x:.3g}" if abs(x) < 1e5 else f"{x:,.0f}"
+def _n(x: float, scale: float) -> str:
+    """A value with as many decimals as show two significant digits of `scale` (its
+    distribution's std): 0.28 for a std of 0.17, 1,150 for a std of 250."""
+    decimals = max(0, 1 - math.floor(math.log10(abs(scale)))) if scale else 3
+    return f"{x:,.{min(decimals, 6)}f}"
 
 
 def _pct(x: float) -> str:
