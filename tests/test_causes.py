@@ -6,6 +6,7 @@ rule of agent/causes.py on constructed incidents where a stream cannot pin a cas
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from storage.models import Incident
 from storage.repository import IncidentFilter, Repository
 from tests.alerts_helpers import Clock, alert_settings
 from tests.receivers import Receiver
+from tests.test_query_patterns import FEATURES, Stream, _probability, boundary_probe
 
 START = 1_767_225_600.0
 ROUTING_KEY = "R0UT1NGKEYR0UT1NGKEYR0UT1NGKEY12"
@@ -81,16 +83,10 @@ def run(
     for records, _ in memory_batches(lines, "events.jsonl", settings.batch_size):
         pipeline.process(records)
         if dispatcher is not None and clock is not None:
-            clock.now = max(clock.now, _wall())
+            clock.now = max(clock.now, time.time())
             dispatcher.run_once()
     if dispatcher is not None:
         dispatcher.close()
-
-
-def _wall() -> float:
-    import time
-
-    return time.time()
 
 
 def everything(database: Database) -> list[dict[str, Any]]:
@@ -154,6 +150,88 @@ def test_one_input_shift_is_one_root_and_one_notification(
     assert note["incident"]["id"] == root["id"]
     assert note["headline"].startswith("utilization: mean 0.28 -> 0.5")
     assert "related" not in note["incident"] and note["related"]
+    database.dispose()
+
+
+def attacked_stream(seed: int, benign: int = 6000, mixed: int = 6000) -> list[bytes]:
+    """Benign clients (tests.test_query_patterns.Stream), then two attackers probing the
+    decision boundary with a third of the traffic: their queries move the population's
+    feature distributions."""
+    stream = Stream(seed)
+    x0, c0 = stream.benign(benign)
+    attacks = mixed // 3
+    x1, c1 = stream.benign(mixed - attacks)
+    probe = boundary_probe(stream.rng, attacks)
+    who = [f"attacker-{1 + k % 2}" for k in range(attacks)]
+    order = stream.rng.permutation(mixed)
+    x = np.vstack([x0, np.vstack([x1, probe])[order]])
+    clients = c0 + [(c1 + who)[i] for i in order]
+    p = _probability(x)
+    return [
+        orjson.dumps(
+            {
+                "type": "prediction",
+                "model": "m",
+                "id": f"p{i}",
+                "ts": START + 2.0 * i,
+                "client": clients[i],
+                "features": {f: round(float(x[i, j]), 4) for j, f in enumerate(FEATURES)},
+                "prediction": int(p[i] > 0.5),
+                "scores": {"0": round(1 - float(p[i]), 4), "1": round(float(p[i]), 4)},
+            }
+        )
+        for i in range(len(x))
+    ]
+
+
+def test_attackers_driving_the_population_are_the_roots_of_its_drift(
+    sqlite_url: str, receivers: dict[str, Receiver]
+) -> None:
+    """The population drifts the attackers' queries make open before the attackers are
+    flagged; once flagged, each drift is linked to the attacker behind the most of its
+    events, and the notifications (sent after group_wait, as `replay --alerts` does) are one
+    per attacker."""
+    database = Database(sqlite_url)
+    database.upgrade()
+    settings = Settings.model_validate(
+        {
+            "batch_size": 500,
+            "detectors": {"query_patterns": {"reference_size": 300, "calibration_queries": 3000}},
+        }
+    )
+    settings.alerts = alert_settings(receivers)
+    run(attacked_stream(8), database, settings)
+    clock = Clock()
+    clock.advance(settings.alerts.group_wait + 1)
+    dispatcher = Dispatcher(database, settings.alerts, clock=clock)
+    for _ in range(3):
+        dispatcher.run_once()
+    dispatcher.close()
+
+    incidents = everything(database)
+    roots = [i for i in incidents if i["parent_id"] is None]
+    assert {(r["kind"], r["subject"]) for r in roots} == {
+        ("suspicious_client", "attacker-1"),
+        ("suspicious_client", "attacker-2"),
+    }
+    population = [i for i in incidents if i["kind"] != "suspicious_client"]
+    assert population and {i["kind"] for i in population} <= {
+        "feature_drift",
+        "prediction_drift",
+        "input_anomaly",
+        "data_quality",
+    }
+    by_id = {i["id"]: i for i in incidents}
+    for item in population:
+        root = by_id[item["parent_id"]]
+        shares = item["details"]["client_shares"]
+        assert root["subject"] == max(shares, key=shares.get)  # the attacker behind most of it
+        assert shares[root["subject"]] >= 0.1
+        assert item["id"] in root["related_ids"]
+    for r in receivers.values():
+        assert r.invalid == []
+    triggered = sorted(e.body["dedup_key"].split("-")[1] for e in receivers["pagerduty"].accepted)
+    assert triggered == sorted(str(r["id"]) for r in roots)
     database.dispose()
 
 
