@@ -13,16 +13,22 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from alembic.config import Config
+from sqlalchemy import inspect
+from sqlalchemy.exc import IntegrityError
 
 from agent import causes
 from agent.alerts.dispatcher import Dispatcher
+from agent.alerts.wording import headline
 from agent.config import CauseSettings, Settings
 from agent.pipeline import Pipeline
 from agent.replay import memory_batches
-from storage.db import Database
+from alembic import command
+from storage.db import MIGRATIONS_DIR, Database
 from storage.models import Incident
 from storage.repository import IncidentFilter, Repository
 from tests.alerts_helpers import Clock, alert_settings
+from tests.conftest import run_cli
 from tests.receivers import Receiver
 from tests.test_query_patterns import FEATURES, Stream, _probability, boundary_probe
 
@@ -126,9 +132,16 @@ def test_one_input_shift_is_one_root_and_one_notification(
     explained = {(e["kind"], e["subject"]) for e in root["details"]["explains"]}
     assert ("prediction_drift", "score") in explained
 
-    # `incidents list` by default: the root only.
+    # `incidents list` by default: the root only; --all: every incident.
     listed = Repository(database).list_incidents(IncidentFilter(roots_only=True))
     assert [i.id for i in listed] == [root["id"]]
+    shown = run_cli("incidents", "list", "--db", sqlite_url, "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    assert [(i["id"], i["related_ids"]) for i in orjson.loads(shown.stdout)] == [
+        (root["id"], root["related_ids"])
+    ]
+    shown = run_cli("incidents", "list", "--all", "--db", sqlite_url, "--format", "json")
+    assert sorted(i["id"] for i in orjson.loads(shown.stdout)) == sorted(i["id"] for i in incidents)
 
     # One notification per cause on every channel, listing the related incidents.
     for r in receivers.values():
@@ -388,8 +401,6 @@ def test_a_root_explained_later_takes_its_related_incidents_along() -> None:
 
 
 def test_headlines_say_what_changed_in_plain_words() -> None:
-    from agent.alerts.wording import headline
-
     numeric = {
         "subject": "utilization",
         "first_seen": START + 3 * 3600 + 22 * 60,
@@ -430,3 +441,40 @@ def test_headlines_say_what_changed_in_plain_words() -> None:
     }
     assert headline(quality) == "amount: outside the reference range 0.3% -> 31% of values"
     assert headline({"subject": "m", "title": "stream stalled", "details": {}}) == "stream stalled"
+
+
+def test_migration_0009_adds_parent_id_and_keeps_one_open_incident_per_key(db_url: str) -> None:
+    """Down to 0008 and up again: SQLite rebuilds the table for the foreign key, and the
+    partial unique index must come back with its WHERE clause."""
+    database = Database(db_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["engine"] = database.engine
+    command.downgrade(config, "0008")
+    assert "parent_id" not in {c["name"] for c in inspect(database.engine).get_columns("incidents")}
+    command.upgrade(config, "head")
+    assert "parent_id" in {c["name"] for c in inspect(database.engine).get_columns("incidents")}
+
+    def add(status: str) -> None:
+        with database.session() as session:
+            session.add(
+                Incident(
+                    model="m",
+                    kind="feature_drift",
+                    subject="x",
+                    severity="warning",
+                    status=status,
+                    title="t",
+                    first_seen=1.0,
+                    last_seen=1.0,
+                    count=1,
+                    details={},
+                )
+            )
+
+    add("resolved")
+    add("resolved")  # resolved ones may repeat
+    add("open")
+    with pytest.raises(IntegrityError):
+        add("acknowledged")  # a second unresolved incident for the key
+    database.dispose()
