@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -19,15 +20,17 @@ from sqlalchemy.exc import IntegrityError
 
 from agent import causes
 from agent.alerts.dispatcher import Dispatcher
+from agent.alerts.outbox import enqueue_changes
 from agent.alerts.wording import headline
 from agent.config import CauseSettings, Settings
+from agent.incidents import IncidentManager
 from agent.pipeline import Pipeline
 from agent.replay import memory_batches
 from alembic import command
 from storage.db import MIGRATIONS_DIR, Database
 from storage.models import Incident
-from storage.repository import IncidentFilter, Repository
-from tests.alerts_helpers import Clock, alert_settings
+from storage.repository import IncidentFilter, Repository, Writer
+from tests.alerts_helpers import Clock, alert_settings, finding, outbox
 from tests.conftest import run_cli
 from tests.receivers import Receiver
 from tests.test_query_patterns import FEATURES, Stream, _probability, boundary_probe
@@ -478,3 +481,79 @@ def test_migration_0009_adds_parent_id_and_keeps_one_open_incident_per_key(db_ur
     with pytest.raises(IntegrityError):
         add("acknowledged")  # a second unresolved incident for the key
     database.dispose()
+
+
+def test_an_incident_attached_to_a_notified_root_is_listed_on_its_next_notification(
+    sqlite_url: str, receivers: dict[str, Receiver]
+) -> None:
+    """The root has paged; a prediction drift it explains opens later: no page of its own
+    (its waiting trigger is held back with the reason), and the root's repeat lists it."""
+    database = Database(sqlite_url)
+    database.upgrade()
+    slack = receivers["slack"]
+    alerts = alert_settings({"slack": slack}, repeat_interval=3600, group_wait=0)
+    clock = Clock()
+    dispatcher = Dispatcher(database, alerts, clock=clock)
+    drift = finding(subject="utilization", ts=START + 100)
+    drift = replace(
+        drift,
+        details={"reference": {"mean": 0.28, "std": 0.17}, "current": {"mean": 0.5}},
+    )
+    record_linked(database, alerts, [drift], clock.now)
+    dispatcher.run_once()
+    assert len(slack.accepted) == 1
+
+    score = replace(
+        finding(kind="prediction_drift", subject="score", ts=START + 400), title="score: up"
+    )
+    (change,) = record_linked(database, alerts, [score], clock.now)
+    dispatcher.run_once()
+    assert len(slack.accepted) == 1  # the related incident does not page
+    assert [n for n in outbox(database) if n.incident_id == change.incident.id] == []
+
+    clock.advance(3700)
+    dispatcher.run_once()
+    assert len(slack.accepted) == 2
+    repeat = orjson.dumps(slack.accepted[-1].body).decode()
+    assert "Still open" in repeat and "Related (1)" in repeat and "prediction_drift" in repeat
+    dispatcher.close()
+    database.dispose()
+
+
+def test_a_waiting_notification_of_an_incident_attributed_later_is_held_back(
+    sqlite_url: str, receivers: dict[str, Receiver]
+) -> None:
+    """The prediction drift opens first and waits out group_wait; its cause opens before it
+    is sent: one message, the root's, listing it."""
+    database = Database(sqlite_url)
+    database.upgrade()
+    slack = receivers["slack"]
+    alerts = alert_settings({"slack": slack}, group_wait=30)
+    clock = Clock()
+    dispatcher = Dispatcher(database, alerts, clock=clock)
+    score = finding(kind="prediction_drift", subject="score", ts=START + 100)
+    (first,) = record_linked(database, alerts, [score], clock.now)
+    dispatcher.run_once()
+    clock.advance(10)
+    drift = finding(subject="utilization", ts=START + 160)
+    (root,) = record_linked(database, alerts, [drift], clock.now)
+    clock.advance(31)
+    dispatcher.run_once()
+    (message,) = slack.accepted
+    text = orjson.dumps(message.body).decode()
+    assert f"#{root.incident.id} " in text and "Related (1)" in text
+    (held,) = [n for n in outbox(database) if n.incident_id == first.incident.id]
+    assert held.state == "silenced"
+    assert held.last_error.startswith(f"related to incident #{root.incident.id}: ")
+    dispatcher.close()
+    database.dispose()
+
+
+def record_linked(database: Database, alerts: Any, findings: list, now: float) -> list:
+    """What the pipeline's transaction does: incidents, causes, outbox."""
+    with database.session() as session:
+        writer = Writer(session)
+        changes = IncidentManager().apply(writer, findings)
+        links = causes.link(writer, {c.incident.model for c in changes}, CauseSettings())
+        enqueue_changes(session, alerts, changes, now, links=links)
+        return changes
