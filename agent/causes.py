@@ -21,7 +21,8 @@ open explaining incident in its span: a later real cause stays a root of its own
 
 A prediction drift explained by several drifted features goes under the one that accounts
 for most of it: the share of the output's shift its own change reproduces (`attribution`,
-measured by the pipeline on the data) when known, else its standardized effect size. The
+measured by the pipeline on the data) when that share is at least `MIN_SHARE`, else its
+effect size. The
 features are named on both sides (`cause` on the explained incident, `explains` on the root).
 
 Links only grow: an attached incident stays attached (to the root of its root when that root
@@ -45,6 +46,7 @@ CAUSE_KEY = "cause"
 EXPLAINS_KEY = "explains"
 LINK_KEYS = (CAUSE_KEY, EXPLAINS_KEY)
 MAX_EXPLAINS = 50  # entries a root's `explains` keeps (the ids are all in related_ids)
+MIN_SHARE = 0.25  # a measured share of an output's shift that names its main cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,13 +116,16 @@ def client_share(incident: Incident, client: str) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
-def _weight(feature: Incident, other: Incident) -> float:
-    """How much of `other` the drift of `feature` accounts for (larger: more)."""
+def _weight(feature: Incident, other: Incident) -> tuple[float, float]:
+    """How much of `other` the drift of `feature` accounts for (larger: more): a measured
+    share of the output's shift first, when it is a substantial one (the surrogate sees
+    numeric features only, so a small measured share must not outrank a categorical
+    feature's drift), then the feature's effect size."""
     attribution = (other.details or {}).get("attribution") or {}
-    shares = attribution.get("shares") or {}
-    if feature.subject in shares:
-        return 1e6 + float(shares[feature.subject])  # measured beats estimated
-    return abs(float(feature.details.get("effect_size") or 0.0)) if feature.details else 0.0
+    share = (attribution.get("shares") or {}).get(feature.subject)
+    measured = float(share) if isinstance(share, int | float) and share >= MIN_SHARE else 0.0
+    effect = abs(float((feature.details or {}).get("effect_size") or 0.0))
+    return measured, effect
 
 
 def link(writer: Writer, models: Iterable[str], settings: CauseSettings) -> list[Link]:
@@ -162,7 +167,7 @@ def link_incidents(incidents: list[Incident], settings: CauseSettings) -> list[L
         explaining = [(f, why) for f in features if (why := rule(f, other, settings)) is not None]
         if not explaining:
             continue
-        explaining.sort(key=lambda pair: (-_weight(pair[0], other), pair[0].id))
+        explaining.sort(key=lambda pair: (_weight(pair[0], other), -pair[0].id), reverse=True)
         feature, why = explaining[0]
         root = by_id.get(feature.parent_id, feature) if feature.parent_id else feature
         if root.id != feature.id:

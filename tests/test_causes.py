@@ -385,6 +385,17 @@ def test_a_feature_drift_explains_only_what_it_can_within_its_span() -> None:
         assert root.parent_id is None
 
 
+def test_a_small_measured_share_does_not_outrank_a_categorical_drift() -> None:
+    """The surrogate sees numeric features only: a numeric feature reproducing a tenth of the
+    score's shift is not its cause when a categorical feature drifted more."""
+    country = incident("feature_drift", "country", 100, 900, effect_size=0.45)  # PSI
+    age = incident("feature_drift", "age", 100, 900, effect_size=0.3)
+    score = incident("prediction_drift", "score", 150, attribution={"shares": {"age": 0.1}})
+    causes.link_incidents([country, age, score], CauseSettings())
+    assert score.parent_id == country.id
+    assert [f["feature"] for f in score.details["cause"]["features"]] == ["country", "age"]
+
+
 def test_a_root_explained_later_takes_its_related_incidents_along() -> None:
     """A feature drift with its prediction drift, then the client making both is flagged:
     everything ends under the client, one level deep."""
