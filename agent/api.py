@@ -79,6 +79,8 @@ class IncidentOut(TypedDict):
     last_seen: float
     count: int
     details: dict[str, Any]
+    parent_id: int | None  # the root incident it was attributed to; null for a root
+    related_ids: list[int]  # a root's attributed incidents (empty for the others)
     previous_id: int | None
 
 

@@ -334,9 +334,18 @@ def incidents_list(
     since: SinceOption = None,
     until: UntilOption = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 1000,
+    every: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Also incidents attributed to another one (by default only root incidents, "
+            "one per cause; the others are listed under `related` of their root).",
+        ),
+    ] = False,
     fmt: FormatOption = "table",
 ) -> None:
-    """List incidents, newest first (times are event times, UTC)."""
+    """List root incidents (one per cause), newest first; --all for every incident.
+    Times are event times, UTC."""
     _check_format(fmt)
     _one_of("--kind", kind, KINDS)
     _one_of("--status", status, STATUSES)
@@ -352,6 +361,7 @@ def incidents_list(
         status=status,
         since=event_time("--since", since, repository),
         until=event_time("--until", until, repository),
+        roots_only=not every,
     )
     items = [i.to_contract() for i in repository.list_incidents(where, limit=limit)]
     if fmt == "json":
@@ -456,8 +466,17 @@ def _print_incidents(items: list[dict[str, Any]]) -> None:
         "id", "model", "kind", "subject", "severity", "status", "last seen (UTC)", "count"
     ):  # fmt: skip
         table.add_column(column, no_wrap=True)
+    table.add_column("cause", no_wrap=True)
     table.add_column("title", overflow="fold", min_width=20)
     for i in items:
+        related = i.get("related_ids") or []
+        cause = (
+            f"see #{i['parent_id']}"
+            if i.get("parent_id") is not None
+            else f"root, +{len(related)} related"
+            if related
+            else "root"
+        )
         table.add_row(
             str(i["id"]),
             i["model"],
@@ -467,6 +486,7 @@ def _print_incidents(items: list[dict[str, Any]]) -> None:
             i["status"],
             _when(i["last_seen"]),
             str(i["count"]),
+            cause,
             i["title"],
         )
     out.print(table)

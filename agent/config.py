@@ -214,6 +214,20 @@ class AlertSettings(BaseModel):
         return self
 
 
+class CauseSettings(BaseModel):
+    """`[causes]`: when one incident is taken as the cause of another (agent/causes.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    # Event-time slack around a root's evidence span: detectors see one change at different
+    # delays (blocks of 50 values, windows of 1,000 events, labels hours later).
+    window: Duration = Field(3600.0, ge=0)
+    # Share of an incident's recent events that must come from a flagged client for the
+    # client to be its cause.
+    min_client_share: float = Field(0.1, gt=0, le=1)
+
+
 class DaemonSettings(BaseModel):
     """`[daemon]`: how often `bulwark run` makes progress durable, and how fast it stops."""
 
@@ -242,6 +256,7 @@ class Settings(BaseModel):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    causes: CauseSettings = Field(default_factory=CauseSettings)
 
     def detectors_for(self, model: str) -> DetectorSettings:
         overrides = self.models.get(model)

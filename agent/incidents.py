@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from agent.causes import kept_link_details
 from detectors.base import Finding, Severity
 from storage.models import Evidence, Incident
 from storage.repository import Writer, stable_key
@@ -102,7 +103,8 @@ class IncidentManager:
         incident.count += 1
         incident.first_seen = min(incident.first_seen, finding.ts)
         incident.last_seen = max(incident.last_seen, finding.ts)
-        incident.details = finding_summary(finding)
+        # What links it to other incidents is not evidence: it stays (agent/causes.py).
+        incident.details = {**finding_summary(finding), **kept_link_details(incident.details)}
         if finding.severity.rank > Severity(incident.severity).rank:
             incident.severity = str(finding.severity)
             incident.title = finding.title

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
+from agent import attribution, causes
 from agent.alerts.outbox import enqueue_changes
 from agent.config import Settings
 from agent.incidents import Change, IncidentChange, IncidentManager
@@ -30,7 +33,8 @@ from agent.metrics import ModelCounts
 from agent.reference import ActiveReference, decode_learned_until, encode_learned_until
 from agent.samples import RecentWindow, ReferenceCollector, Sample
 from detectors import state_codec
-from detectors.base import Detector, Finding, MetricPoint
+from detectors.base import Detector, Finding, Kind, MetricPoint
+from detectors.prediction_drift import PredictionDriftDetector
 from detectors.registry import build_detectors
 from detectors.state_codec import StateError
 from storage.db import Database
@@ -63,6 +67,9 @@ class ModelMonitor:
         self.referenced = [d for d in detectors if _takes_reference(d)]
         self.reference: ActiveReference | None = None
         self.recent = RecentWindow(recent_events)
+        # Clients of the latest events, for the client shares of findings (not checkpointed:
+        # after a restart the shares are measured on the events seen since).
+        self.clients: deque[str | None] = deque(maxlen=attribution.CLIENT_WINDOW)
 
     def set_reference(self, reference: ActiveReference) -> None:
         batch = reference.batch()
@@ -82,8 +89,63 @@ class ModelMonitor:
                 findings.extend(detector.update(part))
             else:
                 findings.extend(detector.update(batch))
+        if findings:
+            findings = self._measure(batch, findings)
         self.recent.add(batch)
+        self.clients.extend(batch.clients)
         return findings
+
+    def _measure(self, batch: ModelBatch, findings: list[Finding]) -> list[Finding]:
+        """Adds what agent.causes reads to the findings' details: the busiest clients' shares
+        of the events behind a population-level finding, and which features account for a
+        shift of the model's numeric output (agent/attribution.py)."""
+        measured = []
+        current: ModelBatch | None = None
+        for finding in findings:
+            extra: dict[str, object] = {}
+            index = _index_of(batch, finding)
+            if index is not None and causes.population_level(
+                finding.kind, finding.subject, finding.statistic
+            ):
+                n = min(max(finding.support, attribution.MIN_EVENTS), attribution.CLIENT_WINDOW)
+                behind = batch.clients[max(0, index + 1 - n) : index + 1]
+                if len(behind) < n and self.clients:
+                    older = list(self.clients)[-(n - len(behind)) :]
+                    behind = older + behind
+                shares = attribution.client_shares(behind)
+                if shares:
+                    extra["client_shares"] = shares
+            output = self._output_detector()
+            if (
+                index is not None
+                and output is not None
+                and self.reference is not None
+                and finding.kind == Kind.PREDICTION_DRIFT
+                and finding.subject in ("score", "prediction")
+            ):
+                if current is None:
+                    now = Sample.concat(
+                        [self.recent.sample(), Sample.of_batch(batch, 0, index + 1)]
+                    )
+                    current = now.to_batch(batch.model, "recent")
+                n = min(len(current), max(finding.support, attribution.MIN_EVENTS))
+                recent = current.slice(len(current) - n, len(current))
+                reference = self.reference.batch()
+                shift = attribution.output_shift_attribution(
+                    reference.numeric,
+                    output.output_column(reference, finding.subject),
+                    recent.numeric,
+                    output.output_column(recent, finding.subject),
+                )
+                if shift is not None:
+                    extra["attribution"] = shift
+            measured.append(
+                replace(finding, details={**finding.details, **extra}) if extra else finding
+            )
+        return measured
+
+    def _output_detector(self) -> PredictionDriftDetector | None:
+        return next((d for d in self.detectors if isinstance(d, PredictionDriftDetector)), None)
 
     def metrics(self) -> list[MetricPoint]:
         points: list[MetricPoint] = []
@@ -150,6 +212,14 @@ class ModelMonitor:
                 if detector in reconfigured:  # rebuilt at once from the (cached) reference batch
                     detector.set_reference(self.reference.batch())
         return None
+
+
+def _index_of(batch: ModelBatch, finding: Finding) -> int | None:
+    """The index in `batch` of the event a finding was detected at."""
+    for index in np.flatnonzero(batch.offsets == finding.position.offset).tolist():
+        if batch.position(index) == finding.position:
+            return index
+    return None
 
 
 def _takes_reference(detector: Detector) -> bool:
@@ -243,8 +313,11 @@ class Pipeline:
                     self.counts.store(writer)
                     writer.save_performance(points)
                     applied = self.incidents.apply(writer, findings)
+                    links = causes.link(
+                        writer, {c.incident.model for c in applied}, self.settings.causes
+                    )
                     if self.notify:  # same transaction: the outbox row commits with the change
-                        enqueue_changes(session, self.settings.alerts, applied)
+                        enqueue_changes(session, self.settings.alerts, applied, links=links)
                     return applied
 
             changes = self.db.retrying(write)

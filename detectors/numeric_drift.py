@@ -295,6 +295,10 @@ class NumericMonitor:
                 "current": {
                     "mean": window.raw_mean,
                     "std_ratio": round(math.sqrt(max(window.variance, 0.0)), 4),
+                    # The reference std times that ratio of normal-score stds: the blocks
+                    # keep no raw variance, and through the reference's quantiles this is
+                    # the current spread in the feature's own units.
+                    "std": self.ref_std * math.sqrt(max(window.variance, 0.0)),
                     "count": window.count,
                 },
                 "standardized_mean_shift": round(

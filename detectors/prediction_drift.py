@@ -129,6 +129,13 @@ class PredictionDriftDetector(ReferenceDetector):
             )
         return findings
 
+    def output_column(self, batch: ModelBatch, subject: str) -> np.ndarray:
+        """Per event, the numeric output this detector watches as `subject` ("score" or
+        "prediction"), NaN where absent: what agent.attribution explains by the features."""
+        if subject == "score":
+            return self._score(batch, keep_missing=True)
+        return np.array([_number(v) for v in batch.predictions], dtype=np.float64)
+
     def _values(self, batch: ModelBatch, subject: str) -> tuple[np.ndarray, np.ndarray]:
         """The subject's non-missing values and the indices of their events."""
         if subject == "score":

@@ -54,6 +54,10 @@ class Incident(Base):
     count: Mapped[int] = mapped_column(Integer, default=1)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     previous_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id"), nullable=True)
+    # The root incident this one was attributed to (agent/causes.py); None for a root.
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("incidents.id", ondelete="SET NULL"), nullable=True
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -62,6 +66,11 @@ class Incident(Base):
 
     evidence: Mapped[list[Evidence]] = relationship(
         back_populates="incident", order_by="Evidence.ts", lazy="raise"
+    )
+    # The incidents attributed to this root: loaded with it (one IN query per listing), so
+    # `to_contract` can name them wherever the incident is read.
+    related: Mapped[list[Incident]] = relationship(
+        foreign_keys=[parent_id], order_by="Incident.id", lazy="selectin", join_depth=1
     )
 
     __table_args__ = (
@@ -77,6 +86,7 @@ class Incident(Base):
         ),
         Index("ix_incidents_model_last_seen", "model", "last_seen"),
         Index("ix_incidents_last_seen", "last_seen"),
+        Index("ix_incidents_parent", "parent_id"),
     )
 
     def to_contract(self) -> dict[str, Any]:
@@ -93,6 +103,8 @@ class Incident(Base):
             "last_seen": self.last_seen,
             "count": self.count,
             "details": self.details or {},
+            "parent_id": self.parent_id,
+            "related_ids": [r.id for r in self.related] if self.parent_id is None else [],
         }
 
 

@@ -35,6 +35,15 @@ class OutboxStore:
         )
         return set(self.session.scalars(query))
 
+    def pending_triggers(self, incident_id: int) -> list[Notification]:
+        """The incident's triggers not sent yet (still waiting out group_wait, or retrying)."""
+        query = select(Notification).where(
+            Notification.incident_id == incident_id,
+            Notification.action == "trigger",
+            Notification.state == PENDING,
+        )
+        return list(self.session.scalars(query))
+
     def claimable(self, now: float, limit: int = 1000) -> list[Notification]:
         """Pending rows not claimed by a live dispatcher, oldest first."""
         query = (

@@ -57,6 +57,7 @@ class IncidentFilter:
     severity: str | None = None
     since: float | None = None  # last_seen >= since (event time)
     until: float | None = None  # first_seen <= until (event time)
+    roots_only: bool = False  # only incidents not attributed to another (parent_id null)
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,6 +486,15 @@ class Writer:
         )
         return self.session.scalars(query).first()
 
+    def unresolved_incidents(self, model: str) -> list[Incident]:
+        """The model's open and acknowledged incidents, oldest first (for agent.causes)."""
+        query = (
+            select(Incident)
+            .where(Incident.model == model, Incident.status.in_(OPEN_STATUSES))
+            .order_by(Incident.id)
+        )
+        return list(self.session.scalars(query))
+
     def create_incident(self, **fields: Any) -> Incident | None:
         """Inserts an incident; None if another process opened one for the key meanwhile."""
         incident = Incident(**fields)
@@ -716,4 +726,6 @@ def _filtered(query: Select[Any], where: IncidentFilter) -> Select[Any]:
         query = query.where(Incident.last_seen >= where.since)
     if where.until is not None:
         query = query.where(Incident.first_seen <= where.until)
+    if where.roots_only:
+        query = query.where(Incident.parent_id.is_(None))
     return query

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from agent.alerts.wording import headline
 from agent.config import ChannelSettings
 
 # httpx logs every request URL at INFO, and a Slack URL is a secret: keep those quiet.
@@ -29,6 +30,7 @@ for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 USER_AGENT = "bulwark-alerts/1"
+MAX_RELATED_LINES = 10  # related incidents listed under a root in a Slack section
 # Answers that mean "this request will never succeed": no retry, the reason is recorded.
 PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 413, 422})
 PAGERDUTY_SEVERITY = {"critical": "critical", "warning": "warning", "info": "info"}
@@ -133,7 +135,9 @@ def slack_payload(message: Message) -> dict[str, Any]:
     header = (
         f"Bulwark: {len(items)} incident updates on {message.group}"
         if len(items) > 1
-        else f"Bulwark: {_word(first)} {first.incident.get('severity', '')} incident"
+        else f"{first.incident.get('model')}: {headline(first.incident)}"
+        if first.reason != "test"
+        else "Bulwark: test notification"
     )
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": _cut(header, 150)}}
@@ -170,7 +174,16 @@ def _slack_section(item: Item) -> dict[str, Any]:
     title = f"#{i.get('id')} {i.get('title', '')}"
     title_md = f"<{item.link}|{_esc(title)}>" if item.link else _esc(title)
     emoji = SLACK_EMOJI.get(str(i.get("severity")), "")
-    text = f"{emoji} *{_word(item)}*: {title_md}"
+    text = f"{emoji} *{_word(item)}*: {_esc(headline(i))}\n{title_md}"
+    related = i.get("related") or []
+    if related:
+        text += f"\n*Related ({len(related)})*, attributed to this one, not paged:"
+        for r in related[:MAX_RELATED_LINES]:
+            text += f"\n• #{r.get('id')} {r.get('kind')}: {_esc(str(r.get('headline')))}"
+        if len(related) > MAX_RELATED_LINES:
+            text += f"\n…and {len(related) - MAX_RELATED_LINES} more"
+    if item.link:
+        text += f"\n<{item.link}|Open incident #{i.get('id')}>"
     fields = [
         ("Severity", str(i.get("severity"))),
         ("Model", str(i.get("model"))),
@@ -295,8 +308,10 @@ def webhook_body(message: Message) -> dict[str, Any]:
                 "action": item.action,
                 "reason": item.reason,
                 "dedup_key": item.dedup_key,
+                "headline": headline(item.incident) if item.reason != "test" else None,
+                "related": item.incident.get("related") or [],
                 "link": item.link,
-                "incident": item.incident,
+                "incident": {k: v for k, v in item.incident.items() if k != "related"},
             }
             for item in message.items
         ],
@@ -396,9 +411,11 @@ def _headline(item: Item) -> str:
     i = item.incident
     if item.reason == "test":
         return "Bulwark test notification"
+    related = i.get("related") or []
+    more = f" (+{len(related)} related)" if related else ""
     return (
         f"[{str(i.get('severity', '')).upper()}] {_word(item)}: {i.get('model')} "
-        f"{i.get('kind')} on {i.get('subject')}: {i.get('title', '')}"
+        f"{i.get('kind')}: {headline(i)}{more}"
     )
 
 

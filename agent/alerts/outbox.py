@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from agent.alerts.routing import channels_for
+from agent.alerts.wording import headline
+from agent.causes import Link
 from agent.config import AlertSettings
 from agent.incidents import Change, IncidentChange
 from storage.models import Incident, Notification
-from storage.notifications import OutboxStore
+from storage.notifications import SILENCED, OutboxStore
 from storage.repository import stable_key
 
 # Incident changes that notify: an update of an open incident waits for the repeat interval.
 _CHANGE_REASONS = {Change.OPENED: "opened", Change.ESCALATED: "escalated"}
+MAX_RELATED = 50  # related incidents a notification lists (the newest); the rest by id
 
 
 def dedup_key(incident: Incident) -> str:
@@ -35,15 +39,23 @@ def enqueue_changes(
     alerts: AlertSettings,
     changes: Sequence[IncidentChange],
     now: float | None = None,
+    links: Sequence[Link] = (),
 ) -> list[Notification]:
     """Outbox rows for a batch's incident changes: one trigger per routed channel for each
-    incident opened or escalated (an incident opened and escalated in one batch notifies once,
-    as of the end of the batch)."""
+    root incident opened or escalated (an incident opened and escalated in one batch notifies
+    once, as of the end of the batch). An incident attributed to a root (`links`, or earlier)
+    never notifies on its own: its triggers still waiting are held back, and it is listed on
+    its root's notifications, including those of the root still waiting."""
     now = time.time() if now is None else now
+    store = OutboxStore(session)
+    for link in links:
+        for row in store.pending_triggers(link.child.id):
+            row.state, row.settled_at = SILENCED, now
+            row.last_error = f"related to incident #{link.root.id}: {link.rule}"
     reasons: dict[int, tuple[Incident, str]] = {}
     for change in changes:
         reason = _CHANGE_REASONS.get(change.change)
-        if reason is None:
+        if reason is None or change.incident.parent_id is not None:
             continue
         known = reasons.get(change.incident.id)
         if known is None or known[1] != "opened":
@@ -53,7 +65,10 @@ def enqueue_changes(
         for incident, reason in reasons.values()
         for channel in channels_for(alerts, incident.model, incident.kind, incident.severity)
     ]
-    OutboxStore(session).add(rows)
+    store.add(rows)
+    for root in {link.root.id: link.root for link in links}.values():
+        for row in store.pending_triggers(root.id):
+            row.content = notification_content(root)
     return rows
 
 
@@ -74,6 +89,8 @@ def enqueue_status_change(
     if new_status == "open":
         action, reason = "trigger", "reopened"
         channels = channels_for(alerts, incident.model, incident.kind, incident.severity)
+        if incident.parent_id is not None:
+            channels = []  # listed on its root's notifications, never paging on its own
     elif new_status in ("acknowledged", "resolved"):
         action = "acknowledge" if new_status == "acknowledged" else "resolve"
         reason = new_status
@@ -94,7 +111,7 @@ def enqueue_repeats(session: Session, alerts: AlertSettings, now: float | None =
     rows = [
         _row(incident, channel, "trigger", "repeat", now, now)
         for incident, channel, _last in store.repeat_due(now - alerts.repeat_interval)
-        if channel in alerts.channels
+        if channel in alerts.channels and incident.parent_id is None
     ]
     store.add(rows)
     return len(rows)
@@ -127,6 +144,26 @@ def enqueue_test(
     return rows
 
 
+def notification_content(incident: Incident) -> dict[str, Any]:
+    """What a notification carries: the incident JSON of the contract and, for a root, a
+    short line per related incident (what channels list under it)."""
+    content = incident.to_contract()
+    if incident.parent_id is None and incident.related:
+        content["related"] = [
+            {
+                "id": r.id,
+                "kind": r.kind,
+                "subject": r.subject,
+                "severity": r.severity,
+                "status": r.status,
+                "title": r.title,
+                "headline": headline(r.to_contract()),
+            }
+            for r in incident.related[-MAX_RELATED:]
+        ]
+    return content
+
+
 def _row(
     incident: Incident, channel: str, action: str, reason: str, now: float, due: float
 ) -> Notification:
@@ -137,7 +174,7 @@ def _row(
         incident_id=incident.id,
         group_key=incident.model,
         dedup_key=dedup_key(incident),
-        content=incident.to_contract(),
+        content=notification_content(incident),
         state="pending",
         attempts=0,
         created_at=now,

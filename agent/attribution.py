@@ -1,0 +1,86 @@
+"""What the cause rules (agent/causes.py) measure on the data, added to findings' details.
+
+- `client_shares`: for a population-level finding, the share of the events behind it (its
+  support, at most `CLIENT_WINDOW` events up to the one that fired) sent by each of the
+  busiest clients: a flagged client is the cause only of what its own queries make.
+- `attribution`: for a drift of the model's numeric output (score or regression
+  prediction), how much of the output's mean shift each numeric feature's change reproduces
+  through a linear surrogate of the output fitted on the reference (the model itself is not
+  available to Bulwark). A feature's share is beta_j * (current mean - reference mean) of the
+  standardized feature over the observed shift of the output; `r2` says how much of the
+  output's reference variance the surrogate explains, so a reader can weigh the shares.
+
+Neither changes what the detectors detect; both only describe findings that fired.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+CLIENT_WINDOW = 5000  # events of a model kept for client shares
+MIN_EVENTS = 100  # fewest events a share or an attribution is measured on
+TOP_CLIENTS = 3
+TOP_FEATURES = 5
+
+
+def client_shares(clients: Sequence[str | None]) -> dict[str, float]:
+    """The busiest clients' shares of the given events (None: no client given)."""
+    if len(clients) < MIN_EVENTS:
+        return {}
+    counts = Counter(c for c in clients if c is not None)
+    return {c: round(k / len(clients), 4) for c, k in counts.most_common(TOP_CLIENTS)}
+
+
+def output_shift_attribution(
+    reference: dict[str, np.ndarray],
+    reference_output: np.ndarray,
+    current: dict[str, np.ndarray],
+    current_output: np.ndarray,
+) -> dict[str, Any] | None:
+    """Per numeric feature, the share of the output's mean shift its change reproduces.
+
+    `reference` / `current`: numeric feature columns (NaN: missing) aligned with the output
+    arrays (NaN: no output). None when there is too little to fit or no shift to explain.
+    """
+    ref_ok, cur_ok = ~np.isnan(reference_output), ~np.isnan(current_output)
+    if ref_ok.sum() < MIN_EVENTS or cur_ok.sum() < MIN_EVENTS:
+        return None
+    names, ref_cols, shifts = [], [], []
+    for name, column in sorted(reference.items()):
+        other = current.get(name)
+        if other is None:
+            continue
+        valid = column[~np.isnan(column)]
+        valid_now = other[~np.isnan(other)]
+        if len(valid) < MIN_EVENTS or len(valid_now) < MIN_EVENTS:
+            continue
+        mean, std = float(valid.mean()), float(valid.std())
+        if std <= 0:
+            continue
+        names.append(name)
+        ref_cols.append((np.where(np.isnan(column), mean, column) - mean) / std)
+        shifts.append((float(valid_now.mean()) - mean) / std)
+    if not names:
+        return None
+    x = np.column_stack([np.ones(len(reference_output)), *ref_cols])[ref_ok]
+    y = reference_output[ref_ok]
+    beta, *_ = np.linalg.lstsq(x, y, rcond=None)
+    fitted = x @ beta
+    total = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1 - float(np.sum((y - fitted) ** 2)) / total if total > 0 else 0.0
+    observed = float(current_output[cur_ok].mean() - y.mean())
+    if observed == 0:
+        return None
+    reproduced = {n: float(b * s) for n, b, s in zip(names, beta[1:], shifts, strict=True)}
+    top = sorted(reproduced, key=lambda n: -reproduced[n] / observed)[:TOP_FEATURES]
+    return {
+        "method": "linear surrogate of the output fitted on the reference",
+        "observed_shift": round(observed, 6),
+        "reproduced_shift": round(sum(reproduced.values()), 6),
+        "r2": round(r2, 4),
+        "shares": {n: round(reproduced[n] / observed, 4) for n in top},
+    }

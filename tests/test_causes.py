@@ -1,0 +1,570 @@
+"""Causes: one root incident per cause, the others linked to it, one notification per cause.
+
+End to end on generated streams (pipeline -> incidents -> outbox -> local receivers), and the
+rule of agent/causes.py on constructed incidents where a stream cannot pin a case down.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from alembic.config import Config
+from sqlalchemy import inspect
+from sqlalchemy.exc import IntegrityError
+
+from agent import causes
+from agent.alerts.dispatcher import Dispatcher
+from agent.alerts.outbox import enqueue_changes
+from agent.alerts.wording import headline
+from agent.config import CauseSettings, Settings
+from agent.incidents import IncidentManager
+from agent.pipeline import Pipeline
+from agent.replay import memory_batches
+from alembic import command
+from storage.db import MIGRATIONS_DIR, Database
+from storage.models import Incident
+from storage.repository import IncidentFilter, Repository, Writer
+from tests.alerts_helpers import Clock, alert_settings, finding, outbox
+from tests.conftest import run_cli
+from tests.receivers import Receiver
+from tests.test_query_patterns import FEATURES, Stream, _probability, boundary_probe
+
+START = 1_767_225_600.0
+ROUTING_KEY = "R0UT1NGKEYR0UT1NGKEYR0UT1NGKEY12"
+
+
+@pytest.fixture
+def receivers() -> Iterator[dict[str, Receiver]]:
+    made = {
+        "slack": Receiver("slack"),
+        "pagerduty": Receiver("pagerduty", routing_key=ROUTING_KEY),
+        "webhook": Receiver("webhook", secret="hm4c-s3cret-value"),
+    }
+    yield made
+    for r in made.values():
+        r.close()
+
+
+def shifted_stream(n: int, shift_at: int, seed: int) -> list[bytes]:
+    """A classifier whose score follows `utilization`; from `shift_at` on, utilization's
+    mean moves from 0.28 to 0.50 (+1.3 reference std); nothing else changes."""
+    rng = np.random.default_rng(seed)
+    utilization = rng.normal(0.28, 0.17, n)
+    utilization[shift_at:] += 0.22
+    load = rng.gamma(2.0, 3.0, n)
+    age = rng.normal(40, 10, n)
+    region = rng.choice(["eu", "us", "apac"], n, p=[0.5, 0.3, 0.2])
+    p = 1 / (1 + np.exp(-(-1.0 + 5.0 * (utilization - 0.28) + 0.05 * (load - 6))))
+    lines = []
+    for i in range(n):
+        event = {
+            "type": "prediction",
+            "model": "svc",
+            "id": f"e-{i}",
+            "ts": START + i,
+            "client": f"key-{rng.integers(0, 50)}",
+            "features": {
+                "utilization": round(float(utilization[i]), 4),
+                "load": round(float(load[i]), 3),
+                "age": round(float(age[i]), 1),
+                "region": str(region[i]),
+            },
+            "prediction": int(p[i] > 0.5),
+            "scores": {"0": round(1 - float(p[i]), 4), "1": round(float(p[i]), 4)},
+        }
+        lines.append(orjson.dumps(event))
+    return lines
+
+
+def run(
+    lines: list[bytes], database: Database, settings: Settings, clock: Clock | None = None
+) -> None:
+    """Replays lines with notifications on; with a clock, the dispatcher runs after every
+    batch (as the daemon's would while the stream goes on)."""
+    pipeline = Pipeline(settings, database, consumer="test", notify=True)
+    dispatcher = Dispatcher(database, settings.alerts, clock=clock) if clock else None
+    for records, _ in memory_batches(lines, "events.jsonl", settings.batch_size):
+        pipeline.process(records)
+        if dispatcher is not None and clock is not None:
+            clock.now = max(clock.now, time.time())
+            dispatcher.run_once()
+    if dispatcher is not None:
+        dispatcher.close()
+
+
+def everything(database: Database) -> list[dict[str, Any]]:
+    return [i.to_contract() for i in Repository(database).list_incidents(limit=10_000)]
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_one_input_shift_is_one_root_and_one_notification(
+    sqlite_url: str, receivers: dict[str, Receiver], seed: int
+) -> None:
+    database = Database(sqlite_url)
+    database.upgrade()
+    settings = Settings(alerts=alert_settings(receivers, group_wait=0))
+    clock = Clock()
+    run(shifted_stream(12_000, 6_000, seed), database, settings, clock)
+
+    incidents = everything(database)
+    roots = [i for i in incidents if i["parent_id"] is None]
+    assert [(r["kind"], r["subject"]) for r in roots] == [("feature_drift", "utilization")]
+    root = roots[0]
+    others = [i for i in incidents if i["parent_id"] is not None]
+    kinds = {i["kind"] for i in others}
+    assert "prediction_drift" in kinds  # the score followed the input: linked, not paging
+    assert all(i["parent_id"] == root["id"] for i in others)
+    assert root["related_ids"] == sorted(i["id"] for i in others)
+    assert all(i["related_ids"] == [] for i in others)
+    assert START + 6_000 <= root["first_seen"] <= START + 7_500
+
+    # The output's drift is explained by the drifted feature, measured on the data.
+    score = next(i for i in others if (i["kind"], i["subject"]) == ("prediction_drift", "score"))
+    cause = score["details"]["cause"]
+    assert cause["incident_id"] == root["id"]
+    assert [f["feature"] for f in cause["features"]] == ["utilization"]
+    shares = score["details"]["attribution"]["shares"]
+    assert max(shares, key=shares.get) == "utilization"
+    assert shares["utilization"] > 0.5
+    explained = {(e["kind"], e["subject"]) for e in root["details"]["explains"]}
+    assert ("prediction_drift", "score") in explained
+
+    # `incidents list` by default: the root only; --all: every incident.
+    listed = Repository(database).list_incidents(IncidentFilter(roots_only=True))
+    assert [i.id for i in listed] == [root["id"]]
+    shown = run_cli("incidents", "list", "--db", sqlite_url, "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    assert [(i["id"], i["related_ids"]) for i in orjson.loads(shown.stdout)] == [
+        (root["id"], root["related_ids"])
+    ]
+    shown = run_cli("incidents", "list", "--all", "--db", sqlite_url, "--format", "json")
+    assert sorted(i["id"] for i in orjson.loads(shown.stdout)) == sorted(i["id"] for i in incidents)
+
+    # One notification per cause on every channel, listing the related incidents.
+    for r in receivers.values():
+        assert r.invalid == []
+    (event,) = receivers["pagerduty"].accepted
+    assert event.body["dedup_key"].startswith(f"bulwark-{root['id']}-")
+    summary = event.body["payload"]["summary"]
+    assert "utilization: mean 0.28" in summary and "std) since 2026-01-01" in summary
+    related = event.body["payload"]["custom_details"]["related"]
+    assert {r["id"] for r in related} <= set(root["related_ids"])
+    assert any(r["kind"] == "prediction_drift" for r in related)
+    (message,) = receivers["slack"].accepted
+    assert message.body["blocks"][0]["text"]["text"].startswith("svc: utilization: mean 0.28")
+    section = message.body["blocks"][1]["text"]["text"]
+    assert "Related (" in section and "prediction_drift" in section
+    assert "<https://bulwark.example/incidents/" in section
+    (hook,) = receivers["webhook"].accepted
+    (note,) = hook.body["notifications"]
+    assert note["incident"]["id"] == root["id"]
+    assert note["headline"].startswith("utilization: mean 0.28 -> 0.5")
+    assert "related" not in note["incident"] and note["related"]
+    database.dispose()
+
+
+def attacked_stream(seed: int, benign: int = 6000, mixed: int = 6000) -> list[bytes]:
+    """Benign clients (tests.test_query_patterns.Stream), then two attackers probing the
+    decision boundary with a third of the traffic: their queries move the population's
+    feature distributions."""
+    stream = Stream(seed)
+    x0, c0 = stream.benign(benign)
+    attacks = mixed // 3
+    x1, c1 = stream.benign(mixed - attacks)
+    probe = boundary_probe(stream.rng, attacks)
+    who = [f"attacker-{1 + k % 2}" for k in range(attacks)]
+    order = stream.rng.permutation(mixed)
+    x = np.vstack([x0, np.vstack([x1, probe])[order]])
+    clients = c0 + [(c1 + who)[i] for i in order]
+    p = _probability(x)
+    return [
+        orjson.dumps(
+            {
+                "type": "prediction",
+                "model": "m",
+                "id": f"p{i}",
+                "ts": START + 2.0 * i,
+                "client": clients[i],
+                "features": {f: round(float(x[i, j]), 4) for j, f in enumerate(FEATURES)},
+                "prediction": int(p[i] > 0.5),
+                "scores": {"0": round(1 - float(p[i]), 4), "1": round(float(p[i]), 4)},
+            }
+        )
+        for i in range(len(x))
+    ]
+
+
+def test_attackers_driving_the_population_are_the_roots_of_its_drift(
+    sqlite_url: str, receivers: dict[str, Receiver]
+) -> None:
+    """The population drifts the attackers' queries make open before the attackers are
+    flagged; once flagged, each drift is linked to the attacker behind the most of its
+    events, and the notifications (sent after group_wait, as `replay --alerts` does) are one
+    per attacker."""
+    database = Database(sqlite_url)
+    database.upgrade()
+    settings = Settings.model_validate(
+        {
+            "batch_size": 500,
+            "detectors": {"query_patterns": {"reference_size": 300, "calibration_queries": 3000}},
+        }
+    )
+    settings.alerts = alert_settings(receivers)
+    run(attacked_stream(8), database, settings)
+    clock = Clock()
+    clock.advance(settings.alerts.group_wait + 1)
+    dispatcher = Dispatcher(database, settings.alerts, clock=clock)
+    for _ in range(3):
+        dispatcher.run_once()
+    dispatcher.close()
+
+    incidents = everything(database)
+    roots = [i for i in incidents if i["parent_id"] is None]
+    assert {(r["kind"], r["subject"]) for r in roots} == {
+        ("suspicious_client", "attacker-1"),
+        ("suspicious_client", "attacker-2"),
+    }
+    population = [i for i in incidents if i["kind"] != "suspicious_client"]
+    assert population and {i["kind"] for i in population} <= {
+        "feature_drift",
+        "prediction_drift",
+        "input_anomaly",
+        "data_quality",
+    }
+    by_id = {i["id"]: i for i in incidents}
+    for item in population:
+        root = by_id[item["parent_id"]]
+        shares = item["details"]["client_shares"]
+        assert root["subject"] == max(shares, key=shares.get)  # the attacker behind most of it
+        assert shares[root["subject"]] >= 0.1
+        assert item["id"] in root["related_ids"]
+    for r in receivers.values():
+        assert r.invalid == []
+    triggered = sorted(e.body["dedup_key"].split("-")[1] for e in receivers["pagerduty"].accepted)
+    assert triggered == sorted(str(r["id"]) for r in roots)
+    database.dispose()
+
+
+def test_accuracy_drop_with_stable_inputs_stays_its_own_root(sqlite_url: str) -> None:
+    """Labels flip after event 12,000 (concept drift): inputs and scores do not move."""
+    rng = np.random.default_rng(5)
+    n, change = 24_000, 12_000
+    x = rng.normal(0, 2.0, n)
+    p = 1 / (1 + np.exp(-2 * x))
+    label = (rng.random(n) < p) ^ ((np.arange(n) >= change) & (rng.random(n) < 0.3))
+    lines = []
+    for i in range(n):
+        lines.append(
+            orjson.dumps(
+                {
+                    "type": "prediction",
+                    "model": "m",
+                    "id": f"p-{i}",
+                    "ts": START + i,
+                    "features": {"x": round(float(x[i]), 4)},
+                    "prediction": int(p[i] > 0.5),
+                    "scores": {"0": round(1 - float(p[i]), 4), "1": round(float(p[i]), 4)},
+                }
+            )
+        )
+        lines.append(
+            orjson.dumps(
+                {
+                    "type": "label",
+                    "model": "m",
+                    "id": f"p-{i}",
+                    "label": int(label[i]),
+                    "ts": START + i + 60,
+                }
+            )
+        )
+    database = Database(sqlite_url)
+    database.upgrade()
+    run(lines, database, Settings())
+    incidents = everything(database)
+    drops = [i for i in incidents if (i["kind"], i["subject"]) == ("accuracy_drop", "accuracy")]
+    assert len(drops) == 1
+    assert drops[0]["parent_id"] is None
+    assert not [i for i in incidents if i["kind"] in ("feature_drift", "prediction_drift")]
+    database.dispose()
+
+
+# --- the rule on constructed incidents ------------------------------------------------------
+
+_ids = iter(range(1, 10**6))
+
+
+def incident(kind: str, subject: str, first: float, last: float | None = None, **details: Any):
+    return Incident(
+        id=next(_ids),
+        model="m",
+        kind=kind,
+        subject=subject,
+        severity="warning",
+        status="open",
+        title=f"{kind} {subject}",
+        first_seen=first,
+        last_seen=first if last is None else last,
+        count=1,
+        details=details,
+        parent_id=None,
+        related=[],
+    )
+
+
+def test_a_flagged_client_is_the_cause_of_the_population_changes_its_queries_make() -> None:
+    """Two attackers send a third of the traffic: their flag is the root of the population
+    drift their own queries make; a drift the attackers do not make stays its own root."""
+    settings = CauseSettings()
+    client = incident("suspicious_client", "attacker-1", 1000, 5000)
+    other = incident("suspicious_client", "attacker-2", 1000, 5000)
+    made = {"attacker-1": 0.2, "attacker-2": 0.13, "key-7": 0.02}
+    feature = incident("feature_drift", "amount", 1500, 4000, client_shares=made, effect_size=1.1)
+    score = incident("prediction_drift", "score", 1600, 4000, client_shares=made)
+    estimate = incident("accuracy_drop", "estimated_accuracy", 2000, client_shares=made)
+    quality = incident(
+        "data_quality", "amount", 2100, statistic="out_of_range_rate", client_shares=made
+    )
+    benign = {"key-1": 0.03, "key-2": 0.03}
+    unrelated = incident("feature_drift", "age", 2500, client_shares=benign)
+    measured = incident("accuracy_drop", "accuracy", 2600, client_shares=made)
+    missing = incident("data_quality", "amount", 2700, statistic="missing_rate", client_shares=made)
+    everything_ = [client, other, feature, score, estimate, quality, unrelated, measured, missing]
+
+    links = causes.link_incidents(everything_, settings)
+
+    linked = {link.child.id: link.root.id for link in links}
+    assert linked == {
+        feature.id: client.id,  # the larger share of the two flagged clients
+        score.id: client.id,
+        estimate.id: client.id,
+        quality.id: client.id,
+    }
+    for root in (client, other, unrelated, measured, missing):
+        assert root.parent_id is None
+    assert sorted(i.id for i in client.related) == sorted(linked)
+    assert (
+        "20% of the events behind it came from client attacker-1"
+        in feature.details["cause"]["rule"]
+    )
+    assert client.to_contract()["related_ids"] == sorted(linked)
+    assert score.to_contract()["parent_id"] == client.id
+
+
+def test_a_feature_drift_explains_only_what_it_can_within_its_span() -> None:
+    settings = CauseSettings(window=600)
+    amount = incident("feature_drift", "amount", 10_000, 12_000, effect_size=1.2)
+    age = incident("feature_drift", "age", 10_100, 12_000, effect_size=0.3)
+    attributed = {"shares": {"age": 0.8, "amount": 0.1}}
+    score = incident("prediction_drift", "score", 10_050, attribution=attributed)
+    classes = incident("prediction_drift", "class_proportions", 10_070)
+    range_ = incident("data_quality", "amount", 10_200, statistic="out_of_range_rate")
+    range_other = incident("data_quality", "tenure", 10_200, statistic="out_of_range_rate")
+    anomaly = incident("input_anomaly", "*", 10_300, share_by_feature={"amount": 0.2})
+    anomaly_elsewhere = incident("input_anomaly", "*", 10_300, share_by_feature={"tenure": 0.2})
+    late = incident("prediction_drift", "prediction", 12_601)  # past last_seen + window
+    early = incident("accuracy_drop", "estimated_accuracy", 9_500)  # within the window before
+    items = [amount, age, score, classes, range_, range_other, anomaly, anomaly_elsewhere]
+    items += [late, early]
+
+    causes.link_incidents(items, settings)
+
+    assert score.parent_id == age.id  # measured attribution beats the larger effect size
+    assert [f["feature"] for f in score.details["cause"]["features"]] == ["age", "amount"]
+    assert classes.parent_id == amount.id  # no attribution: the larger effect size
+    assert range_.parent_id == amount.id
+    assert anomaly.parent_id == amount.id
+    assert early.parent_id == amount.id
+    for root in (amount, age, range_other, anomaly_elsewhere, late):
+        assert root.parent_id is None
+
+
+def test_a_small_measured_share_does_not_outrank_a_categorical_drift() -> None:
+    """The surrogate sees numeric features only: a numeric feature reproducing a tenth of the
+    score's shift is not its cause when a categorical feature drifted more."""
+    country = incident("feature_drift", "country", 100, 900, effect_size=0.45)  # PSI
+    age = incident("feature_drift", "age", 100, 900, effect_size=0.3)
+    score = incident("prediction_drift", "score", 150, attribution={"shares": {"age": 0.1}})
+    causes.link_incidents([country, age, score], CauseSettings())
+    assert score.parent_id == country.id
+    assert [f["feature"] for f in score.details["cause"]["features"]] == ["country", "age"]
+
+
+def test_a_root_explained_later_takes_its_related_incidents_along() -> None:
+    """A feature drift with its prediction drift, then the client making both is flagged:
+    everything ends under the client, one level deep."""
+    settings = CauseSettings()
+    shares = {"zoo": 0.6}
+    feature = incident("feature_drift", "x3", 100, 900, client_shares=shares, effect_size=2.0)
+    score = incident("prediction_drift", "score", 120)
+    causes.link_incidents([feature, score], settings)
+    assert score.parent_id == feature.id
+
+    client = incident("suspicious_client", "zoo", 50, 1000)
+    causes.link_incidents([feature, score, client], settings)
+    assert feature.parent_id == client.id
+    assert score.parent_id == client.id
+    assert score.details["cause"]["via"]["incident_id"] == feature.id
+    assert sorted(i.id for i in client.related) == [feature.id, score.id]
+
+
+def test_headlines_say_what_changed_in_plain_words() -> None:
+    numeric = {
+        "subject": "utilization",
+        "first_seen": START + 3 * 3600 + 22 * 60,
+        "details": {
+            "statistic": "cusum_mean_shift",
+            "reference": {"mean": 0.2812, "std": 0.17},
+            "current": {"mean": 0.4991, "std": 0.18},
+        },
+    }
+    assert (
+        headline(numeric) == "utilization: mean 0.28 -> 0.50 (+1.3 std) since 2026-01-01 03:22 UTC"
+    )
+    spread = {
+        "subject": "sqft",
+        "details": {
+            "statistic": "cusum_scale_change",
+            "reference": {"mean": 900.0, "std": 250.0},
+            "current": {"mean": 905.0, "std": 500.0},
+        },
+    }
+    assert headline(spread) == "sqft: std 250 -> 500 (x2.00)"
+    shares = {
+        "subject": "country",
+        "details": {
+            "psi": 0.421,
+            "reference": {"shares": {"DE": 0.6, "FR": 0.3, "IT": 0.1}},
+            "current": {"shares": {"DE": 0.3, "FR": 0.3, "IT": 0.4}},
+        },
+    }
+    assert headline(shares) == "country: DE 60% -> 30%, IT 10% -> 40% (PSI 0.42)"
+    quality = {
+        "subject": "amount",
+        "details": {
+            "statistic": "out_of_range_rate",
+            "reference": {"rate": 0.003},
+            "current": {"rate": 0.31},
+        },
+    }
+    assert headline(quality) == "amount: outside the reference range 0.3% -> 31% of values"
+    assert headline({"subject": "m", "title": "stream stalled", "details": {}}) == "stream stalled"
+
+
+def test_migration_0007_adds_parent_id_and_keeps_one_open_incident_per_key(db_url: str) -> None:
+    """Down to 0006 and up again: SQLite rebuilds the table for the foreign key, and the
+    partial unique index must come back with its WHERE clause."""
+    database = Database(db_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["engine"] = database.engine
+    command.downgrade(config, "0006_reference_learned_until")
+    assert "parent_id" not in {c["name"] for c in inspect(database.engine).get_columns("incidents")}
+    command.upgrade(config, "head")
+    assert "parent_id" in {c["name"] for c in inspect(database.engine).get_columns("incidents")}
+
+    def add(status: str) -> None:
+        with database.session() as session:
+            session.add(
+                Incident(
+                    model="m",
+                    kind="feature_drift",
+                    subject="x",
+                    severity="warning",
+                    status=status,
+                    title="t",
+                    first_seen=1.0,
+                    last_seen=1.0,
+                    count=1,
+                    details={},
+                )
+            )
+
+    add("resolved")
+    add("resolved")  # resolved ones may repeat
+    add("open")
+    with pytest.raises(IntegrityError):
+        add("acknowledged")  # a second unresolved incident for the key
+    database.dispose()
+
+
+def test_an_incident_attached_to_a_notified_root_is_listed_on_its_next_notification(
+    sqlite_url: str, receivers: dict[str, Receiver]
+) -> None:
+    """The root has paged; a prediction drift it explains opens later: no page of its own
+    (its waiting trigger is held back with the reason), and the root's repeat lists it."""
+    database = Database(sqlite_url)
+    database.upgrade()
+    slack = receivers["slack"]
+    alerts = alert_settings({"slack": slack}, repeat_interval=3600, group_wait=0)
+    clock = Clock()
+    dispatcher = Dispatcher(database, alerts, clock=clock)
+    drift = finding(subject="utilization", ts=START + 100)
+    drift = replace(
+        drift,
+        details={"reference": {"mean": 0.28, "std": 0.17}, "current": {"mean": 0.5}},
+    )
+    record_linked(database, alerts, [drift], clock.now)
+    dispatcher.run_once()
+    assert len(slack.accepted) == 1
+
+    score = replace(
+        finding(kind="prediction_drift", subject="score", ts=START + 400), title="score: up"
+    )
+    (change,) = record_linked(database, alerts, [score], clock.now)
+    dispatcher.run_once()
+    assert len(slack.accepted) == 1  # the related incident does not page
+    assert [n for n in outbox(database) if n.incident_id == change.incident.id] == []
+
+    clock.advance(3700)
+    dispatcher.run_once()
+    assert len(slack.accepted) == 2
+    repeat = orjson.dumps(slack.accepted[-1].body).decode()
+    assert "Still open" in repeat and "Related (1)" in repeat and "prediction_drift" in repeat
+    dispatcher.close()
+    database.dispose()
+
+
+def test_a_waiting_notification_of_an_incident_attributed_later_is_held_back(
+    sqlite_url: str, receivers: dict[str, Receiver]
+) -> None:
+    """The prediction drift opens first and waits out group_wait; its cause opens before it
+    is sent: one message, the root's, listing it."""
+    database = Database(sqlite_url)
+    database.upgrade()
+    slack = receivers["slack"]
+    alerts = alert_settings({"slack": slack}, group_wait=30)
+    clock = Clock()
+    dispatcher = Dispatcher(database, alerts, clock=clock)
+    score = finding(kind="prediction_drift", subject="score", ts=START + 100)
+    (first,) = record_linked(database, alerts, [score], clock.now)
+    dispatcher.run_once()
+    clock.advance(10)
+    drift = finding(subject="utilization", ts=START + 160)
+    (root,) = record_linked(database, alerts, [drift], clock.now)
+    clock.advance(31)
+    dispatcher.run_once()
+    (message,) = slack.accepted
+    text = orjson.dumps(message.body).decode()
+    assert f"#{root.incident.id} " in text and "Related (1)" in text
+    (held,) = [n for n in outbox(database) if n.incident_id == first.incident.id]
+    assert held.state == "silenced"
+    assert held.last_error.startswith(f"related to incident #{root.incident.id}: ")
+    dispatcher.close()
+    database.dispose()
+
+
+def record_linked(database: Database, alerts: Any, findings: list, now: float) -> list:
+    """What the pipeline's transaction does: incidents, causes, outbox."""
+    with database.session() as session:
+        writer = Writer(session)
+        changes = IncidentManager().apply(writer, findings)
+        links = causes.link(writer, {c.incident.model for c in changes}, CauseSettings())
+        enqueue_changes(session, alerts, changes, now, links=links)
+        return changes
