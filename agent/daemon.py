@@ -248,7 +248,7 @@ class Daemon:
             records = to_records(mine)
             if not records:
                 return
-            self.pipeline.process(records)
+            self.pipeline.process(records, wall_now=time.time())
             for tp, messages in mine.items():
                 self.next_offsets[tp] = messages[-1].offset + 1
                 self.dirty.add(tp)

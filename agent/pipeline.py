@@ -177,15 +177,22 @@ class Pipeline:
         self.references: dict[str, ActiveReference | None] = {}
         self.collectors: dict[str, ReferenceCollector] = {}
         self.stats = Stats()
+        self.limits = settings.ingest.limits()
+        self.clocks = settings.ingest.clocks()  # each stream's clock, for the decoder
         self.counts = ModelCounts()  # metrics, and per-model totals not stored yet
         # Performance points not stored yet, the latest per stored row (a window's point is
         # re-emitted whenever late labels change it): written with the model totals.
         self.points: dict[tuple[object, ...], MetricPoint] = {}
 
-    def process(self, records: list[RawRecord]) -> list[IncidentChange]:
-        """Runs one batch through detectors and stores what it produced in one transaction."""
+    def process(
+        self, records: list[RawRecord], wall_now: float | None = None
+    ) -> list[IncidentChange]:
+        """Runs one batch through detectors and stores what it produced in one transaction.
+        `wall_now` (the daemon's clock) rejects records from the future; replay has none."""
         started = time.perf_counter()
-        decoded = decode_batch(records, self.settings.max_record_bytes)
+        decoded = decode_batch(
+            records, self.settings.max_record_bytes, self.limits, self.clocks, wall_now
+        )
         findings: list[Finding] = []
         for (source, partition, model), batch in split_batch(decoded, self.state_key).items():
             detect_started = time.perf_counter()
@@ -385,6 +392,7 @@ class Pipeline:
         and its performance points not stored yet: the new owner replays their events."""
         key = self.state_key(source, partition)
         self.monitors.pop(key, None)
+        self.clocks.forget(source, partition)
         self.points = {k: p for k, p in self.points.items() if (p.source, p.partition) != key}
 
     @property
