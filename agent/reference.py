@@ -101,6 +101,8 @@ def decode_learned_until(stored: dict[str, int] | None) -> dict[PartitionKey, in
 
 def load_reference_file(path: str | Path, model: str, max_rows: int) -> LoadedReference:
     path = Path(path)
+    if path.is_dir():
+        raise ReferenceFileError(f"{path} is a directory, not a file")
     if not path.is_file():
         raise ReferenceFileError(f"no such file: {path}")
     suffix = path.suffix.lower()
