@@ -23,7 +23,9 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.alerts.outbox import enqueue_changes
+from sqlalchemy.orm import Session
+
+from agent.alerts.outbox import enqueue_changes, enqueue_status_change
 from agent.config import Settings
 from agent.incidents import Change, IncidentChange, IncidentManager
 from agent.metrics import ModelCounts
@@ -31,6 +33,7 @@ from agent.reference import ActiveReference, decode_learned_until, encode_learne
 from agent.samples import RecentWindow, ReferenceCollector, Sample
 from detectors.base import Detector, Finding, MetricPoint
 from detectors.registry import build_detectors
+from detectors.stream_stall import StreamStallDetector
 from storage.db import Database
 from storage.models import Reference
 from storage.repository import DeadLetterInput, ReferenceInput, Repository, Writer
@@ -179,6 +182,8 @@ class Pipeline:
         self.stats = Stats()
         self.limits = settings.ingest.limits()
         self.clocks = settings.ingest.clocks()  # each stream's clock, for the decoder
+        # (state key, model) -> wall time its events last arrived (the daemon's stall check).
+        self.arrivals: dict[tuple[str, int, str], float] = {}
         self.counts = ModelCounts()  # metrics, and per-model totals not stored yet
         # Performance points not stored yet, the latest per stored row (a window's point is
         # re-emitted whenever late labels change it): written with the model totals.
@@ -199,6 +204,8 @@ class Pipeline:
             version = next((v for v in batch.model_versions if v is not None), None)
             monitor = self._monitor(source, partition, model, version)
             findings.extend(monitor.update(batch, self._reference_start(model, batch)))
+            if wall_now is not None:
+                self.arrivals[(source, partition, model)] = wall_now
             for point in monitor.metrics():
                 self.points[point.row] = point
             self.stats.events_by_model[model] += len(batch)
@@ -228,10 +235,7 @@ class Pipeline:
                     writer.add_dead_letters(letters)
                     self.counts.store(writer)
                     writer.save_performance(points)
-                    applied = self.incidents.apply(writer, findings)
-                    if self.notify:  # same transaction: the outbox row commits with the change
-                        enqueue_changes(session, self.settings.alerts, applied)
-                    return applied
+                    return self._record(session, writer, findings)
 
             changes = self.db.retrying(write)
             self.counts.stored()
@@ -245,6 +249,46 @@ class Pipeline:
         self.stats.findings += len(findings)
         self.stats.changes.update(str(c.change) for c in changes)
         self.stats.busy_seconds += time.perf_counter() - started
+        return changes
+
+    def _record(
+        self, session: Session, writer: Writer, findings: list[Finding]
+    ) -> list[IncidentChange]:
+        """Findings -> incidents, and (with `notify`) their notifications, in the same
+        transaction, so the outbox row commits with the change."""
+        applied = self.incidents.apply(writer, findings)
+        if self.notify:
+            enqueue_changes(session, self.settings.alerts, applied)
+            for change in applied:
+                if change.change == Change.RESOLVED:
+                    alerts = self.settings.alerts
+                    enqueue_status_change(session, alerts, change.incident, "open", "resolved")
+        return applied
+
+    def check_stalls(self, wall_now: float) -> list[IncidentChange]:
+        """The daemon's wall-clock half of `stream_stalled`: each stream silent for longer
+        than its stall threshold since its events last arrived (or since this process began
+        watching it) opens the incident now; its first event back resolves it. Detectors
+        still never read the clock: they are told the silence."""
+        findings = []
+        for key, models in self.monitors.items():
+            for model, monitor in models.items():
+                arrived = self.arrivals.setdefault((*key, model), wall_now)
+                for detector in monitor.detectors:
+                    if isinstance(detector, StreamStallDetector):
+                        finding = detector.silent_for(wall_now - arrived)
+                        if finding is not None:
+                            findings.append(finding)
+        if not findings:
+            return []
+
+        def write() -> list[IncidentChange]:
+            with self.db.session() as session:
+                return self._record(session, Writer(session), findings)
+
+        changes = self.db.retrying(write)
+        self.stats.findings += len(findings)
+        self.stats.changes.update(str(c.change) for c in changes)
         return changes
 
     def _monitor(
@@ -393,6 +437,7 @@ class Pipeline:
         key = self.state_key(source, partition)
         self.monitors.pop(key, None)
         self.clocks.forget(source, partition)
+        self.arrivals = {k: t for k, t in self.arrivals.items() if k[:2] != key}
         self.points = {k: p for k, p in self.points.items() if (p.source, p.partition) != key}
 
     @property
