@@ -9,9 +9,16 @@ of all the objects at once (`map(dict.get, ...)`), and a column is checked by it
 types. The events of each model and (source, partition) come out as a `PredictionGroup` or
 `LabelGroup` of columns, which `streams.batch` turns into numpy arrays without another pass.
 
-The column checks accept exactly what the per-record checks (`decode_record`) accept. When
+The column checks accept exactly what the per-record checks (`decode_record`) accept,
+plausibility included (`Limits`: event-time years, magnitudes, probabilities, NUL). When
 one fails, the records concerned go through the per-record checks, which name the culprits
-and their reasons as they always did; the others go on as a group.
+and their reasons as they always did; the others go on as a group. Last come the stream
+checks (`streams.watermark.StreamClocks`), which need the stream's history: a group's events
+far ahead of its clock (or of the daemon's wall clock) are taken out as dead letters.
+
+A NUL character (JSON `\\u0000`) in any string makes the record a dead letter rather than
+being escaped: PostgreSQL cannot store it, and a value silently changed on one backend only
+would give different incidents on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
