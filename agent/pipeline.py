@@ -204,7 +204,7 @@ class Pipeline:
             version = next((v for v in batch.model_versions if v is not None), None)
             monitor = self._monitor(source, partition, model, version)
             findings.extend(monitor.update(batch, self._reference_start(model, batch)))
-            if wall_now is not None:
+            if wall_now is not None and len(batch):  # predictions (labels alone: no)
                 self.arrivals[(source, partition, model)] = wall_now
             for point in monitor.metrics():
                 self.points[point.row] = point

@@ -859,6 +859,12 @@ def _identifier(value: Any, name: str) -> str:
         return value
     if type(value) is int:
         return str(value)
+    if type(value) is float and value.is_integer() and abs(value) >= 2.0**63:
+        # The JSON parser reads integers beyond 64 bits as floats: the digits are lost.
+        raise InvalidEvent(
+            f"field '{name}' is an integer too large to keep exactly ({value:.4g}); send it as "
+            "a string"
+        )
     raise InvalidEvent(f"field '{name}' must be a non-empty string or an integer")
 
 

@@ -73,6 +73,11 @@ IMPLAUSIBLE = [
         b'"scores": {"0": 0, "1": 123456789012345678901234567890}}' % T,
         "field 'scores.1' is 1.2345678901234568e+29, not a probability in [0, 1]",
     ),
+    (
+        b'{"type": "label", "model": "fraud", "id": 123456789012345678901234567890, '
+        b'"label": 1, "ts": %d}' % T,
+        "field 'id' is an integer too large to keep exactly (1.235e+29); send it as a string",
+    ),
     (_with(scores={"0": -0.1, "1": 1.1}), "field 'scores.0' is -0.1, not a probability in [0, 1]"),
     (_with(scores={"0": 0.7, "1": 0.8}), "field 'scores' sums to 1.5, not 1 within 0.02"),
     (_with(scores={"a": 0.2, "b": 0.2, "c": 0.2}), "field 'scores' sums to 0.6"),
