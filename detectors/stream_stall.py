@@ -5,7 +5,8 @@ from a fixed number: a histogram of the gaps on a log scale (four bins per doubl
 35 years), so a daily cycle's quiet night hours are part of what the stream usually does. A
 gap is a stall when it exceeds `factor` times the `quantile` of the gaps seen so far (and at
 least `min_stall`), once the stream has shown `min_gaps` gaps over at least `min_span` of
-event time (a day by default: a daily cycle seen once).
+event time (a day by default: a daily cycle seen once). Only gaps between distinct times
+count towards the quantile: a burst's events say nothing of the quiet between bursts.
 
 Why a high quantile, times a factor: for gaps that are exponential at the slowest hour's rate
 r, the 0.999 quantile of all gaps is a few times 1/r, and a gap `factor` = 5 times that has a
@@ -75,12 +76,15 @@ class StreamStallDetector(Detector):
     def threshold(self) -> float | None:
         """The silence that counts as a stall, or None while still calibrating."""
         s = self.settings
-        total = float(self.counts.sum())
+        # Gaps between distinct times only: a burst's events (one time, or within 1 ms) say
+        # nothing of how long the stream is quiet between bursts.
+        spaced = self.counts[1:]
+        total = float(spaced.sum())
         if self.first_ts is None or self.last_ts is None:
             return None
         if total < s.min_gaps or self.last_ts - self.first_ts < s.min_span:
             return None
-        index = int(np.searchsorted(np.cumsum(self.counts), s.quantile * total))
+        index = 1 + int(np.searchsorted(np.cumsum(spaced), s.quantile * total))
         return max(s.min_stall, s.factor * _upper_edge(index))
 
     # -- event time ----------------------------------------------------------------------
