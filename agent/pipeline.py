@@ -255,13 +255,18 @@ class Pipeline:
         self, session: Session, writer: Writer, findings: list[Finding]
     ) -> list[IncidentChange]:
         """Findings -> incidents, and (with `notify`) their notifications, in the same
-        transaction, so the outbox row commits with the change."""
+        transaction, so the outbox row commits with the change. An incident opened and
+        resolved by the same batch (a stall found only when the events returned) was over
+        when found: it is recorded, and notifies nobody."""
         applied = self.incidents.apply(writer, findings)
         if self.notify:
-            enqueue_changes(session, self.settings.alerts, applied)
+            alerts = self.settings.alerts
+            resolved = {c.incident.id for c in applied if c.change == Change.RESOLVED}
+            opened = {c.incident.id for c in applied if c.change == Change.OPENED}
+            over = resolved & opened
+            enqueue_changes(session, alerts, [c for c in applied if c.incident.id not in over])
             for change in applied:
-                if change.change == Change.RESOLVED:
-                    alerts = self.settings.alerts
+                if change.change == Change.RESOLVED and change.incident.id not in over:
                     enqueue_status_change(session, alerts, change.incident, "open", "resolved")
         return applied
 

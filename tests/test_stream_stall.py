@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from agent.config import Settings
+from agent.config import AlertSettings, ChannelSettings, Settings
 from agent.pipeline import Pipeline
 from detectors.base import Kind
 from detectors.stream_stall import StreamStallDetector, StreamStallSettings
@@ -16,6 +16,7 @@ from storage.db import Database
 from storage.repository import Repository
 from streams.batch import ModelBatch
 from streams.events import Position, RawRecord
+from tests.alerts_helpers import outbox
 
 DAY = 86400.0
 START = 1_767_225_600.0
@@ -142,11 +143,27 @@ def test_replay_opens_and_resolves_stream_stalled(database: Database) -> None:
     assert incident.last_seen == pytest.approx(ts[-60])  # the first event back
 
 
+def _alerting(database: Database) -> Settings:
+    hook = ChannelSettings(type="webhook", url="http://127.0.0.1:9/hook")
+    return Settings(database_url=database.url, alerts=AlertSettings(channels={"hook": hook}))
+
+
+def test_a_stall_found_only_once_over_notifies_nobody(database: Database) -> None:
+    ts = START + np.arange(0, 2 * DAY, 60.0)
+    ts = np.concatenate([ts, ts[-1] + 3 * 3600 + np.arange(0, 3600, 60.0)])
+    pipeline = Pipeline(_alerting(database), database, consumer="replay", notify=True)
+    lines = _lines(ts)
+    for begin in range(0, len(lines), 500):
+        pipeline.process(_records(lines[begin : begin + 500], begin))
+    assert [i.status for i in _stalls(Repository(database))] == ["resolved"]
+    assert outbox(database) == []
+
+
 def test_the_daemon_opens_it_on_the_wall_clock_and_the_first_event_back_resolves_it(
     database: Database,
 ) -> None:
     ts = START + np.arange(0, 1.5 * DAY, 60.0)
-    pipeline = Pipeline(Settings(database_url=database.url), database, consumer="kafka")
+    pipeline = Pipeline(_alerting(database), database, consumer="kafka", notify=True)
     lines = _lines(ts)
     wall = ts[-1] + 2.0  # live: the wall clock follows the events
     for begin in range(0, len(lines), 500):
@@ -160,6 +177,8 @@ def test_the_daemon_opens_it_on_the_wall_clock_and_the_first_event_back_resolves
     pipeline.process(_records(back, len(lines)), wall_now=wall + 950)
     (incident,) = _stalls(repository)
     assert incident.status == "resolved" and incident.count == 2
+    notes = [(n.action, n.incident_id) for n in outbox(database)]
+    assert notes == [("trigger", incident.id), ("resolve", incident.id)]
 
 
 def _stalls(repository: Repository) -> list:
