@@ -59,8 +59,9 @@ class StreamClocks:
         for index, t in enumerate(ts):
             if t > wall_limit:
                 rejected[index] = (
-                    f"field 'ts' {_show(t)} is {duration(t - wall_now)} ahead of the wall "  # type: ignore[operator]
-                    f"clock (ingest.max_clock_skew is {duration(self.max_clock_skew)})"
+                    f"field 'ts' {_show(t)} is {duration(t - wall_limit + self.max_clock_skew)} "
+                    f"ahead of the wall clock (ingest.max_clock_skew is "
+                    f"{duration(self.max_clock_skew)})"
                 )
                 continue
             if t > watermark + skew:
