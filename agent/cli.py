@@ -551,7 +551,7 @@ def main() -> None:
     tune_garbage_collector()
     try:
         app()
-    except (ConfigError, DatabaseError, UsageError, FileNotFoundError) as exc:
+    except (ConfigError, DatabaseError, UsageError, FileNotFoundError, IsADirectoryError) as exc:
         if _state["debug"]:
             raise
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)

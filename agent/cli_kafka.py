@@ -15,6 +15,7 @@ from agent.cli import ConfigOption, DbOption, UsageError, _database, _settings, 
 from agent.cli_api import require_token
 from agent.config import ConfigError
 from agent.daemon import Daemon, check_settings
+from streams.files import require_file
 from streams.kafka import KEY_FIELDS, make_producer, produce_lines
 
 log = logging.getLogger("agent.daemon")
@@ -90,8 +91,7 @@ def produce(
     """
     if key_field not in KEY_FIELDS:
         raise UsageError(f"--key-field must be 'model', 'id' or 'none', not {key_field!r}")
-    if not file.is_file():
-        raise FileNotFoundError(f"no such file: {file}")
+    require_file(file)
     settings = _settings(config, None)
     updates: dict[str, object] = {}
     if bootstrap:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -23,7 +25,9 @@ from pydantic import (
 )
 
 from detectors.registry import DetectorSettings
+from streams.decode import Limits
 from streams.kafka import KafkaSettings
+from streams.watermark import StreamClocks
 
 
 class ConfigError(ValueError):
@@ -242,12 +246,54 @@ class DaemonSettings(BaseModel):
     retry_max_delay: float = Field(30.0, ge=1, le=600)  # cap of the broker-outage backoff
 
 
+class IngestSettings(BaseModel):
+    """`[ingest]`: what a plausible record is; a record outside becomes a dead letter with
+    the reason (docs/contract.md lists them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Event times outside these are a producer's bug (epoch milliseconds, a zeroed clock).
+    min_event_time: AwareDatetime = datetime(2000, 1, 1, tzinfo=UTC)
+    max_event_time: AwareDatetime = datetime(2100, 1, 1, tzinfo=UTC)
+    # A record this far ahead of its stream's latest event time is rejected, until
+    # `jump_confirmations` records in a row agree that the stream jumped; 0 disables.
+    max_future_skew: Duration = 86400.0
+    jump_confirmations: int = Field(3, ge=1, le=1000)
+    # The daemon: a record this far ahead of the wall clock is rejected; 0 disables.
+    max_clock_skew: Duration = 3600.0
+    # Largest |value| of a numeric feature, prediction, label or latency.
+    max_magnitude: float = Field(1e15, gt=0)
+    # `scores` of two classes or more are class probabilities summing to 1 (within the
+    # tolerance); false for multi-label or top-k scores.
+    scores_sum_to_one: bool = True
+    scores_sum_tolerance: float = Field(0.02, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IngestSettings:
+        if self.min_event_time >= self.max_event_time:
+            raise ValueError("min_event_time must be before max_event_time")
+        return self
+
+    def limits(self) -> Limits:
+        return Limits(
+            min_ts=self.min_event_time.timestamp(),
+            max_ts=self.max_event_time.timestamp(),
+            max_magnitude=self.max_magnitude,
+            scores_sum_to_one=self.scores_sum_to_one,
+            scores_sum_tolerance=self.scores_sum_tolerance,
+        )
+
+    def clocks(self) -> StreamClocks:
+        return StreamClocks(self.max_future_skew, self.max_clock_skew, self.jump_confirmations)
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     database_url: str | None = None  # None: the SQLite file in the user's data directory
     batch_size: int = Field(2000, ge=1, le=100_000)
     max_record_bytes: int = Field(1_000_000, ge=1024)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
     detectors: DetectorSettings = Field(default_factory=DetectorSettings)
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     reference: ReferenceSettings = Field(default_factory=ReferenceSettings)

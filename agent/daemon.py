@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # cannot hold SIGTERM past daemon.shutdown_timeout (poll + commit + close stay well below 10 s).
 COMMIT_TIMEOUT_MS = 2000
 SUMMARY_INTERVAL = 60.0  # seconds between progress lines in the log
+STALL_CHECK_INTERVAL = 10.0  # seconds between wall-clock checks for silent streams
 
 
 def check_settings(settings: Settings) -> None:
@@ -110,6 +111,7 @@ class Daemon:
         interval = self.settings.daemon.checkpoint_interval
         next_checkpoint = next_commit = time.monotonic() + interval
         next_summary = time.monotonic() + SUMMARY_INTERVAL
+        next_stall_check = time.monotonic() + STALL_CHECK_INTERVAL
         failures = 0
         while not self.stopping.is_set():
             try:
@@ -141,6 +143,10 @@ class Daemon:
             if now >= next_summary:
                 self._log_summary()
                 next_summary = now + SUMMARY_INTERVAL
+            if now >= next_stall_check:
+                with self.lock:  # streams silent on the wall clock: stream_stalled
+                    self.pipeline.check_stalls(time.time())
+                next_stall_check = now + STALL_CHECK_INTERVAL
 
     def _shutdown(self) -> None:
         log.info("shutting down: checkpoint, commit, close")
@@ -248,7 +254,7 @@ class Daemon:
             records = to_records(mine)
             if not records:
                 return
-            self.pipeline.process(records)
+            self.pipeline.process(records, wall_now=time.time())
             for tp, messages in mine.items():
                 self.next_offsets[tp] = messages[-1].offset + 1
                 self.dirty.add(tp)

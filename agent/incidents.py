@@ -13,7 +13,7 @@ from typing import Any
 
 from agent.causes import kept_link_details
 from detectors.base import Finding, Severity
-from storage.models import Evidence, Incident
+from storage.models import Evidence, Incident, utcnow
 from storage.repository import Writer, stable_key
 
 
@@ -21,6 +21,11 @@ class Change(StrEnum):
     OPENED = "opened"
     UPDATED = "updated"
     ESCALATED = "escalated"
+    RESOLVED = "resolved"  # by a finding that says the condition is over
+
+
+# The author of the notes of incidents a detector resolves.
+AUTHOR = "bulwark"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,18 @@ class IncidentManager:
         for finding in sorted(findings, key=lambda f: f.ts):
             key = evidence_key(finding)
             if writer.has_evidence(key):
+                continue
+            if finding.resolves:
+                incident = writer.open_incident(finding.model, finding.kind, finding.subject)
+                if incident is None:
+                    continue  # nothing unresolved (someone resolved it): nothing to do
+                self._update(incident, finding)
+                if writer.add_evidence(_evidence(key, incident, finding)):
+                    incident.status = "resolved"
+                    incident.resolved_at = utcnow()
+                    writer.session.flush()
+                    writer.add_note(incident.id, AUTHOR, finding.title, "resolved")
+                    changes.append(IncidentChange(incident, Change.RESOLVED, finding))
                 continue
             incident, change = self._incident_for(writer, finding)
             if writer.add_evidence(_evidence(key, incident, finding)):

@@ -205,4 +205,6 @@ def _model_named_in(payload: bytes) -> str | None:
     except orjson.JSONDecodeError:
         return None
     model = obj.get("model") if isinstance(obj, dict) else None
-    return model[:200] if isinstance(model, str) and model else None
+    if not isinstance(model, str) or not model or "\x00" in model:
+        return None  # none named, or a name no database stores (NUL)
+    return model[:200]

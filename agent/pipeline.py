@@ -24,9 +24,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from sqlalchemy.orm import Session
 
 from agent import attribution, causes
-from agent.alerts.outbox import enqueue_changes
+from agent.alerts.outbox import enqueue_changes, enqueue_status_change
 from agent.config import Settings
 from agent.incidents import Change, IncidentChange, IncidentManager
 from agent.metrics import ModelCounts
@@ -37,6 +38,7 @@ from detectors.base import Detector, Finding, Kind, MetricPoint
 from detectors.prediction_drift import PredictionDriftDetector
 from detectors.registry import build_detectors
 from detectors.state_codec import StateError
+from detectors.stream_stall import StreamStallDetector
 from storage.db import Database
 from storage.models import Reference
 from storage.repository import DeadLetterInput, ReferenceInput, Repository, Writer
@@ -268,21 +270,32 @@ class Pipeline:
         self.references: dict[str, ActiveReference | None] = {}
         self.collectors: dict[str, ReferenceCollector] = {}
         self.stats = Stats()
+        self.limits = settings.ingest.limits()
+        self.clocks = settings.ingest.clocks()  # each stream's clock, for the decoder
+        # (state key, model) -> wall time its events last arrived (the daemon's stall check).
+        self.arrivals: dict[tuple[str, int, str], float] = {}
         self.counts = ModelCounts()  # metrics, and per-model totals not stored yet
         # Performance points not stored yet, the latest per stored row (a window's point is
         # re-emitted whenever late labels change it): written with the model totals.
         self.points: dict[tuple[object, ...], MetricPoint] = {}
 
-    def process(self, records: list[RawRecord]) -> list[IncidentChange]:
-        """Runs one batch through detectors and stores what it produced in one transaction."""
+    def process(
+        self, records: list[RawRecord], wall_now: float | None = None
+    ) -> list[IncidentChange]:
+        """Runs one batch through detectors and stores what it produced in one transaction.
+        `wall_now` (the daemon's clock) rejects records from the future; replay has none."""
         started = time.perf_counter()
-        decoded = decode_batch(records, self.settings.max_record_bytes)
+        decoded = decode_batch(
+            records, self.settings.max_record_bytes, self.limits, self.clocks, wall_now
+        )
         findings: list[Finding] = []
         for (source, partition, model), batch in split_batch(decoded, self.state_key).items():
             detect_started = time.perf_counter()
             version = next((v for v in batch.model_versions if v is not None), None)
             monitor = self._monitor(source, partition, model, version)
             findings.extend(monitor.update(batch, self._reference_start(model, batch)))
+            if wall_now is not None and len(batch):  # predictions (labels alone: no)
+                self.arrivals[(source, partition, model)] = wall_now
             for point in monitor.metrics():
                 self.points[point.row] = point
             self.stats.events_by_model[model] += len(batch)
@@ -312,13 +325,7 @@ class Pipeline:
                     writer.add_dead_letters(letters)
                     self.counts.store(writer)
                     writer.save_performance(points)
-                    applied = self.incidents.apply(writer, findings)
-                    links = causes.link(
-                        writer, {c.incident.model for c in applied}, self.settings.causes
-                    )
-                    if self.notify:  # same transaction: the outbox row commits with the change
-                        enqueue_changes(session, self.settings.alerts, applied, links=links)
-                    return applied
+                    return self._record(session, writer, findings)
 
             changes = self.db.retrying(write)
             self.counts.stored()
@@ -332,6 +339,53 @@ class Pipeline:
         self.stats.findings += len(findings)
         self.stats.changes.update(str(c.change) for c in changes)
         self.stats.busy_seconds += time.perf_counter() - started
+        return changes
+
+    def _record(
+        self, session: Session, writer: Writer, findings: list[Finding]
+    ) -> list[IncidentChange]:
+        """Findings -> incidents, and (with `notify`) their notifications, in the same
+        transaction, so the outbox row commits with the change. An incident opened and
+        resolved by the same batch (a stall found only when the events returned) was over
+        when found: it is recorded, and notifies nobody."""
+        applied = self.incidents.apply(writer, findings)
+        links = causes.link(writer, {c.incident.model for c in applied}, self.settings.causes)
+        if self.notify:
+            alerts = self.settings.alerts
+            resolved = {c.incident.id for c in applied if c.change == Change.RESOLVED}
+            opened = {c.incident.id for c in applied if c.change == Change.OPENED}
+            over = resolved & opened
+            fresh = [c for c in applied if c.incident.id not in over]
+            enqueue_changes(session, alerts, fresh, links=links)
+            for change in applied:
+                if change.change == Change.RESOLVED and change.incident.id not in over:
+                    enqueue_status_change(session, alerts, change.incident, "open", "resolved")
+        return applied
+
+    def check_stalls(self, wall_now: float) -> list[IncidentChange]:
+        """The daemon's wall-clock half of `stream_stalled`: each stream silent for longer
+        than its stall threshold since its events last arrived (or since this process began
+        watching it) opens the incident now; its first event back resolves it. Detectors
+        still never read the clock: they are told the silence."""
+        findings = []
+        for key, models in self.monitors.items():
+            for model, monitor in models.items():
+                arrived = self.arrivals.setdefault((*key, model), wall_now)
+                for detector in monitor.detectors:
+                    if isinstance(detector, StreamStallDetector):
+                        finding = detector.silent_for(wall_now - arrived)
+                        if finding is not None:
+                            findings.append(finding)
+        if not findings:
+            return []
+
+        def write() -> list[IncidentChange]:
+            with self.db.session() as session:
+                return self._record(session, Writer(session), findings)
+
+        changes = self.db.retrying(write)
+        self.stats.findings += len(findings)
+        self.stats.changes.update(str(c.change) for c in changes)
         return changes
 
     def _monitor(
@@ -493,6 +547,8 @@ class Pipeline:
         and its performance points not stored yet: the new owner replays their events."""
         key = self.state_key(source, partition)
         self.monitors.pop(key, None)
+        self.clocks.forget(source, partition)
+        self.arrivals = {k: t for k, t in self.arrivals.items() if k[:2] != key}
         self.points = {k: p for k, p in self.points.items() if (p.source, p.partition) != key}
 
     @property

@@ -26,7 +26,7 @@ import orjson
 
 from agent.samples import Sample
 from streams.batch import ModelBatch, PartitionKey
-from streams.decode import InvalidEvent, decode_record
+from streams.decode import DEFAULT_MAX_RECORD_BYTES, UNJUDGED_LIMITS, InvalidEvent, decode_record
 from streams.events import Position, Prediction
 from streams.files import FileSource
 
@@ -101,6 +101,8 @@ def decode_learned_until(stored: dict[str, int] | None) -> dict[PartitionKey, in
 
 def load_reference_file(path: str | Path, model: str, max_rows: int) -> LoadedReference:
     path = Path(path)
+    if path.is_dir():
+        raise ReferenceFileError(f"{path} is a directory, not a file")
     if not path.is_file():
         raise ReferenceFileError(f"no such file: {path}")
     suffix = path.suffix.lower()
@@ -122,7 +124,9 @@ def _load_jsonl(path: Path, model: str, max_rows: int) -> LoadedReference:
     for records, _ in FileSource(str(path)).batches():
         for record in records:
             try:
-                event = decode_record(record.value, record.position)
+                event = decode_record(
+                    record.value, record.position, DEFAULT_MAX_RECORD_BYTES, UNJUDGED_LIMITS
+                )
             except InvalidEvent as exc:
                 raise ReferenceFileError(
                     f"{path}: line {record.position.offset + 1}: {exc}"
@@ -194,7 +198,9 @@ def _load_table(path: Path, model: str, max_rows: int, parquet: bool) -> LoadedR
         if scores:
             event["scores"] = scores
         try:
-            decoded = decode_record(orjson.dumps(event), Position(str(path), 0, i))
+            decoded = decode_record(
+                orjson.dumps(event), Position(str(path), 0, i), limits=UNJUDGED_LIMITS
+            )
         except (InvalidEvent, TypeError) as exc:
             raise ReferenceFileError(f"{path}: row {i + 1}: {exc}") from None
         assert isinstance(decoded, Prediction)

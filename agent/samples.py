@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 
 from streams.batch import ModelBatch, PartitionKey, build_model_batch, floats_or_none
-from streams.decode import decode_batch
+from streams.decode import UNJUDGED_LIMITS, decode_batch
 from streams.events import FeatureValue, Position, Prediction, RawRecord
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class Sample:
         """Predictions' JSON records (all of one model, accepted once already), decoded again
         by the decoder that accepted them."""
         raw = [RawRecord(value, Position("sample", 0, i)) for i, value in enumerate(records)]
-        decoded = decode_batch(raw, max_record_bytes=max(map(len, records), default=0))
+        decoded = decode_batch(raw, max(map(len, records), default=0), UNJUDGED_LIMITS)
         if decoded.dead_letters or decoded.label_groups:
             reason = decoded.dead_letters[0].reason if decoded.dead_letters else "a label"
             raise ValueError(f"not a record of an accepted prediction: {reason}")

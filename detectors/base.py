@@ -67,6 +67,9 @@ class Finding:
     support: int
     title: str
     details: dict[str, Any] = field(default_factory=dict)
+    # The condition is over (a stalled stream's events returned): the finding is recorded on
+    # the unresolved incident of its key, which it then resolves.
+    resolves: bool = False
 
 
 def event_at(batch: ModelBatch, index: int) -> tuple[float, Position]:

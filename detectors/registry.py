@@ -21,6 +21,7 @@ from detectors.input_anomaly import InputAnomalyDetector, InputAnomalySettings
 from detectors.numeric_drift import NumericDriftDetector, NumericDriftSettings
 from detectors.prediction_drift import PredictionDriftDetector, PredictionDriftSettings
 from detectors.query_patterns import QueryPatternDetector, QueryPatternSettings
+from detectors.stream_stall import StreamStallDetector, StreamStallSettings
 
 
 class DetectorSettings(BaseModel):
@@ -43,6 +44,7 @@ class DetectorSettings(BaseModel):
     accuracy: AccuracySettings = Field(default_factory=AccuracySettings)
     query_patterns: QueryPatternSettings = Field(default_factory=QueryPatternSettings)
     input_anomaly: InputAnomalySettings = Field(default_factory=InputAnomalySettings)
+    stream_stall: StreamStallSettings = Field(default_factory=StreamStallSettings)
 
     @model_validator(mode="after")
     def _shares_fit(self) -> DetectorSettings:
@@ -98,4 +100,5 @@ def build_detectors(model: str, settings: DetectorSettings) -> list[Detector]:
         InputAnomalyDetector(
             model, settings.input_anomaly, size, settings.budget_of("input_anomaly")
         ),
+        StreamStallDetector(model, settings.stream_stall),
     ]

@@ -65,7 +65,7 @@ class Database:
         kwargs: dict[str, object] = {"pool_pre_ping": True}
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                _sqlite_directory(Path(parsed.database).expanduser())
             kwargs["connect_args"] = {"timeout": 30}
         try:
             self.engine: Engine = create_engine(self.url, **kwargs)
@@ -121,6 +121,18 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _sqlite_directory(path: Path) -> None:
+    """Creates Bulwark's own data directory for a SQLite file in it; any other directory
+    must exist (a mistyped --db path should fail, not scatter directories)."""
+    parent = path.parent
+    if parent.is_dir():
+        return
+    if parent.resolve().is_relative_to(data_dir().resolve()):
+        parent.mkdir(parents=True, exist_ok=True)
+        return
+    raise DatabaseError(f"cannot use SQLite database {path}: directory {parent} does not exist")
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:

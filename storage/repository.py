@@ -404,6 +404,18 @@ class Repository:
         return deleted, html_paths
 
 
+def storable_text(text: str) -> str:
+    """Text every backend stores: NUL (which PostgreSQL refuses) and lone surrogates (which
+    no UTF-8 encoder takes) become U+FFFD, as invalid UTF-8 bytes of a payload already do."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
+    return text
+
+
 class Writer:
     """One pipeline transaction; see `Database.session` for commit/rollback."""
 
@@ -538,14 +550,17 @@ class Writer:
         rows = [
             {
                 "key": stable_key(
-                    d.source, d.partition, d.offset, hashlib.sha256(d.payload).hexdigest()
+                    storable_text(d.source),
+                    d.partition,
+                    d.offset,
+                    hashlib.sha256(d.payload).hexdigest(),
                 ),
                 "received_at": d.received_at,
-                "source": d.source,
+                "source": storable_text(d.source[:500]),
                 "partition": d.partition,
                 "offset": d.offset,
-                "reason": d.reason[:2000],
-                "payload": d.payload[:PAYLOAD_LIMIT].decode("utf-8", errors="replace"),
+                "reason": storable_text(d.reason[:2000]),
+                "payload": storable_text(d.payload[:PAYLOAD_LIMIT].decode("utf-8", "replace")),
             }
             for d in letters
         ]

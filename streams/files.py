@@ -24,6 +24,14 @@ _CHUNK_BYTES = 1 << 20
 _new = tuple.__new__
 
 
+def require_file(path: Path) -> None:
+    """Raises, with a one-line message, unless `path` is a file to read."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a file")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+
+
 class FileSource:
     """Reads `path` (or standard input for "-") as one partition whose offsets are line numbers."""
 
@@ -33,8 +41,8 @@ class FileSource:
         batch_size: int = 2000,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
-        if path != STDIN and not Path(path).is_file():
-            raise FileNotFoundError(f"no such file: {path}")
+        if path != STDIN:
+            require_file(Path(path))
         self.path = path
         self.name = "stdin" if path == STDIN else str(Path(path).resolve())
         self.batch_size = batch_size

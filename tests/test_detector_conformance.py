@@ -2,8 +2,8 @@
 
 The model: continuous and discrete numeric features, categorical and boolean ones, a field
 that is sometimes missing, class scores, clients, and labels arriving a few events after
-their predictions; its inputs, scores and accuracy shift halfway, so detectors have
-something to find. Events go through the real decoder, as in the pipeline.
+their predictions; its inputs, scores and accuracy shift halfway and it falls silent once,
+so detectors have something to find. Events go through the real decoder, as in the pipeline.
 
 - A snapshot restored into a detector built the same way goes on with identical findings,
   metrics and state, from any point of the stream (while learning, just after, much later).
@@ -39,6 +39,7 @@ PREDICTIONS = 3000
 SHIFT_AT = 1500  # inputs, scores and accuracy change from this prediction on
 LABEL_DELAY = 7  # a prediction's label comes this many records later
 BATCH = 100  # records per batch
+SILENCE_AT, SILENCE = 2200, 600.0  # the stream falls silent for 10 minutes before this one
 
 SETTINGS = DetectorSettings.model_validate(
     {
@@ -58,9 +59,15 @@ SETTINGS = DetectorSettings.model_validate(
         "categorical_drift": {"window": 100},
         "prediction_drift": {"block_size": 20, "window": 100},
         "data_quality": {"window": 100},
+        "stream_stall": {"min_gaps": 20, "min_span": 0, "min_stall": 1},
     }
 )
 NAMES = [d.name for d in build_detectors(MODEL, SETTINGS)]
+
+
+def ts(i: int) -> float:
+    """The event time of prediction `i`: one a second, with one silence."""
+    return START + i + (SILENCE if i >= SILENCE_AT else 0.0)
 
 
 def records(seed: int = 3) -> list[bytes]:
@@ -94,7 +101,7 @@ def records(seed: int = 3) -> list[bytes]:
             "type": "prediction",
             "model": MODEL,
             "id": f"p{i}",
-            "ts": START + i,
+            "ts": ts(i),
             "client": f"c{int(rng.integers(0, 30))}",
             "features": features,
             "prediction": predicted,
@@ -111,7 +118,7 @@ def records(seed: int = 3) -> list[bytes]:
                         "model": MODEL,
                         "id": f"p{i}",
                         "label": label,
-                        "ts": START + i + 3,
+                        "ts": ts(i) + 3,
                     }
                 ),
             )
@@ -220,6 +227,7 @@ OTHER_SETTING = {
     "accuracy": {"margin": 0.03},
     "query_patterns": {"min_queries": 12},
     "input_anomaly": {"min_excess_share": 0.02},
+    "stream_stall": {"factor": 6.0},
 }
 
 

@@ -1,0 +1,220 @@
+"""`stream_stalled`: a model's stream went silent for far longer than it usually does.
+
+What is "usual" is learned from the stream's own gaps between events (in event time), not
+from a fixed number: a histogram of the gaps on a log scale (four bins per doubling, 1 ms to
+35 years), so a daily cycle's quiet night hours are part of what the stream usually does. A
+gap is a stall when it exceeds `factor` times the `quantile` of the gaps seen so far (and at
+least `min_stall`), once the stream has shown `min_gaps` gaps over at least `min_span` of
+event time (a day by default: a daily cycle seen once). Only gaps between distinct times
+count towards the quantile: a burst's events say nothing of the quiet between bursts.
+
+Why a high quantile, times a factor: for gaps that are exponential at the slowest hour's rate
+r, the 0.999 quantile of all gaps is a few times 1/r, and a gap `factor` = 5 times that has a
+probability of about e^-16 (1e-7) per gap: quiet even on bursty streams. Slowdowns are
+caught, outright stops all the more.
+
+Replay sees a gap only when the events return: the stall finding (at the event time the gap
+became a stall) and the `resumed` finding that resolves the incident come together. The
+daemon also asks, on the wall clock, how long each stream has been silent (`silent_for`),
+which opens the incident while the stream is still quiet; the first event back resolves it.
+Event times only, as every detector: the caller passes the silence it measured.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from detectors.base import Detector, Finding, Kind, Severity
+from streams.batch import ModelBatch
+from streams.events import Position
+
+_SMALLEST = 0.001  # seconds: gaps up to this are one bin (bursts, equal timestamps)
+_PER_DOUBLING = 4
+_BINS = 1 + 40 * _PER_DOUBLING
+_DECAY_AT = 1 << 20  # gaps counted: beyond it the histogram is halved (slow drift is followed)
+
+
+class StreamStallSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    factor: float = Field(5.0, gt=1)  # a stall is this many times the stream's long gaps
+    quantile: float = Field(0.999, gt=0.5, lt=1)  # which gaps count as "long but usual"
+    min_gaps: int = Field(1000, ge=20)  # gaps seen before judging
+    min_span: float = Field(86400.0, ge=0)  # seconds of event time seen before judging
+    min_stall: float = Field(300.0, gt=0)  # seconds: shorter silences are never a stall
+
+
+def _bin(gaps: np.ndarray) -> np.ndarray:
+    scaled = np.log2(np.maximum(gaps, _SMALLEST) / _SMALLEST) * _PER_DOUBLING
+    return np.minimum(np.ceil(scaled).astype(np.int64), _BINS - 1)
+
+
+def _upper_edge(index: int) -> float:
+    return _SMALLEST * 2.0 ** (index / _PER_DOUBLING)
+
+
+class StreamStallDetector(Detector):
+    name = "stream_stall"
+
+    def __init__(self, model: str, settings: StreamStallSettings) -> None:
+        self.model = model
+        self.settings = settings
+        self.counts = np.zeros(_BINS, dtype=np.float64)
+        self.first_ts: float | None = None
+        self.last_ts: float | None = None
+        self.last_position: Position | None = None
+        self.stalled = False  # a stall was reported and the stream has not come back yet
+
+    # -- what is usual -------------------------------------------------------------------
+
+    def threshold(self) -> float | None:
+        """The silence that counts as a stall, or None while still calibrating."""
+        s = self.settings
+        # Gaps between distinct times only: a burst's events (one time, or within 1 ms) say
+        # nothing of how long the stream is quiet between bursts.
+        spaced = self.counts[1:]
+        total = float(spaced.sum())
+        if self.first_ts is None or self.last_ts is None:
+            return None
+        if total < s.min_gaps or self.last_ts - self.first_ts < s.min_span:
+            return None
+        index = 1 + int(np.searchsorted(np.cumsum(spaced), s.quantile * total))
+        return max(s.min_stall, s.factor * _upper_edge(index))
+
+    # -- event time ----------------------------------------------------------------------
+
+    def update(self, batch: ModelBatch) -> list[Finding]:
+        if not self.settings.enabled or len(batch) == 0:
+            return []
+        ts = np.asarray(batch.ts, dtype=np.float64)
+        start = ts[0] if self.last_ts is None else self.last_ts
+        if self.first_ts is None:
+            self.first_ts = float(ts[0])
+        latest = np.maximum.accumulate(np.concatenate(([start], ts)))
+        gaps = np.maximum(ts - latest[:-1], 0.0)  # a late event opens no gap
+        threshold = self.threshold()
+        findings: list[Finding] = []
+        if self.stalled:  # reported on the wall clock: the first event back resolves it
+            findings.append(self._resumed(batch, 0, float(gaps[0])))
+            self.stalled = False
+            gaps[0] = 0.0  # already reported
+        if threshold is not None:
+            for index in np.flatnonzero(gaps > threshold).tolist():
+                gap = float(gaps[index])
+                findings.append(
+                    self._stalled(
+                        float(latest[index]) + threshold, batch.position(index), gap, threshold
+                    )
+                )
+                findings.append(self._resumed(batch, index, gap))
+        self._count(gaps if self.last_ts is not None else gaps[1:])
+        self.last_ts = float(latest[-1])
+        self.last_position = batch.position(int(np.argmax(ts)))
+        return findings
+
+    def _count(self, gaps: np.ndarray) -> None:
+        self.counts += np.bincount(_bin(gaps), minlength=_BINS)
+        if self.counts.sum() > _DECAY_AT:
+            self.counts *= 0.5
+
+    # -- the wall clock (the daemon) -------------------------------------------------------
+
+    def silent_for(self, seconds: float) -> Finding | None:
+        """A stall finding if the stream has been silent `seconds` (measured by the caller on
+        the wall clock since its last event arrived) beyond its threshold, once."""
+        threshold = self.threshold()
+        if (
+            not self.settings.enabled
+            or self.stalled
+            or threshold is None
+            or self.last_ts is None
+            or self.last_position is None
+            or seconds <= threshold
+        ):
+            return None
+        self.stalled = True
+        return self._stalled(
+            self.last_ts + threshold, self.last_position, seconds, threshold, ongoing=True
+        )
+
+    # -- findings ----------------------------------------------------------------------------
+
+    def _stalled(
+        self,
+        ts: float,
+        position: Position,
+        gap: float,
+        threshold: float,
+        ongoing: bool = False,
+    ) -> Finding:
+        usual = threshold / self.settings.factor
+        what = "no events for" if ongoing else "a gap of"
+        return Finding(
+            model=self.model,
+            kind=Kind.STREAM_STALLED,
+            subject=self.model,
+            severity=Severity.WARNING,
+            ts=ts,
+            position=position,
+            detector=self.name,
+            statistic="silence_seconds" if ongoing else "gap_seconds",
+            value=gap,
+            threshold=threshold,
+            effect_size=gap / usual,
+            support=int(self.counts.sum()),
+            title=f"{self.model}: stream stalled, {what} {_human(gap)} "
+            f"(its long gaps are {_human(usual)})",
+            details={"gap_seconds": gap, "usual_long_gap_seconds": usual, "ongoing": ongoing},
+        )
+
+    def _resumed(self, batch: ModelBatch, index: int, gap: float) -> Finding:
+        ts = float(batch.ts[index])
+        return Finding(
+            model=self.model,
+            kind=Kind.STREAM_STALLED,
+            subject=self.model,
+            severity=Severity.INFO,
+            ts=ts,
+            position=batch.position(index),
+            detector=self.name,
+            statistic="resumed",
+            value=gap,
+            threshold=0.0,
+            effect_size=None,
+            support=int(self.counts.sum()),
+            title=f"{self.model}: events returned after {_human(gap)}",
+            details={"gap_seconds": gap},
+            resolves=True,
+        )
+
+    # -- checkpoints: plain data only --------------------------------------------------------
+
+    state_version: ClassVar[int] = 1
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "counts": self.counts,
+            "first_ts": self.first_ts,
+            "last_ts": self.last_ts,
+            "last_position": None if self.last_position is None else list(self.last_position),
+            "stalled": self.stalled,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.counts = np.asarray(state["counts"], dtype=np.float64)
+        self.first_ts = state["first_ts"]
+        self.last_ts = state["last_ts"]
+        position = state["last_position"]
+        self.last_position = None if position is None else Position(*position)
+        self.stalled = bool(state["stalled"])
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.3g}{unit}"
+    return f"{seconds:.3g}s"
