@@ -82,7 +82,7 @@ class PredictionDriftDetector(ReferenceDetector):
                     s.of(subject, "critical_effect_size"),
                 )
                 shift = s.of(subject, "min_detectable_shift")
-                monitor: Monitor = NumericMonitor(values, s.block_size, shift, arl0)
+                monitor: Monitor = NumericMonitor(values, s.block_size, shift, arl0, floors)
             else:
                 alpha = window_alpha(share, s.window, 1)
                 floors = PsiFloors(s.of(subject, "min_psi"), s.of(subject, "critical_psi"))
