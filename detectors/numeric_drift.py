@@ -81,7 +81,7 @@ class NumericDriftSettings(ReferenceSettings):
     """Sensitivity of numeric drift detection; per-feature overrides of min_detectable_shift,
     min_effect_size, min_log_scale_change and critical_effect_size."""
 
-    budget_share: float = Field(0.3, ge=0, le=1)  # of the model's false-alarm budget
+    budget_share: float = Field(0.2, ge=0, le=1)  # of the model's false-alarm budget
     block_size: int = Field(50, ge=10)
     min_detectable_shift: float = Field(0.25, gt=0)  # in reference standard deviations
     min_effect_size: float = Field(0.2, ge=0)  # practical-significance floor (std units)
