@@ -83,7 +83,8 @@ def test_replay_reads_standard_input_and_filters_work(tmp_path: Path, sqlite_url
     assert result.returncode == 0, result.stderr
     found = _incidents(sqlite_url, "--model", "a")
     assert {i["subject"] for i in found} - {"*"} == {"x0_normal"}
-    assert {i["kind"] for i in found if i["subject"] == "*"} <= {"input_anomaly", "multivariate_drift"}
+    joint = {"input_anomaly", "multivariate_drift"}
+    assert {i["kind"] for i in found if i["subject"] == "*"} <= joint
     assert _incidents(sqlite_url, "--model", "other") == []
     assert _incidents(sqlite_url, "--kind", "accuracy_drop") == []
     assert _incidents(sqlite_url, "--status", "open", "--since", "1767225600")
