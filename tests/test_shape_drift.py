@@ -107,3 +107,20 @@ def test_snapshot_is_data_and_restore_continues_exactly() -> None:
     assert straight and [(f.position, f.value) for f in resumed] == [
         (f.position, f.value) for f in straight
     ]
+
+
+def test_ks_distance_is_the_largest_gap_between_the_distribution_functions() -> None:
+    """Against evaluating both functions at every value either sample takes (ties included)."""
+    rng = np.random.default_rng(6)
+    for trial in range(100):
+        if trial % 2:  # continuous: no ties within a sample
+            a = np.sort(rng.normal(0, 1, rng.integers(50, 400)))
+            b = np.sort(rng.normal(rng.uniform(-0.5, 0.5), 1, rng.integers(20, 300)))
+        else:
+            a = np.sort(rng.integers(0, 30, rng.integers(50, 400)).astype(float))
+            b = np.sort(rng.integers(0, 30, rng.integers(20, 300)).astype(float) + rng.integers(3))
+        points = np.concatenate([a, b])
+        gaps = np.searchsorted(a, points, side="right") / len(a) - np.searchsorted(
+            b, points, side="right"
+        ) / len(b)
+        assert ks_distance(a, b) == pytest.approx(np.abs(gaps).max(), abs=1e-12)
