@@ -46,6 +46,7 @@ from detectors.reference import ReferenceSettings, reference_type
 from streams.batch import ModelBatch
 
 MIN_REFERENCE_EVENTS = 400
+MIN_FEATURE_VALUES = 50  # non-missing values a feature needs in the fitted half to take part
 TOP_FEATURES = 5
 
 
@@ -78,10 +79,22 @@ class Columns:
             len(index),
         )
 
+    def present(self, name: str, kind: str) -> int:
+        """How many events have a value of the feature's type."""
+        if kind == "numeric":
+            column = self.numeric.get(name)
+            return 0 if column is None else int(np.count_nonzero(~np.isnan(column)))
+        return self.size - int(np.count_nonzero(np.equal(self.categories(name), None)))
+
     def categories(self, name: str) -> np.ndarray:
         """A categorical feature's values, None where missing (a value of its own here)."""
         column = self.categorical.get(name)
         return np.full(self.size, None, dtype=object) if column is None else column
+
+
+def fitted_half(reference: Columns) -> Columns:
+    """The reference events the encoder and components are fitted on (the even ones)."""
+    return reference.take(np.arange(0, reference.size, 2))
 
 
 class Encoder:
@@ -206,9 +219,9 @@ class ReconstructionMonitor:
         settings: MultivariateDriftSettings,
         alpha: float,
     ) -> ReconstructionMonitor:
-        """Encoder and components from the reference's even events, calibration on its odd
-        ones (held out, so the errors are those of new data)."""
-        fit_part = reference.take(np.arange(0, reference.size, 2))
+        """Encoder and components from the reference's even events (`fitted_half`), calibration
+        on its odd ones (held out, so the errors are those of new data)."""
+        fit_part = fitted_half(reference)
         held_out = reference.take(np.arange(1, reference.size, 2))
         encoder = Encoder.fit(fit_part, types)
         x = encoder(fit_part)
@@ -380,18 +393,20 @@ class MultivariateDriftDetector(DataCheckpoint):
     reconstruction: ReconstructionMonitor | None
 
     def build(self, reference: ModelBatch) -> None:
+        columns = Columns.of(reference)
+        fitted = fitted_half(columns)
+        # A feature almost never present in the fitted half has no distribution to learn.
         types = {
             name: kind
             for name in sorted(reference.feature_names())
             if (kind := reference_type(reference, name)) is not None
+            and fitted.present(name, kind) >= MIN_FEATURE_VALUES
         }
         self.reconstruction = None
         if len(types) < 2 or len(reference) < MIN_REFERENCE_EVENTS:
             return  # no joint distribution to watch
         alpha = window_alpha(self.budget, self.settings.window, 2)  # two sides
-        self.reconstruction = ReconstructionMonitor.fit(
-            Columns.of(reference), types, self.settings, alpha
-        )
+        self.reconstruction = ReconstructionMonitor.fit(columns, types, self.settings, alpha)
 
     def monitor(self, batch: ModelBatch) -> list[Finding]:
         if self.reconstruction is None or len(batch) == 0:

@@ -114,3 +114,15 @@ def test_snapshot_is_data_and_restore_continues_exactly() -> None:
     assert straight and [(f.position, f.value) for f in resumed] == [
         (f.position, f.value) for f in straight
     ]
+
+
+def test_a_feature_with_almost_no_reference_values_is_left_out() -> None:
+    rng = np.random.default_rng(5)
+    columns = correlated(rng, 6000)
+    rare = np.full(6000, np.nan)
+    rare[1::1000] = 1.0  # three reference values, none in the half the encoder is fitted on
+    columns["numeric"]["rare"] = rare
+    detector = MultivariateDriftDetector("m")
+    assert run(detector, chunks(batch(**columns))) == []
+    assert detector.reconstruction is not None
+    assert "rare" not in detector.reconstruction.encoder.names
