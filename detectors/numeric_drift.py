@@ -27,7 +27,7 @@ import sys
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import Field
@@ -75,6 +75,9 @@ else:
     PageHinkley = _river_page_hinkley()
 
 RECENT_BLOCKS = 64  # how far back the change point and effect size are estimated
+# What a `NumericMonitor` holds. A checkpoint of another layout is not resumed: the detector
+# is rebuilt from the reference (2: alarms under the floor are watched).
+MONITOR_LAYOUT = 2
 
 
 class NumericDriftSettings(ReferenceSettings):
@@ -340,6 +343,11 @@ class NumericDriftDetector(ReferenceDetector):
     settings_type = NumericDriftSettings
     settings: NumericDriftSettings
     monitors: dict[str, NumericMonitor]
+    configuration = (*ReferenceDetector.configuration, "monitor_layout")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.monitor_layout = MONITOR_LAYOUT
 
     def build(self, reference: ModelBatch) -> None:
         s = self.settings

@@ -18,6 +18,7 @@ The detector's share of the model's false-alarm budget is split evenly over its 
 from __future__ import annotations
 
 from itertools import repeat
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -25,7 +26,7 @@ from pydantic import Field
 from detectors.base import Finding, Kind
 from detectors.calibration import window_alpha
 from detectors.categorical_drift import CategoricalMonitor, PsiFloors
-from detectors.numeric_drift import Floors, NumericMonitor, numeric_arl0
+from detectors.numeric_drift import MONITOR_LAYOUT, Floors, NumericMonitor, numeric_arl0
 from detectors.reference import Monitor, ReferenceDetector, ReferenceSettings, is_continuous, watch
 from streams.batch import ModelBatch
 
@@ -59,6 +60,11 @@ class PredictionDriftDetector(ReferenceDetector):
     monitors: dict[str, tuple[Monitor, Floors | PsiFloors]]
     positive_class: str | None
     single_score: bool
+    configuration = (*ReferenceDetector.configuration, "monitor_layout")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.monitor_layout = MONITOR_LAYOUT  # numeric monitors, and per-class subjects
 
     def build(self, reference: ModelBatch) -> None:
         s = self.settings
