@@ -10,8 +10,8 @@ decides it:
   own queries make: at least `min_client_share` of the events behind the incident's latest
   evidence came from that client (`client_shares`, measured by the pipeline);
 - a `feature_drift` on feature f explains a `prediction_drift`, an `input_anomaly` whose
-  out-of-range inputs include f, an out-of-range `data_quality` on f and an
-  `estimated_accuracy` drop;
+  out-of-range inputs include f, a `multivariate_drift` naming f among its top contributors,
+  an out-of-range `data_quality` on f and an `estimated_accuracy` drop;
 - always within one event-time span: the explained incident's first evidence lies within
   `window` seconds of the root's evidence span [first_seen, last_seen].
 
@@ -47,6 +47,7 @@ EXPLAINS_KEY = "explains"
 LINK_KEYS = (CAUSE_KEY, EXPLAINS_KEY)
 MAX_EXPLAINS = 50  # entries a root's `explains` keeps (the ids are all in related_ids)
 MIN_SHARE = 0.25  # a measured share of an output's shift that names its main cause
+MAX_CONTRIBUTORS = 3  # a multivariate drift is explained by a drift of one of its first three
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,12 @@ def population_level(kind: str, subject: str, statistic: object) -> bool:
     """Whether a finding describes the whole traffic of a model (which a heavy client can
     move): drift of inputs or outputs, input anomalies, out-of-range values, and the accuracy
     estimated from the scores."""
-    if kind in (Kind.FEATURE_DRIFT, Kind.PREDICTION_DRIFT, Kind.INPUT_ANOMALY):
+    if kind in (
+        Kind.FEATURE_DRIFT,
+        Kind.PREDICTION_DRIFT,
+        Kind.INPUT_ANOMALY,
+        Kind.MULTIVARIATE_DRIFT,
+    ):
         return True
     if kind == Kind.DATA_QUALITY:
         return statistic == "out_of_range_rate"
@@ -99,6 +105,8 @@ def rule(root: Incident, other: Incident, settings: CauseSettings) -> str | None
         return f"the model's {other.subject} moved with its input {feature}"
     if other.kind == Kind.INPUT_ANOMALY and feature in (details.get("share_by_feature") or {}):
         return f"the out-of-range inputs include {feature}, whose distribution moved"
+    if other.kind == Kind.MULTIVARIATE_DRIFT and feature in _top_contributors(details):
+        return f"{feature} is among the features that moved the joint distribution"
     if (
         other.kind == Kind.DATA_QUALITY
         and other.subject == feature
@@ -108,6 +116,11 @@ def rule(root: Incident, other: Incident, settings: CauseSettings) -> str | None
     if other.kind == Kind.ACCURACY_DROP and other.subject == "estimated_accuracy":
         return f"the estimate follows the scores, which moved with {feature}"
     return None
+
+
+def _top_contributors(details: dict[str, Any]) -> list[str]:
+    """The features a multivariate drift names first (its details' `contributors`)."""
+    return [c.get("feature") for c in (details.get("contributors") or [])[:MAX_CONTRIBUTORS]]
 
 
 def client_share(incident: Incident, client: str) -> float:

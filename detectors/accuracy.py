@@ -553,7 +553,7 @@ class AccuracyDetector(Detector):
         findings: list[Finding] = []
         for subject, test in self.tests.items():
             values = per_event["loss"] if self.task == "classification" else per_event["err"]
-            if subject == "mae":
+            if subject in ("mae", "mae_improved"):
                 values = np.abs(values)
             for alarm in test.feed(values):
                 i = int(where[alarm.index])
@@ -626,9 +626,11 @@ class AccuracyDetector(Detector):
                 bias_ci=_mean_ci(err),
             )
             k = math.sqrt(b) * s.min_detectable_shift / 2
-            # Three one-sided tests: MAE up, bias up, bias down.
-            h = _threshold(k, b, len(err), 3, s.false_alarms_per_million)
+            # Four one-sided tests: MAE up, MAE down (an improvement: reported as info, since
+            # it often means the inputs changed), bias up, bias down.
+            h = _threshold(k, b, len(err), 4, s.false_alarms_per_million)
             self.tests["mae"] = _Cusum("scores", b, k, h, reference=abs_err)
+            self.tests["mae_improved"] = _Cusum("scores", b, k, h, reference=abs_err, sign=-1.0)
             self.tests["bias"] = _Cusum("scores", b, k, h, reference=err)
             self.tests["bias_down"] = _Cusum("scores", b, k, h, reference=err, sign=-1.0)
         self.reference = ref
@@ -693,15 +695,21 @@ class AccuracyDetector(Detector):
             alarm.mean - Z95 * std / math.sqrt(alarm.count),
             alarm.mean + Z95 * std / math.sqrt(alarm.count),
         )
-        if subject == "mae":
+        if subject in ("mae", "mae_improved"):
             before, before_ci, after = ref.level, ref.ci, alarm.mean
             change = (after - before) / before if before > 0 else math.inf
-            title = f"MAE rose from {before:.4g} to {after:.4g} ({100 * change:+.0f}%)"
+            verb = "rose" if subject == "mae" else "fell"
+            title = f"MAE {verb} from {before:.4g} to {after:.4g} ({100 * change:+.0f}%)"
             metric, statistic = "mae", "cusum_abs_error"
             extra: dict[str, Any] = {
                 "rmse_after": round(math.sqrt(alarm.mean_square), 6),
                 "rmse_before": round(ref.rmse, 6),
             }
+            if subject == "mae_improved":
+                # An improvement: worth knowing (the inputs often changed), not an alarm.
+                metric, statistic = "mae_improved", "cusum_abs_error_down"
+                extra["direction"] = "improved"
+                change = -change
         else:
             before, before_ci, after = ref.bias, ref.bias_ci, alarm.mean
             change = abs(after - before) / ref.rmse if ref.rmse > 0 else math.inf
@@ -714,6 +722,8 @@ class AccuracyDetector(Detector):
         if change < s.regression_margin:
             return None
         severity = Severity.CRITICAL if change >= s.regression_critical else Severity.WARNING
+        if subject == "mae_improved":
+            severity = Severity.INFO
         return self._finding(
             metric,
             statistic,
@@ -729,7 +739,9 @@ class AccuracyDetector(Detector):
                 "estimated": False,
                 "before": _value(before, before_ci, ref.n),
                 "after": _value(after, after_ci, alarm.count),
-                "relative_change" if subject == "mae" else "shift_in_rmse": round(change, 4),
+                "relative_change" if metric.startswith("mae") else "shift_in_rmse": round(
+                    -change if subject == "mae_improved" else change, 4
+                ),
                 "margin": s.regression_margin,
                 "labelled_events": alarm.count,
                 "test": "cusum_on_block_normal_scores",

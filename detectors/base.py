@@ -38,6 +38,7 @@ _SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
 class Kind(StrEnum):
     FEATURE_DRIFT = "feature_drift"
     PREDICTION_DRIFT = "prediction_drift"
+    MULTIVARIATE_DRIFT = "multivariate_drift"
     ACCURACY_DROP = "accuracy_drop"
     INPUT_ANOMALY = "input_anomaly"
     SUSPICIOUS_CLIENT = "suspicious_client"

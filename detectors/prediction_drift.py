@@ -7,7 +7,10 @@ Three subjects, each monitored with the same machinery as features:
   Page-Hinkley tests on normal scores (`NumericMonitor`);
 - `score`: the single `score`, or from `scores` the positive-class probability (two classes:
   the one that sorts last, e.g. "1") or else the top-class probability (the model's
-  confidence), numeric or categorical depending on how many distinct values it takes.
+  confidence), numeric or categorical depending on how many distinct values it takes;
+- `score:<class>`: with more than two classes, each class's own probability (up to
+  `MAX_CLASS_SUBJECTS` classes): mass moving between classes that are never on top changes
+  neither the top-class probability nor the predicted classes.
 
 The detector's share of the model's false-alarm budget is split evenly over its subjects.
 """
@@ -24,11 +27,13 @@ from pydantic import Field
 from detectors.base import Finding, Kind
 from detectors.calibration import window_alpha
 from detectors.categorical_drift import CategoricalMonitor, PsiFloors
-from detectors.numeric_drift import Floors, NumericMonitor, numeric_arl0
+from detectors.numeric_drift import MONITOR_LAYOUT, Floors, NumericMonitor, numeric_arl0
 from detectors.reference import Monitor, ReferenceDetector, ReferenceSettings, is_continuous, watch
 from streams.batch import ModelBatch
 
 MIN_REFERENCE_VALUES = 200
+MAX_CLASS_SUBJECTS = 20  # per-class score subjects of a multiclass model, at most
+CLASS_PREFIX = "score:"
 
 
 class PredictionDriftSettings(ReferenceSettings):
@@ -56,6 +61,11 @@ class PredictionDriftDetector(ReferenceDetector):
     monitors: dict[str, tuple[Monitor, Floors | PsiFloors]]
     positive_class: str | None
     single_score: bool
+    configuration = (*ReferenceDetector.configuration, "monitor_layout")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.monitor_layout = MONITOR_LAYOUT  # numeric monitors, and per-class subjects
 
     def build(self, reference: ModelBatch) -> None:
         s = self.settings
@@ -63,13 +73,14 @@ class PredictionDriftDetector(ReferenceDetector):
         classes = sorted({c for d in scores if d for c in d})
         self.positive_class = classes[-1] if len(classes) == 2 else None
         self.single_score = reference.score is not None and bool(np.any(~np.isnan(reference.score)))
+        per_class = classes if 2 < len(classes) <= MAX_CLASS_SUBJECTS else []
+        candidates = [
+            ("prediction", _outputs(reference)),
+            ("score", self._score(reference)),
+            *((f"{CLASS_PREFIX}{c}", _present(_class_scores(scores, c))) for c in per_class),
+        ]
         outputs = {
-            subject: values
-            for subject, values in (
-                ("prediction", _outputs(reference)),
-                ("score", self._score(reference)),
-            )
-            if len(values) >= MIN_REFERENCE_VALUES
+            subject: values for subject, values in candidates if len(values) >= MIN_REFERENCE_VALUES
         }
         share = self.budget / max(1, len(outputs))
         self.monitors = {}
@@ -84,7 +95,7 @@ class PredictionDriftDetector(ReferenceDetector):
                     s.of(subject, "critical_effect_size"),
                 )
                 shift = s.of(subject, "min_detectable_shift")
-                monitor: Monitor = NumericMonitor(values, s.block_size, shift, arl0)
+                monitor: Monitor = NumericMonitor(values, s.block_size, shift, arl0, floors)
             else:
                 alpha = window_alpha(share, s.window, 1)
                 floors = PsiFloors(s.of(subject, "min_psi"), s.of(subject, "critical_psi"))
@@ -140,6 +151,8 @@ class PredictionDriftDetector(ReferenceDetector):
         """The subject's non-missing values and the indices of their events."""
         if subject == "score":
             raw = self._score(batch, keep_missing=True)
+        elif subject.startswith(CLASS_PREFIX):
+            raw = _class_scores(batch.scores, subject.removeprefix(CLASS_PREFIX))
         else:
             raw = np.array(batch.predictions, dtype=object)
             if subject == "prediction":
@@ -169,6 +182,10 @@ def _class_scores(scores: list[dict[str, float] | None], positive: str | None) -
         ],
         dtype=np.float64,
     )
+
+
+def _present(values: np.ndarray) -> np.ndarray:
+    return values[~np.isnan(values)]
 
 
 def _outputs(reference: ModelBatch) -> np.ndarray:

@@ -18,9 +18,11 @@ from detectors.base import Detector
 from detectors.categorical_drift import CategoricalDriftDetector, CategoricalDriftSettings
 from detectors.data_quality import DataQualityDetector, DataQualitySettings
 from detectors.input_anomaly import InputAnomalyDetector, InputAnomalySettings
+from detectors.multivariate_drift import MultivariateDriftDetector, MultivariateDriftSettings
 from detectors.numeric_drift import NumericDriftDetector, NumericDriftSettings
 from detectors.prediction_drift import PredictionDriftDetector, PredictionDriftSettings
 from detectors.query_patterns import QueryPatternDetector, QueryPatternSettings
+from detectors.shape_drift import ShapeDriftDetector, ShapeDriftSettings
 from detectors.stream_stall import StreamStallDetector, StreamStallSettings
 
 
@@ -37,6 +39,8 @@ class DetectorSettings(BaseModel):
     # leave uncovered.
     false_alarms_per_million: float = Field(0.2, gt=0, le=1000)
     numeric_drift: NumericDriftSettings = Field(default_factory=NumericDriftSettings)
+    shape_drift: ShapeDriftSettings = Field(default_factory=ShapeDriftSettings)
+    multivariate_drift: MultivariateDriftSettings = Field(default_factory=MultivariateDriftSettings)
     categorical_drift: CategoricalDriftSettings = Field(default_factory=CategoricalDriftSettings)
     prediction_drift: PredictionDriftSettings = Field(default_factory=PredictionDriftSettings)
     data_quality: DataQualitySettings = Field(default_factory=DataQualitySettings)
@@ -61,6 +65,8 @@ class DetectorSettings(BaseModel):
         labelled events, query patterns benign clients: each on its own)."""
         return {
             "numeric_drift": self.numeric_drift,
+            "shape_drift": self.shape_drift,
+            "multivariate_drift": self.multivariate_drift,
             "categorical_drift": self.categorical_drift,
             "prediction_drift": self.prediction_drift,
             "data_quality": self.data_quality,
@@ -87,6 +93,10 @@ def build_detectors(model: str, settings: DetectorSettings) -> list[Detector]:
     return [
         NumericDriftDetector(
             model, settings.numeric_drift, size, settings.budget_of("numeric_drift")
+        ),
+        ShapeDriftDetector(model, settings.shape_drift, size, settings.budget_of("shape_drift")),
+        MultivariateDriftDetector(
+            model, settings.multivariate_drift, size, settings.budget_of("multivariate_drift")
         ),
         CategoricalDriftDetector(
             model, settings.categorical_drift, size, settings.budget_of("categorical_drift")

@@ -74,13 +74,18 @@ def regression_batches(
     delay: int = 500,
     change_at: int | None = None,
     bias_after: float = 0.0,
+    noise_after: float = 1.0,
     seed: int = 2,
     model: str = "r",
 ) -> Iterator[ModelBatch]:
-    """Predictions are y plus noise (std 1); after `change_at` they are off by `bias_after`."""
+    """Predictions are y plus noise (std 1); after `change_at` they are off by `bias_after`
+    and their noise has std `noise_after`."""
     rng = np.random.default_rng(seed)
     y = rng.normal(100, 20, n)
-    prediction = y + rng.normal(0, 1, n)
+    noise = rng.normal(0, 1, n)
+    if change_at is not None:
+        noise[change_at:] *= noise_after
+    prediction = y + noise
     if change_at is not None:
         prediction[change_at:] += bias_after
     yield from _batches(n, batch_size, delay, model, "v1", prediction, None, y)

@@ -126,6 +126,21 @@ def test_a_bias_shift_in_a_regression_stream_raises_one() -> None:
     assert abs(first.details["before"]["value"]) < 0.1
 
 
+def test_a_regression_improvement_is_reported_as_info() -> None:
+    """MAE 0.8 -> 0.56 (noise std x0.7): reported, as information, never as a drop."""
+    findings = run(
+        regression_batches(CHANGE_AT + 4000, change_at=CHANGE_AT, noise_after=0.7),
+        AccuracyDetector("r"),
+    )
+    assert {f.subject for f in findings} == {"mae_improved"}
+    first = findings[0]
+    assert first.severity == Severity.INFO and first.statistic == "cusum_abs_error_down"
+    assert int(first.ts - START) - DELAY >= CHANGE_AT
+    assert first.details["relative_change"] == pytest.approx(-0.3, abs=0.1)
+    assert first.effect_size > 0.1 and first.details["direction"] == "improved"
+    assert "fell" in first.title
+
+
 def test_a_stationary_regression_stream_raises_nothing() -> None:
     findings = run(regression_batches(200_000, batch_size=5000, seed=8), AccuracyDetector("r"))
     assert findings == []

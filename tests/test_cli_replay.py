@@ -36,9 +36,11 @@ def test_replay_finds_the_drifted_feature_and_nothing_else(drifted_file: Path, d
 
     incidents = _incidents(db_url)
     # A shifted uniform also leaves its reference range (data_quality, and input_anomaly whose
-    # subject "*" is the population); no other feature appears.
+    # subject "*" is the population) and moves the joint distribution (multivariate_drift,
+    # subject "*"); no other feature appears.
     assert {i["subject"] for i in incidents} - {"*"} == {"x2_uniform"}
-    assert {i["kind"] for i in incidents if i["subject"] == "*"} <= {"input_anomaly"}
+    joint = {"input_anomaly", "multivariate_drift"}
+    assert {i["kind"] for i in incidents if i["subject"] == "*"} <= joint
     (incident,) = [i for i in incidents if i["kind"] == "feature_drift"]
     assert set(incident) >= {
         "id",
@@ -81,7 +83,8 @@ def test_replay_reads_standard_input_and_filters_work(tmp_path: Path, sqlite_url
     assert result.returncode == 0, result.stderr
     found = _incidents(sqlite_url, "--model", "a")
     assert {i["subject"] for i in found} - {"*"} == {"x0_normal"}
-    assert {i["kind"] for i in found if i["subject"] == "*"} <= {"input_anomaly"}
+    joint = {"input_anomaly", "multivariate_drift"}
+    assert {i["kind"] for i in found if i["subject"] == "*"} <= joint
     assert _incidents(sqlite_url, "--model", "other") == []
     assert _incidents(sqlite_url, "--kind", "accuracy_drop") == []
     assert _incidents(sqlite_url, "--status", "open", "--since", "1767225600")

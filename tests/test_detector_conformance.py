@@ -43,7 +43,7 @@ SILENCE_AT, SILENCE = 2200, 600.0  # the stream falls silent for 10 minutes befo
 
 SETTINGS = DetectorSettings.model_validate(
     {
-        "reference_size": 300,
+        "reference_size": 400,  # the multivariate test needs 400 events
         "false_alarms_per_million": 100,
         "accuracy": {"reference_size": 200, "block_size": 20, "false_alarms_per_million": 100},
         "query_patterns": {
@@ -60,6 +60,8 @@ SETTINGS = DetectorSettings.model_validate(
         "prediction_drift": {"block_size": 20, "window": 100},
         "data_quality": {"window": 100},
         "stream_stall": {"min_gaps": 20, "min_span": 0, "min_stall": 1},
+        "shape_drift": {"windows": [200]},
+        "multivariate_drift": {"window": 200},
     }
 )
 NAMES = [d.name for d in build_detectors(MODEL, SETTINGS)]
@@ -228,6 +230,8 @@ OTHER_SETTING = {
     "query_patterns": {"min_queries": 12},
     "input_anomaly": {"min_excess_share": 0.02},
     "stream_stall": {"factor": 6.0},
+    "shape_drift": {"min_ks": 0.1},
+    "multivariate_drift": {"min_relative_change": 0.1},
 }
 
 

@@ -175,6 +175,36 @@ def test_class_proportions_score_and_regression_output_drift() -> None:
     assert findings[0].effect_size < -0.2
 
 
+def multiclass(rng: np.random.Generator, n: int, drift_at: int | None = None) -> list[dict]:
+    """Class a always on top (0.55-0.65); b and c share the rest, b's part Beta(2, 2), and
+    Beta(5, 2) from `drift_at`: top-class probability and predicted classes unchanged."""
+    top = rng.uniform(0.55, 0.65, n)
+    part = rng.beta(2, 2, n)
+    if drift_at is not None:
+        part[drift_at:] = rng.beta(5, 2, n - drift_at)
+    rest = 1 - top
+    return [
+        {"a": t, "b": r * u, "c": r * (1 - u)}
+        for t, r, u in zip(top.tolist(), rest.tolist(), part.tolist(), strict=True)
+    ]
+
+
+def test_per_class_score_drift_of_a_multiclass_model() -> None:
+    rng = np.random.default_rng(10)
+    scores = multiclass(rng, N, drift_at=DRIFT_AT)
+    whole = batch(numeric={"x": rng.normal(0, 1, N)}, predictions=["a"] * N, scores=scores)
+    findings = run(PredictionDriftDetector("m"), chunks(whole))
+    assert {f.subject for f in findings} == {"score:b", "score:c"}  # not "score" (the top)
+    b = min((f for f in findings if f.subject == "score:b"), key=lambda f: f.position.offset)
+    assert b.effect_size > 0.2 and 0 <= b.position.offset - DRIFT_AT <= 5000
+    quiet = batch(
+        numeric={"x": rng.normal(0, 1, 30_000)},
+        predictions=["a"] * 30_000,
+        scores=multiclass(rng, 30_000),
+    )
+    assert run(PredictionDriftDetector("m"), chunks(quiet)) == []
+
+
 def test_stationary_predictions_are_quiet() -> None:
     rng = np.random.default_rng(9)
     p = rng.beta(2, 5, 30_000)
@@ -265,7 +295,9 @@ def test_stored_reference_replaces_learning_from_the_first_events() -> None:
     findings = [f for d in detectors for f in run(d, live)]
     assert {(f.detector, f.subject) for f in findings} == {
         ("numeric_drift", "x"),
+        ("shape_drift", "x"),  # a 1 std shift changes where the distribution lies, too
         ("categorical_drift", "country"),
+        ("multivariate_drift", "*"),  # and so the joint distribution
     }
     assert min(f.position.offset for f in findings) < 3000  # no reference to learn first
     x = next(f for f in findings if f.subject == "x")

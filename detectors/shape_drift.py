@@ -1,0 +1,239 @@
+"""Numeric feature shape drift: windowed two-sample Kolmogorov-Smirnov tests.
+
+The location and spread tests of `numeric_drift` see means and variances; a feature can change
+shape with neither moving (one mode splitting into two, a tail growing while the bulk shrinks).
+Here each continuous feature's non-missing values are cut, in event order, into tumbling
+windows at each of the `windows` sizes (1,000 and 5,000 by default: the short one answers a
+strong change quickly, the long one sees a smaller one), and each window is compared with the
+whole reference by the two-sample KS distance D = sup |F_ref - F_window|.
+
+Calibration: under no change, sqrt(n m / (n + m)) D follows Kolmogorov's distribution
+asymptotically (its tail is conservative with ties, so integer-valued features are safe), and a
+two-sample test accounts for the reference's own sampling error, so its level holds for every
+window. The detector's share of the model's budget is split over features and window sizes,
+and each window's test runs at alpha = share / (tests x 1e6 / window): a union bound, valid
+however the windows are correlated through the shared reference.
+
+A significant window becomes a finding only if D reaches `min_ks` (0.05, a practical floor in
+distribution terms: the largest gap between the two cumulative distributions, 5 percentage
+points), critical from `critical_ks` (0.25). With a 3,000-value reference the test's own
+threshold is above the floor for any window (about 0.1 for 1,000 values, 0.06 for 5,000): the
+floor binds with larger stored references. The first Wasserstein distance, in reference standard
+deviations, is reported alongside.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import Field, field_validator
+from scipy.special import kolmogi
+
+from detectors.base import Finding, Kind, Severity, Verdict
+from detectors.calibration import window_alpha
+from detectors.reference import ReferenceDetector, ReferenceSettings, is_continuous, watch
+from streams.batch import ModelBatch
+
+MIN_REFERENCE_VALUES = 200
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+WASSERSTEIN_GRID = np.linspace(0.0025, 0.9975, 400)
+
+
+class ShapeDriftSettings(ReferenceSettings):
+    """Sensitivity of shape drift; per-feature overrides of min_ks and critical_ks."""
+
+    budget_share: float = Field(0.05, ge=0, le=1)
+    windows: list[int] = Field(default_factory=lambda: [1000, 5000])  # window sizes, values
+    min_ks: float = Field(0.05, ge=0, le=1)  # practical floor: KS distance
+    critical_ks: float = Field(0.25, gt=0, le=1)
+
+    @field_validator("windows")
+    @classmethod
+    def _windows_valid(cls, windows: list[int]) -> list[int]:
+        if not windows or min(windows) < 100 or len(set(windows)) != len(windows):
+            raise ValueError("windows must be distinct sizes of at least 100 values")
+        return sorted(windows)
+
+
+@dataclass(slots=True)
+class ShapeAlarm:
+    index: int  # index, among the values fed, of the window's last value
+    ks: float
+    threshold: float
+    alpha: float
+    window: np.ndarray  # the window's values, sorted
+
+
+@dataclass(frozen=True, slots=True)
+class KsFloors:
+    min_ks: float
+    critical_ks: float
+
+
+def ks_distance(reference_sorted: np.ndarray, sample_sorted: np.ndarray) -> float:
+    """The two-sample Kolmogorov-Smirnov distance of two sorted samples, ties included.
+
+    Between two consecutive sample values the sample's distribution function is flat and the
+    reference's only rises, so the largest gap is at a sample value, just at it or just below
+    it: both functions are evaluated there only (binary searches per sample value, none per
+    reference value)."""
+    n, m = len(reference_sorted), len(sample_sorted)
+    f_at = np.searchsorted(reference_sorted, sample_sorted, side="right") / n
+    f_below = np.searchsorted(reference_sorted, sample_sorted, side="left") / n
+    if np.any(sample_sorted[1:] == sample_sorted[:-1]):  # ties: count them
+        g_at = np.searchsorted(sample_sorted, sample_sorted, side="right") / m
+        g_below = np.searchsorted(sample_sorted, sample_sorted, side="left") / m
+    else:
+        g_below = np.arange(m) / m
+        g_at = g_below + 1 / m
+    return float(max(np.max(np.abs(f_at - g_at)), np.max(np.abs(f_below - g_below))))
+
+
+def ks_threshold(alpha: float, n: int, m: int) -> float:
+    """The KS distance a two-sample test of sizes n and m exceeds with probability alpha
+    under no change (Kolmogorov's limit distribution)."""
+    return float(kolmogi(alpha)) * math.sqrt((n + m) / (n * m))
+
+
+class ShapeMonitor:
+    """One numeric quantity's sorted reference and its tumbling windows of several sizes."""
+
+    def __init__(self, reference: np.ndarray, windows: list[int], alphas: list[float]) -> None:
+        self.sorted = np.sort(np.asarray(reference, dtype=np.float64))
+        self.ref_std = float(np.std(self.sorted)) or 1.0
+        self.windows = list(windows)
+        self.alphas = list(alphas)  # the level of each window size's test
+        n = len(self.sorted)
+        self.thresholds = [ks_threshold(a, n, w) for a, w in zip(alphas, windows, strict=True)]
+        self.open: list[np.ndarray] = [np.empty(0) for _ in self.windows]  # per size
+        self.seen = 0
+
+    def state(self) -> dict[str, Any]:
+        """Plain data: the sorted reference, the tests' sizes and levels, the open windows."""
+        return {
+            "reference": self.sorted,
+            "windows": self.windows,
+            "alphas": self.alphas,
+            "open": self.open,
+            "seen": self.seen,
+        }
+
+    @classmethod
+    def of_state(cls, state: dict[str, Any]) -> ShapeMonitor:
+        monitor = cls(state["reference"], state["windows"], state["alphas"])
+        monitor.open = [np.asarray(w, dtype=np.float64) for w in state["open"]]
+        monitor.seen = state["seen"]
+        return monitor
+
+    def feed(self, values: np.ndarray) -> list[ShapeAlarm]:
+        """Adds values (in arrival order); returns the alarms of the windows they complete."""
+        alarms = []
+        for i, size in enumerate(self.windows):
+            carried = len(self.open[i])
+            pool = np.concatenate([self.open[i], values])
+            full = len(pool) // size
+            for w in range(full):
+                window = np.sort(pool[w * size : (w + 1) * size])
+                ks = ks_distance(self.sorted, window)
+                if ks > self.thresholds[i]:
+                    index = (w + 1) * size - 1 - carried
+                    alarms.append(ShapeAlarm(index, ks, self.thresholds[i], self.alphas[i], window))
+            self.open[i] = pool[full * size :]
+        self.seen += len(values)
+        alarms.sort(key=lambda a: (a.index, -a.ks))
+        return alarms
+
+    def judge(self, name: str, alarm: ShapeAlarm, floors: KsFloors) -> Verdict | None:
+        """The alarm as evidence, or None when its KS distance is under the practical floor."""
+        if alarm.ks < floors.min_ks:
+            return None
+        window = alarm.window
+        wasserstein = float(
+            np.mean(
+                np.abs(
+                    np.quantile(self.sorted, WASSERSTEIN_GRID)
+                    - np.quantile(window, WASSERSTEIN_GRID)
+                )
+            )
+            / self.ref_std
+        )
+        shift = (float(window.mean()) - float(self.sorted.mean())) / self.ref_std
+        ratio = float(np.std(window)) / self.ref_std
+        return Verdict(
+            statistic="ks_distance",
+            value=round(alarm.ks, 4),
+            threshold=round(alarm.threshold, 4),
+            effect_size=round(alarm.ks, 4),
+            severity=Severity.CRITICAL if alarm.ks >= floors.critical_ks else Severity.WARNING,
+            support=len(window),
+            title=f"{name}: distribution shape changed (KS {alarm.ks:.2f})",
+            details={
+                "test": "windowed_kolmogorov_smirnov_two_sample",
+                "effect_measure": "Kolmogorov-Smirnov distance",
+                "effect_floor": floors.min_ks,
+                "alpha": alarm.alpha,
+                "window": len(window),
+                "wasserstein_std": round(wasserstein, 4),
+                "standardized_mean_shift": round(shift, 4),
+                "std_ratio": round(ratio, 4),
+                "reference": {
+                    "size": len(self.sorted),
+                    "quantiles": _quantiles(self.sorted),
+                },
+                "current": {"size": len(window), "quantiles": _quantiles(window)},
+                "events_seen": self.seen,
+            },
+        )
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float]:
+    return {f"p{round(q * 100):02d}": float(np.quantile(values, q)) for q in QUANTILES}
+
+
+class ShapeDriftDetector(ReferenceDetector):
+    """`feature_drift` (statistic `ks_distance`) on continuous numeric features."""
+
+    name = "shape_drift"
+
+    settings_type = ShapeDriftSettings
+    settings: ShapeDriftSettings
+    monitors: dict[str, ShapeMonitor]
+
+    def build(self, reference: ModelBatch) -> None:
+        s = self.settings
+        samples = {n: c[~np.isnan(c)] for n, c in reference.numeric.items()}
+        continuous = {
+            n: v for n, v in samples.items() if len(v) >= MIN_REFERENCE_VALUES and is_continuous(v)
+        }
+        # Every window size spends the same part of the budget, split over the features.
+        share = self.budget / len(s.windows)
+        alphas = [window_alpha(share, w, len(continuous)) for w in s.windows]
+        self.monitors = {
+            name: ShapeMonitor(values, s.windows, alphas) for name, values in continuous.items()
+        }
+
+    def built_state(self) -> dict[str, Any]:
+        return {"monitors": {name: m.state() for name, m in self.monitors.items()}}
+
+    def load_built(self, state: dict[str, Any]) -> None:
+        self.monitors = {n: ShapeMonitor.of_state(m) for n, m in state["monitors"].items()}
+
+    def monitor(self, batch: ModelBatch) -> list[Finding]:
+        findings: list[Finding] = []
+        for name, monitor in self.monitors.items():
+            column = batch.numeric.get(name)
+            if column is None:
+                continue
+            valid = np.flatnonzero(~np.isnan(column))
+            if len(valid) == 0:
+                continue
+            floors = KsFloors(
+                self.settings.of(name, "min_ks"), self.settings.of(name, "critical_ks")
+            )
+            findings += watch(
+                self.name, Kind.FEATURE_DRIFT, name, monitor, floors, batch, column[valid], valid
+            )
+        return findings
