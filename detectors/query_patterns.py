@@ -85,9 +85,14 @@ CLEAN_P = 0.1  # a look above this is clean: a later pattern began after it
 LINKED_CLIENTS = 8  # other keys remembered per client for shared fingerprints
 PROBE_FLOOR = 1e-5  # a coordinate moved by less than this (robust units) has not moved
 PROBE_COORDINATES = 4  # probes over this many distinct coordinates count fully
+REFERENCE_SHARE = 0.01  # of a reference learned from the first events, per client at most
 BINS = 8  # per feature in the coverage histograms
 NULL_REFRESH_SECONDS = 60.0  # event time between refreshes of the null's tails
 COVERAGE = STATISTICS.index("coverage")
+# Shapiro-Wilk W of the min distances (PRADA) is reported, not tested: against a population
+# of a few dozen clients its null's tail is too unstable (most benign false alarms on the
+# multi-day benches), and what it sees, the distances and low margins also see.
+TESTED = np.array([name != "prada_normality" for name in STATISTICS])
 PRIOR_CLIENTS = 24  # pseudo-clients drawn from the reference per history bucket
 # A padded distance block's fixed cost (its numpy calls), in distance entries: a client group
 # joins a block unless that adds more padding than this (`_segments`).
@@ -201,6 +206,7 @@ class QueryPatternDetector(ProfiledDetector):
         self.hash_weights = np.zeros(0, dtype=np.int64)
         self.bin_edges = np.zeros((0, BINS - 1))  # numeric features' octiles, encoded
         self.reference_entropy = 0.0  # of the reference's histograms, summed over features
+        self.reference_taken: dict[str, int] = {}  # events per client in the reference
         self.last_ts = -np.inf
         self.refreshed = -np.inf  # event time of the null's last refresh
 
@@ -235,6 +241,42 @@ class QueryPatternDetector(ProfiledDetector):
         self.__init__(self.model, self.settings)  # type: ignore[misc]
         self.reference = None
         self._learn(reference.numeric, reference.categorical, reference)
+
+    def _monitored_from(self, batch: ModelBatch) -> int | None:
+        """Collects the reference from the first events (when none was handed over), each
+        client giving at most twice the mean client's share of it (and at least
+        `REFERENCE_SHARE`), so that an attacker active from the
+        first query cannot make its own queries the model's picture of normal; returns where
+        in the batch monitoring starts (None: nothing of it is left to monitor)."""
+        sample = self.reference
+        if sample is None:
+            return 0
+        floor = max(1, int(sample.size * REFERENCE_SHARE))
+        taken = self.reference_taken
+        chosen, end = [], len(batch)
+        for i, client in enumerate(batch.clients or [None] * len(batch)):
+            have = sample.count + len(chosen)
+            if have >= sample.size:
+                end = i
+                break
+            key = "" if client is None else client
+            cap = max(floor, 2 * -(-have // max(1, len(taken))))  # twice the mean share
+            if taken.get(key, 0) < cap or client is None:
+                taken[key] = taken.get(key, 0) + 1
+                chosen.append(i)
+        rows = np.array(chosen, dtype=np.int64)
+        sample.add(
+            reference_batch(
+                {name: column[rows] for name, column in batch.numeric.items()},
+                {name: column[rows] for name, column in batch.categorical.items()},
+            )
+        )
+        if not sample.full:
+            return None
+        numeric, categorical = sample.columns()
+        self.reference, self.reference_taken = None, {}
+        self._learn(numeric, categorical)
+        return end if end < len(batch) else None
 
     def _learn(
         self,
@@ -363,6 +405,7 @@ class QueryPatternDetector(ProfiledDetector):
             "counters": [self.evicted, self.untracked, self.anonymous],
             "last_ts": self.last_ts,
             "reference": None if self.reference is None else sample_to_data(self.reference),
+            "reference_taken": self.reference_taken,
             "profile": None if self.profile is None else profile_to_data(self.profile),
             "owner_names": [list(self.owner_names), list(self.owner_names.values())],
             "clients": clients,
@@ -404,6 +447,7 @@ class QueryPatternDetector(ProfiledDetector):
             None if state["reference"] is None else sample_from_data(state["reference"])
         )
         self.profile = None if state["profile"] is None else profile_from_data(state["profile"])
+        self.reference_taken = state["reference_taken"]
         keys, names = state["owner_names"]
         self.owner_names = OrderedDict(zip(keys, names, strict=True))
         for name, value in state["hashing"].items():
@@ -901,7 +945,8 @@ class QueryPatternDetector(ProfiledDetector):
         )
         buckets[:, COVERAGE] = bucket_of(counts, self.edges)
         p_values = self.null.p_values(stats, buckets)
-        tested = len(STATISTICS)
+        p_values[:, ~TESTED] = np.nan  # reported, not tested
+        tested = int(TESTED.sum())
         smallest = np.where(np.isnan(p_values), 1.0, p_values).min(axis=1)
         combined = np.minimum(1.0, tested * smallest).tolist()
         look_ts = batch.ts[[index for _, _, index, _ in due]]
@@ -967,7 +1012,7 @@ class QueryPatternDetector(ProfiledDetector):
         severity: Severity,
     ) -> Finding:
         s = self.settings
-        per_look = threshold / len(STATISTICS)
+        per_look = threshold / int(TESTED.sum())
         judged = [i for i in range(len(STATISTICS)) if not np.isnan(p_values[i])]
         fired = sorted(
             (STATISTICS[i] for i in judged if p_values[i] <= per_look),
@@ -1010,6 +1055,11 @@ class QueryPatternDetector(ProfiledDetector):
                 "client": client,
                 "detectors_fired": fired,
                 "statistics": detail_stats,
+                "reported": {
+                    name: round(float(stats[i]), 4)
+                    for i, name in enumerate(STATISTICS)
+                    if not TESTED[i] and not np.isnan(stats[i])
+                },
                 "queries_seen": count,
                 "pattern_began": began,
                 "first_flagged": state.first_flagged,

@@ -19,7 +19,8 @@ population of clients at the same history length.
   only this tail matters.
 - **Fallback**: a bucket with fewer than `min_clients` fresh clients borrows the nearest
   *larger* bucket that has them (more history means closer neighbours and more coverage, so
-  this errs towards benign); with none, the prior learned from the reference (`Prior`) holds:
+  this errs towards benign); shares, whose spread only narrows with history, then borrow the
+  nearest smaller bucket; with none, the prior learned from the reference (`Prior`) holds:
   usable from the first look, conservative, and only for statistics that have a principled
   benign level without a population (out-of-reference, low margin, shared fingerprints,
   coordinate probes, distances against i.i.d. reference queries).
@@ -45,7 +46,8 @@ STATISTICS = (
 FLOORS = np.array([0.02, 0.02, 0.02, 0.05, 0.02, 0.02, 0.03])
 TAIL_QUANTILE = 0.9
 MAX_POOL = 4096  # clients per bucket used to estimate the tail (a stride subset beyond)
-SOURCES = ("none", "population", "larger history", "reference prior")
+SOURCES = ("none", "population", "larger history", "reference prior", "smaller history")
+SHARE_STATISTICS = [0, 1, 2, 5]  # ood_share, low_margin_share, shared_fingerprints, probes
 
 
 def history_edges(min_queries: int, buffer_size: int) -> np.ndarray:
@@ -85,7 +87,7 @@ def tail_parameters(pool: np.ndarray, floors: np.ndarray) -> tuple[np.ndarray, n
     b = mean_excess * (1 + 1 / np.sqrt(np.maximum(n_excess, 1)))
     # A small pool's few excesses say little about the tail: at least a share of the spread
     # from the median to u (0.37 of it for a normal tail), larger for fewer clients.
-    spread = (u - med) * (0.4 + 4 / np.sqrt(np.maximum(count, 1)))
+    spread = (u - med) * (0.4 + 1.5 / np.sqrt(np.maximum(count, 1)))
     b = np.maximum(np.maximum(b, np.maximum(0.5 * np.nan_to_num(mad), spread)), floors)
     none = count == 0
     u[none], b[none] = np.nan, np.nan
@@ -182,6 +184,24 @@ class PopulationNull:
             self.clients[bucket, have] = best_n[have]
             self.source[bucket, have] = np.where(mine, 1, 2)[have]
             self.from_bucket[bucket, have] = best_from[have]
+        # Shares (out of reference, low margin, shared, probes) only get noisier with less
+        # history: a client with more history than any fresh population is judged against
+        # the nearest smaller bucket's (wider) spread rather than the prior.
+        shares = np.isin(np.arange(stats), SHARE_STATISTICS)
+        best_u, best_b = np.full(stats, np.nan), np.full(stats, np.nan)
+        best_n = np.zeros(stats, dtype=np.int64)
+        best_from = np.zeros(stats, dtype=np.int64)
+        for bucket in range(buckets):
+            mine = ~np.isnan(own_u[bucket]) & shares
+            best_u = np.where(mine, own_u[bucket], best_u)
+            best_b = np.where(mine, own_b[bucket], best_b)
+            best_n = np.where(mine, own_n[bucket], best_n)
+            best_from = np.where(mine, bucket, best_from)
+            borrow = ~np.isnan(best_u) & (self.source[bucket] != 1) & (self.source[bucket] != 2)
+            self.u[bucket, borrow], self.b[bucket, borrow] = best_u[borrow], best_b[borrow]
+            self.clients[bucket, borrow] = best_n[borrow]
+            self.source[bucket, borrow] = 4
+            self.from_bucket[bucket, borrow] = best_from[borrow]
 
     def p_values(self, stats: np.ndarray, buckets: np.ndarray) -> np.ndarray:
         """p-values of each look's statistics (looks x statistics), each in its bucket."""
