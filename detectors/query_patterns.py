@@ -918,13 +918,14 @@ class QueryPatternDetector(ProfiledDetector):
         found = np.count_nonzero(~np.isnan(distances), axis=1)
         w = _shapiro_w(np.sort(distances, axis=1), np.where(found >= s.min_queries, found, 0))
         out[:, 4] = -np.log(np.maximum(w, 1e-9))  # higher: less normal
-        # Probes, weighted by how many distinct coordinates they moved (a re-scorer nudging
-        # one field is not a finite-difference gradient estimate).
+        # Probes, weighted by how many distinct coordinates they moved: none for one (a
+        # re-scorer nudging one field, a day older, is not a finite-difference gradient
+        # estimate), fully from PROBE_COORDINATES on.
         probes = np.sort(records[:, :, PROBE], axis=1)
         distinct = np.count_nonzero((np.diff(probes, axis=1) != 0) & (probes[:, 1:] > 0), axis=1)
         distinct += probes[:, 0] > 0
         share = np.count_nonzero(probes > 0, axis=1) / n
-        out[:, 5] = share * np.minimum(1.0, distinct / PROBE_COORDINATES)
+        out[:, 5] = share * np.clip((distinct - 1) / (PROBE_COORDINATES - 1), 0.0, 1.0)
         out[:, COVERAGE] = _entropy(histograms) - self.reference_entropy
         return out
 

@@ -478,3 +478,69 @@ def test_replay_opens_a_suspicious_client_incident(tmp_path, sqlite_url: str) ->
         "reference prior",
     )
     assert {"history", "clients", "tail_start", "tail_scale"} <= set(baseline)
+
+
+def test_a_model_wide_input_shift_flags_no_benign_client() -> None:
+    """Every client's inputs move together (a feature shifts by 3 IQRs): distances, shares
+    and coverage move for all of them, and so does the population null they are judged by."""
+    detector, stream = warmed(seed=21)
+    findings = []
+    for _ in range(30):
+        x, clients = stream.benign(500)
+        x[:, 0] += 3.0
+        x[:, 1] *= 0.3  # and one narrows: every client's neighbours get closer
+        findings += detector.update(stream.batch(x, clients))
+    assert findings == []
+    assert all(state.count > 256 for state in detector.clients.values())  # full rings judged
+
+
+def test_an_attacker_present_from_the_first_query_is_found() -> None:
+    """No blind warm-up: the detector judges from its first look on, against the reference
+    prior and then the few clients it has seen, with estimates the attacker cannot shape."""
+    detector = QueryPatternDetector("m", SETTINGS)
+    stream = Stream(seed=22)
+    detector.set_reference(stream.batch(*stream.benign(300)))  # a stored reference
+    assert detector.calibrated and not detector.clients
+    probe = boundary_probe(stream.rng, 200)
+    flagged = first_by_client(run_mixed(detector, stream, probe, ["early"] * 200))
+    assert set(flagged) == {"early"}
+    assert flagged["early"].details["queries_seen"] <= 40
+
+
+def test_a_fast_client_is_judged_per_check_every_queries_not_per_batch() -> None:
+    detector, stream = warmed(seed=23)
+    bx, bc = stream.benign(300)
+    probe = boundary_probe(stream.rng, 300)
+    x = np.vstack([bx, probe])
+    clients = bc + ["burst"] * 300
+    batch = stream.batch(x, clients)  # the attacker's 300 queries all in one batch
+    findings = detector.update(batch)
+    assert {f.subject for f in findings} == {"burst"}  # (then escalated within the batch)
+    seen = findings[0].details["queries_seen"]
+    assert seen <= 40 and seen % SETTINGS.check_every == 0
+    assert findings[0].position.offset == batch.offsets[300 + seen - 1]  # at that query
+
+
+def test_coordinate_probing_is_recognised_and_re_scoring_is_not() -> None:
+    """ZOO-style finite differences (the same point, one coordinate at a time moved by tiny
+    symmetric steps) are probes; a re-scorer nudging one field of its entities is not."""
+    detector, stream = warmed(seed=24)
+    point = np.array([0.2, 0.1, -0.3, 0.4])
+    zoo = []
+    while len(zoo) < 200:
+        for i in stream.rng.permutation(len(FEATURES)):
+            step = np.zeros(len(FEATURES))
+            step[i] = 1e-3
+            zoo += [point + step, point - step]
+        point = point + stream.rng.normal(0, 0.2, len(FEATURES))
+    entities = stream.rng.normal(0, 1, size=(8, len(FEATURES)))
+    nudged = entities[stream.rng.integers(8, size=200)].copy()
+    nudged[:, 2] += np.round(stream.rng.uniform(0, 1, 200), 3) * 1e-2  # one field, a little
+    attack = np.empty((400, len(FEATURES)))
+    attack[0::2], attack[1::2] = np.array(zoo[:200]), nudged
+    keys = ["zoo", "rescorer"] * 200
+    findings = run_mixed(detector, stream, attack, keys, per_batch=20)
+    flagged = first_by_client(findings)
+    assert set(flagged) == {"zoo"}
+    assert "coordinate_probes" in flagged["zoo"].details["detectors_fired"]
+    assert flagged["zoo"].details["queries_seen"] <= 60
