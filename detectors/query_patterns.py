@@ -207,6 +207,7 @@ class QueryPatternDetector(ProfiledDetector):
         self.bin_edges = np.zeros((0, BINS - 1))  # numeric features' octiles, encoded
         self.reference_entropy = 0.0  # of the reference's histograms, summed over features
         self.reference_taken: dict[str, int] = {}  # events per client in the reference
+        self.reference_margins = [0, 0]  # its events with scores, and with low margins
         self.last_ts = -np.inf
         self.refreshed = -np.inf  # event time of the null's last refresh
 
@@ -265,6 +266,9 @@ class QueryPatternDetector(ProfiledDetector):
                 taken[key] = taken.get(key, 0) + 1
                 chosen.append(i)
         rows = np.array(chosen, dtype=np.int64)
+        low = _low_margin(batch, self.settings.low_margin)[rows]
+        self.reference_margins[0] += int(np.count_nonzero(low >= 0))
+        self.reference_margins[1] += int(np.count_nonzero(low == 1))
         sample.add(
             reference_batch(
                 {name: column[rows] for name, column in batch.numeric.items()},
@@ -276,6 +280,7 @@ class QueryPatternDetector(ProfiledDetector):
         numeric, categorical = sample.columns()
         self.reference, self.reference_taken = None, {}
         self._learn(numeric, categorical)
+        self.reference_margins = [0, 0]
         return end if end < len(batch) else None
 
     def _learn(
@@ -320,9 +325,11 @@ class QueryPatternDetector(ProfiledDetector):
         prior_u = np.full((buckets, len(STATISTICS)), np.nan)
         prior_b = np.full((buckets, len(STATISTICS)), np.nan)
         ood_rate = float(self.profile.anomalies(batch).any(axis=1).mean()) if n_ref else 0.0
-        low = _low_margin(batch, s.low_margin) if batch.scores or batch.score is not None else []
-        scored = np.asarray(low)[np.asarray(low) >= 0] if len(low) else np.zeros(0)
-        low_rate = float(scored.mean()) if len(scored) >= 50 else 0.2
+        scored, low = self.reference_margins  # the first events' (a stored reference: below)
+        if batch.scores or batch.score is not None:
+            margins = _low_margin(batch, s.low_margin)
+            scored, low = int(np.count_nonzero(margins >= 0)), int(np.count_nonzero(margins == 1))
+        low_rate = low / scored if scored >= 50 else 0.2
         for name, rate in (("ood_share", ood_rate), ("low_margin_share", low_rate)):
             prior_u[:, index[name]] = min(1.0, 3 * rate + 0.05)
             prior_b[:, index[name]] = 0.05
@@ -406,6 +413,7 @@ class QueryPatternDetector(ProfiledDetector):
             "last_ts": self.last_ts,
             "reference": None if self.reference is None else sample_to_data(self.reference),
             "reference_taken": self.reference_taken,
+            "reference_margins": self.reference_margins,
             "profile": None if self.profile is None else profile_to_data(self.profile),
             "owner_names": [list(self.owner_names), list(self.owner_names.values())],
             "clients": clients,
@@ -448,6 +456,7 @@ class QueryPatternDetector(ProfiledDetector):
         )
         self.profile = None if state["profile"] is None else profile_from_data(state["profile"])
         self.reference_taken = state["reference_taken"]
+        self.reference_margins = state["reference_margins"]
         keys, names = state["owner_names"]
         self.owner_names = OrderedDict(zip(keys, names, strict=True))
         for name, value in state["hashing"].items():
