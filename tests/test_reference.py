@@ -362,9 +362,9 @@ def test_changed_settings_take_effect_when_a_checkpoint_is_restored(
     assert (
         numeric.monitors["amount"].ref_mean == before["numeric_drift"].monitors["amount"].ref_mean
     )
-    # Learned from the stream: learned again; the pending predictions are kept, within the cap.
     assert after["query_patterns"].settings.buffer_size == 64
-    assert after["query_patterns"].profile is None
+    assert after["query_patterns"].profile is not None and not after["query_patterns"].clients
+    # Learned from the stream: learned again; the pending predictions are kept, within the cap.
     join = after["accuracy"].join
     assert join.max_pending == 450 and len(before["accuracy"].join.pending) == 3200
     assert list(join.pending) == list(before["accuracy"].join.pending)
