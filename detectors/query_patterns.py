@@ -923,10 +923,7 @@ class QueryPatternDetector(ProfiledDetector):
         total = np.where(finite, knn, 0.0).sum(axis=1)
         # Minus the mean log k-NN distance: higher is closer.
         out[:, 3] = np.where(found >= s.min_queries, -total / np.maximum(found, 1), np.nan)
-        distances = records[:, :, MIN_DISTANCE]  # finite or NaN, and NaN sorts last
-        found = np.count_nonzero(~np.isnan(distances), axis=1)
-        w = _shapiro_w(np.sort(distances, axis=1), np.where(found >= s.min_queries, found, 0))
-        out[:, 4] = -np.log(np.maximum(w, 1e-9))  # higher: less normal
+        out[:, 4] = self._prada(records) if TESTED[4] else np.nan  # reported on findings
         # Probes, weighted by how many distinct coordinates they moved: none for one (a
         # re-scorer nudging one field, a day older, is not a finite-difference gradient
         # estimate), fully from PROBE_COORDINATES on.
@@ -937,6 +934,14 @@ class QueryPatternDetector(ProfiledDetector):
         out[:, 5] = share * np.clip((distinct - 1) / (PROBE_COORDINATES - 1), 0.0, 1.0)
         out[:, COVERAGE] = _entropy(histograms) - self.reference_entropy
         return out
+
+    def _prada(self, records: np.ndarray) -> np.ndarray:
+        """-log Shapiro-Wilk W of each window's min distances (higher: less normal)."""
+        distances = records[:, :, MIN_DISTANCE]  # finite or NaN, and NaN sorts last
+        found = np.count_nonzero(~np.isnan(distances), axis=1)
+        enough = np.where(found >= self.settings.min_queries, found, 0)
+        w = _shapiro_w(np.sort(distances, axis=1), enough)
+        return -np.log(np.maximum(w, 1e-9))
 
     def _looks(
         self, due: list[tuple[str, ClientState, int, int]], stats: np.ndarray, batch: ModelBatch
@@ -1037,6 +1042,7 @@ class QueryPatternDetector(ProfiledDetector):
         if len(gaps) > 1 and gaps.mean() > 0:
             burstiness = float((gaps.std() - gaps.mean()) / (gaps.std() + gaps.mean()))
         span = float(ts[-1] - ts[0]) if n > 1 else 0.0
+        prada = float(self._prada(records[None])[0])  # over the ring as it is now
         detail_stats = {
             STATISTICS[i]: {
                 "value": round(float(stats[i]), 4),
@@ -1065,11 +1071,7 @@ class QueryPatternDetector(ProfiledDetector):
                 "client": client,
                 "detectors_fired": fired,
                 "statistics": detail_stats,
-                "reported": {
-                    name: round(float(stats[i]), 4)
-                    for i, name in enumerate(STATISTICS)
-                    if not TESTED[i] and not np.isnan(stats[i])
-                },
+                "reported": {"prada_normality": None if np.isnan(prada) else round(prada, 4)},
                 "queries_seen": count,
                 "pattern_began": began,
                 "first_flagged": state.first_flagged,
