@@ -87,7 +87,10 @@ PROBE_FLOOR = 1e-5  # a coordinate moved by less than this (robust units) has no
 PROBE_COORDINATES = 4  # probes over this many distinct coordinates count fully
 REFERENCE_SHARE = 0.01  # of a reference learned from the first events, per client at most
 BINS = 8  # per feature in the coverage histograms
-NULL_REFRESH_SECONDS = 60.0  # event time between refreshes of the null's tails
+# The null's tails are refreshed after this much event time or this many queries, whichever
+# comes first: contemporaneous within an hour, at a cost spread over thousands of queries.
+NULL_REFRESH_SECONDS = 3600.0
+NULL_REFRESH_QUERIES = 5_000
 COVERAGE = STATISTICS.index("coverage")
 # Shapiro-Wilk W of the min distances (PRADA) is reported, not tested: against a population
 # of a few dozen clients its null's tail is too unstable (most benign false alarms on the
@@ -210,6 +213,7 @@ class QueryPatternDetector(ProfiledDetector):
         self.reference_margins = [0, 0]  # its events with scores, and with low margins
         self.last_ts = -np.inf
         self.refreshed = -np.inf  # event time of the null's last refresh
+        self.since_refresh = 0  # queries since
 
     @property
     def calibrated(self) -> bool:
@@ -545,9 +549,13 @@ class QueryPatternDetector(ProfiledDetector):
         per_query[:, SHARED] = shared
         per_query[:, EXACT] = x.round(6) @ self.exact_weights
         bins = self._bins(x)
-        if self.last_ts >= self.refreshed + NULL_REFRESH_SECONDS:
+        self.since_refresh += n
+        if (
+            self.last_ts >= self.refreshed + NULL_REFRESH_SECONDS
+            or self.since_refresh >= NULL_REFRESH_QUERIES
+        ):
             self.null.refresh(self.last_ts, len(self.clients))
-            self.refreshed = self.last_ts
+            self.refreshed, self.since_refresh = self.last_ts, 0
         # Tracked queries grouped by client (arrival order within), clients sorted by the
         # size class of their group (1, 2-3, 4-7, ... queries in this batch), then by how many
         # earlier queries each query is compared with (ring + this batch): `_nearest` pads
