@@ -92,6 +92,9 @@ BINS = 8  # per feature in the coverage histograms
 NULL_REFRESH_SECONDS = 3600.0
 NULL_REFRESH_QUERIES = 5_000
 COVERAGE = STATISTICS.index("coverage")
+KNN_STAT, LOW_STAT, OOD_STAT = (
+    STATISTICS.index(name) for name in ("knn_distance", "low_margin_share", "ood_share")
+)
 # Shapiro-Wilk W of the min distances (PRADA) is reported, not tested: against a population
 # of a few dozen clients its null's tail is too unstable (most benign false alarms on the
 # multi-day benches), and what it sees, the distances and low margins also see.
@@ -128,7 +131,7 @@ class QueryPatternSettings(BaseModel):
     probe_step: float = Field(0.05, gt=0)  # one coordinate moved by at most this: a probe
     low_margin: float = Field(0.1, gt=0, lt=1)  # top-two score gap counted as "low margin"
     # The benign null: clients' latest look values fresher than this, at least this many.
-    null_window_seconds: float = Field(6 * 3600.0, gt=0)
+    null_window_seconds: float = Field(24 * 3600.0, gt=0)
     min_null_clients: int = Field(12, ge=5)
     fingerprint_tables: int = Field(3, ge=1, le=8)
     fingerprint_projections: int = Field(6, ge=2, le=32)
@@ -969,6 +972,12 @@ class QueryPatternDetector(ProfiledDetector):
         buckets[:, COVERAGE] = bucket_of(counts, self.edges)
         p_values = self.null.p_values(stats, buckets)
         p_values[:, ~TESTED] = np.nan  # reported, not tested
+        # Closeness alone is no evidence (a batch job of similar records is close too): it
+        # counts with low margins or out-of-reference inputs, as max(p_knn, min(p_low, p_ood)),
+        # a valid p-value (P(max <= a) <= P(p_knn <= a) <= a).
+        support = np.fmin(p_values[:, LOW_STAT], p_values[:, OOD_STAT])
+        support = np.where(np.isnan(support), 1.0, support)
+        p_values[:, KNN_STAT] = np.maximum(p_values[:, KNN_STAT], support)
         tested = int(TESTED.sum())
         smallest = np.where(np.isnan(p_values), 1.0, p_values).min(axis=1)
         combined = np.minimum(1.0, tested * smallest).tolist()
