@@ -149,7 +149,7 @@ RECORD = 8
 _NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan, 0])  # counts in no statistic
 # LOW: 1 low margin, 0 not, -1 no score. KNN: log mean distance to the k nearest earlier
 # distinct queries (NaN: not enough of them). MIN_DISTANCE: NaN for repeats and the first.
-# PROBE: 1 + the coordinate a probe moved, 0 for other queries.
+# PROBE: 1 + the coordinate a probe moved, -1 for an entity re-scored, 0 for other queries.
 
 _CLIENT_FIELDS = (
     "slot",
@@ -786,6 +786,11 @@ class QueryPatternDetector(ProfiledDetector):
             vectors = _candidates(flat, stored, size, rows_f, ring_base, batch_base, cols[:, :k])
             found = values[:, :k]
             same, probe[top:bottom] = self._compare(x, vectors, dim, np.isfinite(found))
+            # Re-scoring an entity seen before (its nearest earlier query is that entity, and
+            # no probe): marked -1, left out of the shares.
+            probe[top:bottom] = np.where(
+                (probe[top:bottom] == 0) & same[:, 0], -1.0, probe[top:bottom]
+            )
             redo = np.flatnonzero(same.any(axis=1))
             if len(redo):
                 vectors = _candidates(
@@ -924,10 +929,19 @@ class QueryPatternDetector(ProfiledDetector):
         n = np.minimum(counts, s.buffer_size)
         low, knn = records[:, :, LOW], records[:, :, KNN]
         out = np.full((len(records), len(STATISTICS)), np.nan)
-        out[:, 0] = np.count_nonzero(records[:, :, OOD], axis=1) / n
-        scored = np.count_nonzero(low >= 0, axis=1)
-        low_count = np.count_nonzero(low == 1, axis=1)
-        out[:, 1] = np.where(scored >= s.min_queries, low_count / np.maximum(scored, 1), np.nan)
+        # Shares over distinct inputs: an entity re-scored (PROBE -1) counts once, so a
+        # re-scorer whose entities sit at the edge of the reference is not "out of it" again
+        # and again. Half the window at least must be distinct.
+        distinct = (records[:, :, TS] > -np.inf) & (records[:, :, PROBE] >= 0)
+        kept = np.count_nonzero(distinct, axis=1)
+        enough = kept >= s.min_queries // 2
+        ood = np.count_nonzero(records[:, :, OOD].astype(bool) & distinct, axis=1)
+        out[:, 0] = np.where(enough, ood / np.maximum(kept, 1), np.nan)
+        scored = np.count_nonzero((low >= 0) & distinct, axis=1)
+        low_count = np.count_nonzero((low == 1) & distinct, axis=1)
+        out[:, 1] = np.where(
+            scored >= s.min_queries // 2, low_count / np.maximum(scored, 1), np.nan
+        )
         out[:, 2] = np.count_nonzero(records[:, :, SHARED], axis=1) / n
         finite = np.isfinite(knn)
         found = np.count_nonzero(finite, axis=1)
