@@ -786,10 +786,10 @@ class QueryPatternDetector(ProfiledDetector):
             vectors = _candidates(flat, stored, size, rows_f, ring_base, batch_base, cols[:, :k])
             found = values[:, :k]
             same, probe[top:bottom] = self._compare(x, vectors, dim, np.isfinite(found))
-            # Re-scoring an entity seen before (its nearest earlier query is that entity, and
-            # no probe): marked -1, left out of the shares.
+            # Re-scoring an entity seen before (one of its k nearest earlier queries is that
+            # entity, and no probe): marked -1, left out of the shares.
             probe[top:bottom] = np.where(
-                (probe[top:bottom] == 0) & same[:, 0], -1.0, probe[top:bottom]
+                (probe[top:bottom] == 0) & same.any(axis=1), -1.0, probe[top:bottom]
             )
             redo = np.flatnonzero(same.any(axis=1))
             if len(redo):
