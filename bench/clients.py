@@ -7,7 +7,7 @@ A tabular fraud model serves a day of traffic from 200 benign clients and five a
 - benign edge cases: clients re-scoring the same few entities again and again, batch jobs
   sending a few hundred similar records at several per second every few hours, heavy but
   ordinary users with three times the usual volume;
-- attackers (each from a random time between 10:00 and 18:00, after calibration):
+- attackers (each from a random time between 10:00 and 18:00):
   uniform-random synthetic extraction over the feature ranges, JBDA-style augmentation
   around a few seeds, a HopSkipJump-style boundary walk, a boundary walk split round-robin
   over five client keys, and a scraper sending real-looking records at 20x the typical rate.

@@ -1,45 +1,50 @@
 """Suspicious clients: per-caller detection of model extraction, boundary probing and abuse.
 
-Every query is scaled and encoded through the model's reference `InputProfile`, then appended
-to its client's bounded ring of recent queries (at most `buffer_size`). The rings of all
-clients fit in `max_state_mb`, whatever the number of clients: the detector tracks at most
-min(`max_clients`, `max_state_mb` / one ring's bytes) clients, the least recently seen evicted
-and counted. Per query, in micro-batches with numpy:
+Every query is scaled and encoded through the model's `InputProfile` (the stored reference
+handed over by `set_reference`, else the model's first `reference_size` events), then
+appended to its client's bounded ring of recent queries (at most `buffer_size`). The rings of
+all clients fit in `max_state_mb`: at most min(`max_clients`, budget / one client's bytes)
+clients are tracked, the least recently seen evicted and counted. Per query, in micro-batches
+with numpy:
 
 - distance to the client's earlier queries: the minimum (PRADA's statistic) and the mean to
   the `k_neighbours` nearest (Blacklight / stateful detection). Earlier queries that differ in
   at most `entity_changes` coordinates are left out of both: re-scoring the same entity, even
   with a field updated, is use, not probing;
+- a *coordinate probe*: one of its nearest earlier queries differs in exactly one coordinate,
+  by at most `probe_step` (robust units): the finite differences of ZOO-style attacks;
 - out of the reference's ranges (the `InputProfile` rule), and a low-margin prediction;
+- the bin of each feature it falls in (numeric: the reference's octiles; categorical: the
+  profile's hashed bucket), added to the client's cumulative per-feature histograms;
 - a salted random-projection LSH fingerprint, looked up in one table shared by all clients,
   so near-duplicates sent under another client key within `fingerprint_horizon_seconds` are
   noticed: splitting an attack over several keys does not hide it.
 
-Every `check_every` queries of a client (a "look"), seven statistics summarize its recent
-queries: `ood_share`, `low_margin_share`, `shared_fingerprints` (shares of its ring),
-`knn_distance` (mean log k-NN distance: closer than benign), `prada_normality` (Shapiro-Wilk
-W of the min distances: less normal than benign), `coverage_speed` (novel queries, farther
-from the client's earlier ones than a typical reference query is from its neighbours, in the
-trailing `rate_window_seconds`) and `rate` (queries in that window). Each gets
-peaks-over-threshold p-values (`TailPValue`) against the values benign clients showed during
-calibration, the first `calibration_queries` queries after the reference.
+Every `check_every` queries of a client (a "look", at that query even mid-batch: its window
+is rebuilt as it was then), seven statistics summarize its ring: `ood_share`,
+`low_margin_share`, `shared_fingerprints`, `knn_distance` (minus the mean log k-NN
+distance), `prada_normality` (-log Shapiro-Wilk W of the min distances),
+`coordinate_probes` (share of probes, weighted by how many coordinates were probed) and
+`coverage` (how fully the client's cumulative histograms cover the reference's: the sum over
+features of their entropy minus the reference's; a natural-data extractor sampling the whole
+population climbs to 0, a client serving its own segment stays below).
 
-A look's p-value is the Bonferroni minimum over detectors, valid whatever their dependence.
-Looks are spent per client and per event-time day: the j-th look of a day is tested at
-alpha / (j (j + 1)), which sums to alpha, so each benign client is flagged on a given day
-with probability at most alpha = `false_clients_per_thousand` / 1000. Since the budget is a
-share of clients, that is also the expected share of benign clients flagged, however many
-are tested.
+Each statistic is judged against the *contemporaneous* benign population at the same history
+length (`detectors.clients.null`): each client's latest value per ring-fill bucket, one voice
+per client, fresher than `null_window_seconds`; a robust peaks-over-threshold tail. A
+model-wide change moves every client's statistics and so the null with them: it is input
+drift, never many suspicious clients. Before enough clients exist, a conservative prior from
+the reference judges what has a principled benign level, so attackers present from the first
+query are found.
 
-Cost: every query is measured and every look computes every statistic (nothing is sampled),
-with no numpy call per client. The batch is grouped by client once; clients' rings are rows
-of shared arrays, stored in one step; runs of similar clients (`_segments`) get their
-distances from one padded batched product and their nearest candidates from one
-`np.partition` of the distances' bit patterns as int32 (`_smallest`); the entity check looks
-at the k nearest candidates first. The looks due in a batch are computed together:
-statistics as arrays over clients, Shapiro-Wilk W from cached coefficients (`_shapiro_w`),
-one p-value call per statistic. OpenBLAS worker threads spinning after larger products can
-double the CPU time: the agent runs with one BLAS thread (`agent/__init__.py`).
+A look's p-value is the Bonferroni minimum over the seven statistics. Looks are spent per
+client and per event-time day: the j-th look of a day is tested at alpha / (j (j + 1)), which
+sums to alpha = `false_clients_per_thousand` / 1000, the share of benign clients flagged per
+day at most (as far as the null's tail holds; see docs/query-patterns.md).
+
+Cost: every query is measured, with no numpy call per client; the batched neighbour search
+(`_segments`, `_smallest`) and the Shapiro-Wilk shortcut (`_shapiro_w`) are explained where
+they are defined and in docs/query-patterns.md.
 """
 
 from __future__ import annotations
@@ -59,7 +64,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from scipy.special import ndtri
 
 from detectors.base import Finding, Kind, Severity
-from detectors.calibration import TailPValue
+from detectors.clients.codec import (
+    profile_from_data,
+    profile_to_data,
+    sample_from_data,
+    sample_to_data,
+)
+from detectors.clients.null import STATISTICS, PopulationNull, bucket_of, history_edges
 from detectors.input_anomaly import (
     InputProfile,
     ProfiledDetector,
@@ -68,19 +79,26 @@ from detectors.input_anomaly import (
 from streams.batch import ModelBatch
 
 DAY = 86_400.0
-DETECTORS = (
-    "ood_share",
-    "low_margin_share",
-    "shared_fingerprints",
-    "knn_distance",
-    "prada_normality",
-    "coverage_speed",
-    "rate",
-)
-MIN_CALIBRATION_VALUES = 30  # fewer benign values of a statistic: that detector stays off
-CALIBRATION_LOOKS_PER_CLIENT = 8  # so that no single client shapes what "benign" means
+DETECTORS = STATISTICS
 CLEAN_P = 0.1  # a look above this is clean: a later pattern began after it
 LINKED_CLIENTS = 8  # other keys remembered per client for shared fingerprints
+PROBE_FLOOR = 1e-5  # a coordinate moved by less than this (robust units) has not moved
+PROBE_COORDINATES = 4  # probes over this many distinct coordinates count fully
+REFERENCE_SHARE = 0.01  # of a reference learned from the first events, per client at most
+BINS = 8  # per feature in the coverage histograms
+# The null's tails are refreshed after this much event time or this many queries, whichever
+# comes first: contemporaneous within an hour, at a cost spread over thousands of queries.
+NULL_REFRESH_SECONDS = 3600.0
+NULL_REFRESH_QUERIES = 5_000
+COVERAGE = STATISTICS.index("coverage")
+KNN_STAT, LOW_STAT, OOD_STAT = (
+    STATISTICS.index(name) for name in ("knn_distance", "low_margin_share", "ood_share")
+)
+# Shapiro-Wilk W of the min distances (PRADA) is reported, not tested: against a population
+# of a few dozen clients its null's tail is too unstable (most benign false alarms on the
+# multi-day benches), and what it sees, the distances and low margins also see.
+TESTED = np.array([name != "prada_normality" for name in STATISTICS])
+PRIOR_CLIENTS = 24  # pseudo-clients drawn from the reference per history bucket
 # A padded distance block's fixed cost (its numpy calls), in distance entries: a client group
 # joins a block unless that adds more padding than this (`_segments`).
 SEGMENT_OVERHEAD = 20_000
@@ -89,29 +107,31 @@ SEGMENT_OVERHEAD = 20_000
 class QueryPatternSettings(BaseModel):
     """Per-client query-pattern detection (`suspicious_client`).
 
-    Memory: `max_state_mb` bounds the per-client rings whatever the number of clients
+    Memory: `max_state_mb` bounds the per-client state whatever the number of clients
     (config key `detectors.query_patterns.max_state_mb`); see docs/query-patterns.md."""
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     reference_size: int = Field(3000, ge=200)  # events that define the input profile
-    calibration_queries: int = Field(30_000, ge=1000)  # then benign statistics are frozen
     false_clients_per_thousand: float = Field(1.0, gt=0, le=100)  # per client and day
     max_clients: int = Field(50_000, ge=10)
-    # MiB for the rings of all tracked clients (per model and partition): at most
-    # budget / (buffer_size x (4 (dim + 2) + 56)) clients are tracked (about 1,200 at the
-    # default with 38 encoded features), if fewer than max_clients; beyond, the least
-    # recently seen is evicted (see `_states`). Snapshots hold only the entries in use.
+    # MiB for the per-client state of all tracked clients (per model and partition), rings
+    # mostly: at most budget / (buffer_size x (4 (dim + 2) + 64) + 1,100) clients are tracked
+    # (about 1,100 at the default with 38 encoded features), if fewer than max_clients; beyond,
+    # the least recently seen is evicted. Snapshots hold only the entries in use.
     max_state_mb: float = Field(64.0, ge=0.5, le=65_536)
     buffer_size: int = Field(256, ge=32, le=4096)
-    min_queries: int = Field(25, ge=10)
-    check_every: int = Field(25, ge=5)
+    min_queries: int = Field(20, ge=10)
+    check_every: int = Field(10, ge=1)
     k_neighbours: int = Field(5, ge=1, le=50)
     repeat_distance: float = Field(0.01, ge=0)  # smaller coordinate change: no change
     entity_changes: int = Field(2, ge=0)  # at most this many coordinates changed: same entity
+    probe_step: float = Field(0.05, gt=0)  # one coordinate moved by at most this: a probe
     low_margin: float = Field(0.1, gt=0, lt=1)  # top-two score gap counted as "low margin"
-    rate_window_seconds: float = Field(1800.0, gt=0)
+    # The benign null: clients' latest look values fresher than this, at least this many.
+    null_window_seconds: float = Field(24 * 3600.0, gt=0)
+    min_null_clients: int = Field(12, ge=5)
     fingerprint_tables: int = Field(3, ge=1, le=8)
     fingerprint_projections: int = Field(6, ge=2, le=32)
     fingerprint_width: float = Field(0.05, gt=0)  # in robust (IQR) units
@@ -123,10 +143,23 @@ class QueryPatternSettings(BaseModel):
 
 
 # Columns of a client's per-query record (one row per query in its ring).
-TS, OOD, LOW, SHARED, EXACT, KNN, MIN_DISTANCE = range(7)
-_NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan])  # counts in no statistic
+TS, OOD, LOW, SHARED, EXACT, KNN, MIN_DISTANCE, PROBE = range(8)
+RECORD = 8
+_NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan, 0])  # counts in no statistic
 # LOW: 1 low margin, 0 not, -1 no score. KNN: log mean distance to the k nearest earlier
 # distinct queries (NaN: not enough of them). MIN_DISTANCE: NaN for repeats and the first.
+# PROBE: 1 + the coordinate a probe moved, -1 for an entity re-scored, 0 for other queries.
+
+# A client's integer fields as checkpointed, in the clients' order; its ring slot is not among
+# them (`load_state` assigns slots afresh in that order), so equal states encode equally.
+_CLIENT_FIELDS = (
+    "count",
+    "day",
+    "day_looks",
+    "clean_count",
+    "last_finding_look",
+    "flagged_looks",
+)
 
 
 @dataclass(slots=True)
@@ -139,30 +172,12 @@ class ClientState:
     day: int = -1
     day_looks: int = 0
     clean_count: int = 0  # queries seen at the last clean look
-    flagged_severity: str | None = None
     last_finding_look: int = 0
+    flagged_looks: int = 0  # looks that crossed the threshold, ever
+    flagged_severity: str | None = None
+    first_flagged: float | None = None  # event time of the first flagged look
     # Other clients' owner hashes; None until the first (most clients never get one).
     linked: Counter[int] | None = None
-
-
-def _client_state(client: ClientState) -> list[Any]:
-    """A client's bookkeeping as plain data (its links as (owner, count) pairs)."""
-    linked = None if client.linked is None else list(client.linked.items())
-    return [
-        client.slot,
-        client.count,
-        client.day,
-        client.day_looks,
-        client.clean_count,
-        client.flagged_severity,
-        client.last_finding_look,
-        linked,
-    ]
-
-
-def _client_of_state(values: list[Any]) -> ClientState:
-    *fields, linked = values
-    return ClientState(*fields, linked=None if linked is None else Counter(dict(linked)))
 
 
 class QueryPatternDetector(ProfiledDetector):
@@ -173,6 +188,7 @@ class QueryPatternDetector(ProfiledDetector):
     def __init__(self, model: str, settings: QueryPatternSettings | None = None) -> None:
         self.settings = settings or QueryPatternSettings()
         super().__init__(model, self.settings.reference_size)
+        s = self.settings
         self.clients: OrderedDict[str, ClientState] = OrderedDict()
         self.evicted = 0
         self.untracked = 0  # queries of new clients beyond the cap in an over-full batch
@@ -181,112 +197,299 @@ class QueryPatternDetector(ProfiledDetector):
         # Rings of recent queries, row `slot` per client: encoded queries as [x, |x|^2, 1]
         # (float32 halves the state; distances that matter are >= 1e-2) and their records.
         # Sized in `_learn`; `tracked_cap()` rows (the memory budget) at the first client.
-        self.ring_vectors = np.zeros((0, self.settings.buffer_size, 0), dtype=np.float32)
-        self.ring_records = np.zeros((0, self.settings.buffer_size, 7))
-        size = 1 << max(10, (self.settings.max_fingerprints - 1).bit_length())
+        self.ring_vectors = np.zeros((0, s.buffer_size, 0), dtype=np.float32)
+        self.ring_records = np.zeros((0, s.buffer_size, RECORD))
+        self.coverage = np.zeros((0, 0, BINS), dtype=np.int32)  # client x feature x bin
+        size = 1 << max(10, (s.max_fingerprints - 1).bit_length())
         self.fp_keys = np.zeros(size, dtype=np.int64)  # the shared fingerprint table
         self.fp_owners = np.zeros(size, dtype=np.int64)
         self.fp_ts = np.full(size, -np.inf)
+        self.edges = history_edges(s.min_queries, s.buffer_size)
+        self.null = PopulationNull(self.edges, s.null_window_seconds, s.min_null_clients)
         self.exact_weights = np.zeros(0)
-        self.calibration_left = self.settings.calibration_queries
-        self.samples: dict[str, list[float]] = {d: [] for d in DETECTORS}  # benign values
-        self.tails: dict[str, TailPValue] = {}
         self.projections = np.zeros((0, 0))
         self.offsets = np.zeros(0)
         self.hash_weights = np.zeros(0, dtype=np.int64)
-        self.novel_knn = 0.0  # log k-NN distance of a typical reference query
+        self.bin_edges = np.zeros((0, BINS - 1))  # numeric features' octiles, encoded
+        self.reference_entropy = 0.0  # of the reference's histograms, summed over features
+        self.reference_taken: dict[str, int] = {}  # events per client in the reference
+        self.reference_margins = [0, 0]  # its events with scores, and with low margins
+        self.last_ts = -np.inf
+        self.refreshed = -np.inf  # event time of the null's last refresh
+        self.since_refresh = 0  # queries since
 
     @property
     def calibrated(self) -> bool:
-        return self.calibration_left <= 0 and bool(self.tails)
+        """Whether the input profile is known (judging starts with the next query)."""
+        return self.profile is not None
 
-    def tracked_cap(self) -> int:
-        """How many clients can be tracked at once: `max_clients`, or fewer when their full
-        rings would not fit in `max_state_mb` (at least one). Known once the encoded
-        dimension is (`_learn`); before that, `max_clients`."""
+    def client_bytes(self) -> int:
+        """Bytes of one tracked client's state: ring, histograms, null row."""
         s = self.settings
         width = self.ring_vectors.shape[2]
-        if width == 0:
+        ring = s.buffer_size * (self.ring_vectors.itemsize * width + RECORD * 8)
+        null = len(self.edges) * (len(STATISTICS) + 1) * 8
+        features = self.coverage.shape[1]
+        return ring + features * BINS * 4 + 2 * null
+
+    def tracked_cap(self) -> int:
+        """How many clients can be tracked at once: `max_clients`, or fewer when their state
+        would not fit in `max_state_mb` (at least one). Known once the encoded dimension is
+        (`_learn`); before that, `max_clients`."""
+        s = self.settings
+        if self.ring_vectors.shape[2] == 0:
             return s.max_clients
-        per_client = s.buffer_size * (self.ring_vectors.itemsize * width + 7 * 8)
-        return max(1, min(s.max_clients, int(s.max_state_mb * 2**20) // per_client))
+        return max(1, min(s.max_clients, int(s.max_state_mb * 2**20) // self.client_bytes()))
+
+    # --- the reference -------------------------------------------------------------------
+
+    def set_reference(self, reference: ModelBatch) -> None:
+        """Learns the profile and the prior from the stored reference at once (no events are
+        spent on it) and starts afresh: rings encoded with another profile would not compare."""
+        self.__init__(self.model, self.settings)  # type: ignore[misc]
+        self.reference = None
+        self._learn(reference.numeric, reference.categorical, reference)
+
+    def _monitored_from(self, batch: ModelBatch) -> int | None:
+        """Collects the reference from the first events (when none was handed over), each
+        client giving at most twice the mean client's share of it (and at least
+        `REFERENCE_SHARE`), so that an attacker active from the
+        first query cannot make its own queries the model's picture of normal; returns where
+        in the batch monitoring starts (None: nothing of it is left to monitor)."""
+        sample = self.reference
+        if sample is None:
+            return 0
+        floor = max(1, int(sample.size * REFERENCE_SHARE))
+        taken = self.reference_taken
+        chosen, end = [], len(batch)
+        for i, client in enumerate(batch.clients or [None] * len(batch)):
+            have = sample.count + len(chosen)
+            if have >= sample.size:
+                end = i
+                break
+            key = "" if client is None else client
+            cap = max(floor, 2 * -(-have // max(1, len(taken))))  # twice the mean share
+            if taken.get(key, 0) < cap or client is None:
+                taken[key] = taken.get(key, 0) + 1
+                chosen.append(i)
+        rows = np.array(chosen, dtype=np.int64)
+        low = _low_margin(batch, self.settings.low_margin)[rows]
+        self.reference_margins[0] += int(np.count_nonzero(low >= 0))
+        self.reference_margins[1] += int(np.count_nonzero(low == 1))
+        sample.add(
+            reference_batch(
+                {name: column[rows] for name, column in batch.numeric.items()},
+                {name: column[rows] for name, column in batch.categorical.items()},
+            )
+        )
+        if not sample.full:
+            return None
+        numeric, categorical = sample.columns()
+        self.reference, self.reference_taken = None, {}
+        self._learn(numeric, categorical)
+        self.reference_margins = [0, 0]
+        return end if end < len(batch) else None
+
+    def _learn(
+        self,
+        numeric: dict[str, np.ndarray],
+        categorical: dict[str, np.ndarray],
+        scored: ModelBatch | None = None,
+    ) -> None:
+        s = self.settings
+        self.profile = InputProfile(numeric, categorical)
+        dim = self.profile.dim
+        self.ring_vectors = np.zeros((0, s.buffer_size, dim + 2), dtype=np.float32)
+        self.ring_records = np.zeros((0, s.buffer_size, RECORD))
+        seed = int.from_bytes(
+            hashlib.sha256(f"{s.fingerprint_salt}|{self.model}".encode()).digest()[:8], "big"
+        )
+        rng = np.random.default_rng(seed)
+        width = s.fingerprint_tables * s.fingerprint_projections
+        directions = rng.normal(size=(dim, width))
+        directions /= np.linalg.norm(directions, axis=0, keepdims=True)
+        self.projections = directions / s.fingerprint_width
+        self.offsets = rng.uniform(0, 1, size=width)
+        self.hash_weights = rng.integers(1, 2**31, size=s.fingerprint_projections) * 2 + 1
+        self.exact_weights = rng.normal(size=dim)
+        batch = scored if scored is not None else reference_batch(numeric, categorical)
+        encoded = self.profile.encode(batch)
+        self._learn_prior(encoded, batch, rng)
+
+    def _learn_prior(
+        self, encoded: np.ndarray, batch: ModelBatch, rng: np.random.Generator
+    ) -> None:
+        """The reference's benign levels: the prior of the null, and the coverage bins.
+
+        Conservative on purpose (it is what judges before a population exists): shares are
+        flagged only far above the reference's own rate, distances only when far closer than
+        queries drawn i.i.d. from the reference, which are already spread wider than any one
+        client's. Coverage and normality have no prior: they need a population."""
+        s = self.settings
+        n_ref = len(encoded)
+        index = {name: i for i, name in enumerate(STATISTICS)}
+        buckets = len(self.edges)
+        prior_u = np.full((buckets, len(STATISTICS)), np.nan)
+        prior_b = np.full((buckets, len(STATISTICS)), np.nan)
+        ood_rate = float(self.profile.anomalies(batch).any(axis=1).mean()) if n_ref else 0.0
+        scored, low = self.reference_margins  # the first events' (a stored reference: below)
+        if batch.scores or batch.score is not None:
+            margins = _low_margin(batch, s.low_margin)
+            scored, low = int(np.count_nonzero(margins >= 0)), int(np.count_nonzero(margins == 1))
+        low_rate = low / scored if scored >= 50 else 0.2
+        for name, rate in (("ood_share", ood_rate), ("low_margin_share", low_rate)):
+            prior_u[:, index[name]] = min(1.0, 3 * rate + 0.05)
+            prior_b[:, index[name]] = 0.05
+        for name in ("shared_fingerprints", "coordinate_probes"):
+            prior_u[:, index[name]] = 0.05
+            prior_b[:, index[name]] = 0.05
+        # Distances: pseudo-clients of n i.i.d. reference queries per bucket; judged only when
+        # 10x closer (log 10) than their median, with a wide tail (0.3 log units).
+        knn = index["knn_distance"]
+        for bucket, edge in enumerate(self.edges.tolist()):
+            n = min(int(edge), n_ref)
+            if edge > s.buffer_size or n <= s.k_neighbours + 1:
+                continue  # distances are over the ring: no bucket beyond the full ring
+            values = []
+            for _ in range(PRIOR_CLIENTS):
+                x = encoded[rng.choice(n_ref, n, replace=False)]
+                d2 = (x**2).sum(axis=1)[:, None] + (x**2).sum(axis=1)[None, :] - 2 * x @ x.T
+                np.fill_diagonal(d2, np.inf)
+                d2.partition(s.k_neighbours - 1, axis=1)
+                near = np.sqrt(np.maximum(d2[:, : s.k_neighbours], 0)).mean(axis=1)
+                values.append(-float(np.log(near + 1e-6).mean()))
+            prior_u[bucket, knn] = float(np.median(values)) + math.log(10)
+            prior_b[bucket, knn] = 0.3
+        self.null.prior_u, self.null.prior_b = prior_u, prior_b
+        self.null.refresh(self.last_ts)
+        numerics = len(self.profile.numeric_names)
+        quantiles = np.arange(1, BINS) / BINS
+        self.bin_edges = np.quantile(encoded[:, :numerics], quantiles, axis=0).T.copy()
+        features = numerics + len(self.profile.categorical_names)
+        self.coverage = np.zeros((0, features, BINS), dtype=np.int32)
+        histogram = np.zeros((features, BINS))
+        np.add.at(histogram, (np.arange(features)[None, :], self._bins(encoded)), 1)
+        self.reference_entropy = float(_entropy(histogram[None])[0])
+
+    def _bins(self, encoded: np.ndarray) -> np.ndarray:
+        """Each query's bin per feature (queries x features): numeric features by the
+        reference's octiles, categorical ones by their hashed bucket (missing: the next)."""
+        assert self.profile is not None
+        numerics = len(self.profile.numeric_names)
+        out = np.empty((len(encoded), self.coverage.shape[1]), dtype=np.int64)
+        out[:, :numerics] = (encoded[:, :numerics, None] > self.bin_edges[None]).sum(axis=2)
+        width = self.profile.buckets
+        for j in range(len(self.profile.categorical_names)):
+            block = encoded[:, numerics + j * width : numerics + (j + 1) * width]
+            out[:, numerics + j] = np.where(block.any(axis=1), block.argmax(axis=1), width)
+        return out
+
+    # --- checkpoints (data only) ----------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        """Plain data, with only the ring entries in use: clients hold slots 0..n-1 and a
-        ring fills from its start, so spare rows and the unfilled ends of rings (most of a
-        ring for the many clients that send a few queries) are left out; `load_state`
-        rebuilds the arrays."""
+        """The state as plain data, with only the ring entries in use: clients hold slots
+        0..n-1 and a ring fills from its start, so spare rows and the unfilled ends of rings
+        are left out; `load_state` rebuilds the arrays. (The settings, with the client id
+        key as a digest only, are in the checkpoint's envelope: `Detector.snapshot`.)"""
         size = self.settings.buffer_size
-        fill = np.zeros(len(self.clients), dtype=np.int64)
-        for client in self.clients.values():
-            fill[client.slot] = min(client.count, size)
+        order = list(self.clients.values())
+        fill = np.array([min(c.count, size) for c in order], dtype=np.int64)
+        slots = np.array([c.slot for c in order], dtype=np.int64)
         used = np.arange(size) < fill[:, None]
-        return {
-            **self.profiled_state(),
-            "clients": [[name, *_client_state(c)] for name, c in self.clients.items()],
-            "evicted": self.evicted,
-            "untracked": self.untracked,
-            "anonymous": self.anonymous,
-            "owner_names": list(self.owner_names.items()),
-            "ring_fill": fill,
-            "ring_width": self.ring_vectors.shape[2],
-            "ring_vectors": self.ring_vectors[: len(fill)][used],
-            "ring_records": self.ring_records[: len(fill)][used],
-            "fp_keys": self.fp_keys,
-            "fp_owners": self.fp_owners,
-            "fp_ts": self.fp_ts,
-            "exact_weights": self.exact_weights,
-            "calibration_left": self.calibration_left,
-            "samples": self.samples,
-            "tails": {name: tail.state() for name, tail in self.tails.items()},
-            "projections": self.projections,
-            "offsets": self.offsets,
-            "hash_weights": self.hash_weights,
-            "novel_knn": self.novel_knn,
+        clients = {
+            "names": list(self.clients),
+            "fields": np.array(
+                [[getattr(c, f) for f in _CLIENT_FIELDS] for c in order], dtype=np.int64
+            ).reshape(len(order), len(_CLIENT_FIELDS)),
+            "severity": [c.flagged_severity for c in order],
+            "first_flagged": [c.first_flagged for c in order],
+            "linked": [None if c.linked is None else dict(c.linked) for c in order],
         }
+        state: dict[str, Any] = {
+            "model": self.model,
+            "counters": [self.evicted, self.untracked, self.anonymous],
+            "last_ts": self.last_ts,
+            "reference": None if self.reference is None else sample_to_data(self.reference),
+            "reference_taken": self.reference_taken,
+            "reference_margins": self.reference_margins,
+            "profile": None if self.profile is None else profile_to_data(self.profile),
+            "owner_names": [list(self.owner_names), list(self.owner_names.values())],
+            "clients": clients,
+            "fill": fill,
+            "ring_vectors": self.ring_vectors[slots][used],
+            "ring_records": self.ring_records[slots][used],
+            "coverage": self.coverage[slots],
+            "null": self.null.state(0)
+            | {
+                "values": self.null.values[slots],
+                "stamps": self.null.stamps[slots],
+            },
+            "fingerprints": [self.fp_keys, self.fp_owners, self.fp_ts],
+            "hashing": {
+                "exact_weights": self.exact_weights,
+                "projections": self.projections,
+                "offsets": self.offsets,
+                "hash_weights": self.hash_weights,
+                "bin_edges": self.bin_edges,
+                "reference_entropy": self.reference_entropy,
+            },
+        }
+        return state
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.load_profiled(state)
-        self.clients = OrderedDict(
-            (name, _client_of_state(values)) for name, *values in state["clients"]
+        """Rebuilds what `state()` described; when the memory budget is smaller now, the most
+        recently seen clients are kept."""
+        s = self.settings
+        self.__init__(self.model, s)  # type: ignore[misc]
+        self.evicted, self.untracked, self.anonymous = state["counters"]
+        self.last_ts = state["last_ts"]
+        self.reference = (
+            None if state["reference"] is None else sample_from_data(state["reference"])
         )
-        self.evicted, self.untracked = state["evicted"], state["untracked"]
-        self.anonymous = state["anonymous"]
-        self.owner_names = OrderedDict((owner, name) for owner, name in state["owner_names"])
-        fill = state["ring_fill"]
-        size = self.settings.buffer_size
-        used = np.arange(size) < fill[:, None]
-        width = state["ring_width"]
-        self.ring_vectors = np.zeros((len(fill), size, width), dtype=np.float32)
-        self.ring_records = np.zeros((len(fill), size, 7))
-        self.ring_vectors[used] = state["ring_vectors"]
-        self.ring_records[used] = state["ring_records"]
-        self.fp_keys, self.fp_owners = state["fp_keys"], state["fp_owners"]
-        self.fp_ts = state["fp_ts"]
-        self.exact_weights = state["exact_weights"]
-        self.calibration_left = state["calibration_left"]
-        self.samples = state["samples"]
-        self.tails = {name: TailPValue.of_state(t) for name, t in state["tails"].items()}
-        self.projections, self.offsets = state["projections"], state["offsets"]
-        self.hash_weights = state["hash_weights"]
-        self.novel_knn = state["novel_knn"]
-        self._fit_budget()
-
-    def _fit_budget(self) -> None:
-        """Brings restored state within the budget (an older checkpoint may hold more
-        clients or rows): the least recently seen clients beyond the cap are evicted and the
-        rest moved to slots 0..n-1."""
-        cap = self.tracked_cap()
-        if len(self.ring_records) <= cap:
+        self.profile = None if state["profile"] is None else profile_from_data(state["profile"])
+        self.reference_taken = state["reference_taken"]
+        self.reference_margins = state["reference_margins"]
+        keys, names = state["owner_names"]
+        self.owner_names = OrderedDict(zip(keys, names, strict=True))
+        for name, value in state["hashing"].items():
+            setattr(self, name, value)
+        self.fp_keys, self.fp_owners, self.fp_ts = state["fingerprints"]
+        if self.profile is None:
             return
-        while len(self.clients) > cap:
-            self.clients.popitem(last=False)
-            self.evicted += 1
-        slots = [client.slot for client in self.clients.values()]
-        self.ring_vectors = self.ring_vectors[slots]
-        self.ring_records = self.ring_records[slots]
-        for slot, client in enumerate(self.clients.values()):
-            client.slot = slot
+        dim = self.profile.dim
+        self.ring_vectors = np.zeros((0, s.buffer_size, dim + 2), dtype=np.float32)
+        self.coverage = np.zeros((0, state["coverage"].shape[1], BINS), dtype=np.int32)
+        fill = state["fill"]
+        cap = self.tracked_cap()
+        kept = slice(max(0, len(fill) - cap), len(fill))  # the most recently seen fit
+        rows = len(fill)
+        vectors = np.zeros((rows, s.buffer_size, dim + 2), dtype=np.float32)
+        records = np.zeros((rows, s.buffer_size, RECORD))
+        used = np.arange(s.buffer_size) < fill[:, None]
+        vectors[used], records[used] = state["ring_vectors"], state["ring_records"]
+        self._reserve(len(fill[kept]), cap)
+        self.ring_vectors[: len(fill[kept])] = vectors[kept]
+        self.ring_records[: len(fill[kept])] = records[kept]
+        self.coverage[: len(fill[kept])] = state["coverage"][kept]
+        null = state["null"]
+        self.null.prior_u, self.null.prior_b = null["prior_u"], null["prior_b"]
+        self.null.values[: len(fill[kept])] = null["values"][kept]
+        self.null.stamps[: len(fill[kept])] = null["stamps"][kept]
+        self.null.refresh(self.last_ts)
+        clients = state["clients"]
+        self.evicted += len(fill) - len(fill[kept])
+        for i in range(kept.start, kept.stop):
+            fields: dict[str, Any] = dict(
+                zip(_CLIENT_FIELDS, clients["fields"][i].tolist(), strict=True)
+            )
+            fields["slot"] = i - kept.start
+            linked = clients["linked"][i]
+            self.clients[clients["names"][i]] = ClientState(
+                **fields,
+                flagged_severity=clients["severity"][i],
+                first_flagged=clients["first_flagged"][i],
+                linked=None if linked is None else Counter(linked),
+            )
 
     def window(self, state: ClientState) -> np.ndarray:
         """The records of a client's queries in its ring (ring order, not arrival order)."""
@@ -315,10 +518,33 @@ class QueryPatternDetector(ProfiledDetector):
         self.anonymous += int((owner == 0).sum())
         untracked = np.array([st is None for st in states]) & (owners != 0)
         self.untracked += int(untracked[codes].sum())
+        ts = batch.ts[start:]
+        self.last_ts = max(self.last_ts, float(ts.max()))
         if all(state is None for state in states):
             return []
-        ts = batch.ts[start:]
         shared, linked = self._shared_fingerprints(x, ts, owner)
+        for state, code in zip(states, owners.tolist(), strict=True):
+            if state is None or not linked or not (others := linked.get(code)):
+                continue
+            if state.linked is None:
+                state.linked = Counter()
+            state.linked.update(others)
+            if len(state.linked) > LINKED_CLIENTS:
+                state.linked = Counter(dict(state.linked.most_common(LINKED_CLIENTS)))
+        per_query = np.empty((n, RECORD))
+        per_query[:, TS] = ts
+        per_query[:, OOD] = self.profile.anomalies(batch)[start:].any(axis=1)
+        per_query[:, LOW] = _low_margin(batch, s.low_margin)[start:]
+        per_query[:, SHARED] = shared
+        per_query[:, EXACT] = x.round(6) @ self.exact_weights
+        bins = self._bins(x)
+        self.since_refresh += n
+        if (
+            self.last_ts >= self.refreshed + NULL_REFRESH_SECONDS
+            or self.since_refresh >= NULL_REFRESH_QUERIES
+        ):
+            self.null.refresh(self.last_ts, len(self.clients))
+            self.refreshed, self.since_refresh = self.last_ts, 0
         # Tracked queries grouped by client (arrival order within), clients sorted by the
         # size class of their group (1, 2-3, 4-7, ... queries in this batch), then by how many
         # earlier queries each query is compared with (ring + this batch): `_nearest` pads
@@ -347,46 +573,82 @@ class QueryPatternDetector(ProfiledDetector):
         query = np.empty((m, dim + 2), dtype=np.float32)
         np.multiply(xs, -2.0, out=query[:, :dim], casting="same_kind")
         query[:, dim], query[:, dim + 1] = 1.0, norms
-        records = np.empty((m, 7))
-        records[:, TS] = ts[order]
-        records[:, OOD] = self.profile.anomalies(batch)[start:].any(axis=1)[order]
-        records[:, LOW] = _low_margin(batch, s.low_margin)[start:][order]
-        records[:, SHARED] = shared[order]
-        records[:, EXACT] = xs.round(6) @ self.exact_weights
+        records = per_query[order]
         group_states = [states[c] for c in group_codes.tolist()]
         slots = np.array([st.slot for st in group_states])
-        nearest = self._nearest(stored, query, slots, filled[group_codes], first, sizes)
+        nearest, probe = self._nearest(stored, query, slots, filled[group_codes], first, sizes)
         closest = nearest.min(axis=1)
         records[:, MIN_DISTANCE] = np.where(np.isfinite(closest), np.sqrt(np.abs(closest)), np.nan)
         enough = np.isfinite(nearest[:, -1])
         records[:, KNN] = np.nan
         records[enough, KNN] = np.log(np.sqrt(np.maximum(nearest[enough], 0)).mean(axis=1) + 1e-6)
+        records[:, PROBE] = probe
         counts = np.array([st.count for st in group_states])
+        # Each client's histogram counts up to each of its queries of the batch (cumulative
+        # over the sorted rows; a group's part is the difference from its row before).
+        features = bins.shape[1]
+        running = np.zeros((m + 1, features, BINS), dtype=np.int32)
+        np.put_along_axis(running[1:], bins[order][:, :, None], 1, axis=2)
+        np.cumsum(running, axis=0, out=running)
+        # The looks due in this batch: each client's every check_every-th query (from
+        # min_queries on), each judged on the window and histograms as of that query, built
+        # before the batch is stored (the ring still holds what those windows need).
+        looks = self._windows(records, running, slots, counts, first, sizes)
         self._push(stored, records, slots, counts, first, sizes)
-
-        # Counts and links per client; the clients due for a look are then looked at together.
-        due: list[tuple[str, ClientState, int]] = []
-        latest = (start + order[first + sizes - 1]).tolist()  # each client's latest query
-        check, least = s.check_every, s.min_queries
-        for state, code, index, size in zip(
-            group_states, group_codes.tolist(), latest, sizes.tolist(), strict=True
-        ):
-            before = state.count
-            state.count = after = before + size
-            if linked and (others := linked.get(int(owners[code]))):
-                if state.linked is None:
-                    state.linked = Counter()
-                state.linked.update(others)
-                if len(state.linked) > LINKED_CLIENTS:
-                    state.linked = Counter(dict(state.linked.most_common(LINKED_CLIENTS)))
-            if after >= least and after // check > before // check:
-                due.append((names[code], state, index))
-        findings = self._looks(due, batch)
-        if self.calibration_left > 0:
-            self.calibration_left -= n
-            if self.calibration_left <= 0:
-                self._freeze_calibration()
+        self.coverage[slots] += running[first + sizes] - running[first]
+        for state, size in zip(group_states, sizes.tolist(), strict=True):
+            state.count += size
+        if looks is None:
+            return []
+        group, at_count, row, window, histograms = looks
+        due = [
+            (names[group_codes[g]], group_states[g], start + int(order[r]), c)
+            for g, r, c in zip(group.tolist(), row.tolist(), at_count.tolist(), strict=True)
+        ]
+        stats = self._statistics_of(window, at_count, histograms)
+        findings = self._looks(due, stats, batch)  # type: ignore[arg-type]
         return [finding for _, finding in sorted(findings, key=lambda pair: pair[0])]
+
+    def _windows(
+        self,
+        records: np.ndarray,
+        running: np.ndarray,
+        slots: np.ndarray,
+        counts: np.ndarray,
+        first: np.ndarray,
+        sizes: np.ndarray,
+    ) -> tuple[np.ndarray, ...] | None:
+        """The looks due among this batch's groups (rows: `records` grouped by client), as
+        (group, count at the look, row of the look's query, window records looks x
+        buffer_size x RECORD, histograms looks x features x BINS); None when none is due.
+
+        A look at a client's c-th query sees its queries c - buffer_size .. c - 1: those
+        before this batch from its ring (not yet overwritten), the rest from `records`."""
+        s = self.settings
+        size, check = s.buffer_size, s.check_every
+        after = counts + sizes
+        low = np.maximum(counts // check + 1, -(-s.min_queries // check))
+        how_many = np.maximum(after // check - low + 1, 0)
+        total = int(how_many.sum())
+        if total == 0:
+            return None
+        group = np.repeat(np.arange(len(sizes)), how_many)
+        nth = np.arange(total) - np.repeat(np.cumsum(how_many) - how_many, how_many)
+        at_count = (low[group] + nth) * check
+        before = counts[group]
+        row = first[group] + (at_count - before - 1)
+        q = at_count[:, None] - size + np.arange(size)  # the global query indices seen
+        flat = self.ring_records.reshape(-1, RECORD)
+        window = flat[(slots[group] * size)[:, None] + q % size]
+        fresh = q >= before[:, None]
+        if fresh.any():
+            batch_rows = first[group][:, None] + q - before[:, None]
+            window[fresh] = records[batch_rows[fresh]]
+        if at_count.min() < size:
+            window[q < 0] = _NO_RECORD
+        # Histograms as of the look: before the batch, plus the batch's queries up to it.
+        histograms = self.coverage[slots[group]] + running[row + 1] - running[first[group]]
+        return group, at_count, row, window, histograms
 
     def _client_key(self, client: str | None) -> str | None:
         key = self.settings.client_id_key
@@ -422,6 +684,8 @@ class QueryPatternDetector(ProfiledDetector):
                 self.evicted += 1
                 evictable -= 1
                 slot = evicted.slot
+                self.coverage[slot] = 0
+                self.null.forget(slot)
             else:
                 continue  # over-full batch: not tracked
             states[i] = self.clients[name] = ClientState(slot)
@@ -431,18 +695,21 @@ class QueryPatternDetector(ProfiledDetector):
         return states
 
     def _reserve(self, rows: int, cap: int) -> None:
-        """Makes the ring arrays hold `rows` clients: at the first need, they are allocated
-        at `cap` rows at once. np.zeros maps zero pages that take memory only once written,
-        so the arrays cost the rows in use, and growing never copies (doubling did: the old
-        and new arrays together took up to 1.5x the budget)."""
+        """Makes the per-client arrays hold `rows` clients: at the first need, they are
+        allocated at `cap` rows at once. np.zeros maps zero pages that take memory only once
+        written, so the arrays cost the rows in use, and growing never copies (doubling did:
+        the old and new arrays together took up to 1.5x the budget)."""
         have = len(self.ring_records)
         if rows <= have:
             return
         size, dim = self.settings.buffer_size, self.ring_vectors.shape[2]
         vectors = np.zeros((cap, size, dim), dtype=np.float32)
-        records = np.zeros((cap, size, 7))
+        records = np.zeros((cap, size, RECORD))
+        coverage = np.zeros((cap, *self.coverage.shape[1:]), dtype=np.int32)
         vectors[:have], records[:have] = self.ring_vectors, self.ring_records
-        self.ring_vectors, self.ring_records = vectors, records
+        coverage[:have] = self.coverage
+        self.ring_vectors, self.ring_records, self.coverage = vectors, records, coverage
+        self.null.reserve(cap)
 
     def _nearest(
         self,
@@ -452,10 +719,11 @@ class QueryPatternDetector(ProfiledDetector):
         filled: np.ndarray,
         first: np.ndarray,
         sizes: np.ndarray,
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Squared distances of each query to its k nearest earlier queries of its client
-        (ring, then the earlier ones of this batch) that are not the same entity; inf when
+        (ring, then the earlier ones of this round) that are not the same entity; inf when
         fewer. Rows are grouped by client (group g: rows first[g] to first[g] + sizes[g]).
+        Also each query's probe coordinate (1 + index, 0: none; `_compare`).
 
         Consecutive groups of similar shape (`_segments`) form one padded block, clients x
         queries x (ring + batch) columns, from two batched products: the cost is a few numpy
@@ -465,6 +733,7 @@ class QueryPatternDetector(ProfiledDetector):
         s = self.settings
         size, dim = s.buffer_size, stored.shape[1] - 2
         nearest = np.full((len(stored), s.k_neighbours), np.inf)
+        probe = np.zeros(len(stored))
         flat = self.ring_vectors.reshape(-1, dim + 2)
         for group, end in _segments(filled, sizes):
             seg_slots, seg_filled = slots[group:end], filled[group:end]
@@ -502,14 +771,20 @@ class QueryPatternDetector(ProfiledDetector):
             batch_base = seg_first[client, None] - rows_f
             vectors = _candidates(flat, stored, size, rows_f, ring_base, batch_base, cols[:, :k])
             found = values[:, :k]
-            redo = np.flatnonzero(self._same_entity(x, vectors, dim).any(axis=1))
+            same, probe[top:bottom] = self._compare(x, vectors, dim, np.isfinite(found))
+            # Re-scoring an entity seen before (one of its k nearest earlier queries is that
+            # entity, and no probe): marked -1, left out of the shares.
+            probe[top:bottom] = np.where(
+                (probe[top:bottom] == 0) & same.any(axis=1), -1.0, probe[top:bottom]
+            )
+            redo = np.flatnonzero(same.any(axis=1))
             if len(redo):
                 vectors = _candidates(
                     flat, stored, size, rows_f, ring_base[redo], batch_base[redo], cols[redo]
                 )
                 found[redo] = self._neighbours(x[redo], vectors, values[redo], dim)
             nearest[top:bottom, :k] = found
-        return nearest
+        return nearest, probe
 
     def _push(
         self,
@@ -542,22 +817,36 @@ class QueryPatternDetector(ProfiledDetector):
         a field updated: that is use, not probing, and no neighbour. Probes (HopSkipJump,
         JBDA, NES) move every coordinate a little, so they stay close.
         """
-        d2 = np.where(self._same_entity(x, vectors, dim), np.inf, d2)
+        same, _ = self._compare(x, vectors, dim, np.isfinite(d2))
+        d2 = np.where(same, np.inf, d2)
         keep = min(self.settings.k_neighbours, d2.shape[1])
         d2.partition(keep - 1, axis=1)  # in place: d2 is a fresh array
         return d2[:, :keep]
 
-    def _same_entity(self, x: np.ndarray, vectors: np.ndarray, dim: int) -> np.ndarray:
-        """Whether each candidate `vectors[i, j]` differs from query `x[i]` in at most
-        `entity_changes` of the first `dim` coordinates (by more than `repeat_distance`).
-        `vectors` is overwritten (it is a fresh gather; this is the hot path)."""
+    def _compare(
+        self, x: np.ndarray, vectors: np.ndarray, dim: int, real: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """For each candidate `vectors[i, j]` of query `x[i]` (`real`: not padding): whether
+        it is the same entity (differs in at most `entity_changes` of the first `dim`
+        coordinates by more than `repeat_distance`), and per query the coordinate (1 + index,
+        0: none) of a *probe*: a candidate differing in exactly one coordinate, by at most
+        `probe_step` (ZOO-style finite differences; re-scoring an entity with a field updated
+        moves a field by a real amount, or the same field only). `vectors` is overwritten."""
         s = self.settings
         diff = np.subtract(vectors, x[:, None, :], out=vectors)
         np.abs(diff, out=diff)
-        np.greater(diff, s.repeat_distance, out=diff)  # 1.0 where a coordinate changed
         counted = np.zeros(diff.shape[2], dtype=diff.dtype)
         counted[:dim] = 1.0
-        return diff @ counted <= s.entity_changes  # a product is the fastest count
+        same = (diff > s.repeat_distance) @ counted <= s.entity_changes  # a product counts
+        moved = ((diff > PROBE_FLOOR) @ counted == 1) & real
+        probe = np.zeros(len(x))
+        query, candidate = np.nonzero(moved)
+        if len(query):
+            steps = diff[query, candidate, :dim]
+            coordinate = steps.argmax(axis=1)
+            tiny = steps[np.arange(len(query)), coordinate] <= s.probe_step
+            probe[query[tiny]] = coordinate[tiny] + 1
+        return same & real, probe
 
     def _shared_fingerprints(
         self, x: np.ndarray, ts: np.ndarray, owner: np.ndarray
@@ -607,86 +896,111 @@ class QueryPatternDetector(ProfiledDetector):
 
     # --- looks: statistics, p-values, findings ------------------------------------------
 
-    def _statistics(self, states: list[ClientState]) -> dict[str, np.ndarray]:
-        """Each client's statistics over its ring (and the trailing rate window); NaN where
-        one is not defined (too few values). All clients at once: one gather of their rings
-        and a few array operations, instead of a dozen numpy calls per client."""
-        s = self.settings
-        size = s.buffer_size
+    def _statistics(self, states: list[ClientState]) -> np.ndarray:
+        """Each client's statistics now, over its ring (clients x `STATISTICS`)."""
+        size = self.settings.buffer_size
         slots = np.fromiter((state.slot for state in states), np.int64, len(states))
         counts = np.fromiter((state.count for state in states), np.int64, len(states))
-        n = np.minimum(counts, size)
         records = np.take(self.ring_records, slots, axis=0)
-        if n.min() < size:  # a ring fills from its start: neutral values in the rest
-            records[np.arange(size) >= n[:, None]] = _NO_RECORD
-        ts, low, knn = records[:, :, TS], records[:, :, LOW], records[:, :, KNN]
-        recent = ts >= ts.max(axis=1, keepdims=True) - s.rate_window_seconds
-        stats = {
-            "ood_share": np.count_nonzero(records[:, :, OOD], axis=1) / n,
-            "shared_fingerprints": np.count_nonzero(records[:, :, SHARED], axis=1) / n,
-        }
-        scored = np.count_nonzero(low >= 0, axis=1)
-        low_count = np.count_nonzero(low == 1, axis=1)
-        enough = scored >= s.min_queries
-        stats["low_margin_share"] = np.where(enough, low_count / np.maximum(scored, 1), np.nan)
+        records[np.arange(size) >= np.minimum(counts, size)[:, None]] = _NO_RECORD
+        return self._statistics_of(records, counts, np.take(self.coverage, slots, axis=0))
+
+    def _statistics_of(
+        self, records: np.ndarray, counts: np.ndarray, histograms: np.ndarray
+    ) -> np.ndarray:
+        """Statistics of looks (looks x `STATISTICS`) from their windows (looks x ring x
+        RECORD, `_NO_RECORD` where empty), queries seen and histograms; NaN where one is not
+        defined (too few values). All looks at once, a few array operations in all."""
+        s = self.settings
+        n = np.minimum(counts, s.buffer_size)
+        low, knn = records[:, :, LOW], records[:, :, KNN]
+        out = np.full((len(records), len(STATISTICS)), np.nan)
+        # Shares over distinct inputs: an entity re-scored (PROBE -1) counts once, so a
+        # re-scorer whose entities sit at the edge of the reference is not "out of it" again
+        # and again. Half the window at least must be distinct.
+        distinct = (records[:, :, TS] > -np.inf) & (records[:, :, PROBE] >= 0)
+        kept = np.count_nonzero(distinct, axis=1)
+        enough = kept >= s.min_queries // 2
+        ood = np.count_nonzero(records[:, :, OOD].astype(bool) & distinct, axis=1)
+        out[:, 0] = np.where(enough, ood / np.maximum(kept, 1), np.nan)
+        scored = np.count_nonzero((low >= 0) & distinct, axis=1)
+        low_count = np.count_nonzero((low == 1) & distinct, axis=1)
+        out[:, 1] = np.where(
+            scored >= s.min_queries // 2, low_count / np.maximum(scored, 1), np.nan
+        )
+        out[:, 2] = np.count_nonzero(records[:, :, SHARED], axis=1) / n
         finite = np.isfinite(knn)
         found = np.count_nonzero(finite, axis=1)
         total = np.where(finite, knn, 0.0).sum(axis=1)
-        enough = found >= s.min_queries
-        stats["knn_distance"] = np.where(enough, -total / np.maximum(found, 1), np.nan)  # closer
+        # Minus the mean log k-NN distance: higher is closer.
+        out[:, 3] = np.where(found >= s.min_queries, -total / np.maximum(found, 1), np.nan)
+        out[:, 4] = self._prada(records) if TESTED[4] else np.nan  # reported on findings
+        # Probes, weighted by how many distinct coordinates they moved: none for one (a
+        # re-scorer nudging one field, a day older, is not a finite-difference gradient
+        # estimate), fully from PROBE_COORDINATES on.
+        probes = np.sort(records[:, :, PROBE], axis=1)
+        distinct = np.count_nonzero((np.diff(probes, axis=1) != 0) & (probes[:, 1:] > 0), axis=1)
+        distinct += probes[:, 0] > 0
+        share = np.count_nonzero(probes > 0, axis=1) / n
+        out[:, 5] = share * np.clip((distinct - 1) / (PROBE_COORDINATES - 1), 0.0, 1.0)
+        out[:, COVERAGE] = _entropy(histograms) - self.reference_entropy
+        return out
+
+    def _prada(self, records: np.ndarray) -> np.ndarray:
+        """-log Shapiro-Wilk W of each window's min distances (higher: less normal)."""
         distances = records[:, :, MIN_DISTANCE]  # finite or NaN, and NaN sorts last
         found = np.count_nonzero(~np.isnan(distances), axis=1)
-        w = _shapiro_w(np.sort(distances, axis=1), np.where(found >= s.min_queries, found, 0))
-        stats["prada_normality"] = -np.log(np.maximum(w, 1e-9))  # higher: less normal
-        # How fast the client covers new ground: queries in the trailing window that are
-        # novel (farther from the client's earlier queries than a typical reference query is
-        # from its neighbours). A batch job of similar records or a re-scorer stays low, an
-        # extractor or a scraper sampling the whole input space climbs.
-        novel = recent & (knn > self.novel_knn)
-        stats["coverage_speed"] = np.count_nonzero(novel, axis=1).astype(np.float64)
-        stats["rate"] = np.count_nonzero(recent, axis=1).astype(np.float64)
-        return stats
+        enough = np.where(found >= self.settings.min_queries, found, 0)
+        w = _shapiro_w(np.sort(distances, axis=1), enough)
+        return -np.log(np.maximum(w, 1e-9))
 
     def _looks(
-        self, due: list[tuple[str, ClientState, int]], batch: ModelBatch
+        self, due: list[tuple[str, ClientState, int, int]], stats: np.ndarray, batch: ModelBatch
     ) -> list[tuple[int, Finding]]:
-        """The looks of the clients due in this batch ((client, state, index of its latest
-        query)), their statistics and p-values computed for all of them at once; returns
-        (index, finding) for the flagged ones."""
-        if not due:
-            return []
-        if not self.calibrated:
-            # Each client gives at most a few values, so that no single client (a busy
-            # one, or an attacker active during calibration) shapes what "benign" means.
-            if self.calibration_left <= 0:
-                return []
-            counted = [st for _, st, _ in due if st.day_looks < CALIBRATION_LOOKS_PER_CLIENT]
-            if counted:
-                for state in counted:
-                    state.day_looks += 1
-                for name, values in self._statistics(counted).items():
-                    self.samples[name].extend(values[~np.isnan(values)].tolist())
-            return []
-        stats = self._statistics([state for _, state, _ in due])
-        p_values = {name: tail.p_values(stats[name]) for name, tail in self.tails.items()}
-        tested = len(self.tails)
-        smallest = np.ones(len(due))
-        for p in p_values.values():
-            smallest = np.fmin(smallest, p)  # NaN: that statistic is not defined for a client
+        """Decides the looks due in this batch ((client, state, index of the look's query,
+        queries seen then), in order per client) from their statistics; returns (index,
+        finding) for the flagged ones. Clients never flagged give their values to the null
+        (one voice each)."""
+        states = [state for _, state, _, _ in due]
+        counts = np.array([count for _, _, _, count in due])
+        # Ring statistics by ring fill, cumulative coverage by queries seen.
+        buckets = np.repeat(
+            bucket_of(np.minimum(counts, self.settings.buffer_size), self.edges)[:, None],
+            len(STATISTICS),
+            axis=1,
+        )
+        buckets[:, COVERAGE] = bucket_of(counts, self.edges)
+        p_values = self.null.p_values(stats, buckets)
+        p_values[:, ~TESTED] = np.nan  # reported, not tested
+        # Closeness alone is no evidence (a batch job of similar records is close too): it
+        # counts with low margins or out-of-reference inputs, as max(p_knn, min(p_low, p_ood)),
+        # a valid p-value (P(max <= a) <= P(p_knn <= a) <= a).
+        support = np.fmin(p_values[:, LOW_STAT], p_values[:, OOD_STAT])
+        support = np.where(np.isnan(support), 1.0, support)
+        p_values[:, KNN_STAT] = np.maximum(p_values[:, KNN_STAT], support)
+        tested = int(TESTED.sum())
+        smallest = np.where(np.isnan(p_values), 1.0, p_values).min(axis=1)
         combined = np.minimum(1.0, tested * smallest).tolist()
-        days = (batch.ts[[index for _, _, index in due]] // DAY).astype(np.int64).tolist()
+        look_ts = batch.ts[[index for _, _, index, _ in due]]
+        days = (look_ts // DAY).astype(np.int64).tolist()
         alpha = self.settings.false_clients_per_thousand / 1000
         findings = []
-        for i, (client, state, index) in enumerate(due):
+        voices = []
+        for i, (client, state, index, count) in enumerate(due):
             if days[i] != state.day:
                 state.day, state.day_looks = days[i], 0
             state.day_looks += 1
             j = state.day_looks
             threshold = alpha / (j * (j + 1))
             if combined[i] > CLEAN_P:
-                state.clean_count = state.count
+                state.clean_count = count
             if combined[i] > threshold:
+                if state.flagged_severity is None:
+                    voices.append(i)
                 continue
+            state.flagged_looks += 1
+            if state.first_flagged is None:
+                state.first_flagged = float(look_ts[i])
             critical = combined[i] <= threshold * self.settings.critical_factor
             severity = Severity.CRITICAL if critical else Severity.WARNING
             first_or_worse = state.flagged_severity is None or (
@@ -696,55 +1010,63 @@ class QueryPatternDetector(ProfiledDetector):
                 continue
             state.flagged_severity = str(severity)
             state.last_finding_look = j
-            look_stats = {d: float(v[i]) for d, v in stats.items() if not np.isnan(v[i])}
-            look_p = {d: float(p[i]) for d, p in p_values.items() if not np.isnan(p[i])}
             finding = self._finding(
                 client,
                 state,
+                count,
                 batch,
                 index,
-                look_stats,
-                look_p,
-                tested,
+                stats[i],
+                p_values[i],
+                buckets[i],
                 threshold,
                 combined[i],
                 severity,
             )
             findings.append((index, finding))
+        if voices:
+            slots = np.array([states[i].slot for i in voices])
+            self.null.record(slots, buckets[voices], stats[voices], look_ts[voices])
         return findings
 
     def _finding(
         self,
         client: str,
         state: ClientState,
+        count: int,
         batch: ModelBatch,
         index: int,
-        stats: dict[str, float],
-        p_values: dict[str, float],
-        tested: int,
+        stats: np.ndarray,
+        p_values: np.ndarray,
+        buckets: np.ndarray,
         threshold: float,
         combined: float,
         severity: Severity,
     ) -> Finding:
         s = self.settings
-        per_look = threshold / tested
-        fired = sorted((d for d, p in p_values.items() if p <= per_look), key=p_values.get)
+        per_look = threshold / int(TESTED.sum())
+        judged = [i for i in range(len(STATISTICS)) if not np.isnan(p_values[i])]
+        fired = sorted(
+            (STATISTICS[i] for i in judged if p_values[i] <= per_look),
+            key=lambda name: p_values[STATISTICS.index(name)],
+        )
         records = self.window(state)
         ts = np.sort(records[:, TS])
         n = len(ts)
-        began = float(ts[max(0, n - (state.count - state.clean_count))])
+        began = float(ts[max(0, n - (state.count - state.clean_count))])  # (ring: as of now)
         gaps = np.diff(ts)
         burstiness = 0.0
         if len(gaps) > 1 and gaps.mean() > 0:
             burstiness = float((gaps.std() - gaps.mean()) / (gaps.std() + gaps.mean()))
+        span = float(ts[-1] - ts[0]) if n > 1 else 0.0
+        prada = float(self._prada(records[None])[0])  # over the ring as it is now
         detail_stats = {
-            d: {
-                "value": round(stats[d], 4),
-                "p_value": float(f"{p_values[d]:.3g}"),
-                "benign_median": round(self.tails[d].median, 4),
-                "benign_tail_start": round(self.tails[d].u, 4),
+            STATISTICS[i]: {
+                "value": round(float(stats[i]), 4),
+                "p_value": float(f"{p_values[i]:.3g}"),
+                "baseline": self.null.baseline(int(buckets[i]), i),
             }
-            for d in p_values
+            for i in judged
         }
         confidence = -math.log10(max(combined, 1e-300))
         return Finding(
@@ -759,66 +1081,40 @@ class QueryPatternDetector(ProfiledDetector):
             value=float(f"{combined:.3g}"),
             threshold=float(f"{threshold:.3g}"),
             effect_size=round(confidence, 2),
-            support=min(state.count, s.buffer_size),
+            support=min(count, s.buffer_size),
             title=f"client {client}: {', '.join(fired) or 'combined evidence'} "
-            f"(p={combined:.1e}, {state.count} queries)",
+            f"(p={combined:.1e}, {count} queries)",
             details={
                 "client": client,
                 "detectors_fired": fired,
                 "statistics": detail_stats,
-                "queries_seen": state.count,
+                "reported": {"prada_normality": None if np.isnan(prada) else round(prada, 4)},
+                "queries_seen": count,
                 "pattern_began": began,
+                "first_flagged": state.first_flagged,
+                "flagged_looks": state.flagged_looks,
                 "look_of_day": state.day_looks,
                 "linked_clients": sorted(
                     self.owner_names.get(o, "(no longer tracked)") for o in state.linked or ()
                 ),
                 "unique_input_ratio": round(len(np.unique(records[:, EXACT])) / n, 4),
                 "burstiness": round(burstiness, 4),
-                "queries_per_minute": round(stats["rate"] * 60 / s.rate_window_seconds, 3),
+                "queries_per_minute": round(60 * (n - 1) / span, 3) if span > 0 else None,
                 "tracked_clients": len(self.clients),
                 "evicted_clients": self.evicted,
                 "untracked_queries": self.untracked,
             },
         )
 
-    # --- learning the reference and the benign population --------------------------------
 
-    def _learn(self, numeric: dict[str, np.ndarray], categorical: dict[str, np.ndarray]) -> None:
-        s = self.settings
-        self.profile = InputProfile(numeric, categorical)
-        dim = self.profile.dim
-        self.ring_vectors = np.zeros((0, s.buffer_size, dim + 2), dtype=np.float32)
-        self.ring_records = np.zeros((0, s.buffer_size, 7))
-        seed = int.from_bytes(
-            hashlib.sha256(f"{s.fingerprint_salt}|{self.model}".encode()).digest()[:8], "big"
-        )
-        rng = np.random.default_rng(seed)
-        width = s.fingerprint_tables * s.fingerprint_projections
-        directions = rng.normal(size=(dim, width))
-        directions /= np.linalg.norm(directions, axis=0, keepdims=True)
-        self.projections = directions / s.fingerprint_width
-        self.offsets = rng.uniform(0, 1, size=width)
-        self.hash_weights = rng.integers(1, 2**31, size=s.fingerprint_projections) * 2 + 1
-        self.exact_weights = rng.normal(size=dim)
-        encoded = self.profile.encode(reference_batch(numeric, categorical))
-        ring, queries = encoded[: s.buffer_size], encoded[s.buffer_size :]
-        d2 = (queries**2).sum(axis=1)[:, None] + (ring**2).sum(axis=1)[None, :]
-        d2 -= 2 * queries @ ring.T
-        count = min(3 * s.k_neighbours, len(ring))
-        values, chosen = _smallest(d2.astype(np.float32), count)
-        found = self._neighbours(queries, ring[chosen], values, dim)
-        nearest = np.sqrt(np.maximum(found, 0)).mean(axis=1)
-        finite = nearest[np.isfinite(nearest)]
-        self.novel_knn = float(np.median(np.log(finite + 1e-6))) if len(finite) else 0.0
-
-    def _freeze_calibration(self) -> None:
-        """Benign statistics -> p-value models; detectors with too few values stay off."""
-        for name, values in self.samples.items():
-            if len(values) >= MIN_CALIBRATION_VALUES:
-                self.tails[name] = TailPValue(np.array(values), min_scale=0.05)
-        self.samples = {d: [] for d in DETECTORS}
-        for state in self.clients.values():
-            state.day_looks = 0  # calibration looks are not tests: the budget starts now
+def _entropy(histograms: np.ndarray) -> np.ndarray:
+    """Sum over features of each histogram's entropy (nats): clients x features x bins in."""
+    counts = histograms.astype(np.float64)
+    totals = counts.sum(axis=2, keepdims=True)
+    p = counts / np.maximum(totals, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, -p * np.log(p), 0.0)
+    return terms.sum(axis=(1, 2))
 
 
 def _low_margin(batch: ModelBatch, margin: float) -> np.ndarray:

@@ -181,9 +181,16 @@ class ShapeMonitor:
                 "std_ratio": round(ratio, 4),
                 "reference": {
                     "size": len(self.sorted),
+                    "mean": float(self.sorted.mean()),
+                    "std": self.ref_std,
                     "quantiles": _quantiles(self.sorted),
                 },
-                "current": {"size": len(window), "quantiles": _quantiles(window)},
+                "current": {
+                    "size": len(window),
+                    "mean": float(window.mean()),
+                    "std": float(np.std(window)),
+                    "quantiles": _quantiles(window),
+                },
                 "events_seen": self.seen,
             },
         )

@@ -48,7 +48,6 @@ SETTINGS = DetectorSettings.model_validate(
         "accuracy": {"reference_size": 200, "block_size": 20, "false_alarms_per_million": 100},
         "query_patterns": {
             "reference_size": 200,
-            "calibration_queries": 1000,
             "buffer_size": 32,
             "min_queries": 10,
             "check_every": 5,

@@ -365,9 +365,9 @@ def test_changed_settings_take_effect_when_a_checkpoint_is_restored(
     assert (
         numeric.monitors["amount"].ref_mean == before["numeric_drift"].monitors["amount"].ref_mean
     )
-    # Learned from the stream: learned again; the pending predictions are kept, within the cap.
     assert after["query_patterns"].settings.buffer_size == 64
-    assert after["query_patterns"].profile is None
+    assert after["query_patterns"].profile is not None and not after["query_patterns"].clients
+    # Learned from the stream: learned again; the pending predictions are kept, within the cap.
     join = after["accuracy"].join
     assert join.max_pending == 450 and len(before["accuracy"].join.pending) == 3200
     assert list(join.pending) == list(before["accuracy"].join.pending)
@@ -445,7 +445,8 @@ def test_a_checkpoint_off_its_schema_rebuilds_the_whole_monitor(
     detectors = {d.name: d for d in pipeline.monitors[("src", 0)]["fraud"].detectors}
     assert detectors["categorical_drift"].ready  # from the stored reference, afresh
     assert all(m.seen == 0 for m in detectors["categorical_drift"].monitors.values())
-    assert detectors["query_patterns"].profile is None
+    rebuilt = detectors["query_patterns"]  # its profile from the stored reference, no clients
+    assert rebuilt.profile is not None and not rebuilt.clients
 
 
 def test_recent_window_is_bounded_and_persisted_with_checkpoints(database: Database) -> None:

@@ -38,7 +38,28 @@ def _numeric(subject: str, d: dict[str, Any]) -> str | None:
         ratio = cur["std"] / std if std else float("inf")
         return f"{subject}: std {_n(std, std)} -> {_n(cur['std'], std)} (x{ratio:.2f})"
     shift = (after - before) / std if std else 0.0
+    if d.get("statistic") == "ks_distance" and abs(shift) < SHAPE_ONLY_SHIFT:
+        return _shape(subject, ref, cur, std, d.get("effect_size") or d.get("value"))
     return f"{subject}: mean {_n(before, std)} -> {_n(after, std)} ({shift:+.1f} std)"
+
+
+# A shape test's alarm whose mean moved less than this (reference std) is told by its quantiles.
+SHAPE_ONLY_SHIFT = 0.2
+
+
+def _shape(
+    subject: str, ref: dict[str, Any], cur: dict[str, Any], std: float, ks: Any
+) -> str:
+    """A distribution whose shape changed more than its mean: its quartiles before and after."""
+    rq, cq = ref.get("quantiles") or {}, cur.get("quantiles") or {}
+    keys = [k for k in ("p25", "p50", "p75") if k in rq and k in cq]
+    where = " / ".join(keys)
+    before = "/".join(_n(rq[k], std) for k in keys)
+    after = "/".join(_n(cq[k], std) for k in keys)
+    ks_words = f" (KS {ks:.2f})" if isinstance(ks, int | float) else ""
+    if not keys:
+        return f"{subject}: distribution shape changed{ks_words}"
+    return f"{subject}: distribution shape changed, {where} {before} -> {after}{ks_words}"
 
 
 def _shares(subject: str, d: dict[str, Any]) -> str | None:

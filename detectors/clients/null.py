@@ -1,0 +1,240 @@
+"""What benign clients show *now*, at the same history length: the null of every statistic.
+
+A client's statistics depend on how much history it has (a full ring of 256 queries has
+closer neighbours than a ring of 25) and on what the whole population is doing (an input shift
+or a new segment moves every client's distances together). So a client is never judged
+against a frozen sample: each look compares its statistics with those of the contemporaneous
+population of clients at the same history length.
+
+- **History buckets**: a client's ring fill n (queries in its ring) falls in a geometric
+  bucket (edges from `min_queries` by factors of sqrt(2), the full ring its own bucket).
+- **One voice per client**: per bucket the null holds each client's latest look value
+  (one row per tracked client), kept while fresher than `window` seconds. A busy client, or an
+  attacker, counts once, however many queries it sends.
+- **Tail model** (peaks over threshold, robust): u = the pool's 90th percentile, the tail
+  beyond it exponential with scale b = the mean excess over u of the pool without its top 2%
+  (at least one client; a few clients cannot widen it), inflated by 1 + 1/sqrt(excesses) for
+  the small-sample error, and at least half the MAD and a per-statistic floor. p(x) =
+  min(1, 0.1 exp(-(x - u) / b)). Below the threshold of any look (<= alpha / 7 per client-day)
+  only this tail matters.
+- **Fallback**: a bucket with fewer than `min_clients` fresh clients borrows the nearest
+  *larger* bucket that has them (more history means closer neighbours and more coverage, so
+  this errs towards benign); shares, whose spread only narrows with history, then borrow the
+  nearest smaller bucket; with none, the prior learned from the reference (`Prior`) holds:
+  usable from the first look, conservative, and only for statistics that have a principled
+  benign level without a population (out-of-reference, low margin, shared fingerprints,
+  coordinate probes, distances against i.i.d. reference queries).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+STATISTICS = (
+    "ood_share",
+    "low_margin_share",
+    "shared_fingerprints",
+    "knn_distance",
+    "prada_normality",
+    "coordinate_probes",
+    "coverage",
+)
+# Smallest tail scale per statistic, in its own units (shares, log distance, -log W, ratio):
+# a population that shows no spread at all (every client at 0) is not infinitely sharp.
+FLOORS = np.array([0.02, 0.02, 0.02, 0.05, 0.02, 0.02, 0.03])
+TAIL_QUANTILE = 0.9
+MAX_POOL = 4096  # clients per bucket used to estimate the tail (a stride subset beyond)
+SOURCES = ("none", "population", "larger history", "reference prior", "smaller history")
+SHARE_STATISTICS = [0, 1, 2, 5]  # ood_share, low_margin_share, shared_fingerprints, probes
+
+
+def history_edges(min_queries: int, buffer_size: int) -> np.ndarray:
+    """Lower edges of the history buckets: min_queries x sqrt(2)^i below the ring size, the
+    full ring, then on by sqrt(2) up to 2^24 queries (cumulative statistics: coverage)."""
+    edges = [float(min_queries)]
+    while edges[-1] * math.sqrt(2) < buffer_size:
+        edges.append(round(edges[-1] * math.sqrt(2)))
+    edges.append(float(buffer_size))
+    while edges[-1] < 2**24:
+        edges.append(round(edges[-1] * math.sqrt(2)))
+    return np.array(edges)
+
+
+def bucket_of(fill: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The history bucket of each ring fill (fills below the first edge: bucket 0)."""
+    return np.maximum(np.searchsorted(edges, fill, side="right") - 1, 0)
+
+
+def tail_parameters(pool: np.ndarray, floors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(u, b) per column of `pool` (clients x statistics, NaN = no value), as the module
+    docstring says; NaN where a column has no value."""
+    ordered = np.sort(pool, axis=0)  # NaN last
+    count = np.count_nonzero(~np.isnan(pool), axis=0)
+    cols = np.arange(pool.shape[1])
+    safe = np.maximum(count - 1, 0)
+    med = ordered[safe // 2, cols]
+    u = ordered[np.floor(TAIL_QUANTILE * safe).astype(np.int64), cols]
+    deviation = np.sort(np.abs(pool - med), axis=0)
+    mad = deviation[safe // 2, cols]
+    rank = np.arange(len(pool))[:, None]
+    drop = np.maximum(1, count // 50)
+    above = (ordered > u) & (rank < (count - drop))
+    excess = np.where(above, ordered - u, 0.0)
+    n_excess = np.count_nonzero(above, axis=0)
+    mean_excess = excess.sum(axis=0) / np.maximum(n_excess, 1)
+    b = mean_excess * (1 + 1 / np.sqrt(np.maximum(n_excess, 1)))
+    # A small pool's few excesses say little about the tail: at least a share of the spread
+    # from the median to u (0.37 of it for a normal tail), larger for fewer clients.
+    spread = (u - med) * (0.4 + 1.5 / np.sqrt(np.maximum(count, 1)))
+    b = np.maximum(np.maximum(b, np.maximum(0.5 * np.nan_to_num(mad), spread)), floors)
+    none = count == 0
+    u[none], b[none] = np.nan, np.nan
+    return u, b
+
+
+def tail_p(values: np.ndarray, u: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """min(1, 0.1 exp(-(x - u) / b)), NaN where the value or the null is missing."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.minimum(1.0, 0.1 * np.exp(-(values - u) / b))
+
+
+class PopulationNull:
+    """Per tracked client (row = its ring slot) and history bucket: its latest look's
+    statistics and their time; tail parameters per (bucket, statistic) refreshed from the
+    fresh ones (`refresh`), with the reference prior where the population is too small."""
+
+    def __init__(self, edges: np.ndarray, window: float, min_clients: int) -> None:
+        self.edges = edges
+        self.window = window
+        self.min_clients = min_clients
+        buckets, stats = len(edges), len(STATISTICS)
+        self.values = np.full((0, buckets, stats), np.nan)
+        self.stamps = np.full((0, buckets, stats), -np.inf)
+        self.prior_u = np.full((buckets, stats), np.nan)  # NaN: no prior for that statistic
+        self.prior_b = np.full((buckets, stats), np.nan)
+        self.u = self.prior_u.copy()
+        self.b = self.prior_b.copy()
+        self.clients = np.zeros((buckets, stats), dtype=np.int64)  # pool size behind (u, b)
+        self.source = np.zeros((buckets, stats), dtype=np.int64)  # index into SOURCES
+        self.from_bucket = np.zeros((buckets, stats), dtype=np.int64)
+
+    def reserve(self, rows: int) -> None:
+        have = len(self.values)
+        if rows <= have:
+            return
+        values = np.full((rows, *self.values.shape[1:]), np.nan)
+        stamps = np.full((rows, *self.stamps.shape[1:]), -np.inf)
+        values[:have], stamps[:have] = self.values, self.stamps
+        self.values, self.stamps = values, stamps
+
+    def forget(self, slot: int) -> None:
+        """A slot handed to a new client: the evicted client's values leave the null."""
+        self.values[slot], self.stamps[slot] = np.nan, -np.inf
+
+    def keep_rows(self, slots: list[int]) -> None:
+        self.values, self.stamps = self.values[slots], self.stamps[slots]
+
+    def record(
+        self, slots: np.ndarray, buckets: np.ndarray, stats: np.ndarray, ts: np.ndarray
+    ) -> None:
+        """Each looked-at client's statistics (looks x statistics, each in its bucket: looks x
+        statistics too) as its voice."""
+        cols = np.arange(stats.shape[1])
+        self.values[slots[:, None], buckets, cols] = stats
+        self.stamps[slots[:, None], buckets, cols] = np.where(np.isnan(stats), -np.inf, ts[:, None])
+
+    def refresh(self, now: float, rows: int | None = None) -> None:
+        """Tail parameters from the clients seen within `window` of `now`, per bucket;
+        buckets short of clients borrow a larger one, then the prior. `rows`: only the
+        first rows are in use."""
+        buckets, stats = self.prior_u.shape
+        own_u = np.full((buckets, stats), np.nan)
+        own_b = np.full((buckets, stats), np.nan)
+        own_n = np.zeros((buckets, stats), dtype=np.int64)
+        fresh = self.stamps[:rows] >= now - self.window
+        enough_rows = np.count_nonzero(fresh, axis=0) >= self.min_clients  # buckets x stats
+        for bucket in np.flatnonzero(enough_rows.any(axis=1)):
+            used = np.flatnonzero(fresh[:, bucket].any(axis=1))
+            pool = np.where(fresh[used, bucket], self.values[used, bucket], np.nan)
+            if len(pool) > MAX_POOL:
+                pool = pool[:: math.ceil(len(pool) / MAX_POOL)]
+            count = np.count_nonzero(~np.isnan(pool), axis=0)
+            u, b = tail_parameters(pool, FLOORS)
+            enough = count >= self.min_clients
+            own_u[bucket, enough], own_b[bucket, enough] = u[enough], b[enough]
+            own_n[bucket, enough] = count[enough]
+        self.u, self.b = self.prior_u.copy(), self.prior_b.copy()
+        self.clients[:] = 0
+        self.source[:] = np.where(np.isnan(self.prior_u), 0, 3)
+        self.from_bucket[:] = np.arange(buckets)[:, None]
+        # From the largest bucket down: each takes its own, else the nearest larger one's.
+        best_u, best_b = np.full(stats, np.nan), np.full(stats, np.nan)
+        best_n = np.zeros(stats, dtype=np.int64)
+        best_from = np.zeros(stats, dtype=np.int64)
+        for bucket in range(buckets - 1, -1, -1):
+            mine = ~np.isnan(own_u[bucket])
+            best_u = np.where(mine, own_u[bucket], best_u)
+            best_b = np.where(mine, own_b[bucket], best_b)
+            best_n = np.where(mine, own_n[bucket], best_n)
+            best_from = np.where(mine, bucket, best_from)
+            have = ~np.isnan(best_u)
+            self.u[bucket, have], self.b[bucket, have] = best_u[have], best_b[have]
+            self.clients[bucket, have] = best_n[have]
+            self.source[bucket, have] = np.where(mine, 1, 2)[have]
+            self.from_bucket[bucket, have] = best_from[have]
+        # Shares (out of reference, low margin, shared, probes) only get noisier with less
+        # history: a client with more history than any fresh population is judged against
+        # the nearest smaller bucket's (wider) spread rather than the prior.
+        shares = np.isin(np.arange(stats), SHARE_STATISTICS)
+        best_u, best_b = np.full(stats, np.nan), np.full(stats, np.nan)
+        best_n = np.zeros(stats, dtype=np.int64)
+        best_from = np.zeros(stats, dtype=np.int64)
+        for bucket in range(buckets):
+            mine = ~np.isnan(own_u[bucket]) & shares
+            best_u = np.where(mine, own_u[bucket], best_u)
+            best_b = np.where(mine, own_b[bucket], best_b)
+            best_n = np.where(mine, own_n[bucket], best_n)
+            best_from = np.where(mine, bucket, best_from)
+            borrow = ~np.isnan(best_u) & (self.source[bucket] != 1) & (self.source[bucket] != 2)
+            self.u[bucket, borrow], self.b[bucket, borrow] = best_u[borrow], best_b[borrow]
+            self.clients[bucket, borrow] = best_n[borrow]
+            self.source[bucket, borrow] = 4
+            self.from_bucket[bucket, borrow] = best_from[borrow]
+
+    def p_values(self, stats: np.ndarray, buckets: np.ndarray) -> np.ndarray:
+        """p-values of each look's statistics (looks x statistics), each in its bucket."""
+        cols = np.arange(stats.shape[1])
+        return tail_p(stats, self.u[buckets, cols], self.b[buckets, cols])
+
+    def baseline(self, bucket: int, stat: int) -> dict[str, object]:
+        """What a statistic of a look in `bucket` was judged against, for incident details."""
+        source = int(self.source[bucket, stat])
+        own = int(self.from_bucket[bucket, stat])
+        last = own + 1 < len(self.edges)
+        return {
+            "source": SOURCES[source],
+            "history": f"{int(self.edges[own])}-{int(self.edges[own + 1]) - 1}"
+            if last
+            else f"{int(self.edges[own])} (full ring)",
+            "clients": int(self.clients[bucket, stat]),
+            "tail_start": round(float(self.u[bucket, stat]), 4),
+            "tail_scale": round(float(self.b[bucket, stat]), 4),
+        }
+
+    def state(self, rows: int) -> dict[str, object]:
+        return {
+            "values": self.values[:rows],
+            "stamps": self.stamps[:rows],
+            "prior_u": self.prior_u,
+            "prior_b": self.prior_b,
+        }
+
+    def load(self, state: dict[str, np.ndarray], rows: int, now: float) -> None:
+        self.values = np.full((rows, *self.values.shape[1:]), np.nan)
+        self.stamps = np.full((rows, *self.stamps.shape[1:]), -np.inf)
+        have = len(state["values"])
+        self.values[:have], self.stamps[:have] = state["values"], state["stamps"]
+        self.prior_u, self.prior_b = state["prior_u"], state["prior_b"]
+        self.refresh(now)
