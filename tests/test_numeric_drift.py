@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
 
+from detectors import state_codec
 from detectors.numeric_drift import (
     Floors,
     NumericDriftDetector,
@@ -191,7 +190,7 @@ def test_a_checkpoint_of_monitors_before_watching_is_not_resumed(detector) -> No
     detector starts again (the pipeline rebuilds it from the reference) instead of failing."""
     original = detector("m")
     run(original, n=5000, seed=12)
-    state = pickle.loads(original.snapshot())
-    assert detector("m").restore(pickle.dumps(state))
-    del state["monitor_layout"]  # as written before
-    assert not detector("m").restore(pickle.dumps(state))
+    envelope = state_codec.decode(original.snapshot())
+    assert detector("m").restore(state_codec.encode(envelope))
+    del envelope["configuration"]["monitor_layout"]  # as written before
+    assert not detector("m").restore(state_codec.encode(envelope))
