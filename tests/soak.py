@@ -37,6 +37,7 @@ from tests.test_kafka import (
     _consumed,
     _migrated,
     _outcome,
+    _positions,
     _produce,
     _terminate,
 )
@@ -112,7 +113,13 @@ def run_soak(work: Path, outage: float, events_per_model: int = 4000) -> SoakRes
                 if condition():
                     return
                 time.sleep(0.3)
-            raise SoakFailure(f"timed out waiting for {what}\n{daemons.log(daemon)[-4000:]}")
+            raise SoakFailure(
+                f"timed out waiting for {what}; checkpointed positions "
+                f"{_positions(url, group) if pg.running() else 'unknown'}, produced {produced}\n"
+                + "\n".join(timeline)
+                + "\n"
+                + daemons.log(daemon)[-6000:]
+            )
 
         def hold(seconds: float) -> None:
             """Waits out an outage, checking all along that the daemon lives."""
