@@ -169,6 +169,11 @@ class Daemon:
                     self._try_resume(now)
             else:
                 try:
+                    if self.database.down_for is not None and now >= self.next_db_probe:
+                        # Idle, but another thread found the database down: see when it is
+                        # back (readiness depends on it), without pausing anything.
+                        self.next_db_probe = now + self._backoff(2)
+                        self.database.probe()
                     if polled:
                         self._process(polled)
                     checkpointed = now >= next_checkpoint
@@ -267,6 +272,9 @@ class Daemon:
                 f"consumption paused: database unreachable for "
                 f"{time.monotonic() - self.db_down_since:.0f}s"
             )
+        down = self.database.down_for  # noticed by another thread (alerts, jobs) while idle
+        if down is not None:
+            raise RuntimeError(f"database unreachable for {down:.0f}s")
         if not self.reached:
             raise RuntimeError(f"Kafka at {self._servers} not reached yet")
         if self.commit_failures:
@@ -304,7 +312,8 @@ class Daemon:
         return min(2.0 ** (attempt - 1), self.settings.daemon.retry_max_delay)
 
     def _publish_readiness(self) -> None:
-        metrics.DATABASE_REACHABLE.set(value=float(self.db_down_since is None))
+        reachable = self.db_down_since is None and self.database.down_for is None
+        metrics.DATABASE_REACHABLE.set(value=float(reachable))
         try:
             self.check_ready()
         except RuntimeError:

@@ -32,6 +32,8 @@ def main() -> int:
         "never exited on its own": not result.exited_on_its_own,
         "SIGTERM exit 0": result.final_exit_code == 0,
         "incidents equal a clean replay's": result.daemon == result.replayed,
+        "paused for the database outage, then resumed": "consumption paused" in result.logs
+        and "consumption resumed" in result.logs,
         "every notification delivered": {s for *_, s in result.outbox} == {"delivered"},
         "one outbox row per incident change": max(per_change.values(), default=1) == 1,
         "one delivery per incident, dedup key and reason": set(result.received) == set(per_change)

@@ -56,6 +56,7 @@ class SoakResult:
     exited_on_its_own: list[str] = field(default_factory=list)
     final_exit_code: int | None = None
     timeline: list[str] = field(default_factory=list)
+    logs: str = ""  # every daemon process's log, in order
 
 
 class SoakFailure(AssertionError):
@@ -151,10 +152,12 @@ def run_soak(work: Path, outage: float, events_per_model: int = 4000) -> SoakRes
         sigkill()
         # 2. PostgreSQL down while records arrive.
         at = consumed()
-        produce(chunks[1])
+        half = len(chunks[1]) // 2
+        produce(chunks[1][:half])
         wait(lambda: consumed() > at, 120, "progress on the second chunk")
         pg.stop()
         note("database down")
+        produce(chunks[1][half:])
         hold(outage)
         pg.start()
         note("database up")
@@ -189,6 +192,7 @@ def run_soak(work: Path, outage: float, events_per_model: int = 4000) -> SoakRes
         note(f"SIGTERM: exit {code}")
         outbox = _outbox(url)
         daemon_outcome = _outcome(url)
+        logs = "\n".join(daemons.log(process) for process, _ in daemons.processes)
     finally:
         daemons.stop_all()
         receiver.close()
@@ -206,6 +210,7 @@ def run_soak(work: Path, outage: float, events_per_model: int = 4000) -> SoakRes
         exited_on_its_own=exits,
         final_exit_code=code,
         timeline=timeline,
+        logs=logs,
     )
 
 

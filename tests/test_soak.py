@@ -33,6 +33,8 @@ def test_soak_kills_and_outages_change_nothing(tmp_path: Path) -> None:
     assert result.exited_on_its_own == [], timeline
     assert result.final_exit_code == 0, timeline
     assert result.daemon == result.replayed, timeline
+    # The database outage was ridden out (paused, then resumed), not slept through.
+    assert "consumption paused" in result.logs and "consumption resumed" in result.logs
     assert len(result.replayed["incidents"]) >= 2  # type: ignore[arg-type]
     assert len(result.outbox) >= 2, result.outbox  # the incidents were notified
     # Every notification was delivered, none twice in the outbox...
