@@ -170,8 +170,8 @@ class Daemon:
             else:
                 try:
                     if self.database.down_for is not None and now >= self.next_db_probe:
-                        # Idle, but another thread found the database down: see when it is
-                        # back (readiness depends on it), without pausing anything.
+                        # Another thread (alerts, jobs) found the database down, maybe while
+                        # this one idles: check it, and pause as for a failed write if so.
                         self.next_db_probe = now + self._backoff(2)
                         self.database.probe()
                     if polled:
