@@ -35,6 +35,7 @@ from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from sqlalchemy.exc import SQLAlchemyError
 
 from agent import distributions, lifecycle, metrics
 from agent.config import Settings
@@ -556,10 +557,15 @@ def create_app(
     @get("/metrics", media_type="text/plain; version=0.0.4", sync_to_thread=True)
     def prometheus() -> str:
         """Prometheus text format: this process's pipeline counters and database gauges."""
-        metrics.OPEN_INCIDENTS.replace(
-            {(m, k, s): float(n) for m, k, s, n in repo.open_incident_counts()}
-        )
-        metrics.DEAD_LETTERS_STORED.set(value=float(repo.count_dead_letters()))
+        try:
+            metrics.OPEN_INCIDENTS.replace(
+                {(m, k, s): float(n) for m, k, s, n in repo.open_incident_counts()}
+            )
+            metrics.DEAD_LETTERS_STORED.set(value=float(repo.count_dead_letters()))
+        except SQLAlchemyError as exc:  # a database outage: the process's own metrics still
+            log.debug("database gauges skipped: %s", exc)  # answer (and say not ready)
+            metrics.OPEN_INCIDENTS.clear()
+            metrics.DEAD_LETTERS_STORED.clear()
         return metrics.REGISTRY.render()
 
     @get(

@@ -11,14 +11,16 @@ import typer
 from kafka.errors import KafkaError
 
 from agent.background import Background
-from agent.cli import ConfigOption, DbOption, UsageError, _database, _settings, _state, err, out
+from agent.cli import ConfigOption, DbOption, UsageError, _settings, _state, err, out
 from agent.cli_api import require_token
-from agent.config import ConfigError
+from agent.config import ConfigError, Settings
 from agent.daemon import Daemon, check_settings
+from storage.db import Database, DatabaseUnavailable
 from streams.files import require_file
-from streams.kafka import KEY_FIELDS, make_producer, produce_lines
+from streams.kafka import KEY_FIELDS, ProduceError, make_producer, produce_lines
 
 log = logging.getLogger("agent.daemon")
+DAEMON_DB_ATTEMPTS = 2
 
 
 def register(app: typer.Typer) -> None:
@@ -49,7 +51,7 @@ def run(
     if not _state["debug"]:
         # kafka-python logs every failed connection attempt; the daemon reports outages itself.
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
-    database = _database(settings)
+    database = _database_when_up(settings)
     daemon = Daemon(settings, database)
     background = Background(settings, database).start()
     server = None
@@ -66,6 +68,25 @@ def run(
         if server is not None:
             server.stop()
         background.stop()
+
+
+def _database_when_up(settings: Settings) -> Database:
+    """The migrated database, waiting with capped backoff while it is unreachable (a daemon
+    started during an outage waits for its end; SIGTERM stops it). Permanent errors raise."""
+    # Two tries (0.5 s apart) before a database call gives up and the daemon pauses: the
+    # main thread must keep polling, or a broker before 0.10.1 drops it from its group
+    # after session_timeout_ms.
+    database = Database(settings.database_url, attempts=DAEMON_DB_ATTEMPTS)
+    attempt = 0
+    while True:
+        try:
+            database.upgrade()
+            return database
+        except DatabaseUnavailable as exc:
+            attempt += 1
+            if attempt == 1:
+                log.warning("%s; waiting for it before consuming", exc)
+            time.sleep(min(2.0**attempt, settings.daemon.retry_max_delay))
 
 
 def produce(
@@ -109,9 +130,13 @@ def produce(
         raise UsageError(
             f"Kafka at {', '.join(kafka.bootstrap_servers)} unreachable: {exc}"
         ) from None
-    with open(file, "rb") as handle:
-        sent = produce_lines(producer, topic, handle, key_field)
-    producer.close()
+    try:
+        with open(file, "rb") as handle:
+            sent = produce_lines(producer, topic, handle, key_field)
+    except ProduceError as exc:
+        raise UsageError(f"{file}: {exc}") from None
+    finally:
+        producer.close()
     seconds = time.perf_counter() - started
     out.print(f"Produced {sent:,} messages to {topic} in {seconds:.2f}s.")
     err.print(f"Consume them with: bulwark run (topics: {topic})", highlight=False)

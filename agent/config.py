@@ -193,8 +193,10 @@ class AlertSettings(BaseModel):
     repeat_interval: Duration = Field(4 * 3600.0, ge=60)
     # Retries stop, and the notification is marked failed, this long after it was queued.
     give_up_after: Duration = Field(6 * 3600.0, gt=0)
+    # Retry delays double from backoff_initial up to backoff_max, so a receiver that comes
+    # back hears from us at most backoff_max later (a Retry-After answer overrides them).
     backoff_initial: Duration = Field(1.0, gt=0)
-    backoff_max: Duration = Field(300.0, gt=0)
+    backoff_max: Duration = Field(60.0, gt=0, le=3600)
     timeout: Duration = Field(10.0, gt=0)  # per HTTP request
     poll_interval: Duration = Field(1.0, gt=0)  # how often the dispatcher looks at the outbox
     # `replay --alerts` waits at most this long for its notifications to settle.

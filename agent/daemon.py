@@ -13,6 +13,18 @@ consumer seeks to the stored offset; Kafka's committed offset is only the fallba
 lag monitors see). kafka-python runs rebalance callbacks on its IO thread, where blocking
 consumer calls (commit) are forbidden, so the callbacks only touch the database and the
 daemon's own bookkeeping, under a lock shared with batch processing.
+
+A database outage of any length is ridden out, not fatal. When a write, a checkpoint or a
+restore finds the database unreachable (after `Database.retrying`'s short retries), the
+detector state in memory may be ahead of what was stored, so it is no longer trusted:
+consumption of every owned partition is paused (the consumer keeps polling, so it stays in
+its group and keeps its partitions), the database is probed with capped exponential backoff,
+and `/readyz` and `bulwark_ready` say not ready. Once the database answers, the daemon does
+what a restart would do, without leaving the group: a fresh pipeline restores each partition's
+checkpoint, the consumer seeks to the checkpointed offsets, and consumption resumes. The
+idempotent writes make the re-processed records no-ops, so nothing is lost or doubled. A
+permanent database error (bad credentials, no such database, schema missing) ends the daemon
+with a one-line reason instead.
 """
 
 from __future__ import annotations
@@ -25,13 +37,15 @@ import time
 from types import FrameType
 from typing import Any
 
+from kafka.consumer.fetcher import RecordTooLargeError
 from kafka.errors import KafkaConfigurationError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from agent import metrics
 from agent.config import ConfigError, Settings
 from agent.pipeline import Pipeline
-from storage.db import Database
-from streams.events import DeadLetter
+from storage.db import Database, DatabaseUnavailable
+from streams.events import DeadLetter, Position
 from streams.kafka import (
     ConsumerRebalanceListener,
     dead_letter_envelope,
@@ -63,6 +77,7 @@ class Daemon:
     def __init__(self, settings: Settings, database: Database) -> None:
         check_settings(settings)
         self.settings = settings
+        self.database = database
         self.kafka = settings.kafka
         self.stopping = threading.Event()
         self.lock = threading.Lock()  # batch processing vs. rebalance callbacks
@@ -77,9 +92,21 @@ class Daemon:
         self.next_unreachable_log = 0.0
         self.consumer: Any = None
         self.producer: Any = None
-        self.pipeline = Pipeline(
-            settings,
-            database,
+        # Where each owned partition's processing began since it was assigned: where it is
+        # replayed from after an outage if it has no checkpoint yet.
+        self.replay_from: dict[TopicPartition, int] = {}
+        # A database outage: since when (monotonic), its probes so far, the next probe time.
+        self.db_down_since: float | None = None
+        self.db_probes = 0
+        self.next_db_probe = 0.0
+        self.pipeline = self._new_pipeline()
+        metrics.READY.set(value=0.0)
+        metrics.DATABASE_REACHABLE.set(value=1.0)
+
+    def _new_pipeline(self) -> Pipeline:
+        return Pipeline(
+            self.settings,
+            self.database,
             consumer=self.kafka.state_source,
             notify=True,  # incident changes queue notifications (delivered by the dispatcher)
             state_key=self.kafka.state_key,
@@ -118,6 +145,14 @@ class Daemon:
                 polled = self.consumer.poll(
                     timeout_ms=self.kafka.poll_timeout_ms, max_records=self._poll_size()
                 )
+            except RecordTooLargeError as exc:
+                self._raise_callback_error()
+                if self.db_down_since is None:
+                    try:
+                        self._skip_unfetchable(exc)
+                    except DatabaseUnavailable as down:
+                        self._pause_for_database(down)
+                continue
             except KafkaError as exc:
                 self._raise_callback_error()
                 failures += 1
@@ -127,32 +162,63 @@ class Daemon:
                 continue
             self._raise_callback_error()
             failures = 0
-            if polled:
-                self._process(polled)
             now = time.monotonic()
             self._watch_connection(now)
-            if now >= next_checkpoint:
-                next_checkpoint = now + interval
-                self._save()
-                if now >= next_commit:
+            if self.db_down_since is not None:
+                # Paused: the poll above only kept the group membership (anything it returned
+                # for a partition assigned meanwhile is read again after the rewind).
+                if now >= self.next_db_probe:
+                    self._try_resume(now)
+            else:
+                try:
+                    if self.database.down_for is not None and now >= self.next_db_probe:
+                        # Another thread (alerts, jobs) found the database down, maybe while
+                        # this one idles: check it, and pause as for a failed write if so.
+                        self.next_db_probe = now + self._backoff(2)
+                        self.database.probe()
+                    if polled:
+                        self._process(polled)
+                    checkpointed = now >= next_checkpoint
+                    if checkpointed:
+                        next_checkpoint = now + interval
+                        self._save()
+                except DatabaseUnavailable as exc:
+                    self._pause_for_database(exc)
+                    continue
+                if checkpointed and now >= next_commit:
                     # A failing commit (broker down) is retried later and later; the database
                     # checkpoints go on meanwhile.
                     committed = self._commit()
                     self.commit_failures = 0 if committed else self.commit_failures + 1
                     next_commit = now + (0 if committed else self._backoff(self.commit_failures))
+            self._publish_readiness()
             if now >= next_summary:
                 self._log_summary()
                 next_summary = now + SUMMARY_INTERVAL
-            if now >= next_stall_check:
-                with self.lock:  # streams silent on the wall clock: stream_stalled
-                    self.pipeline.check_stalls(time.time())
+            if now >= next_stall_check and self.db_down_since is None:
                 next_stall_check = now + STALL_CHECK_INTERVAL
+                try:
+                    with self.lock:  # streams silent on the wall clock: stream_stalled
+                        self.pipeline.check_stalls(time.time())
+                except DatabaseUnavailable as exc:
+                    self._pause_for_database(exc)
 
     def _shutdown(self) -> None:
-        log.info("shutting down: checkpoint, commit, close")
-        self._save()
-        if not self.commit_failures:  # else the broker is down: the database has the positions
-            self._commit(probe=False)
+        if self.db_down_since is not None:
+            # What is in memory was never stored: the last checkpoint is where a restart resumes.
+            log.info("shutting down while the database is unreachable: no checkpoint, close")
+        else:
+            log.info("shutting down: checkpoint, commit, close")
+            try:
+                self._save()
+            except DatabaseUnavailable as exc:
+                log.warning(
+                    "final checkpoint failed (%s); a restart resumes from the previous one", exc
+                )
+                self.db_down_since = time.monotonic()
+            if not self.commit_failures and self.db_down_since is None:
+                # Else the broker or the database is down: the database has the positions.
+                self._commit(probe=False)
         try:
             self.consumer.close(autocommit=False, timeout_ms=COMMIT_TIMEOUT_MS)
         except KafkaError as exc:
@@ -208,7 +274,16 @@ class Daemon:
         return None
 
     def check_ready(self) -> None:
-        """Readiness for /readyz: raises while Kafka has not been reached or commits fail."""
+        """Readiness for /readyz: raises while consumption is paused for a database outage,
+        while Kafka has not been reached, or while commits fail."""
+        if self.db_down_since is not None:
+            raise RuntimeError(
+                f"consumption paused: database unreachable for "
+                f"{time.monotonic() - self.db_down_since:.0f}s"
+            )
+        down = self.database.down_for  # noticed by another thread (alerts, jobs) while idle
+        if down is not None:
+            raise RuntimeError(f"database unreachable for {down:.0f}s")
         if not self.reached:
             raise RuntimeError(f"Kafka at {self._servers} not reached yet")
         if self.commit_failures:
@@ -245,6 +320,79 @@ class Daemon:
     def _backoff(self, attempt: int) -> float:
         return min(2.0 ** (attempt - 1), self.settings.daemon.retry_max_delay)
 
+    def _publish_readiness(self) -> None:
+        reachable = self.db_down_since is None and self.database.down_for is None
+        metrics.DATABASE_REACHABLE.set(value=float(reachable))
+        try:
+            self.check_ready()
+        except RuntimeError:
+            metrics.READY.set(value=0.0)
+        else:
+            metrics.READY.set(value=1.0)
+
+    # -- database outages --------------------------------------------------------------------
+
+    def _pause_for_database(self, exc: BaseException) -> None:
+        """Stops consuming until the database answers; the state in memory is dropped then."""
+        with self.lock:
+            self._mark_database_down()
+        log.warning(
+            "consumption paused: %s; probing it with backoff (at most every %.0fs), then "
+            "resuming from the checkpoints",
+            exc,
+            self.settings.daemon.retry_max_delay,
+        )
+        self._publish_readiness()
+
+    def _mark_database_down(self) -> None:
+        """Pauses every owned partition; call with the lock held (also from callbacks)."""
+        if self.db_down_since is None:
+            self.db_down_since = time.monotonic()
+            self.db_probes = 0
+            self.next_db_probe = self.db_down_since + self._backoff(1)
+        if self.owned:
+            self.consumer.pause(*self.owned)
+
+    def _try_resume(self, now: float) -> None:
+        """Probes the database; if it answers, rewinds every owned partition to its checkpoint
+        (as a restart would, without leaving the group) and resumes consuming."""
+        try:
+            self.database.probe()
+            with self.lock:
+                self._rewind()
+        except DatabaseUnavailable:
+            self.db_probes += 1
+            self.next_db_probe = now + self._backoff(self.db_probes + 1)
+            return
+        assert self.db_down_since is not None
+        down = time.monotonic() - self.db_down_since
+        self.db_down_since = None
+        if self.owned:
+            self.consumer.resume(*self.owned)
+        log.warning(
+            "database reachable again after %.0fs: consumption resumed from the checkpoints "
+            "of %d partitions",
+            down,
+            len(self.owned),
+        )
+        self._publish_readiness()
+
+    def _rewind(self) -> None:
+        """A fresh pipeline with each owned partition's checkpointed state, and the consumer
+        at the checkpointed offsets (else where this process began reading the partition)."""
+        stats = self.pipeline.stats
+        self.pipeline = self._new_pipeline()
+        self.pipeline.stats = stats
+        for tp in sorted(self.owned):
+            position = self.pipeline.restore_partition(tp.topic, tp.partition)
+            start = position if position is not None else self.replay_from.get(tp)
+            if start is not None:
+                self.consumer.seek(tp, start)
+                self.next_offsets[tp] = start
+            if position is not None:
+                self.uncommitted[tp] = position
+            self.dirty.discard(tp)
+
     # -- the work ----------------------------------------------------------------------------
 
     def _process(self, polled: dict[TopicPartition, list[Any]]) -> None:
@@ -254,10 +402,46 @@ class Daemon:
             records = to_records(mine)
             if not records:
                 return
+            for tp, messages in mine.items():
+                self.replay_from.setdefault(tp, messages[0].offset)
             self.pipeline.process(records, wall_now=time.time())
             for tp, messages in mine.items():
                 self.next_offsets[tp] = messages[-1].offset + 1
                 self.dirty.add(tp)
+
+    def _skip_unfetchable(self, exc: RecordTooLargeError) -> None:
+        """A message larger than max_partition_fetch_bytes (brokers before 0.10.1 send only
+        its first part): stored as a dead letter at its offset, and the partition goes on."""
+        where: dict[TopicPartition, int] = exc.args[1] if len(exc.args) > 1 else {}
+        if not where:
+            raise exc
+        with self.lock:
+            letters = []
+            for tp, offset in sorted(where.items()):
+                if tp not in self.owned:
+                    continue
+                reason = (
+                    f"message larger than kafka.max_partition_fetch_bytes "
+                    f"({self.kafka.max_partition_fetch_bytes:,} bytes): not fetched"
+                )
+                position = Position(tp.topic, tp.partition, offset)
+                letters.append(DeadLetter(position, reason, b"", time.time()))
+            if not letters:
+                return
+            self.pipeline.store_dead_letters(letters)
+            for letter in letters:
+                tp = TopicPartition(letter.position.source, letter.position.partition)
+                self.replay_from.setdefault(tp, letter.position.offset)
+                self.consumer.seek(tp, letter.position.offset + 1)
+                self.next_offsets[tp] = letter.position.offset + 1
+                self.dirty.add(tp)
+                log.warning(
+                    "%s[%d]@%d: %s; stored as a dead letter, the partition goes on",
+                    tp.topic,
+                    tp.partition,
+                    letter.position.offset,
+                    letter.reason,
+                )
 
     def _poll_size(self) -> int:
         """`batch_size` records per owned partition: each partition has its own detector state,
@@ -334,30 +518,53 @@ class Daemon:
 
     def on_assigned(self, partitions: set[TopicPartition]) -> None:
         with self.lock:
-            resumed = []
-            for tp in sorted(partitions):
-                position = self.pipeline.restore_partition(tp.topic, tp.partition)
-                self.owned.add(tp)
-                if position is not None:
-                    self.consumer.seek(tp, position)
-                    self.next_offsets[tp] = position
-                    self.uncommitted[tp] = position  # bring Kafka's committed offset up to date
-                    resumed.append(f"{tp.topic}[{tp.partition}]@{position}")
-                else:
-                    resumed.append(f"{tp.topic}[{tp.partition}]@kafka")
-            log.info("assigned %d partitions: %s", len(partitions), ", ".join(resumed) or "none")
-            self._warn_if_not_copartitioned()
+            if self.db_down_since is None:
+                try:
+                    self._restore_assigned(partitions)
+                    return
+                except DatabaseUnavailable as exc:
+                    log.warning("restoring assigned partitions failed: %s", exc)
+            # The database is down: the partitions wait, paused, for the rewind at its return.
+            self.owned.update(partitions)
+            self._mark_database_down()
+            log.info(
+                "assigned %d partitions while the database is unreachable: paused",
+                len(partitions),
+            )
+
+    def _restore_assigned(self, partitions: set[TopicPartition]) -> None:
+        """Each partition's checkpointed state, and the consumer at its checkpointed offset."""
+        resumed = []
+        for tp in sorted(partitions):
+            position = self.pipeline.restore_partition(tp.topic, tp.partition)
+            self.owned.add(tp)
+            if position is not None:
+                self.consumer.seek(tp, position)
+                self.next_offsets[tp] = position
+                self.uncommitted[tp] = position  # bring Kafka's committed offset up to date
+                resumed.append(f"{tp.topic}[{tp.partition}]@{position}")
+            else:
+                resumed.append(f"{tp.topic}[{tp.partition}]@kafka")
+        log.info("assigned %d partitions: %s", len(partitions), ", ".join(resumed) or "none")
+        self._warn_if_not_copartitioned()
 
     def on_revoked(self, partitions: set[TopicPartition], save: bool) -> None:
         with self.lock:
-            if save:
-                self._checkpoint(partitions & self.owned)
+            # During an outage the state in memory is not trusted: the new owner resumes from
+            # the last checkpoint, as after a crash.
+            if save and self.db_down_since is None:
+                try:
+                    self._checkpoint(partitions & self.owned)
+                except DatabaseUnavailable as exc:
+                    log.warning("checkpoint of revoked partitions failed: %s", exc)
+                    self._mark_database_down()
             for tp in partitions:
                 self.pipeline.drop_partition(tp.topic, tp.partition)
                 self.owned.discard(tp)
                 self.next_offsets.pop(tp, None)
                 self.dirty.discard(tp)
                 self.uncommitted.pop(tp, None)
+                self.replay_from.pop(tp, None)
         if partitions:
             what = "revoked" if save else "lost (state dropped, the new owner resumes)"
             log.info("%s %d partitions", what, len(partitions))

@@ -139,6 +139,16 @@ OUTBOX_FAILURES = REGISTRY.counter(
     "bulwark_outbox_delivery_failures_total", "Failed notification deliveries.", ("channel",)
 )
 
+READY = REGISTRY.gauge(
+    "bulwark_ready",
+    "1 while the daemon consumes; 0 while paused for a database outage, before Kafka is "
+    "reached or while offset commits fail (the same judgement as /readyz).",
+)
+DATABASE_REACHABLE = REGISTRY.gauge(
+    "bulwark_database_reachable",
+    "0 while the daemon has paused consumption because the database does not answer.",
+)
+
 
 class ModelCounts:
     """What the pipeline saw per model: published to the metrics above at once, and kept

@@ -388,6 +388,31 @@ class Pipeline:
         self.stats.changes.update(str(c.change) for c in changes)
         return changes
 
+    def store_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Stores records that never reached the decoder (a Kafka message too large to fetch)
+        as dead letters, idempotent by position like every other."""
+        rows = [
+            DeadLetterInput(
+                source=d.position.source,
+                partition=d.position.partition,
+                offset=d.position.offset,
+                reason=d.reason,
+                payload=d.payload,
+                received_at=d.received_at,
+            )
+            for d in letters
+        ]
+
+        def write() -> None:
+            with self.db.session() as session:
+                Writer(session).add_dead_letters(rows)
+
+        self.db.retrying(write)
+        self.counts.add_dead_letters(letters)
+        self.stats.dead_letters += len(letters)
+        if self.on_dead_letters is not None:
+            self.on_dead_letters(letters)
+
     def _monitor(
         self, source: str, partition: int, model: str, version: str | None = None
     ) -> ModelMonitor:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent.config import Settings
-from storage.db import Database
+from storage.db import Database, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ def add_interval_job(
     def run() -> None:
         try:
             job()
+        except DatabaseUnavailable:  # an outage: the database handle logs its start and end
+            log.debug("scheduled job %s skipped: database unreachable", name)
         except Exception:
             log.exception("scheduled job %s failed; it runs again in %.0fs", name, seconds)
 

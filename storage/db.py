@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,47 @@ T = TypeVar("T")
 
 class DatabaseError(RuntimeError):
     """The database is unreachable or unusable; the message is one line, without secrets."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """Transient: the server did not answer (refused, reset, restarting); worth retrying."""
+
+
+class DatabaseUnusable(DatabaseError):
+    """Permanent: retrying cannot help (bad credentials, no such database, schema missing)."""
+
+
+# SQLSTATEs (or their two-character classes) that no retry can fix: invalid authorization
+# (28), no such database (3D000) or schema (3F000), a missing table (42P01: not migrated),
+# insufficient privilege (42501).
+PERMANENT_SQLSTATES = ("28", "3D000", "3F000", "42P01", "42501")
+# libpq reports a failed connection without a SQLSTATE, only as text: these are permanent.
+PERMANENT_MESSAGES = (
+    "password authentication failed",
+    "authentication failed for user",
+    "no pg_hba.conf entry",
+    "does not exist",  # database "x" / role "x" does not exist
+    "no such table",  # SQLite without the schema
+    "unable to open database file",  # SQLite: the directory does not exist
+)
+Failure = Literal["transient", "permanent"]
+
+
+def classify(exc: BaseException) -> Failure | None:
+    """Whether a database error is worth retrying; None if it is no connection trouble at all
+    (a constraint violation, bad data: a bug or a bad record, not an outage)."""
+    if not isinstance(exc, DBAPIError):
+        return None
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if isinstance(code, str) and code.startswith(PERMANENT_SQLSTATES):
+        return "permanent"
+    message = str(orig or exc).lower()
+    if any(text in message for text in PERMANENT_MESSAGES):
+        return "permanent"
+    if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
+        return "transient"
+    return None
 
 
 def data_dir() -> Path:
@@ -55,8 +97,10 @@ def redact(url: str) -> str:
 
 
 class Database:
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, attempts: int = 5) -> None:
+        """`attempts`: how often `retrying` tries by default (0.5, 1, 2, 4 s apart)."""
         self.url = url or default_url()
+        self.attempts = attempts
         try:
             parsed = make_url(self.url)
         except ArgumentError:
@@ -67,6 +111,13 @@ class Database:
             if parsed.database and parsed.database != ":memory:":
                 _sqlite_directory(Path(parsed.database).expanduser())
             kwargs["connect_args"] = {"timeout": 30}
+        elif parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in (
+            "psycopg",
+            "psycopg2",
+        ):
+            # A server that accepts nothing (a network partition) fails a connection attempt
+            # in this many seconds, instead of the OS's minutes: the outage is noticed.
+            kwargs["connect_args"] = {"connect_timeout": 10}
         try:
             self.engine: Engine = create_engine(self.url, **kwargs)
         except (ArgumentError, ImportError) as exc:
@@ -74,6 +125,10 @@ class Database:
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Outage bookkeeping shared by every thread using this handle: one log line when the
+        # database stops answering and one when it answers again, however many retries.
+        self._down_since: float | None = None
+        self._outage_lock = threading.Lock()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -81,29 +136,76 @@ class Database:
         with self.sessions.begin() as session:
             yield session
 
-    def retrying(self, work: Callable[[], T], attempts: int = 5, first_delay: float = 0.5) -> T:
-        """Runs `work`, retrying with exponential backoff while the database is unreachable."""
+    def retrying(
+        self, work: Callable[[], T], attempts: int | None = None, first_delay: float = 0.5
+    ) -> T:
+        """Runs `work`, retrying with exponential backoff while the database is unreachable.
+
+        Raises `DatabaseUnusable` at once on a permanent error, `DatabaseUnavailable` when the
+        attempts are spent; errors that are no connection trouble pass through unchanged."""
+        attempts = attempts or self.attempts
         delay = first_delay
         for attempt in range(1, attempts + 1):
             try:
-                return work()
-            except OperationalError as exc:
+                result = work()
+            except DBAPIError as exc:
+                failure = classify(exc)
+                if failure is None:
+                    raise
+                if failure == "permanent":
+                    raise DatabaseUnusable(
+                        f"database {redact(self.url)} unusable: {_first_line(exc)}"
+                    ) from None
+                self._mark_down(exc)
                 if attempt == attempts:
-                    raise DatabaseError(
+                    raise DatabaseUnavailable(
                         f"database {redact(self.url)} unreachable after {attempts} attempts: "
                         f"{_first_line(exc)}"
                     ) from None
-                log.warning(
-                    "database %s unreachable (attempt %d/%d), retrying in %.1fs: %s",
-                    redact(self.url),
-                    attempt,
-                    attempts,
-                    delay,
-                    _first_line(exc),
-                )
+                log.debug("database unreachable (attempt %d/%d)", attempt, attempts)
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
+            else:
+                if self._down_since is not None:
+                    self._mark_up()
+                return result
         raise AssertionError("unreachable")
+
+    def probe(self) -> None:
+        """One trivial query, no retry: raises `DatabaseUnavailable` or `DatabaseUnusable`."""
+
+        def ping() -> None:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+
+        self.retrying(ping, attempts=1)
+
+    @property
+    def down_for(self) -> float | None:
+        """Seconds since the database stopped answering, None while it answers."""
+        since = self._down_since
+        return None if since is None else time.monotonic() - since
+
+    def _mark_down(self, exc: BaseException) -> None:
+        with self._outage_lock:
+            if self._down_since is not None:
+                return
+            self._down_since = time.monotonic()
+        log.warning(
+            "database %s unreachable (%s); retrying with backoff",
+            redact(self.url),
+            _first_line(exc),
+        )
+
+    def _mark_up(self) -> None:
+        with self._outage_lock:
+            since, self._down_since = self._down_since, None
+        if since is not None:
+            log.warning(
+                "database %s reachable again after %.0fs",
+                redact(self.url),
+                time.monotonic() - since,
+            )
 
     def upgrade(self) -> None:
         """Brings the schema to the newest migration (alembic upgrade head)."""

@@ -19,6 +19,7 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.errors import MessageSizeTooLargeError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from streams.events import DeadLetter, Position, RawRecord
@@ -50,6 +51,12 @@ class KafkaSettings(BaseModel):
     session_timeout_ms: int = Field(30_000, ge=1000)
     heartbeat_interval_ms: int = Field(3000, ge=100)
     request_timeout_ms: int = Field(40_000, ge=1000)
+    # Sizes. A message larger than max_partition_fetch_bytes cannot be fetched from a broker
+    # before 0.10.1: the daemon turns it into a dead letter at its offset and goes on. Newer
+    # brokers return it anyway, and `max_record_bytes` (top level) decides.
+    max_partition_fetch_bytes: int = Field(1_048_576, ge=1024)
+    fetch_max_bytes: int = Field(52_428_800, ge=1024)  # per fetch request (brokers >= 0.10.1)
+    max_request_size: int = Field(1_048_576, ge=1024)  # the producer's largest message
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
@@ -133,6 +140,8 @@ def make_consumer(settings: KafkaSettings, max_poll_records: int) -> KafkaConsum
         enable_auto_commit=False,
         auto_offset_reset=settings.auto_offset_reset,
         max_poll_records=max_poll_records,
+        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+        fetch_max_bytes=settings.fetch_max_bytes,
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         # Partition N of every topic goes to the same member (co-partitioning, see above).
@@ -158,6 +167,7 @@ def make_producer(settings: KafkaSettings) -> KafkaProducer:
         max_in_flight_requests_per_connection=1,
         enable_idempotence=False,
         linger_ms=5,
+        max_request_size=settings.max_request_size,
         bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
         **settings.connection(),
     )
@@ -166,20 +176,53 @@ def make_producer(settings: KafkaSettings) -> KafkaProducer:
 KEY_FIELDS = ("model", "id", "none")
 
 
+class ProduceError(RuntimeError):
+    """A line that could not be produced; the message names its line number and size."""
+
+
 def produce_lines(
     producer: KafkaProducer, topic: str, lines: Iterable[bytes], key_field: str = "model"
 ) -> int:
     """Sends each non-empty line as one message, keyed by the event's `key_field` (unkeyed if
-    the line is not a JSON object or lacks it); returns how many were sent."""
+    the line is not a JSON object or lacks it); returns how many were sent.
+
+    Raises `ProduceError` for the first line the producer refuses (over `max_request_size`:
+    nothing after it is sent) or the broker rejects (over its `message.max.bytes`)."""
     sent = 0
-    for line in lines:
+    pending: list[tuple[int, int, Any]] = []  # (line number, size, future) not settled yet
+    for number, line in enumerate(lines, 1):
         value = line.rstrip(b"\r\n")
         if not value.strip():
             continue
-        producer.send(topic, value=value, key=_key(value, key_field))
+        try:
+            future = producer.send(topic, value=value, key=_key(value, key_field))
+        except MessageSizeTooLargeError:
+            producer.flush()
+            raise ProduceError(
+                f"line {number} is {len(value):,} bytes, over the producer's limit "
+                f"(kafka.max_request_size = {producer.config['max_request_size']:,}); "
+                f"{sent:,} lines before it were produced, none after"
+            ) from None
+        pending.append((number, len(value), future))
         sent += 1
+        if len(pending) >= 10_000:
+            pending = _settled(pending)
     producer.flush()
+    _settled(pending)
     return sent
+
+
+def _settled(pending: list[tuple[int, int, Any]]) -> list[tuple[int, int, Any]]:
+    """The sends still in flight; raises `ProduceError` for the first one that failed."""
+    for number, size, future in pending:
+        if future.is_done and future.failed():
+            error = future.exception
+            reason = getattr(error, "message", None) or type(error).__name__
+            raise ProduceError(
+                f"line {number} ({size:,} bytes) was not produced: the broker refused it "
+                f"({reason}; over its message.max.bytes?)"
+            )
+    return [entry for entry in pending if not entry[2].is_done]
 
 
 def _key(value: bytes, field: str) -> bytes | None:
@@ -234,6 +277,7 @@ def dead_letter_envelope(letter: DeadLetter) -> bytes:
 __all__ = [
     "ConsumerRebalanceListener",
     "KafkaSettings",
+    "ProduceError",
     "dead_letter_envelope",
     "has_metadata",
     "make_consumer",

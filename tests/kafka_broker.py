@@ -113,6 +113,7 @@ class KafkaBroker:
                     "group.min.session.timeout.ms=1000",
                     "log.flush.interval.messages=1000000",
                     "controlled.shutdown.enable=false",
+                    "zookeeper.session.timeout.ms=6000",  # a killed broker's registration lasts
                     "",
                 ]
             )
@@ -163,6 +164,9 @@ class KafkaBroker:
             tails.append(f"{log.name}: {log.read_text(errors='replace')[-1500:]}")
         return "\n".join(tails)
 
+    def _unregistered(self) -> bool:
+        return "/brokers/ids/0" not in _zk_command(self.zk_port, b"dump")
+
     def _broker_ready(self) -> bool:
         """Registered in ZooKeeper (the broker's last startup step) and accepting connections.
 
@@ -183,6 +187,21 @@ class KafkaBroker:
                 process.kill()
                 process.wait(timeout=30)
         self.processes.clear()
+
+    def kill_broker(self) -> None:
+        """Kills the broker only; ZooKeeper lives on and expires its registration."""
+        broker = self.processes.pop()
+        broker.kill()
+        broker.wait(timeout=30)
+
+    def restart_broker(self, timeout: float = 90.0) -> None:
+        """Starts the broker again after `kill_broker()`, on the same port and data, once
+        ZooKeeper has expired the killed broker's session: a broker that registers before
+        exits ("A broker is already registered on the path /brokers/ids/0")."""
+        deadline = time.monotonic() + timeout
+        self._wait(self._unregistered, deadline, "the killed broker's session to expire")
+        self._java("kafka.Kafka", self.dir / "server.properties", "kafka")
+        self._wait(self._broker_ready, deadline, "the Kafka broker")
 
     def stop(self) -> None:
         self.kill()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -470,3 +471,57 @@ def test_retry_after_and_durations_parse_as_documented() -> None:
     for bad in ("2 weeks", "-1s", True):
         with pytest.raises(ValueError):
             parse_duration(bad)
+
+
+def test_backoff_is_capped_by_default_so_a_recovered_receiver_hears_within_a_minute(
+    database: Database, slack: Receiver
+) -> None:
+    """A receiver down for half an hour: the retry delay stops growing at `backoff_max`
+    (60 s by default), so it gets the message at most a minute after it is back."""
+    alerts = alert_settings({"slack": slack})
+    alerts = alerts.model_copy(update={"backoff_max": AlertSettings().backoff_max})
+    assert alerts.backoff_max <= 60
+    clock = Clock()
+    dispatcher = Dispatcher(database, alerts, clock=clock)
+    slack.down = True
+    record(database, alerts, [finding()], now=clock.now)
+    delays = []
+    start = clock.now
+    while clock.now < start + 1800:
+        dispatcher.run_once()
+        (row,) = outbox(database)
+        delays.append(row.next_attempt_at - clock.now)
+        clock.advance(max(row.next_attempt_at - clock.now, 0.0))
+    assert max(delays) == pytest.approx(alerts.backoff_max)
+    assert delays[:4] == pytest.approx([1, 2, 4, 8])  # still doubling from backoff_initial
+    slack.down = False
+    recovered = clock.now
+    while not slack.accepted:
+        clock.advance(1)
+        dispatcher.run_once()
+    assert clock.now - recovered <= alerts.backoff_max
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_is_honoured_on_503_as_on_429(
+    database: Database, pd: Receiver, status: int, form: str
+) -> None:
+    from email.utils import formatdate
+
+    alerts = alert_settings({"pagerduty": pd})  # backoff would say 1 s
+    clock = Clock()
+    dispatcher = Dispatcher(database, alerts, clock=clock)
+    when = "45" if form == "seconds" else formatdate(time.time() + 45, usegmt=True)
+    pd.scripted.append(Reply(status, {"status": "throttled"}, {"Retry-After": when}))
+    record(database, alerts, [finding()], now=clock.now)
+    dispatcher.run_once()
+    (row,) = outbox(database)
+    assert row.state == "pending"
+    assert row.next_attempt_at - clock.now == pytest.approx(45, abs=1.5)
+    clock.advance(40)
+    dispatcher.run_once()
+    assert pd.requests == 1  # not before the receiver said
+    clock.advance(6)
+    dispatcher.run_once()
+    assert pd.requests == 2 and len(pd.accepted) == 1 and pd.invalid == []

@@ -84,7 +84,16 @@ def _migrated(path: Path) -> str:
     return url
 
 
-def _config(path: Path, bootstrap: str, topics: list[str], group: str, **kafka: object) -> Path:
+def _config(
+    path: Path,
+    bootstrap: str,
+    topics: list[str],
+    group: str,
+    daemon: dict[str, object] | None = None,
+    tail: str = "",
+    **kafka: object,
+) -> Path:
+    """A `bulwark run` config; `daemon` adds [daemon] keys, `tail` more sections (TOML)."""
     options = {
         "bootstrap_servers": [bootstrap],
         "topics": topics,
@@ -94,9 +103,11 @@ def _config(path: Path, bootstrap: str, topics: list[str], group: str, **kafka: 
         "heartbeat_interval_ms": 1000,
         **kafka,
     }
-    lines = [DETECTOR_CONFIG, "[daemon]", "checkpoint_interval = 0.3", "[kafka]"]
+    lines = [DETECTOR_CONFIG, "[daemon]", "checkpoint_interval = 0.3"]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in (daemon or {}).items()]
+    lines += ["[kafka]"]
     lines += [f"{key} = {json.dumps(value)}" for key, value in options.items()]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + tail)
     return path
 
 
@@ -107,10 +118,20 @@ class Daemons:
         self.work = work
         self.processes: list[tuple[subprocess.Popen[bytes], Path]] = []
 
-    def start(self, config: Path, db_url: str) -> subprocess.Popen[bytes]:
+    def start(self, config: Path, db_url: str, *options: str) -> subprocess.Popen[bytes]:
         log = self.work / f"daemon-{len(self.processes)}.log"
         process = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(config), "--db", db_url],
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "run",
+                "--config",
+                str(config),
+                "--db",
+                db_url,
+                *options,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=open(log, "wb"),  # noqa: SIM115 - closed with the process
             env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -403,3 +424,94 @@ def test_broker_outage_mid_run_is_reported_with_backoff_and_sigterm_still_exits(
     ]
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
     assert gaps[-1] > gaps[0]  # backing off (1, 2, 4 s...), not retrying at a fixed pace
+
+
+def _padded(model: str, i: int, size: int) -> bytes:
+    """A valid prediction of `model`, padded to about `size` bytes."""
+    event = {"type": "prediction", "model": model, "id": f"big-{i}", "ts": 1767225600.0 + i,
+             "features": {"note": "x" * size}, "prediction": 0}  # fmt: skip
+    return json.dumps(event).encode()
+
+
+def test_oversized_messages_become_dead_letters_at_their_offset_and_the_partition_goes_on(
+    kafka_bootstrap: str, daemons: Daemons, tmp_path: Path
+) -> None:
+    uid = uuid.uuid4().hex[:8]
+    topic, group = f"events-{uid}", f"g-{uid}"
+    lines = demo_scenario(events_per_model=300).lines
+    unfetchable = _padded("fraud", 1, 100_000)  # over max_partition_fetch_bytes: not fetched
+    too_big = _padded("fraud", 2, 20_000)  # fetched, but over max_record_bytes
+    lines = [*lines[:200], unfetchable, *lines[200:400], too_big, *lines[400:]]
+    _produce(kafka_bootstrap, lines, topic)
+    config = _config(
+        tmp_path / "run.toml", kafka_bootstrap, [topic], group, max_partition_fetch_bytes=65536
+    )
+    config.write_text("max_record_bytes = 10000\n" + config.read_text())
+    url = _migrated(tmp_path / "daemon.db")
+
+    daemon = daemons.start(config, url)
+    _wait(lambda: _consumed(url, group) == len(lines), 90, "the whole stream", daemons)
+    code, _ = _terminate(daemon)
+    assert code == 0, daemons.log(daemon)
+
+    where = _messages_positions(kafka_bootstrap, topic, {unfetchable, too_big})
+    db = Database(url)
+    with db.session() as session:
+        letters = {(d.source, d.partition, d.offset): d for d in session.scalars(
+            select(DeadLetterRow))}  # fmt: skip
+        processed = session.scalar(select(func.count(Evidence.id)))
+    db.dispose()
+    assert processed is not None
+    first = letters[(topic, *where[unfetchable])]
+    assert "max_partition_fetch_bytes" in first.reason and "65,536" in first.reason
+    second = letters[(topic, *where[too_big])]
+    assert "record too large" in second.reason and "limit 10000" in second.reason
+    assert len(letters) == len(MALFORMED) + 2
+    # The fraud partition went on past both: its later messages were processed.
+    log = daemons.log(daemon)
+    assert _processed(log) == len(lines) - 1  # all but the one never fetched
+
+
+def _messages_positions(
+    bootstrap: str, topic: str, wanted: set[bytes]
+) -> dict[bytes, tuple[int, int]]:
+    """(partition, offset) of the given messages, read with a fetch size that fits them."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        api_version=tuple(map(int, API_VERSION.split("."))),
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        found: dict[bytes, tuple[int, int]] = {}
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            assert time.monotonic() < deadline, "could not read the topic back"
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                for record in records:
+                    if record.value in wanted:
+                        found[record.value] = (tp.partition, record.offset)
+        return found
+    finally:
+        consumer.close(autocommit=False)
+
+
+def test_produce_names_the_line_over_the_size_limit_in_one_line(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    small = [_padded("fraud", i, 10) for i in range(3)]
+    for big, why in ((_padded("fraud", 9, 1_200_000), "max_request_size"),
+                     (_padded("fraud", 9, 1_010_000), "broker refused")):  # fmt: skip
+        path = tmp_path / "events.jsonl"
+        path.write_bytes(b"\n".join([*small, big, *small]) + b"\n")
+        result = run_cli(
+            "kafka", "produce", str(path), "--topic", f"t-{uuid.uuid4().hex[:8]}",
+            "--bootstrap", kafka_bootstrap, "--api-version", API_VERSION,
+        )  # fmt: skip
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr, result.stderr
+        (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert "line 4" in error and f"{len(big):,} bytes" in error and why in error

@@ -69,7 +69,7 @@ class Outcome(StrEnum):
 class Result:
     outcome: Outcome
     detail: str = ""
-    retry_after: float | None = None  # seconds, from a 429's Retry-After
+    retry_after: float | None = None  # seconds, from a 429's or 503's Retry-After
     # Items that went through before a failure (PagerDuty takes one event per item, so a
     # failure can come after some successes).
     delivered_ids: frozenset[int] = frozenset()
@@ -346,12 +346,17 @@ def _send_webhook(client: httpx.Client, settings: ChannelSettings, message: Mess
 # Shared -----------------------------------------------------------------------------------
 
 
+# Answers whose Retry-After says when to come back (RFC 9110 15.6.4, RFC 6585 4).
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
 def classify(response: httpx.Response) -> Result:
-    """A non-success answer: 429 waits for Retry-After, permanent statuses are not retried,
-    anything else (5xx, 408, ...) is retried with backoff."""
+    """A non-success answer: 429 and 503 wait for their Retry-After (backoff without one),
+    permanent statuses are not retried, anything else (5xx, 408, ...) is retried with
+    backoff."""
     status = response.status_code
     detail = f"HTTP {status}: {_body_excerpt(response)}"
-    if status == 429:
+    if status in RETRY_AFTER_STATUSES:
         return Result(Outcome.RETRY, detail, retry_after=retry_after(response.headers))
     if status in PERMANENT_STATUSES:
         return Result(Outcome.REJECTED, detail)

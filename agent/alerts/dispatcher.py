@@ -22,7 +22,7 @@ from agent.alerts import channels
 from agent.alerts.channels import Item, Message, Outcome, Result
 from agent.alerts.outbox import enqueue_repeats
 from agent.config import AlertSettings
-from storage.db import Database
+from storage.db import Database, DatabaseUnavailable
 from storage.models import Notification, Silence
 from storage.notifications import DELIVERED, FAILED, PENDING, SILENCED, OutboxStore
 
@@ -290,6 +290,8 @@ class BackgroundDispatcher:
         while not self._stop.is_set():
             try:
                 self.dispatcher.run_once()
+            except DatabaseUnavailable:
+                pass  # an outage: the database handle logs when it starts and ends
             except Exception:  # keep delivering: one bad pass must not end alerting
                 log.exception("alert dispatcher pass failed")
             self._stop.wait(self.dispatcher.alerts.poll_interval)
