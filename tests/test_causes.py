@@ -18,7 +18,7 @@ from alembic.config import Config
 from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
-from agent import causes
+from agent import attribution, causes
 from agent.alerts.dispatcher import Dispatcher
 from agent.alerts.outbox import enqueue_changes
 from agent.alerts.wording import headline
@@ -27,9 +27,11 @@ from agent.incidents import IncidentManager
 from agent.pipeline import Pipeline
 from agent.replay import memory_batches
 from alembic import command
+from detectors.query_patterns import QueryPatternDetector, QueryPatternSettings
 from storage.db import MIGRATIONS_DIR, Database
 from storage.models import Incident
 from storage.repository import IncidentFilter, Repository, Writer
+from streams.events import Position, RawRecord
 from tests.alerts_helpers import Clock, alert_settings, finding, outbox
 from tests.conftest import run_cli
 from tests.receivers import Receiver
@@ -249,6 +251,125 @@ def test_attackers_driving_the_population_are_the_roots_of_its_drift(
     triggered = sorted(e.body["dedup_key"].split("-")[1] for e in receivers["pagerduty"].accepted)
     assert triggered == sorted(str(r["id"]) for r in roots)
     database.dispose()
+
+
+def flagged_then_flooding_stream(seed: int) -> tuple[list[bytes], float]:
+    """Benign clients (6,000 queries); two attackers probing the decision boundary with 8% of
+    the traffic, enough to be flagged but not to move the population (3,000); the attackers
+    flooding out-of-range inputs with 40% of the traffic (4,000); the same, while the benign
+    clients' feature `a` moves by +1.5 (4,000). Returns the lines and the event time the
+    benign shift starts at."""
+    stream = Stream(seed)
+    rng = stream.rng
+
+    def flood(n: int) -> np.ndarray:
+        return rng.uniform(-12, 12, size=(n, len(FEATURES)))
+
+    def mixed(n: int, share: float, attack: Any) -> tuple[np.ndarray, list[str | None]]:
+        k = int(n * share)
+        bx, bc = stream.benign(n - k)
+        who: list[str | None] = [f"attacker-{1 + j % 2}" for j in range(k)]
+        order = rng.permutation(n)
+        return np.vstack([bx, attack(k)])[order], [(bc + who)[i] for i in order]
+
+    parts = [
+        stream.benign(6000),
+        mixed(3000, 0.08, lambda k: boundary_probe(rng, k)),
+        mixed(4000, 0.4, flood),
+    ]
+    shifted, clients = mixed(4000, 0.4, flood)
+    benign = np.array([not str(c).startswith("attacker") for c in clients])
+    shifted[benign, 0] += 1.5
+    parts.append((shifted, clients))
+    x = np.vstack([part[0] for part in parts])
+    who = [c for part in parts for c in part[1]]
+    p = _probability(x)
+    lines = [
+        orjson.dumps(
+            {
+                "type": "prediction",
+                "model": "m",
+                "id": f"p{i}",
+                "ts": START + 2.0 * i,
+                "client": who[i],
+                "features": {f: round(float(x[i, j]), 4) for j, f in enumerate(FEATURES)},
+                "prediction": int(p[i] > 0.5),
+                "scores": {"0": round(1 - float(p[i]), 4), "1": round(float(p[i]), 4)},
+            }
+        )
+        for i in range(len(x))
+    ]
+    return lines, START + 2.0 * 13_000
+
+
+@pytest.mark.parametrize("seed", [8, 21])
+def test_a_flagged_clients_later_queries_move_no_population_statistic(
+    tmp_path: Any, seed: int
+) -> None:
+    """Once the attackers are flagged, their flood opens no population incident, across a
+    restart (the flagged set comes from the database); without the exclusion the same flood
+    opens drift, data-quality and anomaly incidents. The benign clients' own shift is still
+    found, as a root of its own."""
+    lines, benign_shift = flagged_then_flooding_stream(seed)
+    opened: dict[bool, list[dict[str, Any]]] = {}
+    for exclude in (True, False):
+        database = Database(f"sqlite:///{tmp_path}/{exclude}.db")
+        database.upgrade()
+        settings = Settings.model_validate(
+            {
+                "batch_size": 500,
+                "causes": {"exclude_flagged_clients": exclude},
+                "detectors": {
+                    "query_patterns": {"reference_size": 300, "calibration_queries": 3000}
+                },
+            }
+        )
+        run(lines[:11_000], database, settings)
+        restarted = Pipeline(settings, database, consumer="test")  # mid-flood, no checkpoint
+        for start in range(11_000, len(lines), 500):
+            chunk = lines[start : start + 500]
+            restarted.process(
+                [
+                    RawRecord(line, Position("events.jsonl", 0, start + i))
+                    for i, line in enumerate(chunk)
+                ]
+            )
+            monitor = restarted.monitors[("events.jsonl", 0)]["m"]
+            assert monitor.flagged.keys() == ({"attacker-1", "attacker-2"} if exclude else set())
+        incidents = everything(database)
+        flags = [i for i in incidents if i["kind"] == "suspicious_client"]
+        assert {i["subject"] for i in flags} == {"attacker-1", "attacker-2"}
+        flagged_at = max(i["first_seen"] for i in flags)
+        opened[exclude] = [
+            i
+            for i in incidents
+            if i["kind"] != "suspicious_client" and i["first_seen"] > flagged_at
+        ]
+        database.dispose()
+
+    during_flood = [i for i in opened[False] if i["first_seen"] < benign_shift]
+    assert {i["kind"] for i in during_flood} >= {"feature_drift", "data_quality", "input_anomaly"}
+    assert all(i["first_seen"] >= benign_shift for i in opened[True])
+    for item in opened[True]:
+        assert not any(c.startswith("attacker") for c in item["details"].get("client_shares", {}))
+    # The benign shift of `a` is found, with what it explains, and nothing else opens.
+    roots = {(i["kind"], i["subject"]) for i in opened[True] if i["parent_id"] is None}
+    assert ("feature_drift", "a") in roots
+    assert {i["subject"] for i in opened[True]} <= {"a", "score", "class_proportions", "*"}
+
+
+def test_client_shares_name_clients_as_their_incidents_do() -> None:
+    """With a client-id key, shares (and the flagged set) use the incident's HMAC name: the
+    cause rule can match them, and no raw id is stored."""
+    key = "k3y-for-client-ids"
+    detector = QueryPatternDetector("m", QueryPatternSettings(client_id_key=key))
+    for client in ("alice", "key-42", "ünïcode"):
+        assert attribution.client_subject(client, key) == detector._client_key(client)
+        assert attribution.client_subject(client, None) == client
+    shares = attribution.client_shares(
+        ["alice"] * 60 + ["bob"] * 40, lambda c: attribution.client_subject(c, key)
+    )
+    assert shares == {detector._client_key("alice"): 0.6, detector._client_key("bob"): 0.4}
 
 
 def test_accuracy_drop_with_stable_inputs_stays_its_own_root(sqlite_url: str) -> None:
