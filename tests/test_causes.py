@@ -18,7 +18,7 @@ from alembic.config import Config
 from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
-from agent import attribution, causes
+from agent import attribution, causes, lifecycle
 from agent.alerts.dispatcher import Dispatcher
 from agent.alerts.outbox import enqueue_changes
 from agent.alerts.wording import headline
@@ -678,6 +678,62 @@ def test_a_waiting_notification_of_an_incident_attributed_later_is_held_back(
     assert held.state == "silenced"
     assert held.last_error.startswith(f"related to incident #{root.incident.id}: ")
     dispatcher.close()
+    database.dispose()
+
+
+def test_a_root_and_its_related_incidents_change_status_together(
+    sqlite_url: str, receivers: dict[str, Receiver]
+) -> None:
+    """Acknowledge, resolve and reopen of a root reach its related incidents where their
+    status allows it, with a note naming the root; only the root notifies; a related
+    incident whose key opened again stays resolved when the root is reopened."""
+    database = Database(sqlite_url)
+    database.upgrade()
+    alerts = alert_settings({"slack": receivers["slack"]}, group_wait=0)
+    now = time.time()
+    drift = finding(subject="utilization", ts=START + 100)
+    score = finding(kind="prediction_drift", subject="score", ts=START + 120)
+    classes = finding(kind="prediction_drift", subject="class_proportions", ts=START + 130)
+    changes = record_linked(database, alerts, [drift, score, classes], now)
+    root, *related = (c.incident.id for c in changes)
+    repository = Repository(database)
+
+    def statuses() -> list[str]:
+        return [repository.get_incident(i).status for i in (root, *related)]  # type: ignore[union-attr]
+
+    def notified() -> list[tuple[int | None, str, str]]:
+        return [(n.incident_id, n.action, n.reason) for n in outbox(database)]
+
+    assert [repository.get_incident(i).parent_id for i in related] == [root, root]  # type: ignore[union-attr]
+    assert notified() == [(root, "trigger", "opened")]
+
+    lifecycle.set_status(database, alerts, related[0], "acknowledged", "alice", now)
+    lifecycle.set_status(database, alerts, root, "acknowledged", "alice", now)
+    assert statuses() == ["acknowledged"] * 3  # the acknowledged one is left as it was
+    lifecycle.change_status(database, alerts, root, lifecycle.RESOLVE, "alice", "rolled back")
+    assert statuses() == ["resolved"] * 3
+    notes = [n.text for n in repository.notes_of(related[1])]
+    assert notes == [
+        f"acknowledged with its root #{root}",
+        f"resolved with its root #{root}: rolled back",
+    ]
+    # The related incidents were never announced: their changes tell nobody.
+    assert notified()[1:] == [(root, "acknowledge", "acknowledged"), (root, "resolve", "resolved")]
+
+    # The score drifts again while its root is resolved: a new incident, a root of its own.
+    later = finding(kind="prediction_drift", subject="score", ts=START + 9000)
+    (again,) = record_linked(database, alerts, [later], now)
+    assert again.incident.parent_id is None and again.incident.id not in related
+    lifecycle.set_status(database, alerts, root, "open", "bob", now)
+    assert statuses() == ["open", "resolved", "open"]
+    assert notified()[3:] == [
+        (again.incident.id, "trigger", "opened"),
+        (root, "trigger", "reopened"),
+    ]
+
+    # Changing a related incident alone leaves its root as it is.
+    lifecycle.set_status(database, alerts, related[1], "resolved", "bob", now)
+    assert statuses() == ["open", "resolved", "resolved"]
     database.dispose()
 
 
