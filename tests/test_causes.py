@@ -557,6 +557,9 @@ def test_headlines_say_what_changed_in_plain_words() -> None:
         },
     }
     assert headline(spread) == "sqft: std 250 -> 500 (x2.00)"
+    now = {"mean": 1200.0, "std": 125.0}  # the mean moved too
+    moved = {"subject": "sqft", "details": {**spread["details"], "current": now}}
+    assert headline(moved) == "sqft: std 250 -> 125 (x0.50), mean 900 -> 1,200 (+1.2 std)"
     shares = {
         "subject": "country",
         "details": {

@@ -77,7 +77,7 @@ def test_the_demo_root_incidents_slack_message(sqlite_url: str, tmp_path: Path) 
                 assert word in words, word
 
     shot = tmp_path / "slack-message.png"
-    screenshot = chromium(f"--screenshot={shot}", "--window-size=800,620", page.as_uri())
+    screenshot = chromium(f"--screenshot={shot}", "--window-size=800,470", page.as_uri())
     assert screenshot.returncode == 0, screenshot.stderr[-2000:]
     assert shot.stat().st_size > 10_000
     print(f"\nslack message screenshot: {shot}")
