@@ -345,6 +345,11 @@ def test_a_flagged_clients_later_queries_move_no_population_statistic(
             for i in incidents
             if i["kind"] != "suspicious_client" and i["first_seen"] > flagged_at
         ]
+        if exclude:  # resolving a flag lets its client's queries count again, from the next write
+            (one,) = [i["id"] for i in flags if i["subject"] == "attacker-1"]
+            lifecycle.set_status(database, settings.alerts, one, "resolved", "alice")
+            restarted.process([RawRecord(b"not json", Position("events.jsonl", 0, len(lines)))])
+            assert monitor.flagged.keys() == {"attacker-2"}
         database.dispose()
 
     during_flood = [i for i in opened[False] if i["first_seen"] < benign_shift]
