@@ -352,6 +352,12 @@ def create_app(
         until: Annotated[
             str | None, QueryParameter(description="first evidence at or before (epoch s or ISO)")
         ] = None,
+        roots: Annotated[
+            bool,
+            QueryParameter(
+                description="true: only root incidents (parent_id null), as `incidents list`"
+            ),
+        ] = False,
         limit: Annotated[int, QueryParameter(ge=1, le=max_page)] = 100,
         cursor: Annotated[
             str | None, QueryParameter(description="next_cursor of the previous page")
@@ -366,6 +372,7 @@ def create_app(
             severity=severity,
             since=_time("since", since),
             until=_time("until", until),
+            roots_only=roots,
         )
         after = _decode_cursor(_text("cursor", cursor), (float, int))
         rows = repo.list_incidents(

@@ -2,7 +2,8 @@
 
 - `client_shares`: for a population-level finding, the share of the events behind it (its
   support, at most `CLIENT_WINDOW` events up to the one that fired) sent by each of the
-  busiest clients: a flagged client is the cause only of what its own queries make.
+  busiest clients, named as `suspicious_client` incidents name them (`client_subject`): a
+  flagged client is the cause only of what its own queries make.
 - `attribution`: for a drift of the model's numeric output (score or regression
   prediction), how much of the output's mean shift each numeric feature's change reproduces
   through a linear surrogate of the output fitted on the reference (the model itself is not
@@ -15,8 +16,10 @@ Neither changes what the detectors detect; both only describe findings that fire
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,12 +30,26 @@ TOP_CLIENTS = 3
 TOP_FEATURES = 5
 
 
-def client_shares(clients: Sequence[str | None]) -> dict[str, float]:
-    """The busiest clients' shares of the given events (None: no client given)."""
+def client_subject(client: str, key: str | None) -> str:
+    """The name a client goes by in incidents: the id as given, or with
+    `detectors.query_patterns.client_id_key` set, its HMAC-SHA256 (as the query-pattern
+    detector names it; tests/test_causes.py holds the two together), so that no raw id is
+    stored when the key says not to."""
+    if key is None:
+        return client
+    digest = hmac.new(key.encode(), client.encode(), hashlib.sha256)
+    return "hmac:" + digest.hexdigest()[:32]
+
+
+def client_shares(
+    clients: Sequence[str | None], name: Callable[[str], str] = str
+) -> dict[str, float]:
+    """The busiest clients' shares of the given events (None: no client given), keyed by
+    `name(client)`."""
     if len(clients) < MIN_EVENTS:
         return {}
     counts = Counter(c for c in clients if c is not None)
-    return {c: round(k / len(clients), 4) for c, k in counts.most_common(TOP_CLIENTS)}
+    return {name(c): round(k / len(clients), 4) for c, k in counts.most_common(TOP_CLIENTS)}
 
 
 def output_shift_attribution(

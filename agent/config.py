@@ -232,6 +232,9 @@ class CauseSettings(BaseModel):
     # Share of an incident's recent events that must come from a flagged client for the
     # client to be its cause.
     min_client_share: float = Field(0.1, gt=0, le=1)
+    # Once a client is flagged (an open `suspicious_client` incident), its later predictions
+    # feed only the query-pattern detector: they no longer move the population's statistics.
+    exclude_flagged_clients: bool = True
 
 
 class DaemonSettings(BaseModel):

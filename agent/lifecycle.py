@@ -4,6 +4,12 @@ The one place where an incident's status changes after it was opened (opening an
 from evidence is agent/incidents.py). Each change runs in one transaction that also records a
 note saying who changed what, and calls `on_status_change` — the hook for anything that must
 happen atomically with the change (e.g. queueing notifications in the outbox).
+
+A root incident's related incidents (agent/causes.py) follow it: acknowledging, resolving or
+reopening a root applies the same change, in the same transaction, to each of its related
+incidents the change is allowed from (a note on each names the root; a related incident is
+not reopened while a newer incident of its key is open). Auto-resolve judges every
+incident on its own evidence and does not cascade.
 """
 
 from __future__ import annotations
@@ -79,6 +85,8 @@ def change_status(
             if incident is None:
                 raise NotFound(f"no incident with id {incident_id}")
             _apply(writer, alerts, incident, transition, author, text, now)
+            if incident.parent_id is None:
+                _cascade(writer, alerts, incident, transition, author, text, now)
             return incident
 
     try:
@@ -128,6 +136,32 @@ def _apply(
     )
     on_status_change(writer, alerts, incident, previous, now)
     return note
+
+
+def _cascade(
+    writer: Writer,
+    alerts: AlertSettings,
+    root: Incident,
+    transition: Transition,
+    author: str,
+    text: str,
+    now: float | None,
+) -> None:
+    """Applies a root's change to its related incidents where it is allowed."""
+    for related_id in [r.id for r in root.related]:
+        related = writer.incident_for_update(related_id)
+        if related is None or related.status not in transition.allowed_from:
+            continue
+        if (
+            transition.to == "open"
+            and related.status == "resolved"
+            and writer.open_incident(related.model, related.kind, related.subject) is not None
+        ):
+            continue  # a newer incident of its key is open: this one stays resolved
+        said = f"{transition.action} with its root #{root.id}"
+        words = _note_text(text)
+        note = f"{said}: {words}" if words else said
+        _apply(writer, alerts, related, transition, author, note, now)
 
 
 def add_note(db: Database, incident_id: int, author: str, text: str) -> IncidentNote:

@@ -36,6 +36,7 @@ from agent.samples import RecentWindow, ReferenceCollector, Sample
 from detectors import state_codec
 from detectors.base import Detector, Finding, Kind, MetricPoint
 from detectors.prediction_drift import PredictionDriftDetector
+from detectors.query_patterns import QueryPatternDetector
 from detectors.registry import build_detectors
 from detectors.state_codec import StateError
 from detectors.stream_stall import StreamStallDetector
@@ -58,20 +59,38 @@ _MONITOR_KEYS = frozenset({"version", "detectors", "reference_id", "model_versio
 
 
 class ModelMonitor:
-    """The detectors of one model on one partition, and its recent predictions."""
+    """The detectors of one model on one partition, and its recent predictions.
+
+    Once a client is flagged (`flagged`: its name in incidents -> the event time it was
+    flagged at), its later predictions feed only the detectors that watch clients (query
+    patterns): the population-level ones, the recent window and the client shares see the
+    other clients' traffic, so a flagged client's queries stop moving the population's
+    statistics (agent/causes.py makes it the cause of what they moved before).
+    """
 
     def __init__(
-        self, detectors: list[Detector], recent_events: int, model_version: str | None
+        self,
+        detectors: list[Detector],
+        recent_events: int,
+        model_version: str | None,
+        exclude_flagged: bool = False,
+        client_key: str | None = None,
     ) -> None:
         self.detectors = detectors
         self.model_version = model_version
         # Detectors that override `set_reference` judge events against a reference.
         self.referenced = [d for d in detectors if _takes_reference(d)]
+        self.watching_clients = [d for d in detectors if isinstance(d, QueryPatternDetector)]
         self.reference: ActiveReference | None = None
         self.recent = RecentWindow(recent_events)
         # Clients of the latest events, for the client shares of findings (not checkpointed:
         # after a restart the shares are measured on the events seen since).
         self.clients: deque[str | None] = deque(maxlen=attribution.CLIENT_WINDOW)
+        self.exclude_flagged = exclude_flagged
+        self.client_key = client_key
+        # Set by the pipeline from the open suspicious_client incidents in storage (so it
+        # survives restarts and follows a resolve), and at once from this monitor's findings.
+        self.flagged: dict[str, float] = {}
 
     def set_reference(self, reference: ActiveReference) -> None:
         batch = reference.batch()
@@ -81,21 +100,51 @@ class ModelMonitor:
 
     def update(self, batch: ModelBatch, reference_start: int) -> list[Finding]:
         """Feeds every detector; reference-based ones only from `reference_start` on (the
-        events before it are the reference itself, or the reference is still being learned)."""
+        events before it are the reference itself, or the reference is still being learned).
+        Flagged clients' predictions, from the event they were flagged at, go to the
+        detectors watching clients only."""
         findings: list[Finding] = []
+        for detector in self.watching_clients:
+            findings.extend(self._feed(detector, batch, reference_start))
+        if self.exclude_flagged:
+            for finding in findings:
+                if finding.kind == Kind.SUSPICIOUS_CLIENT:
+                    since = self.flagged.get(finding.subject, finding.ts)
+                    self.flagged[finding.subject] = min(since, finding.ts)
+        population, start = self._population(batch, reference_start)
         for detector in self.detectors:
-            if detector in self.referenced:
-                if reference_start >= len(batch):
-                    continue
-                part = batch if reference_start == 0 else batch.since(reference_start)
-                findings.extend(detector.update(part))
-            else:
-                findings.extend(detector.update(batch))
+            if detector not in self.watching_clients:
+                findings.extend(self._feed(detector, population, start))
         if findings:
-            findings = self._measure(batch, findings)
-        self.recent.add(batch)
-        self.clients.extend(batch.clients)
+            findings = self._measure(population, findings)
+        self.recent.add(population)
+        self.clients.extend(population.clients)
         return findings
+
+    def _feed(self, detector: Detector, batch: ModelBatch, reference_start: int) -> list[Finding]:
+        if detector not in self.referenced:
+            return detector.update(batch)
+        if reference_start >= len(batch):
+            return []
+        return detector.update(batch if reference_start == 0 else batch.since(reference_start))
+
+    def _population(self, batch: ModelBatch, reference_start: int) -> tuple[ModelBatch, int]:
+        """The batch without the predictions of clients flagged before them, and where
+        `reference_start` falls in it."""
+        if not (self.exclude_flagged and self.flagged and len(batch)):
+            return batch, reference_start
+        since_of: dict[str | None, float] = {}
+        for client in set(batch.clients):
+            name = None if client is None else self.client_name(client)
+            since_of[client] = self.flagged.get(name, np.inf) if name is not None else np.inf
+        since = np.fromiter((since_of[c] for c in batch.clients), float, len(batch))
+        keep = batch.ts <= since
+        if keep.all():
+            return batch, reference_start
+        return batch.select(keep), int(keep[:reference_start].sum())
+
+    def client_name(self, client: str) -> str:
+        return attribution.client_subject(client, self.client_key)
 
     def _measure(self, batch: ModelBatch, findings: list[Finding]) -> list[Finding]:
         """Adds what agent.causes reads to the findings' details: the busiest clients' shares
@@ -114,7 +163,7 @@ class ModelMonitor:
                 if len(behind) < n and self.clients:
                     older = list(self.clients)[-(n - len(behind)) :]
                     behind = older + behind
-                shares = attribution.client_shares(behind)
+                shares = attribution.client_shares(behind, self.client_name)
                 if shares:
                     extra["client_shares"] = shares
             output = self._output_detector()
@@ -278,6 +327,11 @@ class Pipeline:
         # Performance points not stored yet, the latest per stored row (a window's point is
         # re-emitted whenever late labels change it): written with the model totals.
         self.points: dict[tuple[object, ...], MetricPoint] = {}
+        # Per model: the clients flagged by an open suspicious_client incident -> the event
+        # time of its first evidence (ModelMonitor.flagged). Read from storage before the
+        # first batch and again with every write, so it survives restarts, includes what other
+        # processes flagged and drops a client whose incident was resolved.
+        self.flagged: dict[str, dict[str, float]] | None = None
 
     def process(
         self, records: list[RawRecord], wall_now: float | None = None
@@ -288,6 +342,8 @@ class Pipeline:
         decoded = decode_batch(
             records, self.settings.max_record_bytes, self.limits, self.clocks, wall_now
         )
+        if self.flagged is None and self.settings.causes.exclude_flagged_clients:
+            self._set_flagged(self.db.retrying(self.repository.flagged_clients))
         findings: list[Finding] = []
         for (source, partition, model), batch in split_batch(decoded, self.state_key).items():
             detect_started = time.perf_counter()
@@ -325,9 +381,16 @@ class Pipeline:
                     writer.add_dead_letters(letters)
                     self.counts.store(writer)
                     writer.save_performance(points)
-                    return self._record(session, writer, findings)
+                    applied = self._record(session, writer, findings)
+                    if self.settings.causes.exclude_flagged_clients:
+                        flagged.clear()
+                        flagged.update(writer.flagged_clients())
+                    return applied
 
+            flagged: dict[str, dict[str, float]] = {}
             changes = self.db.retrying(write)
+            if self.settings.causes.exclude_flagged_clients:
+                self._set_flagged(flagged)
             self.counts.stored()
             self.points.clear()
         if letters and self.on_dead_letters is not None:
@@ -419,16 +482,27 @@ class Pipeline:
         models = self.monitors.setdefault((source, partition), {})
         monitor = models.get(model)
         if monitor is None:
+            settings = self.settings.detectors_for(model)
+            key = settings.query_patterns.client_id_key
             monitor = ModelMonitor(
-                build_detectors(model, self.settings.detectors_for(model)),
+                build_detectors(model, settings),
                 self.settings.reference.recent_events,
                 version,
+                exclude_flagged=self.settings.causes.exclude_flagged_clients,
+                client_key=None if key is None else key.get_secret_value(),
             )
+            monitor.flagged = dict((self.flagged or {}).get(model, {}))
             reference = self._reference(model, version)
             if reference is not None:
                 monitor.set_reference(reference)
             models[model] = monitor
         return monitor
+
+    def _set_flagged(self, flagged: dict[str, dict[str, float]]) -> None:
+        self.flagged = flagged
+        for models in self.monitors.values():
+            for model, monitor in models.items():
+                monitor.flagged = dict(flagged.get(model, {}))
 
     def _reference(self, model: str, version: str | None) -> ActiveReference | None:
         """The model's reference in force, read from the database once per process."""

@@ -363,6 +363,11 @@ class Repository:
         with self.db.session() as session:
             return [(m, k, s, int(n)) for m, k, s, n in session.execute(query)]
 
+    def flagged_clients(self) -> dict[str, dict[str, float]]:
+        """See `Writer.flagged_clients`."""
+        with self.db.session() as session:
+            return _flagged_clients(session)
+
     def ping(self) -> None:
         """Raises if the database cannot answer a trivial query."""
         with self.db.engine.connect() as conn:
@@ -497,6 +502,12 @@ class Writer:
             Incident.status.in_(OPEN_STATUSES),
         )
         return self.session.scalars(query).first()
+
+    def flagged_clients(self) -> dict[str, dict[str, float]]:
+        """Per model, the subjects of its unresolved `suspicious_client` incidents -> the event
+        time of their first evidence (the pipeline keeps their later predictions out of the
+        population-level detectors)."""
+        return _flagged_clients(self.session)
 
     def unresolved_incidents(self, model: str) -> list[Incident]:
         """The model's open and acknowledged incidents, oldest first (for agent.causes)."""
@@ -721,6 +732,16 @@ def _newest_reference(model: str, model_version: str | None) -> Select[Any]:
         exact = (Reference.model_version == model_version).desc()
         return query.order_by(exact, Reference.id.desc())
     return query.order_by(Reference.id.desc())
+
+
+def _flagged_clients(session: Session) -> dict[str, dict[str, float]]:
+    query = select(Incident.model, Incident.subject, Incident.first_seen).where(
+        Incident.kind == "suspicious_client", Incident.status.in_(OPEN_STATUSES)
+    )
+    flagged: dict[str, dict[str, float]] = {}
+    for model, subject, first_seen in session.execute(query):
+        flagged.setdefault(model, {})[subject] = float(first_seen)
+    return flagged
 
 
 def _digest(payload: bytes) -> str:

@@ -159,6 +159,35 @@ class ModelBatch:
             records=data["records"],
         )
 
+    def select(self, keep: np.ndarray) -> ModelBatch:
+        """The predictions where the boolean mask `keep` is true, with the same labels (a
+        label whose prediction is left out then joins nothing)."""
+        index = np.flatnonzero(keep)
+        picked = index.tolist()
+
+        def pick(values: list[Any]) -> list[Any]:
+            return [values[i] for i in picked]
+
+        return ModelBatch(
+            model=self.model,
+            source=self.source,
+            partition=self.partition,
+            ts=self.ts[index],
+            offsets=self.offsets[index],
+            ids=pick(self.ids),
+            clients=pick(self.clients),
+            model_versions=pick(self.model_versions),
+            rows=pick(self.rows),
+            numeric={k: v[index] for k, v in self.numeric.items()},
+            categorical={k: v[index] for k, v in self.categorical.items()},
+            predictions=pick(self.predictions),
+            scores=pick(self.scores),
+            score=None if self.score is None else self.score[index],
+            labels=self.labels,
+            positions=None if self.positions is None else pick(self.positions),
+            records=None if self.records is None else pick(self.records),
+        )
+
     def since(self, start: int) -> ModelBatch:
         """The predictions from index `start` on, with the same labels (a reference's tail)."""
         rest = self.slice(start, len(self))

@@ -110,6 +110,13 @@ def test_filters(api: Api) -> None:
         lambda i: i.model == "fraud" and i.severity == "warning"
     )
     assert 0 < len(ids(model="fraud", severity="warning")) < 6
+    # roots=true: what `incidents list` shows by default (incidents attributed to none).
+    with api.db.session() as session:
+        for incident in Writer(session).unresolved_incidents("churn")[1:]:
+            incident.parent_id = everything[-1].id
+    everything = Repository(api.db).list_incidents()
+    assert ids(roots="true") == expected(lambda i: i.parent_id is None)
+    assert 0 < len(ids(roots="true")) < len(ids(roots="false")) == len(ids()) == 18
     first = api.reader.get("/api/incidents").json()["items"][0]
     assert set(first) >= {
         "id",

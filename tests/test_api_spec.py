@@ -57,7 +57,8 @@ def test_openapi_spec_is_valid(api: Api) -> None:
         assert path in paths, path
     filters = {p["name"] for p in paths["/api/incidents"]["get"]["parameters"]}
     assert filters == {
-        "model", "kind", "subject", "status", "severity", "since", "until", "limit", "cursor"
+        "model", "kind", "subject", "status", "severity", "since", "until", "roots", "limit",
+        "cursor",
     }  # fmt: skip
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert paths["/healthz"]["get"]["security"] == [{}]  # no token needed

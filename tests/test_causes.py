@@ -18,7 +18,7 @@ from alembic.config import Config
 from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
-from agent import causes
+from agent import attribution, causes, lifecycle
 from agent.alerts.dispatcher import Dispatcher
 from agent.alerts.outbox import enqueue_changes
 from agent.alerts.wording import headline
@@ -27,9 +27,11 @@ from agent.incidents import IncidentManager
 from agent.pipeline import Pipeline
 from agent.replay import memory_batches
 from alembic import command
+from detectors.query_patterns import QueryPatternDetector, QueryPatternSettings
 from storage.db import MIGRATIONS_DIR, Database
 from storage.models import Incident
 from storage.repository import IncidentFilter, Repository, Writer
+from streams.events import Position, RawRecord
 from tests.alerts_helpers import Clock, alert_settings, finding, outbox
 from tests.conftest import run_cli
 from tests.receivers import Receiver
@@ -213,6 +215,10 @@ def test_attackers_driving_the_population_are_the_roots_of_its_drift(
         {
             "batch_size": 500,
             "detectors": {"query_patterns": {"reference_size": 300}},
+            # The linking rule alone: with the flagged clients' later queries kept out of the
+            # population (the default, tested below), these attackers, flagged within tens
+            # of queries, move no population statistic at all.
+            "causes": {"exclude_flagged_clients": False},
         }
     )
     settings.alerts = alert_settings(receivers)
@@ -254,6 +260,130 @@ def test_attackers_driving_the_population_are_the_roots_of_its_drift(
     triggered = sorted(e.body["dedup_key"].split("-")[1] for e in receivers["pagerduty"].accepted)
     assert triggered == sorted(str(r["id"]) for r in roots)
     database.dispose()
+
+
+def flagged_then_flooding_stream(seed: int) -> tuple[list[bytes], float]:
+    """Benign clients (6,000 queries); two attackers probing the decision boundary with 8% of
+    the traffic, enough to be flagged but not to move the population (3,000); the attackers
+    flooding out-of-range inputs with 40% of the traffic (4,000); the same, while the benign
+    clients' feature `a` moves by +1.5 (4,000). Returns the lines and the event time the
+    benign shift starts at."""
+    stream = Stream(seed)
+    rng = stream.rng
+
+    def flood(n: int) -> np.ndarray:
+        return rng.uniform(-12, 12, size=(n, len(FEATURES)))
+
+    def mixed(n: int, share: float, attack: Any) -> tuple[np.ndarray, list[str | None]]:
+        k = int(n * share)
+        bx, bc = stream.benign(n - k)
+        who: list[str | None] = [f"attacker-{1 + j % 2}" for j in range(k)]
+        order = rng.permutation(n)
+        return np.vstack([bx, attack(k)])[order], [(bc + who)[i] for i in order]
+
+    parts = [
+        stream.benign(6000),
+        mixed(3000, 0.08, lambda k: boundary_probe(rng, k)),
+        mixed(4000, 0.4, flood),
+    ]
+    shifted, clients = mixed(4000, 0.4, flood)
+    benign = np.array([not str(c).startswith("attacker") for c in clients])
+    shifted[benign, 0] += 1.5
+    parts.append((shifted, clients))
+    x = np.vstack([part[0] for part in parts])
+    who = [c for part in parts for c in part[1]]
+    p = _probability(x)
+    lines = [
+        orjson.dumps(
+            {
+                "type": "prediction",
+                "model": "m",
+                "id": f"p{i}",
+                "ts": START + 2.0 * i,
+                "client": who[i],
+                "features": {f: round(float(x[i, j]), 4) for j, f in enumerate(FEATURES)},
+                "prediction": int(p[i] > 0.5),
+                "scores": {"0": round(1 - float(p[i]), 4), "1": round(float(p[i]), 4)},
+            }
+        )
+        for i in range(len(x))
+    ]
+    return lines, START + 2.0 * 13_000
+
+
+@pytest.mark.parametrize("seed", [8, 21])
+def test_a_flagged_clients_later_queries_move_no_population_statistic(
+    tmp_path: Any, seed: int
+) -> None:
+    """Once the attackers are flagged, their flood opens no population incident, across a
+    restart (the flagged set comes from the database); without the exclusion the same flood
+    opens drift, data-quality and anomaly incidents. The benign clients' own shift is still
+    found, as a root of its own."""
+    lines, benign_shift = flagged_then_flooding_stream(seed)
+    opened: dict[bool, list[dict[str, Any]]] = {}
+    for exclude in (True, False):
+        database = Database(f"sqlite:///{tmp_path}/{exclude}.db")
+        database.upgrade()
+        settings = Settings.model_validate(
+            {
+                "batch_size": 500,
+                "causes": {"exclude_flagged_clients": exclude},
+                "detectors": {
+                    "query_patterns": {"reference_size": 300}
+                },
+            }
+        )
+        run(lines[:11_000], database, settings)
+        restarted = Pipeline(settings, database, consumer="test")  # mid-flood, no checkpoint
+        for start in range(11_000, len(lines), 500):
+            chunk = lines[start : start + 500]
+            restarted.process(
+                [
+                    RawRecord(line, Position("events.jsonl", 0, start + i))
+                    for i, line in enumerate(chunk)
+                ]
+            )
+            monitor = restarted.monitors[("events.jsonl", 0)]["m"]
+            assert monitor.flagged.keys() == ({"attacker-1", "attacker-2"} if exclude else set())
+        incidents = everything(database)
+        flags = [i for i in incidents if i["kind"] == "suspicious_client"]
+        assert {i["subject"] for i in flags} == {"attacker-1", "attacker-2"}
+        flagged_at = max(i["first_seen"] for i in flags)
+        opened[exclude] = [
+            i
+            for i in incidents
+            if i["kind"] != "suspicious_client" and i["first_seen"] > flagged_at
+        ]
+        if exclude:  # resolving a flag lets its client's queries count again, from the next write
+            (one,) = [i["id"] for i in flags if i["subject"] == "attacker-1"]
+            lifecycle.set_status(database, settings.alerts, one, "resolved", "alice")
+            restarted.process([RawRecord(b"not json", Position("events.jsonl", 0, len(lines)))])
+            assert monitor.flagged.keys() == {"attacker-2"}
+        database.dispose()
+
+    during_flood = [i for i in opened[False] if i["first_seen"] < benign_shift]
+    assert {i["kind"] for i in during_flood} >= {"feature_drift", "data_quality", "input_anomaly"}
+    assert all(i["first_seen"] >= benign_shift for i in opened[True])
+    for item in opened[True]:
+        assert not any(c.startswith("attacker") for c in item["details"].get("client_shares", {}))
+    # The benign shift of `a` is found, with what it explains, and nothing else opens.
+    roots = {(i["kind"], i["subject"]) for i in opened[True] if i["parent_id"] is None}
+    assert ("feature_drift", "a") in roots
+    assert {i["subject"] for i in opened[True]} <= {"a", "score", "class_proportions", "*"}
+
+
+def test_client_shares_name_clients_as_their_incidents_do() -> None:
+    """With a client-id key, shares (and the flagged set) use the incident's HMAC name: the
+    cause rule can match them, and no raw id is stored."""
+    key = "k3y-for-client-ids"
+    detector = QueryPatternDetector("m", QueryPatternSettings(client_id_key=key))
+    for client in ("alice", "key-42", "ünïcode"):
+        assert attribution.client_subject(client, key) == detector._client_key(client)
+        assert attribution.client_subject(client, None) == client
+    shares = attribution.client_shares(
+        ["alice"] * 60 + ["bob"] * 40, lambda c: attribution.client_subject(c, key)
+    )
+    assert shares == {detector._client_key("alice"): 0.6, detector._client_key("bob"): 0.4}
 
 
 def test_accuracy_drop_with_stable_inputs_stays_its_own_root(sqlite_url: str) -> None:
@@ -446,6 +576,9 @@ def test_headlines_say_what_changed_in_plain_words() -> None:
         },
     }
     assert headline(spread) == "sqft: std 250 -> 500 (x2.00)"
+    now = {"mean": 1200.0, "std": 125.0}  # the mean moved too
+    moved = {"subject": "sqft", "details": {**spread["details"], "current": now}}
+    assert headline(moved) == "sqft: std 250 -> 125 (x0.50), mean 900 -> 1,200 (+1.2 std)"
     shares = {
         "subject": "country",
         "details": {
@@ -567,6 +700,62 @@ def test_a_waiting_notification_of_an_incident_attributed_later_is_held_back(
     assert held.state == "silenced"
     assert held.last_error.startswith(f"related to incident #{root.incident.id}: ")
     dispatcher.close()
+    database.dispose()
+
+
+def test_a_root_and_its_related_incidents_change_status_together(
+    sqlite_url: str, receivers: dict[str, Receiver]
+) -> None:
+    """Acknowledge, resolve and reopen of a root reach its related incidents where their
+    status allows it, with a note naming the root; only the root notifies; a related
+    incident whose key opened again stays resolved when the root is reopened."""
+    database = Database(sqlite_url)
+    database.upgrade()
+    alerts = alert_settings({"slack": receivers["slack"]}, group_wait=0)
+    now = time.time()
+    drift = finding(subject="utilization", ts=START + 100)
+    score = finding(kind="prediction_drift", subject="score", ts=START + 120)
+    classes = finding(kind="prediction_drift", subject="class_proportions", ts=START + 130)
+    changes = record_linked(database, alerts, [drift, score, classes], now)
+    root, *related = (c.incident.id for c in changes)
+    repository = Repository(database)
+
+    def statuses() -> list[str]:
+        return [repository.get_incident(i).status for i in (root, *related)]  # type: ignore[union-attr]
+
+    def notified() -> list[tuple[int | None, str, str]]:
+        return [(n.incident_id, n.action, n.reason) for n in outbox(database)]
+
+    assert [repository.get_incident(i).parent_id for i in related] == [root, root]  # type: ignore[union-attr]
+    assert notified() == [(root, "trigger", "opened")]
+
+    lifecycle.set_status(database, alerts, related[0], "acknowledged", "alice", now)
+    lifecycle.set_status(database, alerts, root, "acknowledged", "alice", now)
+    assert statuses() == ["acknowledged"] * 3  # the acknowledged one is left as it was
+    lifecycle.change_status(database, alerts, root, lifecycle.RESOLVE, "alice", "rolled back")
+    assert statuses() == ["resolved"] * 3
+    notes = [n.text for n in repository.notes_of(related[1])]
+    assert notes == [
+        f"acknowledged with its root #{root}",
+        f"resolved with its root #{root}: rolled back",
+    ]
+    # The related incidents were never announced: their changes tell nobody.
+    assert notified()[1:] == [(root, "acknowledge", "acknowledged"), (root, "resolve", "resolved")]
+
+    # The score drifts again while its root is resolved: a new incident, a root of its own.
+    later = finding(kind="prediction_drift", subject="score", ts=START + 9000)
+    (again,) = record_linked(database, alerts, [later], now)
+    assert again.incident.parent_id is None and again.incident.id not in related
+    lifecycle.set_status(database, alerts, root, "open", "bob", now)
+    assert statuses() == ["open", "resolved", "open"]
+    assert notified()[3:] == [
+        (again.incident.id, "trigger", "opened"),
+        (root, "trigger", "reopened"),
+    ]
+
+    # Changing a related incident alone leaves its root as it is.
+    lifecycle.set_status(database, alerts, related[1], "resolved", "bob", now)
+    assert statuses() == ["open", "resolved", "resolved"]
     database.dispose()
 
 

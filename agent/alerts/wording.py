@@ -11,6 +11,8 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+MEAN_WORTH_SAYING = 0.2  # reference std: numeric drift's default min_effect_size
+
 
 def headline(incident: dict[str, Any]) -> str:
     """The incident's change in words and numbers, with when it started (event time)."""
@@ -34,17 +36,18 @@ def _numeric(subject: str, d: dict[str, Any]) -> str | None:
     before, after, std = ref.get("mean"), cur.get("mean"), ref.get("std")
     if not all(isinstance(v, int | float) for v in (before, after, std)):
         return None
+    shift = (after - before) / std if std else 0.0
+    mean = f"mean {_n(before, std)} -> {_n(after, std)} ({shift:+.1f} std)"
     if d.get("statistic") == "cusum_scale_change" and isinstance(cur.get("std"), int | float):
         ratio = cur["std"] / std if std else float("inf")
-        return f"{subject}: std {_n(std, std)} -> {_n(cur['std'], std)} (x{ratio:.2f})"
-    shift = (after - before) / std if std else 0.0
-    if d.get("statistic") == "ks_distance" and abs(shift) < SHAPE_ONLY_SHIFT:
+        spread = f"{subject}: std {_n(std, std)} -> {_n(cur['std'], std)} (x{ratio:.2f})"
+        # A spread that changed with the mean (a mean shift seen in a short window often
+        # fires both tests at one event): the mean too, from the drift tests' default floor.
+        return f"{spread}, {mean}" if abs(shift) >= MEAN_WORTH_SAYING else spread
+    if d.get("statistic") == "ks_distance" and abs(shift) < MEAN_WORTH_SAYING:
+        # A shape test's alarm whose mean hardly moved: told by its quartiles.
         return _shape(subject, ref, cur, std, d.get("effect_size") or d.get("value"))
-    return f"{subject}: mean {_n(before, std)} -> {_n(after, std)} ({shift:+.1f} std)"
-
-
-# A shape test's alarm whose mean moved less than this (reference std) is told by its quantiles.
-SHAPE_ONLY_SHIFT = 0.2
+    return f"{subject}: {mean}"
 
 
 def _shape(
