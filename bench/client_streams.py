@@ -35,7 +35,7 @@ import orjson
 T0 = 1767225600.0  # 2026-01-01 00:00 UTC: runs start at midnight (the hard case for cycles)
 DAY = 86_400.0
 MODEL = "clf"
-TYPICAL_DAILY = 400.0  # median queries per benign key per day
+TYPICAL_DAILY = 300.0  # median queries per benign key per day
 SESSION_QUERIES = 10.0  # mean queries per session
 SESSION_GAP = 20.0  # mean seconds between a session's queries
 # Session starts by hour of day: quiet nights, a morning ramp, an afternoon peak.
