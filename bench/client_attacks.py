@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -77,8 +78,9 @@ def attacks(days: float, quick: bool) -> list[Attack]:
     split = 8 * (60 if quick else 250)
     ordinary = 2 * TYPICAL_DAILY  # within the benign keys' spread of daily volumes
 
-    def late(share: float) -> float:
-        return T0 + share * days * DAY
+    def late(share: float, hour: float) -> float:
+        """At `hour` o'clock on the day `share` of the way through the run."""
+        return T0 + math.floor(share * days) * DAY + hour * 3600
 
     minute = 60.0
     return [
@@ -93,16 +95,16 @@ def attacks(days: float, quick: bool) -> list[Attack]:
         Attack("KnockoffNets, natural data (warm-up)", "KnockoffNets", "natural extraction",
                ["atk-knockoff-nat-1"], T0 + 50 * minute, natural, daily=ordinary),
         Attack("BoundaryAttack", "BoundaryAttack", "evasion", ["atk-boundary"],
-               late(0.3), evasion, gap=5.0),
+               late(0.3, 10), evasion, gap=5.0),
         Attack("KnockoffNets, natural data", "KnockoffNets", "natural extraction",
-               ["atk-knockoff-nat-2"], late(0.3), natural, daily=ordinary),
-        Attack("SimBA", "SimBA", "evasion", ["atk-simba"], late(0.4), evasion, gap=5.0),
+               ["atk-knockoff-nat-2"], late(0.3, 15), natural, daily=ordinary),
+        Attack("SimBA", "SimBA", "evasion", ["atk-simba"], late(0.4, 14), evasion, gap=5.0),
         Attack("CopycatCNN, random data", "CopycatCNN", "synthetic extraction",
-               ["atk-copycat"], late(0.55), extraction, gap=3.0),
+               ["atk-copycat"], late(0.5, 16), extraction, gap=3.0),
         Attack("HopSkipJump", "HopSkipJump", "evasion", ["atk-hsj-2"],
-               late(0.65), evasion, gap=30.0),
+               late(0.6, 11), evasion, gap=30.0),
         Attack(f"HopSkipJump split over {SPLIT_KEYS} keys", "HopSkipJump", "evasion",
-               [f"atk-split-{k}" for k in range(SPLIT_KEYS)], late(0.75), split, gap=2.0),
+               [f"atk-split-{k}" for k in range(SPLIT_KEYS)], late(0.7, 13), split, gap=2.0),
     ]  # fmt: skip
 
 
@@ -128,6 +130,7 @@ def run(seed: int, dataset_name: str, clients: int, days: float, quick: bool) ->
     stem = OUT / f"client_attacks-{dataset_name}-seed{seed}"
     stream = stem.with_suffix(".jsonl")
     write_jsonl(lines, stream)
+    del lines  # half a gigabyte at the default size; the replay reads the file
     built = time.perf_counter() - started
     db = stem.with_suffix(".db")
     for leftover in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):

@@ -35,7 +35,7 @@ import orjson
 T0 = 1767225600.0  # 2026-01-01 00:00 UTC: runs start at midnight (the hard case for cycles)
 DAY = 86_400.0
 MODEL = "clf"
-TYPICAL_DAILY = 300.0  # median queries per benign key per day
+TYPICAL_DAILY = 200.0  # median queries per benign key per day
 SESSION_QUERIES = 10.0  # mean queries per session
 SESSION_GAP = 20.0  # mean seconds between a session's queries
 # Session starts by hour of day: quiet nights, a morning ramp, an afternoon peak.
@@ -143,7 +143,7 @@ def train_model(dataset: Dataset, seed: int) -> object:
 
     model = make_pipeline(
         StandardScaler(),
-        MLPClassifier(hidden_layer_sizes=(64,), max_iter=500, random_state=seed),
+        MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=seed),
     )
     model.fit(dataset.x_train, dataset.y_train)
     return model
@@ -361,14 +361,6 @@ class Verdict:
     linked: set[str]
 
 
-@dataclass
-class Judgement:
-    keys: dict[str, Verdict]
-    other_incidents: dict[str, int]  # kind -> incidents, suspicious_client excluded
-    events: int
-    seconds: float
-
-
 def replay(path: Path, db_url: str) -> tuple[int, float]:
     """The file through Bulwark's pipeline, as `bulwark replay FILE --db URL` runs it, with
     default settings; returns (events, seconds)."""
@@ -389,7 +381,7 @@ def replay(path: Path, db_url: str) -> tuple[int, float]:
     return result.events, result.seconds
 
 
-def judge(db_url: str, clients: np.ndarray) -> dict[str, Verdict] | tuple:
+def judge(db_url: str, clients: np.ndarray) -> tuple[dict[str, Verdict], dict[str, int]]:
     """Per key of the stream (`clients`: each line's key), its first suspicious_client
     evidence in its own queries; and the other incidents by kind."""
     from sqlalchemy import func, select
@@ -543,17 +535,18 @@ def _sign_opt(served: LoggedModel, attack: Attack, clock: Clock, rng) -> None:
 
 
 def _thief() -> object:
-    """The thieved classifier: ART's extraction attacks fit it with neural-network arguments
-    (batch_size, nb_epochs), which a scikit-learn model's fit does not take; this wrapper
-    drops them (ART's own estimators for these attacks are PyTorch/TensorFlow/Keras ones)."""
+    """The thieved classifier, a scikit-learn decision tree (fitted after the queries, so it
+    does not change the stream). ART's extraction attacks fit it with neural-network
+    arguments (batch_size, nb_epochs) that a scikit-learn fit does not take; this wrapper
+    drops them (the copies ART's examples train are PyTorch/TensorFlow/Keras networks)."""
     from art.estimators.classification.scikitlearn import ScikitlearnClassifier
-    from sklearn.neural_network import MLPClassifier
+    from sklearn.tree import DecisionTreeClassifier
 
     class SklearnThief(ScikitlearnClassifier):  # type: ignore[misc]
         def fit(self, x: np.ndarray, y: np.ndarray, **kwargs: object) -> None:
             super().fit(x, y)
 
-    return SklearnThief(MLPClassifier(hidden_layer_sizes=(32,), max_iter=300))
+    return SklearnThief(DecisionTreeClassifier())
 
 
 def _copycat(served: LoggedModel, attack: Attack, clock: Clock, rng) -> None:
