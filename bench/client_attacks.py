@@ -24,6 +24,11 @@ per 1,000 client-days, and the other incidents (drift etc.).
     .venv/bin/python bench/client_attacks.py --quick      # one small seed, ~1 minute
     .venv/bin/python bench/client_attacks.py --seed 7 8 --dataset synthetic
 
+With `--reference training` the model's answers on 5,000 rows of the pre-shift data
+distribution are stored first as its reference (`bulwark reference set`,
+`...-reference.jsonl`); by default Bulwark learns the reference from the stream's first
+events, warm-up attackers included.
+
 Each seed leaves `bench/out/client_attacks-<dataset>-seed<N>.jsonl` (the events),
 `...-keys.json` (who is who: benign keys, the heavy user, the shift time, each attack's keys,
 start and queries sent) and `...db` (the incidents). Targets (issue 14): at most 1 benign key
@@ -59,8 +64,10 @@ from bench.client_streams import (
     benign_traffic,
     judge,
     load_dataset,
+    reference_events,
     replay,
     run_attack,
+    set_reference,
     train_model,
     write_jsonl,
 )
@@ -113,7 +120,9 @@ def when(ts: float) -> str:
     return f"d{int(day)} {int(rest // 3600):02d}:{int(rest % 3600 // 60):02d}"
 
 
-def run(seed: int, dataset_name: str, clients: int, days: float, quick: bool) -> dict:
+def run(
+    seed: int, dataset_name: str, clients: int, days: float, quick: bool, reference: str
+) -> dict:
     rng = np.random.default_rng(seed)
     np.random.seed(seed)  # ART samples with numpy's global generator
     started = time.perf_counter()
@@ -128,6 +137,8 @@ def run(seed: int, dataset_name: str, clients: int, days: float, quick: bool) ->
     lines = [line for line, k in zip(lines, keep.tolist(), strict=True) if k]
     line_clients, line_ts = line_clients[keep], line_ts[keep]
     stem = OUT / f"client_attacks-{dataset_name}-seed{seed}"
+    if reference == "training":
+        stem = stem.with_name(stem.name + "-trainref")
     stream = stem.with_suffix(".jsonl")
     write_jsonl(lines, stream)
     del lines  # half a gigabyte at the default size; the replay reads the file
@@ -136,6 +147,10 @@ def run(seed: int, dataset_name: str, clients: int, days: float, quick: bool) ->
     for leftover in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
         leftover.unlink(missing_ok=True)
     url = f"sqlite:///{db}"
+    if reference == "training":
+        training = stem.with_name(stem.name + "-reference.jsonl")
+        write_jsonl(reference_events(served, rng), training)
+        set_reference(training, url)
     events, seconds = replay(stream, url)
     verdicts, other = judge(url, line_clients)
     sent = Counter(line_clients.tolist())
@@ -155,6 +170,8 @@ def run(seed: int, dataset_name: str, clients: int, days: float, quick: bool) ->
     return {
         "seed": seed,
         "dataset": dataset_name,
+        "reference": reference,
+        "shift_feature": dataset.names[dataset.shift_feature],
         "stream": stream,
         "events": events,
         "built": built,
@@ -173,7 +190,8 @@ def report(result: dict) -> dict:
     benign = result["benign"]
     verdicts: dict[str, Verdict] = result["verdicts"]
     print(
-        f"\nseed {result['seed']} ({result['dataset']}): {result['events']:,} events, "
+        f"\nseed {result['seed']} ({result['dataset']}, reference {result['reference']}): "
+        f"{result['events']:,} events, "
         f"{len(benign.keys)} benign keys over {(benign.end_ts - T0) / DAY:g} days "
         f"= {benign.client_days} client-days, input shift at {when(benign.shift_ts)}; "
         f"built in {result['built']:.0f}s, replayed in {result['seconds']:.0f}s "
@@ -217,9 +235,20 @@ def report(result: dict) -> dict:
             f"{when(own_ts[key])} ({shift} the shift), by {', '.join(v.detectors) or '-'}"
         )
     other = result["other"]
+    before = Counter(kind for kind, _, first, _ in other if first < benign.shift_ts)
+    after = Counter(kind for kind, _, first, _ in other if first >= benign.shift_ts)
     print(
-        "  other incidents: "
-        + (", ".join(f"{kind} {n}" for kind, n in sorted(other.items())) or "none")
+        "  other incidents (opened before / after the shift): "
+        + (", ".join(f"{k} {before[k]}/{after[k]}" for k in sorted(before | after)) or "none")
+    )
+    shifted = result["shift_feature"]
+    seen = [(first, last) for kind, subject, first, last in other if subject == shifted]
+    print(
+        f"  shifted feature {shifted}: "
+        + (
+            ", ".join(f"drift evidence from {when(f)} to {when(last)}" for f, last in seen)
+            or "no incident"
+        )
     )
     tally.update(client_days=benign.client_days, benign_flagged=len(flagged))
     return tally
@@ -261,6 +290,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, nargs="+", default=None, help="default 1 2")
     parser.add_argument("--dataset", choices=["digits", "synthetic"], default="digits")
     parser.add_argument("--quick", action="store_true", help="one small seed, small budgets")
+    parser.add_argument(
+        "--reference",
+        choices=["learned", "training"],
+        default="learned",
+        help="learned: Bulwark learns it from the stream's first events (the default, no "
+        "operator action); training: rows of the pre-shift data distribution are stored "
+        "first with `bulwark reference set`",
+    )
     parser.add_argument("--clients", type=int, default=None, help="benign keys (150; quick 40)")
     parser.add_argument("--days", type=float, default=None, help="run length (10; quick 2)")
     args = parser.parse_args()
@@ -269,7 +306,7 @@ def main() -> None:
     days = args.days or (2.0 if args.quick else 10.0)
     tallies = []
     for seed in seeds:
-        result = run(seed, args.dataset, clients, days, args.quick)
+        result = run(seed, args.dataset, clients, days, args.quick, args.reference)
         tallies.append(report(result))
     summary(tallies)
 

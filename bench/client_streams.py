@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,6 +363,23 @@ class Verdict:
     linked: set[str]
 
 
+def reference_events(served: LoggedModel, rng: np.random.Generator, n: int = 5000) -> list[bytes]:
+    """What `bulwark reference set` would be given before launch: the model's answers on n
+    rows of the data distribution before the shift (client `training`). Drawn like benign
+    traffic, not the raw training rows: the smoothed bootstrap widens some features a
+    little, which drift detectors would report against the raw rows."""
+    training = LoggedModel(served.model, served.dataset)
+    x = served.dataset.sample(rng, n, False)
+    training.answer(x, ["training"] * n, T0 - DAY + np.arange(n, dtype=float))
+    return training.events()[0]
+
+
+def set_reference(path: Path, db_url: str) -> None:
+    """`bulwark reference set clf FILE --db URL`, as an operator runs it before launch."""
+    command = ["reference", "set", MODEL, str(path), "--db", db_url]
+    subprocess.run([sys.executable, "-m", "agent", *command], check=True, capture_output=True)
+
+
 def replay(path: Path, db_url: str) -> tuple[int, float]:
     """The file through Bulwark's pipeline, as `bulwark replay FILE --db URL` runs it, with
     default settings; returns (events, seconds)."""
@@ -381,10 +400,13 @@ def replay(path: Path, db_url: str) -> tuple[int, float]:
     return result.events, result.seconds
 
 
-def judge(db_url: str, clients: np.ndarray) -> tuple[dict[str, Verdict], dict[str, int]]:
+def judge(
+    db_url: str, clients: np.ndarray
+) -> tuple[dict[str, Verdict], list[tuple[str, str, float, float]]]:
     """Per key of the stream (`clients`: each line's key), its first suspicious_client
-    evidence in its own queries; and the other incidents by kind."""
-    from sqlalchemy import func, select
+    evidence in its own queries; and the other incidents as (kind, subject, first_seen,
+    last_seen)."""
+    from sqlalchemy import select
 
     from storage.db import Database
     from storage.models import Evidence, Incident
@@ -403,10 +425,10 @@ def judge(db_url: str, clients: np.ndarray) -> tuple[dict[str, Verdict], dict[st
             .where(Incident.kind == "suspicious_client")
             .order_by(Evidence.offset)
         ).all()
-        kinds = session.execute(
-            select(Incident.kind, func.count())
+        other = session.execute(
+            select(Incident.kind, Incident.subject, Incident.first_seen, Incident.last_seen)
             .where(Incident.kind != "suspicious_client")
-            .group_by(Incident.kind)
+            .order_by(Incident.first_seen)
         ).all()
     for subject, offset, details in rows:
         verdict = verdicts.setdefault(subject, Verdict(0, None, [], set()))
@@ -414,7 +436,7 @@ def judge(db_url: str, clients: np.ndarray) -> tuple[dict[str, Verdict], dict[st
             verdict.flagged_after = int(own[offset]) if offset < len(own) else -1
             verdict.detectors = list(details.get("detectors_fired", []))
         verdict.linked.update(details.get("linked_clients") or [])
-    return verdicts, {kind: n for kind, n in kinds}
+    return verdicts, [tuple(row) for row in other]
 
 
 # --- attacks by the Adversarial Robustness Toolbox ------------------------------------------
