@@ -121,7 +121,13 @@ def when(ts: float) -> str:
 
 
 def run(
-    seed: int, dataset_name: str, clients: int, days: float, quick: bool, reference: str
+    seed: int,
+    dataset_name: str,
+    clients: int,
+    days: float,
+    quick: bool,
+    reference: str,
+    who: str = "all",
 ) -> dict:
     rng = np.random.default_rng(seed)
     np.random.seed(seed)  # ART samples with numpy's global generator
@@ -130,6 +136,8 @@ def run(
     served = LoggedModel(train_model(dataset, seed), dataset)
     benign = benign_traffic(served, rng, clients, days)
     plan = attacks(days, quick)
+    if who != "all":  # "late": none in the warm-up; "none": benign traffic only
+        plan = [a for a in plan if who == "late" and a.start >= T0 + 3600]
     for attack in plan:
         run_attack(served, attack, rng)
     lines, line_clients, line_ts = served.events()
@@ -139,6 +147,8 @@ def run(
     stem = OUT / f"client_attacks-{dataset_name}-seed{seed}"
     if reference == "training":
         stem = stem.with_name(stem.name + "-trainref")
+    if who != "all":
+        stem = stem.with_name(f"{stem.name}-{who}-attacks")
     stream = stem.with_suffix(".jsonl")
     write_jsonl(lines, stream)
     del lines  # half a gigabyte at the default size; the replay reads the file
@@ -242,11 +252,11 @@ def report(result: dict) -> dict:
         + (", ".join(f"{k} {before[k]}/{after[k]}" for k in sorted(before | after)) or "none")
     )
     shifted = result["shift_feature"]
-    seen = [(first, last) for kind, subject, first, last in other if subject == shifted]
+    seen = [(kind, first, last) for kind, subject, first, last in other if subject == shifted]
     print(
         f"  shifted feature {shifted}: "
         + (
-            ", ".join(f"drift evidence from {when(f)} to {when(last)}" for f, last in seen)
+            ", ".join(f"{kind} evidence from {when(f)} to {when(last)}" for kind, f, last in seen)
             or "no incident"
         )
     )
@@ -273,6 +283,8 @@ def summary(tallies: list[dict]) -> None:
         f"{1000 * flagged / days:.2f} per 1,000 (target <= 1, over >= 3,000 client-days)"
     )
     families = [f for t in tallies for f in t["families"]]
+    if not families:
+        return
     for family, bound in TARGET.items():
         runs = [f for f in families if f[0] == family]
         caught = [f[1] for f in runs if f[1] is not None]
@@ -291,6 +303,13 @@ def main() -> None:
     parser.add_argument("--dataset", choices=["digits", "synthetic"], default="digits")
     parser.add_argument("--quick", action="store_true", help="one small seed, small budgets")
     parser.add_argument(
+        "--attacks",
+        choices=["all", "late", "none"],
+        default="all",
+        help="late: only the attacks starting after the first hour; none: benign keys only "
+        "(a control: warm-up attackers enter what Bulwark learns first)",
+    )
+    parser.add_argument(
         "--reference",
         choices=["learned", "training"],
         default="learned",
@@ -306,7 +325,7 @@ def main() -> None:
     days = args.days or (2.0 if args.quick else 10.0)
     tallies = []
     for seed in seeds:
-        result = run(seed, args.dataset, clients, days, args.quick, args.reference)
+        result = run(seed, args.dataset, clients, days, args.quick, args.reference, args.attacks)
         tallies.append(report(result))
     summary(tallies)
 
