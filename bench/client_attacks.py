@@ -29,7 +29,8 @@ distribution are stored first as its reference (`bulwark reference set`,
 `...-reference.jsonl`); by default Bulwark learns the reference from the stream's first
 events, warm-up attackers included.
 
-Each seed leaves `bench/out/client_attacks-<dataset>-seed<N>.jsonl` (the events),
+Each seed leaves `bench/out/client_attacks-<dataset>-seed<N>.jsonl` (the events; `-trainref`,
+`-late-attacks`, `-none-attacks`, `-quick` added to the name as the options say),
 `...-keys.json` (who is who: benign keys, the heavy user, the shift time, each attack's keys,
 start and queries sent) and `...db` (the incidents). Targets (issue 14): at most 1 benign key
 flagged per 1,000 client-days; evasion and synthetic extraction flagged within 100 of their
@@ -149,6 +150,8 @@ def run(
         stem = stem.with_name(stem.name + "-trainref")
     if who != "all":
         stem = stem.with_name(f"{stem.name}-{who}-attacks")
+    if quick:
+        stem = stem.with_name(stem.name + "-quick")
     stream = stem.with_suffix(".jsonl")
     write_jsonl(lines, stream)
     del lines  # half a gigabyte at the default size; the replay reads the file
