@@ -3,10 +3,13 @@
 What is "usual" is learned from the stream's own gaps between events (in event time), not
 from a fixed number: a histogram of the gaps on a log scale (four bins per doubling, 1 ms to
 35 years), so a daily cycle's quiet night hours are part of what the stream usually does. A
-gap is a stall when it exceeds `factor` times the `quantile` of the gaps seen so far (and at
-least `min_stall`), once the stream has shown `min_gaps` gaps over at least `min_span` of
-event time (a day by default: a daily cycle seen once). Only gaps between distinct times
-count towards the quantile: a burst's events say nothing of the quiet between bursts.
+gap is a stall when it exceeds `factor` times the `quantile` of the gaps seen so far, and
+`recurring_margin` times the longest gap the stream has shown at least twice (a traffic
+that stops every night: its quiet hours are rarer than any quantile of the gaps, yet usual),
+and at least `min_stall`; once the stream has shown `min_gaps` gaps over at least `min_span`
+of event time (two days by default: a daily cycle seen twice). Only gaps between distinct
+times count towards the quantile: a burst's events say nothing of the quiet between bursts.
+A stall seen once does not raise the bar: only a gap that recurs does.
 
 Why a high quantile, times a factor: for gaps that are exponential at the slowest hour's rate
 r, the 0.999 quantile of all gaps is a few times 1/r, and a gap `factor` = 5 times that has a
@@ -44,7 +47,9 @@ class StreamStallSettings(BaseModel):
     factor: float = Field(5.0, gt=1)  # a stall is this many times the stream's long gaps
     quantile: float = Field(0.999, gt=0.5, lt=1)  # which gaps count as "long but usual"
     min_gaps: int = Field(1000, ge=20)  # gaps seen before judging
-    min_span: float = Field(86400.0, ge=0)  # seconds of event time seen before judging
+    min_span: float = Field(2 * 86400.0, ge=0)  # seconds of event time seen before judging
+    # A silence must also exceed the longest gap seen at least twice by this factor.
+    recurring_margin: float = Field(1.5, ge=1)
     min_stall: float = Field(300.0, gt=0)  # seconds: shorter silences are never a stall
 
 
@@ -83,7 +88,14 @@ class StreamStallDetector(Detector):
         if total < s.min_gaps or self.last_ts - self.first_ts < s.min_span:
             return None
         index = 1 + int(np.searchsorted(np.cumsum(spaced), s.quantile * total))
-        return max(s.min_stall, s.factor * _upper_edge(index))
+        # The longest gap seen at least twice: the highest bin with two gaps at or above it.
+        from_top = np.cumsum(spaced[::-1])
+        recurring = 1 + len(spaced) - 1 - int(np.searchsorted(from_top, 2.0))
+        return max(
+            s.min_stall,
+            s.factor * _upper_edge(index),
+            s.recurring_margin * _upper_edge(max(recurring, 1)),
+        )
 
     # -- event time ----------------------------------------------------------------------
 
