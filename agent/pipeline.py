@@ -356,17 +356,7 @@ class Pipeline:
                 self.points[point.row] = point
             self.stats.events_by_model[model] += len(batch)
             self.counts.add(batch, time.perf_counter() - detect_started)
-        letters = [
-            DeadLetterInput(
-                source=d.position.source,
-                partition=d.position.partition,
-                offset=d.position.offset,
-                reason=d.reason,
-                payload=d.payload,
-                received_at=d.received_at,
-            )
-            for d in decoded.dead_letters
-        ]
+        letters = dead_letter_rows(decoded.dead_letters)
         changes: list[IncidentChange] = []
         self.counts.add_dead_letters(decoded.dead_letters)
         self.counts.end_batch()
@@ -454,17 +444,7 @@ class Pipeline:
     def store_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Stores records that never reached the decoder (a Kafka message too large to fetch)
         as dead letters, idempotent by position like every other."""
-        rows = [
-            DeadLetterInput(
-                source=d.position.source,
-                partition=d.position.partition,
-                offset=d.position.offset,
-                reason=d.reason,
-                payload=d.payload,
-                received_at=d.received_at,
-            )
-            for d in letters
-        ]
+        rows = dead_letter_rows(letters)
 
         def write() -> None:
             with self.db.session() as session:
@@ -663,3 +643,18 @@ def _active(row: Reference) -> ActiveReference:
         sample=Sample.decode(row.sample),
         learned_until=decode_learned_until(row.learned_until),
     )
+
+
+def dead_letter_rows(letters: list[DeadLetter]) -> list[DeadLetterInput]:
+    """Dead letters as the rows storage keeps (keyed by their source position)."""
+    return [
+        DeadLetterInput(
+            source=d.position.source,
+            partition=d.position.partition,
+            offset=d.position.offset,
+            reason=d.reason,
+            payload=d.payload,
+            received_at=d.received_at,
+        )
+        for d in letters
+    ]
