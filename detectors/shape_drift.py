@@ -169,7 +169,7 @@ class ShapeMonitor:
             effect_size=round(alarm.ks, 4),
             severity=Severity.CRITICAL if alarm.ks >= floors.critical_ks else Severity.WARNING,
             support=len(window),
-            title=f"{name}: distribution shape changed (KS {alarm.ks:.2f})",
+            title=_title(name, alarm.ks, shift, ratio),
             details={
                 "test": "windowed_kolmogorov_smirnov_two_sample",
                 "effect_measure": "Kolmogorov-Smirnov distance",
@@ -194,6 +194,22 @@ class ShapeMonitor:
                 "events_seen": self.seen,
             },
         )
+
+
+# What a title names first: a mean shift or spread change this large (reference std, or
+# log ratio of stds) is what the on-call reads; below it, the shape changed.
+TITLE_FLOOR = 0.2
+
+
+def _title(name: str, ks: float, shift: float, std_ratio: float) -> str:
+    """The change in the words an on-call engineer reads first: mean, spread, else shape."""
+    if abs(shift) >= TITLE_FLOOR:
+        direction = "up" if shift > 0 else "down"
+        return f"{name}: mean shifted {direction} by {abs(shift):.2f} std (KS {ks:.2f})"
+    if abs(math.log(max(std_ratio, 1e-12))) >= TITLE_FLOOR:
+        change = "widened" if std_ratio > 1 else "narrowed"
+        return f"{name}: spread {change} (std x{std_ratio:.2f}, KS {ks:.2f})"
+    return f"{name}: distribution shape changed (KS {ks:.2f})"
 
 
 def _quantiles(values: np.ndarray) -> dict[str, float]:

@@ -75,6 +75,7 @@ def test_bimodal_split_with_unchanged_mean_and_variance_is_found_within_5000_eve
     assert 0 <= first.position.offset - at <= 5000
     assert first.value > first.threshold and first.effect_size >= 0.05
     assert abs(first.details["standardized_mean_shift"]) < 0.1
+    assert "distribution shape changed" in first.title  # neither its mean nor its spread
     if feature == "x":  # normal: its normal scores keep their mean and variance too
         # The mean/spread tests see nothing of it: this is what the shape test is for.
         assert run(NumericDriftDetector("m"), chunks(whole, 2000)) == []
@@ -124,3 +125,12 @@ def test_ks_distance_is_the_largest_gap_between_the_distribution_functions() -> 
             b, points, side="right"
         ) / len(b)
         assert ks_distance(a, b) == pytest.approx(np.abs(gaps).max(), abs=1e-12)
+
+
+def test_a_mean_shift_found_by_the_shape_test_is_titled_by_its_mean() -> None:
+    rng = np.random.default_rng(4)
+    columns = stream(rng, 12_000)
+    columns["x"][6_000:] += 1.0 * np.std(columns["x"][:6_000])
+    findings = run(ShapeDriftDetector("m"), chunks(batch(numeric=columns), 2000))
+    shifted = [f for f in findings if f.subject == "x"]
+    assert shifted and shifted[0].title.startswith("x: mean shifted up by")
