@@ -45,6 +45,7 @@ from detectors.reference import (
     category_values,
     is_continuous,
     numeric_values,
+    present_numbers,
     reference_type,
     watch,
 )
@@ -305,11 +306,7 @@ class CategoricalDriftDetector(ReferenceDetector):
         findings: list[Finding] = []
         for name, monitor in self.monitors.items():
             if name in self.numeric_codes:
-                column = batch.numeric.get(name)
-                if column is None:
-                    continue
-                valid = np.flatnonzero(~np.isnan(column))
-                values = column[valid]
+                values, valid = present_numbers(batch, name)
             else:
                 values, valid = _categories(batch.categorical.get(name))
             if len(valid) == 0:

@@ -34,7 +34,13 @@ from pydantic import Field
 
 from detectors.base import Finding, Kind, Severity, Verdict
 from detectors.calibration import NormalScores, cusum_threshold, steps_budget
-from detectors.reference import ReferenceDetector, ReferenceSettings, is_continuous, watch
+from detectors.reference import (
+    ReferenceDetector,
+    ReferenceSettings,
+    is_continuous,
+    present_numbers,
+    watch,
+)
 from streams.batch import ModelBatch
 
 _PAGE_HINKLEY_MODULE = "river.drift.page_hinkley"
@@ -437,21 +443,12 @@ class NumericDriftDetector(ReferenceDetector):
     def monitor(self, batch: ModelBatch) -> list[Finding]:
         findings: list[Finding] = []
         for name, monitor in self.monitors.items():
-            column = batch.numeric.get(name)
-            if column is None:
-                continue
-            valid = np.flatnonzero(~np.isnan(column))
+            values, valid = present_numbers(batch, name)
             if len(valid) == 0:
                 continue
+            floors = self._floors(name)
             findings += watch(
-                self.name,
-                Kind.FEATURE_DRIFT,
-                name,
-                monitor,
-                self._floors(name),
-                batch,
-                column[valid],
-                valid,
+                self.name, Kind.FEATURE_DRIFT, name, monitor, floors, batch, values, valid
             )
         return findings
 

@@ -148,6 +148,16 @@ def watch(
     return findings
 
 
+def present_numbers(batch: ModelBatch, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A feature's non-missing numbers in the batch and the indices of their events (both
+    empty when it has none): what a monitor is fed, and where its findings point."""
+    column = batch.numeric.get(name)
+    if column is None:
+        return np.empty(0), np.empty(0, dtype=np.int64)
+    valid = np.flatnonzero(~np.isnan(column))
+    return column[valid], valid
+
+
 def numeric_values(batch: ModelBatch, name: str) -> np.ndarray:
     """A feature's non-missing numbers (empty when the batch has none)."""
     column = batch.numeric.get(name)

@@ -34,7 +34,13 @@ from scipy.special import kolmogi
 
 from detectors.base import Finding, Kind, Severity, Verdict
 from detectors.calibration import window_alpha
-from detectors.reference import ReferenceDetector, ReferenceSettings, is_continuous, watch
+from detectors.reference import (
+    ReferenceDetector,
+    ReferenceSettings,
+    is_continuous,
+    present_numbers,
+    watch,
+)
 from streams.batch import ModelBatch
 
 MIN_REFERENCE_VALUES = 200
@@ -247,16 +253,13 @@ class ShapeDriftDetector(ReferenceDetector):
     def monitor(self, batch: ModelBatch) -> list[Finding]:
         findings: list[Finding] = []
         for name, monitor in self.monitors.items():
-            column = batch.numeric.get(name)
-            if column is None:
-                continue
-            valid = np.flatnonzero(~np.isnan(column))
+            values, valid = present_numbers(batch, name)
             if len(valid) == 0:
                 continue
             floors = KsFloors(
                 self.settings.of(name, "min_ks"), self.settings.of(name, "critical_ks")
             )
             findings += watch(
-                self.name, Kind.FEATURE_DRIFT, name, monitor, floors, batch, column[valid], valid
+                self.name, Kind.FEATURE_DRIFT, name, monitor, floors, batch, values, valid
             )
         return findings
