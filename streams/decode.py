@@ -676,8 +676,9 @@ def _parse_object(value: bytes, max_record_bytes: int) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise InvalidEvent(f"not a JSON object but {_json_type(obj)}")
     if _NUL_ESCAPE in value:
-        where = _nul_path(obj, "")
+        where = _first_path(obj, _has_nul)
         if where is not None:
+            where = where.replace("\x00", "\\u0000")
             raise InvalidEvent(
                 f"field '{where}' contains a NUL character (\\u0000), which the database "
                 "cannot store"
@@ -685,24 +686,35 @@ def _parse_object(value: bytes, max_record_bytes: int) -> dict[str, Any]:
     return obj
 
 
-def _nul_path(obj: Any, prefix: str) -> str | None:
-    """The path of the first string (value or key) holding a NUL character, if any."""
-    if isinstance(obj, str):
-        return (prefix or "<root>") if "\x00" in obj else None
+def _first_path(obj: Any, bad: Callable[[Any], bool], prefix: str = "") -> str | None:
+    """The path of the first value, or dict key, that `bad` says is bad (`a.b[2]`), if any."""
+    if bad(obj):
+        return prefix or "<root>"
     if isinstance(obj, dict):
         for key, item in obj.items():
             path = f"{prefix}.{key}" if prefix else str(key)
-            if "\x00" in key:
-                return path.replace("\x00", "\\u0000")
-            found = _nul_path(item, path)
+            if bad(key):
+                return path
+            found = _first_path(item, bad, path)
             if found:
                 return found
     elif isinstance(obj, list):
         for index, item in enumerate(obj):
-            found = _nul_path(item, f"{prefix}[{index}]")
+            found = _first_path(item, bad, f"{prefix}[{index}]")
             if found:
                 return found
     return None
+
+
+def _has_nul(value: Any) -> bool:
+    return isinstance(value, str) and "\x00" in value
+
+
+def _is_non_finite(value: Any) -> bool:
+    """NaN or infinity, or an integer too large for a double (infinite as one)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return type(value) is int and abs(value) > sys.float_info.max
 
 
 def _event(obj: dict[str, Any], position: Position, limits: Limits) -> Prediction | Label:
@@ -739,25 +751,7 @@ def _find_non_finite(value: bytes) -> str | None:
         obj = json.loads(value, parse_constant=reject)
     except (ValueError, RecursionError):
         return None
-    return _non_finite_path(obj, "")
-
-
-def _non_finite_path(obj: Any, prefix: str) -> str | None:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return prefix or "<root>"
-    if type(obj) is int and abs(obj) > sys.float_info.max:  # infinite as a double
-        return prefix or "<root>"
-    if isinstance(obj, dict):
-        for key, item in obj.items():
-            found = _non_finite_path(item, f"{prefix}.{key}" if prefix else str(key))
-            if found:
-                return found
-    elif isinstance(obj, list):
-        for index, item in enumerate(obj):
-            found = _non_finite_path(item, f"{prefix}[{index}]")
-            if found:
-                return found
-    return None
+    return _first_path(obj, _is_non_finite)
 
 
 def _json_type(value: Any) -> str:
