@@ -235,11 +235,15 @@ def _terminate(process: subprocess.Popen[bytes]) -> tuple[int, float]:
     return code, time.monotonic() - started
 
 
-def _messages(bootstrap: str, topic: str) -> dict[bytes, tuple[int, int]]:
-    """Every message of a topic -> its (partition, offset)."""
+def _messages(
+    bootstrap: str, topic: str, fetch_bytes: int = 1024 * 1024
+) -> dict[bytes, tuple[int, int]]:
+    """Every message of a topic -> its (partition, offset); `fetch_bytes` must fit the
+    largest message (kafka-python's default: 1 MiB)."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         api_version=tuple(map(int, API_VERSION.split("."))) if API_VERSION else None,
+        max_partition_fetch_bytes=fetch_bytes,
     )
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
@@ -454,7 +458,7 @@ def test_oversized_messages_become_dead_letters_at_their_offset_and_the_partitio
     code, _ = _terminate(daemon)
     assert code == 0, daemons.log(daemon)
 
-    where = _messages_positions(kafka_bootstrap, topic, {unfetchable, too_big})
+    where = _messages(kafka_bootstrap, topic, fetch_bytes=4 * 1024 * 1024)
     db = Database(url)
     with db.session() as session:
         letters = {(d.source, d.partition, d.offset): d for d in session.scalars(
@@ -470,33 +474,6 @@ def test_oversized_messages_become_dead_letters_at_their_offset_and_the_partitio
     # The fraud partition went on past both: its later messages were processed.
     log = daemons.log(daemon)
     assert _processed(log) == len(lines) - 1  # all but the one never fetched
-
-
-def _messages_positions(
-    bootstrap: str, topic: str, wanted: set[bytes]
-) -> dict[bytes, tuple[int, int]]:
-    """(partition, offset) of the given messages, read with a fetch size that fits them."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        api_version=tuple(map(int, API_VERSION.split("."))),
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-    )
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
-        found: dict[bytes, tuple[int, int]] = {}
-        deadline = time.monotonic() + 30
-        while any(consumer.position(tp) < ends[tp] for tp in partitions):
-            assert time.monotonic() < deadline, "could not read the topic back"
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for record in records:
-                    if record.value in wanted:
-                        found[record.value] = (tp.partition, record.offset)
-        return found
-    finally:
-        consumer.close(autocommit=False)
 
 
 def test_produce_names_the_line_over_the_size_limit_in_one_line(
