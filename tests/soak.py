@@ -20,26 +20,21 @@ from pathlib import Path
 
 from sqlalchemy import select, text
 
-from agent.config import load_settings
 from agent.demo import demo_scenario
-from agent.pipeline import Pipeline
-from agent.replay import REPLAY_CONSUMER, replay_batches
 from storage.db import Database
 from storage.models import Notification
-from streams.files import FileSource
 from tests.kafka_broker import KafkaBroker, kafka_home
 from tests.pg_server import PostgresServer
 from tests.receivers import Receiver
 from tests.test_kafka import (
-    DETECTOR_CONFIG,
     Daemons,
     _config,
     _consumed,
-    _migrated,
     _outcome,
     _positions,
     _produce,
     _terminate,
+    replay_outcome,
 )
 
 SECRET = "soak-hmac-secret"
@@ -212,19 +207,6 @@ def run_soak(work: Path, outage: float, events_per_model: int = 4000) -> SoakRes
         timeline=timeline,
         logs=logs,
     )
-
-
-def replay_outcome(stream: Path, work: Path) -> dict[str, object]:
-    """Incidents and evidence count of a clean replay of `stream` (SQLite, in `work`)."""
-    config = work / "replay.toml"
-    config.write_text(DETECTOR_CONFIG)
-    url = _migrated(work / "replay.db")
-    settings = load_settings(config)
-    database = Database(url)
-    source = FileSource(str(stream), batch_size=settings.batch_size)
-    replay_batches(Pipeline(settings, database, REPLAY_CONSUMER), source.batches())
-    database.dispose()
-    return _outcome(url)
 
 
 def _fresh_database(pg: PostgresServer) -> str:

@@ -48,11 +48,9 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def replayed(stream: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """What a replay makes of the stream: the reference every daemon run must match."""
-    work = tmp_path_factory.mktemp("replay")
-    config = work / "bulwark.toml"
+def replay_outcome(stream: Path, work: Path) -> dict[str, object]:
+    """Incidents and evidence count of a clean replay of `stream` (SQLite, in `work`)."""
+    config = work / "replay.toml"
     config.write_text(DETECTOR_CONFIG)
     url = _migrated(work / "replay.db")
     settings = load_settings(config)
@@ -60,7 +58,13 @@ def replayed(stream: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     source = FileSource(str(stream), batch_size=settings.batch_size)
     replay_batches(Pipeline(settings, database, REPLAY_CONSUMER), source.batches())
     database.dispose()
-    outcome = _outcome(url)
+    return _outcome(url)
+
+
+@pytest.fixture(scope="module")
+def replayed(stream: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """What a replay makes of the stream: the reference every daemon run must match."""
+    outcome = replay_outcome(stream, tmp_path_factory.mktemp("replay"))
     assert len(outcome["incidents"]) >= 2  # the two injected drifts, at least
     return outcome
 

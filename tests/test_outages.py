@@ -19,7 +19,6 @@ from storage.db import Database, DatabaseUnavailable, DatabaseUnusable, classify
 from tests.conftest import run_cli
 from tests.kafka_broker import free_port
 from tests.pg_server import PostgresError, PostgresServer
-from tests.soak import replay_outcome
 from tests.test_kafka import (
     EVENTS_PER_MODEL,
     Daemons,
@@ -30,6 +29,7 @@ from tests.test_kafka import (
     _produce,
     _terminate,
     _wait,
+    replay_outcome,
 )
 
 TOKEN = "outage-reader"
