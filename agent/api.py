@@ -81,7 +81,8 @@ class IncidentOut(TypedDict):
     count: int
     details: dict[str, Any]
     parent_id: int | None  # the root incident it was attributed to; null for a root
-    related_ids: list[int]  # a root's attributed incidents (empty for the others)
+    related: list[int]  # a root's attributed incidents (empty for the others)
+    related_ids: list[int]  # the same list, under the name the API used first
     previous_id: int | None
 
 

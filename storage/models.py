@@ -91,6 +91,7 @@ class Incident(Base):
 
     def to_contract(self) -> dict[str, Any]:
         """The incident JSON of the contract (section 3)."""
+        related = [r.id for r in self.related] if self.parent_id is None else []
         return {
             "id": self.id,
             "model": self.model,
@@ -104,7 +105,10 @@ class Incident(Base):
             "count": self.count,
             "details": self.details or {},
             "parent_id": self.parent_id,
-            "related_ids": [r.id for r in self.related] if self.parent_id is None else [],
+            # `related` is the contract's name (shared/CONTRACT.md); `related_ids` the same
+            # list under the name the API and page used first.
+            "related": related,
+            "related_ids": related,
         }
 
 

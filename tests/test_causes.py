@@ -123,6 +123,7 @@ def test_one_input_shift_is_one_root_and_one_notification(
     assert "prediction_drift" in kinds  # the score followed the input: linked, not paging
     assert all(i["parent_id"] == root["id"] for i in others)
     assert root["related_ids"] == sorted(i["id"] for i in others)
+    assert root["related"] == root["related_ids"]  # the contract's name (shared/CONTRACT.md)
     assert all(i["related_ids"] == [] for i in others)
     assert START + 6_000 <= root["first_seen"] <= START + 7_500
 
