@@ -24,6 +24,11 @@ does), so accuracy is estimated for every prediction at once, before any label c
 second CUSUM on blocks of expected errors raises `accuracy_drop` on the subject
 `estimated_accuracy`, with `"estimated": true`.
 
+For regressors the same is done by direct loss estimation (`detectors.loss_estimate`, as
+NannyML's DLE): a small model of |error| given the inputs and the prediction, fitted on the
+reference pairs, estimates every prediction's error at once; CUSUMs on blocks of estimated
+errors raise `estimated_mae` (up, warning) and `estimated_mae_improved` (down, info).
+
 Per model version and event-time window (by prediction time) the detector keeps running
 sums and hands the metric values to the pipeline through `metrics()`; late labels update
 their window again.
@@ -44,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from detectors.base import Detector, Finding, Kind, MetricPoint, Severity
 from detectors.calibration import NormalScores, cusum_threshold_exact, steps_budget
 from detectors.label_join import Joined, LabelJoin
+from detectors.loss_estimate import FeatureStore, LossModel, fit_loss_model
 from streams.batch import ModelBatch
 from streams.events import Position
 
@@ -51,6 +57,8 @@ RECENT_BLOCKS = 64  # how far back the change point and the "after" value are es
 Z95 = 1.959964
 LOG_LOSS_EPS = 1e-15
 CALIBRATION_PRIOR = 5.0  # pseudo-events pulling a sparse calibration bin to the overall rate
+STORE_FACTOR = 10  # inputs of the first reference_size * 10 predictions kept for the reference
+MIN_COVERAGE_FOR_ERROR = 0.5  # labelled share of a window before its estimate is graded
 
 
 class AccuracySettings(BaseModel):
@@ -73,7 +81,7 @@ class AccuracySettings(BaseModel):
     regression_margin: float = Field(0.10, gt=0)  # MAE +10%, or bias of 0.1 reference RMSE
     regression_critical: float = Field(0.5, gt=0)
     min_detectable_shift: float = Field(0.25, gt=0)  # regression tests, std units
-    estimate: bool = True  # CBPE-style estimated accuracy from class scores
+    estimate: bool = True  # label-free estimates: CBPE (class scores), DLE (regression inputs)
     calibration_bins: int = Field(20, ge=2, le=200)
     false_alarms_per_million: float = Field(0.1, gt=0)  # per model, per million labelled
 
@@ -276,7 +284,8 @@ class _Window:
     abs_err_sq: float = 0.0
     est_n: int = 0
     est: float = 0.0
-    est_var: float = 0.0  # sum of e(1-e): the variance of the expected number correct
+    est_var: float = 0.0  # variance of the estimated sum: e(1-e) each, or c * est^2 (DLE)
+    est_sq: float = 0.0  # regression: sum of the estimated squared errors
     tp: dict[str, int] = field(default_factory=dict)
     fp: dict[str, int] = field(default_factory=dict)
     fn: dict[str, int] = field(default_factory=dict)
@@ -370,7 +379,7 @@ class _Reference:
     rmse: float = 0.0
     bias: float = 0.0
     bias_ci: tuple[float, float] = (0.0, 0.0)
-    estimated: float | None = None  # mean expected correctness of the reference
+    estimated: float | None = None  # mean expected correctness (or estimated |error|)
     estimated_ci: tuple[float, float] = (0.0, 1.0)
     edges: np.ndarray | None = None  # calibration bins (confidence cut points)
     rates: np.ndarray | None = None  # accuracy per calibration bin
@@ -393,6 +402,10 @@ class AccuracyDetector(Detector):
         self.reference: _Reference | None = None
         self.tests: dict[str, _Cusum] = {}
         self.estimate_test: _Cusum | None = None
+        # Regression, label-free: the reference's inputs until it is fitted, then the model.
+        self.store: FeatureStore | None = None
+        self.loss_model: LossModel | None = None
+        self.loss_tests: dict[str, _Cusum] = {}
         self.windows: dict[tuple[str, float], _Window] = {}
         self.dirty: set[tuple[str, float]] = set()
 
@@ -408,6 +421,9 @@ class AccuracyDetector(Detector):
             "reference": None if self.reference is None else asdict(self.reference),
             "tests": {subject: test.state() for subject, test in self.tests.items()},
             "estimate_test": None if self.estimate_test is None else self.estimate_test.state(),
+            "store": None if self.store is None else self.store.state(),
+            "loss_model": None if self.loss_model is None else self.loss_model.state(),
+            "loss_tests": {subject: test.state() for subject, test in self.loss_tests.items()},
             "windows": [
                 [version, start, _window_state(w)] for (version, start), w in self.windows.items()
             ],
@@ -428,6 +444,10 @@ class AccuracyDetector(Detector):
         self.tests = {subject: _Cusum.of_state(t) for subject, t in state["tests"].items()}
         estimate = state["estimate_test"]
         self.estimate_test = None if estimate is None else _Cusum.of_state(estimate)
+        store, model = state["store"], state["loss_model"]
+        self.store = None if store is None else FeatureStore.of_state(store)
+        self.loss_model = None if model is None else LossModel.of_state(model)
+        self.loss_tests = {s: _Cusum.of_state(t) for s, t in state["loss_tests"].items()}
         self.windows = {
             (version, start): _window_of_state(w) for version, start, w in state["windows"]
         }
@@ -463,6 +483,8 @@ class AccuracyDetector(Detector):
     def _predictions(self, batch: ModelBatch) -> list[Finding]:
         """Counts predictions per window and, once calibrated, estimates their accuracy."""
         s = self.settings
+        if self.task == "regression":
+            return self._regression_predictions(batch)
         expected = None
         ref = self.reference
         if (
@@ -501,6 +523,50 @@ class AccuracyDetector(Detector):
                 findings.append(finding)
         return findings
 
+    def _regression_predictions(self, batch: ModelBatch) -> list[Finding]:
+        """Counts predictions per window; keeps the inputs of the first ones (the reference's)
+        and, once the loss model is fitted, estimates every prediction's error."""
+        s = self.settings
+        if self.reference is None and s.estimate:
+            if self.store is None:
+                self.store = FeatureStore(STORE_FACTOR * s.reference_size)
+            self.store.add(batch)
+        model = self.loss_model
+        estimated = None
+        if model is not None:
+            predicted = _numbers(batch.predictions)
+            valid = np.flatnonzero(~np.isnan(predicted))
+            numeric, categorical = batch.numeric, batch.categorical
+            if len(valid) < len(batch):
+                numeric = {k: v[valid] for k, v in numeric.items()}
+                categorical = {k: v[valid] for k, v in categorical.items()}
+            absolute, square = model.estimate(numeric, categorical, predicted[valid])
+            estimated = np.full((3, len(batch)), np.nan)
+            estimated[:, valid] = absolute, square, model.spread * absolute * absolute
+        for version, start, idx in _groups(batch.model_versions, batch.ts, s.window_seconds):
+            w = self._window(version, start)
+            w.predictions += len(idx)
+            if estimated is not None:
+                a, sq, var = estimated[:, idx]
+                has = ~np.isnan(a)
+                w.est_n += int(has.sum())
+                w.est += float(a[has].sum())
+                w.est_sq += float(sq[has].sum())
+                w.est_var += float(var[has].sum())
+        if estimated is None:
+            return []
+        findings = []
+        for subject, test in self.loss_tests.items():
+            sign = -1.0 if subject == "estimated_mae_improved" else 1.0
+            for alarm in test.feed(sign * estimated[0, valid]):
+                i = int(valid[alarm.index])
+                finding = self._estimated_regression_finding(
+                    subject, test, alarm, float(batch.ts[i]), batch.position(i)
+                )
+                if finding is not None:
+                    findings.append(finding)
+        return findings
+
     def _joined(self, batch: ModelBatch, joined: Joined) -> list[Finding]:
         s = self.settings
         n = len(joined)
@@ -520,6 +586,11 @@ class AccuracyDetector(Detector):
             err = predicted - actual
             usable = ~np.isnan(err)
             per_event = {"err": err[usable]}
+            if self.reference is None and self.store is not None:
+                # The reference pairs' inputs, by id, for the loss model (-1: not kept).
+                ids = [joined.ids[i] for i in np.flatnonzero(usable).tolist()]
+                per_event["row"] = self.store.take(ids).astype(np.float64)
+                per_event["pred"] = predicted[usable]
         for version, start, idx in _groups(joined.versions, joined.pred_ts, s.window_seconds):
             w = self._window(version, start)
             w.labelled += len(idx)
@@ -625,15 +696,64 @@ class AccuracyDetector(Detector):
                 bias=float(err.mean()),
                 bias_ci=_mean_ci(err),
             )
+            model = self._fit_loss_model(parts)
+            tests = 6 if model is not None else 4
             k = math.sqrt(b) * s.min_detectable_shift / 2
             # Four one-sided tests: MAE up, MAE down (an improvement: reported as info, since
-            # it often means the inputs changed), bias up, bias down.
-            h = _threshold(k, b, len(err), 4, s.false_alarms_per_million)
+            # it often means the inputs changed), bias up, bias down; and with a loss model,
+            # the estimated MAE up and down.
+            h = _threshold(k, b, len(err), tests, s.false_alarms_per_million)
             self.tests["mae"] = _Cusum("scores", b, k, h, reference=abs_err)
             self.tests["mae_improved"] = _Cusum("scores", b, k, h, reference=abs_err, sign=-1.0)
             self.tests["bias"] = _Cusum("scores", b, k, h, reference=err)
             self.tests["bias_down"] = _Cusum("scores", b, k, h, reference=err, sign=-1.0)
+            if model is not None:
+                self._estimate_tests(ref, model, parts, tests)
         self.reference = ref
+
+    def _fit_loss_model(self, parts: dict[str, np.ndarray]) -> LossModel | None:
+        """The loss model on the reference pairs whose inputs were kept (None without them,
+        or when the inputs do not tell where the model errs). The inputs are dropped."""
+        store, self.store = self.store, None
+        if store is None or "row" not in parts:
+            return None
+        have = parts["row"] >= 0
+        rows = parts["row"][have].astype(np.int64)
+        numeric, categorical = store.columns(rows)
+        self.loss_model = fit_loss_model(
+            numeric, categorical, parts["pred"][have], parts["err"][have]
+        )
+        if self.loss_model is not None:
+            parts["estimated"] = self.loss_model.estimate(
+                numeric, categorical, parts["pred"][have]
+            )[0]
+        return self.loss_model
+
+    def _estimate_tests(
+        self, ref: _Reference, model: LossModel, parts: dict[str, np.ndarray], tests: int
+    ) -> None:
+        """The CUSUMs on block means of estimated |error|, up and down, against their level on
+        the reference; built as the estimated-accuracy test is (`mean` kind, k from the
+        margin, skew made normal)."""
+        s = self.settings
+        b = s.block_size
+        estimated = parts["estimated"]
+        level = float(estimated.mean())
+        ref.estimated = level
+        half = Z95 * math.sqrt(model.spread * float(np.dot(estimated, estimated))) / len(estimated)
+        ref.estimated_ci = (max(level - half, 0.0), level + half)
+        std = max(float(estimated.std()), 1e-9 * max(level, 1e-300))
+        skew = float(np.mean((estimated - level) ** 3)) / std**3
+        # The test is tuned to a change of twice the margin; changes under it stay quiet.
+        k = max(s.regression_margin * level * math.sqrt(b) / std, 0.05)
+        h = _threshold(k, b, len(estimated), tests, s.false_alarms_per_million)
+        unskew = skew / math.sqrt(b)  # skewness of a block mean
+        self.loss_tests = {
+            "estimated_mae": _Cusum("mean", b, k, h, mean=level, std=std, skew=unskew),
+            "estimated_mae_improved": _Cusum(
+                "mean", b, k, h, mean=-level, std=std, skew=-unskew
+            ),
+        }
 
     # ----------------------------------------------------------------- findings
 
@@ -746,6 +866,52 @@ class AccuracyDetector(Detector):
                 "labelled_events": alarm.count,
                 "test": "cusum_on_block_normal_scores",
                 **extra,
+            },
+        )
+
+    def _estimated_regression_finding(
+        self, subject: str, test: _Cusum, alarm: _Alarm, ts: float, position: Position
+    ) -> Finding | None:
+        """An estimated MAE that moved by `regression_margin` or more since the change point:
+        up is a warning (the estimate cannot confirm it: the labels will, on `mae`), down is
+        info (an improvement usually means the inputs changed)."""
+        s, ref, model = self.settings, self.reference, self.loss_model
+        assert ref is not None and ref.estimated is not None and model is not None
+        improved = subject == "estimated_mae_improved"
+        before = ref.estimated
+        after = -alarm.mean if improved else alarm.mean
+        change = (after - before) / before if before > 0 else math.inf
+        if abs(change) < s.regression_margin:
+            return None
+        # Var(|e| given x) = c * est^2, summed over the predictions since the change.
+        half = Z95 * math.sqrt(model.spread * alarm.mean_square / alarm.count)
+        verb = "fell" if improved else "rose"
+        return self._finding(
+            subject,
+            "cusum_estimated_abs_error_down" if improved else "cusum_estimated_abs_error",
+            Severity.INFO if improved else Severity.WARNING,
+            test,
+            alarm,
+            ts,
+            position,
+            effect=abs(change),
+            title=(
+                f"estimated MAE {verb} from {before:.4g} to {after:.4g} ({100 * change:+.0f}%),"
+                " before labels"
+            ),
+            details={
+                "metric": "mae",
+                "estimated": True,
+                "before": _value(before, ref.estimated_ci, model.rows),
+                "after": _value(after, (max(after - half, 0.0), after + half), alarm.count),
+                "relative_change": round(change, 4),
+                "margin": s.regression_margin,
+                "measured_before": _value(ref.level, ref.ci, ref.n),
+                "labelled_events": 0,
+                "predictions": alarm.count,
+                "explained": round(model.explained, 4),
+                "test": "cusum_on_block_estimated_abs_error",
+                **({"direction": "improved"} if improved else {}),
             },
         )
 
@@ -863,7 +1029,19 @@ class AccuracyDetector(Detector):
                 out.append(point("mae", w.abs_err / n, _sums_ci(w.abs_err, w.abs_err_sq, n), n))
                 out.append(point("rmse", math.sqrt(w.err_sq / n), None, n))
                 out.append(point("bias", w.err / n, _sums_ci(w.err, w.err_sq, n), n))
-        if w.est_n:
+        if w.est_n and self.task == "regression":
+            value = w.est / w.est_n
+            half = Z95 * math.sqrt(w.est_var) / w.est_n
+            out.append(point("mae", value, (max(value - half, 0.0), value + half), w.est_n, True))
+            out.append(point("rmse", math.sqrt(w.est_sq / w.est_n), None, w.est_n, est=True))
+            if w.est_n == w.predictions and n >= MIN_COVERAGE_FOR_ERROR * w.predictions:
+                # Graded against the labels (the measured MAE is what counts), only where the
+                # estimate covers the whole window, so both speak of the same predictions.
+                error = value - w.abs_err / n
+                lo, hi = _sums_ci(w.abs_err, w.abs_err_sq, n)
+                spread = (hi - lo) / 2
+                out.append(point("mae_estimate_error", error, (error - spread, error + spread), n))
+        elif w.est_n:
             value = w.est / w.est_n
             ci = _bounded_ci(value, w.est_var, w.est_n)
             out.append(point("accuracy", value, ci, w.est_n, est=True))
@@ -889,6 +1067,11 @@ def _guess_task(batch: ModelBatch) -> str | None:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _numbers(values: list[object]) -> np.ndarray:
+    """Numeric predictions as floats, NaN for anything else (as the joined pairs are read)."""
+    return np.array([float(v) if _is_number(v) else np.nan for v in values])  # type: ignore[arg-type]
 
 
 def _confidence(

@@ -80,6 +80,7 @@ class Joined:
     scores: list[dict[str, float] | None] = field(default_factory=list)
     score: list[float | None] = field(default_factory=list)
     labels: list[object] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)  # the pairs' prediction ids
 
     def __len__(self) -> int:
         return len(self.pred_ts)
@@ -102,6 +103,7 @@ def _build(parts: list[Joined]) -> Joined:
         scores=[v for p in parts for v in p.scores],
         score=[v for p in parts for v in p.score],
         labels=[v for p in parts for v in p.labels],
+        ids=[v for p in parts for v in p.ids],
     )
 
 
@@ -370,6 +372,7 @@ class _Pending:
             scores=self._decode(rows),
             score=[None] * len(rows) if self.score is None else floats_or_none(self.score[rows]),
             labels=labels,
+            ids=self.ids[rows].tolist(),
         )
 
     def _decode(self, rows: np.ndarray) -> list[dict[str, float] | None]:
@@ -645,6 +648,7 @@ class LabelJoin:
             scores=[batch.scores[i] for i in rows],
             score=[None] * len(rows) if score is None else score,
             labels=labels,
+            ids=pids,
         )
 
     def _add_labels(

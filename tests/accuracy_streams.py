@@ -137,3 +137,47 @@ def _batches(
             )
             offset += m
         yield batch
+
+
+def heteroscedastic_regression_batches(
+    n: int,
+    *,
+    batch_size: int = 2000,
+    delay: int = 500,
+    change_at: int | None = None,
+    x1_shift: float = 0.0,
+    noise_after: float = 1.0,
+    seed: int = 3,
+    model: str = "h",
+) -> Iterator[ModelBatch]:
+    """A regressor that errs more in one region of its inputs, as DLE needs: features x1, x2
+    (normal), x3 (uniform, unrelated to anything) and a category c in {a, b, c}; the model
+    predicts the target's mean, and its error has std `error_scale` (1 + 1.5 max(x1, 0), x1.5
+    when c = "c"). After `change_at`, x1's mean moves by `x1_shift` (a covariate shift: into
+    the region where it errs more when positive, less when negative) and the error is
+    multiplied by `noise_after` (concept drift: the inputs do not show it)."""
+    rng = np.random.default_rng(seed)
+    x1 = rng.normal(0, 1, n)
+    if change_at is not None:
+        x1[change_at:] += x1_shift
+    x2 = rng.normal(0, 1, n)
+    x3 = rng.random(n)
+    c = rng.choice(np.array(["a", "b", "c"], dtype=object), n, p=[0.5, 0.3, 0.2])
+    mean = 50 + 10 * x1 + 5 * x2
+    error = rng.normal(0, 1, n) * error_scale(x1, c)
+    if change_at is not None:
+        error[change_at:] *= noise_after
+    y = mean + error
+    features = {"x1": x1, "x2": x2, "x3": x3}
+    for batch in _batches(n, batch_size, delay, model, "v1", mean, None, y):
+        if len(batch):  # its predictions are [first, first + len) of the stream
+            first = int(batch.ids[0].rsplit("-", 1)[1])  # type: ignore[union-attr]
+            span = slice(first, first + len(batch))
+            batch.numeric = {k: v[span] for k, v in features.items()}
+            batch.categorical = {"c": c[span]}
+        yield batch
+
+
+def error_scale(x1: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """The std of the model's error given its inputs (see `heteroscedastic_regression_batches`)."""
+    return (1 + 1.5 * np.maximum(x1, 0)) * np.where(c == "c", 1.5, 1.0)
