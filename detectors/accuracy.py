@@ -750,9 +750,7 @@ class AccuracyDetector(Detector):
         unskew = skew / math.sqrt(b)  # skewness of a block mean
         self.loss_tests = {
             "estimated_mae": _Cusum("mean", b, k, h, mean=level, std=std, skew=unskew),
-            "estimated_mae_improved": _Cusum(
-                "mean", b, k, h, mean=-level, std=std, skew=-unskew
-            ),
+            "estimated_mae_improved": _Cusum("mean", b, k, h, mean=-level, std=std, skew=-unskew),
         }
 
     # ----------------------------------------------------------------- findings
@@ -1071,6 +1069,8 @@ def _is_number(value: object) -> bool:
 
 def _numbers(values: list[object]) -> np.ndarray:
     """Numeric predictions as floats, NaN for anything else (as the joined pairs are read)."""
+    if set(map(type, values)) <= {float, int}:  # the usual batch: numbers only, checked in C
+        return np.array(values, dtype=np.float64)
     return np.array([float(v) if _is_number(v) else np.nan for v in values])  # type: ignore[arg-type]
 
 

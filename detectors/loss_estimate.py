@@ -73,9 +73,7 @@ class FeatureStore:
         if take <= 0:
             return
         ids = batch.ids[:take]
-        self.index.update(
-            (pid, self.rows + i) for i, pid in enumerate(ids) if pid is not None
-        )
+        self.index.update((pid, self.rows + i) for i, pid in enumerate(ids) if pid is not None)
         self.parts.append(
             {
                 "numeric": {k: v[:take] for k, v in batch.numeric.items()},

@@ -173,5 +173,6 @@ def test_the_store_keeps_the_latest_inputs_of_an_id_and_stops_at_its_cap() -> No
     rows = store.take(["h-0", "h-2499", "h-2500", "h-0"])
     assert rows.tolist() == [0, 2499, -1, -1]
     numeric, categorical = store.columns(rows[:2])
-    assert numeric["x1"].tolist() == [batches[0].numeric["x1"][0], batches[2].numeric["x1"][499]]
-    assert categorical["c"].tolist() == [batches[0].categorical["c"][0], batches[2].categorical["c"][499]]
+    first, third = batches[0], batches[2]
+    assert numeric["x1"].tolist() == [first.numeric["x1"][0], third.numeric["x1"][499]]
+    assert categorical["c"].tolist() == [first.categorical["c"][0], third.categorical["c"][499]]
