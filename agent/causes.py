@@ -6,12 +6,13 @@ on the root's notifications and never pages on its own. This module is the only 
 decides it:
 
 - a `suspicious_client` explains the population-level incidents of its model (feature drift,
-  prediction drift, input anomalies, out-of-range values, estimated-accuracy drops) that its
+  prediction drift, input anomalies, out-of-range values, label-free estimates) that its
   own queries make: at least `min_client_share` of the events behind the incident's latest
   evidence came from that client (`client_shares`, measured by the pipeline);
 - a `feature_drift` on feature f explains a `prediction_drift`, an `input_anomaly` whose
   out-of-range inputs include f, a `multivariate_drift` naming f among its top contributors,
-  an out-of-range `data_quality` on f and an `estimated_accuracy` drop;
+  an out-of-range `data_quality` on f and a label-free estimate's change
+  (`estimated_accuracy`, `estimated_mae`, `estimated_mae_improved`);
 - always within one event-time span: the explained incident's first evidence lies within
   `window` seconds of the root's evidence span [first_seen, last_seen].
 
@@ -47,6 +48,8 @@ EXPLAINS_KEY = "explains"
 LINK_KEYS = (CAUSE_KEY, EXPLAINS_KEY)
 MAX_EXPLAINS = 50  # entries a root's `explains` keeps (the ids are all in related_ids)
 MIN_SHARE = 0.25  # a measured share of an output's shift that names its main cause
+# Label-free performance estimates: they follow the traffic (scores, or inputs for DLE).
+ESTIMATED = ("estimated_accuracy", "estimated_mae", "estimated_mae_improved")
 MAX_CONTRIBUTORS = 3  # a multivariate drift is explained by a drift of one of its first three
 
 
@@ -72,7 +75,7 @@ def population_level(kind: str, subject: str, statistic: object) -> bool:
         return True
     if kind == Kind.DATA_QUALITY:
         return statistic == "out_of_range_rate"
-    return kind == Kind.ACCURACY_DROP and subject == "estimated_accuracy"
+    return kind == Kind.ACCURACY_DROP and subject in ESTIMATED
 
 
 def is_population_level(incident: Incident) -> bool:
@@ -115,6 +118,8 @@ def rule(root: Incident, other: Incident, settings: CauseSettings) -> str | None
         return f"values of {feature} left the reference range because its distribution moved"
     if other.kind == Kind.ACCURACY_DROP and other.subject == "estimated_accuracy":
         return f"the estimate follows the scores, which moved with {feature}"
+    if other.kind == Kind.ACCURACY_DROP and other.subject in ESTIMATED:
+        return f"the estimate follows the inputs, among them {feature}"
     return None
 
 
