@@ -20,7 +20,11 @@ The regression part (`--dle-seeds`, `--dle-million`) runs a heteroscedastic regr
 by -1 to +1 std after prediction 10,000, labels 2,000 events late: delays of the label-free
 estimate (direct loss estimation) against the measured test, the realized and estimated MAE
 change, and false alarms of all six regression tests on stationary million-event streams
-(seeds 3000 on; the tests were written on seeds 1-11).
+(seeds 3000 on; the tests were written on seeds 1-11). `--dle-replica` checks the estimated
+tests' calibration alone on more streams (seeds 4000 on): each fits its own reference, then
+its two CUSUMs get one million fresh stationary predictions, with the default budget and with
+budgets of 10 and 100 per million, where raw alarms (before the 10% floor) are frequent
+enough to count against what the budget allows them (2 of the 6 tests: a third of it).
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detectors.accuracy import AccuracyDetector
+import numpy as np
+
+from detectors.accuracy import AccuracyDetector, _Cusum, _threshold
 from detectors.base import Finding
 from tests.accuracy_streams import (
     START,
@@ -89,11 +95,19 @@ def main() -> None:
     parser.add_argument("--million", type=int, default=3, help="stationary 1M-event runs")
     parser.add_argument("--dle-seeds", type=int, default=5, help="regression shifts, per shift")
     parser.add_argument("--dle-million", type=int, default=3, help="stationary 1M regression")
+    parser.add_argument(
+        "--dle-replica", type=int, default=20, help="1M-prediction runs of the estimated tests"
+    )
     parser.add_argument("--only-dle", action="store_true", help="the regression part only")
     args = parser.parse_args()
     if not args.only_dle:
         classification(args)
-    dle(args)
+    if args.dle_seeds:
+        dle(args)
+    if args.dle_million:
+        dle_stationary(args.dle_million)
+    if args.dle_replica:
+        dle_replica(args.dle_replica)
 
 
 def classification(args: argparse.Namespace) -> None:
@@ -190,7 +204,7 @@ def dle(args: argparse.Namespace) -> None:
         f"{'x1 shift':>8} {'realized':>9} | {'estimated: change at 1st finding':>33} | "
         f"{'estimated: predictions after change':>44} | {'measured: labelled after':>36}"
     )
-    for shift in DLE_SHIFTS if args.dle_seeds else ():
+    for shift in DLE_SHIFTS:
         up = shift > 0
         estimated, measured, changes, realized = [], [], [], []
         for seed in range(args.dle_seeds):
@@ -223,11 +237,14 @@ def dle(args: argparse.Namespace) -> None:
             f"{summary(estimated):>44} | {summary(measured):>36}"
         )
 
+
+def dle_stationary(runs: int) -> None:
+    """All six regression tests on stationary million-event streams: false alarms."""
     print("\nstationary regression streams, 1,000,000 labelled events each (six tests):")
     totals = {"estimated": 0, "measured": 0}
     gaps = []
     started, cpu = time.perf_counter(), time.process_time()
-    for seed in range(3000, 3000 + args.dle_million):
+    for seed in range(3000, 3000 + runs):
         detector = AccuracyDetector("h")
         findings, gap = _run_with_history(
             heteroscedastic_regression_batches(1_000_000, delay=DELAY, seed=seed), detector
@@ -240,7 +257,6 @@ def dle(args: argparse.Namespace) -> None:
             f"  seed {seed}: {len(findings) - e} measured, {e} estimated findings; loss model "
             f"explains {detector.loss_model.explained:.2f} of the |error| variance"  # type: ignore[union-attr]
         )
-    runs = max(args.dle_million, 1)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
     print(
         f"  false alarms per million: measured {totals['measured'] / runs:.2f}, estimated "
@@ -265,6 +281,55 @@ def _realized_change(batches: list) -> float:
                     abs(p - truth[i])
                 )
     return statistics.fmean(after) / statistics.fmean(before) - 1
+
+
+def dle_replica(runs: int) -> None:
+    """Raw alarms of the two estimated-MAE CUSUMs on stationary predictions, per budget."""
+    budgets = (0.1, 10.0, 100.0)
+    alarms = {b: 0 for b in budgets}
+    findings = 0
+    print(f"\nestimated-MAE tests alone, {runs} stationary runs of 1,000,000 predictions:")
+    for seed in range(4000, 4000 + runs):
+        detector = AccuracyDetector("h")
+        stream = heteroscedastic_regression_batches(1_007_000, batch_size=7000, seed=seed)
+        run([next(stream)], detector)  # 7,000 predictions, labels 500 late: reference fitted
+        model, ref = detector.loss_model, detector.reference
+        assert model is not None and ref is not None
+        base = detector.loss_tests
+        tests = {
+            b: {
+                name: _Cusum(
+                    "mean",
+                    t.block_size,
+                    t.k,
+                    _threshold(t.k, t.block_size, model.rows, 6, b),
+                    mean=t.mean,
+                    std=t.std,
+                    skew=t.skew,
+                )
+                for name, t in base.items()
+            }
+            for b in budgets
+        }
+        for batch in stream:
+            if not len(batch):
+                break
+            est, _ = model.estimate(batch.numeric, batch.categorical, np.array(batch.predictions))
+            for b in budgets:
+                for name, test in tests[b].items():
+                    sign = -1.0 if name.endswith("improved") else 1.0
+                    raised = test.feed(sign * est)
+                    alarms[b] += len(raised)
+                    if b == 0.1:
+                        findings += sum(
+                            1 for a in raised if abs(sign * a.mean / ref.estimated - 1) >= 0.1
+                        )
+    for b in budgets:
+        print(
+            f"  budget {b:>5} per million: {alarms[b] / runs:.3f} raw alarms per million "
+            f"predictions (the two tests' share of the budget: {b / 3:.3f})"
+        )
+    print(f"  findings at the default budget: {findings} in {runs} million predictions")
 
 
 def _run_with_history(batches, detector: AccuracyDetector) -> tuple[list[Finding], str]:
