@@ -506,12 +506,14 @@ def test_a_feature_drift_explains_only_what_it_can_within_its_span() -> None:
     anomaly_elsewhere = incident("input_anomaly", "*", 10_300, share_by_feature={"tenure": 0.2})
     late = incident("prediction_drift", "prediction", 12_601)  # past last_seen + window
     early = incident("accuracy_drop", "estimated_accuracy", 9_500)  # within the window before
+    loss = incident("accuracy_drop", "estimated_mae", 10_500)  # a regressor's, from its inputs
+    measured = incident("accuracy_drop", "mae", 10_500)  # labels: a root whatever the inputs
     joint = incident("multivariate_drift", "*", 10_400, contributors=[{"feature": "amount"}])
     joint_elsewhere = incident(
         "multivariate_drift", "*", 10_400, contributors=[{"feature": "tenure"}]
     )
     items = [amount, age, score, classes, range_, range_other, anomaly, anomaly_elsewhere]
-    items += [late, early, joint, joint_elsewhere]
+    items += [late, early, joint, joint_elsewhere, loss, measured]
 
     causes.link_incidents(items, settings)
 
@@ -521,8 +523,9 @@ def test_a_feature_drift_explains_only_what_it_can_within_its_span() -> None:
     assert range_.parent_id == amount.id
     assert anomaly.parent_id == amount.id
     assert early.parent_id == amount.id
+    assert loss.parent_id == amount.id
     assert joint.parent_id == amount.id
-    for root in (amount, age, range_other, anomaly_elsewhere, late, joint_elsewhere):
+    for root in (amount, age, range_other, anomaly_elsewhere, late, joint_elsewhere, measured):
         assert root.parent_id is None
 
 
