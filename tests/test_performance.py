@@ -16,6 +16,7 @@ from detectors.accuracy import AccuracyDetector, AccuracySettings
 from detectors.registry import DetectorSettings
 from storage.db import Database
 from storage.repository import IncidentFilter, Repository
+from tests.accuracy_streams import error_scale
 from tests.conftest import run_cli
 
 START = 1_767_225_600.0
@@ -200,3 +201,48 @@ def test_accuracy_settings_come_from_the_config_file(tmp_path: Path) -> None:
     path.write_text("[detectors.accuracy]\nmax_pending = 0\n")
     with pytest.raises(ConfigError, match=r"detectors\.accuracy\.max_pending"):
         load_settings(path, environ={})
+
+
+def regression_lines(seed: int = 2, x1_shift: float = 1.0) -> list[bytes]:
+    """A regressor that errs more where x1 is high (tests/accuracy_streams.py); after
+    CHANGE_AT, x1 moves up by `x1_shift`: its MAE rises, which its inputs show."""
+    rng = np.random.default_rng(seed)
+    x1 = rng.normal(0, 1, N)
+    x1[CHANGE_AT:] += x1_shift
+    x2 = rng.normal(0, 1, N)
+    c = rng.choice(np.array(["a", "b", "c"], dtype=object), N, p=[0.5, 0.3, 0.2])
+    predicted = 50 + 10 * x1 + 5 * x2
+    y = predicted + rng.normal(0, 1, N) * error_scale(x1, c)
+    out: list[bytes] = []
+    for i in range(N + DELAY):
+        if i < N:
+            features = {"x1": float(x1[i]), "x2": float(x2[i]), "c": str(c[i])}
+            event = {"type": "prediction", "model": "r", "id": f"r{i}", "ts": START + i}
+            out.append(
+                orjson.dumps({**event, "features": features, "prediction": float(predicted[i])})
+            )
+        j = i - DELAY
+        if 0 <= j < N:
+            label = {"type": "label", "model": "r", "id": f"r{j}", "label": float(y[j])}
+            out.append(orjson.dumps({**label, "ts": START + i}))
+    return out
+
+
+def test_a_regressors_estimated_mae_is_stored_next_to_the_measured_one(sqlite_url: str) -> None:
+    database = Database(sqlite_url)
+    pipeline = Pipeline(settings(sqlite_url), database, consumer="c")
+    replay_batches(pipeline, memory_batches(regression_lines(), "t", 500))
+
+    incidents = Repository(database).list_incidents(IncidentFilter(model="r", kind="accuracy_drop"))
+    first = {i.subject: i for i in incidents}  # one incident per subject
+    assert first["estimated_mae"].details["estimated"] is True
+    # Found from the inputs, before the labels of the changed predictions said it.
+    assert START + CHANGE_AT <= first["estimated_mae"].first_seen < first["mae"].first_seen
+
+    result = run_cli("performance", "r", "--db", sqlite_url, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    kinds = {(r["metric"], r["estimated"]) for r in rows}
+    assert {("mae", False), ("mae", True), ("rmse", True), ("mae_estimate_error", False)} <= kinds
+    table = run_cli("performance", "r", "--db", sqlite_url, "--metric", "mae")
+    assert "est. mae" in table.stdout
