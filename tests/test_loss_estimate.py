@@ -118,9 +118,11 @@ def test_a_stationary_stream_raises_nothing_and_the_estimate_agrees_with_the_lab
     assert findings == []
     errors = [p for p in latest(points).values() if p.metric == "mae_estimate_error"]
     assert len(errors) >= 8
-    # The estimate's error, graded by the labels: inside the measured MAE's interval mostly.
-    inside = [p.ci_low <= 0 <= p.ci_high for p in errors]  # type: ignore[operator]
-    assert sum(inside) >= len(inside) - 1
+    # The estimate's error, graded by the labels window by window: a few percent. (Its level
+    # comes from 5,000 reference pairs, whose MAE is itself 1.3% off the population's, 1 SE.)
+    level = detector.reference.level  # type: ignore[union-attr]
+    assert abs(float(np.mean([p.value for p in errors]))) < 0.06 * level
+    assert all(abs(p.value) < 0.08 * level for p in errors)
 
 
 def test_concept_drift_is_left_to_the_labels() -> None:
