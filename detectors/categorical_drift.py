@@ -34,14 +34,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import Field
 from scipy.special import chdtri, rel_entr  # not scipy.stats: ~50 MB less to import
 
 from detectors.base import Finding, Kind, Severity, Verdict
-from detectors.calibration import window_alpha
 from detectors.reference import (
     ReferenceDetector,
-    ReferenceSettings,
     category_values,
     is_continuous,
     numeric_values,
@@ -49,21 +46,14 @@ from detectors.reference import (
     reference_type,
     watch,
 )
+from detectors.settings import CategoricalDriftSettings
 from detectors.state_codec import set_items
+from detectors.stats.calibration import window_alpha
 from streams.batch import ModelBatch
 
 OTHER = "__other__"
 PSEUDO_COUNT = 0.5  # added to every bin for PSI and JS, so an empty bin has a finite share
 TOP = 8  # categories shown in a finding's summaries
-
-
-class CategoricalDriftSettings(ReferenceSettings):
-    """Sensitivity of categorical drift; per-feature overrides of min_psi and critical_psi."""
-
-    window: int = Field(1000, ge=100)
-    min_expected: float = Field(10.0, ge=1)  # rarer reference categories are pooled
-    min_psi: float = Field(0.05, ge=0)  # practical-significance floor
-    critical_psi: float = Field(0.25, gt=0)
 
 
 @dataclass(slots=True)

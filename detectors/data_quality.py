@@ -27,32 +27,22 @@ from dataclasses import astuple, dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import Field
 from scipy.special import bdtrc  # scipy.special, not scipy.stats: ~50 MB less to import
 
 from detectors.base import Finding, Kind, Severity, Verdict
-from detectors.calibration import window_alpha
 from detectors.reference import (
     ReferenceDetector,
-    ReferenceSettings,
     numeric_values,
     reference_type,
 )
+from detectors.settings import DataQualitySettings
+from detectors.stats.calibration import window_alpha
 from streams.batch import ModelBatch
 
 RANGE_PSEUDO_COUNT = 2  # expected reference values outside the reference's own range
 
 # The counts kept per field and window, in this order.
 MISSING, VIOLATION, VALID, OUT_OF_RANGE, PRESENT = range(5)
-
-
-class DataQualitySettings(ReferenceSettings):
-    """Sensitivity of data-quality checks; per-field overrides (under `features`) of
-    min_rate_increase and critical_rate_increase."""
-
-    window: int = Field(1000, ge=100)
-    min_rate_increase: float = Field(0.02, gt=0)  # practical-significance floor
-    critical_rate_increase: float = Field(0.2, gt=0)
 
 
 @dataclass(slots=True)

@@ -22,33 +22,18 @@ from itertools import repeat
 from typing import Any
 
 import numpy as np
-from pydantic import Field
 
 from detectors.base import Finding, Kind
-from detectors.calibration import window_alpha
 from detectors.categorical_drift import CategoricalMonitor, PsiFloors
 from detectors.numeric_drift import MONITOR_LAYOUT, Floors, NumericMonitor, numeric_arl0
-from detectors.reference import Monitor, ReferenceDetector, ReferenceSettings, is_continuous, watch
+from detectors.reference import Monitor, ReferenceDetector, is_continuous, watch
+from detectors.settings import PredictionDriftSettings
+from detectors.stats.calibration import window_alpha
 from streams.batch import ModelBatch
 
 MIN_REFERENCE_VALUES = 200
 MAX_CLASS_SUBJECTS = 20  # per-class score subjects of a multiclass model, at most
 CLASS_PREFIX = "score:"
-
-
-class PredictionDriftSettings(ReferenceSettings):
-    """Sensitivity of prediction drift (the floors mean what they mean for features);
-    per-subject overrides under `features`, e.g. `features = {score = {min_effect_size = 0.5}}`."""
-
-    block_size: int = Field(50, ge=10)
-    min_detectable_shift: float = Field(0.25, gt=0)
-    min_effect_size: float = Field(0.2, ge=0)
-    min_log_scale_change: float = Field(0.2, ge=0)
-    critical_effect_size: float = Field(1.0, gt=0)
-    window: int = Field(1000, ge=100)
-    min_expected: float = Field(10.0, ge=1)
-    min_psi: float = Field(0.1, ge=0)
-    critical_psi: float = Field(0.25, gt=0)
 
 
 class PredictionDriftDetector(ReferenceDetector):
