@@ -41,6 +41,7 @@ from detectors.reference import (
     ReferenceDetector,
     category_values,
     is_continuous,
+    is_none,
     numeric_values,
     present_numbers,
     reference_type,
@@ -320,7 +321,7 @@ def _categories(column: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         return np.empty(0, dtype=object), np.empty(0, dtype=np.intp)
     if None not in column.tolist():
         return column, np.arange(len(column))
-    valid = np.flatnonzero(~np.equal(column, None))
+    valid = np.flatnonzero(~is_none(column))
     return column[valid], valid
 
 

@@ -32,6 +32,7 @@ from scipy.special import bdtrc  # scipy.special, not scipy.stats: ~50 MB less t
 from detectors.base import Finding, Kind, Severity, Verdict
 from detectors.reference import (
     ReferenceDetector,
+    is_none,
     numeric_values,
     reference_type,
 )
@@ -296,7 +297,7 @@ class _Flags:
                 out_of_range[which] = (values < low[:, None]) | (values > high[:, None])
         rows = [(i, batch.categorical[n]) for i, n in enumerate(fields) if n in batch.categorical]
         if rows:
-            category[[i for i, _ in rows]] = ~np.equal(np.stack([c for _, c in rows]), None)
+            category[[i for i, _ in rows]] = ~is_none(np.stack([c for _, c in rows]))
         numeric = np.array([ref.kind == "numeric" for ref in fields.values()], dtype=bool)
         return cls(number, category, out_of_range, numeric)
 
@@ -324,7 +325,7 @@ def _present(batch: ModelBatch, name: str) -> np.ndarray:
     if name in batch.numeric:
         present |= ~np.isnan(batch.numeric[name])
     if name in batch.categorical:
-        present |= ~np.equal(batch.categorical[name], None)
+        present |= ~is_none(batch.categorical[name])
     return present
 
 

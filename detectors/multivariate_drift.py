@@ -39,7 +39,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from detectors.base import Finding, Kind, Severity, Verdict
-from detectors.reference import ReferenceDetector, reference_type
+from detectors.reference import ReferenceDetector, is_none, reference_type
 from detectors.settings import MultivariateDriftSettings
 from detectors.stats.calibration import window_alpha
 from detectors.stats.scores import NormalScores
@@ -74,7 +74,7 @@ class Columns:
         if kind == "numeric":
             column = self.numeric.get(name)
             return 0 if column is None else int(np.count_nonzero(~np.isnan(column)))
-        return self.size - int(np.count_nonzero(np.equal(self.categories(name), None)))
+        return self.size - int(np.count_nonzero(is_none(self.categories(name))))
 
     def categories(self, name: str) -> np.ndarray:
         """A categorical feature's values, None where missing (a value of its own here)."""

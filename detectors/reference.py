@@ -33,7 +33,7 @@ class ReferenceDetector(Detector):
 
     baseline = Baseline.REFERENCE
     settings_type: ClassVar[type[ReferenceDetectorSettings]]
-    configuration = ("settings", "budget", "reference_size")
+    configuration: ClassVar[tuple[str, ...]] = ("settings", "budget", "reference_size")
 
     def __init__(
         self,
@@ -136,6 +136,15 @@ def present_numbers(batch: ModelBatch, name: str) -> tuple[np.ndarray, np.ndarra
     return column[valid], valid
 
 
+# numpy's stubs refuse None as an operand; the ufunc compares each object with it, in C.
+_NONE: Any = None
+
+
+def is_none(column: np.ndarray) -> np.ndarray:
+    """Per entry of an object column, whether it is missing (None)."""
+    return np.equal(column, _NONE)
+
+
 def numeric_values(batch: ModelBatch, name: str) -> np.ndarray:
     """A feature's non-missing numbers (empty when the batch has none)."""
     column = batch.numeric.get(name)
@@ -145,7 +154,7 @@ def numeric_values(batch: ModelBatch, name: str) -> np.ndarray:
 def category_values(batch: ModelBatch, name: str) -> np.ndarray:
     """A feature's non-missing strings and booleans (empty when the batch has none)."""
     column = batch.categorical.get(name)
-    return np.empty(0, dtype=object) if column is None else column[~np.equal(column, None)]
+    return np.empty(0, dtype=object) if column is None else column[~is_none(column)]
 
 
 def reference_type(reference: ModelBatch, name: str) -> str | None:
