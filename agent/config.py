@@ -24,9 +24,9 @@ from pydantic import (
     model_validator,
 )
 
-from detectors.registry import DetectorSettings
+from detectors.settings import DetectorSettings
 from streams.decode import Limits
-from streams.kafka import KafkaSettings
+from streams.kafka_settings import KafkaSettings
 from streams.watermark import StreamClocks
 
 

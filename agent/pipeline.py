@@ -35,6 +35,7 @@ from agent.reference import ActiveReference, decode_learned_until, encode_learne
 from agent.samples import RecentWindow, ReferenceCollector, Sample
 from detectors import state_codec
 from detectors.base import Detector, Finding, Kind, MetricPoint
+from detectors.baseline import takes_reference
 from detectors.prediction_drift import PredictionDriftDetector
 from detectors.query_patterns import QueryPatternDetector
 from detectors.registry import build_detectors
@@ -78,8 +79,8 @@ class ModelMonitor:
     ) -> None:
         self.detectors = detectors
         self.model_version = model_version
-        # Detectors that override `set_reference` judge events against a reference.
-        self.referenced = [d for d in detectors if _takes_reference(d)]
+        # Detectors declaring a reference baseline judge events against the model's reference.
+        self.referenced = [d for d in detectors if takes_reference(d)]
         self.watching_clients = [d for d in detectors if isinstance(d, QueryPatternDetector)]
         self.reference: ActiveReference | None = None
         self.recent = RecentWindow(recent_events)
@@ -271,10 +272,6 @@ def _index_of(batch: ModelBatch, finding: Finding) -> int | None:
         if batch.position(index) == finding.position:
             return index
     return None
-
-
-def _takes_reference(detector: Detector) -> bool:
-    return type(detector).set_reference is not Detector.set_reference
 
 
 @dataclass(slots=True)

@@ -4,7 +4,7 @@ and label-free (CBPE-style) estimates.
 Labels are joined to predictions by id (`detectors.label_join`). The first `reference_size`
 labelled events fix the reference level. After that, every joined pair feeds a one-sided
 CUSUM on blocks of `block_size` labelled events whose statistic is N(0,1) while nothing has
-changed, so its threshold comes from the false-alarm budget (`detectors.calibration`):
+changed, so its threshold comes from the false-alarm budget (`detectors.stats.calibration`):
 
 - classifiers: the block error rate, through Anscombe's arcsine transform
   (2*sqrt(B)*(asin(sqrt((c + 3/8)/(B + 3/4))) - asin(sqrt(p0))) is N(0,1) for binomial
@@ -44,12 +44,15 @@ from itertools import compress, repeat
 from typing import Any, Literal, cast
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from detectors.base import Detector, Finding, Kind, MetricPoint, Severity
-from detectors.calibration import NormalScores, cusum_threshold_exact, steps_budget
+from detectors.baseline import Baseline
 from detectors.label_join import Joined, LabelJoin
 from detectors.loss_estimate import FeatureStore, LossModel, fit_loss_model
+from detectors.settings import AccuracySettings
+from detectors.stats.calibration import cusum_threshold_exact, steps_budget
+from detectors.stats.cusum import Cusum
+from detectors.stats.scores import NormalScores
 from streams.batch import ModelBatch
 from streams.events import Position
 
@@ -59,37 +62,6 @@ LOG_LOSS_EPS = 1e-15
 CALIBRATION_PRIOR = 5.0  # pseudo-events pulling a sparse calibration bin to the overall rate
 STORE_FACTOR = 10  # inputs of the first reference_size * 10 predictions kept for the reference
 MIN_COVERAGE_FOR_ERROR = 0.5  # labelled share of a window before its estimate is graded
-
-
-class AccuracySettings(BaseModel):
-    """The label join, the performance windows and the accuracy-drop tests."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    task: Literal["auto", "classification", "regression"] = "auto"
-    positive_class: str = "1"  # binary precision/recall/F1, and what a lone `score` is for
-    negative_class: str = "0"
-    label_ttl_seconds: float = Field(3 * 86400.0, gt=0)  # event time a prediction waits
-    max_pending: int = Field(200_000, ge=1)  # unlabelled predictions kept per partition
-    max_early_labels: int = Field(50_000, ge=0)  # labels kept waiting for their prediction
-    window_seconds: float = Field(3600.0, gt=0)  # performance history granularity
-    reference_size: int = Field(5000, ge=200)  # labelled events fixing the reference level
-    block_size: int = Field(200, ge=20)  # labelled events per test step
-    margin: float = Field(0.02, gt=0, lt=1)  # smallest accuracy drop worth reporting
-    warning_drop: float = Field(0.05, gt=0, lt=1)  # below: info; at or above: warning
-    critical_drop: float = Field(0.10, gt=0, lt=1)
-    regression_margin: float = Field(0.10, gt=0)  # MAE +10%, or bias of 0.1 reference RMSE
-    regression_critical: float = Field(0.5, gt=0)
-    min_detectable_shift: float = Field(0.25, gt=0)  # regression tests, std units
-    estimate: bool = True  # label-free estimates: CBPE (class scores), DLE (regression inputs)
-    calibration_bins: int = Field(20, ge=2, le=200)
-    false_alarms_per_million: float = Field(0.1, gt=0)  # per model, per million labelled
-
-    @model_validator(mode="after")
-    def _ordered(self) -> AccuracySettings:
-        if not self.margin <= self.warning_drop <= self.critical_drop:
-            raise ValueError("need margin <= warning_drop <= critical_drop")
-        return self
 
 
 # --------------------------------------------------------------------------- the test
@@ -106,7 +78,7 @@ class _Alarm:
 
 
 class _Cusum:
-    """One-sided CUSUM on block statistics that are N(0,1) in control; larger = worse.
+    """Blocks of values made N(0,1) in control (larger = worse), fed to a one-sided `Cusum`.
 
     `kind` says how a block becomes that statistic: "proportion" (0/1 losses, arcsine
     transform against the reference rate `p0`), "mean" (bounded values, z-score against the
@@ -130,15 +102,22 @@ class _Cusum:
         self.kind = kind
         self.skew = skew  # of the block mean ("mean"): its tail is made normal by `_unskew`
         self.block_size = block_size
-        self.k, self.h = k, h
+        self.cusum = Cusum(k, h)
         self.g0 = math.asin(math.sqrt(min(max(p0, 0.0), 1.0)))
         self.mean, self.std = mean, std
         self.scores = NormalScores(reference) if reference is not None else None
         self.sign = sign
-        self.s = 0.0
         self.pending = np.empty(0)
         self.recent: deque[tuple[float, float, float]] = deque(maxlen=RECENT_BLOCKS)
         self.seen = 0
+
+    @property
+    def k(self) -> float:
+        return self.cusum.k
+
+    @property
+    def h(self) -> float:
+        return self.cusum.h
 
     def state(self) -> dict[str, Any]:
         """Plain data: the test's constants, its sum, partial block and recent blocks (a
@@ -154,7 +133,7 @@ class _Cusum:
             "std": self.std,
             "reference": None if self.scores is None else self.scores.sorted,
             "sign": self.sign,
-            "s": self.s,
+            "s": self.cusum.state()["up"],
             "pending": self.pending,
             "recent": np.array(list(self.recent), dtype=np.float64).reshape(-1, 3),
             "seen": self.seen,
@@ -173,12 +152,8 @@ class _Cusum:
             sign=state["sign"],
             skew=state["skew"],
         )
-        test.g0, test.s, test.pending, test.seen = (
-            state["g0"],
-            state["s"],
-            state["pending"],
-            state["seen"],
-        )
+        test.g0, test.pending, test.seen = state["g0"], state["pending"], state["seen"]
+        test.cusum.load_state({"up": state["s"]})
         test.recent.extend(tuple(r) for r in state["recent"].tolist())
         return test
 
@@ -210,10 +185,8 @@ class _Cusum:
         for i in range(full):
             self.recent.append((float(z[i]), float(sums[i]), float(squares[i])))
             self.seen += b
-            self.s = max(0.0, self.s + float(z[i]) - self.k)
-            if self.s > self.h:
+            if self.cusum.update(float(z[i])).drift_detected:
                 alarms.append(self._alarm((i + 1) * b - 1 - carried))
-                self.s = 0.0
                 self.recent.clear()  # later evidence stands on blocks after this alarm
         return alarms
 
@@ -226,7 +199,7 @@ class _Cusum:
         count = m * self.block_size
         return _Alarm(
             index=index,
-            value=self.s,
+            value=self.cusum.statistic,
             mean=sum(r[1] for r in window) / count,
             mean_square=sum(r[2] for r in window) / count,
             count=count,
@@ -389,6 +362,7 @@ class AccuracyDetector(Detector):
     """`accuracy_drop` from joined labels (measured) and from class scores (estimated)."""
 
     name = "accuracy"
+    baseline = Baseline.OWN  # the first labelled events: a reference has no labels
 
     def __init__(self, model: str, settings: AccuracySettings | None = None) -> None:
         self.model = model

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 
 from detectors import state_codec
+from detectors.baseline import Baseline
 from detectors.state_codec import StateError
 from streams.batch import ModelBatch
 from streams.events import Position
@@ -157,6 +158,9 @@ class Detector(ABC):
 
     name: ClassVar[str]
     model: str
+    # What it judges against, and so whether the pipeline hands it the model's reference
+    # (`detectors.baseline`): declared, never inferred.
+    baseline: ClassVar[Baseline] = Baseline.NONE
     # The attributes holding what the detector was configured with. Its statistics,
     # thresholds and array shapes follow from them, so a checkpointed state built with
     # other values is not resumed (see `restore`).
@@ -166,12 +170,9 @@ class Detector(ABC):
     def update(self, batch: ModelBatch) -> list[Finding]: ...
 
     def set_reference(self, reference: ModelBatch) -> None:  # noqa: B027 - optional hook
-        """Use this stored reference instead of learning one from the first events.
-
-        The default ignores it (detectors that need no reference). Detectors that override it
-        replace their whole reference-derived state; the pipeline then feeds them only the
-        events after the reference.
-        """
+        """Use this reference instead of learning one from the first events, replacing all
+        that was built on an earlier one. A `Baseline.REFERENCE` detector implements it; the
+        others judge against no reference and ignore it."""
 
     def metrics(self) -> list[MetricPoint]:
         """Performance points computed since the last call (most detectors have none)."""

@@ -34,36 +34,27 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import Field
 from scipy.special import chdtri, rel_entr  # not scipy.stats: ~50 MB less to import
 
 from detectors.base import Finding, Kind, Severity, Verdict
-from detectors.calibration import window_alpha
 from detectors.reference import (
     ReferenceDetector,
-    ReferenceSettings,
     category_values,
     is_continuous,
+    is_none,
     numeric_values,
     present_numbers,
     reference_type,
     watch,
 )
+from detectors.settings import CategoricalDriftSettings
 from detectors.state_codec import set_items
+from detectors.stats.calibration import window_alpha
 from streams.batch import ModelBatch
 
 OTHER = "__other__"
 PSEUDO_COUNT = 0.5  # added to every bin for PSI and JS, so an empty bin has a finite share
 TOP = 8  # categories shown in a finding's summaries
-
-
-class CategoricalDriftSettings(ReferenceSettings):
-    """Sensitivity of categorical drift; per-feature overrides of min_psi and critical_psi."""
-
-    window: int = Field(1000, ge=100)
-    min_expected: float = Field(10.0, ge=1)  # rarer reference categories are pooled
-    min_psi: float = Field(0.05, ge=0)  # practical-significance floor
-    critical_psi: float = Field(0.25, gt=0)
 
 
 @dataclass(slots=True)
@@ -330,7 +321,7 @@ def _categories(column: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         return np.empty(0, dtype=object), np.empty(0, dtype=np.intp)
     if None not in column.tolist():
         return column, np.arange(len(column))
-    valid = np.flatnonzero(~np.equal(column, None))
+    valid = np.flatnonzero(~is_none(column))
     return column[valid], valid
 
 

@@ -27,32 +27,23 @@ from dataclasses import astuple, dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import Field
 from scipy.special import bdtrc  # scipy.special, not scipy.stats: ~50 MB less to import
 
 from detectors.base import Finding, Kind, Severity, Verdict
-from detectors.calibration import window_alpha
 from detectors.reference import (
     ReferenceDetector,
-    ReferenceSettings,
+    is_none,
     numeric_values,
     reference_type,
 )
+from detectors.settings import DataQualitySettings
+from detectors.stats.calibration import window_alpha
 from streams.batch import ModelBatch
 
 RANGE_PSEUDO_COUNT = 2  # expected reference values outside the reference's own range
 
 # The counts kept per field and window, in this order.
 MISSING, VIOLATION, VALID, OUT_OF_RANGE, PRESENT = range(5)
-
-
-class DataQualitySettings(ReferenceSettings):
-    """Sensitivity of data-quality checks; per-field overrides (under `features`) of
-    min_rate_increase and critical_rate_increase."""
-
-    window: int = Field(1000, ge=100)
-    min_rate_increase: float = Field(0.02, gt=0)  # practical-significance floor
-    critical_rate_increase: float = Field(0.2, gt=0)
 
 
 @dataclass(slots=True)
@@ -306,7 +297,7 @@ class _Flags:
                 out_of_range[which] = (values < low[:, None]) | (values > high[:, None])
         rows = [(i, batch.categorical[n]) for i, n in enumerate(fields) if n in batch.categorical]
         if rows:
-            category[[i for i, _ in rows]] = ~np.equal(np.stack([c for _, c in rows]), None)
+            category[[i for i, _ in rows]] = ~is_none(np.stack([c for _, c in rows]))
         numeric = np.array([ref.kind == "numeric" for ref in fields.values()], dtype=bool)
         return cls(number, category, out_of_range, numeric)
 
@@ -334,7 +325,7 @@ def _present(batch: ModelBatch, name: str) -> np.ndarray:
     if name in batch.numeric:
         present |= ~np.isnan(batch.numeric[name])
     if name in batch.categorical:
-        present |= ~np.equal(batch.categorical[name], None)
+        present |= ~is_none(batch.categorical[name])
     return present
 
 

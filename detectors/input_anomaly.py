@@ -12,7 +12,7 @@ reuses the same profile to scale and encode each query.
 `InputAnomalyDetector` counts anomalous inputs in blocks of `block_size` events and runs a
 one-sided CUSUM on a variance-stabilized block count (2*sqrt(x + 3/8) is close to N(0, 1)
 shifted for Poisson-like counts), with the threshold derived from the false-alarm budget like
-the drift detectors (`detectors.calibration`). The reference rate is cross-fitted: ranges
+the drift detectors (`detectors.stats.calibration`). The reference rate is cross-fitted: ranges
 from half the reference, rate measured on the other half, so it is not biased to zero by
 judging the reference against itself, and the CUSUM assumes an upper confidence bound of it
 (an underestimated in-control rate would multiply false alarms).
@@ -23,16 +23,17 @@ from __future__ import annotations
 import math
 import zlib
 from abc import abstractmethod
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from detectors.base import Detector, Finding, Kind, Severity
-from detectors.calibration import cusum_threshold, steps_budget
+from detectors.baseline import Baseline, ReferenceSample
+from detectors.settings import InputAnomalySettings
 from detectors.state_codec import set_items
-from streams.batch import ModelBatch, object_array
+from detectors.stats.calibration import cusum_threshold, steps_budget
+from detectors.stats.cusum import Cusum
+from streams.batch import ModelBatch
 
 CATEGORY_CACHE = 10_000  # per feature: value -> bucket memo, bounded
 
@@ -174,67 +175,11 @@ class InputProfile:
         return self.numeric_names + self.categorical_names
 
 
-@dataclass
-class ReferenceSample:
-    """Collects a model's first `size` events, column by column, to build an `InputProfile`."""
-
-    size: int
-    numeric: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    categorical: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    count: int = 0
-
-    def add(self, batch: ModelBatch) -> int:
-        """Takes what the reference still needs; returns how many events of the batch it took.
-        A feature absent from some batches is padded with missing values, so columns align."""
-        take = min(len(batch), self.size - self.count)
-        for store, columns, missing in (
-            (self.numeric, batch.numeric, np.nan),
-            (self.categorical, batch.categorical, None),
-        ):
-            for name in store.keys() | columns.keys():
-                parts = store.setdefault(name, [])
-                if not parts and self.count:
-                    parts.append(
-                        np.full(self.count, missing, dtype=object if missing is None else float)
-                    )
-                column = columns.get(name)
-                if column is None:
-                    column = np.full(take, missing, dtype=object if missing is None else float)
-                parts.append(column[:take])
-        self.count += take
-        return take
-
-    def state(self) -> dict[str, Any]:
-        """Plain data: each column collected so far, joined (categories as a list)."""
-        numeric, categorical = self.columns()
-        return {
-            "size": self.size,
-            "count": self.count,
-            "numeric": numeric,
-            "categorical": {name: column.tolist() for name, column in categorical.items()},
-        }
-
-    @classmethod
-    def of_state(cls, state: dict[str, Any]) -> ReferenceSample:
-        return cls(
-            size=state["size"],
-            numeric={name: [column] for name, column in state["numeric"].items()},
-            categorical={name: [object_array(v)] for name, v in state["categorical"].items()},
-            count=state["count"],
-        )
-
-    @property
-    def full(self) -> bool:
-        return self.count >= self.size
-
-    def columns(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        numeric = {n: np.concatenate(p) for n, p in self.numeric.items()}
-        categorical = {n: np.concatenate(p) for n, p in self.categorical.items()}
-        return numeric, categorical
-
-
 class ProfiledDetector(Detector):
-    """A detector that first learns the model's `InputProfile` from its first events."""
+    """A detector judging inputs against the model's `InputProfile`, built from the reference
+    handed over, else from the first events (`detectors.baseline`)."""
+
+    baseline = Baseline.REFERENCE
 
     def __init__(self, model: str, reference_size: int) -> None:
         self.model = model
@@ -271,23 +216,6 @@ class ProfiledDetector(Detector):
         """Builds the profile (and whatever else the detector needs) from the reference."""
 
 
-class InputAnomalySettings(BaseModel):
-    """Population-level `input_anomaly`: share of out-of-reference inputs in a model's traffic."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    reference_size: int = Field(3000, ge=200)
-    tail_quantile: float = Field(0.0025, gt=0, lt=0.1)  # each numeric range: central 99.5%
-    block_size: int = Field(200, ge=20)
-    min_rate_ratio: float = Field(3.0, gt=1)  # the rise (x reference rate) tuned to catch fast
-    min_excess_share: float = Field(0.01, ge=0)  # practical floor: share above reference rate
-    critical_rate_ratio: float = Field(10.0, gt=1)
-    # Used standalone; in a model, the registry passes `budget_share` of the model's budget.
-    false_alarms_per_million: float = Field(0.1, gt=0)
-    budget_share: float = Field(0.1, ge=0, le=1)  # of the model's false-alarm budget
-
-
 class InputAnomalyDetector(ProfiledDetector):
     """`input_anomaly` (subject `*`): see the module docstring for the method."""
 
@@ -313,24 +241,34 @@ class InputAnomalyDetector(ProfiledDetector):
                 {**self.settings.model_dump(), **updates}
             )
         super().__init__(model, self.settings.reference_size)
+        self._start()
+
+    def _start(self) -> None:
+        """Nothing measured yet: the state of a detector without a profile."""
         self.measured_rate = 0.0  # out-of-reference share, cross-fitted on the reference
         self.rate = 0.0  # its upper confidence bound: the in-control rate the CUSUM assumes
-        self.k = self.h = 0.0
-        self.cusum = 0.0
+        self.cusum = Cusum(0.0, 0.0)
         self.pending = np.zeros((0, 0), dtype=bool)  # per event x feature, not yet in a block
         self.window_hits = 0  # anomalous events since the CUSUM last left zero
         self.window_count = 0
         self.window_features: np.ndarray = np.zeros(0)
         self.seen = 0
 
+    def set_reference(self, reference: ModelBatch) -> None:
+        """Builds the profile from the reference at once and starts afresh (shares judged
+        against another profile would not compare)."""
+        self._start()
+        self.reference = None
+        self._learn(reference.numeric, reference.categorical)
+
     def state(self) -> dict[str, Any]:
         return {
             **self.profiled_state(),
             "measured_rate": self.measured_rate,
             "rate": self.rate,
-            "k": self.k,
-            "h": self.h,
-            "cusum": self.cusum,
+            "k": self.cusum.k,
+            "h": self.cusum.h,
+            "cusum": self.cusum.state()["up"],
             "pending": self.pending,
             "window_hits": self.window_hits,
             "window_count": self.window_count,
@@ -341,7 +279,8 @@ class InputAnomalyDetector(ProfiledDetector):
     def load_state(self, state: dict[str, Any]) -> None:
         self.load_profiled(state)
         self.measured_rate, self.rate = state["measured_rate"], state["rate"]
-        self.k, self.h, self.cusum = state["k"], state["h"], state["cusum"]
+        self.cusum = Cusum(state["k"], state["h"])
+        self.cusum.load_state({"up": state["cusum"]})
         self.pending = state["pending"]
         self.window_hits, self.window_count = state["window_hits"], state["window_count"]
         self.window_features = state["window_features"]
@@ -378,9 +317,9 @@ class InputAnomalyDetector(ProfiledDetector):
         self.rate = max(self.measured_rate + RATE_BOUND_Z * spread, 1.0 / s.reference_size)
         self.profile = InputProfile(numeric, categorical, tail_quantile=s.tail_quantile)
         expected = s.block_size * self.rate
-        shift = _stabilized(s.min_rate_ratio * expected, expected)
-        self.k = shift / 2
-        self.h = cusum_threshold(self.k, steps_budget(s.block_size, 1, s.false_alarms_per_million))
+        k = _stabilized(s.min_rate_ratio * expected, expected) / 2
+        h = cusum_threshold(k, steps_budget(s.block_size, 1, s.false_alarms_per_million))
+        self.cusum = Cusum(k, h)
         self.pending = np.zeros((0, len(self.profile.feature_names)), dtype=bool)
         self.window_features = np.zeros(len(self.profile.feature_names))
 
@@ -397,19 +336,18 @@ class InputAnomalyDetector(ProfiledDetector):
             block = rows[b * s.block_size : (b + 1) * s.block_size]
             hits = int(block.any(axis=1).sum())
             self.seen += s.block_size
-            if self.cusum == 0.0:
+            if self.cusum.drift_detected or self.cusum.statistic == 0.0:
                 self.window_hits, self.window_count = 0, 0
                 self.window_features[:] = 0
-            self.cusum = max(0.0, self.cusum + _stabilized(hits, expected) - self.k)
+            self.cusum.update(_stabilized(hits, expected))
             self.window_hits += hits
             self.window_count += s.block_size
             self.window_features += block.sum(axis=0)
-            if self.cusum > self.h:
+            if self.cusum.drift_detected:
                 index = start + (b + 1) * s.block_size - 1 - carried
                 finding = self._finding(batch, index)
                 if finding is not None:
                     findings.append(finding)
-                self.cusum = 0.0
         return findings
 
     def _finding(self, batch: ModelBatch, index: int) -> Finding | None:
@@ -437,8 +375,8 @@ class InputAnomalyDetector(ProfiledDetector):
             position=batch.position(index),
             detector=self.name,
             statistic="cusum_anomalous_share",
-            value=round(self.cusum, 4),
-            threshold=round(self.h, 4),
+            value=round(self.cusum.statistic, 4),
+            threshold=round(self.cusum.h, 4),
             effect_size=round(ratio, 3),
             support=self.window_count,
             title=f"{share:.1%} of inputs out of reference range ({ratio:.1f}x the usual "
@@ -450,7 +388,7 @@ class InputAnomalyDetector(ProfiledDetector):
                 "share_by_feature": top,
                 "events_since_change": self.window_count,
                 "block_size": s.block_size,
-                "k": round(self.k, 4),
+                "k": round(self.cusum.k, 4),
                 "events_seen": self.seen,
             },
         )

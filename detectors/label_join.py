@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from streams.batch import ModelBatch, floats_or_none
-from streams.events import Position
+from streams.events import Position, Target
 
 _NO_SCORES = -1  # the class-names code of a prediction without class scores
 _KEPT_SCORES = -2  # ... of one whose scores are kept as given (`_Pending.kept`)
@@ -215,9 +215,10 @@ class _Pending:
         # fromiter: an object that is a sequence stays one object (numpy would unpack a list).
         versions = map(interned.setdefault, versions, versions)  # type: ignore[assignment]
         self.versions[rows] = np.fromiter(versions, dtype=object, count=count)
+        values: list[object] | list[Target | None] = predictions
         if str in set(map(type, predictions)):
-            predictions = [interned.setdefault(p, p) if type(p) is str else p for p in predictions]
-        self.predictions[rows] = np.fromiter(predictions, dtype=object, count=count)
+            values = [interned.setdefault(p, p) if type(p) is str else p for p in predictions]
+        self.predictions[rows] = np.fromiter(values, dtype=object, count=count)
         if self.score is None and score is not None and not np.isnan(score).all():
             self.score = np.full(len(self.alive), np.nan)
         if self.score is not None:
@@ -516,7 +517,11 @@ class _Pending:
 # The values of some predictions, aligned: (ts, versions, predictions, scores, lone scores
 # with NaN where absent, or None for none at all).
 _Columns = tuple[
-    np.ndarray, list[str | None], list[object], list[dict[str, float] | None], np.ndarray | None
+    np.ndarray,
+    list[str | None],
+    list[Target | None],
+    list[dict[str, float] | None],
+    np.ndarray | None,
 ]
 
 
@@ -532,7 +537,7 @@ def _pick(columns: _Columns, indices: list[int]) -> _Columns:
     )
 
 
-def _dicts(names: tuple[str, ...], values: np.ndarray) -> list[dict[str, float]]:
+def _dicts(names: tuple[str, ...], values: np.ndarray) -> list[dict[str, float] | None]:
     """One dict per row of `values`; two classes (the usual case) by a dict display over the
     two columns, about 3x faster than dict(zip())."""
     if len(names) == 2:
@@ -654,7 +659,7 @@ class LabelJoin:
     def _add_labels(
         self,
         ids: list[str],
-        values: list[object],
+        values: list[Target],
         ts: np.ndarray,
         positions: list[Position],
         out: list[Joined],

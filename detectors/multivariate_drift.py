@@ -36,27 +36,18 @@ from itertools import repeat
 from typing import Any
 
 import numpy as np
-from pydantic import Field
 from scipy.special import ndtri
 
 from detectors.base import Finding, Kind, Severity, Verdict
-from detectors.calibration import NormalScores, window_alpha
-from detectors.reference import ReferenceDetector, ReferenceSettings, reference_type
+from detectors.reference import ReferenceDetector, is_none, reference_type
+from detectors.settings import MultivariateDriftSettings
+from detectors.stats.calibration import window_alpha
+from detectors.stats.scores import NormalScores
 from streams.batch import ModelBatch
 
 MIN_REFERENCE_EVENTS = 400
 MIN_FEATURE_VALUES = 50  # non-missing values a feature needs in the fitted half to take part
 TOP_FEATURES = 5
-
-
-class MultivariateDriftSettings(ReferenceSettings):
-    """Sensitivity of the multivariate test (`features` overrides are not used: one test)."""
-
-    budget_share: float = Field(0.05, ge=0, le=1)
-    window: int = Field(1000, ge=200)  # events per tumbling window
-    explained_variance: float = Field(0.65, gt=0, lt=1)  # kept by the components (NannyML's)
-    min_relative_change: float = Field(0.05, ge=0)  # floor: |window error / reference - 1|
-    critical_relative_change: float = Field(0.25, gt=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +74,7 @@ class Columns:
         if kind == "numeric":
             column = self.numeric.get(name)
             return 0 if column is None else int(np.count_nonzero(~np.isnan(column)))
-        return self.size - int(np.count_nonzero(np.equal(self.categories(name), None)))
+        return self.size - int(np.count_nonzero(is_none(self.categories(name))))
 
     def categories(self, name: str) -> np.ndarray:
         """A categorical feature's values, None where missing (a value of its own here)."""

@@ -1,18 +1,19 @@
 """Numeric feature drift: calibrated Page-Hinkley tests on block normal scores.
 
 Per feature, values are mapped to N(0,1) scores through the reference distribution
-(`NormalScores`), averaged over blocks of `block_size` values, and each block feeds two River
-Page-Hinkley tests with no forgetting (that is, two-sided CUSUMs): one on the block mean
+(`NormalScores`), averaged over blocks of `block_size` values, and each block feeds two
+Page-Hinkley tests with no forgetting (two-sided CUSUMs around the running mean of the block
+statistics, `detectors.stats.cusum`, as River's `PageHinkley(alpha=1)`): one on the block mean
 (location shifts) and one on the Wilson-Hilferty transform of the block's variance
 (spread changes). Both block statistics are N(0,1) in control, so the thresholds come from
 this detector's share of the model's false-alarm budget (`detectors.registry`), split over its
-4 one-sided tests per feature (`detectors.calibration`).
+4 one-sided tests per feature (`detectors.stats.calibration`).
 
 Raw River detectors at their defaults are noisy precisely because their inputs are neither
 standardized nor aggregated; here they are both. A detection becomes a finding only when its
 effect size, measured over the blocks since the estimated change point, clears a practical
 significance floor, so trivial shifts on huge streams stay quiet. An alarm whose effect is under
-the floor is not dropped: River's test restarts on the new data at every alarm, so it would
+the floor is not dropped: the test restarts on the new data at every alarm, so it would
 never fire again for a change it has already seen. The monitor keeps watching instead: it
 extends the alarm's since-change summary with every later block and reports the shift at the
 first block where the effect since the change clears the floor (a real 0.22 std shift measured
@@ -21,81 +22,31 @@ at 0.19 over the alarm's few blocks), and stays quiet while it does not.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from pydantic import Field
 
 from detectors.base import Finding, Kind, Severity, Verdict
-from detectors.calibration import NormalScores, cusum_threshold, steps_budget
 from detectors.reference import (
     ReferenceDetector,
-    ReferenceSettings,
     is_continuous,
     present_numbers,
     watch,
 )
+from detectors.settings import NumericDriftSettings
+from detectors.stats.calibration import cusum_threshold, steps_budget
+from detectors.stats.cusum import Cusum, drifts
+from detectors.stats.scores import NormalScores
 from streams.batch import ModelBatch
-
-_PAGE_HINKLEY_MODULE = "river.drift.page_hinkley"
-
-
-def _river_page_hinkley() -> type:
-    """River's PageHinkley, loaded without running `river/drift/__init__.py`.
-
-    That package module imports River's example drift datasets, which import scikit-learn and
-    pandas: about 150 MB of resident memory in every Bulwark process, for a class that needs
-    only `river.stats` and `river.base`. The module is loaded from River's own file under its
-    own name, so a later `import river.drift` reuses it; should River move the file, the
-    usual import is used.
-    """
-    if _PAGE_HINKLEY_MODULE in sys.modules:
-        return sys.modules[_PAGE_HINKLEY_MODULE].PageHinkley
-    import river
-
-    path = Path(river.__file__).parent / "drift" / "page_hinkley.py"
-    spec = importlib.util.spec_from_file_location(_PAGE_HINKLEY_MODULE, path)
-    if not path.is_file() or spec is None or spec.loader is None:
-        from river.drift import PageHinkley as usual
-
-        return usual
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[_PAGE_HINKLEY_MODULE] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[_PAGE_HINKLEY_MODULE]
-        raise
-    return module.PageHinkley
-
-
-if TYPE_CHECKING:
-    from river.drift import PageHinkley
-else:
-    PageHinkley = _river_page_hinkley()
 
 RECENT_BLOCKS = 64  # how far back the change point and effect size are estimated
 # What a `NumericMonitor` holds. A checkpoint of another layout is not resumed: the detector
-# is rebuilt from the reference (2: alarms under the floor are watched).
-MONITOR_LAYOUT = 2
-
-
-class NumericDriftSettings(ReferenceSettings):
-    """Sensitivity of numeric drift detection; per-feature overrides of min_detectable_shift,
-    min_effect_size, min_log_scale_change and critical_effect_size."""
-
-    budget_share: float = Field(0.2, ge=0, le=1)  # of the model's false-alarm budget
-    block_size: int = Field(50, ge=10)
-    min_detectable_shift: float = Field(0.25, gt=0)  # in reference standard deviations
-    min_effect_size: float = Field(0.2, ge=0)  # practical-significance floor (std units)
-    min_log_scale_change: float = Field(0.2, ge=0)  # floor for spread: |log(std ratio)|
-    critical_effect_size: float = Field(1.0, gt=0)
+# is rebuilt from the reference (2: alarms under the floor are watched; 3: the tests' state
+# is the shared CUSUM's, no longer River's attributes).
+MONITOR_LAYOUT = 3
 
 
 @dataclass(slots=True)
@@ -168,8 +119,8 @@ class NumericMonitor:
         self.ref_quantiles = [float(q) for q in np.quantile(reference, [0.05, 0.5, 0.95])]
         self.block_size = block_size
         self.k, self.h = k, h
-        self.location = PageHinkley(min_instances=1, delta=k, threshold=h, alpha=1.0)
-        self.spread = PageHinkley(min_instances=1, delta=k, threshold=h, alpha=1.0)
+        self.location = _page_hinkley(k, h)
+        self.spread = _page_hinkley(k, h)
         self.pending_scores = np.empty(0)
         self.pending_raw = np.empty(0)
         self.recent: deque[_Block] = deque(maxlen=RECENT_BLOCKS)
@@ -184,8 +135,8 @@ class NumericMonitor:
             block = ref_scores[start : start + block_size]
             location.append(float(block.sum() / math.sqrt(len(block))))
             spread.append(float(_wilson_hilferty(np.var(block, ddof=1), len(block) - 1)))
-        _page_hinkley(self.location, location)
-        _page_hinkley(self.spread, spread)
+        drifts(self.location, location)
+        drifts(self.spread, spread)
 
     def state(self) -> dict[str, Any]:
         """Plain data: the sorted reference (the normal scores are rebuilt from it), the
@@ -198,8 +149,8 @@ class NumericMonitor:
             "block_size": self.block_size,
             "k": self.k,
             "h": self.h,
-            "location": _ph_state(self.location),
-            "spread": _ph_state(self.spread),
+            "location": self.location.state(),
+            "spread": self.spread.state(),
             "pending_scores": self.pending_scores,
             "pending_raw": self.pending_raw,
             # One row per block: mean score, variance, raw mean, count.
@@ -232,8 +183,8 @@ class NumericMonitor:
         monitor.ref_quantiles = state["ref_quantiles"]
         monitor.block_size = state["block_size"]
         monitor.k, monitor.h = state["k"], state["h"]
-        monitor.location = _ph_of_state(state["location"], monitor.k, monitor.h)
-        monitor.spread = _ph_of_state(state["spread"], monitor.k, monitor.h)
+        monitor.location = _page_hinkley(monitor.k, monitor.h).load_state(state["location"])
+        monitor.spread = _page_hinkley(monitor.k, monitor.h).load_state(state["spread"])
         monitor.pending_scores = state["pending_scores"]
         monitor.pending_raw = state["pending_raw"]
         monitor.recent = deque(
@@ -272,8 +223,8 @@ class NumericMonitor:
             )
         ]
         fired = {
-            "location": dict(_page_hinkley(self.location, location_stats)),
-            "spread": dict(_page_hinkley(self.spread, spread_stats)),
+            "location": dict(drifts(self.location, location_stats)),
+            "spread": dict(drifts(self.spread, spread_stats)),
         }
         alarms: list[NumericAlarm] = []
         if fired["location"] or fired["spread"] or self.watching:
@@ -477,48 +428,7 @@ def _wilson_hilferty(variance: float | np.ndarray, n: int) -> float | np.ndarray
     return (np.cbrt(variance) - (1 - 2 / (9 * n))) / math.sqrt(2 / (9 * n))
 
 
-def _page_hinkley(ph: PageHinkley, values: np.ndarray | list[float]) -> list[tuple[int, float]]:
-    """Feeds `values` to a River Page-Hinkley test; returns (index, statistic) of each alarm.
-
-    Through River's own `update` (a hand-inlined copy on its private state saved about
-    0.3 us per record, not worth tying the detector to River's internals)."""
-    alarms = []
-    for i, x in enumerate(values.tolist() if isinstance(values, np.ndarray) else values):
-        ph.update(x)
-        if ph.drift_detected:
-            alarms.append((i, _ph_value(ph)))
-    return alarms
-
-
-def _ph_value(ph: PageHinkley) -> float:
-    """The Page-Hinkley statistic that crossed the threshold (the larger of its two sides)."""
-    up = ph._sum_increase - ph._min_increase
-    down = ph._max_decrease - ph._sum_decrease
-    return float(max(up, down))
-
-
-# River's Page-Hinkley keeps its running state in these attributes (river/drift/page_hinkley.py
-# and river/stats/mean.py); a checkpoint stores them as numbers and sets them back.
-def _ph_state(ph: PageHinkley) -> list[float]:
-    """A Page-Hinkley test's running state: count and mean of the values, both cumulative
-    sums and their extremes, and whether the last value alarmed (the next one resets)."""
-    return [
-        float(ph._x_mean.n),
-        float(ph._x_mean._mean),
-        float(ph._sum_increase),
-        float(ph._sum_decrease),
-        float(ph._min_increase),
-        float(ph._max_decrease),
-        float(ph.drift_detected),
-    ]
-
-
-def _ph_of_state(state: list[float], k: float, h: float) -> PageHinkley:
-    """The test `_ph_state` described, configured as `NumericMonitor` configures it."""
-    ph = PageHinkley(min_instances=1, delta=k, threshold=h, alpha=1.0)
-    n, mean, up, down, low, high, alarmed = state
-    ph._x_mean.n, ph._x_mean._mean = n, mean
-    ph._sum_increase, ph._sum_decrease = up, down
-    ph._min_increase, ph._max_decrease = low, high
-    ph._drift_detected = bool(alarmed)
-    return ph
+def _page_hinkley(k: float, h: float) -> Cusum:
+    """River's Page-Hinkley test with no forgetting, as this monitor runs it: a two-sided
+    CUSUM around the running mean of the block statistics since its last alarm."""
+    return Cusum(k, h, two_sided=True, running_mean=True)

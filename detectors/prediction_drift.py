@@ -22,33 +22,18 @@ from itertools import repeat
 from typing import Any
 
 import numpy as np
-from pydantic import Field
 
 from detectors.base import Finding, Kind
-from detectors.calibration import window_alpha
 from detectors.categorical_drift import CategoricalMonitor, PsiFloors
 from detectors.numeric_drift import MONITOR_LAYOUT, Floors, NumericMonitor, numeric_arl0
-from detectors.reference import Monitor, ReferenceDetector, ReferenceSettings, is_continuous, watch
+from detectors.reference import Monitor, ReferenceDetector, is_continuous, is_none, watch
+from detectors.settings import PredictionDriftSettings
+from detectors.stats.calibration import window_alpha
 from streams.batch import ModelBatch
 
 MIN_REFERENCE_VALUES = 200
 MAX_CLASS_SUBJECTS = 20  # per-class score subjects of a multiclass model, at most
 CLASS_PREFIX = "score:"
-
-
-class PredictionDriftSettings(ReferenceSettings):
-    """Sensitivity of prediction drift (the floors mean what they mean for features);
-    per-subject overrides under `features`, e.g. `features = {score = {min_effect_size = 0.5}}`."""
-
-    block_size: int = Field(50, ge=10)
-    min_detectable_shift: float = Field(0.25, gt=0)
-    min_effect_size: float = Field(0.2, ge=0)
-    min_log_scale_change: float = Field(0.2, ge=0)
-    critical_effect_size: float = Field(1.0, gt=0)
-    window: int = Field(1000, ge=100)
-    min_expected: float = Field(10.0, ge=1)
-    min_psi: float = Field(0.1, ge=0)
-    critical_psi: float = Field(0.25, gt=0)
 
 
 class PredictionDriftDetector(ReferenceDetector):
@@ -89,13 +74,14 @@ class PredictionDriftDetector(ReferenceDetector):
             subject = "class_proportions" if output == "prediction" and not numeric else output
             if numeric:
                 arl0 = numeric_arl0(s.block_size, 1, share)
-                floors: Floors | PsiFloors = Floors(
+                numeric_floors = Floors(
                     s.of(subject, "min_effect_size"),
                     s.of(subject, "min_log_scale_change"),
                     s.of(subject, "critical_effect_size"),
                 )
                 shift = s.of(subject, "min_detectable_shift")
-                monitor: Monitor = NumericMonitor(values, s.block_size, shift, arl0, floors)
+                monitor: Monitor = NumericMonitor(values, s.block_size, shift, arl0, numeric_floors)
+                floors: Floors | PsiFloors = numeric_floors
             else:
                 alpha = window_alpha(share, s.window, 1)
                 floors = PsiFloors(s.of(subject, "min_psi"), s.of(subject, "critical_psi"))
@@ -157,7 +143,7 @@ class PredictionDriftDetector(ReferenceDetector):
             raw = np.array(batch.predictions, dtype=object)
             if subject == "prediction":
                 raw = np.array([_number(v) for v in raw], dtype=np.float64)
-        missing = np.isnan(raw) if raw.dtype != object else np.equal(raw, None)
+        missing = np.isnan(raw) if raw.dtype != object else is_none(raw)
         index = np.flatnonzero(~missing)
         return raw[index], index
 
@@ -174,7 +160,9 @@ def _class_scores(scores: list[dict[str, float] | None], positive: str | None) -
     event has no scores."""
     if positive is not None and None not in scores:
         # The usual case: every event has scores. dict.get runs in C, no Python per event.
-        return np.fromiter(map(dict.get, scores, repeat(positive), repeat(np.nan)), np.float64)
+        # (No None among them, which the stubs cannot see.)
+        get: Any = dict.get
+        return np.fromiter(map(get, scores, repeat(positive), repeat(np.nan)), np.float64)
     return np.array(
         [
             np.nan if not d else d.get(positive, np.nan) if positive else max(d.values())

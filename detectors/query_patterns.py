@@ -60,7 +60,6 @@ from typing import Any
 
 import numpy as np
 from numpy.polynomial import polynomial
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from scipy.special import ndtri
 
 from detectors.base import Finding, Kind, Severity
@@ -76,6 +75,7 @@ from detectors.input_anomaly import (
     ProfiledDetector,
     reference_batch,
 )
+from detectors.settings import QueryPatternSettings
 from streams.batch import ModelBatch
 
 DAY = 86_400.0
@@ -102,44 +102,6 @@ PRIOR_CLIENTS = 24  # pseudo-clients drawn from the reference per history bucket
 # A padded distance block's fixed cost (its numpy calls), in distance entries: a client group
 # joins a block unless that adds more padding than this (`_segments`).
 SEGMENT_OVERHEAD = 20_000
-
-
-class QueryPatternSettings(BaseModel):
-    """Per-client query-pattern detection (`suspicious_client`).
-
-    Memory: `max_state_mb` bounds the per-client state whatever the number of clients
-    (config key `detectors.query_patterns.max_state_mb`); see docs/query-patterns.md."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    reference_size: int = Field(3000, ge=200)  # events that define the input profile
-    false_clients_per_thousand: float = Field(1.0, gt=0, le=100)  # per client and day
-    max_clients: int = Field(50_000, ge=10)
-    # MiB for the per-client state of all tracked clients (per model and partition), rings
-    # mostly: at most budget / (buffer_size x (4 (dim + 2) + 64) + 1,100) clients are tracked
-    # (about 1,100 at the default with 38 encoded features), if fewer than max_clients; beyond,
-    # the least recently seen is evicted. Snapshots hold only the entries in use.
-    max_state_mb: float = Field(64.0, ge=0.5, le=65_536)
-    buffer_size: int = Field(256, ge=32, le=4096)
-    min_queries: int = Field(20, ge=10)
-    check_every: int = Field(10, ge=1)
-    k_neighbours: int = Field(5, ge=1, le=50)
-    repeat_distance: float = Field(0.01, ge=0)  # smaller coordinate change: no change
-    entity_changes: int = Field(2, ge=0)  # at most this many coordinates changed: same entity
-    probe_step: float = Field(0.05, gt=0)  # one coordinate moved by at most this: a probe
-    low_margin: float = Field(0.1, gt=0, lt=1)  # top-two score gap counted as "low margin"
-    # The benign null: clients' latest look values fresher than this, at least this many.
-    null_window_seconds: float = Field(24 * 3600.0, gt=0)
-    min_null_clients: int = Field(12, ge=5)
-    fingerprint_tables: int = Field(3, ge=1, le=8)
-    fingerprint_projections: int = Field(6, ge=2, le=32)
-    fingerprint_width: float = Field(0.05, gt=0)  # in robust (IQR) units
-    fingerprint_horizon_seconds: float = Field(3600.0, gt=0)
-    max_fingerprints: int = Field(65_536, ge=1024)
-    fingerprint_salt: str = ""  # salts the projections: attackers cannot aim between buckets
-    critical_factor: float = Field(1e-3, gt=0, le=1)  # p below threshold x this: critical
-    client_id_key: SecretStr | None = None  # set: clients are known by HMAC-SHA256 only
 
 
 # Columns of a client's per-query record (one row per query in its ring).

@@ -1,9 +1,8 @@
-"""Judging against a reference: the one way a detector gets it, learned or given.
+"""Judging against a reference: the base of the drift and data-quality detectors.
 
-A reference is a `ModelBatch` of predictions deemed normal. By default it is the model's first
-`reference_size` events on the partition; a stored reference (training data, a chosen day)
-replaces it through `set_reference`. Either way the detector builds its monitors once, from
-the whole reference, in `set_reference`.
+A reference is a `ModelBatch` of predictions deemed normal, handed over by `set_reference` or
+learned from the first events (`detectors.baseline` says which). Either way the detector
+builds its monitors once, from the whole reference, in `set_reference`.
 """
 
 from __future__ import annotations
@@ -12,10 +11,11 @@ from abc import abstractmethod
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from detectors.base import Detector, Finding, Kind, Verdict
-from streams.batch import ModelBatch, concat_batches
+from detectors.baseline import Baseline, FirstEvents
+from detectors.settings import ReferenceDetectorSettings
+from streams.batch import ModelBatch
 
 MIN_DISTINCT_VALUES = 10  # fewer distinct reference values: a code, not a measurement
 
@@ -25,34 +25,20 @@ def is_continuous(values: np.ndarray) -> bool:
     return len(np.unique(values)) >= MIN_DISTINCT_VALUES
 
 
-class ReferenceSettings(BaseModel):
-    """What every reference-based detector's settings have: its share of the model's
-    false-alarm budget, and per-feature overrides of its other settings, e.g.
-    `features = {amount = {min_effect_size = 0.5}}`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    budget_share: float = Field(0.2, ge=0, le=1)
-    features: dict[str, dict[str, float]] = Field(default_factory=dict)
-
-    def of(self, feature: str, key: str) -> float:
-        """A setting for one feature: its override if any, else the detector's value."""
-        return self.features.get(feature, {}).get(key, getattr(self, key))
-
-
 class ReferenceDetector(Detector):
     """A detector that learns its reference from the first events unless one is set.
 
     `false_alarms_per_million` is this detector's part of the model's budget (see
     `detectors.registry`); it splits it over its own tests when it builds its monitors."""
 
-    settings_type: ClassVar[type[ReferenceSettings]]
-    configuration = ("settings", "budget", "reference_size")
+    baseline = Baseline.REFERENCE
+    settings_type: ClassVar[type[ReferenceDetectorSettings]]
+    configuration: ClassVar[tuple[str, ...]] = ("settings", "budget", "reference_size")
 
     def __init__(
         self,
         model: str,
-        settings: ReferenceSettings | None = None,
+        settings: ReferenceDetectorSettings | None = None,
         reference_size: int = 3000,
         false_alarms_per_million: float = 0.1,
     ) -> None:
@@ -60,44 +46,36 @@ class ReferenceDetector(Detector):
         self.settings = settings or self.settings_type()
         self.budget = false_alarms_per_million
         self.reference_size = reference_size
-        self.pending: list[ModelBatch] = []
-        self.pending_count = 0
+        self.first = FirstEvents(reference_size)  # learning, until a reference is set
         self.ready = False
 
     def update(self, batch: ModelBatch) -> list[Finding]:
         if not self.ready:
-            take = min(len(batch), self.reference_size - self.pending_count)
-            if take > 0:
-                self.pending.append(batch.slice(0, take))
-                self.pending_count += take
-            if self.pending_count < self.reference_size:
+            take = self.first.add(batch)
+            if not self.first.full:
                 return []
-            self.set_reference(concat_batches(self.pending))
+            self.set_reference(self.first.reference())
             if take == len(batch):
                 return []
             batch = batch.slice(take, len(batch))
         return self.monitor(batch)
 
     def set_reference(self, reference: ModelBatch) -> None:
-        self.pending, self.pending_count = [], 0
+        self.first.clear()
         self.build(reference)
         self.ready = True
 
     def state(self) -> dict[str, Any]:
         """The reference still being learned (its events so far, as one batch), or the
         monitors built from it (`built_state`)."""
-        pending = concat_batches(self.pending).to_data() if self.pending else None
         return {
             "ready": self.ready,
-            "pending": pending,
-            "pending_count": self.pending_count,
+            **self.first.state(),
             "built": self.built_state() if self.ready else None,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        pending = state["pending"]
-        self.pending = [] if pending is None else [ModelBatch.of_data(pending)]
-        self.pending_count = state["pending_count"]
+        self.first.load_state(state)
         self.ready = state["ready"]
         if self.ready:
             self.load_built(state["built"])
@@ -158,6 +136,15 @@ def present_numbers(batch: ModelBatch, name: str) -> tuple[np.ndarray, np.ndarra
     return column[valid], valid
 
 
+# numpy's stubs refuse None as an operand; the ufunc compares each object with it, in C.
+_NONE: Any = None
+
+
+def is_none(column: np.ndarray) -> np.ndarray:
+    """Per entry of an object column, whether it is missing (None)."""
+    return np.equal(column, _NONE)
+
+
 def numeric_values(batch: ModelBatch, name: str) -> np.ndarray:
     """A feature's non-missing numbers (empty when the batch has none)."""
     column = batch.numeric.get(name)
@@ -167,7 +154,7 @@ def numeric_values(batch: ModelBatch, name: str) -> np.ndarray:
 def category_values(batch: ModelBatch, name: str) -> np.ndarray:
     """A feature's non-missing strings and booleans (empty when the batch has none)."""
     column = batch.categorical.get(name)
-    return np.empty(0, dtype=object) if column is None else column[~np.equal(column, None)]
+    return np.empty(0, dtype=object) if column is None else column[~is_none(column)]
 
 
 def reference_type(reference: ModelBatch, name: str) -> str | None:

@@ -29,39 +29,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator
 from scipy.special import kolmogi
 
 from detectors.base import Finding, Kind, Severity, Verdict
-from detectors.calibration import window_alpha
 from detectors.reference import (
     ReferenceDetector,
-    ReferenceSettings,
     is_continuous,
     present_numbers,
     watch,
 )
+from detectors.settings import ShapeDriftSettings
+from detectors.stats.calibration import window_alpha
 from streams.batch import ModelBatch
 
 MIN_REFERENCE_VALUES = 200
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 WASSERSTEIN_GRID = np.linspace(0.0025, 0.9975, 400)
-
-
-class ShapeDriftSettings(ReferenceSettings):
-    """Sensitivity of shape drift; per-feature overrides of min_ks and critical_ks."""
-
-    budget_share: float = Field(0.05, ge=0, le=1)
-    windows: list[int] = Field(default_factory=lambda: [1000, 5000])  # window sizes, values
-    min_ks: float = Field(0.05, ge=0, le=1)  # practical floor: KS distance
-    critical_ks: float = Field(0.25, gt=0, le=1)
-
-    @field_validator("windows")
-    @classmethod
-    def _windows_valid(cls, windows: list[int]) -> list[int]:
-        if not windows or min(windows) < 100 or len(set(windows)) != len(windows):
-            raise ValueError("windows must be distinct sizes of at least 100 values")
-        return sorted(windows)
 
 
 @dataclass(slots=True)

@@ -28,9 +28,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from detectors.base import Detector, Finding, Kind, Severity
+from detectors.baseline import Baseline
+from detectors.settings import StreamStallSettings
 from streams.batch import ModelBatch
 from streams.events import Position
 
@@ -38,19 +39,6 @@ _SMALLEST = 0.001  # seconds: gaps up to this are one bin (bursts, equal timesta
 _PER_DOUBLING = 4
 _BINS = 1 + 40 * _PER_DOUBLING
 _DECAY_AT = 1 << 20  # gaps counted: beyond it the histogram is halved (slow drift is followed)
-
-
-class StreamStallSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    factor: float = Field(5.0, gt=1)  # a stall is this many times the stream's long gaps
-    quantile: float = Field(0.999, gt=0.5, lt=1)  # which gaps count as "long but usual"
-    min_gaps: int = Field(1000, ge=20)  # gaps seen before judging
-    min_span: float = Field(2 * 86400.0, ge=0)  # seconds of event time seen before judging
-    # A silence must also exceed the longest gap seen at least twice by this factor.
-    recurring_margin: float = Field(1.5, ge=1)
-    min_stall: float = Field(300.0, gt=0)  # seconds: shorter silences are never a stall
 
 
 def _bin(gaps: np.ndarray) -> np.ndarray:
@@ -64,6 +52,7 @@ def _upper_edge(index: int) -> float:
 
 class StreamStallDetector(Detector):
     name = "stream_stall"
+    baseline = Baseline.NONE  # each stream's own gaps
 
     def __init__(self, model: str, settings: StreamStallSettings) -> None:
         self.model = model

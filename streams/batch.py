@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from streams.decode import DecodedBatch, LabelGroup, PredictionGroup, feature_columns
-from streams.events import FeatureValue, Label, Position, Prediction
+from streams.events import FeatureValue, Label, Position, Prediction, Target
 
 _offset = attrgetter("offset")
 _value = attrgetter("value")
@@ -35,7 +35,7 @@ def own_partition(source: str, partition: int) -> PartitionKey:
 @dataclass(slots=True)
 class LabelColumns:
     ids: list[str]
-    values: list[object]
+    values: list[Target]
     ts: np.ndarray
     offsets: np.ndarray
     positions: list[Position] | None = None  # each label's real source position
@@ -70,7 +70,7 @@ class ModelBatch:
     rows: list[dict[str, FeatureValue]]  # the feature objects as received
     numeric: dict[str, np.ndarray] = field(default_factory=dict)  # NaN: missing or not a number
     categorical: dict[str, np.ndarray] = field(default_factory=dict)  # object; None: missing
-    predictions: list[object] = field(default_factory=list)
+    predictions: list[Target | None] = field(default_factory=list)
     scores: list[dict[str, float] | None] = field(default_factory=list)
     score: np.ndarray | None = None  # the optional single `score`, NaN where absent
     labels: LabelColumns | None = None

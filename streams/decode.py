@@ -88,7 +88,7 @@ _NUMBER_TYPES = frozenset({int, float})
 _OPTIONAL_NUMBER_TYPES = frozenset({int, float, NoneType})
 _OPTIONAL_TARGET_TYPES = frozenset({int, float, str, bool, NoneType})
 _IDENTIFIER_TYPES = frozenset({str, int})
-_OPTIONAL_IDENTIFIER_TYPES = frozenset({str, int, NoneType})
+_OPTIONAL_IDENTIFIER_TYPES: frozenset[type] = frozenset({str, int, NoneType})
 _PREDICTION_FIELDS = frozenset(
     {
         "type",
@@ -170,7 +170,7 @@ class DecodedEvents(Sequence[E]):
 
     def __init__(self, count: int, build: Callable[[], list[E]]) -> None:
         self._count = count
-        self._build = build
+        self._build: Callable[[], list[E]] = build
         self._events: list[E] | None = None
 
     def __len__(self) -> int:
@@ -434,6 +434,24 @@ def _group_members(
 
 def _pick(items: list[Any], indices: list[int]) -> list[Any]:
     return list(map(items.__getitem__, indices))
+
+
+_A = TypeVar("_A")
+_B = TypeVar("_B")
+_C = TypeVar("_C")
+_D = TypeVar("_D")
+
+
+@overload
+def _select(
+    mask: list[bool], a: list[_A], b: list[_B], c: list[_C], /
+) -> tuple[list[_A], list[_B], list[_C]]: ...
+
+
+@overload
+def _select(
+    mask: list[bool], a: list[_A], b: list[_B], c: list[_C], d: list[_D], /
+) -> tuple[list[_A], list[_B], list[_C], list[_D]]: ...
 
 
 def _select(mask: list[bool], *columns: list[Any]) -> tuple[list[Any], ...]:

@@ -15,6 +15,7 @@ from io import BufferedIOBase
 from itertools import accumulate, compress, repeat
 from operator import add
 from pathlib import Path
+from typing import cast
 
 from streams.decode import DEFAULT_MAX_RECORD_BYTES
 from streams.events import Position, RawRecord
@@ -54,7 +55,8 @@ class FileSource:
     def batches(self) -> Iterator[tuple[list[RawRecord], int]]:
         """Yields (records, bytes consumed so far) so callers can show progress."""
         if self.path == STDIN:
-            yield from self._read(sys.stdin.buffer)
+            # A BufferedReader at run time (typed BinaryIO, which has no read1).
+            yield from self._read(cast(BufferedIOBase, sys.stdin.buffer))
         else:
             with open(self.path, "rb") as handle:
                 yield from self._read(handle)

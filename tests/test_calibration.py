@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from detectors.calibration import (
-    NormalScores,
-    TailPValue,
-    cusum_arl0,
-    cusum_threshold,
-    steps_budget,
-)
+from detectors.stats.calibration import cusum_arl0, cusum_threshold, steps_budget
+from detectors.stats.scores import NormalScores, TailPValue
 
 
 def _run_lengths(k: float, h: float, runs: int, rng: np.random.Generator) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from detectors.calibration import (
+from detectors.stats.calibration import (
     cusum_arl0,
     cusum_arl0_exact,
     cusum_threshold,

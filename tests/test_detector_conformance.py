@@ -10,6 +10,7 @@ so detectors have something to find. Events go through the real decoder, as in t
 - A snapshot is data only: it starts with the codec's magic, and a pickle is refused unread.
 - An empty batch and a labels-only batch are accepted and produce no findings.
 - A detector never reads the wall clock: time is the events' time.
+- A reference handed over is used exactly by the detectors declaring a reference baseline.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import pytest
 
 from detectors import state_codec
 from detectors.base import Detector, Finding
+from detectors.baseline import takes_reference
 from detectors.registry import DetectorSettings, build_detectors
 from detectors.state_codec import StateError
-from streams.batch import ModelBatch, split_batch
+from streams.batch import ModelBatch, concat_batches, split_batch
 from streams.decode import decode_batch
 from streams.events import Position, RawRecord
 
@@ -306,7 +308,7 @@ def test_a_detector_never_reads_the_wall_clock(name: str, monkeypatch: pytest.Mo
 def test_no_detector_module_imports_a_clock() -> None:
     """The run-time check above cannot see `from time import time`; this one can."""
     root = Path(__file__).resolve().parent.parent / "detectors"
-    for path in sorted(root.glob("*.py")):
+    for path in sorted(root.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -315,3 +317,27 @@ def test_no_detector_module_imports_a_clock() -> None:
             else:
                 continue
             assert not {"time", "datetime"} & set(names), f"{path.name} imports {names}"
+
+
+def events(first: int, last: int) -> list[ModelBatch]:
+    """The stream's batches cut to predictions [first, last) (their labels left out)."""
+    parts, seen_so_far = [], 0
+    for part in STREAM:
+        lo, hi = max(first - seen_so_far, 0), min(last - seen_so_far, len(part))
+        if lo < hi:
+            parts.append(part.slice(lo, hi))
+        seen_so_far += len(part)
+    return parts
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_reference_handed_over_is_used_exactly_when_declared(name: str) -> None:
+    """Judging the shifted half of the stream: against a reference of the first events it
+    was handed, a detector declaring a reference baseline judges otherwise than when it
+    learns its reference from the shifted events themselves; any other ignores it."""
+    reference = concat_batches(events(0, SETTINGS.reference_size))
+    shifted = events(SHIFT_AT, PREDICTIONS)
+    handed, learning = build(name), build(name)
+    handed.set_reference(reference)
+    differs = seen(run(handed, shifted)) != seen(run(learning, shifted))
+    assert differs == takes_reference(handed)

@@ -68,4 +68,4 @@ def test_the_model_wide_reference_size_and_budget_override_the_settings() -> Non
         "m", SETTINGS, reference_size=500, false_alarms_per_million=0.01
     )
     feed(stricter, rng.normal(size=(600, len(FEATURES))), 0)
-    assert stricter.h > detector.h
+    assert stricter.cusum.h > detector.cusum.h

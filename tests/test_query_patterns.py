@@ -17,10 +17,10 @@ from scipy import stats
 from agent.config import ConfigError, load_settings
 from detectors import state_codec
 from detectors.base import Finding, Kind
-from detectors.calibration import TailPValue
 from detectors.clients.null import STATISTICS
 from detectors.query_patterns import QueryPatternDetector, QueryPatternSettings, _shapiro_w
 from detectors.state_codec import StateError
+from detectors.stats.scores import TailPValue
 from streams.batch import ModelBatch
 from tests.conftest import run_cli
 

@@ -191,6 +191,26 @@ def test_stored_reference_catches_a_stream_drifted_from_its_first_event(
     assert Repository(database).list_incidents(IncidentFilter(model="fresh")) == []
 
 
+def test_a_stored_reference_reaches_the_input_anomaly_detector(
+    database: Database, tmp_path: Path
+) -> None:
+    """Inputs out of the stored reference's ranges from the first event on: judged against
+    the stored reference at once (it once learned its own from the stream, and saw nothing)."""
+    reference = tmp_path / "ref.jsonl"
+    reference.write_bytes(b"\n".join(events(3000, seed=11)))
+    _set(database.url, "fraud", reference)
+    drifted = events(1500, seed=12, shift=2.0, start=START + 10**6)
+    replay(settings_for(database.url), database, drifted, consumer="a", name="live")
+    incidents = Repository(database).list_incidents(IncidentFilter(kind="input_anomaly"))
+    assert [(i.model, i.subject) for i in incidents] == [("fraud", "*")]
+    assert incidents[0].first_seen - (START + 10**6) < 1000
+
+    # Without it, the stream is its own reference (not even learned yet): nothing.
+    lines = [line.replace(b'"fraud"', b'"fresh"') for line in drifted]
+    replay(settings_for(database.url), database, lines, consumer="b", name="live2")
+    assert Repository(database).list_incidents(IncidentFilter(model="fresh")) == []
+
+
 def test_learned_reference_is_persisted_once_and_reused_after_restart(
     database: Database,
 ) -> None:
