@@ -18,7 +18,7 @@ def test_the_agent_and_its_default_detectors_do_not_import_heavy_libraries() -> 
     """River's drift package would pull in scikit-learn and pandas (~150 MB resident); the
     API's framework costs every command ~0.15 s."""
     code = (
-        "import sys, agent.cli, agent.daemon, detectors.registry\n"
+        "import sys, agent.cli, agent.runtime.daemon, detectors.registry\n"
         "from detectors.numeric_drift import PageHinkley\n"
         "print(','.join(m for m in sys.argv[1:] if m in sys.modules))\n"
         "print(PageHinkley.__module__)\n"
