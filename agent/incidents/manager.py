@@ -50,8 +50,8 @@ def evidence_key(finding: Finding) -> str:
     )
 
 
-def finding_summary(finding: Finding) -> dict[str, Any]:
-    """What an incident's `details` shows of its latest evidence."""
+def _measured(finding: Finding) -> dict[str, Any]:
+    """What was measured: shown in an incident's details and stored with its evidence."""
     return {
         "detector": finding.detector,
         "statistic": finding.statistic,
@@ -59,8 +59,12 @@ def finding_summary(finding: Finding) -> dict[str, Any]:
         "threshold": finding.threshold,
         "effect_size": finding.effect_size,
         "support": finding.support,
-        **finding.details,
     }
+
+
+def finding_summary(finding: Finding) -> dict[str, Any]:
+    """What an incident's `details` shows of its latest evidence."""
+    return {**_measured(finding), **finding.details}
 
 
 class IncidentManager:
@@ -134,12 +138,7 @@ class IncidentManager:
 def _evidence(finding: Finding) -> dict[str, Any]:
     """The evidence columns of a finding."""
     return {
-        "detector": finding.detector,
-        "statistic": finding.statistic,
-        "value": finding.value,
-        "threshold": finding.threshold,
-        "effect_size": finding.effect_size,
-        "support": finding.support,
+        **_measured(finding),
         "severity": str(finding.severity),
         "ts": finding.ts,
         "source": finding.position.source,
