@@ -37,12 +37,16 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.exc import SQLAlchemyError
 
-from agent import distributions, lifecycle, metrics
+from agent import distributions, metrics
 from agent.config import Settings
+from agent.incidents import lifecycle
 from agent.samples import Sample
+from storage.contract import EvidenceJSON as EvidenceOut
+from storage.contract import IncidentOut, incident_out
+from storage.contract import NoteJSON as NoteOut
 from storage.db import Database
 from storage.models import Incident
-from storage.repository import IncidentFilter, Repository
+from storage.queries import IncidentFilter, Repository
 from streams.decode import InvalidEvent, parse_ts
 
 log = logging.getLogger(__name__)
@@ -60,58 +64,9 @@ SeverityName = Literal["info", "warning", "critical"]
 # --- response shapes (for the OpenAPI spec; the handlers return plain dicts of these) -------
 
 
-class Position(TypedDict):
-    source: str
-    partition: int
-    offset: int
-
-
-class IncidentOut(TypedDict):
-    """The contract's incident JSON (section 3) plus the incident it follows, if any."""
-
-    id: int
-    model: str
-    kind: str
-    subject: str
-    severity: str
-    status: str
-    title: str
-    first_seen: float
-    last_seen: float
-    count: int
-    details: dict[str, Any]
-    parent_id: int | None  # the root incident it was attributed to; null for a root
-    related: list[int]  # a root's attributed incidents (empty for the others)
-    related_ids: list[int]  # the same list, under the name the API used first
-    previous_id: int | None
-
-
 class IncidentPage(TypedDict):
     items: list[IncidentOut]
     next_cursor: str | None
-
-
-class EvidenceOut(TypedDict):
-    id: int
-    ts: float
-    detector: str
-    statistic: str
-    value: float
-    threshold: float
-    effect_size: float | None
-    support: int
-    severity: str
-    title: str
-    position: Position
-    details: dict[str, Any]
-
-
-class NoteOut(TypedDict):
-    id: int
-    author: str
-    text: str
-    action: str
-    created_at: float
 
 
 class IncidentDetail(IncidentOut):
@@ -289,7 +244,7 @@ def _incident_id(value: int) -> int:
 
 
 def _incident_json(incident: Incident) -> IncidentOut:
-    return {**incident.to_contract(), "previous_id": incident.previous_id}  # type: ignore[typeddict-item]
+    return incident_out(incident)
 
 
 def _author(request: Request, given: str | None) -> str:

@@ -27,8 +27,8 @@ from agent import tune_garbage_collector
 from agent.alerts.dispatcher import Delivering
 from agent.config import ConfigError, Settings, load_settings
 from agent.demo import demo_scenario
-from agent.pipeline import Pipeline
-from agent.replay import (
+from agent.runtime.pipeline import Pipeline
+from agent.runtime.replay import (
     REPLAY_CONSUMER,
     ReplayResult,
     memory_batches,
@@ -38,8 +38,8 @@ from agent.replay import (
 )
 from detectors.base import Kind
 from storage.db import Database, DatabaseError, data_dir, default_url, redact
-from storage.models import OPEN_STATUSES
-from storage.repository import IncidentFilter, Repository
+from storage.enums import OPEN_STATUSES, IncidentStatus
+from storage.queries import IncidentFilter, Repository
 from streams.decode import InvalidEvent, parse_ts
 from streams.files import FileSource
 
@@ -303,7 +303,7 @@ def _print_summary(result: ReplayResult) -> None:
 
 
 KINDS = tuple(k.value for k in Kind)
-STATUSES = (*OPEN_STATUSES, "resolved")
+STATUSES = (*OPEN_STATUSES, IncidentStatus.RESOLVED)
 EVENT_TIME_HELP = (
     "epoch seconds, ISO-8601 with a zone, or an age like 30m, 6h, 7d. Event time: an age "
     "counts back from the latest event time in the database, not from now, so a replay of "

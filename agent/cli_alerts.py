@@ -27,9 +27,9 @@ from agent.cli import (
     out,
 )
 from agent.config import parse_duration
-from agent.lifecycle import LifecycleError, set_status
-from storage.models import Silence
-from storage.notifications import PENDING, STATES, OutboxStore
+from agent.incidents.lifecycle import LifecycleError, set_status
+from storage.enums import NotificationState
+from storage.unit_of_work import transaction
 
 alerts_app = typer.Typer(help="Notification channels and the outbox.", no_args_is_help=True)
 silence_app = typer.Typer(help="Hold back notifications for a while.", no_args_is_help=True)
@@ -59,11 +59,11 @@ def alerts_list(
 ) -> None:
     """Show the outbox: notifications with their delivery state, newest first."""
     _check_format(fmt)
-    if state is not None and state not in STATES:
-        raise UsageError(f"--state must be one of {', '.join(STATES)}, not {state!r}")
+    if state is not None and state not in tuple(NotificationState):
+        raise UsageError(f"--state must be one of {', '.join(NotificationState)}, not {state!r}")
     database = _database(_settings(None, db), migrate=False)
-    with database.session() as session:
-        items = [n.to_dict() for n in OutboxStore(session).list(limit=limit, state=state)]
+    with transaction(database) as uow:
+        items = [n.to_dict() for n in uow.outbox.list(limit=limit, state=state)]
     if fmt == "json":
         _print_json(items)
         return
@@ -109,23 +109,25 @@ def alerts_test(
         raise UsageError(f"unknown channel {channel!r} (channels: {known})")
     database = _database(settings)
     is_pagerduty = settings.alerts.channels[channel].type == "pagerduty"
-    with database.session() as session:
-        ids = [r.id for r in enqueue_test(session, channel, resolve=is_pagerduty)]
+    with transaction(database) as uow:
+        ids = [r.id for r in enqueue_test(uow, channel, resolve=is_pagerduty)]
     dispatcher = Dispatcher(database, settings.alerts)
     try:
         counts = dispatcher.wait_settled(ids[0] - 1, timeout)
     finally:
         dispatcher.close()
-    with database.session() as session:
-        rows = OutboxStore(session).get_many(ids)
+    with transaction(database) as uow:
+        rows = uow.outbox.get_many(ids)
         outcome = [(r.id, r.state, r.last_error) for r in rows]
-    failed = [(i, state, error) for i, state, error in outcome if state != "delivered"]
+    failed = [
+        (i, state, error) for i, state, error in outcome if state != NotificationState.DELIVERED
+    ]
     if not failed:
         out.print(f"Test notification {ids[0]} delivered to channel {channel}.")
         return
     row_id, state, error = failed[0]
     detail = f": {error}" if error else ""
-    if counts.get(PENDING):
+    if counts.get(NotificationState.PENDING):
         raise UsageError(f"test notification {row_id} still pending after {timeout:g}s{detail}")
     raise UsageError(f"test notification {row_id} to channel {channel} {state}{detail}")
 
@@ -144,7 +146,7 @@ def alerts_flush(
         counts = dispatcher.wait_settled(0, timeout)
     finally:
         dispatcher.close()
-    pending = counts.get(PENDING, 0)
+    pending = counts.get(NotificationState.PENDING, 0)
     out.print(f"Outbox: {pending} pending" + (" (still retrying)" if pending else ""))
 
 
@@ -168,17 +170,15 @@ def silence_add(
         raise UsageError("--for must be longer than zero")
     database = _database(_settings(None, db))
     now = time.time()
-    with database.session() as session:
-        silence = OutboxStore(session).add_silence(
-            Silence(
-                model=model,
-                kind=kind,
-                subject=subject,
-                reason=reason,
-                created_by=_user(),
-                starts_at=now,
-                ends_at=now + seconds,
-            )
+    with transaction(database) as uow:
+        silence = uow.outbox.add_silence(
+            model=model,
+            kind=kind,
+            subject=subject,
+            reason=reason,
+            created_by=_user(),
+            starts_at=now,
+            ends_at=now + seconds,
         )
         silence_id = silence.id
     out.print(f"Silence {silence_id} active until {_when(now + seconds)} UTC.")
@@ -193,8 +193,8 @@ def silence_list(
     """Active silences (all with --all), newest first."""
     _check_format(fmt)
     database = _database(_settings(None, db), migrate=False)
-    with database.session() as session:
-        items = [s.to_dict() for s in OutboxStore(session).list_silences(time.time(), all_)]
+    with transaction(database) as uow:
+        items = [s.to_dict() for s in uow.outbox.list_silences(time.time(), all_)]
     if fmt == "json":
         _print_json(items)
         return
@@ -220,8 +220,8 @@ def silence_expire(
 ) -> None:
     """End a silence now."""
     database = _database(_settings(None, db), migrate=False)
-    with database.session() as session:
-        silence = OutboxStore(session).expire_silence(silence_id, time.time())
+    with transaction(database) as uow:
+        silence = uow.outbox.expire_silence(silence_id, time.time())
         if silence is None:
             raise UsageError(f"no silence with id {silence_id}")
     out.print(f"Silence {silence_id} expired.")

@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 
 from agent import logs
-from agent.background import Background
 from agent.cli import ConfigOption, DbOption, UsageError, _database, _settings, err
 from agent.config import Settings
+from agent.runtime.background import Background
 from storage.db import redact
 
 

@@ -10,16 +10,16 @@ from typing import Annotated
 import typer
 from kafka.errors import KafkaError
 
-from agent.background import Background
 from agent.cli import ConfigOption, DbOption, UsageError, _settings, _state, err, out
 from agent.cli_api import require_token
 from agent.config import ConfigError, Settings
-from agent.daemon import Daemon, check_settings
+from agent.runtime.background import Background
+from agent.runtime.daemon import Daemon, check_settings
 from storage.db import Database, DatabaseUnavailable
 from streams.files import require_file
 from streams.kafka import KEY_FIELDS, ProduceError, make_producer, produce_lines
 
-log = logging.getLogger("agent.daemon")
+log = logging.getLogger("agent.runtime.daemon")
 DAEMON_DB_ATTEMPTS = 2
 
 

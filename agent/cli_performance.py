@@ -44,7 +44,7 @@ def performance(
         nothing_yet,
         out,
     )
-    from storage.repository import Repository
+    from storage.queries import Repository
 
     _check_format(fmt)
     try:

@@ -22,7 +22,8 @@ from agent.cli import (
     out,
 )
 from agent.reference import ReferenceFileError, load_reference_file
-from storage.repository import ReferenceInput, Repository
+from storage.queries import Repository
+from storage.unit_of_work import ReferenceInput
 
 reference_app = typer.Typer(help="Reference data of models (what drift is judged against).")
 reports_app = typer.Typer(help="Evidently reports stored in the database.", no_args_is_help=True)

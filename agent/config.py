@@ -221,7 +221,8 @@ class AlertSettings(BaseModel):
 
 
 class CauseSettings(BaseModel):
-    """`[causes]`: when one incident is taken as the cause of another (agent/causes.py)."""
+    """`[causes]`: when one incident is taken as the cause of another
+    (agent/incidents/causes.py)."""
 
     model_config = ConfigDict(extra="forbid")
 

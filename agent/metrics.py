@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import orjson
 
-from storage.repository import Writer
+from storage.unit_of_work import UnitOfWork
 from streams.batch import ModelBatch
 from streams.events import DeadLetter
 
@@ -197,10 +197,10 @@ class ModelCounts:
     def _row(self, model: str) -> list[float]:
         return self.models.setdefault(model, [0, 0, 0, math.nan])
 
-    def store(self, writer: Writer) -> None:
-        """Adds the unsaved counts in the writer's transaction; call `stored` after commit."""
+    def store(self, uow: UnitOfWork) -> None:
+        """Adds the unsaved counts in the unit of work's transaction; call `stored` after commit."""
         for model, (predictions, labels, letters, ts) in self.models.items():
-            writer.bump_model_stats(
+            uow.model_stats.bump(
                 model, int(predictions), int(labels), int(letters), None if math.isnan(ts) else ts
             )
 

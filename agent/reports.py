@@ -28,7 +28,7 @@ from agent.config import Settings
 from agent.samples import Sample
 from storage.db import Database, data_dir
 from storage.models import Report
-from storage.repository import Repository
+from storage.queries import Repository
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -25,9 +25,10 @@ sys.path.insert(0, str(ROOT))
 from throughput import generate  # noqa: E402
 
 from agent.config import load_settings  # noqa: E402
-from agent.pipeline import Pipeline  # noqa: E402
+from agent.runtime.checkpoints import snapshot as snapshot_of  # noqa: E402
+from agent.runtime.pipeline import Pipeline  # noqa: E402
 from storage.db import Database  # noqa: E402
-from storage.repository import Repository  # noqa: E402
+from storage.queries import Repository  # noqa: E402
 from streams.events import Position, RawRecord  # noqa: E402
 
 BATCH = 1000
@@ -57,7 +58,7 @@ def main() -> None:
         snapshot, checkpoint, restore = [], [], []
         for _ in range(args.rounds):
             started = time.perf_counter()
-            blobs = [m.snapshot(pipeline.collectors.get(name)) for name, m in monitors.items()]
+            blobs = [snapshot_of(m, pipeline.collectors.get(name)) for name, m in monitors.items()]
             snapshot.append(time.perf_counter() - started)
             started = time.perf_counter()
             pipeline.checkpoint({(source, 0): len(lines)})

@@ -384,8 +384,8 @@ def replay(path: Path, db_url: str) -> tuple[int, float]:
     """The file through Bulwark's pipeline, as `bulwark replay FILE --db URL` runs it, with
     default settings; returns (events, seconds)."""
     from agent.config import load_settings
-    from agent.pipeline import Pipeline
-    from agent.replay import REPLAY_CONSUMER, replay_batches
+    from agent.runtime.pipeline import Pipeline
+    from agent.runtime.replay import REPLAY_CONSUMER, replay_batches
     from storage.db import Database
     from streams.files import FileSource
 

@@ -119,14 +119,14 @@ print(f"{seen / (time.perf_counter() - started):.1f}")
 consumer.close()
 """
 
-# The daemon itself (agent.daemon.Daemon, as `bulwark run` builds it), timed from its first
+# The daemon itself (agent.runtime.daemon.Daemon, as `bulwark run` builds it), timed from its first
 # polled batch until it has processed every record; then stopped as SIGTERM would. Start-up
 # is tuned as the CLI tunes it.
 DAEMON = """
 import sys, time
 from agent import tune_garbage_collector
 from agent.config import Settings
-from agent.daemon import Daemon
+from agent.runtime.daemon import Daemon
 from storage.db import Database
 tune_garbage_collector()
 bootstrap, topic, total, batch, group, url = sys.argv[1:7]

@@ -26,7 +26,22 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-OPEN_STATUSES = ("open", "acknowledged")
+from storage.contract import (
+    EvidenceJSON,
+    IncidentJSON,
+    NoteJSON,
+    evidence_json,
+    incident_json,
+    note_json,
+)
+from storage.enums import (
+    EnumText,
+    IncidentStatus,
+    NoteAction,
+    NotificationAction,
+    NotificationReason,
+    NotificationState,
+)
 
 
 def utcnow() -> datetime:
@@ -47,14 +62,16 @@ class Incident(Base):
     kind: Mapped[str] = mapped_column(String(50))
     subject: Mapped[str] = mapped_column(String(500))
     severity: Mapped[str] = mapped_column(String(20))
-    status: Mapped[str] = mapped_column(String(20), default="open")
+    status: Mapped[IncidentStatus] = mapped_column(
+        EnumText(IncidentStatus, 20), default=IncidentStatus.OPEN
+    )
     title: Mapped[str] = mapped_column(Text)
     first_seen: Mapped[float] = mapped_column(Double)  # event time of the first evidence
     last_seen: Mapped[float] = mapped_column(Double)  # event time of the latest evidence
     count: Mapped[int] = mapped_column(Integer, default=1)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     previous_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id"), nullable=True)
-    # The root incident this one was attributed to (agent/causes.py); None for a root.
+    # The root incident this one was attributed to (agent/incidents/causes.py); None for a root.
     parent_id: Mapped[int | None] = mapped_column(
         ForeignKey("incidents.id", ondelete="SET NULL"), nullable=True
     )
@@ -89,27 +106,9 @@ class Incident(Base):
         Index("ix_incidents_parent", "parent_id"),
     )
 
-    def to_contract(self) -> dict[str, Any]:
-        """The incident JSON of the contract (section 3)."""
-        related = [r.id for r in self.related] if self.parent_id is None else []
-        return {
-            "id": self.id,
-            "model": self.model,
-            "kind": self.kind,
-            "subject": self.subject,
-            "severity": self.severity,
-            "status": self.status,
-            "title": self.title,
-            "first_seen": self.first_seen,
-            "last_seen": self.last_seen,
-            "count": self.count,
-            "details": self.details or {},
-            "parent_id": self.parent_id,
-            # `related` is the contract's name (shared/CONTRACT.md); `related_ids` the same
-            # list under the name the API and page used first.
-            "related": related,
-            "related_ids": related,
-        }
+    def to_contract(self) -> IncidentJSON:
+        """The incident JSON of the contract (section 3): see storage/contract.py."""
+        return incident_json(self)
 
 
 class Evidence(Base):
@@ -139,21 +138,8 @@ class Evidence(Base):
 
     __table_args__ = (Index("ix_evidence_incident_ts", "incident_id", "ts"),)
 
-    def to_contract(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "ts": self.ts,
-            "detector": self.detector,
-            "statistic": self.statistic,
-            "value": self.value,
-            "threshold": self.threshold,
-            "effect_size": self.effect_size,
-            "support": self.support,
-            "severity": self.severity,
-            "title": self.title,
-            "position": {"source": self.source, "partition": self.partition, "offset": self.offset},
-            "details": self.details or {},
-        }
+    def to_contract(self) -> EvidenceJSON:
+        return evidence_json(self)
 
 
 class DeadLetterRow(Base):
@@ -323,19 +309,13 @@ class IncidentNote(Base):
     author: Mapped[str] = mapped_column(String(200))
     text: Mapped[str] = mapped_column(Text)
     # "note" (written by someone) or the status change it records: "acknowledged", ...
-    action: Mapped[str] = mapped_column(String(20), default="note")
+    action: Mapped[NoteAction] = mapped_column(EnumText(NoteAction, 20), default=NoteAction.NOTE)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (Index("ix_incident_notes_incident", "incident_id", "id"),)
 
-    def to_contract(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "author": self.author,
-            "text": self.text,
-            "action": self.action,
-            "created_at": self.created_at.timestamp(),
-        }
+    def to_contract(self) -> NoteJSON:
+        return note_json(self)
 
 
 class ModelStats(Base):
@@ -392,18 +372,17 @@ class Notification(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     channel: Mapped[str] = mapped_column(String(100))
-    # trigger | acknowledge | resolve (PagerDuty's actions; Slack and webhooks say the same)
-    action: Mapped[str] = mapped_column(String(20))
-    # opened | escalated | repeat | acknowledged | resolved | reopened | test
-    reason: Mapped[str] = mapped_column(String(20))
+    action: Mapped[NotificationAction] = mapped_column(EnumText(NotificationAction, 20))
+    reason: Mapped[NotificationReason] = mapped_column(EnumText(NotificationReason, 20))
     incident_id: Mapped[int | None] = mapped_column(
         ForeignKey("incidents.id", ondelete="CASCADE"), nullable=True
     )
     group_key: Mapped[str] = mapped_column(String(200))  # the model: grouped per channel
     dedup_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     content: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # incident snapshot
-    # pending | delivered | failed | silenced
-    state: Mapped[str] = mapped_column(String(20), default="pending")
+    state: Mapped[NotificationState] = mapped_column(
+        EnumText(NotificationState, 20), default=NotificationState.PENDING
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Wall-clock epoch seconds: alerting is about now, not event time.
     created_at: Mapped[float] = mapped_column(Double)

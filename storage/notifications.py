@@ -7,31 +7,59 @@ as the incident change that causes them, and a dispatcher's claim is one short t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from storage.enums import (
+    IncidentStatus,
+    NotificationAction,
+    NotificationReason,
+    NotificationState,
+)
 from storage.models import Incident, Notification, Silence
 
-PENDING = "pending"
-DELIVERED = "delivered"
-FAILED = "failed"
-SILENCED = "silenced"
-STATES = (PENDING, DELIVERED, FAILED, SILENCED)
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A notification to queue: what the outbox row says, before it is a row."""
+
+    channel: str
+    action: NotificationAction
+    reason: NotificationReason
+    incident_id: int | None
+    group_key: str
+    dedup_key: str | None
+    content: dict[str, Any]
+    created_at: float  # wall clock
+    next_attempt_at: float
 
 
 class OutboxStore:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def add(self, rows: Sequence[Notification]) -> None:
+    def add(self, pending: Sequence[Pending]) -> list[Notification]:
+        """Queues the notifications (state pending, no attempt yet); returns their rows."""
+        rows = [
+            Notification(
+                **{f.name: getattr(p, f.name) for f in fields(Pending)},
+                state=NotificationState.PENDING,
+                attempts=0,
+            )
+            for p in pending
+        ]
         self.session.add_all(rows)
         self.session.flush()
+        return rows
 
     def notified_channels(self, incident_id: int) -> set[str]:
         """Channels that were told about the incident (so a resolve goes only to them)."""
         query = select(Notification.channel).where(
-            Notification.incident_id == incident_id, Notification.action == "trigger"
+            Notification.incident_id == incident_id,
+            Notification.action == NotificationAction.TRIGGER,
         )
         return set(self.session.scalars(query))
 
@@ -39,8 +67,8 @@ class OutboxStore:
         """The incident's triggers not sent yet (still waiting out group_wait, or retrying)."""
         query = select(Notification).where(
             Notification.incident_id == incident_id,
-            Notification.action == "trigger",
-            Notification.state == PENDING,
+            Notification.action == NotificationAction.TRIGGER,
+            Notification.state == NotificationState.PENDING,
         )
         return list(self.session.scalars(query))
 
@@ -49,7 +77,7 @@ class OutboxStore:
         query = (
             select(Notification)
             .where(
-                Notification.state == PENDING,
+                Notification.state == NotificationState.PENDING,
                 (Notification.claimed_until.is_(None)) | (Notification.claimed_until < now),
             )
             .order_by(Notification.id)
@@ -63,7 +91,7 @@ class OutboxStore:
             update(Notification)
             .where(
                 Notification.id.in_(ids),
-                Notification.state == PENDING,
+                Notification.state == NotificationState.PENDING,
                 (Notification.claimed_until.is_(None)) | (Notification.claimed_until < now),
             )
             .values(claimed_until=until)
@@ -85,7 +113,10 @@ class OutboxStore:
         `before` and nothing is pending for the pair: candidates for a repeat notification."""
         latest = (
             select(func.max(Notification.id).label("id"))
-            .where(Notification.action == "trigger", Notification.incident_id.is_not(None))
+            .where(
+                Notification.action == NotificationAction.TRIGGER,
+                Notification.incident_id.is_not(None),
+            )
             .group_by(Notification.incident_id, Notification.channel)
             .subquery()
         )
@@ -94,8 +125,14 @@ class OutboxStore:
             .join(Notification, Notification.incident_id == Incident.id)
             .join(latest, latest.c.id == Notification.id)
             .where(
-                Incident.status == "open",
-                Notification.state.in_((DELIVERED, FAILED, SILENCED)),
+                Incident.status == IncidentStatus.OPEN,
+                Notification.state.in_(
+                    (
+                        NotificationState.DELIVERED,
+                        NotificationState.FAILED,
+                        NotificationState.SILENCED,
+                    )
+                ),
                 Notification.created_at < before,
             )
         )
@@ -103,7 +140,8 @@ class OutboxStore:
             (row.incident_id, row.channel)
             for row in self.session.execute(
                 select(Notification.incident_id, Notification.channel).where(
-                    Notification.state == PENDING, Notification.incident_id.is_not(None)
+                    Notification.state == NotificationState.PENDING,
+                    Notification.incident_id.is_not(None),
                 )
             )
         }
@@ -114,7 +152,7 @@ class OutboxStore:
         ]
 
     def list(
-        self, limit: int = 100, state: str | None = None, after_id: int | None = None
+        self, limit: int = 100, state: NotificationState | None = None, after_id: int | None = None
     ) -> list[Notification]:
         """Newest first."""
         query = select(Notification).order_by(Notification.id.desc()).limit(limit)
@@ -137,7 +175,27 @@ class OutboxStore:
 
     # Silences
 
-    def add_silence(self, silence: Silence) -> Silence:
+    def add_silence(
+        self,
+        *,
+        reason: str,
+        starts_at: float,
+        ends_at: float,
+        model: str | None = None,
+        kind: str | None = None,
+        subject: str | None = None,
+        created_by: str | None = None,
+    ) -> Silence:
+        """Holds back the matching notifications (None matches anything) until `ends_at`."""
+        silence = Silence(
+            model=model,
+            kind=kind,
+            subject=subject,
+            reason=reason,
+            created_by=created_by,
+            starts_at=starts_at,
+            ends_at=ends_at,
+        )
         self.session.add(silence)
         self.session.flush()
         return silence

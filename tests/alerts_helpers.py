@@ -8,12 +8,12 @@ from typing import Any
 
 from agent.alerts.outbox import enqueue_changes
 from agent.config import AlertSettings
-from agent.incidents import IncidentChange, IncidentManager
+from agent.incidents.manager import IncidentChange, IncidentManager
 from detectors.base import Finding, Kind, Severity
 from storage.db import Database
 from storage.models import Notification
 from storage.notifications import OutboxStore
-from storage.repository import Writer
+from storage.unit_of_work import UnitOfWork
 from streams.events import Position
 from tests.receivers import Receiver
 
@@ -62,8 +62,9 @@ def record(
     db: Database, alerts: AlertSettings, findings: list[Finding], now: float | None = None
 ) -> list[IncidentChange]:
     with db.session() as session:
-        changes = IncidentManager().apply(Writer(session), findings)
-        enqueue_changes(session, alerts, changes, now)
+        uow = UnitOfWork(session)
+        changes = IncidentManager().apply(uow, findings)
+        enqueue_changes(uow, alerts, changes, now)
         return changes
 
 

@@ -10,10 +10,10 @@ import httpx
 
 from agent.api import ApiServer, create_app
 from agent.config import Settings, load_settings
-from agent.incidents import IncidentManager
+from agent.incidents.manager import IncidentManager
 from detectors.base import Finding, Kind, Severity
 from storage.db import Database
-from storage.repository import Writer
+from storage.unit_of_work import UnitOfWork
 from streams.events import Position
 
 ADMIN = "admin-token-for-tests"
@@ -85,4 +85,4 @@ def finding(
 def record(db: Database, findings: list[Finding]) -> None:
     """Findings through the incident manager, as the pipeline records them."""
     with db.session() as session:
-        IncidentManager().apply(Writer(session), findings)
+        IncidentManager().apply(UnitOfWork(session), findings)

@@ -6,8 +6,8 @@ import numpy as np
 import orjson
 
 from agent.config import ReferenceSettings, Settings
-from agent.pipeline import Pipeline
-from agent.replay import memory_batches, replay_batches
+from agent.runtime.pipeline import Pipeline
+from agent.runtime.replay import memory_batches, replay_batches
 from detectors.registry import DetectorSettings
 from storage.db import Database
 

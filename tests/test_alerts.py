@@ -17,12 +17,11 @@ import pytest
 from agent.alerts.dispatcher import Dispatcher
 from agent.alerts.routing import channels_for
 from agent.config import AlertSettings, Settings, load_settings
-from agent.incidents import IncidentManager
-from agent.lifecycle import set_status
+from agent.incidents.lifecycle import set_status
+from agent.incidents.manager import IncidentManager
 from storage.db import Database
-from storage.models import Silence
 from storage.notifications import OutboxStore
-from storage.repository import Writer
+from storage.unit_of_work import UnitOfWork
 from tests.alerts_helpers import Clock, alert_settings, finding, outbox, record
 from tests.receivers import Receiver, Reply
 
@@ -241,13 +240,11 @@ def test_silence_holds_back_matching_notifications_only(
     dispatcher = Dispatcher(database, alerts, clock=clock)
     with database.session() as session:
         OutboxStore(session).add_silence(
-            Silence(
-                model="fraud",
-                kind="feature_drift",
-                reason="known upstream change",
-                starts_at=clock.now - 1,
-                ends_at=clock.now + 7200,
-            )
+            model="fraud",
+            kind="feature_drift",
+            reason="known upstream change",
+            starts_at=clock.now - 1,
+            ends_at=clock.now + 7200,
         )
     record(
         database,
@@ -355,7 +352,7 @@ def test_resolve_only_goes_where_the_incident_was_announced(
     alerts = alert_settings({"pagerduty": pd})
     clock = Clock()
     with database.session() as session:
-        (change,) = IncidentManager().apply(Writer(session), [finding()])  # a backfill
+        (change,) = IncidentManager().apply(UnitOfWork(session), [finding()])  # a backfill
     set_status(database, alerts, change.incident.id, "resolved", now=clock.now)
     assert outbox(database) == []
     reopened = set_status(database, alerts, change.incident.id, "open", now=clock.now)

@@ -10,15 +10,16 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from agent import lifecycle, retention
 from agent.config import AlertSettings, RetentionSettings, load_settings
 from agent.demo import demo_scenario
-from agent.pipeline import Pipeline
-from agent.replay import memory_batches, replay_batches
+from agent.incidents import lifecycle, retention
+from agent.runtime.pipeline import Pipeline
+from agent.runtime.replay import memory_batches, replay_batches
 from detectors.base import Kind, Severity
 from storage.db import Database
 from storage.models import Report
-from storage.repository import Repository, Writer
+from storage.queries import Repository
+from storage.unit_of_work import UnitOfWork
 from tests.api_helpers import ADMIN, T0, Api, api_settings, finding, record, serving
 
 MODELS = ("fraud", "churn", "price")
@@ -112,7 +113,7 @@ def test_filters(api: Api) -> None:
     assert 0 < len(ids(model="fraud", severity="warning")) < 6
     # roots=true: what `incidents list` shows by default (incidents attributed to none).
     with api.db.session() as session:
-        for incident in Writer(session).unresolved_incidents("churn")[1:]:
+        for incident in UnitOfWork(session).incidents.unresolved_incidents("churn")[1:]:
             incident.parent_id = everything[-1].id
     everything = Repository(api.db).list_incidents()
     assert ids(roots="true") == expected(lambda i: i.parent_id is None)
@@ -240,7 +241,7 @@ def test_auto_resolve_in_event_time(api: Api) -> None:
         ],
     )
     with api.db.session() as session:
-        Writer(session).bump_model_stats("fraud", 10, 0, 0, T0 + 1.5 * day)
+        UnitOfWork(session).model_stats.bump("fraud", 10, 0, 0, T0 + 1.5 * day)
     ids = {i.subject: i.id for i in Repository(api.db).list_incidents()}
 
     # Fraud's event time says amount has been quiet 1.5 days, age 0.6 days; churn has no
@@ -379,10 +380,10 @@ def test_retention_never_prunes_open_incidents(database: Database, tmp_path) -> 
     )
     amount, age = sorted(Repository(database).list_incidents(), key=lambda i: i.subject)[::-1]
     lifecycle.change_status(database, AlertSettings(), amount.id, lifecycle.RESOLVE, "test")
-    from storage.repository import DeadLetterInput
+    from storage.unit_of_work import DeadLetterInput
 
     with database.session() as session:
-        Writer(session).add_dead_letters(
+        UnitOfWork(session).dead_letters.add(
             [
                 DeadLetterInput("f", 0, 1, "bad", b"x", received_at=time.time() - 40 * 86400),
                 DeadLetterInput("f", 0, 2, "bad", b"y", received_at=time.time()),

@@ -13,7 +13,8 @@ from agent.distributions import NoColumn, distribution, psi
 from agent.samples import Sample
 from detectors.base import MetricPoint
 from storage.db import Database
-from storage.repository import ReferenceInput, Repository, Writer
+from storage.queries import Repository
+from storage.unit_of_work import ReferenceInput, UnitOfWork
 from tests.api_helpers import T0, Api, api_settings, serving
 
 
@@ -106,12 +107,14 @@ def api(sqlite_url: str, tmp_path: Path) -> Iterator[Api]:
     repo.add_report("fraud", (T0 + 10_000, T0 + 11_000), None, {}, str(html))
     repo.add_report("fraud", (T0, T0 + 1), None, {}, str(tmp_path / "gone.html"))
     with db.session() as session:
-        writer = Writer(session)
-        writer.save_recent_sample(
+        writer = UnitOfWork(session)
+        writer.checkpoints.save_recent_sample(
             "fraud", "events", 0, 1000, (T0 + 10_000, T0 + 10_999), recent.encode()
         )
-        writer.save_recent_sample("nore", "events", 0, 1000, (T0, T0 + 999), recent.encode())
-        writer.save_performance(
+        writer.checkpoints.save_recent_sample(
+            "nore", "events", 0, 1000, (T0, T0 + 999), recent.encode()
+        )
+        writer.performance.save(
             [
                 MetricPoint("fraud", "", "events", 0, T0 + 3600 * k, T0 + 3600 * (k + 1),
                             "accuracy", 0.9 - 0.01 * k, 0.88 - 0.01 * k, 0.92 - 0.01 * k, 500,
@@ -194,6 +197,6 @@ def test_latest_event_time_is_what_relative_times_count_back_from(database: Data
     record(database, [finding("fraud", Kind.FEATURE_DRIFT, "amount", T0 + 50, 1)])
     assert repo.latest_event_time() == T0 + 50  # no counted events: the latest evidence
     with database.session() as session:
-        Writer(session).bump_model_stats("fraud", 10, 0, 0, T0 + 900)
-        Writer(session).bump_model_stats("churn", 10, 0, 0, T0 + 400)
+        UnitOfWork(session).model_stats.bump("fraud", 10, 0, 0, T0 + 900)
+        UnitOfWork(session).model_stats.bump("churn", 10, 0, 0, T0 + 400)
     assert repo.latest_event_time() == T0 + 900

@@ -1,7 +1,7 @@
 """Causes: one root incident per cause, the others linked to it, one notification per cause.
 
 End to end on generated streams (pipeline -> incidents -> outbox -> local receivers), and the
-rule of agent/causes.py on constructed incidents where a stream cannot pin a case down.
+rule of agent/incidents/causes.py on constructed incidents where a stream cannot pin a case down.
 """
 
 from __future__ import annotations
@@ -18,19 +18,20 @@ from alembic.config import Config
 from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
-from agent import attribution, causes, lifecycle
 from agent.alerts.dispatcher import Dispatcher
 from agent.alerts.outbox import enqueue_changes
 from agent.alerts.wording import headline
 from agent.config import CauseSettings, Settings
-from agent.incidents import IncidentManager
-from agent.pipeline import Pipeline
-from agent.replay import memory_batches
+from agent.incidents import attribution, causes, lifecycle
+from agent.incidents.manager import IncidentManager
+from agent.runtime.pipeline import Pipeline
+from agent.runtime.replay import memory_batches
 from alembic import command
 from detectors.query_patterns import QueryPatternDetector, QueryPatternSettings
 from storage.db import MIGRATIONS_DIR, Database
 from storage.models import Incident
-from storage.repository import IncidentFilter, Repository, Writer
+from storage.queries import IncidentFilter, Repository
+from storage.unit_of_work import UnitOfWork
 from streams.events import Position, RawRecord
 from tests.alerts_helpers import Clock, alert_settings, finding, outbox
 from tests.conftest import run_cli
@@ -329,9 +330,7 @@ def test_a_flagged_clients_later_queries_move_no_population_statistic(
             {
                 "batch_size": 500,
                 "causes": {"exclude_flagged_clients": exclude},
-                "detectors": {
-                    "query_patterns": {"reference_size": 300}
-                },
+                "detectors": {"query_patterns": {"reference_size": 300}},
             }
         )
         run(lines[:11_000], database, settings)
@@ -766,10 +765,10 @@ def test_a_root_and_its_related_incidents_change_status_together(
 def record_linked(database: Database, alerts: Any, findings: list, now: float) -> list:
     """What the pipeline's transaction does: incidents, causes, outbox."""
     with database.session() as session:
-        writer = Writer(session)
+        writer = UnitOfWork(session)
         changes = IncidentManager().apply(writer, findings)
         links = causes.link(writer, {c.incident.model for c in changes}, CauseSettings())
-        enqueue_changes(session, alerts, changes, now, links=links)
+        enqueue_changes(writer, alerts, changes, now, links=links)
         return changes
 
 

@@ -20,7 +20,7 @@ def test_the_agent_and_its_default_detectors_do_not_import_heavy_libraries() -> 
     """scikit-learn and pandas cost ~150 MB resident; the API's framework costs every
     command ~0.15 s."""
     code = (
-        "import sys, agent.cli, agent.daemon, detectors.registry\n"
+        "import sys, agent.cli, agent.runtime.daemon, detectors.registry\n"
         "print(','.join(m for m in sys.argv[1:] if m in sys.modules))\n"
     )
     out = subprocess.run(

@@ -12,9 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.config import Settings
-from agent.pipeline import Pipeline
+from agent.runtime.pipeline import Pipeline
 from storage.db import Database
-from storage.repository import DeadLetterInput, Repository, Writer
+from storage.queries import Repository
+from storage.unit_of_work import DeadLetterInput, UnitOfWork
 from streams.decode import decode_batch
 from streams.events import Position, RawRecord
 from streams.watermark import StreamClocks
@@ -124,7 +125,7 @@ def test_any_dead_letter_is_storable(
     offset = next(_sources)
     letter = DeadLetterInput(source, 0, offset, reason or "?", payload, T)
     with database.session() as session:
-        Writer(session).add_dead_letters([letter])
+        UnitOfWork(session).dead_letters.add([letter])
     (row,) = [d for d in Repository(database).list_dead_letters(limit=10_000) if d.offset == offset]
     assert "\x00" not in row.payload + row.reason + row.source
     if b"\x00" not in payload:

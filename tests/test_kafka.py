@@ -21,8 +21,8 @@ from sqlalchemy import func, select
 
 from agent.config import load_settings
 from agent.demo import MALFORMED, demo_scenario
-from agent.pipeline import Pipeline
-from agent.replay import REPLAY_CONSUMER, replay_batches
+from agent.runtime.pipeline import Pipeline
+from agent.runtime.replay import REPLAY_CONSUMER, replay_batches
 from storage.db import Database
 from storage.models import DeadLetterRow, Evidence, Incident, SourcePosition
 from streams.files import FileSource

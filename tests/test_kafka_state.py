@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from agent.config import ConfigError, Settings, load_settings
 from agent.demo import demo_scenario
-from agent.pipeline import Pipeline
-from agent.replay import memory_batches, replay_batches
+from agent.runtime.pipeline import Pipeline
+from agent.runtime.replay import memory_batches, replay_batches
 from storage.db import Database
 from storage.models import Checkpoint, Evidence, Incident
 from streams.events import Position, RawRecord

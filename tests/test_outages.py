@@ -243,8 +243,8 @@ def test_daemon_rides_out_a_database_outage_mid_stream(
     assert code == 0, log
     assert _outcome(pg_database) == replayed
     # One line when consumption paused and one when it resumed, however many probes.
-    assert log.count("agent.daemon: consumption paused") == 1, log
-    assert log.count("agent.daemon: database reachable again") == 1, log
+    assert log.count("agent.runtime.daemon: consumption paused") == 1, log
+    assert log.count("agent.runtime.daemon: database reachable again") == 1, log
     assert log.count("storage.db: database") == 2, log  # unreachable, reachable again
     # It kept its group membership: no rebalance took its partitions away meanwhile.
     assert "lost (" not in log and log.count("assigned 4 partitions") == 1, log

@@ -10,12 +10,12 @@ import orjson
 import pytest
 
 from agent.config import Settings
-from agent.pipeline import Pipeline
-from agent.replay import memory_batches, replay_batches
+from agent.runtime.pipeline import Pipeline
+from agent.runtime.replay import memory_batches, replay_batches
 from detectors.accuracy import AccuracyDetector, AccuracySettings
 from detectors.registry import DetectorSettings
 from storage.db import Database
-from storage.repository import IncidentFilter, Repository
+from storage.queries import IncidentFilter, Repository
 from tests.accuracy_streams import error_scale
 from tests.conftest import run_cli
 

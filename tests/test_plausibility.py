@@ -9,12 +9,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agent import lifecycle
 from agent.config import AlertSettings, ConfigError, Settings, load_settings
-from agent.pipeline import Pipeline
-from agent.replay import memory_batches, replay_batches
+from agent.incidents import lifecycle
+from agent.runtime.pipeline import Pipeline
+from agent.runtime.replay import memory_batches, replay_batches
 from storage.db import Database
-from storage.repository import Repository, Writer
+from storage.queries import Repository
+from storage.unit_of_work import UnitOfWork
 from streams.decode import Limits, decode_batch
 from streams.events import Position, RawRecord
 from streams.watermark import StreamClocks
@@ -270,7 +271,7 @@ def test_one_wild_record_never_resolves_a_models_open_incidents(database: Databa
     assert resolved == []
     assert {i.id for i in repository.list_incidents() if i.status == "open"} == opened
     with database.session() as session:
-        assert Writer(session).model_event_time("m") == last
+        assert UnitOfWork(session).model_stats.event_time("m") == last
     reasons = [d.reason for d in repository.list_dead_letters()]
     assert any("looks like epoch milliseconds" in r for r in reasons)
     assert any("1e+300 is after 2100-01-01" in r for r in reasons)

@@ -15,14 +15,15 @@ from sqlalchemy import update
 from typer.testing import CliRunner
 
 from agent.cli import app
-from agent.pipeline import Pipeline
 from agent.reference import ReferenceFileError, load_reference_file
+from agent.runtime.pipeline import Pipeline
 from agent.samples import RecentWindow, Sample
 from detectors import state_codec
 from detectors.registry import build_detectors
 from storage.db import Database
 from storage.models import Base, Checkpoint
-from storage.repository import IncidentFilter, ReferenceInput, Repository
+from storage.queries import IncidentFilter, Repository
+from storage.unit_of_work import ReferenceInput
 from streams.batch import split_batch
 from streams.decode import decode_batch
 from streams.events import Position, RawRecord
@@ -366,7 +367,7 @@ def test_changed_settings_take_effect_when_a_checkpoint_is_restored(
     changed.detectors.accuracy.max_pending = 450
     changed.detectors.query_patterns.buffer_size = 64
     pipeline = Pipeline(changed, database, consumer="c")
-    with caplog.at_level("WARNING", logger="agent.pipeline"):
+    with caplog.at_level("WARNING", logger="agent.runtime.checkpoints"):
         assert pipeline.restore_partition("src", 0) == 3200
     after = {d.name: d for d in pipeline.monitors[("src", 0)]["fraud"].detectors}
     warned = {r.getMessage().split(" detector")[0] for r in caplog.records}
@@ -417,7 +418,7 @@ def test_a_pickled_checkpoint_is_never_loaded_the_monitor_starts_from_the_refere
             update(Checkpoint).values(state=pickle.dumps({"numeric_drift": _Exploit()}))
         )
     pipeline = Pipeline(settings, database, consumer="c")
-    with caplog.at_level("WARNING", logger="agent.pipeline"):
+    with caplog.at_level("WARNING", logger="agent.runtime.checkpoints"):
         assert pipeline.restore_partition("src", 0) == 3200
     (warning,) = [r.getMessage() for r in caplog.records]
     assert warning.startswith("model fraud: checkpoint of src partition 0 not loaded (not a")
@@ -437,7 +438,7 @@ def test_a_pickled_checkpoint_is_never_loaded_the_monitor_starts_from_the_refere
     )
     pipeline.checkpoint({("src", 0): 3700})  # written in the data-only format from now on
     restarted = Pipeline(settings, database, consumer="c")
-    with caplog.at_level("WARNING", logger="agent.pipeline"):
+    with caplog.at_level("WARNING", logger="agent.runtime.checkpoints"):
         caplog.clear()
         assert restarted.restore_partition("src", 0) == 3700
     assert caplog.records == []
@@ -458,7 +459,7 @@ def test_a_checkpoint_off_its_schema_rebuilds_the_whole_monitor(
     with database.session() as session:
         session.execute(update(Checkpoint).values(state=state_codec.encode(monitor_state)))
     pipeline = Pipeline(settings, database, consumer="c")
-    with caplog.at_level("WARNING", logger="agent.pipeline"):
+    with caplog.at_level("WARNING", logger="agent.runtime.checkpoints"):
         assert pipeline.restore_partition("src", 0) == 3200
     (warning,) = [r.getMessage() for r in caplog.records]
     assert warning.startswith("model fraud: checkpoint of src partition 0 not loaded (accuracy")

@@ -16,10 +16,10 @@ from agent.reports import (
     reports_dir,
     run_scheduled_reports,
 )
-from agent.scheduler import REPORTS_JOB, build_scheduler
+from agent.runtime.scheduler import REPORTS_JOB, build_scheduler
 from storage.db import Database
 from storage.models import Incident
-from storage.repository import IncidentFilter, Repository
+from storage.queries import IncidentFilter, Repository
 from tests.conftest import run_cli
 from tests.refdata import START, events, replay, settings_for
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from agent.scheduler import add_interval_job, build_scheduler, make_scheduler
+from agent.runtime.scheduler import add_interval_job, build_scheduler, make_scheduler
 from storage.db import Database
 from tests.api_helpers import api_settings
 
@@ -39,7 +39,7 @@ def test_a_failing_job_is_logged_and_runs_again(caplog: pytest.LogCaptureFixture
 
     scheduler = make_scheduler()
     add_interval_job(scheduler, job, 0.2, "flaky")
-    with caplog.at_level(logging.ERROR, logger="agent.scheduler"):
+    with caplog.at_level(logging.ERROR, logger="agent.runtime.scheduler"):
         scheduler.start()
         try:
             assert twice.wait(10), "the job did not run again after failing"

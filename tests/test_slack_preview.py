@@ -14,8 +14,8 @@ from pathlib import Path
 
 from agent.alerts.dispatcher import Dispatcher
 from agent.demo import demo_scenario
-from agent.pipeline import Pipeline
-from agent.replay import memory_batches, replay_batches
+from agent.runtime.pipeline import Pipeline
+from agent.runtime.replay import memory_batches, replay_batches
 from storage.db import Database
 from tests.alerts_helpers import Clock, alert_settings
 from tests.api_helpers import api_settings

@@ -7,13 +7,14 @@ from dataclasses import replace
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from agent import lifecycle
 from agent.config import AlertSettings
-from agent.incidents import Change, IncidentManager
+from agent.incidents import lifecycle
+from agent.incidents.manager import Change, IncidentManager
 from detectors.base import Finding, Kind, Severity
 from storage.db import Database, DatabaseError
 from storage.models import Incident
-from storage.repository import DeadLetterInput, IncidentFilter, Repository, Writer
+from storage.queries import IncidentFilter, Repository
+from storage.unit_of_work import DeadLetterInput, UnitOfWork
 from streams.events import Position
 
 
@@ -44,7 +45,7 @@ def finding(
 
 def apply(database: Database, findings: list[Finding]) -> list:
     with database.session() as session:
-        return IncidentManager().apply(Writer(session), findings)
+        return IncidentManager().apply(UnitOfWork(session), findings)
 
 
 def test_one_open_incident_per_key_collects_the_evidence(database: Database) -> None:
@@ -151,7 +152,7 @@ def test_dead_letters_are_stored_once_newest_first(database: Database) -> None:
     ]
     for _ in range(2):  # re-processing the same records stores nothing new
         with database.session() as session:
-            Writer(session).add_dead_letters(letters)
+            UnitOfWork(session).dead_letters.add(letters)
     rows = [r.to_contract() for r in Repository(database).list_dead_letters()]
     assert [r["offset"] for r in rows] == [2, 1, 0]
     assert rows[0]["reason"] == "reason 2" and rows[0]["payload"] == "{bad{bad{bad"
@@ -160,9 +161,9 @@ def test_dead_letters_are_stored_once_newest_first(database: Database) -> None:
 def test_checkpoints_round_trip_and_overwrite(database: Database) -> None:
     for offset, state in ((100, b"old"), (250, b"new")):
         with database.session() as session:
-            writer = Writer(session)
-            writer.save_checkpoints("group", "topic", 3, offset, {"fraud": state})
-            writer.save_position("group", "topic", 3, offset)
+            writer = UnitOfWork(session)
+            writer.checkpoints.save("group", "topic", 3, offset, {"fraud": state})
+            writer.checkpoints.save_position("group", "topic", 3, offset)
     repo = Repository(database)
     rows = repo.load_checkpoints("group", "topic", 3)
     assert rows["fraud"].state == b"new" and rows["fraud"].next_offset == 250

@@ -9,11 +9,11 @@ import orjson
 import pytest
 
 from agent.config import AlertSettings, ChannelSettings, Settings
-from agent.pipeline import Pipeline
+from agent.runtime.pipeline import Pipeline
 from detectors.base import Kind
 from detectors.stream_stall import StreamStallDetector, StreamStallSettings
 from storage.db import Database
-from storage.repository import Repository
+from storage.queries import Repository
 from streams.batch import ModelBatch
 from streams.events import Position, RawRecord
 from tests.alerts_helpers import outbox

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from agent.demo import demo_scenario
-from agent.pipeline import Pipeline
-from agent.replay import memory_batches, replay_batches
 from agent.reports import build_report
+from agent.runtime.pipeline import Pipeline
+from agent.runtime.replay import memory_batches, replay_batches
 from detectors.base import Kind, Severity
 from storage.db import Database
 from tests.api_helpers import ADMIN, READER, T0, api_settings, finding, record, serving

@@ -23,8 +23,9 @@ from agent.alerts.channels import Item, Message, Outcome, Result
 from agent.alerts.outbox import enqueue_repeats
 from agent.config import AlertSettings
 from storage.db import Database, DatabaseUnavailable
+from storage.enums import NotificationState
 from storage.models import Notification, Silence
-from storage.notifications import DELIVERED, FAILED, PENDING, SILENCED, OutboxStore
+from storage.unit_of_work import transaction
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,12 @@ class Dispatcher:
         return totals
 
     def _repeats(self, now: float) -> None:
-        with self.db.session() as session:
-            enqueue_repeats(session, self.alerts, now)
+        with transaction(self.db) as uow:
+            enqueue_repeats(uow, self.alerts, now)
 
     def _claimable(self, now: float) -> list[Notification]:
-        with self.db.session() as session:
-            return OutboxStore(session).claimable(now)
+        with transaction(self.db) as uow:
+            return uow.outbox.claimable(now)
 
     def _channel(self, name: str, rows: list[Notification], now: float) -> Pass:
         head = rows[0]
@@ -126,11 +127,13 @@ class Dispatcher:
     def _deliver(self, name: str, rows: list[Notification], now: float) -> Pass:
         settings = self.alerts.channels.get(name)
         if settings is None:
-            return self._settle(rows, FAILED, now, f"channel {name!r} is not configured")
+            return self._settle(
+                rows, NotificationState.FAILED, now, f"channel {name!r} is not configured"
+            )
         held, rows = self._silenced(rows, now)
         done = Pass()
         if held:
-            done = self._settle(held, SILENCED, now, "silenced")
+            done = self._settle(held, NotificationState.SILENCED, now, "silenced")
         if not rows:
             return done
         ids = [r.id for r in rows]
@@ -168,13 +171,13 @@ class Dispatcher:
         return held, rest
 
     def _active_silences(self, now: float) -> list[Silence]:
-        with self.db.session() as session:
-            return OutboxStore(session).active_silences(now)
+        with transaction(self.db) as uow:
+            return uow.outbox.active_silences(now)
 
     def _claim(self, ids: list[int], now: float, until: float) -> bool:
         try:
-            with self.db.session() as session:
-                if not OutboxStore(session).claim(ids, now, until):
+            with transaction(self.db) as uow:
+                if not uow.outbox.claim(ids, now, until):
                     raise _Lost  # roll back the part we did claim
         except _Lost:
             return False
@@ -190,18 +193,22 @@ class Dispatcher:
         """Stores the outcome: delivered, rejected for good, or a retry time (or, past
         give_up_after, failed for good)."""
         delivered = failed = retrying = 0
-        with self.db.session() as session:
-            for row in OutboxStore(session).get_many([r.id for r in rows]):
+        with transaction(self.db) as uow:
+            for row in uow.outbox.get_many([r.id for r in rows]):
                 row.claimed_until = None
                 if result.outcome is Outcome.DELIVERED or row.id in result.delivered_ids:
-                    row.state, row.settled_at, row.last_error = DELIVERED, now, None
+                    row.state, row.settled_at, row.last_error = (
+                        NotificationState.DELIVERED,
+                        now,
+                        None,
+                    )
                     row.attempts += 1
                     delivered += 1
                     continue
                 row.attempts += 1
                 row.last_error = result.detail
                 if result.outcome is Outcome.REJECTED:
-                    row.state, row.settled_at = FAILED, now
+                    row.state, row.settled_at = NotificationState.FAILED, now
                     failed += 1
                     log.warning(
                         "notification %d to channel %s rejected, not retried: %s",
@@ -210,7 +217,7 @@ class Dispatcher:
                         result.detail,
                     )
                 elif now - row.created_at >= self.alerts.give_up_after:
-                    row.state, row.settled_at = FAILED, now
+                    row.state, row.settled_at = NotificationState.FAILED, now
                     row.last_error = f"gave up after {row.attempts} attempts: {result.detail}"
                     failed += 1
                     log.error(
@@ -243,13 +250,13 @@ class Dispatcher:
 
     def _settle(self, rows: list[Notification], state: str, now: float, why: str) -> Pass:
         def write() -> None:
-            with self.db.session() as session:
-                for row in OutboxStore(session).get_many([r.id for r in rows]):
-                    if row.state == PENDING:
+            with transaction(self.db) as uow:
+                for row in uow.outbox.get_many([r.id for r in rows]):
+                    if row.state == NotificationState.PENDING:
                         row.state, row.settled_at, row.last_error = state, now, why
 
         self.db.retrying(write)
-        if state == FAILED:
+        if state == NotificationState.FAILED:
             log.error("%d notifications failed: %s", len(rows), why)
             return Pass(failed=len(rows))
         return Pass(silenced=len(rows))
@@ -260,14 +267,14 @@ class Dispatcher:
         deadline = time.monotonic() + timeout
         while True:
             counts = self.db.retrying(lambda: self._counts(after_id))
-            if not counts.get(PENDING) or time.monotonic() >= deadline:
+            if not counts.get(NotificationState.PENDING) or time.monotonic() >= deadline:
                 return counts
             self.run_once()
             time.sleep(min(sleep, max(0.0, deadline - time.monotonic())))
 
     def _counts(self, after_id: int) -> dict[str, int]:
-        with self.db.session() as session:
-            return OutboxStore(session).count_states(after_id)
+        with transaction(self.db) as uow:
+            return uow.outbox.count_states(after_id)
 
 
 class BackgroundDispatcher:
@@ -318,10 +325,18 @@ class Settled:
 
     @property
     def pending(self) -> int:
-        return self.counts.get(PENDING, 0)
+        return self.counts.get(NotificationState.PENDING, 0)
 
     def describe(self) -> str:
-        parts = [f"{self.counts.get(s, 0)} {s}" for s in (DELIVERED, FAILED, SILENCED, PENDING)]
+        parts = [
+            f"{self.counts.get(s, 0)} {s}"
+            for s in (
+                NotificationState.DELIVERED,
+                NotificationState.FAILED,
+                NotificationState.SILENCED,
+                NotificationState.PENDING,
+            )
+        ]
         return "notifications: " + ", ".join(parts)
 
 
@@ -337,8 +352,8 @@ class Delivering:
 
     @staticmethod
     def _max_id(db: Database) -> int:
-        with db.session() as session:
-            return OutboxStore(session).max_id()
+        with transaction(db) as uow:
+            return uow.outbox.max_id()
 
     def __enter__(self) -> Delivering:
         self.runner.start()

@@ -43,7 +43,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from agent import metrics
 from agent.config import ConfigError, Settings
-from agent.pipeline import Pipeline
+from agent.runtime.pipeline import Pipeline
 from storage.db import Database, DatabaseUnavailable
 from streams.events import DeadLetter, Position
 from streams.kafka import (

@@ -11,7 +11,7 @@ import logging
 
 from agent.alerts.dispatcher import BackgroundDispatcher, Dispatcher
 from agent.config import Settings
-from agent.scheduler import build_scheduler
+from agent.runtime.scheduler import build_scheduler
 from storage.db import Database
 
 log = logging.getLogger(__name__)

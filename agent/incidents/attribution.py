@@ -1,4 +1,4 @@
-"""What the cause rules (agent/causes.py) measure on the data, added to findings' details.
+"""What the cause rules (agent/incidents/causes.py) measure on the data, added to findings' details.
 
 - `client_shares`: for a population-level finding, the share of the events behind it (its
   support, at most `CLIENT_WINDOW` events up to the one that fired) sent by each of the

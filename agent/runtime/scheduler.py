@@ -49,7 +49,7 @@ def add_interval_job(
 def build_scheduler(settings: Settings, db: Database) -> BackgroundScheduler:
     """A scheduler with every configured job added, not started (call `.start()`, and
     `.shutdown()` on exit)."""
-    from agent import lifecycle, retention
+    from agent.incidents import lifecycle, retention
 
     scheduler = make_scheduler()
     if settings.reports.enabled:

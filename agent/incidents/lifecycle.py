@@ -1,15 +1,15 @@
 """Incident lifecycle: acknowledge, resolve, reopen, notes and auto-resolve.
 
 The one place where an incident's status changes after it was opened (opening and updating
-from evidence is agent/incidents.py). Each change runs in one transaction that also records a
-note saying who changed what, and calls `on_status_change` — the hook for anything that must
-happen atomically with the change (e.g. queueing notifications in the outbox).
+from evidence is agent/incidents/manager.py). Each change runs in one unit of work that also
+records a note saying who changed what, and calls `on_status_change` — the hook for anything
+that must happen atomically with the change (e.g. queueing notifications in the outbox).
 
-A root incident's related incidents (agent/causes.py) follow it: acknowledging, resolving or
-reopening a root applies the same change, in the same transaction, to each of its related
-incidents the change is allowed from (a note on each names the root; a related incident is
-not reopened while a newer incident of its key is open). Auto-resolve judges every
-incident on its own evidence and does not cascade.
+A root incident's related incidents (agent/incidents/causes.py) follow it: acknowledging,
+resolving or reopening a root applies the same change, in the same transaction, to each of its
+related incidents the change is allowed from (a note on each names the root; a related
+incident is not reopened while a newer incident of its key is open). Auto-resolve judges
+every incident on its own evidence and does not cascade.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from sqlalchemy.exc import IntegrityError
 from agent.alerts.outbox import enqueue_status_change
 from agent.config import AlertSettings
 from storage.db import Database
-from storage.models import OPEN_STATUSES, Incident, IncidentNote, utcnow
-from storage.repository import Writer
+from storage.enums import OPEN_STATUSES, IncidentStatus, NoteAction
+from storage.models import Incident, IncidentNote, utcnow
+from storage.unit_of_work import UnitOfWork, run
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +47,34 @@ class Conflict(LifecycleError):
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    action: str  # the verb recorded in the note
-    to: str  # the status after the change
-    allowed_from: tuple[str, ...]
+    action: NoteAction  # the verb recorded in the note
+    to: IncidentStatus  # the status after the change
+    allowed_from: tuple[IncidentStatus, ...]
 
 
-ACKNOWLEDGE = Transition("acknowledged", "acknowledged", ("open",))
-RESOLVE = Transition("resolved", "resolved", OPEN_STATUSES)
-REOPEN = Transition("reopened", "open", ("resolved", "acknowledged"))
+ACKNOWLEDGE = Transition(
+    NoteAction.ACKNOWLEDGED, IncidentStatus.ACKNOWLEDGED, (IncidentStatus.OPEN,)
+)
+RESOLVE = Transition(NoteAction.RESOLVED, IncidentStatus.RESOLVED, OPEN_STATUSES)
+REOPEN = Transition(
+    NoteAction.REOPENED,
+    IncidentStatus.OPEN,
+    (IncidentStatus.RESOLVED, IncidentStatus.ACKNOWLEDGED),
+)
 TRANSITIONS = {"acknowledge": ACKNOWLEDGE, "resolve": RESOLVE, "reopen": REOPEN}
 BY_STATUS = {t.to: t for t in (ACKNOWLEDGE, RESOLVE, REOPEN)}
 
 
 def on_status_change(
-    writer: Writer, alerts: AlertSettings, incident: Incident, previous: str, now: float | None
+    uow: UnitOfWork,
+    alerts: AlertSettings,
+    incident: Incident,
+    previous: IncidentStatus,
+    now: float | None,
 ) -> None:
     """Called inside the transaction of every status change, after it is applied: whatever
     must commit or roll back with the change (the outbox rows of its notifications)."""
-    enqueue_status_change(writer.session, alerts, incident, previous, incident.status, now)
+    enqueue_status_change(uow, alerts, incident, previous, incident.status, now)
 
 
 def change_status(
@@ -78,19 +89,17 @@ def change_status(
     """Applies one transition in one transaction; raises NotFound or Conflict. `now` (wall
     clock, default the current time) stamps the notifications it queues."""
 
-    def work() -> Incident:
-        with db.session() as session:
-            writer = Writer(session)
-            incident = writer.incident_for_update(incident_id)
-            if incident is None:
-                raise NotFound(f"no incident with id {incident_id}")
-            _apply(writer, alerts, incident, transition, author, text, now)
-            if incident.parent_id is None:
-                _cascade(writer, alerts, incident, transition, author, text, now)
-            return incident
+    def work(uow: UnitOfWork) -> Incident:
+        incident = uow.incidents.incident_for_update(incident_id)
+        if incident is None:
+            raise NotFound(f"no incident with id {incident_id}")
+        _apply(uow, alerts, incident, transition, author, text, now)
+        if incident.parent_id is None:
+            _cascade(uow, alerts, incident, transition, author, text, now)
+        return incident
 
     try:
-        return db.retrying(work)
+        return run(db, work)
     except IntegrityError:
         # Reopening while a newer incident of the same key is open: the unique index refuses.
         raise Conflict(
@@ -103,7 +112,7 @@ def set_status(
     db: Database,
     alerts: AlertSettings,
     incident_id: int,
-    status: str,
+    status: IncidentStatus | str,
     author: str = "cli",
     now: float | None = None,
 ) -> Incident:
@@ -114,7 +123,7 @@ def set_status(
 
 
 def _apply(
-    writer: Writer,
+    uow: UnitOfWork,
     alerts: AlertSettings,
     incident: Incident,
     transition: Transition,
@@ -129,17 +138,17 @@ def _apply(
             f"{' or '.join(transition.allowed_from)}"
         )
     incident.status = transition.to
-    incident.resolved_at = utcnow() if transition.to == "resolved" else None
-    writer.session.flush()  # let the unique index of open incidents speak now
-    note = writer.add_note(
+    incident.resolved_at = utcnow() if transition.to == IncidentStatus.RESOLVED else None
+    uow.flush()  # let the unique index of open incidents speak now
+    note = uow.incidents.add_note(
         incident.id, author, _note_text(text) or transition.action, transition.action
     )
-    on_status_change(writer, alerts, incident, previous, now)
+    on_status_change(uow, alerts, incident, previous, now)
     return note
 
 
 def _cascade(
-    writer: Writer,
+    uow: UnitOfWork,
     alerts: AlertSettings,
     root: Incident,
     transition: Transition,
@@ -149,19 +158,20 @@ def _cascade(
 ) -> None:
     """Applies a root's change to its related incidents where it is allowed."""
     for related_id in [r.id for r in root.related]:
-        related = writer.incident_for_update(related_id)
+        related = uow.incidents.incident_for_update(related_id)
         if related is None or related.status not in transition.allowed_from:
             continue
         if (
-            transition.to == "open"
-            and related.status == "resolved"
-            and writer.open_incident(related.model, related.kind, related.subject) is not None
+            transition.to == IncidentStatus.OPEN
+            and related.status == IncidentStatus.RESOLVED
+            and uow.incidents.open_incident(related.model, related.kind, related.subject)
+            is not None
         ):
             continue  # a newer incident of its key is open: this one stays resolved
         said = f"{transition.action} with its root #{root.id}"
         words = _note_text(text)
         note = f"{said}: {words}" if words else said
-        _apply(writer, alerts, related, transition, author, note, now)
+        _apply(uow, alerts, related, transition, author, note, now)
 
 
 def add_note(db: Database, incident_id: int, author: str, text: str) -> IncidentNote:
@@ -169,14 +179,12 @@ def add_note(db: Database, incident_id: int, author: str, text: str) -> Incident
     if not text:
         raise LifecycleError("a note needs some text")
 
-    def work() -> IncidentNote:
-        with db.session() as session:
-            writer = Writer(session)
-            if writer.incident_for_update(incident_id) is None:
-                raise NotFound(f"no incident with id {incident_id}")
-            return writer.add_note(incident_id, author, text, "note")
+    def work(uow: UnitOfWork) -> IncidentNote:
+        if uow.incidents.incident_for_update(incident_id) is None:
+            raise NotFound(f"no incident with id {incident_id}")
+        return uow.incidents.add_note(incident_id, author, text, NoteAction.NOTE)
 
-    return db.retrying(work)
+    return run(db, work)
 
 
 def auto_resolve(
@@ -189,23 +197,21 @@ def auto_resolve(
         return []
     wall_now = time.time() if wall_now is None else wall_now
 
-    def work() -> list[int]:
+    def work(uow: UnitOfWork) -> list[int]:
         resolved = []
-        with db.session() as session:
-            writer = Writer(session)
-            for incident in writer.quiet_incidents(wall_now, quiet_for):
-                now = writer.model_event_time(incident.model)
-                clock = "event time" if now is not None else "wall-clock time"
-                quiet = (now if now is not None else wall_now) - incident.last_seen
-                text = (
-                    f"auto-resolved: no new evidence for {_duration(quiet)} of {clock} "
-                    f"(auto_resolve_after is {_duration(quiet_for)})"
-                )
-                _apply(writer, alerts, incident, RESOLVE, AUTO_RESOLVER, text, None)
-                resolved.append(incident.id)
+        for incident in uow.incidents.quiet_incidents(wall_now, quiet_for):
+            now = uow.model_stats.event_time(incident.model)
+            clock = "event time" if now is not None else "wall-clock time"
+            quiet = (now if now is not None else wall_now) - incident.last_seen
+            text = (
+                f"auto-resolved: no new evidence for {_duration(quiet)} of {clock} "
+                f"(auto_resolve_after is {_duration(quiet_for)})"
+            )
+            _apply(uow, alerts, incident, RESOLVE, AUTO_RESOLVER, text, None)
+            resolved.append(incident.id)
         return resolved
 
-    resolved = db.retrying(work)
+    resolved = run(db, work)
     if resolved:
         log.info("auto-resolved %d incident(s): %s", len(resolved), resolved)
     return resolved

@@ -1,27 +1,23 @@
-"""The repository: every read and write of Bulwark's tables goes through here.
+"""The read side: `Repository` answers the queries of the CLI, the API and reports, each in
+a session of its own (a read needs no caller's transaction).
 
-`Repository` answers queries (CLI, API); `Writer` is one transaction of the pipeline, in
-which a batch's incidents, evidence, dead letters, checkpoints and positions land together.
-Writes are idempotent: evidence and dead letters carry a key derived from the source position
-that produced them, so processing a record twice stores it once.
+The writes left here are whole transactions of their own (a reference set from a file, a
+report, a retention pass); everything written as part of a change goes through a unit of work
+(storage/unit_of_work.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, and_, case, delete, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, undefer
+from sqlalchemy import Select, and_, delete, func, or_, select
+from sqlalchemy.orm import Session
 
 from storage.db import Database
+from storage.enums import OPEN_STATUSES, IncidentStatus
 from storage.models import (
-    OPEN_STATUSES,
     Checkpoint,
     DeadLetterRow,
     Evidence,
@@ -34,18 +30,10 @@ from storage.models import (
     Reference,
     Report,
     SourcePosition,
-    utcnow,
 )
 
 if TYPE_CHECKING:
-    from detectors.base import MetricPoint
-
-PAYLOAD_LIMIT = 4096
-
-
-def stable_key(*parts: object) -> str:
-    """A fixed-length idempotency key for the given parts."""
-    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()
+    from storage.unit_of_work import ReferenceInput
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,28 +48,6 @@ class IncidentFilter:
     roots_only: bool = False  # only incidents not attributed to another (parent_id null)
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetterInput:
-    source: str
-    partition: int
-    offset: int
-    reason: str
-    payload: bytes
-    received_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class ReferenceInput:
-    model: str
-    model_version: str  # "" for any version
-    origin: str
-    rows: int
-    source_rows: int
-    summary: dict[str, Any]
-    sample: bytes
-    learned_until: dict[str, int] | None = None  # see Reference.learned_until
-
-
 class Repository:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -89,31 +55,24 @@ class Repository:
     # Reference data ----------------------------------------------------------------------
 
     def add_reference(self, ref: ReferenceInput) -> Reference:
-        with self.db.session() as session:
-            row = Reference(**asdict(ref))
-            session.add(row)
-            session.flush()
-            return row
+        from storage.unit_of_work import transaction
+
+        with transaction(self.db) as uow:
+            return uow.references.add(ref)
 
     def add_learned_reference(self, ref: ReferenceInput) -> Reference:
-        """Stores a reference learned from the stream unless the model got one meanwhile (from
-        a file, or learned by another process); returns the one in force either way."""
-        with self.db.session() as session:
-            existing = session.scalars(
-                _newest_reference(ref.model, ref.model_version).options(undefer(Reference.sample))
-            ).first()
-            if existing is not None:
-                return existing
-            row = Reference(**asdict(ref))
-            session.add(row)
-            session.flush()
-            return row
+        """See `ReferenceStore.add_learned`."""
+        from storage.unit_of_work import transaction
+
+        with transaction(self.db) as uow:
+            return uow.references.add_learned(ref)
 
     def find_reference(self, model: str, model_version: str | None = None) -> Reference | None:
         """The newest reference for this model version, else the model's newest, with sample."""
-        with self.db.session() as session:
-            query = _newest_reference(model, model_version).options(undefer(Reference.sample))
-            return session.scalars(query).first()
+        from storage.unit_of_work import transaction
+
+        with transaction(self.db) as uow:
+            return uow.references.find(model, model_version)
 
     def list_references(self, model: str | None = None) -> list[Reference]:
         query = select(Reference).order_by(Reference.model, Reference.id.desc())
@@ -388,7 +347,7 @@ class Repository:
         html_paths: list[str] = []
         with self.db.session() as session:
             if evidence_before is not None:
-                resolved = select(Incident.id).where(Incident.status == "resolved")
+                resolved = select(Incident.id).where(Incident.status == IncidentStatus.RESOLVED)
                 result = session.execute(
                     delete(Evidence).where(
                         Evidence.created_at < datetime.fromtimestamp(evidence_before, UTC),
@@ -409,322 +368,6 @@ class Repository:
         return deleted, html_paths
 
 
-def storable_text(text: str) -> str:
-    """Text every backend stores: NUL (which PostgreSQL refuses) and lone surrogates (which
-    no UTF-8 encoder takes) become U+FFFD, as invalid UTF-8 bytes of a payload already do."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\ufffd")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
-    return text
-
-
-class Writer:
-    """One pipeline transaction; see `Database.session` for commit/rollback."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def incident_for_update(self, incident_id: int) -> Incident | None:
-        """The incident, row-locked on PostgreSQL so two status changes cannot interleave."""
-        query = select(Incident).where(Incident.id == incident_id).with_for_update()
-        return self.session.scalars(query).first()
-
-    def add_note(self, incident_id: int, author: str, text: str, action: str) -> IncidentNote:
-        note = IncidentNote(incident_id=incident_id, author=author, text=text, action=action)
-        self.session.add(note)
-        self.session.flush()
-        return note
-
-    def quiet_incidents(self, default_now: float, quiet_for: float) -> list[Incident]:
-        """Unresolved incidents without evidence for `quiet_for` seconds of their model's event
-        time (the latest event seen of the model), or of `default_now` for a model never seen."""
-        now = func.coalesce(ModelStats.last_event_ts, default_now)
-        query = (
-            select(Incident)
-            .outerjoin(ModelStats, ModelStats.model == Incident.model)
-            .where(Incident.status.in_(OPEN_STATUSES), Incident.last_seen <= now - quiet_for)
-            .order_by(Incident.id)
-            .with_for_update(of=Incident)
-        )
-        return list(self.session.scalars(query))
-
-    def model_event_time(self, model: str) -> float | None:
-        return self.session.scalar(
-            select(ModelStats.last_event_ts).where(ModelStats.model == model)
-        )
-
-    def bump_model_stats(
-        self,
-        model: str,
-        predictions: int,
-        labels: int,
-        dead_letters: int,
-        last_event_ts: float | None,
-    ) -> None:
-        """Adds a batch's counts to the model's running totals (atomic increments, so several
-        processes can share a model)."""
-        self._insert_ignoring_duplicates(
-            ModelStats,
-            [
-                {
-                    "model": model,
-                    "predictions": 0,
-                    "labels": 0,
-                    "dead_letters": 0,
-                    "last_event_ts": None,
-                    "updated_at": utcnow(),
-                }
-            ],
-            "model",
-        )
-        values: dict[str, Any] = {
-            "predictions": ModelStats.predictions + predictions,
-            "labels": ModelStats.labels + labels,
-            "dead_letters": ModelStats.dead_letters + dead_letters,
-            "updated_at": utcnow(),
-        }
-        if last_event_ts is not None:
-            values["last_event_ts"] = case(
-                (ModelStats.last_event_ts.is_(None), last_event_ts),
-                (ModelStats.last_event_ts < last_event_ts, last_event_ts),
-                else_=ModelStats.last_event_ts,
-            )
-        self.session.execute(update(ModelStats).where(ModelStats.model == model).values(values))
-
-    def open_incident(self, model: str, kind: str, subject: str) -> Incident | None:
-        query = select(Incident).where(
-            Incident.model == model,
-            Incident.kind == kind,
-            Incident.subject == subject,
-            Incident.status.in_(OPEN_STATUSES),
-        )
-        return self.session.scalars(query).first()
-
-    def flagged_clients(self) -> dict[str, dict[str, float]]:
-        """Per model, the subjects of its unresolved `suspicious_client` incidents -> the event
-        time of their first evidence (the pipeline keeps their later predictions out of the
-        population-level detectors)."""
-        return _flagged_clients(self.session)
-
-    def unresolved_incidents(self, model: str) -> list[Incident]:
-        """The model's open and acknowledged incidents, oldest first (for agent.causes)."""
-        query = (
-            select(Incident)
-            .where(Incident.model == model, Incident.status.in_(OPEN_STATUSES))
-            .order_by(Incident.id)
-        )
-        return list(self.session.scalars(query))
-
-    def create_incident(self, **fields: Any) -> Incident | None:
-        """Inserts an incident; None if another process opened one for the key meanwhile."""
-        incident = Incident(**fields)
-        try:
-            with self.session.begin_nested():
-                self.session.add(incident)
-        except IntegrityError:
-            return None
-        return incident
-
-    def latest_resolved(self, model: str, kind: str, subject: str) -> Incident | None:
-        query = (
-            select(Incident)
-            .where(
-                Incident.model == model,
-                Incident.kind == kind,
-                Incident.subject == subject,
-                Incident.status == "resolved",
-            )
-            .order_by(Incident.id.desc())
-        )
-        return self.session.scalars(query).first()
-
-    def has_evidence(self, key: str) -> bool:
-        return self.session.scalar(select(Evidence.id).where(Evidence.key == key)) is not None
-
-    def add_evidence(self, evidence: Evidence) -> bool:
-        """Records the evidence unless its key is already stored; True if it was new."""
-        if self.has_evidence(evidence.key):
-            return False
-        try:
-            with self.session.begin_nested():
-                self.session.add(evidence)
-        except IntegrityError:
-            return False
-        return True
-
-    def add_dead_letters(self, letters: Sequence[DeadLetterInput]) -> None:
-        if not letters:
-            return
-        rows = [
-            {
-                "key": stable_key(
-                    storable_text(d.source),
-                    d.partition,
-                    d.offset,
-                    hashlib.sha256(d.payload).hexdigest(),
-                ),
-                "received_at": d.received_at,
-                "source": storable_text(d.source[:500]),
-                "partition": d.partition,
-                "offset": d.offset,
-                "reason": storable_text(d.reason[:2000]),
-                "payload": storable_text(d.payload[:PAYLOAD_LIMIT].decode("utf-8", "replace")),
-            }
-            for d in letters
-        ]
-        self._insert_ignoring_duplicates(DeadLetterRow, rows, "key")
-
-    def save_checkpoints(
-        self,
-        consumer: str,
-        source: str,
-        partition: int,
-        next_offset: int,
-        states: dict[str, bytes],
-    ) -> None:
-        rows = [
-            {
-                "consumer": consumer,
-                "source": source,
-                "partition": partition,
-                "model": model,
-                "next_offset": next_offset,
-                "state": state,
-                "updated_at": utcnow(),
-            }
-            for model, state in states.items()
-        ]
-        keys = ("consumer", "source", "partition", "model")
-        if not self._upsert(Checkpoint, rows, keys, ("next_offset", "state", "updated_at")):
-            for row in rows:
-                self.session.merge(Checkpoint(**row))
-
-    def save_position(self, consumer: str, source: str, partition: int, next_offset: int) -> None:
-        """The next offset to read; written in the same transaction as the checkpoints."""
-        self.session.merge(
-            SourcePosition(
-                consumer=consumer, source=source, partition=partition, next_offset=next_offset
-            )
-        )
-
-    def save_recent_sample(
-        self,
-        model: str,
-        source: str,
-        partition: int,
-        rows: int,
-        window: tuple[float, float],
-        sample: bytes,
-    ) -> None:
-        self.session.merge(
-            RecentSample(
-                model=model,
-                source=source,
-                partition=partition,
-                rows=rows,
-                start_ts=window[0],
-                end_ts=window[1],
-                sample=sample,
-            )
-        )
-
-    def save_performance(self, points: Sequence[MetricPoint]) -> None:
-        """Upserts metric points: one row per (model, version, partition, window, metric)."""
-        if not points:
-            return
-        rows = [
-            {
-                "key": stable_key(*p.row),
-                "model": p.model,
-                "model_version": p.model_version,
-                "source": p.source,
-                "partition": p.partition,
-                "window_start": p.window_start,
-                "window_end": p.window_end,
-                "metric": p.metric,
-                "estimated": p.estimated,
-                "value": p.value,
-                "ci_low": p.ci_low,
-                "ci_high": p.ci_high,
-                "n": p.n,
-                "updated_at": utcnow(),
-            }
-            for p in points
-        ]
-        # The latest point of a key wins, also within one call.
-        latest = list({r["key"]: r for r in rows}.values())
-        changing = ("window_end", "value", "ci_low", "ci_high", "n", "updated_at")
-        if self._upsert(PerformanceRow, latest, ("key",), changing):
-            return
-        for row in latest:
-            existing = self.session.scalars(
-                select(PerformanceRow).where(PerformanceRow.key == row["key"])
-            ).first()
-            if existing is None:
-                self.session.add(PerformanceRow(**row))
-            else:
-                for column in changing:
-                    setattr(existing, column, row[column])
-
-    def _conflict_insert(self) -> Any:
-        """The dialect's INSERT with ON CONFLICT (PostgreSQL, SQLite), or None elsewhere."""
-        dialect = self.session.get_bind().dialect.name
-        return {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
-
-    def _upsert(
-        self,
-        model: type,
-        rows: list[dict[str, Any]],
-        keys: tuple[str, ...],
-        changing: tuple[str, ...],
-    ) -> bool:
-        """INSERT ... ON CONFLICT (keys) DO UPDATE, in chunks, where the dialect has it
-        (PostgreSQL, SQLite): one statement, and the old row (a checkpoint's state blob, say)
-        is never read back. Returns False elsewhere: the caller reads, then writes."""
-        insert = self._conflict_insert()
-        if insert is None:
-            return False
-        table = model.__table__  # type: ignore[attr-defined]
-        for start in range(0, len(rows), 500):  # stay under the drivers' parameter limits
-            stmt = insert(table).values(rows[start : start + 500])
-            stmt = stmt.on_conflict_do_update(
-                index_elements=list(keys), set_={c: stmt.excluded[c] for c in changing}
-            )
-            self.session.execute(stmt)
-        return True
-
-    def delete_checkpoints(self, consumer: str, source: str) -> None:
-        self.session.execute(
-            delete(Checkpoint).where(Checkpoint.consumer == consumer, Checkpoint.source == source)
-        )
-
-    def _insert_ignoring_duplicates(
-        self, model: type, rows: Iterable[dict[str, Any]], key: str
-    ) -> None:
-        rows = list(rows)
-        for start in range(0, len(rows), 500):  # stay under the drivers' parameter limits
-            self._insert_chunk(model, rows[start : start + 500], key)
-
-    def _insert_chunk(self, model: type, rows: list[dict[str, Any]], key: str) -> None:
-        insert = self._conflict_insert()
-        if insert is not None:
-            table = model.__table__  # type: ignore[attr-defined]
-            stmt = insert(table).values(rows).on_conflict_do_nothing(index_elements=[key])
-            self.session.execute(stmt)
-        else:
-            existing = set(
-                self.session.scalars(
-                    select(getattr(model, key)).where(
-                        getattr(model, key).in_([r[key] for r in rows])
-                    )
-                )
-            )
-            self.session.add_all(model(**r) for r in rows if r[key] not in existing)
-
-
 def _newest_reference(model: str, model_version: str | None) -> Select[Any]:
     """Newest first, a row of the given version ahead of every other version's rows."""
     query = select(Reference).where(Reference.model == model)
@@ -742,10 +385,6 @@ def _flagged_clients(session: Session) -> dict[str, dict[str, float]]:
     for model, subject, first_seen in session.execute(query):
         flagged.setdefault(model, {})[subject] = float(first_seen)
     return flagged
-
-
-def _digest(payload: bytes) -> str:
-    return hashlib.sha256(payload).hexdigest()
 
 
 def _filtered(query: Select[Any], where: IncidentFilter) -> Select[Any]:

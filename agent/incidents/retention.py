@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.config import RetentionSettings
 from storage.db import Database
-from storage.repository import Repository
+from storage.queries import Repository
 
 log = logging.getLogger(__name__)
 

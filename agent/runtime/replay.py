@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from agent.pipeline import Pipeline
+from agent.runtime.pipeline import Pipeline
 from detectors.accuracy import AccuracyDetector
 from streams.events import Position, RawRecord
 

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from agent.causes import kept_link_details
+from agent.incidents.causes import kept_link_details
 from detectors.base import Finding, Severity
-from storage.models import Evidence, Incident, utcnow
-from storage.repository import Writer, stable_key
+from storage.enums import IncidentStatus, NoteAction
+from storage.models import Incident, utcnow
+from storage.unit_of_work import IncidentStore, UnitOfWork, stable_key
 
 
 class Change(StrEnum):
@@ -49,8 +50,8 @@ def evidence_key(finding: Finding) -> str:
     )
 
 
-def finding_summary(finding: Finding) -> dict[str, Any]:
-    """What an incident's `details` shows of its latest evidence."""
+def _measured(finding: Finding) -> dict[str, Any]:
+    """What was measured: shown in an incident's details and stored with its evidence."""
     return {
         "detector": finding.detector,
         "statistic": finding.statistic,
@@ -58,45 +59,50 @@ def finding_summary(finding: Finding) -> dict[str, Any]:
         "threshold": finding.threshold,
         "effect_size": finding.effect_size,
         "support": finding.support,
-        **finding.details,
     }
 
 
+def finding_summary(finding: Finding) -> dict[str, Any]:
+    """What an incident's `details` shows of its latest evidence."""
+    return {**_measured(finding), **finding.details}
+
+
 class IncidentManager:
-    def apply(self, writer: Writer, findings: list[Finding]) -> list[IncidentChange]:
-        """Records findings (in event-time order) inside the writer's transaction."""
+    def apply(self, uow: UnitOfWork, findings: list[Finding]) -> list[IncidentChange]:
+        """Records findings (in event-time order) inside the unit of work's transaction."""
+        store = uow.incidents
         changes = []
         for finding in sorted(findings, key=lambda f: f.ts):
             key = evidence_key(finding)
-            if writer.has_evidence(key):
+            if store.has_evidence(key):
                 continue
             if finding.resolves:
-                incident = writer.open_incident(finding.model, finding.kind, finding.subject)
+                incident = store.open_incident(finding.model, finding.kind, finding.subject)
                 if incident is None:
                     continue  # nothing unresolved (someone resolved it): nothing to do
                 self._update(incident, finding)
-                if writer.add_evidence(_evidence(key, incident, finding)):
-                    incident.status = "resolved"
+                if store.add_evidence(key, incident.id, **_evidence(finding)):
+                    incident.status = IncidentStatus.RESOLVED
                     incident.resolved_at = utcnow()
-                    writer.session.flush()
-                    writer.add_note(incident.id, AUTHOR, finding.title, "resolved")
+                    uow.flush()
+                    store.add_note(incident.id, AUTHOR, finding.title, NoteAction.RESOLVED)
                     changes.append(IncidentChange(incident, Change.RESOLVED, finding))
                 continue
-            incident, change = self._incident_for(writer, finding)
-            if writer.add_evidence(_evidence(key, incident, finding)):
+            incident, change = self._incident_for(store, finding)
+            if store.add_evidence(key, incident.id, **_evidence(finding)):
                 changes.append(IncidentChange(incident, change, finding))
         return changes
 
-    def _incident_for(self, writer: Writer, finding: Finding) -> tuple[Incident, Change]:
-        incident = writer.open_incident(finding.model, finding.kind, finding.subject)
+    def _incident_for(self, store: IncidentStore, finding: Finding) -> tuple[Incident, Change]:
+        incident = store.open_incident(finding.model, finding.kind, finding.subject)
         if incident is None:
-            previous = writer.latest_resolved(finding.model, finding.kind, finding.subject)
-            incident = writer.create_incident(
+            previous = store.latest_resolved(finding.model, finding.kind, finding.subject)
+            incident = store.create_incident(
                 model=finding.model,
                 kind=str(finding.kind),
                 subject=finding.subject,
                 severity=str(finding.severity),
-                status="open",
+                status=IncidentStatus.OPEN,
                 title=finding.title,
                 first_seen=finding.ts,
                 last_seen=finding.ts,
@@ -107,7 +113,7 @@ class IncidentManager:
             if incident is not None:
                 return incident, Change.OPENED
             # Another process opened it between our read and our insert: update theirs.
-            incident = writer.open_incident(finding.model, finding.kind, finding.subject)
+            incident = store.open_incident(finding.model, finding.kind, finding.subject)
             assert incident is not None
         return incident, self._update(incident, finding)
 
@@ -120,7 +126,7 @@ class IncidentManager:
         incident.count += 1
         incident.first_seen = min(incident.first_seen, finding.ts)
         incident.last_seen = max(incident.last_seen, finding.ts)
-        # What links it to other incidents is not evidence: it stays (agent/causes.py).
+        # What links it to other incidents is not evidence: it stays (agent/incidents/causes.py).
         incident.details = {**finding_summary(finding), **kept_link_details(incident.details)}
         if finding.severity.rank > Severity(incident.severity).rank:
             incident.severity = str(finding.severity)
@@ -129,21 +135,15 @@ class IncidentManager:
         return Change.UPDATED
 
 
-def _evidence(key: str, incident: Incident, finding: Finding) -> Evidence:
-    return Evidence(
-        key=key,
-        incident_id=incident.id,
-        detector=finding.detector,
-        statistic=finding.statistic,
-        value=finding.value,
-        threshold=finding.threshold,
-        effect_size=finding.effect_size,
-        support=finding.support,
-        severity=str(finding.severity),
-        ts=finding.ts,
-        source=finding.position.source,
-        partition=finding.position.partition,
-        offset=finding.position.offset,
-        title=finding.title,
-        details=finding.details,
-    )
+def _evidence(finding: Finding) -> dict[str, Any]:
+    """The evidence columns of a finding."""
+    return {
+        **_measured(finding),
+        "severity": str(finding.severity),
+        "ts": finding.ts,
+        "source": finding.position.source,
+        "partition": finding.position.partition,
+        "offset": finding.position.offset,
+        "title": finding.title,
+        "details": finding.details,
+    }

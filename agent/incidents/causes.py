@@ -38,8 +38,9 @@ from typing import Any
 
 from agent.config import CauseSettings
 from detectors.base import Kind
-from storage.models import OPEN_STATUSES, Incident
-from storage.repository import Writer
+from storage.enums import OPEN_STATUSES
+from storage.models import Incident
+from storage.unit_of_work import UnitOfWork
 
 # Keys of an incident's `details` that belong to its links, not to its latest evidence: kept
 # when new evidence replaces the rest.
@@ -146,14 +147,14 @@ def _weight(feature: Incident, other: Incident) -> tuple[float, float]:
     return measured, effect
 
 
-def link(writer: Writer, models: Iterable[str], settings: CauseSettings) -> list[Link]:
-    """Links the unresolved incidents of `models` to their causes (inside the writer's
+def link(uow: UnitOfWork, models: Iterable[str], settings: CauseSettings) -> list[Link]:
+    """Links the unresolved incidents of `models` to their causes (inside the unit of work's
     transaction); returns the links made now."""
     if not settings.enabled:
         return []
     links: list[Link] = []
     for model in sorted(set(models)):
-        links.extend(link_incidents(writer.unresolved_incidents(model), settings))
+        links.extend(link_incidents(uow.incidents.unresolved_incidents(model), settings))
     return links
 
 

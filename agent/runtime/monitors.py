@@ -1,0 +1,247 @@
+"""The monitors: the detectors of one model on one partition (`ModelMonitor`), and the
+registry of every monitor this process runs (`Monitors`), keyed by state key and model.
+
+Detector state is per (state key, model), where the state key of a record's (source,
+partition) is given by the pipeline's `state_key`: the partition itself for files, one key
+per partition number across topics for Kafka. Each monitor also keeps the model's most recent
+predictions (written with checkpoints, for reports) and the clients of its latest events.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import replace
+
+import numpy as np
+
+from agent.config import Settings
+from agent.incidents import attribution, causes
+from agent.reference import ActiveReference
+from agent.runtime.references import References
+from agent.samples import RecentWindow, Sample
+from detectors.base import Detector, Finding, Kind, MetricPoint
+from detectors.baseline import takes_reference
+from detectors.prediction_drift import PredictionDriftDetector
+from detectors.query_patterns import QueryPatternDetector
+from detectors.registry import build_detectors
+from streams.batch import ModelBatch, PartitionKey
+
+
+class ModelMonitor:
+    """The detectors of one model on one partition, and its recent predictions.
+
+    Once a client is flagged (`flagged`: its name in incidents -> the event time it was
+    flagged at), its later predictions feed only the detectors that watch clients (query
+    patterns): the population-level ones, the recent window and the client shares see the
+    other clients' traffic, so a flagged client's queries stop moving the population's
+    statistics (agent/incidents/causes.py makes it the cause of what they moved before).
+    """
+
+    def __init__(
+        self,
+        detectors: list[Detector],
+        recent_events: int,
+        model_version: str | None,
+        exclude_flagged: bool = False,
+        client_key: str | None = None,
+    ) -> None:
+        self.detectors = detectors
+        self.model_version = model_version
+        # Detectors declaring a reference baseline judge events against the model's reference.
+        self.referenced = [d for d in detectors if takes_reference(d)]
+        self.watching_clients = [d for d in detectors if isinstance(d, QueryPatternDetector)]
+        self.reference: ActiveReference | None = None
+        self.recent = RecentWindow(recent_events)
+        # Clients of the latest events, for the client shares of findings (not checkpointed:
+        # after a restart the shares are measured on the events seen since).
+        self.clients: deque[str | None] = deque(maxlen=attribution.CLIENT_WINDOW)
+        self.exclude_flagged = exclude_flagged
+        self.client_key = client_key
+        # Set by the pipeline from the open suspicious_client incidents in storage (so it
+        # survives restarts and follows a resolve), and at once from this monitor's findings.
+        self.flagged: dict[str, float] = {}
+
+    def set_reference(self, reference: ActiveReference) -> None:
+        batch = reference.batch()
+        for detector in self.referenced:
+            detector.set_reference(batch)
+        self.reference = reference
+
+    def update(self, batch: ModelBatch, reference_start: int) -> list[Finding]:
+        """Feeds every detector; reference-based ones only from `reference_start` on (the
+        events before it are the reference itself, or the reference is still being learned).
+        Flagged clients' predictions, from the event they were flagged at, go to the
+        detectors watching clients only."""
+        findings: list[Finding] = []
+        for detector in self.watching_clients:
+            findings.extend(self._feed(detector, batch, reference_start))
+        if self.exclude_flagged:
+            for finding in findings:
+                if finding.kind == Kind.SUSPICIOUS_CLIENT:
+                    since = self.flagged.get(finding.subject, finding.ts)
+                    self.flagged[finding.subject] = min(since, finding.ts)
+        population, start = self._population(batch, reference_start)
+        for detector in self.detectors:
+            if detector not in self.watching_clients:
+                findings.extend(self._feed(detector, population, start))
+        if findings:
+            findings = self._measure(population, findings)
+        self.recent.add(population)
+        self.clients.extend(population.clients)
+        return findings
+
+    def _feed(self, detector: Detector, batch: ModelBatch, reference_start: int) -> list[Finding]:
+        if detector not in self.referenced:
+            return detector.update(batch)
+        if reference_start >= len(batch):
+            return []
+        return detector.update(batch if reference_start == 0 else batch.since(reference_start))
+
+    def _population(self, batch: ModelBatch, reference_start: int) -> tuple[ModelBatch, int]:
+        """The batch without the predictions of clients flagged before them, and where
+        `reference_start` falls in it."""
+        if not (self.exclude_flagged and self.flagged and len(batch)):
+            return batch, reference_start
+        since_of: dict[str | None, float] = {}
+        for client in set(batch.clients):
+            name = None if client is None else self.client_name(client)
+            since_of[client] = self.flagged.get(name, np.inf) if name is not None else np.inf
+        since = np.fromiter((since_of[c] for c in batch.clients), float, len(batch))
+        keep = batch.ts <= since
+        if keep.all():
+            return batch, reference_start
+        return batch.select(keep), int(keep[:reference_start].sum())
+
+    def client_name(self, client: str) -> str:
+        return attribution.client_subject(client, self.client_key)
+
+    def _measure(self, batch: ModelBatch, findings: list[Finding]) -> list[Finding]:
+        """Adds what agent.incidents.causes reads to the findings' details: the busiest clients'
+        shares of the events behind a population-level finding, and which features account for a
+        shift of the model's numeric output (agent/incidents/attribution.py)."""
+        measured = []
+        current: ModelBatch | None = None
+        for finding in findings:
+            extra: dict[str, object] = {}
+            index = _index_of(batch, finding)
+            if index is not None and causes.population_level(
+                finding.kind, finding.subject, finding.statistic
+            ):
+                n = min(max(finding.support, attribution.MIN_EVENTS), attribution.CLIENT_WINDOW)
+                behind = batch.clients[max(0, index + 1 - n) : index + 1]
+                if len(behind) < n and self.clients:
+                    older = list(self.clients)[-(n - len(behind)) :]
+                    behind = older + behind
+                shares = attribution.client_shares(behind, self.client_name)
+                if shares:
+                    extra["client_shares"] = shares
+            output = self._output_detector()
+            if (
+                index is not None
+                and output is not None
+                and self.reference is not None
+                and finding.kind == Kind.PREDICTION_DRIFT
+                and finding.subject in ("score", "prediction")
+            ):
+                if current is None:
+                    now = Sample.concat(
+                        [self.recent.sample(), Sample.of_batch(batch, 0, index + 1)]
+                    )
+                    current = now.to_batch(batch.model, "recent")
+                n = min(len(current), max(finding.support, attribution.MIN_EVENTS))
+                recent = current.slice(len(current) - n, len(current))
+                reference = self.reference.batch()
+                shift = attribution.output_shift_attribution(
+                    reference.numeric,
+                    output.output_column(reference, finding.subject),
+                    recent.numeric,
+                    output.output_column(recent, finding.subject),
+                )
+                if shift is not None:
+                    extra["attribution"] = shift
+            measured.append(
+                replace(finding, details={**finding.details, **extra}) if extra else finding
+            )
+        return measured
+
+    def _output_detector(self) -> PredictionDriftDetector | None:
+        return next((d for d in self.detectors if isinstance(d, PredictionDriftDetector)), None)
+
+    def metrics(self) -> list[MetricPoint]:
+        points: list[MetricPoint] = []
+        for detector in self.detectors:
+            points.extend(detector.metrics())
+        return points
+
+
+def _index_of(batch: ModelBatch, finding: Finding) -> int | None:
+    """The index in `batch` of the event a finding was detected at."""
+    for index in np.flatnonzero(batch.offsets == finding.position.offset).tolist():
+        if batch.position(index) == finding.position:
+            return index
+    return None
+
+
+class Monitors:
+    """Every monitor of this process: per state key, per model. Built on first use with the
+    model's reference in force (`References`) and the clients flagged so far."""
+
+    def __init__(self, settings: Settings, references: References) -> None:
+        self.settings = settings
+        self.references = references
+        self.by_key: dict[PartitionKey, dict[str, ModelMonitor]] = {}
+        # Per model: the clients flagged by an open suspicious_client incident -> the event
+        # time of its first evidence (ModelMonitor.flagged). Read from storage before the
+        # first batch and again with every write, so it survives restarts, includes what other
+        # processes flagged and drops a client whose incident was resolved.
+        self.flagged: dict[str, dict[str, float]] | None = None
+
+    def get(self, key: PartitionKey, model: str, version: str | None = None) -> ModelMonitor:
+        """The model's monitor on `key`, built if there is none yet."""
+        models = self.by_key.setdefault(key, {})
+        monitor = models.get(model)
+        if monitor is None:
+            settings = self.settings.detectors_for(model)
+            client_key = settings.query_patterns.client_id_key
+            monitor = ModelMonitor(
+                build_detectors(model, settings),
+                self.settings.reference.recent_events,
+                version,
+                exclude_flagged=self.settings.causes.exclude_flagged_clients,
+                client_key=None if client_key is None else client_key.get_secret_value(),
+            )
+            monitor.flagged = dict((self.flagged or {}).get(model, {}))
+            reference = self.references.stored(model, version)
+            if reference is not None:
+                monitor.set_reference(reference)
+            models[model] = monitor
+        return monitor
+
+    def of_key(self, key: PartitionKey) -> dict[str, ModelMonitor]:
+        return self.by_key.get(key, {})
+
+    def reset(self, key: PartitionKey) -> dict[str, ModelMonitor]:
+        """Forgets the monitors of `key` (before restoring them from a checkpoint)."""
+        models: dict[str, ModelMonitor] = {}
+        self.by_key[key] = models
+        return models
+
+    def drop(self, key: PartitionKey) -> None:
+        self.by_key.pop(key, None)
+
+    def all(self) -> Iterator[tuple[PartitionKey, str, ModelMonitor]]:
+        for key, models in self.by_key.items():
+            for model, monitor in models.items():
+                yield key, model, monitor
+
+    def set_reference(self, model: str, reference: ActiveReference) -> None:
+        """Hands a model's newly known reference to each of its monitors."""
+        for models in self.by_key.values():
+            if model in models:
+                models[model].set_reference(reference)
+
+    def set_flagged(self, flagged: dict[str, dict[str, float]]) -> None:
+        self.flagged = flagged
+        for _key, model, monitor in self.all():
+            monitor.flagged = dict(flagged.get(model, {}))

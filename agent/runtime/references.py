@@ -1,0 +1,90 @@
+"""The one owner of each model's reference in the running agent.
+
+A model's stored reference is looked up once per process (then cached) and handed to every
+monitor of the model; with none stored, the first `detectors.reference_size` predictions are
+collected, stored as the reference (so restarts, other processes and reports reuse them) and
+handed over. Detectors that take a reference see only the events after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from agent.config import Settings
+from agent.reference import ActiveReference, decode_learned_until, encode_learned_until
+from agent.samples import ReferenceCollector, Sample
+from storage.db import Database
+from storage.models import Reference
+from storage.unit_of_work import ReferenceInput, run
+from streams.batch import ModelBatch
+
+# Told when a model's reference becomes known while the stream runs (learned, or learned by
+# another process meanwhile): every monitor of the model must take it.
+OnReference = Callable[[str, ActiveReference], None]
+
+
+class References:
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        # Per model: the reference in force (None: none stored, being learned by a collector).
+        self.in_force: dict[str, ActiveReference | None] = {}
+        self.collectors: dict[str, ReferenceCollector] = {}
+
+    def stored(self, model: str, version: str | None) -> ActiveReference | None:
+        """The model's reference in force, read from the database once per process."""
+        if model not in self.in_force:
+            row = run(self.db, lambda uow: uow.references.find(model, version))
+            self.in_force[model] = None if row is None else _active(row)
+        return self.in_force[model]
+
+    def judged_from(self, model: str, batch: ModelBatch, on_reference: OnReference) -> int:
+        """Index of the batch's first event that reference-based detectors should judge;
+        collects the reference while there is none (and stores it once complete)."""
+        reference = self.in_force.get(model)
+        if reference is not None:
+            return reference.judged_from(batch)
+        collector = self.collectors.get(model)
+        if collector is None:
+            collector = self.collectors[model] = ReferenceCollector(
+                self.settings.detectors_for(model).reference_size
+            )
+        taken = collector.add(batch)
+        if not collector.complete:
+            return len(batch)
+        reference = self._store_learned(model, collector)
+        del self.collectors[model]
+        self.in_force[model] = reference
+        on_reference(model, reference)
+        # Another process may have learned the reference in force: skip what it took too.
+        return max(taken, reference.judged_from(batch))
+
+    def resume(self, model: str, collector: ReferenceCollector) -> None:
+        """Resumes a collection checkpointed while the reference was being learned."""
+        self.collectors[model] = collector
+        self.in_force[model] = None
+
+    def _store_learned(self, model: str, collector: ReferenceCollector) -> ActiveReference:
+        sample = collector.sample()
+        versions = {v for v in sample.model_versions if v is not None}
+        ref = ReferenceInput(
+            model=model,
+            model_version=versions.pop() if len(versions) == 1 else "",
+            origin="learned",
+            rows=len(sample),
+            source_rows=len(sample),
+            summary=sample.summary(),
+            sample=sample.encode(),
+            learned_until=encode_learned_until(collector.taken_until),
+        )
+        return _active(run(self.db, lambda uow: uow.references.add_learned(ref)))
+
+
+def _active(row: Reference) -> ActiveReference:
+    return ActiveReference(
+        id=row.id,
+        model=row.model,
+        model_version=row.model_version,
+        sample=Sample.decode(row.sample),
+        learned_until=decode_learned_until(row.learned_until),
+    )
