@@ -30,7 +30,7 @@ from agent import attribution, causes
 from agent.alerts.outbox import enqueue_changes, enqueue_status_change
 from agent.config import Settings
 from agent.incidents import Change, IncidentChange, IncidentManager
-from agent.metrics import ModelCounts
+from agent.observability.metrics import ModelCounts
 from agent.reference import ActiveReference, decode_learned_until, encode_learned_until
 from agent.samples import RecentWindow, ReferenceCollector, Sample
 from detectors import state_codec
