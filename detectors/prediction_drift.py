@@ -128,7 +128,8 @@ class PredictionDriftDetector(ReferenceDetector):
 
     def output_column(self, batch: ModelBatch, subject: str) -> np.ndarray:
         """Per event, the numeric output this detector watches as `subject` ("score" or
-        "prediction"), NaN where absent: what agent.attribution explains by the features."""
+        "prediction"), NaN where absent: what agent.incidents.attribution explains by the
+        features."""
         if subject == "score":
             return self._score(batch, keep_missing=True)
         return np.array([_number(v) for v in batch.predictions], dtype=np.float64)

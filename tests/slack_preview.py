@@ -1,7 +1,7 @@
 """A static HTML look-alike of a Slack message, from the Block Kit payload Bulwark sends: what
 the README's screenshot of a Slack message is rendered from (tests/test_slack_preview.py).
 
-Only what `agent.alerts.channels.slack_payload` uses is drawn: `header`, `section` (mrkdwn
+Only what `agent.alerts.channels.slack.slack_payload` uses is drawn: `header`, `section` (mrkdwn
 text and fields) and `context` blocks; in mrkdwn, `*bold*`, `` `code` ``, `<url|text>` links,
 the severity emoji and line breaks. The payload's text is already escaped for Slack (`&amp;`,
 `&lt;`, `&gt;`), which HTML reads the same way.

@@ -454,7 +454,7 @@ def test_pagerduty_pace_stays_under_its_rate_limit(sqlite_url: str, pd: Receiver
 def test_retry_after_and_durations_parse_as_documented() -> None:
     import httpx
 
-    from agent.alerts.channels import retry_after
+    from agent.alerts.channels.base import retry_after
     from agent.config import parse_duration
 
     assert retry_after(httpx.Headers({"Retry-After": "12"})) == 12

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import httpx
 
 from agent.alerts import channels
-from agent.alerts.channels import Item, Message, Outcome, Result
+from agent.alerts.channels.base import Item, Message, Outcome, Result, make_client, secrets_of
 from agent.alerts.outbox import enqueue_repeats
 from agent.config import AlertSettings
 from storage.db import Database, DatabaseUnavailable
@@ -54,11 +54,11 @@ class Dispatcher:
         self.db = db
         self.alerts = alerts
         self.clock = clock
-        self.client = client or channels.make_client(alerts.timeout)
+        self.client = client or make_client(alerts.timeout)
         self._next_repeat_check = 0.0
         self._recent_events: dict[str, deque[float]] = {}  # PagerDuty send times, last minute
         # Any channel's secret, scrubbed from any channel's errors (receivers echo things).
-        self._secrets = channels.secrets_of(list(alerts.channels.values()))
+        self._secrets = secrets_of(list(alerts.channels.values()))
 
     def close(self) -> None:
         self.client.close()

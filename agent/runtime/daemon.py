@@ -41,8 +41,8 @@ from kafka.consumer.fetcher import RecordTooLargeError
 from kafka.errors import KafkaConfigurationError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from agent import metrics
 from agent.config import ConfigError, Settings
+from agent.observability import metrics
 from agent.runtime.pipeline import Pipeline
 from storage.db import Database, DatabaseUnavailable
 from streams.events import DeadLetter, Position

@@ -19,7 +19,7 @@ from agent.alerts.outbox import enqueue_changes, enqueue_status_change
 from agent.config import Settings
 from agent.incidents import causes
 from agent.incidents.manager import Change, IncidentChange, IncidentManager
-from agent.metrics import ModelCounts
+from agent.observability.metrics import ModelCounts
 from agent.reference import ActiveReference
 from agent.runtime.checkpoints import Checkpoints
 from agent.runtime.monitors import ModelMonitor, Monitors

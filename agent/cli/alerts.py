@@ -1,33 +1,29 @@
-"""`bulwark alerts`, `bulwark silence` and `bulwark incidents acknowledge|resolve|reopen`."""
+"""`bulwark alerts list|test|flush` (the outbox) and `bulwark silence add|list|expire`."""
 
 from __future__ import annotations
 
 import getpass
 import time
-from collections.abc import Callable
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from agent.alerts.dispatcher import Dispatcher
 from agent.alerts.outbox import enqueue_test
-from agent.cli import (
+from agent.cli.common import (
     ConfigOption,
     DbOption,
     FormatOption,
     UsageError,
-    _check_format,
-    _database,
-    _print_incidents,
-    _print_json,
-    _settings,
-    _when,
-    incidents_app,
+    check_format,
+    folded_table,
+    open_database,
     out,
+    print_json,
+    settings_for,
+    when,
 )
 from agent.config import parse_duration
-from agent.incidents.lifecycle import LifecycleError, set_status
 from storage.enums import NotificationState
 from storage.unit_of_work import transaction
 
@@ -35,17 +31,9 @@ alerts_app = typer.Typer(help="Notification channels and the outbox.", no_args_i
 silence_app = typer.Typer(help="Hold back notifications for a while.", no_args_is_help=True)
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(alerts_app, name="alerts")
-    app.add_typer(silence_app, name="silence")
-    for status, verb in (
-        ("acknowledged", "acknowledge"),
-        ("resolved", "resolve"),
-        ("open", "reopen"),
-    ):
-        incidents_app.command(verb, help=f"Mark an incident {status} and notify its channels.")(
-            _status_command(status)
-        )
+def register(root: typer.Typer) -> None:
+    root.add_typer(alerts_app, name="alerts")
+    root.add_typer(silence_app, name="silence")
 
 
 @alerts_app.command("list")
@@ -58,32 +46,33 @@ def alerts_list(
     fmt: FormatOption = "table",
 ) -> None:
     """Show the outbox: notifications with their delivery state, newest first."""
-    _check_format(fmt)
+    check_format(fmt)
     if state is not None and state not in tuple(NotificationState):
         raise UsageError(f"--state must be one of {', '.join(NotificationState)}, not {state!r}")
-    database = _database(_settings(None, db), migrate=False)
+    database = open_database(settings_for(None, db), migrate=False)
     with transaction(database) as uow:
         items = [n.to_dict() for n in uow.outbox.list(limit=limit, state=state)]
     if fmt == "json":
-        _print_json(items)
+        print_json(items)
         return
-    table = Table(title=f"notifications ({len(items)})")
-    for column in (
-        "id",
-        "created",
-        "channel",
-        "action",
-        "reason",
-        "incident",
-        "state",
-        "tries",
-        "error",
-    ):
-        table.add_column(column, overflow="fold")
+    table = folded_table(
+        f"notifications ({len(items)})",
+        (
+            "id",
+            "created",
+            "channel",
+            "action",
+            "reason",
+            "incident",
+            "state",
+            "tries",
+            "error",
+        ),
+    )
     for n in items:
         table.add_row(
             str(n["id"]),
-            _when(n["created_at"]),
+            when(n["created_at"]),
             n["channel"],
             n["action"],
             n["reason"],
@@ -103,11 +92,11 @@ def alerts_test(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the outcome.")] = 30.0,
 ) -> None:
     """Send a test notification through the outbox and report what the receiver said."""
-    settings = _settings(config, db)
+    settings = settings_for(config, db)
     if channel not in settings.alerts.channels:
         known = ", ".join(sorted(settings.alerts.channels)) or "none configured"
         raise UsageError(f"unknown channel {channel!r} (channels: {known})")
-    database = _database(settings)
+    database = open_database(settings)
     is_pagerduty = settings.alerts.channels[channel].type == "pagerduty"
     with transaction(database) as uow:
         ids = [r.id for r in enqueue_test(uow, channel, resolve=is_pagerduty)]
@@ -139,8 +128,8 @@ def alerts_flush(
     timeout: Annotated[float, typer.Option(help="Seconds to keep trying.")] = 60.0,
 ) -> None:
     """Deliver what is pending in the outbox now (e.g. after a crash), then exit."""
-    settings = _settings(config, db)
-    database = _database(settings)
+    settings = settings_for(config, db)
+    database = open_database(settings)
     dispatcher = Dispatcher(database, settings.alerts)
     try:
         counts = dispatcher.wait_settled(0, timeout)
@@ -168,7 +157,7 @@ def silence_add(
         raise UsageError(f"--for: {exc}") from None
     if seconds <= 0:
         raise UsageError("--for must be longer than zero")
-    database = _database(_settings(None, db))
+    database = open_database(settings_for(None, db))
     now = time.time()
     with transaction(database) as uow:
         silence = uow.outbox.add_silence(
@@ -181,7 +170,7 @@ def silence_add(
             ends_at=now + seconds,
         )
         silence_id = silence.id
-    out.print(f"Silence {silence_id} active until {_when(now + seconds)} UTC.")
+    out.print(f"Silence {silence_id} active until {when(now + seconds)} UTC.")
 
 
 @silence_app.command("list")
@@ -191,23 +180,23 @@ def silence_list(
     fmt: FormatOption = "table",
 ) -> None:
     """Active silences (all with --all), newest first."""
-    _check_format(fmt)
-    database = _database(_settings(None, db), migrate=False)
+    check_format(fmt)
+    database = open_database(settings_for(None, db), migrate=False)
     with transaction(database) as uow:
         items = [s.to_dict() for s in uow.outbox.list_silences(time.time(), all_)]
     if fmt == "json":
-        _print_json(items)
+        print_json(items)
         return
-    table = Table(title=f"silences ({len(items)})")
-    for column in ("id", "model", "kind", "subject", "until", "by", "reason"):
-        table.add_column(column, overflow="fold")
+    table = folded_table(
+        f"silences ({len(items)})", ("id", "model", "kind", "subject", "until", "by", "reason")
+    )
     for s in items:
         table.add_row(
             str(s["id"]),
             s["model"] or "*",
             s["kind"] or "*",
             s["subject"] or "*",
-            _when(s["ends_at"]),
+            when(s["ends_at"]),
             s["created_by"] or "",
             s["reason"],
         )
@@ -219,33 +208,12 @@ def silence_expire(
     silence_id: Annotated[int, typer.Argument(metavar="ID")], db: DbOption = None
 ) -> None:
     """End a silence now."""
-    database = _database(_settings(None, db), migrate=False)
+    database = open_database(settings_for(None, db), migrate=False)
     with transaction(database) as uow:
         silence = uow.outbox.expire_silence(silence_id, time.time())
         if silence is None:
             raise UsageError(f"no silence with id {silence_id}")
     out.print(f"Silence {silence_id} expired.")
-
-
-def _status_command(status: str) -> Callable[..., None]:
-    def command(
-        incident_id: Annotated[int, typer.Argument(metavar="ID")],
-        config: ConfigOption = None,
-        db: DbOption = None,
-        fmt: FormatOption = "table",
-    ) -> None:
-        _check_format(fmt)
-        settings = _settings(config, db)
-        try:
-            incident = set_status(_database(settings), settings.alerts, incident_id, status)
-        except LifecycleError as exc:
-            raise UsageError(str(exc)) from None
-        if fmt == "json":
-            _print_json(incident.to_contract())
-        else:
-            _print_incidents([incident.to_contract()])
-
-    return command
 
 
 def _user() -> str | None:

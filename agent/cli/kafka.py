@@ -10,8 +10,16 @@ from typing import Annotated
 import typer
 from kafka.errors import KafkaError
 
-from agent.cli import ConfigOption, DbOption, UsageError, _settings, _state, err, out
-from agent.cli_api import require_token
+from agent.cli.common import (
+    ConfigOption,
+    DbOption,
+    UsageError,
+    err,
+    out,
+    require_token,
+    settings_for,
+    state,
+)
 from agent.config import ConfigError, Settings
 from agent.runtime.background import Background
 from agent.runtime.daemon import Daemon, check_settings
@@ -22,11 +30,11 @@ from streams.kafka import KEY_FIELDS, ProduceError, make_producer, produce_lines
 log = logging.getLogger("agent.runtime.daemon")
 DAEMON_DB_ATTEMPTS = 2
 
+kafka_app = typer.Typer(help="Kafka tools.", no_args_is_help=True)
+
 
 def register(app: typer.Typer) -> None:
     app.command("run")(run)
-    kafka_app = typer.Typer(help="Kafka tools.", no_args_is_help=True)
-    kafka_app.command("produce")(produce)
     app.add_typer(kafka_app, name="kafka")
 
 
@@ -43,12 +51,12 @@ def run(
     environment variables. Run several processes with the same group to scale out. Beside the
     consumer it runs the scheduled jobs (reports, auto-resolve, retention) and delivers alerts.
     """
-    settings = _settings(config, db)
+    settings = settings_for(config, db)
     check_settings(settings)  # before touching the database
     if api:
         require_token(settings)
-    logging.getLogger("agent").setLevel(logging.DEBUG if _state["debug"] else logging.INFO)
-    if not _state["debug"]:
+    logging.getLogger("agent").setLevel(logging.DEBUG if state["debug"] else logging.INFO)
+    if not state["debug"]:
         # kafka-python logs every failed connection attempt; the daemon reports outages itself.
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
     database = _database_when_up(settings)
@@ -89,6 +97,7 @@ def _database_when_up(settings: Settings) -> Database:
             time.sleep(min(2.0**attempt, settings.daemon.retry_max_delay))
 
 
+@kafka_app.command("produce")
 def produce(
     file: Annotated[Path, typer.Argument(help="JSONL file of events, one message per line.")],
     topic: Annotated[str, typer.Option("--topic", "-t", help="Topic to produce to.")],
@@ -113,7 +122,7 @@ def produce(
     if key_field not in KEY_FIELDS:
         raise UsageError(f"--key-field must be 'model', 'id' or 'none', not {key_field!r}")
     require_file(file)
-    settings = _settings(config, None)
+    settings = settings_for(config, None)
     updates: dict[str, object] = {}
     if bootstrap:
         updates["bootstrap_servers"] = [s.strip() for s in bootstrap.split(",") if s.strip()]

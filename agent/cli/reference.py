@@ -6,20 +6,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from agent.cli import (
+from agent.cli.common import (
     ConfigOption,
     DbOption,
     FormatOption,
     UsageError,
-    _check_format,
-    _database,
-    _num,
-    _print_json,
-    _settings,
-    _when,
+    check_format,
+    folded_table,
+    num,
+    open_database,
     out,
+    print_json,
+    settings_for,
+    when,
 )
 from agent.reference import ReferenceFileError, load_reference_file
 from storage.queries import Repository
@@ -54,13 +54,13 @@ def reference_set(
 ) -> None:
     """Store a model's reference data from a file (a seeded sample of at most
     [reference] max_rows rows)."""
-    settings = _settings(config, db)
+    settings = settings_for(config, db)
     try:
         loaded = load_reference_file(file, model, settings.reference.max_rows)
     except ReferenceFileError as exc:
         raise UsageError(str(exc)) from None
     version = model_version if model_version is not None else loaded.model_version
-    database = _database(settings)
+    database = open_database(settings)
     row = database.retrying(
         lambda: Repository(database).add_reference(
             ReferenceInput(
@@ -90,26 +90,26 @@ def reference_show(
     fmt: FormatOption = "table",
 ) -> None:
     """Show the reference in force for a model (version), with its summary statistics."""
-    _check_format(fmt)
-    database = _database(_settings(None, db), migrate=False)
+    check_format(fmt)
+    database = open_database(settings_for(None, db), migrate=False)
     row = Repository(database).find_reference(model, model_version)
     if row is None:
         raise UsageError(f"model {model!r} has no reference")
     item = row.to_contract()
     if fmt == "json":
-        _print_json(item)
+        print_json(item)
         return
     _print_references([item])
-    table = Table(title="features")
-    for column in ("feature", "missing", "mean", "std", "p05", "p50", "p95", "top categories"):
-        table.add_column(column, overflow="fold")
+    table = folded_table(
+        "features", ("feature", "missing", "mean", "std", "p05", "p50", "p95", "top categories")
+    )
     for name, stats in item["summary"].get("features", {}).items():
-        num = stats.get("numeric", {})
+        numeric = stats.get("numeric", {})
         top = stats.get("categorical", {}).get("top", {})
         table.add_row(
             name,
             f"{stats.get('missing_share', 0):.1%}",
-            *(_num(num.get(k)) for k in ("mean", "std", "p05", "p50", "p95")),
+            *(num(numeric.get(k)) for k in ("mean", "std", "p05", "p50", "p95")),
             ", ".join(f"{k} {v:.0%}" for k, v in list(top.items())[:4]),
         )
     out.print(table)
@@ -122,11 +122,11 @@ def reference_list(
     fmt: FormatOption = "table",
 ) -> None:
     """List stored references, newest first per model (the newest per version is in force)."""
-    _check_format(fmt)
-    database = _database(_settings(None, db), migrate=False)
+    check_format(fmt)
+    database = open_database(settings_for(None, db), migrate=False)
     items = [r.to_contract() for r in Repository(database).list_references(model)]
     if fmt == "json":
-        _print_json(items)
+        print_json(items)
     else:
         _print_references(items)
 
@@ -147,9 +147,9 @@ def report(
     """Build an Evidently report now: the model's reference vs its recent window."""
     from agent.reports import ReportError, Window, build_report, parse_window
 
-    _check_format(fmt)
-    settings = _settings(config, db)
-    database = _database(settings, migrate=False)
+    check_format(fmt)
+    settings = settings_for(config, db)
+    database = open_database(settings, migrate=False)
     try:
         outcome = build_report(
             settings, database, model, parse_window(window) if window else Window(), out_file
@@ -159,12 +159,12 @@ def report(
     assert outcome is not None
     item = {**outcome.report.to_contract(), "incidents": outcome.incident_ids}
     if fmt == "json":
-        _print_json(item)
+        print_json(item)
         return
     drift = item["summary"].get("drift", {})
     out.print(
-        f"Report {item['id']} for model {model}: window {_when(item['window']['start'])} to "
-        f"{_when(item['window']['end'])} ({item['summary']['window']['events']:,} events), "
+        f"Report {item['id']} for model {model}: window {when(item['window']['start'])} to "
+        f"{when(item['window']['end'])} ({item['summary']['window']['events']:,} events), "
         f"{drift.get('drifted_columns', 0)} of {len(drift.get('columns', {}))} columns drifted."
     )
     for name, column in drift.get("columns", {}).items():
@@ -184,8 +184,8 @@ def reports_list(
     fmt: FormatOption = "table",
 ) -> None:
     """List stored reports, newest first."""
-    _check_format(fmt)
-    repository = Repository(_database(_settings(None, db), migrate=False))
+    check_format(fmt)
+    repository = Repository(open_database(settings_for(None, db), migrate=False))
     rows = (
         repository.reports_of_incident(incident)
         if incident is not None
@@ -193,18 +193,18 @@ def reports_list(
     )
     items = [r.to_contract() for r in rows if model is None or r.model == model]
     if fmt == "json":
-        _print_json(items)
+        print_json(items)
         return
-    table = Table(title=f"reports ({len(items)})")
-    for column in ("id", "model", "window start", "window end", "drifted", "html"):
-        table.add_column(column, overflow="fold")
+    table = folded_table(
+        f"reports ({len(items)})", ("id", "model", "window start", "window end", "drifted", "html")
+    )
     for r in items:
         drift = r["summary"].get("drift", {})
         table.add_row(
             str(r["id"]),
             r["model"],
-            _when(r["window"]["start"]),
-            _when(r["window"]["end"]),
+            when(r["window"]["start"]),
+            when(r["window"]["end"]),
             f"{drift.get('drifted_columns', 0)}/{len(drift.get('columns', {}))}",
             r["html_path"] or "",
         )
@@ -212,9 +212,9 @@ def reports_list(
 
 
 def _print_references(items: list[dict[str, Any]]) -> None:
-    table = Table(title=f"references ({len(items)})")
-    for column in ("id", "model", "version", "origin", "rows", "of", "created"):
-        table.add_column(column, overflow="fold")
+    table = folded_table(
+        f"references ({len(items)})", ("id", "model", "version", "origin", "rows", "of", "created")
+    )
     for r in items:
         table.add_row(
             str(r["id"]),

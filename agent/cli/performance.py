@@ -7,7 +7,20 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from agent.cli import EVENT_TIME_HELP
+from agent.cli.common import (
+    EVENT_TIME_HELP,
+    NothingYet,
+    check_format,
+    event_time,
+    folded_table,
+    nothing_yet,
+    open_database,
+    out,
+    print_json,
+    settings_for,
+    when,
+)
+from storage.queries import Repository
 
 
 def register(app: typer.Typer) -> None:
@@ -34,21 +47,9 @@ def performance(
     fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
 ) -> None:
     """Show a model's performance per event-time window (measured and estimated)."""
-    from agent.cli import (
-        NothingYet,
-        _check_format,
-        _database,
-        _print_json,
-        _settings,
-        event_time,
-        nothing_yet,
-        out,
-    )
-    from storage.queries import Repository
-
-    _check_format(fmt)
+    check_format(fmt)
     try:
-        repository = Repository(_database(_settings(None, db), migrate=False))
+        repository = Repository(open_database(settings_for(None, db), migrate=False))
     except NothingYet as missing:
         nothing_yet(str(missing), fmt)
         return
@@ -60,7 +61,7 @@ def performance(
         until=event_time("--until", until, repository),
     )
     if fmt == "json":
-        _print_json(rows)
+        print_json(rows)
         return
     if not rows:
         out.print(f"no performance history for model {model!r} (no labels or scores yet)")
@@ -85,8 +86,6 @@ METRIC_ORDER = (
 
 def _pivot(model: str, rows: list[dict[str, Any]]) -> Table:
     """One line per (window, version); one column per metric, estimated ones marked."""
-    from agent.cli import _when
-
     lines: dict[tuple[float, str], dict[str, dict[str, Any]]] = {}
     names: set[str] = set()
     for r in rows:
@@ -95,13 +94,14 @@ def _pivot(model: str, rows: list[dict[str, Any]]) -> Table:
         lines.setdefault((r["window_start"], r["model_version"]), {})[name] = r
     order = {m: i for i, m in enumerate(METRIC_ORDER)}
     columns = sorted(names, key=lambda m: (order.get(m.removeprefix("est. "), 99), m))
-    table = Table(title=f"performance of {model} (per event-time window; est. = estimated)")
-    for column in ("window start (UTC)", "version", "labelled", *columns):
-        table.add_column(column, overflow="fold")
+    table = folded_table(
+        f"performance of {model} (per event-time window; est. = estimated)",
+        ("window start (UTC)", "version", "labelled", *columns),
+    )
     for (start, version), values in sorted(lines.items()):
         delay = values.get("label_delay")
         table.add_row(
-            _when(start),
+            when(start),
             version or "-",
             f"{delay['n']:,}" if delay else "0",
             *(_cell(values.get(c)) for c in columns),
