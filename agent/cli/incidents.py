@@ -30,13 +30,13 @@ from agent.cli.common import (
 )
 from agent.incidents.lifecycle import LifecycleError, set_status
 from detectors.base import Kind
-from storage.models import OPEN_STATUSES
+from storage.enums import OPEN_STATUSES, IncidentStatus
 from storage.queries import IncidentFilter, Repository
 
 app = typer.Typer(help="Query incident history.", no_args_is_help=True)
 
 KINDS = tuple(k.value for k in Kind)
-STATUSES = (*OPEN_STATUSES, "resolved")
+STATUSES = (*OPEN_STATUSES, IncidentStatus.RESOLVED)
 SinceOption = Annotated[
     str | None, typer.Option(help=f"Latest evidence at or after T: {EVENT_TIME_HELP}")
 ]
