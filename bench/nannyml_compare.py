@@ -128,18 +128,21 @@ def bulwark(*args: str) -> str:
     return done.stdout
 
 
-def run_bulwark(name: str, info: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
-    """Every incident `bulwark replay` opens on the analysis frame, reference stored first."""
-    reference = pd.read_csv(out_dir / f"{name}.reference.csv")
-    analysis = pd.read_csv(out_dir / f"{name}.analysis.csv")
-    ref_file, analysis_file = out_dir / f"{name}.reference.jsonl", out_dir / f"{name}.events.jsonl"
-    ref_file.write_bytes(b"\n".join(events(reference, info, labels=False)) + b"\n")
-    analysis_file.write_bytes(b"\n".join(events(analysis, info, labels=True)) + b"\n")
+def run_bulwark(name: str, info: dict[str, Any], out_dir: Path, reuse: bool) -> list[dict]:
+    """Every incident `bulwark replay` opens on the analysis frame, reference stored first
+    (with `reuse`, those of an earlier run's database when there is one)."""
     db_file = out_dir / f"{name}.db"
-    db_file.unlink(missing_ok=True)
     db = f"sqlite:///{db_file}"
-    bulwark("reference", "set", name, str(ref_file), "--db", db)
-    bulwark("replay", str(analysis_file), "--db", db)
+    if not (reuse and db_file.exists()):
+        reference = pd.read_csv(out_dir / f"{name}.reference.csv")
+        analysis = pd.read_csv(out_dir / f"{name}.analysis.csv")
+        ref_file = out_dir / f"{name}.reference.jsonl"
+        analysis_file = out_dir / f"{name}.events.jsonl"
+        ref_file.write_bytes(b"\n".join(events(reference, info, labels=False)) + b"\n")
+        analysis_file.write_bytes(b"\n".join(events(analysis, info, labels=True)) + b"\n")
+        db_file.unlink(missing_ok=True)
+        bulwark("reference", "set", name, str(ref_file), "--db", db)
+        bulwark("replay", str(analysis_file), "--db", db)
     return json.loads(bulwark("incidents", "list", "--all", "--format", "json", "--db", db))
 
 
@@ -205,30 +208,25 @@ def compare(name: str, nml: dict[str, Any], incidents: list[dict[str, Any]]) -> 
     )
     outputs = [i for i in incidents if i["kind"] == "prediction_drift"]
     rows.append(Row("outputs", "-", None, 0, "prediction_drift", *_bulwark_flags(outputs, change)))
+    # Bulwark's label-free estimates are the accuracy_drop subjects named estimated_*.
     performance = [i for i in incidents if i["kind"] == "accuracy_drop"]
-    for metric, flags in nml["estimated"].items():
-        rows.append(
-            Row(
-                metric,
-                f"{nml['method']['estimated'].split()[0]} (estimated)",
-                *_nannyml_flags(flags, chunks, change),
-                "-",
-                None,
-                0,
+    estimated = [i for i in performance if i["subject"].startswith("estimated")]
+    measured = [i for i in performance if not i["subject"].startswith("estimated")]
+    for label, part, results in (
+        (f"{nml['method']['estimated'].split()[0]} (estimated)", estimated, nml["estimated"]),
+        ("realized", measured, nml["realized"]),
+    ):
+        subjects = ",".join(sorted({i["subject"] for i in part}))
+        for metric, flags in results.items():
+            rows.append(
+                Row(
+                    metric,
+                    label,
+                    *_nannyml_flags(flags, chunks, change),
+                    f"accuracy_drop ({subjects})" if part else "accuracy_drop",
+                    *_bulwark_flags(part, change),
+                )
             )
-        )
-    for metric, flags in nml["realized"].items():
-        rows.append(
-            Row(
-                metric,
-                "realized",
-                *_nannyml_flags(flags, chunks, change),
-                "accuracy_drop (" + ",".join(sorted({i["subject"] for i in performance})) + ")"
-                if performance
-                else "accuracy_drop",
-                *_bulwark_flags(performance, change),
-            )
-        )
     return rows
 
 
@@ -273,8 +271,13 @@ def quoted_figures(out_dir: Path, names: list[str]) -> None:
             ks = ks_2samp(ref[feature], ana[feature]).statistic
             within = ks_2samp(ref[feature][:half], ref[feature][half:]).statistic
             shift = (ana[feature].mean() - ref[feature].mean()) / ref[feature].std()
+            per_chunk = [
+                ks_2samp(ref[feature], ana[feature][a : a + 6000]).statistic
+                for a in range(0, len(ana), 6000)
+            ]
             print(
-                f"car_price {feature}: KS {ks:.3f} (between the reference's halves {within:.3f}), "
+                f"car_price {feature}: KS {ks:.3f} (between the reference's halves {within:.3f}; "
+                f"per 6,000-row chunk {min(per_chunk):.3f}-{max(per_chunk):.3f}), "
                 f"standardized mean shift {shift:+.3f}"
             )
         shares = pd.concat(
@@ -301,7 +304,9 @@ def main() -> None:
     parser.add_argument("--datasets", help="comma-separated, default all: " + ",".join(DATASETS))
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "nannyml"))
     parser.add_argument(
-        "--reuse", action="store_true", help="reuse NannyML's results of an earlier run"
+        "--reuse",
+        action="store_true",
+        help="reuse NannyML's results and Bulwark's databases of an earlier run",
     )
     args = parser.parse_args()
     names = args.datasets.split(",") if args.datasets else DATASETS
@@ -322,7 +327,7 @@ def main() -> None:
     for name in names:
         nml = results["datasets"][name]
         print(f"bulwark: {name}", file=sys.stderr, flush=True)
-        incidents = run_bulwark(name, nml, out_dir)
+        incidents = run_bulwark(name, nml, out_dir, args.reuse)
         rows = compare(name, nml, incidents)
         print_table(name, nml, rows)
         if CHANGE_AT[name]:
