@@ -4,7 +4,7 @@
 drawn exactly as benign rows are (`Dataset.sample`). This script measures, without Bulwark and
 without ART, how the extractor's cumulative coverage compares with benign keys' after as many
 queries (n = 100 .. 2,000): per key, the entropy of its predicted classes, the entropy of its
-(predicted class x coarse input cell) regions (`detectors.clients.coverage`'s cells: signs of
+(predicted class x coarse input cell) regions (cells: signs of
 4 random projections) and the sum over features of its octile histograms' entropy (the
 detector's feature coverage). For each n it prints the benign keys' median and 99th
 percentile and the extractors' values, and the extractors' mean rank among benign keys
