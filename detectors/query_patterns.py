@@ -21,13 +21,16 @@ with numpy:
   noticed: splitting an attack over several keys does not hide it.
 
 Every `check_every` queries of a client (a "look", at that query even mid-batch: its window
-is rebuilt as it was then), seven statistics summarize its ring: `ood_share`,
+is rebuilt as it was then), eight statistics summarize its ring: `ood_share`,
 `low_margin_share`, `shared_fingerprints`, `knn_distance` (minus the mean log k-NN
 distance), `prada_normality` (-log Shapiro-Wilk W of the min distances),
 `coordinate_probes` (share of probes, weighted by how many coordinates were probed) and
 `coverage` (how fully the client's cumulative histograms cover the reference's: the sum over
 features of their entropy minus the reference's; a natural-data extractor sampling the whole
-population climbs to 0, a client serving its own segment stays below).
+population climbs to 0, a client serving its own segment stays below) and `class_coverage`
+(minus the log divergence of the client's predicted-class mix from the whole traffic's: a
+natural-data extractor reaches the model's decision regions as the traffic does,
+`detectors.clients.coverage`).
 
 Each statistic is judged against the *contemporaneous* benign population at the same history
 length (`detectors.clients.null`): each client's latest value per ring-fill bucket, one voice
@@ -37,7 +40,7 @@ drift, never many suspicious clients. Before enough clients exist, a conservativ
 the reference judges what has a principled benign level, so attackers present from the first
 query are found.
 
-A look's p-value is the Bonferroni minimum over the seven statistics. Looks are spent per
+A look's p-value is the Bonferroni minimum over the tested statistics. Looks are spent per
 client and per event-time day: the j-th look of a day is tested at alpha / (j (j + 1)), which
 sums to alpha = `false_clients_per_thousand` / 1000, the share of benign clients flagged per
 day at most (as far as the null's tail holds; see docs/query-patterns.md).
@@ -69,6 +72,7 @@ from detectors.clients.codec import (
     sample_from_data,
     sample_to_data,
 )
+from detectors.clients.coverage import REGIONS, RegionCoverage, counts_at, labels_of
 from detectors.clients.null import STATISTICS, PopulationNull, bucket_of, history_edges
 from detectors.input_anomaly import (
     InputProfile,
@@ -91,6 +95,7 @@ BINS = 8  # per feature in the coverage histograms
 NULL_REFRESH_SECONDS = 3600.0
 NULL_REFRESH_QUERIES = 5_000
 COVERAGE = STATISTICS.index("coverage")
+REGION_STAT = STATISTICS.index("class_coverage")
 KNN_STAT, LOW_STAT, OOD_STAT = (
     STATISTICS.index(name) for name in ("knn_distance", "low_margin_share", "ood_share")
 )
@@ -146,6 +151,7 @@ class QueryPatternDetector(ProfiledDetector):
     """`suspicious_client` per client; see the module docstring for the method."""
 
     name = "query_patterns"
+    state_version = 2  # 2: class coverage (a statistic more, per-client class counts)
 
     def __init__(self, model: str, settings: QueryPatternSettings | None = None) -> None:
         self.settings = settings or QueryPatternSettings()
@@ -162,6 +168,8 @@ class QueryPatternDetector(ProfiledDetector):
         self.ring_vectors = np.zeros((0, s.buffer_size, 0), dtype=np.float32)
         self.ring_records = np.zeros((0, s.buffer_size, RECORD))
         self.coverage = np.zeros((0, 0, BINS), dtype=np.int32)  # client x feature x bin
+        self.region_counts = np.zeros((0, REGIONS), dtype=np.int32)  # client x region
+        self.regions: RegionCoverage | None = None  # learned with the profile
         size = 1 << max(10, (s.max_fingerprints - 1).bit_length())
         self.fp_keys = np.zeros(size, dtype=np.int64)  # the shared fingerprint table
         self.fp_owners = np.zeros(size, dtype=np.int64)
@@ -192,7 +200,7 @@ class QueryPatternDetector(ProfiledDetector):
         ring = s.buffer_size * (self.ring_vectors.itemsize * width + RECORD * 8)
         null = len(self.edges) * (len(STATISTICS) + 1) * 8
         features = self.coverage.shape[1]
-        return ring + features * BINS * 4 + 2 * null
+        return ring + features * BINS * 4 + REGIONS * 4 + 2 * null
 
     def tracked_cap(self) -> int:
         """How many clients can be tracked at once: `max_clients`, or fewer when their state
@@ -332,6 +340,7 @@ class QueryPatternDetector(ProfiledDetector):
         histogram = np.zeros((features, BINS))
         np.add.at(histogram, (np.arange(features)[None, :], self._bins(encoded)), 1)
         self.reference_entropy = float(_entropy(histogram[None])[0])
+        self.regions = RegionCoverage(s.null_window_seconds)
 
     def _bins(self, encoded: np.ndarray) -> np.ndarray:
         """Each query's bin per feature (queries x features): numeric features by the
@@ -381,6 +390,8 @@ class QueryPatternDetector(ProfiledDetector):
             "ring_vectors": self.ring_vectors[slots][used],
             "ring_records": self.ring_records[slots][used],
             "coverage": self.coverage[slots],
+            "region_counts": self.region_counts[slots],
+            "regions": None if self.regions is None else self.regions.to_data(),
             "null": self.null.state(0)
             | {
                 "values": self.null.values[slots],
@@ -416,6 +427,8 @@ class QueryPatternDetector(ProfiledDetector):
         for name, value in state["hashing"].items():
             setattr(self, name, value)
         self.fp_keys, self.fp_owners, self.fp_ts = state["fingerprints"]
+        if state["regions"] is not None:
+            self.regions = RegionCoverage.from_data(state["regions"], s.null_window_seconds)
         if self.profile is None:
             return
         dim = self.profile.dim
@@ -433,6 +446,7 @@ class QueryPatternDetector(ProfiledDetector):
         self.ring_vectors[: len(fill[kept])] = vectors[kept]
         self.ring_records[: len(fill[kept])] = records[kept]
         self.coverage[: len(fill[kept])] = state["coverage"][kept]
+        self.region_counts[: len(fill[kept])] = state["region_counts"][kept]
         null = state["null"]
         self.null.prior_u, self.null.prior_b = null["prior_u"], null["prior_b"]
         self.null.values[: len(fill[kept])] = null["values"][kept]
@@ -500,6 +514,9 @@ class QueryPatternDetector(ProfiledDetector):
         per_query[:, SHARED] = shared
         per_query[:, EXACT] = x.round(6) @ self.exact_weights
         bins = self._bins(x)
+        assert self.regions is not None
+        labels = labels_of(batch.predictions[start:], batch.scores[start:], n)
+        regions = self.regions.regions(labels)
         self.since_refresh += n
         if (
             self.last_ts >= self.refreshed + NULL_REFRESH_SECONDS
@@ -523,6 +540,8 @@ class QueryPatternDetector(ProfiledDetector):
         first = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
         sizes = np.diff(np.r_[first, m])
         group_codes = sorted_codes[first]
+        regions = regions[order]
+        self.regions.observe(regions, self.last_ts)  # the tracked traffic's mix
 
         xs = x[order]
         norms = np.einsum("ij,ij->i", xs, xs)
@@ -556,8 +575,13 @@ class QueryPatternDetector(ProfiledDetector):
         # min_queries on), each judged on the window and histograms as of that query, built
         # before the batch is stored (the ring still holds what those windows need).
         looks = self._windows(records, running, slots, counts, first, sizes)
+        if looks is not None:  # region counts as of each look, before the batch is added
+            group, row = looks[0], looks[2]
+            at_look = self.region_counts[slots[group]]
+            at_look = counts_at(at_look, regions, first[group], row + 1)
         self._push(stored, records, slots, counts, first, sizes)
         self.coverage[slots] += running[first + sizes] - running[first]
+        np.add.at(self.region_counts, (np.repeat(slots, sizes), regions), 1)
         for state, size in zip(group_states, sizes.tolist(), strict=True):
             state.count += size
         if looks is None:
@@ -567,7 +591,7 @@ class QueryPatternDetector(ProfiledDetector):
             (names[group_codes[g]], group_states[g], start + int(order[r]), c)
             for g, r, c in zip(group.tolist(), row.tolist(), at_count.tolist(), strict=True)
         ]
-        stats = self._statistics_of(window, at_count, histograms)
+        stats = self._statistics_of(window, at_count, histograms, at_look)
         findings = self._looks(due, stats, batch)  # type: ignore[arg-type]
         return [finding for _, finding in sorted(findings, key=lambda pair: pair[0])]
 
@@ -647,6 +671,7 @@ class QueryPatternDetector(ProfiledDetector):
                 evictable -= 1
                 slot = evicted.slot
                 self.coverage[slot] = 0
+                self.region_counts[slot] = 0
                 self.null.forget(slot)
             else:
                 continue  # over-full batch: not tracked
@@ -668,9 +693,11 @@ class QueryPatternDetector(ProfiledDetector):
         vectors = np.zeros((cap, size, dim), dtype=np.float32)
         records = np.zeros((cap, size, RECORD))
         coverage = np.zeros((cap, *self.coverage.shape[1:]), dtype=np.int32)
+        region_counts = np.zeros((cap, REGIONS), dtype=np.int32)
         vectors[:have], records[:have] = self.ring_vectors, self.ring_records
-        coverage[:have] = self.coverage
+        coverage[:have], region_counts[:have] = self.coverage, self.region_counts
         self.ring_vectors, self.ring_records, self.coverage = vectors, records, coverage
+        self.region_counts = region_counts
         self.null.reserve(cap)
 
     def _nearest(
@@ -865,10 +892,15 @@ class QueryPatternDetector(ProfiledDetector):
         counts = np.fromiter((state.count for state in states), np.int64, len(states))
         records = np.take(self.ring_records, slots, axis=0)
         records[np.arange(size) >= np.minimum(counts, size)[:, None]] = _NO_RECORD
-        return self._statistics_of(records, counts, np.take(self.coverage, slots, axis=0))
+        coverage = np.take(self.coverage, slots, axis=0)
+        return self._statistics_of(records, counts, coverage, self.region_counts[slots])
 
     def _statistics_of(
-        self, records: np.ndarray, counts: np.ndarray, histograms: np.ndarray
+        self,
+        records: np.ndarray,
+        counts: np.ndarray,
+        histograms: np.ndarray,
+        region_counts: np.ndarray,
     ) -> np.ndarray:
         """Statistics of looks (looks x `STATISTICS`) from their windows (looks x ring x
         RECORD, `_NO_RECORD` where empty), queries seen and histograms; NaN where one is not
@@ -906,6 +938,8 @@ class QueryPatternDetector(ProfiledDetector):
         share = np.count_nonzero(probes > 0, axis=1) / n
         out[:, 5] = share * np.clip((distinct - 1) / (PROBE_COORDINATES - 1), 0.0, 1.0)
         out[:, COVERAGE] = _entropy(histograms) - self.reference_entropy
+        assert self.regions is not None
+        out[:, REGION_STAT] = self.regions.statistic(region_counts)
         return out
 
     def _prada(self, records: np.ndarray) -> np.ndarray:
@@ -931,7 +965,7 @@ class QueryPatternDetector(ProfiledDetector):
             len(STATISTICS),
             axis=1,
         )
-        buckets[:, COVERAGE] = bucket_of(counts, self.edges)
+        buckets[:, [COVERAGE, REGION_STAT]] = bucket_of(counts, self.edges)[:, None]
         p_values = self.null.p_values(stats, buckets)
         p_values[:, ~TESTED] = np.nan  # reported, not tested
         # Closeness alone is no evidence (a batch job of similar records is close too): it
