@@ -550,3 +550,60 @@ def test_coordinate_probing_is_recognised_and_re_scoring_is_not() -> None:
     assert set(flagged) == {"zoo"}
     assert "coordinate_probes" in flagged["zoo"].details["detectors_fired"]
     assert flagged["zoo"].details["queries_seen"] <= 60
+
+
+def test_an_attacker_in_the_learning_window_is_judged_once_the_profile_exists() -> None:
+    """Without a stored reference the first events define the profile; they are kept and
+    judged, in order, once it exists, so an attacker present from the first query is flagged
+    at one of its first looks (by the reference prior: no population yet), not only once its
+    queries after the learning window fill a ring."""
+    detector = QueryPatternDetector("m", SETTINGS)
+    stream = Stream(seed=25)
+    probe = boundary_probe(stream.rng, 200)
+    findings: list[Finding] = []
+    learned_at = None
+    for start in range(0, 200, 10):
+        bx, bc = stream.benign(100)
+        x = np.vstack([bx, probe[start : start + 10]])
+        clients = bc + ["early"] * 10
+        order = stream.rng.permutation(len(x))
+        batch = stream.batch(x[order], [clients[i] for i in order])
+        findings += detector.update(batch)
+        if learned_at is None and detector.calibrated:
+            learned_at = int(batch.offsets[0])
+    flagged = first_by_client(findings)
+    assert set(flagged) == {"early"}
+    early = flagged["early"]
+    assert early.details["queries_seen"] <= 40
+    assert learned_at is not None and early.position.offset < learned_at  # a backlog look
+    assert detector.warmup == []  # judged once, then dropped
+
+
+def test_the_learning_window_kept_for_judging_is_bounded_per_client() -> None:
+    detector = QueryPatternDetector("m", SETTINGS)
+    stream = Stream(seed=26)
+    x = stream.rng.normal(0, 1, size=(280, len(FEATURES)))
+    detector.update(stream.batch(x, ["flood"] * 280))  # one key, still learning
+    assert not detector.calibrated
+    kept = sum(len(piece) for piece in detector.warmup)
+    assert kept == SETTINGS.buffer_size == detector.warmup_taken["flood"]
+    restored = QueryPatternDetector("m", SETTINGS)
+    restored.load_state(state_codec.decode(state_codec.encode(detector.state())))
+    assert sum(len(piece) for piece in restored.warmup) == kept
+
+
+def test_a_reference_handed_over_while_learning_keeps_the_window_to_judge() -> None:
+    """The pipeline learns a reference from the stream's first events and hands it over: the
+    events the detector kept meanwhile are judged against it at the next update."""
+    detector = QueryPatternDetector("m", SETTINGS)
+    stream = Stream(seed=27)
+    probe = boundary_probe(stream.rng, 40)
+    x, clients = stream.benign(200)
+    batch = stream.batch(np.vstack([x, probe]), clients + ["early"] * 40)
+    assert detector.update(batch) == [] and not detector.calibrated
+    detector.set_reference(stream.batch(*stream.benign(300)))
+    assert detector.calibrated and detector.warmup
+    flagged = first_by_client(detector.update(stream.batch(*stream.benign(100))))
+    assert set(flagged) == {"early"}
+    assert flagged["early"].details["judged_late"]
+    assert flagged["early"].position.offset < len(batch)
