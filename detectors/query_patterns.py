@@ -87,8 +87,14 @@ DETECTORS = STATISTICS
 CLEAN_P = 0.1  # a look above this is clean: a later pattern began after it
 LINKED_CLIENTS = 8  # other keys remembered per client for shared fingerprints
 PROBE_FLOOR = 1e-5  # a coordinate moved by less than this (robust units) has not moved
-PROBE_COORDINATES = 4  # probes over this many distinct coordinates count fully
+# Single-coordinate moves over more than `entity_changes` distinct coordinates are a walk
+# (an entity re-scored changes at most that many fields); fully one this many beyond them.
+PROBE_SPAN = 3
 REFERENCE_SHARE = 0.01  # of a reference learned from the first events, per client at most
+# While the reference is learned from the first events, they are kept (at most this many
+# times `reference_size` in all, and a ring's worth per client) and judged once the profile
+# exists: the learning window is not blind.
+WARMUP_FACTOR = 4
 BINS = 8  # per feature in the coverage histograms
 # The null's tails are refreshed after this much event time or this many queries, whichever
 # comes first: contemporaneous within an hour, at a cost spread over thousands of queries.
@@ -115,7 +121,9 @@ RECORD = 8
 _NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan, 0])  # counts in no statistic
 # LOW: 1 low margin, 0 not, -1 no score. KNN: log mean distance to the k nearest earlier
 # distinct queries (NaN: not enough of them). MIN_DISTANCE: NaN for repeats and the first.
-# PROBE: 1 + the coordinate a probe moved, -1 for an entity re-scored, 0 for other queries.
+# PROBE: 1 + the coordinate a probe moved (by at most `probe_step`), -(2 + the coordinate) for
+# an entity re-scored with one coordinate moved further, -1 for another entity re-scored, 0
+# for other queries.
 
 # A client's integer fields as checkpointed, in the clients' order; its ring slot is not among
 # them (`load_state` assigns slots afresh in that order), so equal states encode equally.
@@ -184,6 +192,9 @@ class QueryPatternDetector(ProfiledDetector):
         self.reference_entropy = 0.0  # of the reference's histograms, summed over features
         self.reference_taken: dict[str, int] = {}  # events per client in the reference
         self.reference_margins = [0, 0]  # its events with scores, and with low margins
+        self.warmup: list[ModelBatch] = []  # events of the learning window, judged after it
+        self.warmup_taken: dict[str, int] = {}  # of them per client
+        self.judging_late = False  # while the learning window's events are judged
         self.last_ts = -np.inf
         self.refreshed = -np.inf  # event time of the null's last refresh
         self.since_refresh = 0  # queries since
@@ -215,10 +226,14 @@ class QueryPatternDetector(ProfiledDetector):
 
     def set_reference(self, reference: ModelBatch) -> None:
         """Learns the profile and the prior from the stored reference at once (no events are
-        spent on it) and starts afresh: rings encoded with another profile would not compare."""
+        spent on it) and starts afresh: rings encoded with another profile would not compare.
+        Events kept while learning from the first ones (a pipeline hands over the reference it
+        learned from them) are judged at the next update."""
+        backlog = self.warmup if self.profile is None else []  # judged once learned
         self.__init__(self.model, self.settings)  # type: ignore[misc]
         self.reference = None
         self._learn(reference.numeric, reference.categorical, reference)
+        self.warmup = backlog
 
     def _monitored_from(self, batch: ModelBatch) -> int | None:
         """Collects the reference from the first events (when none was handed over), each
@@ -242,6 +257,7 @@ class QueryPatternDetector(ProfiledDetector):
             if taken.get(key, 0) < cap or client is None:
                 taken[key] = taken.get(key, 0) + 1
                 chosen.append(i)
+        self._keep_warmup(batch, end)
         rows = np.array(chosen, dtype=np.int64)
         low = _low_margin(batch, self.settings.low_margin)[rows]
         self.reference_margins[0] += int(np.count_nonzero(low >= 0))
@@ -259,6 +275,26 @@ class QueryPatternDetector(ProfiledDetector):
         self._learn(numeric, categorical)
         self.reference_margins = [0, 0]
         return end if end < len(batch) else None
+
+    def _keep_warmup(self, batch: ModelBatch, end: int) -> None:
+        """Keeps the learning window's events (up to `end` in this batch) to be judged once
+        the profile exists: at most `buffer_size` per client (its first ring: enough for the
+        looks that matter most) and `WARMUP_FACTOR` x `reference_size` in all, so a flood of
+        queries or keys cannot make the backlog unbounded. Only what the looks use is kept."""
+        s = self.settings
+        room = WARMUP_FACTOR * s.reference_size - sum(len(b) for b in self.warmup)
+        keep = np.zeros(len(batch), dtype=bool)
+        taken = self.warmup_taken
+        for i, client in enumerate(batch.clients[:end]):
+            if room <= 0:
+                break
+            if client is None or taken.get(client, 0) >= s.buffer_size:
+                continue
+            taken[client] = taken.get(client, 0) + 1
+            keep[i] = True
+            room -= 1
+        if keep.any():
+            self.warmup.append(_compact(batch, keep))
 
     def _learn(
         self,
@@ -383,6 +419,8 @@ class QueryPatternDetector(ProfiledDetector):
             "reference": None if self.reference is None else sample_to_data(self.reference),
             "reference_taken": self.reference_taken,
             "reference_margins": self.reference_margins,
+            "warmup": [piece.to_data() for piece in self.warmup],
+            "warmup_taken": self.warmup_taken,
             "profile": None if self.profile is None else profile_to_data(self.profile),
             "owner_names": [list(self.owner_names), list(self.owner_names.values())],
             "clients": clients,
@@ -422,6 +460,8 @@ class QueryPatternDetector(ProfiledDetector):
         self.profile = None if state["profile"] is None else profile_from_data(state["profile"])
         self.reference_taken = state["reference_taken"]
         self.reference_margins = state["reference_margins"]
+        self.warmup = [ModelBatch.of_data(piece) for piece in state["warmup"]]
+        self.warmup_taken = state["warmup_taken"]
         keys, names = state["owner_names"]
         self.owner_names = OrderedDict(zip(keys, names, strict=True))
         for name, value in state["hashing"].items():
@@ -477,8 +517,23 @@ class QueryPatternDetector(ProfiledDetector):
         if not self.settings.enabled or len(batch) == 0:
             return []
         start = self._monitored_from(batch)
-        if start is None:
-            return []
+        findings: list[Finding] = []
+        if self.profile is not None and self.warmup:
+            # The profile was just learned: the learning window's events are judged first,
+            # in order, each look by what was known then (the prior, while no population).
+            backlog, self.warmup, self.warmup_taken = self.warmup, [], {}
+            self.judging_late = True
+            try:
+                for piece in backlog:
+                    findings += self._monitor(piece, 0)
+            finally:
+                self.judging_late = False
+        if start is not None:
+            findings += self._monitor(batch, start)
+        return findings
+
+    def _monitor(self, batch: ModelBatch, start: int) -> list[Finding]:
+        """Measures and judges the batch's queries from `start` on (the profile is known)."""
         assert self.profile is not None
         s = self.settings
         x = self.profile.encode(batch)[start:]
@@ -834,6 +889,7 @@ class QueryPatternDetector(ProfiledDetector):
             steps = diff[query, candidate, :dim]
             coordinate = steps.argmax(axis=1)
             tiny = steps[np.arange(len(query)), coordinate] <= s.probe_step
+            probe[query[~tiny]] = -(coordinate[~tiny] + 2.0)  # a tiny step wins (below)
             probe[query[tiny]] = coordinate[tiny] + 1
         return same & real, probe
 
@@ -929,14 +985,21 @@ class QueryPatternDetector(ProfiledDetector):
         # Minus the mean log k-NN distance: higher is closer.
         out[:, 3] = np.where(found >= s.min_queries, -total / np.maximum(found, 1), np.nan)
         out[:, 4] = self._prada(records) if TESTED[4] else np.nan  # reported on findings
-        # Probes, weighted by how many distinct coordinates they moved: none for one (a
-        # re-scorer nudging one field, a day older, is not a finite-difference gradient
-        # estimate), fully from PROBE_COORDINATES on.
-        probes = np.sort(records[:, :, PROBE], axis=1)
-        distinct = np.count_nonzero((np.diff(probes, axis=1) != 0) & (probes[:, 1:] > 0), axis=1)
-        distinct += probes[:, 0] > 0
-        share = np.count_nonzero(probes > 0, axis=1) / n
-        out[:, 5] = share * np.clip((distinct - 1) / (PROBE_COORDINATES - 1), 0.0, 1.0)
+        # Single-coordinate moves (tiny probes, or an entity with one coordinate moved further),
+        # weighted by how many distinct coordinates they moved: none for up to
+        # `entity_changes` (a re-scorer updating a field or two: a day older, a new amount),
+        # fully from PROBE_SPAN more on: ZOO's finite differences and SimBA's steps walk
+        # through the coordinates one at a time, whatever their step.
+        probe = records[:, :, PROBE]
+        moved = np.where(probe > 0, probe, np.where(probe <= -2, -probe - 1, 0.0))
+        coordinates = np.sort(moved, axis=1)  # 1 + the coordinate moved, 0: none
+        distinct = np.count_nonzero(
+            (np.diff(coordinates, axis=1) != 0) & (coordinates[:, 1:] > 0), axis=1
+        )
+        distinct += coordinates[:, 0] > 0
+        share = np.count_nonzero(moved, axis=1) / n
+        walk = (distinct - s.entity_changes) / PROBE_SPAN
+        out[:, 5] = share * np.clip(walk, 0.0, 1.0)
         out[:, COVERAGE] = _entropy(histograms) - self.reference_entropy
         assert self.regions is not None
         out[:, REGION_STAT] = self.regions.statistic(region_counts)
@@ -1086,6 +1149,7 @@ class QueryPatternDetector(ProfiledDetector):
                 "statistics": detail_stats,
                 "reported": {"prada_normality": None if np.isnan(prada) else round(prada, 4)},
                 "queries_seen": count,
+                "judged_late": self.judging_late,  # a look of the learning window
                 "pattern_began": began,
                 "first_flagged": state.first_flagged,
                 "flagged_looks": state.flagged_looks,
@@ -1101,6 +1165,32 @@ class QueryPatternDetector(ProfiledDetector):
                 "untracked_queries": self.untracked,
             },
         )
+
+
+def _compact(batch: ModelBatch, keep: np.ndarray) -> ModelBatch:
+    """The events where `keep` holds, with only what the looks use (inputs, scores, client,
+    time, position): the raw rows and records are dropped."""
+    index = np.flatnonzero(keep)
+    picked = index.tolist()
+    n = len(picked)
+    positions = [batch.position(i) for i in picked] if batch.positions is not None else None
+    return ModelBatch(
+        model=batch.model,
+        source=batch.source,
+        partition=batch.partition,
+        ts=batch.ts[index],
+        offsets=batch.offsets[index],
+        ids=[None] * n,
+        clients=[batch.clients[i] for i in picked],
+        model_versions=[None] * n,
+        rows=[{}] * n,
+        numeric={k: v[index] for k, v in batch.numeric.items()},
+        categorical={k: v[index] for k, v in batch.categorical.items()},
+        predictions=[None] * n,
+        scores=[batch.scores[i] for i in picked] if batch.scores else [],
+        score=None if batch.score is None else batch.score[index],
+        positions=positions,
+    )
 
 
 def _entropy(histograms: np.ndarray) -> np.ndarray:
