@@ -129,13 +129,14 @@ def run(
     quick: bool,
     reference: str,
     who: str = "all",
+    preference: float = 0.0,
 ) -> dict:
     rng = np.random.default_rng(seed)
     np.random.seed(seed)  # ART samples with numpy's global generator
     started = time.perf_counter()
     dataset = load_dataset(dataset_name, seed)
     served = LoggedModel(train_model(dataset, seed), dataset)
-    benign = benign_traffic(served, rng, clients, days)
+    benign = benign_traffic(served, rng, clients, days, preference=preference)
     plan = attacks(days, quick)
     if who != "all":  # "late": none in the warm-up; "none": benign traffic only
         plan = [a for a in plan if who == "late" and a.start >= T0 + 3600]
@@ -150,6 +151,8 @@ def run(
         stem = stem.with_name(stem.name + "-trainref")
     if who != "all":
         stem = stem.with_name(f"{stem.name}-{who}-attacks")
+    if preference > 0:
+        stem = stem.with_name(f"{stem.name}-pref{preference:g}")
     if quick:
         stem = stem.with_name(stem.name + "-quick")
     stream = stem.with_suffix(".jsonl")
@@ -184,6 +187,7 @@ def run(
         "seed": seed,
         "dataset": dataset_name,
         "reference": reference,
+        "preference": preference,
         "shift_feature": dataset.names[dataset.shift_feature],
         "stream": stream,
         "events": events,
@@ -203,7 +207,8 @@ def report(result: dict) -> dict:
     benign = result["benign"]
     verdicts: dict[str, Verdict] = result["verdicts"]
     print(
-        f"\nseed {result['seed']} ({result['dataset']}, reference {result['reference']}): "
+        f"\nseed {result['seed']} ({result['dataset']}, reference {result['reference']}, "
+        f"benign preference {result['preference']:g}): "
         f"{result['events']:,} events, "
         f"{len(benign.keys)} benign keys over {(benign.end_ts - T0) / DAY:g} days "
         f"= {benign.client_days} client-days, input shift at {when(benign.shift_ts)}; "
@@ -320,6 +325,14 @@ def main() -> None:
         "operator action); training: rows of the pre-shift data distribution are stored "
         "first with `bulwark reference set`",
     )
+    parser.add_argument(
+        "--preference",
+        type=float,
+        default=0.0,
+        help="0 (default): every benign key samples the whole data pool alike, so a natural-"
+        "data extractor is indistinguishable from them; A > 0: each key draws from its own "
+        "Dirichlet(A) mix of the pool's k-means clusters (a customer's segment)",
+    )
     parser.add_argument("--clients", type=int, default=None, help="benign keys (150; quick 40)")
     parser.add_argument("--days", type=float, default=None, help="run length (10; quick 2)")
     args = parser.parse_args()
@@ -328,7 +341,16 @@ def main() -> None:
     days = args.days or (2.0 if args.quick else 10.0)
     tallies = []
     for seed in seeds:
-        result = run(seed, args.dataset, clients, days, args.quick, args.reference, args.attacks)
+        result = run(
+            seed,
+            args.dataset,
+            clients,
+            days,
+            args.quick,
+            args.reference,
+            args.attacks,
+            args.preference,
+        )
         tallies.append(report(result))
     summary(tallies)
 

@@ -64,10 +64,20 @@ class Dataset:
     def classes(self) -> int:
         return int(self.y_train.max()) + 1
 
-    def sample(self, rng: np.random.Generator, n: int, shifted: np.ndarray | bool) -> np.ndarray:
-        """n real-looking rows: pool rows with a little noise; `shifted` rows (a bool or one
-        per row) have the shift feature moved, as after a change upstream."""
-        rows = self.pool[rng.integers(len(self.pool), size=n)].astype(float)
+    def sample(
+        self,
+        rng: np.random.Generator,
+        n: int,
+        shifted: np.ndarray | bool,
+        weights: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """n real-looking rows: pool rows (uniformly, or by `weights`, one per pool row) with
+        a little noise; `shifted` rows (a bool or one per row) have the shift feature moved,
+        as after a change upstream."""
+        if weights is None:
+            rows = self.pool[rng.integers(len(self.pool), size=n)].astype(float)
+        else:
+            rows = self.pool[rng.choice(len(self.pool), size=n, p=weights)].astype(float)
         if self.integer:
             varies = self.pool.std(axis=0) > 1.0
             rows += np.rint(rng.normal(0, 0.7, rows.shape)) * varies
@@ -135,6 +145,25 @@ def load_dataset(name: str, seed: int) -> Dataset:
         image_shape=image_shape,
         shift_feature=int(np.argmax(pool.std(axis=0))),  # the busiest pixel or feature
     )
+
+
+def preferences(
+    dataset: Dataset, rng: np.random.Generator, keys: int, alpha: float
+) -> list[np.ndarray | None]:
+    """Per key, the weights its rows are drawn from the pool with: with `alpha` > 0, a mix of
+    the pool's k-means clusters (as many as classes, on standardized inputs, not the model's
+    answers) drawn from Dirichlet(alpha), as a customer serving its own segment sends; 0: every
+    key samples the whole pool alike (no random draw is spent)."""
+    if alpha <= 0:
+        return [None] * keys
+    from sklearn.cluster import KMeans
+
+    scaled = (dataset.pool - dataset.pool.mean(axis=0)) / (dataset.pool.std(axis=0) + 1e-9)
+    k = dataset.classes
+    labels = KMeans(k, n_init=4, random_state=0).fit_predict(scaled)
+    size = np.bincount(labels, minlength=k).astype(float)
+    mixes = rng.dirichlet(np.full(k, alpha), size=keys)
+    return [mix[labels] / size[labels] for mix in mixes]
 
 
 def train_model(dataset: Dataset, seed: int) -> object:
@@ -322,13 +351,16 @@ def benign_traffic(
     clients: int,
     days: float,
     typical_daily: float = TYPICAL_DAILY,
+    preference: float = 0.0,
 ) -> Benign:
     """Long-lived keys over `days`, each at its own volume (log-normal around the typical),
-    key 0 a heavy user at 10x; halfway through, the shift feature moves for everyone."""
+    key 0 a heavy user at 10x; halfway through, the shift feature moves for everyone. With
+    `preference` > 0 each key draws its rows from its own mix of the pool (`preferences`);
+    0: every key samples the whole pool alike."""
     end = T0 + days * DAY
     shift_ts = T0 + days * DAY / 2
     keys = [f"key-{c:03d}" for c in range(clients)]
-    all_ts, all_keys = [], []
+    all_ts, all_keys, owner = [], [], []
     client_days = 0
     for c, key in enumerate(keys):
         daily = typical_daily * (10.0 if c == 0 else float(rng.lognormal(0, 0.5)))
@@ -338,8 +370,17 @@ def benign_traffic(
             client_days += bool(len(ts))
             all_ts.append(ts)
             all_keys += [key] * len(ts)
+            owner.append(np.full(len(ts), c))
     ts = np.concatenate(all_ts)
-    rows = served.dataset.sample(rng, len(ts), ts >= shift_ts)
+    if preference <= 0:
+        rows = served.dataset.sample(rng, len(ts), ts >= shift_ts)
+    else:
+        tastes = preferences(served.dataset, rng, clients, preference)
+        of = np.concatenate(owner)
+        rows = np.empty((len(ts), len(served.dataset.names)))
+        for c in range(clients):
+            mine = of == c
+            rows[mine] = served.dataset.sample(rng, len(ts[mine]), ts[mine] >= shift_ts, tastes[c])
     served.answer(rows, all_keys, ts)
     served.shift_ts = shift_ts
     return Benign(keys, keys[0], client_days, shift_ts, end)
@@ -566,7 +607,10 @@ def _thief() -> object:
 
     class SklearnThief(ScikitlearnClassifier):  # type: ignore[misc]
         def fit(self, x: np.ndarray, y: np.ndarray, **kwargs: object) -> None:
-            super().fit(x, y)
+            # A copy of answers that are all one class has nothing to fit (scikit-learn
+            # refuses it); the bench measures the queries, not the copy.
+            if len(np.unique(np.asarray(y).reshape(len(y), -1).argmax(axis=1))) > 1:
+                super().fit(x, y)
 
     return SklearnThief(DecisionTreeClassifier())
 

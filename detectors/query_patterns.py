@@ -21,13 +21,16 @@ with numpy:
   noticed: splitting an attack over several keys does not hide it.
 
 Every `check_every` queries of a client (a "look", at that query even mid-batch: its window
-is rebuilt as it was then), seven statistics summarize its ring: `ood_share`,
+is rebuilt as it was then), eight statistics summarize its ring: `ood_share`,
 `low_margin_share`, `shared_fingerprints`, `knn_distance` (minus the mean log k-NN
 distance), `prada_normality` (-log Shapiro-Wilk W of the min distances),
 `coordinate_probes` (share of probes, weighted by how many coordinates were probed) and
 `coverage` (how fully the client's cumulative histograms cover the reference's: the sum over
 features of their entropy minus the reference's; a natural-data extractor sampling the whole
-population climbs to 0, a client serving its own segment stays below).
+population climbs to 0, a client serving its own segment stays below) and `class_coverage`
+(minus the log divergence of the client's predicted-class mix from the whole traffic's: a
+natural-data extractor reaches the model's decision regions as the traffic does,
+`detectors.clients.coverage`).
 
 Each statistic is judged against the *contemporaneous* benign population at the same history
 length (`detectors.clients.null`): each client's latest value per ring-fill bucket, one voice
@@ -37,7 +40,7 @@ drift, never many suspicious clients. Before enough clients exist, a conservativ
 the reference judges what has a principled benign level, so attackers present from the first
 query are found.
 
-A look's p-value is the Bonferroni minimum over the seven statistics. Looks are spent per
+A look's p-value is the Bonferroni minimum over the tested statistics. Looks are spent per
 client and per event-time day: the j-th look of a day is tested at alpha / (j (j + 1)), which
 sums to alpha = `false_clients_per_thousand` / 1000, the share of benign clients flagged per
 day at most (as far as the null's tail holds; see docs/query-patterns.md).
@@ -69,6 +72,7 @@ from detectors.clients.codec import (
     sample_from_data,
     sample_to_data,
 )
+from detectors.clients.coverage import REGIONS, RegionCoverage, counts_at, labels_of
 from detectors.clients.null import STATISTICS, PopulationNull, bucket_of, history_edges
 from detectors.input_anomaly import (
     InputProfile,
@@ -83,14 +87,21 @@ DETECTORS = STATISTICS
 CLEAN_P = 0.1  # a look above this is clean: a later pattern began after it
 LINKED_CLIENTS = 8  # other keys remembered per client for shared fingerprints
 PROBE_FLOOR = 1e-5  # a coordinate moved by less than this (robust units) has not moved
-PROBE_COORDINATES = 4  # probes over this many distinct coordinates count fully
+# Single-coordinate moves over more than `entity_changes` distinct coordinates are a walk
+# (an entity re-scored changes at most that many fields); fully one this many beyond them.
+PROBE_SPAN = 3
 REFERENCE_SHARE = 0.01  # of a reference learned from the first events, per client at most
+# While the reference is learned from the first events, they are kept (at most this many
+# times `reference_size` in all, and a ring's worth per client) and judged once the profile
+# exists: the learning window is not blind.
+WARMUP_FACTOR = 4
 BINS = 8  # per feature in the coverage histograms
 # The null's tails are refreshed after this much event time or this many queries, whichever
 # comes first: contemporaneous within an hour, at a cost spread over thousands of queries.
 NULL_REFRESH_SECONDS = 3600.0
 NULL_REFRESH_QUERIES = 5_000
 COVERAGE = STATISTICS.index("coverage")
+REGION_STAT = STATISTICS.index("class_coverage")
 KNN_STAT, LOW_STAT, OOD_STAT = (
     STATISTICS.index(name) for name in ("knn_distance", "low_margin_share", "ood_share")
 )
@@ -110,7 +121,9 @@ RECORD = 8
 _NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan, 0])  # counts in no statistic
 # LOW: 1 low margin, 0 not, -1 no score. KNN: log mean distance to the k nearest earlier
 # distinct queries (NaN: not enough of them). MIN_DISTANCE: NaN for repeats and the first.
-# PROBE: 1 + the coordinate a probe moved, -1 for an entity re-scored, 0 for other queries.
+# PROBE: 1 + the coordinate a probe moved (by at most `probe_step`), -(2 + the coordinate) for
+# an entity re-scored with one coordinate moved further, -1 for another entity re-scored, 0
+# for other queries.
 
 # A client's integer fields as checkpointed, in the clients' order; its ring slot is not among
 # them (`load_state` assigns slots afresh in that order), so equal states encode equally.
@@ -146,6 +159,7 @@ class QueryPatternDetector(ProfiledDetector):
     """`suspicious_client` per client; see the module docstring for the method."""
 
     name = "query_patterns"
+    state_version = 2  # 2: class coverage (a statistic more, per-client class counts)
 
     def __init__(self, model: str, settings: QueryPatternSettings | None = None) -> None:
         self.settings = settings or QueryPatternSettings()
@@ -162,6 +176,8 @@ class QueryPatternDetector(ProfiledDetector):
         self.ring_vectors = np.zeros((0, s.buffer_size, 0), dtype=np.float32)
         self.ring_records = np.zeros((0, s.buffer_size, RECORD))
         self.coverage = np.zeros((0, 0, BINS), dtype=np.int32)  # client x feature x bin
+        self.region_counts = np.zeros((0, REGIONS), dtype=np.int32)  # client x region
+        self.regions: RegionCoverage | None = None  # learned with the profile
         size = 1 << max(10, (s.max_fingerprints - 1).bit_length())
         self.fp_keys = np.zeros(size, dtype=np.int64)  # the shared fingerprint table
         self.fp_owners = np.zeros(size, dtype=np.int64)
@@ -176,6 +192,9 @@ class QueryPatternDetector(ProfiledDetector):
         self.reference_entropy = 0.0  # of the reference's histograms, summed over features
         self.reference_taken: dict[str, int] = {}  # events per client in the reference
         self.reference_margins = [0, 0]  # its events with scores, and with low margins
+        self.warmup: list[ModelBatch] = []  # events of the learning window, judged after it
+        self.warmup_taken: dict[str, int] = {}  # of them per client
+        self.judging_late = False  # while the learning window's events are judged
         self.last_ts = -np.inf
         self.refreshed = -np.inf  # event time of the null's last refresh
         self.since_refresh = 0  # queries since
@@ -192,7 +211,7 @@ class QueryPatternDetector(ProfiledDetector):
         ring = s.buffer_size * (self.ring_vectors.itemsize * width + RECORD * 8)
         null = len(self.edges) * (len(STATISTICS) + 1) * 8
         features = self.coverage.shape[1]
-        return ring + features * BINS * 4 + 2 * null
+        return ring + features * BINS * 4 + REGIONS * 4 + 2 * null
 
     def tracked_cap(self) -> int:
         """How many clients can be tracked at once: `max_clients`, or fewer when their state
@@ -207,10 +226,14 @@ class QueryPatternDetector(ProfiledDetector):
 
     def set_reference(self, reference: ModelBatch) -> None:
         """Learns the profile and the prior from the stored reference at once (no events are
-        spent on it) and starts afresh: rings encoded with another profile would not compare."""
+        spent on it) and starts afresh: rings encoded with another profile would not compare.
+        Events kept while learning from the first ones (a pipeline hands over the reference it
+        learned from them) are judged at the next update."""
+        backlog = self.warmup if self.profile is None else []  # judged once learned
         self.__init__(self.model, self.settings)  # type: ignore[misc]
         self.reference = None
         self._learn(reference.numeric, reference.categorical, reference)
+        self.warmup = backlog
 
     def _monitored_from(self, batch: ModelBatch) -> int | None:
         """Collects the reference from the first events (when none was handed over), each
@@ -234,6 +257,7 @@ class QueryPatternDetector(ProfiledDetector):
             if taken.get(key, 0) < cap or client is None:
                 taken[key] = taken.get(key, 0) + 1
                 chosen.append(i)
+        self._keep_warmup(batch, end)
         rows = np.array(chosen, dtype=np.int64)
         low = _low_margin(batch, self.settings.low_margin)[rows]
         self.reference_margins[0] += int(np.count_nonzero(low >= 0))
@@ -251,6 +275,26 @@ class QueryPatternDetector(ProfiledDetector):
         self._learn(numeric, categorical)
         self.reference_margins = [0, 0]
         return end if end < len(batch) else None
+
+    def _keep_warmup(self, batch: ModelBatch, end: int) -> None:
+        """Keeps the learning window's events (up to `end` in this batch) to be judged once
+        the profile exists: at most `buffer_size` per client (its first ring: enough for the
+        looks that matter most) and `WARMUP_FACTOR` x `reference_size` in all, so a flood of
+        queries or keys cannot make the backlog unbounded. Only what the looks use is kept."""
+        s = self.settings
+        room = WARMUP_FACTOR * s.reference_size - sum(len(b) for b in self.warmup)
+        keep = np.zeros(len(batch), dtype=bool)
+        taken = self.warmup_taken
+        for i, client in enumerate(batch.clients[:end]):
+            if room <= 0:
+                break
+            if client is None or taken.get(client, 0) >= s.buffer_size:
+                continue
+            taken[client] = taken.get(client, 0) + 1
+            keep[i] = True
+            room -= 1
+        if keep.any():
+            self.warmup.append(_compact(batch, keep))
 
     def _learn(
         self,
@@ -332,6 +376,7 @@ class QueryPatternDetector(ProfiledDetector):
         histogram = np.zeros((features, BINS))
         np.add.at(histogram, (np.arange(features)[None, :], self._bins(encoded)), 1)
         self.reference_entropy = float(_entropy(histogram[None])[0])
+        self.regions = RegionCoverage(s.null_window_seconds)
 
     def _bins(self, encoded: np.ndarray) -> np.ndarray:
         """Each query's bin per feature (queries x features): numeric features by the
@@ -374,6 +419,8 @@ class QueryPatternDetector(ProfiledDetector):
             "reference": None if self.reference is None else sample_to_data(self.reference),
             "reference_taken": self.reference_taken,
             "reference_margins": self.reference_margins,
+            "warmup": [piece.to_data() for piece in self.warmup],
+            "warmup_taken": self.warmup_taken,
             "profile": None if self.profile is None else profile_to_data(self.profile),
             "owner_names": [list(self.owner_names), list(self.owner_names.values())],
             "clients": clients,
@@ -381,6 +428,8 @@ class QueryPatternDetector(ProfiledDetector):
             "ring_vectors": self.ring_vectors[slots][used],
             "ring_records": self.ring_records[slots][used],
             "coverage": self.coverage[slots],
+            "region_counts": self.region_counts[slots],
+            "regions": None if self.regions is None else self.regions.to_data(),
             "null": self.null.state(0)
             | {
                 "values": self.null.values[slots],
@@ -411,11 +460,15 @@ class QueryPatternDetector(ProfiledDetector):
         self.profile = None if state["profile"] is None else profile_from_data(state["profile"])
         self.reference_taken = state["reference_taken"]
         self.reference_margins = state["reference_margins"]
+        self.warmup = [ModelBatch.of_data(piece) for piece in state["warmup"]]
+        self.warmup_taken = state["warmup_taken"]
         keys, names = state["owner_names"]
         self.owner_names = OrderedDict(zip(keys, names, strict=True))
         for name, value in state["hashing"].items():
             setattr(self, name, value)
         self.fp_keys, self.fp_owners, self.fp_ts = state["fingerprints"]
+        if state["regions"] is not None:
+            self.regions = RegionCoverage.from_data(state["regions"], s.null_window_seconds)
         if self.profile is None:
             return
         dim = self.profile.dim
@@ -433,6 +486,7 @@ class QueryPatternDetector(ProfiledDetector):
         self.ring_vectors[: len(fill[kept])] = vectors[kept]
         self.ring_records[: len(fill[kept])] = records[kept]
         self.coverage[: len(fill[kept])] = state["coverage"][kept]
+        self.region_counts[: len(fill[kept])] = state["region_counts"][kept]
         null = state["null"]
         self.null.prior_u, self.null.prior_b = null["prior_u"], null["prior_b"]
         self.null.values[: len(fill[kept])] = null["values"][kept]
@@ -463,8 +517,23 @@ class QueryPatternDetector(ProfiledDetector):
         if not self.settings.enabled or len(batch) == 0:
             return []
         start = self._monitored_from(batch)
-        if start is None:
-            return []
+        findings: list[Finding] = []
+        if self.profile is not None and self.warmup:
+            # The profile was just learned: the learning window's events are judged first,
+            # in order, each look by what was known then (the prior, while no population).
+            backlog, self.warmup, self.warmup_taken = self.warmup, [], {}
+            self.judging_late = True
+            try:
+                for piece in backlog:
+                    findings += self._monitor(piece, 0)
+            finally:
+                self.judging_late = False
+        if start is not None:
+            findings += self._monitor(batch, start)
+        return findings
+
+    def _monitor(self, batch: ModelBatch, start: int) -> list[Finding]:
+        """Measures and judges the batch's queries from `start` on (the profile is known)."""
         assert self.profile is not None
         s = self.settings
         x = self.profile.encode(batch)[start:]
@@ -500,6 +569,9 @@ class QueryPatternDetector(ProfiledDetector):
         per_query[:, SHARED] = shared
         per_query[:, EXACT] = x.round(6) @ self.exact_weights
         bins = self._bins(x)
+        assert self.regions is not None
+        labels = labels_of(batch.predictions[start:], batch.scores[start:], n)
+        regions = self.regions.regions(labels)
         self.since_refresh += n
         if (
             self.last_ts >= self.refreshed + NULL_REFRESH_SECONDS
@@ -523,6 +595,8 @@ class QueryPatternDetector(ProfiledDetector):
         first = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
         sizes = np.diff(np.r_[first, m])
         group_codes = sorted_codes[first]
+        regions = regions[order]
+        self.regions.observe(regions, self.last_ts)  # the tracked traffic's mix
 
         xs = x[order]
         norms = np.einsum("ij,ij->i", xs, xs)
@@ -556,8 +630,13 @@ class QueryPatternDetector(ProfiledDetector):
         # min_queries on), each judged on the window and histograms as of that query, built
         # before the batch is stored (the ring still holds what those windows need).
         looks = self._windows(records, running, slots, counts, first, sizes)
+        if looks is not None:  # region counts as of each look, before the batch is added
+            group, row = looks[0], looks[2]
+            at_look = self.region_counts[slots[group]]
+            at_look = counts_at(at_look, regions, first[group], row + 1)
         self._push(stored, records, slots, counts, first, sizes)
         self.coverage[slots] += running[first + sizes] - running[first]
+        np.add.at(self.region_counts, (np.repeat(slots, sizes), regions), 1)
         for state, size in zip(group_states, sizes.tolist(), strict=True):
             state.count += size
         if looks is None:
@@ -567,7 +646,7 @@ class QueryPatternDetector(ProfiledDetector):
             (names[group_codes[g]], group_states[g], start + int(order[r]), c)
             for g, r, c in zip(group.tolist(), row.tolist(), at_count.tolist(), strict=True)
         ]
-        stats = self._statistics_of(window, at_count, histograms)
+        stats = self._statistics_of(window, at_count, histograms, at_look)
         findings = self._looks(due, stats, batch)  # type: ignore[arg-type]
         return [finding for _, finding in sorted(findings, key=lambda pair: pair[0])]
 
@@ -647,6 +726,7 @@ class QueryPatternDetector(ProfiledDetector):
                 evictable -= 1
                 slot = evicted.slot
                 self.coverage[slot] = 0
+                self.region_counts[slot] = 0
                 self.null.forget(slot)
             else:
                 continue  # over-full batch: not tracked
@@ -668,9 +748,11 @@ class QueryPatternDetector(ProfiledDetector):
         vectors = np.zeros((cap, size, dim), dtype=np.float32)
         records = np.zeros((cap, size, RECORD))
         coverage = np.zeros((cap, *self.coverage.shape[1:]), dtype=np.int32)
+        region_counts = np.zeros((cap, REGIONS), dtype=np.int32)
         vectors[:have], records[:have] = self.ring_vectors, self.ring_records
-        coverage[:have] = self.coverage
+        coverage[:have], region_counts[:have] = self.coverage, self.region_counts
         self.ring_vectors, self.ring_records, self.coverage = vectors, records, coverage
+        self.region_counts = region_counts
         self.null.reserve(cap)
 
     def _nearest(
@@ -807,6 +889,7 @@ class QueryPatternDetector(ProfiledDetector):
             steps = diff[query, candidate, :dim]
             coordinate = steps.argmax(axis=1)
             tiny = steps[np.arange(len(query)), coordinate] <= s.probe_step
+            probe[query[~tiny]] = -(coordinate[~tiny] + 2.0)  # a tiny step wins (below)
             probe[query[tiny]] = coordinate[tiny] + 1
         return same & real, probe
 
@@ -865,10 +948,15 @@ class QueryPatternDetector(ProfiledDetector):
         counts = np.fromiter((state.count for state in states), np.int64, len(states))
         records = np.take(self.ring_records, slots, axis=0)
         records[np.arange(size) >= np.minimum(counts, size)[:, None]] = _NO_RECORD
-        return self._statistics_of(records, counts, np.take(self.coverage, slots, axis=0))
+        coverage = np.take(self.coverage, slots, axis=0)
+        return self._statistics_of(records, counts, coverage, self.region_counts[slots])
 
     def _statistics_of(
-        self, records: np.ndarray, counts: np.ndarray, histograms: np.ndarray
+        self,
+        records: np.ndarray,
+        counts: np.ndarray,
+        histograms: np.ndarray,
+        region_counts: np.ndarray,
     ) -> np.ndarray:
         """Statistics of looks (looks x `STATISTICS`) from their windows (looks x ring x
         RECORD, `_NO_RECORD` where empty), queries seen and histograms; NaN where one is not
@@ -897,15 +985,24 @@ class QueryPatternDetector(ProfiledDetector):
         # Minus the mean log k-NN distance: higher is closer.
         out[:, 3] = np.where(found >= s.min_queries, -total / np.maximum(found, 1), np.nan)
         out[:, 4] = self._prada(records) if TESTED[4] else np.nan  # reported on findings
-        # Probes, weighted by how many distinct coordinates they moved: none for one (a
-        # re-scorer nudging one field, a day older, is not a finite-difference gradient
-        # estimate), fully from PROBE_COORDINATES on.
-        probes = np.sort(records[:, :, PROBE], axis=1)
-        distinct = np.count_nonzero((np.diff(probes, axis=1) != 0) & (probes[:, 1:] > 0), axis=1)
-        distinct += probes[:, 0] > 0
-        share = np.count_nonzero(probes > 0, axis=1) / n
-        out[:, 5] = share * np.clip((distinct - 1) / (PROBE_COORDINATES - 1), 0.0, 1.0)
+        # Single-coordinate moves (tiny probes, or an entity with one coordinate moved further),
+        # weighted by how many distinct coordinates they moved: none for up to
+        # `entity_changes` (a re-scorer updating a field or two: a day older, a new amount),
+        # fully from PROBE_SPAN more on: ZOO's finite differences and SimBA's steps walk
+        # through the coordinates one at a time, whatever their step.
+        probe = records[:, :, PROBE]
+        moved = np.where(probe > 0, probe, np.where(probe <= -2, -probe - 1, 0.0))
+        coordinates = np.sort(moved, axis=1)  # 1 + the coordinate moved, 0: none
+        distinct = np.count_nonzero(
+            (np.diff(coordinates, axis=1) != 0) & (coordinates[:, 1:] > 0), axis=1
+        )
+        distinct += coordinates[:, 0] > 0
+        share = np.count_nonzero(moved, axis=1) / n
+        walk = (distinct - s.entity_changes) / PROBE_SPAN
+        out[:, 5] = share * np.clip(walk, 0.0, 1.0)
         out[:, COVERAGE] = _entropy(histograms) - self.reference_entropy
+        assert self.regions is not None
+        out[:, REGION_STAT] = self.regions.statistic(region_counts)
         return out
 
     def _prada(self, records: np.ndarray) -> np.ndarray:
@@ -931,7 +1028,7 @@ class QueryPatternDetector(ProfiledDetector):
             len(STATISTICS),
             axis=1,
         )
-        buckets[:, COVERAGE] = bucket_of(counts, self.edges)
+        buckets[:, [COVERAGE, REGION_STAT]] = bucket_of(counts, self.edges)[:, None]
         p_values = self.null.p_values(stats, buckets)
         p_values[:, ~TESTED] = np.nan  # reported, not tested
         # Closeness alone is no evidence (a batch job of similar records is close too): it
@@ -1052,6 +1149,7 @@ class QueryPatternDetector(ProfiledDetector):
                 "statistics": detail_stats,
                 "reported": {"prada_normality": None if np.isnan(prada) else round(prada, 4)},
                 "queries_seen": count,
+                "judged_late": self.judging_late,  # a look of the learning window
                 "pattern_began": began,
                 "first_flagged": state.first_flagged,
                 "flagged_looks": state.flagged_looks,
@@ -1067,6 +1165,32 @@ class QueryPatternDetector(ProfiledDetector):
                 "untracked_queries": self.untracked,
             },
         )
+
+
+def _compact(batch: ModelBatch, keep: np.ndarray) -> ModelBatch:
+    """The events where `keep` holds, with only what the looks use (inputs, scores, client,
+    time, position): the raw rows and records are dropped."""
+    index = np.flatnonzero(keep)
+    picked = index.tolist()
+    n = len(picked)
+    positions = [batch.position(i) for i in picked] if batch.positions is not None else None
+    return ModelBatch(
+        model=batch.model,
+        source=batch.source,
+        partition=batch.partition,
+        ts=batch.ts[index],
+        offsets=batch.offsets[index],
+        ids=[None] * n,
+        clients=[batch.clients[i] for i in picked],
+        model_versions=[None] * n,
+        rows=[{}] * n,
+        numeric={k: v[index] for k, v in batch.numeric.items()},
+        categorical={k: v[index] for k, v in batch.categorical.items()},
+        predictions=[None] * n,
+        scores=[batch.scores[i] for i in picked] if batch.scores else [],
+        score=None if batch.score is None else batch.score[index],
+        positions=positions,
+    )
 
 
 def _entropy(histograms: np.ndarray) -> np.ndarray:

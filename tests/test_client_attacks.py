@@ -5,8 +5,8 @@ HopSkipJump attacker from ART, whose every query went through the logged model, 
 through the pipeline with default settings, the model's reference stored before launch as an
 operator does (`bulwark reference set`). The attacker's key must be flagged as
 `suspicious_client` within 100 of its queries; no benign key may be (issue 14: no blind
-warm-up, no false alarms). Without a stored reference the first day is still learned from
-the traffic itself, and this attacker goes unseen: docs/query-patterns.md says so.
+warm-up, no false alarms). Without a stored reference the first events are learned from the
+traffic itself and judged once the profile exists (docs/query-patterns.md).
 """
 
 from __future__ import annotations

@@ -40,10 +40,11 @@ STATISTICS = (
     "prada_normality",
     "coordinate_probes",
     "coverage",
+    "class_coverage",
 )
 # Smallest tail scale per statistic, in its own units (shares, log distance, -log W, ratio):
 # a population that shows no spread at all (every client at 0) is not infinitely sharp.
-FLOORS = np.array([0.02, 0.02, 0.02, 0.05, 0.02, 0.02, 0.03])
+FLOORS = np.array([0.02, 0.02, 0.02, 0.05, 0.02, 0.02, 0.03, 0.1])
 TAIL_QUANTILE = 0.9
 MAX_POOL = 4096  # clients per bucket used to estimate the tail (a stride subset beyond)
 SOURCES = ("none", "population", "larger history", "reference prior", "smaller history")
