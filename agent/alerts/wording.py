@@ -51,9 +51,7 @@ def _numeric(subject: str, d: dict[str, Any]) -> str | None:
     return f"{subject}: {mean}"
 
 
-def _shape(
-    subject: str, ref: dict[str, Any], cur: dict[str, Any], std: float, ks: Any
-) -> str:
+def _shape(subject: str, ref: dict[str, Any], cur: dict[str, Any], std: float, ks: Any) -> str:
     """A distribution whose shape changed more than its mean: its quartiles before and after."""
     rq, cq = ref.get("quantiles") or {}, cur.get("quantiles") or {}
     keys = [k for k in ("p25", "p50", "p75") if k in rq and k in cq]
