@@ -74,8 +74,8 @@ class ModelMonitor:
         Flagged clients' predictions, from the event they were flagged at, go to the
         detectors watching clients only."""
         findings: list[Finding] = []
-        for detector in self.watching_clients:
-            findings.extend(self._feed(detector, batch, reference_start))
+        for watcher in self.watching_clients:
+            findings.extend(self._feed(watcher, batch, reference_start))
         if self.exclude_flagged:
             for finding in findings:
                 if finding.kind == Kind.SUSPICIOUS_CLIENT:
