@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -345,7 +346,7 @@ EMPTY_IS_A_VALUE = {"BULWARK_KAFKA_API_VERSION"}
 
 
 def load_settings(
-    path: str | Path | None = None, environ: dict[str, str] | None = None
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
     data: dict[str, Any] = {}
     if path is not None:
@@ -356,12 +357,12 @@ def load_settings(
             data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    environ = os.environ if environ is None else environ
+    env: Mapping[str, str] = os.environ if environ is None else environ
     for variable, key in ENVIRONMENT.items():
-        value = environ.get(variable)
+        value = env.get(variable)
         if value or (value == "" and variable in EMPTY_IS_A_VALUE):
             _set_dotted(data, key, value)
-    _channels_from_environment(data, environ)
+    _channels_from_environment(data, env)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
@@ -371,7 +372,7 @@ def load_settings(
     return settings
 
 
-def _channels_from_environment(data: dict[str, Any], environ: Any) -> None:
+def _channels_from_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
     for variable, (name, kind, key) in CHANNEL_ENVIRONMENT.items():
         value = environ.get(variable)
         if not value:

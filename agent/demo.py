@@ -70,7 +70,9 @@ def _fraud(rng: np.random.Generator, n: int, drift_at: int) -> list[list[bytes]]
     age = rng.normal(41, 12, n).clip(18, 90).round()
     tenure = rng.gamma(2.0, 300.0, n)
     countries = rng.choice(["DE", "FR", "NL", "ES", "IT"], n, p=[0.4, 0.2, 0.15, 0.15, 0.1])
-    channels = rng.choice(["web", "app", "pos", None], n, p=[0.45, 0.35, 0.15, 0.05])
+    channels = rng.choice(
+        np.array(["web", "app", "pos", None], dtype=object), n, p=[0.45, 0.35, 0.15, 0.05]
+    )
     logit = -3 + 0.004 * amount - 0.01 * (age - 41)
     p1 = 1 / (1 + np.exp(-logit))
     out = []

@@ -102,7 +102,7 @@ def recent_window(repository: Repository, model: str, window: Window) -> Sample:
             "(the pipeline writes them with its checkpoints)"
         )
     if window.events is not None:
-        return sample.take(range(max(0, len(sample) - window.events), len(sample)))  # type: ignore[arg-type]
+        return sample.take(range(max(0, len(sample) - window.events), len(sample)))
     if window.seconds is not None:
         end = sample.ts[-1]
         return sample.take(np.flatnonzero(np.asarray(sample.ts) >= end - window.seconds))
@@ -263,7 +263,7 @@ def _summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     for metric in metrics:
         config = metric.get("config", {})
         kind = str(config.get("type", "")).rsplit(":", 1)[-1]
-        value = metric.get("value")
+        value: Any = metric.get("value")  # its shape depends on the metric's kind
         column = config.get("column")
         if kind == "DriftedColumnsCount":
             drift["drifted_columns"] = int(value["count"])

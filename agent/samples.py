@@ -23,7 +23,7 @@ import orjson
 
 from streams.batch import ModelBatch, PartitionKey, build_model_batch, floats_or_none
 from streams.decode import UNJUDGED_LIMITS, decode_batch
-from streams.events import FeatureValue, Position, Prediction, RawRecord
+from streams.events import FeatureValue, Position, Prediction, RawRecord, Target
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,7 +37,7 @@ class Sample:
 
     ts: list[float] = field(default_factory=list)
     features: list[dict[str, FeatureValue]] = field(default_factory=list)
-    predictions: list[object] = field(default_factory=list)
+    predictions: list[Target | None] = field(default_factory=list)
     scores: list[dict[str, float] | None] = field(default_factory=list)
     score: list[float | None] = field(default_factory=list)
     model_versions: list[str | None] = field(default_factory=list)
@@ -73,7 +73,7 @@ class Sample:
             cls(
                 ts=group.ts,
                 features=group.rows,
-                predictions=group.predictions,  # type: ignore[arg-type]
+                predictions=group.predictions,
                 scores=group.scores,
                 score=group.score,
                 model_versions=group.model_versions,
@@ -155,7 +155,7 @@ class Sample:
                 features=self.features[i],
                 position=Position(source, 0, i),
                 model_version=self.model_versions[i],
-                prediction=self.predictions[i],  # type: ignore[arg-type]
+                prediction=self.predictions[i],
                 scores=self.scores[i],
                 score=self.score[i],
             )

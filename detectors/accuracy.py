@@ -39,9 +39,10 @@ from __future__ import annotations
 import math
 import operator
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from itertools import compress, repeat
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeGuard, cast
 
 import numpy as np
 
@@ -259,9 +260,9 @@ class _Window:
     est: float = 0.0
     est_var: float = 0.0  # variance of the estimated sum: e(1-e) each, or c * est^2 (DLE)
     est_sq: float = 0.0  # regression: sum of the estimated squared errors
-    tp: dict[str, int] = field(default_factory=dict)
-    fp: dict[str, int] = field(default_factory=dict)
-    fn: dict[str, int] = field(default_factory=dict)
+    tp: dict[str | None, int] = field(default_factory=dict)
+    fp: dict[str | None, int] = field(default_factory=dict)
+    fn: dict[str | None, int] = field(default_factory=dict)
 
 
 def _window_state(w: _Window) -> dict[str, Any]:
@@ -274,12 +275,11 @@ def _window_state(w: _Window) -> dict[str, Any]:
 
 
 def _window_of_state(state: dict[str, Any]) -> _Window:
-    return _Window(
-        **{
-            name: dict(map(tuple, value)) if isinstance(value, list) else value
-            for name, value in state.items()
-        }
-    )
+    values: dict[str, Any] = {
+        name: dict(map(tuple, value)) if isinstance(value, list) else value
+        for name, value in state.items()
+    }
+    return _Window(**values)
 
 
 def _groups(
@@ -305,15 +305,15 @@ def _groups(
     keys = codes * len(unique_starts) + start_codes
     out = []
     for key in np.unique(keys):
-        version, start = divmod(int(key), len(unique_starts))
-        out.append((labels[version], float(unique_starts[start]), np.flatnonzero(keys == key)))
+        label, start = divmod(int(key), len(unique_starts))
+        out.append((labels[label], float(unique_starts[start]), np.flatnonzero(keys == key)))
     return out
 
 
 # --------------------------------------------------------------------------- classes
 
 
-def _class_keys(values: list[object]) -> list[str | None]:
+def _class_keys(values: Sequence[object]) -> list[str | None]:
     """`_class_key` of each value, worked out once per distinct value (classes are few)."""
     keys = {v: _class_key(v) for v in set(values)}
     return list(map(keys.__getitem__, values))
@@ -1037,15 +1037,15 @@ def _guess_task(batch: ModelBatch) -> str | None:
     return "classification"
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _numbers(values: list[object]) -> np.ndarray:
+def _numbers(values: Sequence[object]) -> np.ndarray:
     """Numeric predictions as floats, NaN for anything else (as the joined pairs are read)."""
     if set(map(type, values)) <= {float, int}:  # the usual batch: numbers only, checked in C
         return np.array(values, dtype=np.float64)
-    return np.array([float(v) if _is_number(v) else np.nan for v in values])  # type: ignore[arg-type]
+    return np.array([float(v) if _is_number(v) else np.nan for v in values])
 
 
 def _confidence(
@@ -1057,7 +1057,8 @@ def _confidence(
     """The probability each prediction gives its predicted class (NaN without scores)."""
     if None not in scores:
         # The usual case: every event has class scores naming its class; dict.get runs in C.
-        found = list(map(dict.get, cast(list[dict[str, float]], scores), predicted))
+        # Keyed by str | None for the lookup only: a None class finds nothing.
+        found = list(map(dict.get, cast(list[dict[str | None, float]], scores), predicted))
         if None not in found:
             return np.array(found, dtype=np.float64)
     lone = score.tolist() if isinstance(score, np.ndarray) else score
@@ -1128,7 +1129,7 @@ def _score_pairs_by_class(
     """
     if None in scores or None in predicted:
         return None
-    dicts = cast(list[dict[str, float]], scores)
+    dicts = cast(list[dict[str | None, float]], scores)
     sizes = set(map(len, dicts))
     if len(sizes) != 1 or 0 in sizes:
         return None
@@ -1158,7 +1159,7 @@ def _add_classification(w: _Window, scored: _Scored, idx: np.ndarray) -> None:
         (w.fn, compress(actual, misses)),
     ):
         for cls_, k in Counter(classes).items():
-            counts[cls_] = counts.get(cls_, 0) + k  # type: ignore[index]
+            counts[cls_] = counts.get(cls_, 0) + k
 
 
 def _pick(values: list[str | None], idx: np.ndarray) -> list[str | None]:
@@ -1168,8 +1169,7 @@ def _pick(values: list[str | None], idx: np.ndarray) -> list[str | None]:
 
 def _precision_recall_f1(w: _Window, s: AccuracySettings) -> tuple[float, float, float]:
     """Binary (for `positive_class`) when at most two classes are seen, else macro-averaged."""
-    classes = set(w.tp) | set(w.fp) | set(w.fn)
-    classes.discard(None)  # type: ignore[arg-type]
+    classes = {c for c in (*w.tp, *w.fp, *w.fn) if c is not None}
     if len(classes) <= 2 and (s.positive_class in classes or classes <= {s.negative_class}):
         chosen = [s.positive_class]
     else:

@@ -186,7 +186,8 @@ class LossModel:
             codes.append(offset + _category_bins(categorical.get(name), categories, n))
             offset += len(categories) + 2
         codes.append(offset + _numeric_bins(predicted, self.prediction_edges, n))
-        linear.append(_scaled(predicted, *self.ranges[-1], n))
+        low, high = self.ranges[-1]
+        linear.append(_scaled(predicted, low, high, n))
         return np.stack(codes, axis=1), np.stack(linear, axis=1)
 
     def width(self) -> int:
@@ -248,7 +249,8 @@ def fit_loss_model(
     present_c = {
         name: col
         for name, col in categorical.items()
-        if np.mean(np.not_equal(col, None)) >= MIN_PRESENT
+        # numpy's stubs reject None as an operand, which it compares elementwise.
+        if np.mean(np.not_equal(col, None)) >= MIN_PRESENT  # type: ignore[call-overload]
     }
     bins = _bins_for(len(present_n) + len(present_c) + 1)
     numeric_inputs: list[tuple[str, np.ndarray]] = []

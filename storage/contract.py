@@ -60,6 +60,16 @@ class EvidenceJSON(TypedDict):
     details: dict[str, Any]
 
 
+class DeadLetterJSON(TypedDict):
+    id: int
+    received_at: float
+    source: str
+    partition: int
+    offset: int
+    reason: str
+    payload: str
+
+
 class NoteJSON(TypedDict):
     id: int
     author: str

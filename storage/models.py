@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from storage.contract import (
+    DeadLetterJSON,
     EvidenceJSON,
     IncidentJSON,
     NoteJSON,
@@ -156,7 +157,7 @@ class DeadLetterRow(Base):
 
     __table_args__ = (Index("ix_dead_letters_received_at", "received_at"),)
 
-    def to_contract(self) -> dict[str, Any]:
+    def to_contract(self) -> DeadLetterJSON:
         return {
             "id": self.id,
             "received_at": self.received_at,

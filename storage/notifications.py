@@ -6,11 +6,12 @@ as the incident change that causes them, and a dispatcher's claim is one short t
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from storage.enums import (
@@ -97,7 +98,8 @@ class OutboxStore:
             .values(claimed_until=until)
             .execution_options(synchronize_session=False)
         )
-        return result.rowcount == len(ids)
+        # An UPDATE's result is a CursorResult; Session.execute is typed as returning Result.
+        return cast(CursorResult[Any], result).rowcount == len(ids)
 
     def get_many(self, ids: Sequence[int]) -> list[Notification]:
         query = select(Notification).where(Notification.id.in_(ids)).order_by(Notification.id)
@@ -200,11 +202,12 @@ class OutboxStore:
         self.session.flush()
         return silence
 
-    def active_silences(self, now: float) -> list[Silence]:
+    # builtins.list: below `def list` the bare name is that method to a type checker.
+    def active_silences(self, now: float) -> builtins.list[Silence]:
         query = select(Silence).where(Silence.starts_at <= now, Silence.ends_at > now)
         return list(self.session.scalars(query))
 
-    def list_silences(self, now: float, include_expired: bool = False) -> list[Silence]:
+    def list_silences(self, now: float, include_expired: bool = False) -> builtins.list[Silence]:
         query = select(Silence).order_by(Silence.id.desc())
         if not include_expired:
             query = query.where(Silence.ends_at > now)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Select, and_, delete, func, or_, select
+from sqlalchemy import CursorResult, Result, Select, and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from storage.db import Database
@@ -354,17 +354,17 @@ class Repository:
                         Evidence.incident_id.in_(resolved),
                     )
                 )
-                deleted["evidence"] = int(result.rowcount or 0)
+                deleted["evidence"] = _rowcount(result)
             if dead_letters_before is not None:
                 result = session.execute(
                     delete(DeadLetterRow).where(DeadLetterRow.received_at < dead_letters_before)
                 )
-                deleted["dead_letters"] = int(result.rowcount or 0)
+                deleted["dead_letters"] = _rowcount(result)
             if reports_before is not None:
                 old = Report.created_at < datetime.fromtimestamp(reports_before, UTC)
                 html_paths = [p for p in session.scalars(select(Report.html_path).where(old)) if p]
                 result = session.execute(delete(Report).where(old))
-                deleted["reports"] = int(result.rowcount or 0)
+                deleted["reports"] = _rowcount(result)
         return deleted, html_paths
 
 
@@ -404,3 +404,9 @@ def _filtered(query: Select[Any], where: IncidentFilter) -> Select[Any]:
     if where.roots_only:
         query = query.where(Incident.parent_id.is_(None))
     return query
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows a DELETE removed: its result is a CursorResult, though Session.execute is typed as
+    returning Result."""
+    return int(cast(CursorResult[Any], result).rowcount or 0)

@@ -160,7 +160,8 @@ class Dispatcher:
         silences = self.db.retrying(lambda: self._active_silences(now))
         if not silences:
             return [], rows
-        held, rest = [], []
+        held: list[Notification] = []
+        rest: list[Notification] = []
         for row in rows:
             c = row.content or {}
             hit = row.incident_id is not None and any(
@@ -248,7 +249,9 @@ class Dispatcher:
             return max(retry_after, self.alerts.backoff_initial)  # the receiver said when
         return backoff
 
-    def _settle(self, rows: list[Notification], state: str, now: float, why: str) -> Pass:
+    def _settle(
+        self, rows: list[Notification], state: NotificationState, now: float, why: str
+    ) -> Pass:
         def write() -> None:
             with transaction(self.db) as uow:
                 for row in uow.outbox.get_many([r.id for r in rows]):

@@ -33,14 +33,15 @@ def since_words(epoch: Any) -> str:
 def _numeric(subject: str, d: dict[str, Any]) -> str | None:
     """Numeric drift (features, scores, regression outputs)."""
     ref, cur = d.get("reference") or {}, d.get("current") or {}
-    before, after, std = ref.get("mean"), cur.get("mean"), ref.get("std")
-    if not all(isinstance(v, int | float) for v in (before, after, std)):
+    before, after, std = _number(ref.get("mean")), _number(cur.get("mean")), _number(ref.get("std"))
+    if before is None or after is None or std is None:
         return None
     shift = (after - before) / std if std else 0.0
     mean = f"mean {_n(before, std)} -> {_n(after, std)} ({shift:+.1f} std)"
-    if d.get("statistic") == "cusum_scale_change" and isinstance(cur.get("std"), int | float):
-        ratio = cur["std"] / std if std else float("inf")
-        spread = f"{subject}: std {_n(std, std)} -> {_n(cur['std'], std)} (x{ratio:.2f})"
+    cur_std = _number(cur.get("std"))
+    if d.get("statistic") == "cusum_scale_change" and cur_std is not None:
+        ratio = cur_std / std if std else float("inf")
+        spread = f"{subject}: std {_n(std, std)} -> {_n(cur_std, std)} (x{ratio:.2f})"
         # A spread that changed with the mean (a mean shift seen in a short window often
         # fires both tests at one event): the mean too, from the drift tests' default floor.
         return f"{spread}, {mean}" if abs(shift) >= MEAN_WORTH_SAYING else spread
@@ -50,9 +51,7 @@ def _numeric(subject: str, d: dict[str, Any]) -> str | None:
     return f"{subject}: {mean}"
 
 
-def _shape(
-    subject: str, ref: dict[str, Any], cur: dict[str, Any], std: float, ks: Any
-) -> str:
+def _shape(subject: str, ref: dict[str, Any], cur: dict[str, Any], std: float, ks: Any) -> str:
     """A distribution whose shape changed more than its mean: its quartiles before and after."""
     rq, cq = ref.get("quantiles") or {}, cur.get("quantiles") or {}
     keys = [k for k in ("p25", "p50", "p75") if k in rq and k in cq]
@@ -95,7 +94,8 @@ def _rate(subject: str, d: dict[str, Any]) -> str | None:
     ref, cur = d.get("reference") or {}, d.get("current") or {}
     if words is None or not isinstance(cur.get("rate"), int | float):
         return None
-    before = ref.get("rate") if isinstance(ref.get("rate"), int | float) else 0.0
+    before = _number(ref.get("rate"))
+    before = 0.0 if before is None else before
     return f"{subject}: {words} {_pct(before)} -> {_pct(cur['rate'])} of values"
 
 
@@ -107,6 +107,11 @@ def _anomaly(d: dict[str, Any]) -> str | None:
     top = d.get("share_by_feature") or {}
     lead = f" (most: {', '.join(list(top)[:3])})" if top else ""
     return f"inputs out of reference range: {_pct(usual)} -> {_pct(share)} of events{lead}"
+
+
+def _number(v: Any) -> float | None:
+    """`v` if it is a number (JSON details may carry anything), else None."""
+    return v if isinstance(v, int | float) else None
 
 
 def _n(x: float, scale: float) -> str:

@@ -10,7 +10,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 from agent import distributions
 from agent.api.params import event_time, text
-from agent.api.shapes import ModelList, PerformancePage
+from agent.api.shapes import ModelList, ModelSummary, PerformancePage
 from agent.samples import Sample
 from storage.queries import Repository
 
@@ -19,9 +19,9 @@ def model_routes(repo: Repository) -> list[HTTPRouteHandler]:
     @get("/api/models", sync_to_thread=True)
     def models() -> ModelList:
         """Per model: open incidents by kind, last event time, events seen, dead letters."""
-        summary: dict[str, dict[str, Any]] = {}
+        summary: dict[str, ModelSummary] = {}
 
-        def entry(model: str) -> dict[str, Any]:
+        def entry(model: str) -> ModelSummary:
             return summary.setdefault(
                 model,
                 {

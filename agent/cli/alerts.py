@@ -51,7 +51,8 @@ def alerts_list(
         raise UsageError(f"--state must be one of {', '.join(NotificationState)}, not {state!r}")
     database = open_database(settings_for(None, db), migrate=False)
     with transaction(database) as uow:
-        items = [n.to_dict() for n in uow.outbox.list(limit=limit, state=state)]
+        wanted = None if state is None else NotificationState(state)
+        items = [n.to_dict() for n in uow.outbox.list(limit=limit, state=wanted)]
     if fmt == "json":
         print_json(items)
         return

@@ -10,7 +10,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from agent.config import Settings, load_settings
+from storage.contract import IncidentJSON
 from storage.db import Database, DatabaseError, data_dir, default_url, redact
 from storage.queries import Repository
 from streams.decode import InvalidEvent, parse_ts
@@ -128,7 +129,7 @@ def require_token(settings: Settings) -> None:
         )
 
 
-def print_incidents(items: list[dict[str, Any]]) -> None:
+def print_incidents(items: Sequence[IncidentJSON]) -> None:
     table = Table(title=f"incidents ({len(items)})", title_justify="left")
     for column in (
         "id", "model", "kind", "subject", "severity", "status", "last seen (UTC)", "count"

@@ -119,7 +119,8 @@ def set_status(
     """`change_status` by target status: "acknowledged", "resolved" or "open" (reopen)."""
     if status not in BY_STATUS:
         raise LifecycleError(f"status must be one of {', '.join(BY_STATUS)}, not {status!r}")
-    return change_status(db, alerts, incident_id, BY_STATUS[status], author, now=now)
+    transition = BY_STATUS[IncidentStatus(status)]
+    return change_status(db, alerts, incident_id, transition, author, now=now)
 
 
 def _apply(

@@ -126,12 +126,12 @@ class Checkpoints:
         for (source, partition), offset in next_offsets.items():
             covered[self.state_key(source, partition)].append(offset)
         recent = [
-            (*key, model, monitor)
-            for key in covered
-            for model, monitor in self.monitors.of_key(key).items()
+            ((source, partition, model), monitor)
+            for source, partition in covered
+            for model, monitor in self.monitors.of_key((source, partition)).items()
             if monitor.recent.dirty
         ]
-        samples = [(key, monitor.recent.sample()) for *key, monitor in recent]
+        samples = [(key, monitor.recent.sample()) for key, monitor in recent]
         collectors = self.references.collectors
 
         def write(uow: UnitOfWork) -> None:
@@ -154,7 +154,7 @@ class Checkpoints:
             also(uow)
 
         run(self.db, write)
-        for *_, monitor in recent:
+        for _, monitor in recent:
             monitor.recent.dirty = False
 
     def restore(self, source: str, partition: int) -> int | None:

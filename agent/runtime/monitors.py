@@ -76,8 +76,8 @@ class ModelMonitor:
         findings: list[Finding] = []
         # Detectors watching clients see every event, those of a reference being learned
         # too: they keep them and judge them once the reference is in force (no blind warm-up).
-        for detector in self.watching_clients:
-            findings.extend(self._feed(detector, batch, 0))
+        for watcher in self.watching_clients:
+            findings.extend(self._feed(watcher, batch, 0))
         if self.exclude_flagged:
             for finding in findings:
                 if finding.kind == Kind.SUSPICIOUS_CLIENT:
