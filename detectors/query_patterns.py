@@ -246,7 +246,8 @@ class QueryPatternDetector(ProfiledDetector):
             return 0
         floor = max(1, int(sample.size * REFERENCE_SHARE))
         taken = self.reference_taken
-        chosen, end = [], len(batch)
+        chosen: list[int] = []
+        end = len(batch)
         for i, client in enumerate(batch.clients or [None] * len(batch)):
             have = sample.count + len(chosen)
             if have >= sample.size:
@@ -332,12 +333,14 @@ class QueryPatternDetector(ProfiledDetector):
         queries drawn i.i.d. from the reference, which are already spread wider than any one
         client's. Coverage and normality have no prior: they need a population."""
         s = self.settings
+        profile = self.profile
+        assert profile is not None  # the prior is set when the profile is
         n_ref = len(encoded)
         index = {name: i for i, name in enumerate(STATISTICS)}
         buckets = len(self.edges)
         prior_u = np.full((buckets, len(STATISTICS)), np.nan)
         prior_b = np.full((buckets, len(STATISTICS)), np.nan)
-        ood_rate = float(self.profile.anomalies(batch).any(axis=1).mean()) if n_ref else 0.0
+        ood_rate = float(profile.anomalies(batch).any(axis=1).mean()) if n_ref else 0.0
         scored, low = self.reference_margins  # the first events' (a stored reference: below)
         if batch.scores or batch.score is not None:
             margins = _low_margin(batch, s.low_margin)
@@ -368,10 +371,10 @@ class QueryPatternDetector(ProfiledDetector):
             prior_b[bucket, knn] = 0.3
         self.null.prior_u, self.null.prior_b = prior_u, prior_b
         self.null.refresh(self.last_ts)
-        numerics = len(self.profile.numeric_names)
+        numerics = len(profile.numeric_names)
         quantiles = np.arange(1, BINS) / BINS
         self.bin_edges = np.quantile(encoded[:, :numerics], quantiles, axis=0).T.copy()
-        features = numerics + len(self.profile.categorical_names)
+        features = numerics + len(profile.categorical_names)
         self.coverage = np.zeros((0, features, BINS), dtype=np.int32)
         histogram = np.zeros((features, BINS))
         np.add.at(histogram, (np.arange(features)[None, :], self._bins(encoded)), 1)
@@ -647,7 +650,7 @@ class QueryPatternDetector(ProfiledDetector):
             for g, r, c in zip(group.tolist(), row.tolist(), at_count.tolist(), strict=True)
         ]
         stats = self._statistics_of(window, at_count, histograms, at_look)
-        findings = self._looks(due, stats, batch)  # type: ignore[arg-type]
+        findings = self._looks(due, stats, batch)
         return [finding for _, finding in sorted(findings, key=lambda pair: pair[0])]
 
     def _windows(
@@ -902,9 +905,9 @@ class QueryPatternDetector(ProfiledDetector):
         s = self.settings
         n, tables = len(x), s.fingerprint_tables
         codes = np.floor(x @ self.projections + self.offsets).astype(np.int64)
-        keys = (codes.reshape(n * tables, -1) @ self.hash_weights).reshape(n, tables)
-        keys = keys * tables + np.arange(tables)  # (n, tables): the table is part of the key
-        keys, rows = keys.ravel(), np.repeat(np.arange(n), tables)
+        table_keys = (codes.reshape(n * tables, -1) @ self.hash_weights).reshape(n, tables)
+        table_keys = table_keys * tables + np.arange(tables)  # the table is part of the key
+        keys, rows = table_keys.ravel(), np.repeat(np.arange(n), tables)
         slots = keys & (len(self.fp_keys) - 1)
         # Within the batch, a query's predecessor in its slot is the previous query there;
         # the first of each slot is compared with what the table holds. (Rows ascend, so a
@@ -1213,7 +1216,7 @@ def _low_margin(batch: ModelBatch, margin: float) -> np.ndarray:
     every = len(present) == n == len(batch.scores) and len(widths) == 1
     if every and (classes := widths.pop()) >= 2:
         # The usual case, every event with the same number of classes: one matrix.
-        flat = chain.from_iterable(map(dict.values, batch.scores))
+        flat = chain.from_iterable(scores.values() for scores in present)
         top = np.fromiter(flat, np.float64, n * classes).reshape(n, classes)
         if classes == 2:
             gap = np.abs(top[:, 0] - top[:, 1])
@@ -1225,9 +1228,9 @@ def _low_margin(batch: ModelBatch, margin: float) -> np.ndarray:
     else:
         for i, scores in enumerate(batch.scores):
             if scores:
-                top = sorted(scores.values(), reverse=True)
-                gap = top[0] - top[1] if len(top) > 1 else abs(2 * top[0] - 1)
-                out[i] = gap < margin
+                ranked = sorted(scores.values(), reverse=True)
+                one_gap = ranked[0] - ranked[1] if len(ranked) > 1 else abs(2 * ranked[0] - 1)
+                out[i] = one_gap < margin
     if batch.score is not None:
         single = np.flatnonzero((out < 0) & np.isfinite(batch.score))
         out[single] = np.abs(2 * batch.score[single] - 1) < margin

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -88,11 +89,13 @@ class RegionCoverage:
         return out
 
 
-def labels_of(predictions: list[object], scores: list[dict[str, float] | None], n: int) -> list:
+def labels_of(
+    predictions: Sequence[object], scores: Sequence[dict[str, float] | None], n: int
+) -> list:
     """Each query's predicted class: its `prediction`, else the top class of its `scores`
     (None when it has neither)."""
     if len(predictions) == n and any(p is not None for p in predictions):
-        return predictions
+        return list(predictions)
     if len(scores) == n:
         return [None if not row else max(row, key=row.__getitem__) for row in scores]
     return [None] * n

@@ -156,7 +156,7 @@ class PopulationNull:
         own_n = np.zeros((buckets, stats), dtype=np.int64)
         fresh = self.stamps[:rows] >= now - self.window
         enough_rows = np.count_nonzero(fresh, axis=0) >= self.min_clients  # buckets x stats
-        for bucket in np.flatnonzero(enough_rows.any(axis=1)):
+        for bucket in map(int, np.flatnonzero(enough_rows.any(axis=1))):
             used = np.flatnonzero(fresh[:, bucket].any(axis=1))
             pool = np.where(fresh[used, bucket], self.values[used, bucket], np.nan)
             if len(pool) > MAX_POOL:
