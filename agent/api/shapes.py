@@ -7,11 +7,13 @@ annotations at runtime to validate parameters and to write the OpenAPI spec.
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
+from storage.contract import DeadLetterJSON as DeadLetterOut
 from storage.contract import EvidenceJSON as EvidenceOut
 from storage.contract import IncidentOut
 from storage.contract import NoteJSON as NoteOut
 
-__all__ = ["EvidenceOut", "IncidentOut", "NoteOut"]  # the contract's shapes, defined in storage
+# The contract's shapes, defined once in storage.
+__all__ = ["DeadLetterOut", "EvidenceOut", "IncidentOut", "NoteOut"]
 
 Status = Literal["open", "acknowledged", "resolved"]
 SeverityName = Literal["info", "warning", "critical"]
@@ -39,16 +41,6 @@ class ModelSummary(TypedDict):
 
 class ModelList(TypedDict):
     items: list[ModelSummary]
-
-
-class DeadLetterOut(TypedDict):
-    id: int
-    received_at: float
-    source: str
-    partition: int
-    offset: int
-    reason: str
-    payload: str
 
 
 class Role(TypedDict):
