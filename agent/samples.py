@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from detectors.baseline import capped_per_client
 from streams.batch import ModelBatch, PartitionKey, build_model_batch, floats_or_none
 from streams.decode import UNJUDGED_LIMITS, decode_batch
 from streams.events import FeatureValue, Position, Prediction, RawRecord, Target
@@ -306,30 +307,38 @@ class RecentWindow:
 
 
 class ReferenceCollector:
-    """Collects the first `size` predictions a process sees of a model, across partitions."""
+    """Collects a model's first `size` predictions a process sees, across partitions, each
+    client giving at most twice the mean client's share (`capped_per_client`): a client
+    flooding the first events (an attacker from the first query) cannot widen the reference
+    every detector judges against. Events a client gives beyond its cap are passed over:
+    neither in the reference nor judged against it."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.parts: list[Sample] = []
         self.count = 0
-        # Per source partition, the offset after the last prediction taken: stored with the
-        # learned reference (see ActiveReference.judged_from).
+        self.client_counts: dict[str, int] = {}  # events taken per client ("": none)
+        # Per source partition, the offset after the last prediction of the learning window
+        # (taken or passed over): stored with the learned reference (ActiveReference.judged_from).
         self.taken_until: dict[PartitionKey, int] = {}
 
     def add(self, batch: ModelBatch) -> int:
-        """Takes what the reference still needs from the front of `batch`; returns how many."""
-        take = min(len(batch), self.size - self.count)
-        if take > 0:
-            self.parts.append(Sample.of_batch(batch, 0, take))
-            self.count += take
+        """Takes what the reference still needs from the front of `batch`; returns how many
+        of its events the learning window covers (taken or passed over)."""
+        chosen, end = capped_per_client(batch.clients, self.count, self.size, self.client_counts)
+        if chosen:
+            window = Sample.of_batch(batch, 0, end)
+            self.parts.append(window if len(chosen) == end else window.take(chosen))
+            self.count += len(chosen)
+        if end > 0:
             if batch.positions is None:
                 key = (batch.source, batch.partition)
-                self.taken_until[key] = int(batch.offsets[take - 1]) + 1
+                self.taken_until[key] = int(batch.offsets[end - 1]) + 1
             else:  # topics sharing the state: each event's own (in order, so the last wins)
                 self.taken_until.update(
-                    ((p.source, p.partition), p.offset + 1) for p in batch.positions[:take]
+                    ((p.source, p.partition), p.offset + 1) for p in batch.positions[:end]
                 )
-        return take
+        return end
 
     def state(self) -> dict[str, Any]:
         """Plain data for a checkpoint: the predictions taken so far (as one sample's
@@ -347,6 +356,7 @@ class ReferenceCollector:
                 "model_versions": sample.model_versions,
             },
             "taken_until": [[*key, offset] for key, offset in self.taken_until.items()],
+            "client_counts": self.client_counts,
         }
 
     @classmethod
@@ -355,6 +365,8 @@ class ReferenceCollector:
         sample = Sample(**state["sample"])
         collector.parts = [sample] if len(sample) else []
         collector.count = state["count"]
+        # A checkpoint from before the cap: its clients' counts restart (the cap follows).
+        collector.client_counts = state.get("client_counts", {})
         collector.taken_until = {
             (source, partition): offset for source, partition, offset in state["taken_until"]
         }

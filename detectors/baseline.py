@@ -45,6 +45,37 @@ def takes_reference(detector: Detector) -> bool:
     return detector.baseline is Baseline.REFERENCE
 
 
+# Of a reference learned from the first events, a client gives at least this share (when the
+# mean client's share is smaller): a few early clients each fill a small reference normally.
+CLIENT_SHARE_FLOOR = 0.01
+
+
+def capped_per_client(
+    clients: list[str | None], have: int, size: int, taken: dict[str, int]
+) -> tuple[list[int], int]:
+    """Which events of a stream's first ones a reference of `size` takes, each client giving
+    at most twice the mean client's share of it (and at least `CLIENT_SHARE_FLOOR`), so
+    that a client flooding the first events (an attacker from the first query) cannot make
+    its queries the picture of normal; events without a client are always taken.
+
+    `clients` are the next events' callers, `have` the events taken before, `taken` the
+    events taken so far per client (`""`: no client; updated in place). Returns the indices
+    taken and where in `clients` the reference became full (`len(clients)` if it did not):
+    the events before that point are the learning window's, taken or passed over."""
+    floor = max(1, int(size * CLIENT_SHARE_FLOOR))
+    chosen: list[int] = []
+    for i, client in enumerate(clients):
+        count = have + len(chosen)
+        if count >= size:
+            return chosen, i
+        key = "" if client is None else client
+        cap = max(floor, 2 * -(-count // max(1, len(taken))))  # twice the mean share
+        if client is None or taken.get(key, 0) < cap:
+            taken[key] = taken.get(key, 0) + 1
+            chosen.append(i)
+    return chosen, len(clients)
+
+
 class FirstEvents:
     """The first `size` events of a stream, kept whole, to learn a reference from when none
     was handed over."""

@@ -3,9 +3,9 @@ when the share of inputs outside it rises well above its reference rate.
 
 `InputProfile` is the one place that knows what a model's inputs look like in its reference:
 per numeric feature the median and IQR (robust scaling), a central quantile range and whether
-it only ever takes whole numbers, per categorical feature the values seen. An input is
-anomalous when some numeric feature falls outside its range or off its integer lattice, or
-some categorical feature takes a value never seen in the reference
+it takes whole numbers (`LATTICE_SHARE` of its values at least), per categorical feature the
+values seen. An input is anomalous when some numeric feature falls outside its range or off
+its integer lattice, or some categorical feature takes a value never seen in the reference
 (missing values are data quality's business, not anomalies). The query-pattern detector
 reuses the same profile to scale and encode each query.
 
@@ -36,6 +36,12 @@ from detectors.stats.cusum import Cusum
 from streams.batch import ModelBatch
 
 CATEGORY_CACHE = 10_000  # per feature: value -> bucket memo, bounded
+# A numeric feature is on an integer lattice when at least this share of its reference values
+# are whole numbers, not all of them: in a reference learned from the first events, a few
+# early clients sending fractional queries (each capped at twice the mean client's share,
+# `detectors.baseline.capped_per_client`) would otherwise erase the lattice for everyone. A
+# measured quantity (prices, rates) has few whole values.
+LATTICE_SHARE = 0.9
 
 
 class InputProfile:
@@ -62,10 +68,10 @@ class InputProfile:
             if spread <= 0:  # a mostly constant feature: fall back to the std, then to 1
                 spread = float(np.std(values)) or 1.0
             self.scale[i] = spread
-            # Counts, ages, hours: a feature whose every reference value is a whole number.
+            # Counts, ages, hours, pixels: a feature whose reference values are whole numbers.
             # Synthetic queries (interpolated, perturbed, sampled from ranges) fall between.
             self.integral[i] = len(np.unique(values)) > 2 and bool(
-                np.all(values == np.round(values))
+                np.mean(values == np.round(values)) >= LATTICE_SHARE
             )
         self.categorical_names = sorted(categorical)
         self.vocabulary = {

@@ -66,6 +66,7 @@ from numpy.polynomial import polynomial
 from scipy.special import ndtri
 
 from detectors.base import Finding, Kind, Severity
+from detectors.baseline import capped_per_client
 from detectors.clients.codec import (
     profile_from_data,
     profile_to_data,
@@ -90,7 +91,6 @@ PROBE_FLOOR = 1e-5  # a coordinate moved by less than this (robust units) has no
 # Single-coordinate moves over more than `entity_changes` distinct coordinates are a walk
 # (an entity re-scored changes at most that many fields); fully one this many beyond them.
 PROBE_SPAN = 3
-REFERENCE_SHARE = 0.01  # of a reference learned from the first events, per client at most
 # While the reference is learned from the first events, they are kept (at most this many
 # times `reference_size` in all, and a ring's worth per client) and judged once the profile
 # exists: the learning window is not blind.
@@ -236,28 +236,15 @@ class QueryPatternDetector(ProfiledDetector):
         self.warmup = backlog
 
     def _monitored_from(self, batch: ModelBatch) -> int | None:
-        """Collects the reference from the first events (when none was handed over), each
-        client giving at most twice the mean client's share of it (and at least
-        `REFERENCE_SHARE`), so that an attacker active from the
-        first query cannot make its own queries the model's picture of normal; returns where
-        in the batch monitoring starts (None: nothing of it is left to monitor)."""
+        """Collects the reference from the first events (when none was handed over), capped
+        per client (`capped_per_client`: an attacker active from the first query cannot make
+        its own queries the model's picture of normal); returns where in the batch monitoring
+        starts (None: nothing of it is left to monitor)."""
         sample = self.reference
         if sample is None:
             return 0
-        floor = max(1, int(sample.size * REFERENCE_SHARE))
-        taken = self.reference_taken
-        chosen: list[int] = []
-        end = len(batch)
-        for i, client in enumerate(batch.clients or [None] * len(batch)):
-            have = sample.count + len(chosen)
-            if have >= sample.size:
-                end = i
-                break
-            key = "" if client is None else client
-            cap = max(floor, 2 * -(-have // max(1, len(taken))))  # twice the mean share
-            if taken.get(key, 0) < cap or client is None:
-                taken[key] = taken.get(key, 0) + 1
-                chosen.append(i)
+        clients = batch.clients or [None] * len(batch)
+        chosen, end = capped_per_client(clients, sample.count, sample.size, self.reference_taken)
         self._keep_warmup(batch, end)
         rows = np.array(chosen, dtype=np.int64)
         low = _low_margin(batch, self.settings.low_margin)[rows]

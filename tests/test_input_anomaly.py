@@ -33,6 +33,22 @@ def test_profile_flags_values_outside_reference_ranges_and_unseen_categories() -
     assert abs(encoded[0, 0]) < 0.1 and encoded[1, 0] > 5  # robust-scaled by median and IQR
 
 
+def test_a_few_fractional_reference_values_do_not_erase_an_integer_lattice() -> None:
+    """A count whose reference holds a few clients' fractional queries (5%) keeps its lattice:
+    fractional inputs stay anomalous. A measured feature (prices in cents) has none."""
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(5, 2000).astype(float)
+    counts[:100] = rng.uniform(0, 10, 100)  # early extraction queries, capped in the reference
+    prices = np.round(rng.lognormal(3, 1, 2000), 2)
+    profile = InputProfile({"a": counts, "b": prices}, {})
+    assert profile.integral.tolist() == [True, False]
+    queries = np.array([[4.0, 20.5, 0, 0], [4.5, 20.5, 0, 0]])
+    batch = make_batch(queries, [None, None], np.zeros(2), 0)
+    assert profile.anomalies(batch)[:, 0].tolist() == [False, True]
+    counts[:400] = rng.uniform(0, 10, 400)  # a fifth fractional: not a lattice
+    assert not InputProfile({"a": counts}, {}).integral[0]
+
+
 def test_in_control_traffic_stays_quiet() -> None:
     rng = np.random.default_rng(1)
     detector = InputAnomalyDetector("m", SETTINGS)

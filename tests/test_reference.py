@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 from agent.cli import app
 from agent.reference import ReferenceFileError, load_reference_file
 from agent.runtime.pipeline import Pipeline
-from agent.samples import RecentWindow, Sample
+from agent.samples import RecentWindow, ReferenceCollector, Sample
 from detectors import state_codec
+from detectors.input_anomaly import InputProfile
 from detectors.registry import build_detectors
 from storage.db import Database
 from storage.models import Base, Checkpoint
@@ -569,3 +570,98 @@ def test_events_of_a_version_use_that_versions_reference_also_after_restore(
     restarted = Pipeline(settings, database, consumer="v")
     restarted.restore_partition("src", 0)
     assert restarted.monitors[("src", 0)]["fraud"].reference.id == expected
+
+
+def _client_stream(
+    n: int, seed: int, keys: int = 40, flood: int = 0, shift: float = 0.0, start: float = START
+) -> list[bytes]:
+    """`n` predictions of `keys` benign clients with log-normal volumes (one heavy-ish), an
+    integer feature `items` and measured ones (`amount`, ...); with `flood`, a client sends every
+    other one of the first 2 x `flood` events: uniform-random `items` and `amount` (synthetic
+    extraction), fractional and far wider than the benign ones."""
+    rng = np.random.default_rng(seed)
+    volume = rng.lognormal(0, 1, keys)
+    who = rng.choice(keys, n, p=volume / volume.sum())
+    items = rng.poisson(3, n).astype(float)
+    amount = np.round(rng.normal(10 + 2 * shift, 2, n), 2)
+    other = np.round(rng.normal(0, 1, (n, 3)) * [10, 300, 0.2] + [40, 2000, 0.5], 3)
+    clients = [f"key-{k}" for k in who]
+    for i in range(0, 2 * flood, 2):
+        items[i], amount[i] = rng.uniform(0, 40), rng.uniform(-30, 50)
+        clients[i] = "flooder"
+    return [
+        orjson.dumps(
+            {
+                "type": "prediction",
+                "model": "fraud",
+                "ts": start + i,
+                "client": clients[i],
+                "features": {
+                    "items": float(items[i]),
+                    "amount": float(amount[i]),
+                    **dict(zip(("age", "income", "risk"), other[i].tolist(), strict=True)),
+                },
+                "prediction": int(amount[i] > 11),
+                "scores": {"0": 0.4, "1": 0.6} if amount[i] > 11 else {"0": 0.6, "1": 0.4},
+            }
+        )
+        for i in range(n)
+    ]
+
+
+def _learned_profile(url: str) -> tuple[Sample, InputProfile]:
+    sample = Sample.decode(Repository(Database(url)).find_reference("fraud").sample)
+    batch = sample.to_batch("fraud")
+    return sample, InputProfile(batch.numeric, batch.categorical)
+
+
+def test_a_client_flooding_the_first_events_gets_its_capped_share_of_the_learned_reference(
+    tmp_path: Path,
+) -> None:
+    """An extraction client sending half the first 3,000 events (uniform-random, fractional)
+    gives the learned reference at most twice the mean client's share: the reference keeps
+    the integer lattice of `items`, its median and spread (all of which the flood erases
+    when it is not capped) and the drift detectors stay quiet on the benign traffic after
+    it, while a genuine shift is still caught."""
+    lines = _client_stream(6000, seed=61, flood=1500)
+    lines += _client_stream(3000, seed=62, shift=1.5, start=START + 6000)
+    url = f"sqlite:///{tmp_path / 'capped.db'}"
+    Database(url).upgrade()
+    replay(settings_for(url), Database(url), lines, consumer="c", name="src")
+    sample, profile = _learned_profile(url)
+    assert len(sample) == 2000
+    flood = sum(1 for row in sample.features if row["items"] != round(row["items"]))
+    benign_keys = 40 - 1  # at least: all but the lightest may be absent early on
+    assert 0 < flood <= 2 * 2000 / benign_keys + 1
+    # The integer feature keeps its lattice; the measured one its median and spread.
+    plain = _client_stream(2000, seed=63)
+    reference_batch = Sample.of_records(plain).to_batch("fraud")
+    clean = InputProfile(reference_batch.numeric, reference_batch.categorical)
+    items, amount = profile.numeric_names.index("items"), profile.numeric_names.index("amount")
+    assert profile.integral[items] and clean.integral[items]
+    assert abs(profile.median[amount] - clean.median[amount]) < 0.1 * clean.scale[amount]
+    assert abs(profile.scale[amount] / clean.scale[amount] - 1) < 0.15
+    # Drift: only the genuine shift (from event 6000 on) opens an incident.
+    incidents = Repository(Database(url)).list_incidents(IncidentFilter(kind="feature_drift"))
+    assert [i.subject for i in incidents] == ["amount"]
+    assert incidents[0].first_seen >= START + 6000
+
+
+def test_ordinary_multi_client_traffic_learns_the_same_reference_as_uncapped() -> None:
+    """Benign clients with log-normal volumes (the heaviest several times the mean): the cap
+    XX describes the same
+        inputs as the first events taken whole (what the pipeline learned before the cap)."""
+    lines = _client_stream(4000, seed=64)
+    records = [RawRecord(line, Position("src", 0, i)) for i, line in enumerate(lines)]
+    (batch,) = split_batch(decode_batch(records, 10**6), lambda s, p: (s, p)).values()
+    collector = ReferenceCollector(2000)
+    window = collector.add(batch)
+    assert collector.complete and 2000 < window < 3000  # the heaviest clients passed over
+    capped = collector.sample().to_batch("fraud")
+    whole = batch.slice(0, 2000)
+    for name in ("items", "amount", "age", "income", "risk"):
+        a, b = capped.numeric[name], whole.numeric[name]
+        levels = [0.01, 0.25, 0.5, 0.75, 0.99]
+        qa, qb = np.quantile(a, levels), np.quantile(b, levels)
+        assert np.all(np.abs(qa - qb) <= 0.1 * (qb[3] - qb[1]) + 1e-9), name
+    assert collector.taken_until == {("src", 0): window}  # the learning window, passed over too
