@@ -17,6 +17,12 @@ of benign clients flagged, and the detector's cost per query. Tune on one seed s
 another (`--seeds`).
 
     PYTHONPATH=. python bench/clients.py --seeds 100 101 102
+    PYTHONPATH=. python bench/clients.py --cost --seeds 1    # cost only (target: 10 us/query)
+
+`--cost` times the detector alone on a day of 150 clients with 20 numeric features in
+micro-batches of 500 and 2,000 (one core: process time around `update`), against the
+numeric-drift detector on the same batches in the same run (the ratio means more than the
+figure on a shared machine), and prints its state's size against `max_state_mb`.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 
 from detectors.input_anomaly import InputAnomalyDetector
+from detectors.numeric_drift import NumericDriftDetector
 from detectors.query_patterns import QueryPatternDetector, QueryPatternSettings
 from streams.batch import ModelBatch
 
@@ -43,6 +50,7 @@ CHANNELS = np.array(["web", "app", "pos"], dtype=object)
 NUMERIC = ("amount", "age", "tenure_days", "items", "hour", "risk_ext")
 TYPICAL_DAILY = 600.0  # median queries per ordinary client per day
 BATCH = 2000
+COST_FEATURES = 20  # numeric features of the cost stream (`--cost`)
 
 
 @dataclass
@@ -402,10 +410,93 @@ def report(result: dict[str, object]) -> list[bool]:
     return ok
 
 
+def cost_batches(
+    seed: int, clients: int, queries: int, batch: int
+) -> tuple[ModelBatch, list[ModelBatch]]:
+    """A day of `queries` from `clients` keys (log-normal volumes, each its own segment, a
+    diurnal profile) with `COST_FEATURES` numeric features (a third counts, the rest measured)
+    and two class scores, in micro-batches of `batch`; and a 5,000-row reference of it."""
+    rng = np.random.default_rng(seed)
+    counts = COST_FEATURES // 3
+    volume = rng.lognormal(0, 0.8, clients)
+    who = rng.choice(clients, queries + 5000, p=volume / volume.sum())
+    segment = rng.normal(0, 0.5, (clients, COST_FEATURES))
+    x = rng.normal(0, 1, (len(who), COST_FEATURES)) + segment[who]
+    x[:, :counts] = rng.poisson(np.exp(1 + 0.3 * x[:, :counts]))
+    x[:, counts:] = np.round(x[:, counts:] * [3.0] * (COST_FEATURES - counts) + 10, 3)
+    p = 1 / (1 + np.exp(-(x[:, counts] - 10) / 3 - 0.2 * (x[:, 0] - 3)))
+    ts = np.sort(diurnal_times(rng, len(who)))
+    names = [f"f{j:02d}" for j in range(COST_FEATURES)]
+
+    def make(rows: slice) -> ModelBatch:
+        n = len(ts[rows])
+        return ModelBatch(
+            model="fraud",
+            source="bench",
+            partition=0,
+            ts=ts[rows],
+            offsets=np.arange(n, dtype=np.int64) + (rows.start or 0),
+            ids=[None] * n,
+            clients=[f"client-{c:03d}" for c in who[rows]],
+            model_versions=[None] * n,
+            rows=[],
+            numeric={name: x[rows, j].copy() for j, name in enumerate(names)},
+            categorical={},
+            predictions=list((p[rows] > 0.5).astype(int)),
+            scores=[{"0": 1 - float(v), "1": float(v)} for v in p[rows]],
+        )
+
+    reference = make(slice(0, 5000))
+    return reference, [make(slice(i, min(i + batch, len(ts)))) for i in range(5000, len(ts), batch)]
+
+
+def measure_cost(seed: int, clients: int, queries: int, sizes: list[int]) -> None:
+    """Microseconds per query of the client detector (one core, process time around
+    `update`), against the numeric-drift detector on the same batches in the same run,
+    alternating batch by batch; and the client detector's state against `max_state_mb`."""
+    settings = QueryPatternSettings()
+    for size in sizes:
+        reference, stream = cost_batches(seed, clients, queries, size)
+        detector = QueryPatternDetector("fraud", settings)
+        baseline = NumericDriftDetector("fraud")
+        detector.set_reference(reference)
+        baseline.set_reference(reference)
+        busy = [0.0, 0.0]
+        for b in stream:
+            for i, d in enumerate((detector, baseline)):
+                t0 = time.process_time()
+                d.update(b)
+                busy[i] += time.process_time() - t0
+        n = sum(len(b) for b in stream)
+        us = [t / n * 1e6 for t in busy]
+        per_client = detector.client_bytes()
+        fingerprints = sum(a.nbytes for a in (detector.fp_keys, detector.fp_owners, detector.fp_ts))
+        print(
+            f"seed {seed}, {clients} clients, {COST_FEATURES} numeric features, {n:,} queries "
+            f"in batches of {size}: suspicious_client {us[0]:.1f} us/query, numeric_drift "
+            f"{us[1]:.1f} us/query (ratio {us[0] / us[1]:.2f})\n  state: "
+            f"{len(detector.clients)} clients x {per_client / 1024:.0f} KB = "
+            f"{len(detector.clients) * per_client / 2**20:.1f} MB in use, room for "
+            f"{detector.tracked_cap()} clients in max_state_mb {settings.max_state_mb:g} "
+            f"({detector.tracked_cap() * per_client / 2**20:.1f} MB reserved, mapped only as "
+            f"used); fingerprint table {fingerprints / 2**20:.1f} MB"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102])
+    parser.add_argument(
+        "--cost",
+        action="store_true",
+        help="only the cost: us/query on a 150-client, 20-feature stream in micro-batches "
+        "of 500 and 2,000, against numeric_drift in the same run",
+    )
     args = parser.parse_args()
+    if args.cost:
+        for seed in args.seeds:
+            measure_cost(seed, clients=150, queries=120_000, sizes=[500, 2000])
+        return
     settings = QueryPatternSettings()
     passed = []
     cost = []

@@ -374,7 +374,12 @@ class QueryPatternDetector(ProfiledDetector):
         assert self.profile is not None
         numerics = len(self.profile.numeric_names)
         out = np.empty((len(encoded), self.coverage.shape[1]), dtype=np.int64)
-        out[:, :numerics] = (encoded[:, :numerics, None] > self.bin_edges[None]).sum(axis=2)
+        # One comparison per edge (seven passes over queries x features) rather than a
+        # queries x features x edges array summed over its short last axis: ~5x faster.
+        counts = out[:, :numerics]
+        counts[:] = 0
+        for edge in self.bin_edges.T:
+            counts += encoded[:, :numerics] > edge
         width = self.profile.buckets
         for j in range(len(self.profile.categorical_names)):
             block = encoded[:, numerics + j * width : numerics + (j + 1) * width]
@@ -788,12 +793,14 @@ class QueryPatternDetector(ProfiledDetector):
                 ring = self.ring_vectors[seg_slots, :rows_f]
                 # Ring x queries (clients x rows_f x rows_q): the same dot products as
                 # queries x ring, ~1.5x faster with a few queries per client.
-                product = np.matmul(ring, queries.transpose(0, 2, 1))
+                # (The queries transposed into a contiguous array: the product of a
+                # transposed view runs ~1.5-3x slower with several queries per client.)
+                product = np.matmul(ring, np.ascontiguousarray(queries.transpose(0, 2, 1)))
                 if int(seg_filled.min()) < rows_f:
                     unfilled = np.arange(rows_f) >= seg_filled[:, None]
                     np.copyto(product, np.inf, where=unfilled[:, :, None])
                 d2[:, :rows_f] = product[client, :, nth]
-            batch_part = np.matmul(queries, stored[rows].transpose(0, 2, 1))
+            batch_part = np.matmul(queries, np.ascontiguousarray(stored[rows].transpose(0, 2, 1)))
             batch_part += _not_earlier(rows_q)
             d2[:, rows_f:] = batch_part[client, nth]
             k = min(s.k_neighbours, d2.shape[1])
@@ -1203,7 +1210,7 @@ def _low_margin(batch: ModelBatch, margin: float) -> np.ndarray:
     every = len(present) == n == len(batch.scores) and len(widths) == 1
     if every and (classes := widths.pop()) >= 2:
         # The usual case, every event with the same number of classes: one matrix.
-        flat = chain.from_iterable(scores.values() for scores in present)
+        flat = chain.from_iterable(map(dict.values, present))  # map: no Python frame each
         top = np.fromiter(flat, np.float64, n * classes).reshape(n, classes)
         if classes == 2:
             gap = np.abs(top[:, 0] - top[:, 1])
