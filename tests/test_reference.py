@@ -665,3 +665,41 @@ def test_ordinary_multi_client_traffic_learns_the_same_reference_as_uncapped() -
         qa, qb = np.quantile(a, levels), np.quantile(b, levels)
         assert np.all(np.abs(qa - qb) <= 0.1 * (qb[3] - qb[1]) + 1e-9), name
     assert collector.taken_until == {("src", 0): window}  # the learning window, passed over too
+
+
+def test_a_collection_resumed_from_a_checkpoint_keeps_each_clients_count(
+    tmp_path: Path,
+) -> None:
+    """Checkpointed half-way through learning (the flooder already at its cap), the resumed
+    collection passes over the same events and learns the same reference as a process that
+    never stopped: the per-client counts travel with the checkpoint."""
+    lines = _client_stream(6000, seed=65, flood=1500)
+
+    def learned(name: str, stop_at: int | None) -> tuple[list[float], int]:
+        url = f"sqlite:///{tmp_path / name}"
+        database = Database(url)
+        database.upgrade()
+        settings = settings_for(url)
+        pipeline = Pipeline(settings, database, consumer="c")
+        resume = 0
+        if stop_at is not None:
+            for start in range(0, stop_at, 500):
+                pipeline.process(
+                    [RawRecord(lines[i], Position("src", 0, i)) for i in range(start, start + 500)]
+                )
+            pipeline.checkpoint({("src", 0): stop_at})
+            assert pipeline.collectors["fraud"].client_counts["flooder"] > 0
+            pipeline = Pipeline(settings, database, consumer="c")
+            resume = pipeline.restore_partition("src", 0) or 0
+            assert resume == stop_at
+        for start in range(resume, len(lines), 500):
+            chunk = range(start, min(start + 500, len(lines)))
+            pipeline.process([RawRecord(lines[i], Position("src", 0, i)) for i in chunk])
+        (reference,) = Repository(database).list_references()
+        sample = Sample.decode(Repository(database).find_reference("fraud").sample)
+        database.dispose()
+        return sample.ts, reference.rows
+
+    whole = learned("whole.db", None)
+    assert whole[1] == 2000 and whole[0][-1] - START > 2000  # some events passed over
+    assert learned("resumed.db", 1000) == whole
