@@ -3,31 +3,36 @@ its inputs and its output, before any label comes.
 
 NannyML's DLE fits a "nanny" model (LightGBM, 100 trees) of the loss |y - y_hat| on the
 reference, with the features and the prediction as inputs, and estimates a chunk's MAE as the
-mean of its predictions' estimated losses. Here the nanny model is the additive part of that:
-every input is cut into bins (numeric: quantile bins of the reference, plus a missing bin;
-categorical: its frequent categories, "other" and missing; the prediction: quantile bins),
-each numeric input (and the prediction) also gets a slope on its value clipped to the
-reference's range, and a ridge regression on these columns gives each bin an additive effect
-on the loss. That is a piecewise-constant (plus linear) generalized additive model, the main
-effects boosted trees mostly find; interactions (the model errs only where two inputs are
-both high) are not learned, which NannyML's trees can learn. In exchange:
+mean of its predictions' estimated losses. The nanny model here is of the same kind, a
+gradient-boosted tree ensemble, in numpy:
 
-- no runtime dependency (numpy only), a closed-form fit on the reference (one SVD, once),
-  the ridge penalty chosen by generalized cross-validation (the trees' depth and rounds are
-  hand-set hyperparameters in NannyML), and an estimate that cannot extrapolate wildly:
-  beyond the reference's range an input stays in its outermost bin, as a tree does;
-- a hot path of one binary search (numeric) or dict lookup (categorical) per input and a
-  table lookup, so a batch's estimates cost a few numpy calls per input.
+- **Codes.** Every input is coded as LightGBM bins its values: numeric inputs and the
+  prediction by the reference's quantiles (`BINS`), 0 for missing; categorical ones by their
+  frequent categories and "other" (any other value, unseen ones included), ordered by their
+  mean |error| on the reference so that one threshold splits them where it matters, 0 for
+  missing. A value beyond the reference's range is in its outermost bin: the estimate stays
+  flat there (trees do not extrapolate), for better (no wild values) and worse (a model whose
+  error keeps growing out there is underestimated).
+- **Trees.** Oblivious trees of depth `DEPTH` (every node of a level splits on the same input
+  and threshold, as CatBoost's): each tree can express an interaction of up to three inputs
+  (the model errs where two inputs are both high), which an additive model cannot, and a
+  batch is estimated with a few numpy calls per tree level over all trees at once.
+  Fitted by gradient boosting of the squared error on histograms of the codes.
+- **Held-out rows.** Every `HELD_OUT`-th reference pair is kept out of the fit: the number of
+  trees is where the held-out error stops falling, and the skill (`explained`: the share of
+  the held-out |error| variance explained) and the spread below are measured on those rows,
+  not in-sample, where trees can fit noise.
 
-The same design matrix fits the squared error (for RMSE) with its own penalty. The spread of
-the loss around its estimate is summarised by one ratio measured on the reference,
+The same codes fit the squared error (for RMSE), with its own trees. The spread of the loss
+around its estimate is summarised by one ratio measured on the held-out pairs,
 c = sum((|e| - est)^2) / sum(est^2): for errors of one shape scaled by the inputs (the usual
 heteroscedastic case) Var(|e| given x) = c * est(x)^2 exactly, which gives the intervals of
 an estimated MAE.
 
-When the inputs do not tell where the model errs (the cross-validated fit explains less than
-`MIN_EXPLAINED` of the variance of |error|), there is nothing to estimate: the estimate would
-be the reference MAE whatever happens, and no model is returned.
+When the inputs do not tell where the model errs (the trees explain less than
+`MIN_EXPLAINED` of the held-out variance of |error|), there is nothing to estimate: the
+estimate would be the reference MAE whatever happens, and no model is returned. The model is
+plain data (arrays and lists), checkpointed as such.
 
 `FeatureStore` keeps the inputs of the first predictions by id, so that the reference pairs
 (which the label join completes without their features) can be given them back.
@@ -49,10 +54,11 @@ MIN_CATEGORY_SHARE = 0.005  # ... each seen in at least this share of the refere
 MIN_PRESENT = 0.1  # an input missing from more than 90% of the reference is left out
 MIN_EXPLAINED = 0.01  # held-out share of the |error| variance the inputs must explain
 DEPTH = 3  # levels per tree: interactions of up to three inputs
-LEARNING_RATE = 0.1
+LEARNING_RATE = 0.2
 MAX_TREES = 300
 PATIENCE = 30  # trees without a held-out improvement before the boosting stops
 LEAF_PRIOR = 20.0  # pseudo-rows at zero added to every leaf: shrinks leaves of few rows
+CHUNK = 256  # rows per step of the trees' evaluation (see `Trees.predict`)
 HELD_OUT = 5  # every fifth reference pair is held out, to stop the boosting and judge it
 
 
@@ -138,23 +144,30 @@ class Trees:
     binary number of those choices (level 0 the lowest bit)."""
 
     features: np.ndarray  # trees x depth, input of each level's split
-    thresholds: np.ndarray  # trees x depth
+    thresholds: np.ndarray  # trees x depth, int16 as the codes (a wider type costs 5x)
     values: np.ndarray  # trees x 2^depth, learning rate applied
     base: float  # what the trees add to: the target's mean on the training rows
 
     def predict(self, codes: np.ndarray) -> np.ndarray:
-        """The ensemble's output for coded rows (n x inputs): one comparison per tree and
-        level and one leaf lookup per tree, vectorized over the rows."""
+        """The ensemble's output for coded rows (inputs x n, see `LossModel.codes`): one
+        comparison per tree and level and one leaf lookup per tree, vectorized over the rows
+        (rows of codes are gathered whole, the leaves are built in bytes). Rows go `CHUNK` at
+        a time: temporaries of trees x CHUNK stay in the allocator's pool, where trees x a
+        whole batch would be mapped and unmapped (page faults) on every call."""
         trees, depth = self.features.shape
-        out = np.full(len(codes), self.base)
+        out = np.full(codes.shape[1], self.base)
         if trees == 0:
             return out
-        right = codes[:, self.features] > self.thresholds  # n x trees x depth
-        leaf = right[:, :, 0].astype(np.int64)
-        for level in range(1, depth):
-            leaf |= right[:, :, level].astype(np.int64) << level
-        leaf += np.arange(trees, dtype=np.int64) << depth
-        return out + self.values.take(leaf).sum(axis=1)
+        offsets = (np.arange(trees, dtype=np.int64) << depth)[:, None]
+        thresholds = self.thresholds[:, :, None]
+        for start in range(0, codes.shape[1], CHUNK):
+            part = codes[:, start : start + CHUNK]
+            right = (part[self.features] > thresholds).view(np.uint8)  # trees x depth x rows
+            leaf = right[:, 0].copy()
+            for level in range(1, depth):
+                leaf |= right[:, level] << level
+            out[start : start + CHUNK] += self.values.take(leaf + offsets).sum(axis=0)
+        return out
 
     def state(self) -> dict[str, Any]:
         return {
@@ -201,8 +214,9 @@ class LossModel:
         categorical: dict[str, np.ndarray],
         predicted: np.ndarray,
     ) -> np.ndarray:
-        """Each prediction's code of each input (n x inputs, the prediction last): 0 when
-        missing; a numeric value's quantile bin from 1; a category's code from the model."""
+        """Each prediction's code of each input (inputs x n, the prediction last: one row per
+        input, so trees gather rows): 0 when missing; a numeric value's quantile bin from 1; a
+        category's code from the model (codes fit in int16: at most `BINS` + 1)."""
         n = len(predicted)
         columns = [_numeric_codes(numeric.get(name), edges, n) for name, edges in self.numeric]
         columns.extend(
@@ -210,7 +224,7 @@ class LossModel:
             for name, categories, other in self.categorical
         )
         columns.append(_numeric_codes(predicted, self.prediction_edges, n))
-        return np.stack(columns, axis=1)
+        return np.stack(columns).astype(np.int16)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -266,7 +280,7 @@ def fit_loss_model(
             if categories:
                 categorical_inputs.append((name, *_ordered(col, categories, absolute)))
     empty = Trees(
-        np.empty((0, DEPTH), np.int64), np.empty((0, DEPTH), np.int64), np.empty((0, 0)), 0.0
+        np.empty((0, DEPTH), np.int64), np.empty((0, DEPTH), np.int16), np.empty((0, 0)), 0.0
     )
     model = LossModel(
         numeric_inputs, categorical_inputs, _edges(predicted), empty, empty, 0.0, 0.0, n
@@ -277,7 +291,7 @@ def fit_loss_model(
     if model.explained < MIN_EXPLAINED:
         return None
     model.square, _ = _boost(codes, error * error, held)
-    fitted = np.maximum(model.absolute.predict(codes[held]), 0.0)
+    fitted = np.maximum(model.absolute.predict(codes[:, held]), 0.0)
     model.spread = float(np.sum((absolute[held] - fitted) ** 2) / max(np.sum(fitted**2), 1e-300))
     return model
 
@@ -287,10 +301,10 @@ def _boost(codes: np.ndarray, target: np.ndarray, held: np.ndarray) -> tuple[Tre
     histogram-style (codes are bins already), stopped where the held-out rows stop improving;
     returns the trees and the share of the held-out target's variance they explain (0 when
     no tree beats the training mean)."""
-    x, y = codes[~held].astype(np.int64), target[~held]
-    x_held, y_held = codes[held], target[held]
+    x, y = codes[:, ~held].T.astype(np.int64), target[~held]
+    x_held, y_held = codes[:, held], target[held]
     inputs = x.shape[1]
-    sizes = codes.max(axis=0).astype(np.int64) + 1
+    sizes = codes.max(axis=1).astype(np.int64) + 1
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     width = int(sizes.sum())
     input_of = np.repeat(np.arange(inputs), sizes)
@@ -329,8 +343,8 @@ def _boost(codes: np.ndarray, target: np.ndarray, held: np.ndarray) -> tuple[Tre
         leaf_count = np.bincount(leaf, None, 1 << DEPTH)
         value = LEARNING_RATE * leaf_sum / (leaf_count + LEAF_PRIOR)
         fitted += value[leaf]
-        one = Trees(np.array([split_features]), np.array([split_thresholds]), value[None, :], 0.0)
-        fitted_held += one.predict(x_held)
+        split = np.array([split_features]), np.array([split_thresholds], dtype=np.int16)
+        fitted_held += Trees(*split, value[None, :], 0.0).predict(x_held)
         features.append(split_features)
         thresholds.append(split_thresholds)
         values.append(value)
@@ -341,7 +355,7 @@ def _boost(codes: np.ndarray, target: np.ndarray, held: np.ndarray) -> tuple[Tre
             break
     trees = Trees(
         np.array(features[:best], dtype=np.int64).reshape(-1, DEPTH),
-        np.array(thresholds[:best], dtype=np.int64).reshape(-1, DEPTH),
+        np.array(thresholds[:best], dtype=np.int16).reshape(-1, DEPTH),
         np.array(values[:best], dtype=np.float64).reshape(-1, 1 << DEPTH),
         base,
     )
