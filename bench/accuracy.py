@@ -25,6 +25,8 @@ tests' calibration alone on more streams (seeds 4000 on): each fits its own refe
 its two CUSUMs get one million fresh stationary predictions, with the default budget and with
 budgets of 10 and 100 per million, where raw alarms (before the 10% floor) are frequent
 enough to count against what the budget allows them (2 of the 6 tests: a third of it).
+`--dle-cost` measures the estimate's CPU: the accuracy detector with and without it on the
+same stationary regression stream, after its reference, as a ratio (median of the rounds).
 """
 
 from __future__ import annotations
