@@ -25,6 +25,8 @@ tests' calibration alone on more streams (seeds 4000 on): each fits its own refe
 its two CUSUMs get one million fresh stationary predictions, with the default budget and with
 budgets of 10 and 100 per million, where raw alarms (before the 10% floor) are frequent
 enough to count against what the budget allows them (2 of the 6 tests: a third of it).
+`--dle-cost` measures the estimate's CPU: the accuracy detector with and without it on the
+same stationary regression stream, after its reference, as a ratio (median of the rounds).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from detectors.accuracy import AccuracyDetector, _Cusum, _threshold
+from detectors.accuracy import AccuracyDetector, AccuracySettings, _Cusum, _threshold
 from detectors.base import Finding
 from tests.accuracy_streams import (
     START,
@@ -98,6 +100,9 @@ def main() -> None:
     parser.add_argument(
         "--dle-replica", type=int, default=20, help="1M-prediction runs of the estimated tests"
     )
+    parser.add_argument(
+        "--dle-cost", type=int, default=3, help="rounds of the estimate's CPU cost, on vs off"
+    )
     parser.add_argument("--only-dle", action="store_true", help="the regression part only")
     args = parser.parse_args()
     if not args.only_dle:
@@ -108,6 +113,8 @@ def main() -> None:
         dle_stationary(args.dle_million)
     if args.dle_replica:
         dle_replica(args.dle_replica)
+    if args.dle_cost:
+        dle_cost(args.dle_cost)
 
 
 def classification(args: argparse.Namespace) -> None:
@@ -330,6 +337,32 @@ def dle_replica(runs: int) -> None:
             f"predictions (the two tests' share of the budget: {b / 3:.3f})"
         )
     print(f"  findings at the default budget: {findings} in {runs} million predictions")
+
+
+def dle_cost(rounds: int, events: int = 200_000, warm: int = 20_000) -> None:
+    """CPU seconds of the accuracy detector on a stationary regression stream (4 inputs,
+    batches of 2,000, labels 500 late) with the label-free estimate and without it, back to
+    back per round (the stream generated beforehand), after the first `warm` events (the
+    reference and the loss model's one-off fit): the estimate's steady cost as a ratio."""
+    batches = list(heteroscedastic_regression_batches(events, seed=5000))
+    first = warm // 2000
+    ratios: list[float] = []
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds):
+        for estimate in (False, True):
+            detector = AccuracyDetector("h", AccuracySettings(estimate=estimate))
+            run(batches[:first], detector)
+            cpu = time.process_time()
+            run(batches[first:], detector)
+            seconds[estimate].append(time.process_time() - cpu)
+        ratios.append(seconds[True][-1] / seconds[False][-1])
+    timed = events - first * 2000
+    print(
+        f"\naccuracy detector, {timed:,} regression events after {warm:,}, {rounds} rounds: "
+        f"{1e6 * statistics.median(seconds[False]) / timed:.2f} us per event without the "
+        f"estimate, {1e6 * statistics.median(seconds[True]) / timed:.2f} with it; ratio "
+        f"{statistics.median(ratios):.2f} (median; {min(ratios):.2f}-{max(ratios):.2f})"
+    )
 
 
 def _run_with_history(batches, detector: AccuracyDetector) -> tuple[list[Finding], str]:

@@ -363,6 +363,7 @@ class AccuracyDetector(Detector):
 
     name = "accuracy"
     baseline = Baseline.OWN  # the first labelled events: a reference has no labels
+    state_version = 2  # 2: the regression loss model is boosted trees (detectors.loss_estimate)
 
     def __init__(self, model: str, settings: AccuracySettings | None = None) -> None:
         self.model = model

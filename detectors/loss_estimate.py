@@ -3,31 +3,36 @@ its inputs and its output, before any label comes.
 
 NannyML's DLE fits a "nanny" model (LightGBM, 100 trees) of the loss |y - y_hat| on the
 reference, with the features and the prediction as inputs, and estimates a chunk's MAE as the
-mean of its predictions' estimated losses. Here the nanny model is the additive part of that:
-every input is cut into bins (numeric: quantile bins of the reference, plus a missing bin;
-categorical: its frequent categories, "other" and missing; the prediction: quantile bins),
-each numeric input (and the prediction) also gets a slope on its value clipped to the
-reference's range, and a ridge regression on these columns gives each bin an additive effect
-on the loss. That is a piecewise-constant (plus linear) generalized additive model, the main
-effects boosted trees mostly find; interactions (the model errs only where two inputs are
-both high) are not learned, which NannyML's trees can learn. In exchange:
+mean of its predictions' estimated losses. The nanny model here is of the same kind, a
+gradient-boosted tree ensemble, in numpy:
 
-- no runtime dependency (numpy only), a closed-form fit on the reference (one SVD, once),
-  the ridge penalty chosen by generalized cross-validation (the trees' depth and rounds are
-  hand-set hyperparameters in NannyML), and an estimate that cannot extrapolate wildly:
-  beyond the reference's range an input stays in its outermost bin, as a tree does;
-- a hot path of one binary search (numeric) or dict lookup (categorical) per input and a
-  table lookup, so a batch's estimates cost a few numpy calls per input.
+- **Codes.** Every input is coded as LightGBM bins its values: numeric inputs and the
+  prediction by the reference's quantiles (`BINS`), 0 for missing; categorical ones by their
+  frequent categories and "other" (any other value, unseen ones included), ordered by their
+  mean |error| on the reference so that one threshold splits them where it matters, 0 for
+  missing. A value beyond the reference's range is in its outermost bin: the estimate stays
+  flat there (trees do not extrapolate), for better (no wild values) and worse (a model whose
+  error keeps growing out there is underestimated).
+- **Trees.** Oblivious trees of depth `DEPTH` (every node of a level splits on the same input
+  and threshold, as CatBoost's): each tree can express an interaction of up to three inputs
+  (the model errs where two inputs are both high), which an additive model cannot, and a
+  batch is estimated with a few numpy calls per tree level over all trees at once.
+  Fitted by gradient boosting of the squared error on histograms of the codes.
+- **Held-out rows.** Every `HELD_OUT`-th reference pair is kept out of the fit: the number of
+  trees is where the held-out error stops falling, and the skill (`explained`: the share of
+  the held-out |error| variance explained) and the spread below are measured on those rows,
+  not in-sample, where trees can fit noise.
 
-The same design matrix fits the squared error (for RMSE) with its own penalty. The spread of
-the loss around its estimate is summarised by one ratio measured on the reference,
+The same codes fit the squared error (for RMSE), with its own trees. The spread of the loss
+around its estimate is summarised by one ratio measured on the held-out pairs,
 c = sum((|e| - est)^2) / sum(est^2): for errors of one shape scaled by the inputs (the usual
 heteroscedastic case) Var(|e| given x) = c * est(x)^2 exactly, which gives the intervals of
 an estimated MAE.
 
-When the inputs do not tell where the model errs (the cross-validated fit explains less than
-`MIN_EXPLAINED` of the variance of |error|), there is nothing to estimate: the estimate would
-be the reference MAE whatever happens, and no model is returned.
+When the inputs do not tell where the model errs (the trees explain less than
+`MIN_EXPLAINED` of the held-out variance of |error|), there is nothing to estimate: the
+estimate would be the reference MAE whatever happens, and no model is returned. The model is
+plain data (arrays and lists), checkpointed as such.
 
 `FeatureStore` keeps the inputs of the first predictions by id, so that the reference pairs
 (which the label join completes without their features) can be given them back.
@@ -35,7 +40,6 @@ be the reference MAE whatever happens, and no model is returned.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -44,13 +48,18 @@ import numpy as np
 
 from streams.batch import ModelBatch
 
-BINS = 10  # quantile bins per numeric input (fewer when inputs are many, see `_bins_for`)
-MAX_COLUMNS = 600  # one-hot columns at most: keeps the reference fit (one SVD) short
+BINS = 32  # quantile bins per numeric input and the prediction: the codes trees split on
 MAX_CATEGORIES = 30  # most frequent categories kept per categorical input
 MIN_CATEGORY_SHARE = 0.005  # ... each seen in at least this share of the reference (and 10)
 MIN_PRESENT = 0.1  # an input missing from more than 90% of the reference is left out
-MIN_EXPLAINED = 0.01  # cross-validated share of the |error| variance the inputs must explain
-PENALTIES = np.geomspace(0.1, 1e5, 37)  # ridge penalties tried, in pseudo-events per bin
+MIN_EXPLAINED = 0.01  # held-out share of the |error| variance the inputs must explain
+DEPTH = 3  # levels per tree: interactions of up to three inputs
+LEARNING_RATE = 0.2
+MAX_TREES = 300
+PATIENCE = 30  # trees without a held-out improvement before the boosting stops
+LEAF_PRIOR = 20.0  # pseudo-rows at zero added to every leaf: shrinks leaves of few rows
+CHUNK = 256  # rows per step of the trees' evaluation (see `Trees.predict`)
+HELD_OUT = 5  # every fifth reference pair is held out, to stop the boosting and judge it
 
 
 class FeatureStore:
@@ -128,21 +137,64 @@ class FeatureStore:
 
 
 @dataclass(slots=True)
-class LossModel:
-    """Expected |error| and error^2 of a prediction: an intercept, one effect per bin of each
-    input, and one slope per numeric input (see the module docstring)."""
+class Trees:
+    """A boosted ensemble of oblivious trees as data: every level of a tree splits all its
+    nodes on one input's code, so a tree is `depth` (input, threshold) pairs and 2^depth leaf
+    values. A row goes right at a level when its code is above the threshold; its leaf is the
+    binary number of those choices (level 0 the lowest bit)."""
 
-    numeric: list[tuple[str, np.ndarray]]  # input name, bin edges and clipping range (below)
-    categorical: list[tuple[str, list[object]]]  # input name, categories kept
+    features: np.ndarray  # trees x depth, input of each level's split
+    thresholds: np.ndarray  # trees x depth, int16 as the codes (a wider type costs 5x)
+    values: np.ndarray  # trees x 2^depth, learning rate applied
+    base: float  # what the trees add to: the target's mean on the training rows
+
+    def predict(self, codes: np.ndarray) -> np.ndarray:
+        """The ensemble's output for coded rows (inputs x n, see `LossModel.codes`): one
+        comparison per tree and level and one leaf lookup per tree, vectorized over the rows
+        (rows of codes are gathered whole, the leaves are built in bytes). Rows go `CHUNK` at
+        a time: temporaries of trees x CHUNK stay in the allocator's pool, where trees x a
+        whole batch would be mapped and unmapped (page faults) on every call."""
+        trees, depth = self.features.shape
+        out = np.full(codes.shape[1], self.base)
+        if trees == 0:
+            return out
+        offsets = (np.arange(trees, dtype=np.int64) << depth)[:, None]
+        thresholds = self.thresholds[:, :, None]
+        for start in range(0, codes.shape[1], CHUNK):
+            part = codes[:, start : start + CHUNK]
+            right = (part[self.features] > thresholds).view(np.uint8)  # trees x depth x rows
+            leaf = right[:, 0].copy()
+            for level in range(1, depth):
+                leaf |= right[:, level] << level
+            out[start : start + CHUNK] += self.values.take(leaf + offsets).sum(axis=0)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "features": self.features,
+            "thresholds": self.thresholds,
+            "values": self.values,
+            "base": self.base,
+        }
+
+    @classmethod
+    def of_state(cls, state: dict[str, Any]) -> Trees:
+        return cls(state["features"], state["thresholds"], state["values"], state["base"])
+
+
+@dataclass(slots=True)
+class LossModel:
+    """Expected |error| and error^2 of a prediction: how each input is coded (see the module
+    docstring) and a boosted tree ensemble per target."""
+
+    numeric: list[tuple[str, np.ndarray]]  # input name, bin edges
+    categorical: list[tuple[str, list[object], int]]  # name, categories by code - 1, other's code
     prediction_edges: np.ndarray
-    ranges: np.ndarray  # (numeric inputs + 1) x 2: the reference range of each, prediction last
-    abs_coef: np.ndarray  # one effect per one-hot column, then one slope per numeric input
-    abs_intercept: float
-    sq_coef: np.ndarray
-    sq_intercept: float
-    spread: float  # c: Var(|e| given x) = c * est^2
-    explained: float  # cross-validated share of the variance of |error| explained
-    rows: int  # reference pairs it was fitted on
+    absolute: Trees
+    square: Trees
+    spread: float  # c: Var(|e| given x) = c * est^2, measured on the held-out pairs
+    explained: float  # share of the variance of |error| explained on the held-out pairs
+    rows: int  # reference pairs it was fitted on (training and held out)
 
     def estimate(
         self,
@@ -151,65 +203,36 @@ class LossModel:
         predicted: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Expected |error| (>= 0) and error^2 (>= its square) of each prediction."""
-        codes, linear = self._inputs(numeric, categorical, predicted)
-        absolute = np.maximum(self._sum(self.abs_coef, codes, linear) + self.abs_intercept, 0.0)
-        square = self._sum(self.sq_coef, codes, linear) + self.sq_intercept
+        codes = self.codes(numeric, categorical, predicted)
+        absolute = np.maximum(self.absolute.predict(codes), 0.0)
+        square = self.square.predict(codes)
         return absolute, np.maximum(square, absolute * absolute)
 
-    @staticmethod
-    def _sum(coef: np.ndarray, codes: np.ndarray, linear: np.ndarray) -> np.ndarray:
-        width = len(coef) - linear.shape[1]
-        out = linear @ coef[width:]
-        for j in range(codes.shape[1]):
-            out += coef.take(codes[:, j])
-        return out
-
-    def _inputs(
+    def codes(
         self,
         numeric: dict[str, np.ndarray],
         categorical: dict[str, np.ndarray],
         predicted: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The one-hot column of each prediction's bin of each input (n x inputs), and each
-        numeric input clipped to its reference range and scaled to [-0.5, 0.5], 0 if missing
-        (n x numeric inputs + 1, the prediction last)."""
+    ) -> np.ndarray:
+        """Each prediction's code of each input (inputs x n, the prediction last: one row per
+        input, so trees gather rows): 0 when missing; a numeric value's quantile bin from 1; a
+        category's code from the model (codes fit in int16: at most `BINS` + 1)."""
         n = len(predicted)
-        codes: list[np.ndarray] = []
-        linear: list[np.ndarray] = []
-        offset = 0
-        for (name, edges), (low, high) in zip(self.numeric, self.ranges[:-1], strict=True):
-            column = numeric.get(name)
-            codes.append(offset + _numeric_bins(column, edges, n))
-            linear.append(_scaled(column, low, high, n))
-            offset += len(edges) + 2
-        for name, categories in self.categorical:
-            codes.append(offset + _category_bins(categorical.get(name), categories, n))
-            offset += len(categories) + 2
-        codes.append(offset + _numeric_bins(predicted, self.prediction_edges, n))
-        low, high = self.ranges[-1]
-        linear.append(_scaled(predicted, low, high, n))
-        return np.stack(codes, axis=1), np.stack(linear, axis=1)
-
-    def width(self) -> int:
-        """Columns of the design: the one-hot bins, then the slopes."""
-        return (
-            sum(len(e) + 2 for _, e in self.numeric)
-            + sum(len(c) + 2 for _, c in self.categorical)
-            + len(self.prediction_edges)
-            + 2
-            + len(self.ranges)
+        columns = [_numeric_codes(numeric.get(name), edges, n) for name, edges in self.numeric]
+        columns.extend(
+            _category_codes(categorical.get(name), categories, other, n)
+            for name, categories, other in self.categorical
         )
+        columns.append(_numeric_codes(predicted, self.prediction_edges, n))
+        return np.stack(columns).astype(np.int16)
 
     def state(self) -> dict[str, Any]:
         return {
             "numeric": [[name, edges] for name, edges in self.numeric],
-            "categorical": [[name, list(cats)] for name, cats in self.categorical],
+            "categorical": [[name, list(cats), other] for name, cats, other in self.categorical],
             "prediction_edges": self.prediction_edges,
-            "ranges": self.ranges,
-            "abs_coef": self.abs_coef,
-            "abs_intercept": self.abs_intercept,
-            "sq_coef": self.sq_coef,
-            "sq_intercept": self.sq_intercept,
+            "absolute": self.absolute.state(),
+            "square": self.square.state(),
             "spread": self.spread,
             "explained": self.explained,
             "rows": self.rows,
@@ -219,13 +242,10 @@ class LossModel:
     def of_state(cls, state: dict[str, Any]) -> LossModel:
         return cls(
             numeric=[(name, edges) for name, edges in state["numeric"]],
-            categorical=[(name, list(cats)) for name, cats in state["categorical"]],
+            categorical=[(name, list(cats), other) for name, cats, other in state["categorical"]],
             prediction_edges=state["prediction_edges"],
-            ranges=state["ranges"],
-            abs_coef=state["abs_coef"],
-            abs_intercept=state["abs_intercept"],
-            sq_coef=state["sq_coef"],
-            sq_intercept=state["sq_intercept"],
+            absolute=Trees.of_state(state["absolute"]),
+            square=Trees.of_state(state["square"]),
             spread=state["spread"],
             explained=state["explained"],
             rows=state["rows"],
@@ -243,103 +263,124 @@ def fit_loss_model(
     n = len(error)
     if n < 200:
         return None
-    present_n = {
-        name: col for name, col in numeric.items() if np.mean(~np.isnan(col)) >= MIN_PRESENT
-    }
-    present_c = {
-        name: col
-        for name, col in categorical.items()
-        # numpy's stubs reject None as an operand, which it compares elementwise.
-        if np.mean(np.not_equal(col, None)) >= MIN_PRESENT  # type: ignore[call-overload]
-    }
-    bins = _bins_for(len(present_n) + len(present_c) + 1)
-    numeric_inputs: list[tuple[str, np.ndarray]] = []
-    ranges: list[tuple[float, float]] = []
-    for name, col in sorted(present_n.items()):
-        values = col[~np.isnan(col)]
-        edges = _edges(values, bins)
-        if len(edges):
-            numeric_inputs.append((name, edges))
-            ranges.append(_range(values))
-    categorical_inputs: list[tuple[str, list[object]]] = []
-    for name, col in sorted(present_c.items()):
-        categories = _frequent(col, n)
-        if categories:
-            categorical_inputs.append((name, categories))
-    ranges.append(_range(predicted))
-    model = LossModel(
-        numeric_inputs,
-        categorical_inputs,
-        _edges(predicted, bins),
-        np.array(ranges, dtype=np.float64).reshape(-1, 2),
-        np.empty(0),
-        0.0,
-        np.empty(0),
-        0.0,
-        0.0,
-        0.0,
-        n,
-    )
-    codes, linear = model._inputs(numeric, categorical, predicted)
-    width = model.width()
-    design = np.zeros((n, width))
-    np.put_along_axis(design, codes, 1.0, axis=1)
-    design[:, width - linear.shape[1] :] = linear
     absolute = np.abs(error)
-    (model.abs_coef, model.abs_intercept), model.explained = _ridge_gcv(design, absolute)
+    numeric_inputs: list[tuple[str, np.ndarray]] = []
+    for name, col in sorted(numeric.items()):
+        values = col[~np.isnan(col)]
+        if len(values) >= MIN_PRESENT * n:
+            edges = _edges(values)
+            if len(edges):
+                numeric_inputs.append((name, edges))
+    categorical_inputs: list[tuple[str, list[object], int]] = []
+    for name, col in sorted(categorical.items()):
+        # numpy's stubs reject None as an operand, which it compares elementwise.
+        present = np.not_equal(col, None)  # type: ignore[call-overload]
+        if np.mean(present) >= MIN_PRESENT:
+            categories = _frequent(col, n)
+            if categories:
+                categorical_inputs.append((name, *_ordered(col, categories, absolute)))
+    empty = Trees(
+        np.empty((0, DEPTH), np.int64), np.empty((0, DEPTH), np.int16), np.empty((0, 0)), 0.0
+    )
+    model = LossModel(
+        numeric_inputs, categorical_inputs, _edges(predicted), empty, empty, 0.0, 0.0, n
+    )
+    codes = model.codes(numeric, categorical, predicted)
+    held = np.arange(n) % HELD_OUT == HELD_OUT - 1
+    model.absolute, model.explained = _boost(codes, absolute, held)
     if model.explained < MIN_EXPLAINED:
         return None
-    (model.sq_coef, model.sq_intercept), _ = _ridge_gcv(design, error * error)
-    fitted, _ = model.estimate(numeric, categorical, predicted)
-    model.spread = float(np.sum((absolute - fitted) ** 2) / max(np.sum(fitted**2), 1e-300))
+    model.square, _ = _boost(codes, error * error, held)
+    fitted = np.maximum(model.absolute.predict(codes[:, held]), 0.0)
+    model.spread = float(np.sum((absolute[held] - fitted) ** 2) / max(np.sum(fitted**2), 1e-300))
     return model
 
 
-def _ridge_gcv(design: np.ndarray, target: np.ndarray) -> tuple[tuple[np.ndarray, float], float]:
-    """Ridge regression with an unpenalized intercept, its penalty chosen by generalized
-    cross-validation; returns (coefficients, intercept) and the cross-validated share of the
-    target's variance explained (0 when no penalty beats the intercept alone)."""
-    n = len(target)
-    means = design.mean(axis=0)
-    centred = design - means
-    y_mean = float(target.mean())
-    y = target - y_mean
-    # The eigen-decomposition of X'X (columns x columns) gives what the SVD of X would
-    # (s^2 and V, and U'y = V'X'y / s) at a fraction of its cost when rows outnumber columns.
-    s2, v = np.linalg.eigh(centred.T @ centred)
-    s2 = np.maximum(s2, 0.0)
-    s = np.sqrt(s2)
-    keep = s2 > s2.max(initial=0.0) * 1e-12
-    uy = np.where(keep, (v.T @ (centred.T @ y)) / np.where(keep, s, 1.0), 0.0)
-    vt = v.T
-    total = float(y @ y)
-    outside = total - float(uy @ uy)  # the part of y no column can reach
-    best_gcv, best_penalty = total / n, math.inf  # the intercept alone (infinite penalty)
-    for penalty in PENALTIES:
-        shrink = s2 / (s2 + penalty)
-        rss = outside + float(np.sum(((1 - shrink) * uy) ** 2))
-        df = float(shrink.sum())
-        gcv = n * rss / (n - df - 1) ** 2 if df + 1 < n else math.inf
-        if gcv < best_gcv:
-            best_gcv, best_penalty = gcv, penalty
-    if not math.isfinite(best_penalty) or total <= 0:
-        return (np.zeros(design.shape[1]), y_mean), 0.0
-    coef = vt.T @ (s / (s2 + best_penalty) * uy)
-    intercept = y_mean - float(means @ coef)
-    explained = 1 - best_gcv / (total / (n - 1))
-    return (coef, intercept), explained
+def _boost(codes: np.ndarray, target: np.ndarray, held: np.ndarray) -> tuple[Trees, float]:
+    """Gradient boosting of oblivious trees for the squared error on the rows not `held`,
+    histogram-style (codes are bins already), stopped where the held-out rows stop improving;
+    returns the trees and the share of the held-out target's variance they explain (0 when
+    no tree beats the training mean)."""
+    x, y = codes[:, ~held].T.astype(np.int64), target[~held]
+    x_held, y_held = codes[:, held], target[held]
+    inputs = x.shape[1]
+    sizes = codes.max(axis=1).astype(np.int64) + 1
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    width = int(sizes.sum())
+    input_of = np.repeat(np.arange(inputs), sizes)
+    first = offsets[input_of]  # each code's input's first column
+    splittable = np.ones(width, dtype=bool)
+    splittable[offsets + sizes - 1] = False  # a split at an input's last code moves nothing
+    columns = (x + offsets).ravel()
+    base = float(y.mean())
+    fitted, fitted_held = np.full(len(y), base), np.full(len(y_held), base)
+    baseline = float(np.mean((y_held - base) ** 2))
+    best_loss, best = baseline, 0
+    features, thresholds, values = [], [], []
+    for tree in range(MAX_TREES):
+        residual = y - fitted
+        weights = np.repeat(residual, inputs)
+        leaf = np.zeros(len(y), dtype=np.int64)
+        split_features, split_thresholds = [], []
+        for level in range(DEPTH):
+            leaves = 1 << level
+            cells = (leaf * width).repeat(inputs) + columns
+            sums = np.bincount(cells, weights, leaves * width).reshape(leaves, width)
+            counts = np.bincount(cells, None, leaves * width).reshape(leaves, width)
+            gain = _gain(sums, counts, first) if splittable.any() else None
+            if gain is None:
+                break
+            gain[:, ~splittable] = -np.inf
+            j = int(np.argmax(gain.sum(axis=0)))
+            feature = int(input_of[j])
+            threshold = j - int(offsets[feature])
+            split_features.append(feature)
+            split_thresholds.append(threshold)
+            leaf |= (x[:, feature] > threshold).astype(np.int64) << level
+        if len(split_features) < DEPTH:
+            break
+        leaf_sum = np.bincount(leaf, residual, 1 << DEPTH)
+        leaf_count = np.bincount(leaf, None, 1 << DEPTH)
+        value = LEARNING_RATE * leaf_sum / (leaf_count + LEAF_PRIOR)
+        fitted += value[leaf]
+        split = np.array([split_features]), np.array([split_thresholds], dtype=np.int16)
+        fitted_held += Trees(*split, value[None, :], 0.0).predict(x_held)
+        features.append(split_features)
+        thresholds.append(split_thresholds)
+        values.append(value)
+        loss = float(np.mean((y_held - fitted_held) ** 2))
+        if loss < best_loss:
+            best_loss, best = loss, tree + 1
+        elif tree + 1 - best >= PATIENCE:
+            break
+    trees = Trees(
+        np.array(features[:best], dtype=np.int64).reshape(-1, DEPTH),
+        np.array(thresholds[:best], dtype=np.int16).reshape(-1, DEPTH),
+        np.array(values[:best], dtype=np.float64).reshape(-1, 1 << DEPTH),
+        base,
+    )
+    return trees, (1 - best_loss / baseline if baseline > 0 else 0.0)
 
 
-def _bins_for(inputs: int) -> int:
-    """Bins per numeric input: `BINS`, fewer when there are so many inputs that the one-hot
-    design would exceed `MAX_COLUMNS` (never fewer than 3)."""
-    return max(3, min(BINS, MAX_COLUMNS // max(inputs, 1) - 2))
+def _gain(sums: np.ndarray, counts: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Per leaf (rows) and candidate split (columns: go right above this code of its input),
+    the fall in squared error of fitting the two sides' means, shrunk by `LEAF_PRIOR`."""
+    zero = np.zeros((len(sums), 1))
+    cum_sums = np.cumsum(sums, axis=1)
+    cum_counts = np.cumsum(counts, axis=1)
+    left_sum = cum_sums - np.hstack([zero, cum_sums])[:, first]
+    left_count = cum_counts - np.hstack([zero, cum_counts])[:, first]
+    total_sum = left_sum[:, -1:]  # the last input's whole range: every row of the leaf
+    total_count = left_count[:, -1:]
+    right_sum, right_count = total_sum - left_sum, total_count - left_count
+    return left_sum**2 / (left_count + LEAF_PRIOR) + right_sum**2 / (right_count + LEAF_PRIOR)
 
 
-def _edges(values: np.ndarray, bins: int) -> np.ndarray:
+def _edges(values: np.ndarray) -> np.ndarray:
+    """The quantile bin edges of a numeric input (fewer when values repeat)."""
     if len(values) == 0:
         return np.empty(0)
-    return np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
+    return np.unique(np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1]))
 
 
 def _frequent(column: np.ndarray, n: int) -> list[object]:
@@ -354,37 +395,41 @@ def _frequent(column: np.ndarray, n: int) -> list[object]:
     return [value for value, _ in kept[:MAX_CATEGORIES]]
 
 
-def _range(values: np.ndarray) -> tuple[float, float]:
-    """Where a numeric input's slope applies: its reference's 0.5% to 99.5% quantiles (beyond,
-    the estimate stays flat, as a tree's would: no extrapolation)."""
-    low, high = np.quantile(values, [0.005, 0.995])
-    return float(low), float(high)
+def _ordered(
+    column: np.ndarray, categories: list[object], absolute: np.ndarray
+) -> tuple[list[object], int]:
+    """The kept categories and "other" (any other value) ordered by their mean |error| on
+    the reference, so that a tree's threshold on the codes can split them where it matters
+    (the order that makes one binary split of a category optimal for a squared loss); returns
+    the categories in code order (code = place + 1, 0 is missing) and other's code."""
+    n = len(categories)
+    codes = _category_codes(column, categories, n + 1, len(column)) - 1  # other: n, missing: -1
+    present = codes >= 0
+    sums = np.bincount(codes[present], absolute[present], n + 1)
+    counts = np.bincount(codes[present], None, n + 1)
+    means = np.where(counts > 0, sums / np.maximum(counts, 1), absolute.mean())
+    order = np.argsort(means, kind="stable").tolist()
+    ordered = [categories[i] for i in order if i < n]
+    return ordered, order.index(n) + 1
 
 
-def _scaled(column: np.ndarray | None, low: float, high: float, n: int) -> np.ndarray:
-    """The values clipped to [low, high] and mapped to [-0.5, 0.5]; 0 where missing."""
-    if column is None or high <= low:
-        return np.zeros(n)
-    out = (np.clip(column, low, high) - (low + high) / 2) / (high - low)
-    out[np.isnan(out)] = 0.0
-    return out
-
-
-def _numeric_bins(column: np.ndarray | None, edges: np.ndarray, n: int) -> np.ndarray:
-    """Bin of each value: 0..len(edges) by the edges, len(edges) + 1 when missing."""
+def _numeric_codes(column: np.ndarray | None, edges: np.ndarray, n: int) -> np.ndarray:
+    """Code of each value: 0 when missing, 1 + its bin by the edges (values beyond the
+    reference's range are in its outermost bins)."""
     if column is None:
-        return np.full(n, len(edges) + 1, dtype=np.int64)
-    bins = np.searchsorted(edges, column, side="right")
-    bins[np.isnan(column)] = len(edges) + 1
-    return bins
+        return np.zeros(n, dtype=np.int64)
+    codes = np.searchsorted(edges, column, side="right") + 1
+    codes[np.isnan(column)] = 0
+    return codes
 
 
-def _category_bins(column: np.ndarray | None, categories: list[object], n: int) -> np.ndarray:
-    """Bin of each value: its category's place, len(categories) for any other value,
-    len(categories) + 1 when missing (categorical values are strings or booleans)."""
-    other, missing = len(categories), len(categories) + 1
+def _category_codes(
+    column: np.ndarray | None, categories: list[object], other: int, n: int
+) -> np.ndarray:
+    """Code of each value: 0 when missing, place + 1 of a kept category, `other` for any
+    other value (categorical values are strings or booleans)."""
     if column is None:
-        return np.full(n, missing, dtype=np.int64)
-    lookup: dict[object, int] = {c: i for i, c in enumerate(categories)}
-    lookup[None] = missing
+        return np.zeros(n, dtype=np.int64)
+    lookup: dict[object, int] = {c: i + 1 for i, c in enumerate(categories)}
+    lookup[None] = 0
     return np.fromiter(map(lookup.get, column.tolist(), repeat(other)), np.int64, n)

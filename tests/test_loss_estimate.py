@@ -7,7 +7,7 @@ import numpy as np
 from detectors import state_codec
 from detectors.accuracy import AccuracyDetector, AccuracySettings
 from detectors.base import Finding, MetricPoint
-from detectors.loss_estimate import FeatureStore, fit_loss_model
+from detectors.loss_estimate import FeatureStore, LossModel, fit_loss_model
 from tests.accuracy_streams import (
     START,
     error_scale,
@@ -58,8 +58,60 @@ def test_the_loss_model_finds_where_the_model_errs() -> None:
 
 def test_inputs_that_say_nothing_about_the_error_give_no_model() -> None:
     numeric, categorical, predicted, _ = sample(5000, seed=43)
-    noise = np.random.default_rng(44).normal(0, 1, 5000)  # same error everywhere
+    # Twenty more inputs of pure noise: trees fit noise on the rows they train on, so the
+    # skill that counts is measured on the held-out rows.
+    rng = np.random.default_rng(44)
+    numeric |= {f"z{i}": rng.normal(0, 1, 5000) for i in range(20)}
+    noise = rng.normal(0, 1, 5000)  # same error everywhere
     assert fit_loss_model(numeric, categorical, predicted, noise) is None
+
+
+def interaction_sample(n: int, seed: int, together: float):
+    """A model that errs three times more where x1 and x2 have the same sign: neither input
+    alone says anything about the error while they are independent. With `together` > 0,
+    x2 follows x1's sign more often (its marginal unchanged): the MAE rises."""
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(0, 1, n), rng.normal(0, 1, n)
+    x2 = np.where(rng.random(n) < together, np.sign(x1) * np.abs(x2), x2)
+    predicted = 50 + 10 * x1 + 5 * x2
+    error = rng.normal(0, 1, n) * np.where(x1 * x2 > 0, 3.0, 1.0)
+    return {"x1": x1, "x2": x2}, {}, predicted, error
+
+
+def test_an_interaction_the_main_effects_cannot_see_is_estimated() -> None:
+    model = fit_loss_model(*interaction_sample(5000, seed=45, together=0.0))
+    assert model is not None and model.explained > 0.1
+    numeric, categorical, predicted, error = interaction_sample(50_000, seed=46, together=0.6)
+    estimated, _ = model.estimate(numeric, categorical, predicted)
+    realized = float(np.abs(error).mean())
+    before = float(np.abs(interaction_sample(50_000, seed=47, together=0.0)[3]).mean())
+    assert realized > 1.25 * before  # the change is large ...
+    assert abs(float(estimated.mean()) - realized) < 0.05 * realized  # ... and estimated
+
+
+def test_the_model_is_data_and_estimates_flat_beyond_the_reference() -> None:
+    model = fit_loss_model(*sample(5000, seed=48))
+    assert model is not None
+    state = state_codec.decode(state_codec.encode(model.state()))  # refuses any object
+    restored = LossModel.of_state(state)
+    numeric, categorical, predicted, _ = sample(2000, seed=49)
+    for got, expected in zip(
+        restored.estimate(numeric, categorical, predicted),
+        model.estimate(numeric, categorical, predicted),
+        strict=True,
+    ):
+        assert np.array_equal(got, expected)
+    # Trees do not extrapolate: x1 (and the prediction with it) far beyond the reference's
+    # range is estimated as at the range's edge.
+    edge, far = ({"x1": np.full(3, v), "x2": np.zeros(3)} for v in (4.0, 40.0))
+    c = {"c": np.array(["a", "b", "c"], dtype=object)}
+    at_edge, _ = model.estimate(edge, c, 50 + 10 * edge["x1"])
+    beyond, _ = model.estimate(far, c, 50 + 10 * far["x1"])
+    assert np.array_equal(at_edge, beyond)
+    # A missing input and an unseen category are estimated too (codes of their own).
+    unseen = {"c": np.array([None, "zzz", "c"], dtype=object)}
+    gaps, _ = model.estimate({"x1": np.array([np.nan, 0.0, 1.0])}, unseen, np.full(3, 50.0))
+    assert np.all(np.isfinite(gaps)) and np.all(gaps >= 0)
 
 
 def test_the_estimate_sees_a_covariate_shift_before_any_label() -> None:
