@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from detectors.accuracy import AccuracyDetector, _Cusum, _threshold
+from detectors.accuracy import AccuracyDetector
+from detectors.accuracy.blocks import BlockCusum, budget_threshold
 from detectors.base import Finding
 from tests.accuracy_streams import (
     START,
@@ -298,11 +299,11 @@ def dle_replica(runs: int) -> None:
         base = detector.loss_tests
         tests = {
             b: {
-                name: _Cusum(
+                name: BlockCusum(
                     "mean",
                     t.block_size,
                     t.k,
-                    _threshold(t.k, t.block_size, model.rows, 6, b),
+                    budget_threshold(t.k, t.block_size, model.rows, 6, b),
                     mean=t.mean,
                     std=t.std,
                     skew=t.skew,
