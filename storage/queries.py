@@ -287,7 +287,7 @@ class Repository:
     def flagged_clients(self) -> dict[str, dict[str, float]]:
         """See `Writer.flagged_clients`."""
         with self.db.session() as session:
-            return _flagged_clients(session)
+            return flagged_clients_in(session)
 
     def ping(self) -> None:
         """Raises if the database cannot answer a trivial query."""
@@ -295,7 +295,7 @@ class Repository:
             conn.execute(select(1))
 
 
-def _newest_reference(model: str, model_version: str | None) -> Select[Any]:
+def newest_reference_query(model: str, model_version: str | None) -> Select[Any]:
     """Newest first, a row of the given version ahead of every other version's rows."""
     query = select(Reference).where(Reference.model == model)
     if model_version:
@@ -304,7 +304,8 @@ def _newest_reference(model: str, model_version: str | None) -> Select[Any]:
     return query.order_by(Reference.id.desc())
 
 
-def _flagged_clients(session: Session) -> dict[str, dict[str, float]]:
+def flagged_clients_in(session: Session) -> dict[str, dict[str, float]]:
+    """Read in the caller's session: the read side's and the unit of work's (`IncidentStore`)."""
     query = select(Incident.model, Incident.subject, Incident.first_seen).where(
         Incident.kind == "suspicious_client", Incident.status.in_(OPEN_STATUSES)
     )

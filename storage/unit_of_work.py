@@ -41,7 +41,7 @@ from storage.models import (
     utcnow,
 )
 from storage.notifications import OutboxStore
-from storage.queries import _flagged_clients, _newest_reference
+from storage.queries import flagged_clients_in, newest_reference_query
 
 if TYPE_CHECKING:
     from detectors.base import MetricPoint
@@ -188,7 +188,7 @@ class IncidentStore(Store):
         """Per model, the subjects of its unresolved `suspicious_client` incidents -> the event
         time of their first evidence (the pipeline keeps their later predictions out of the
         population-level detectors)."""
-        return _flagged_clients(self.session)
+        return flagged_clients_in(self.session)
 
     def unresolved_incidents(self, model: str) -> list[Incident]:
         """The model's open and acknowledged incidents, oldest first (agent.incidents.causes)."""
@@ -446,7 +446,7 @@ class ReferenceStore(Store):
 
     def find(self, model: str, model_version: str | None = None) -> Reference | None:
         """The newest reference for this model version, else the model's newest, with sample."""
-        query = _newest_reference(model, model_version).options(undefer(Reference.sample))
+        query = newest_reference_query(model, model_version).options(undefer(Reference.sample))
         return self.session.scalars(query).first()
 
 
