@@ -29,6 +29,7 @@ from agent.samples import Sample
 from storage.db import Database, data_dir
 from storage.models import Report
 from storage.queries import Repository
+from storage.unit_of_work import run
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -149,8 +150,8 @@ def build_report(
         "events": len(current),
         "requested": window.describe(),
     }
-    report, incident_ids = db.retrying(
-        lambda: repository.add_report(model, (start, end), row.id, summary, str(path.resolve()))
+    report, incident_ids = run(
+        db, lambda uow: uow.reports.add(model, (start, end), row.id, summary, str(path.resolve()))
     )
     return ReportOutcome(report, incident_ids)
 

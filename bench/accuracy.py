@@ -41,8 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from detectors.accuracy import AccuracyDetector, AccuracySettings, _Cusum, _threshold
+from detectors.accuracy import AccuracyDetector
+from detectors.accuracy.blocks import BlockCusum, budget_threshold
 from detectors.base import Finding
+from detectors.settings import AccuracySettings
 from tests.accuracy_streams import (
     START,
     accuracy_of_spread,
@@ -305,11 +307,11 @@ def dle_replica(runs: int) -> None:
         base = detector.loss_tests
         tests = {
             b: {
-                name: _Cusum(
+                name: BlockCusum(
                     "mean",
                     t.block_size,
                     t.k,
-                    _threshold(t.k, t.block_size, model.rows, 6, b),
+                    budget_threshold(t.k, t.block_size, model.rows, 6, b),
                     mean=t.mean,
                     std=t.std,
                     skew=t.skew,

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -123,7 +123,8 @@ class Database:
         except (ArgumentError, ImportError) as exc:
             raise DatabaseError(f"cannot use database {redact(self.url)}: {exc}") from None
         if self.is_sqlite:
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _sqlite_connect)
+            event.listen(self.engine, "begin", _sqlite_begin)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Outage bookkeeping shared by every thread using this handle: one log line when the
         # database stops answering and one when it answers again, however many retries.
@@ -237,12 +238,29 @@ def _sqlite_directory(path: Path) -> None:
     raise DatabaseError(f"cannot use SQLite database {path}: directory {parent} does not exist")
 
 
-def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+def _sqlite_connect(dbapi_connection: object, _record: object) -> None:
+    """WAL, foreign keys, and transactions SQLAlchemy begins itself (`_sqlite_begin`).
+
+    pysqlite's legacy transaction control emits BEGIN only before INSERT/UPDATE/DELETE, so a
+    SAVEPOINT taken first (an incident's nested transaction) runs outside any transaction
+    and is committed on release: a failed batch kept its incident. `isolation_level = None`
+    stops pysqlite's own BEGIN; SQLAlchemy's pysqlite recipe ("Serializable isolation /
+    Savepoints / Transactional DDL"), with BEGIN IMMEDIATE (`_sqlite_begin`)."""
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    """Every transaction takes SQLite's write lock when it begins, waiting up to the busy
+    timeout for it. A deferred BEGIN would take it at the first write, and a transaction that
+    read first fails at once ("database is locked") when another wrote meanwhile: the
+    dispatcher, the scheduler and the API share one SQLite file. One writer at a time is all
+    SQLite allows anyway; the cost is that read-only sessions (short ones) queue too."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,22 +1,20 @@
 """The read side: `Repository` answers the queries of the CLI, the API and reports, each in
 a session of its own (a read needs no caller's transaction).
 
-The writes left here are whole transactions of their own (a reference set from a file, a
-report, a retention pass); everything written as part of a change goes through a unit of work
-(storage/unit_of_work.py).
+Every write goes through a unit of work (storage/unit_of_work.py); the two reference writes
+here are one-store transactions kept for their callers' convenience.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import CursorResult, Result, Select, and_, delete, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from storage.db import Database
-from storage.enums import OPEN_STATUSES, IncidentStatus
+from storage.enums import OPEN_STATUSES
 from storage.models import (
     Checkpoint,
     DeadLetterRow,
@@ -100,42 +98,6 @@ class Repository:
         query = select(RecentSample.model).distinct().order_by(RecentSample.model)
         with self.db.session() as session:
             return list(session.scalars(query))
-
-    def add_report(
-        self,
-        model: str,
-        window: tuple[float, float],
-        reference_id: int | None,
-        summary: dict[str, Any],
-        html_path: str | None,
-    ) -> tuple[Report, list[int]]:
-        """Stores a report and links it to the model's incidents that have evidence inside the
-        window; returns the report and the linked incident ids."""
-        start, end = window
-        with self.db.session() as session:
-            report = Report(
-                model=model,
-                window_start=start,
-                window_end=end,
-                reference_id=reference_id,
-                summary=summary,
-                html_path=html_path,
-            )
-            session.add(report)
-            session.flush()
-            incident_ids = list(
-                session.scalars(
-                    select(Evidence.incident_id)
-                    .join(Incident, Incident.id == Evidence.incident_id)
-                    .where(Incident.model == model, Evidence.ts >= start, Evidence.ts <= end)
-                    .distinct()
-                    .order_by(Evidence.incident_id)
-                )
-            )
-            session.add_all(
-                IncidentReport(incident_id=i, report_id=report.id) for i in incident_ids
-            )
-            return report, incident_ids
 
     def get_report(self, report_id: int) -> Report | None:
         with self.db.session() as session:
@@ -325,50 +287,15 @@ class Repository:
     def flagged_clients(self) -> dict[str, dict[str, float]]:
         """See `Writer.flagged_clients`."""
         with self.db.session() as session:
-            return _flagged_clients(session)
+            return flagged_clients_in(session)
 
     def ping(self) -> None:
         """Raises if the database cannot answer a trivial query."""
         with self.db.engine.connect() as conn:
             conn.execute(select(1))
 
-    def prune(
-        self,
-        evidence_before: float | None,
-        dead_letters_before: float | None,
-        reports_before: float | None = None,
-    ) -> tuple[dict[str, int], list[str]]:
-        """Deletes evidence of resolved incidents recorded before `evidence_before`, dead
-        letters received before `dead_letters_before` and reports created before
-        `reports_before` (epoch seconds, wall clock; None keeps). Evidence of open or
-        acknowledged incidents is never touched. Returns the counts and the HTML paths of the
-        deleted reports, for the caller to remove from disk."""
-        deleted: dict[str, int] = {"evidence": 0, "dead_letters": 0, "reports": 0}
-        html_paths: list[str] = []
-        with self.db.session() as session:
-            if evidence_before is not None:
-                resolved = select(Incident.id).where(Incident.status == IncidentStatus.RESOLVED)
-                result = session.execute(
-                    delete(Evidence).where(
-                        Evidence.created_at < datetime.fromtimestamp(evidence_before, UTC),
-                        Evidence.incident_id.in_(resolved),
-                    )
-                )
-                deleted["evidence"] = _rowcount(result)
-            if dead_letters_before is not None:
-                result = session.execute(
-                    delete(DeadLetterRow).where(DeadLetterRow.received_at < dead_letters_before)
-                )
-                deleted["dead_letters"] = _rowcount(result)
-            if reports_before is not None:
-                old = Report.created_at < datetime.fromtimestamp(reports_before, UTC)
-                html_paths = [p for p in session.scalars(select(Report.html_path).where(old)) if p]
-                result = session.execute(delete(Report).where(old))
-                deleted["reports"] = _rowcount(result)
-        return deleted, html_paths
 
-
-def _newest_reference(model: str, model_version: str | None) -> Select[Any]:
+def newest_reference_query(model: str, model_version: str | None) -> Select[Any]:
     """Newest first, a row of the given version ahead of every other version's rows."""
     query = select(Reference).where(Reference.model == model)
     if model_version:
@@ -377,7 +304,8 @@ def _newest_reference(model: str, model_version: str | None) -> Select[Any]:
     return query.order_by(Reference.id.desc())
 
 
-def _flagged_clients(session: Session) -> dict[str, dict[str, float]]:
+def flagged_clients_in(session: Session) -> dict[str, dict[str, float]]:
+    """Read in the caller's session: the read side's and the unit of work's (`IncidentStore`)."""
     query = select(Incident.model, Incident.subject, Incident.first_seen).where(
         Incident.kind == "suspicious_client", Incident.status.in_(OPEN_STATUSES)
     )
@@ -404,9 +332,3 @@ def _filtered(query: Select[Any], where: IncidentFilter) -> Select[Any]:
     if where.roots_only:
         query = query.where(Incident.parent_id.is_(None))
     return query
-
-
-def _rowcount(result: Result[Any]) -> int:
-    """Rows a DELETE removed: its result is a CursorResult, though Session.execute is typed as
-    returning Result."""
-    return int(cast(CursorResult[Any], result).rowcount or 0)

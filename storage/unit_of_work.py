@@ -15,9 +15,10 @@ import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import CursorResult, Result, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
@@ -30,15 +31,17 @@ from storage.models import (
     Evidence,
     Incident,
     IncidentNote,
+    IncidentReport,
     ModelStats,
     PerformanceRow,
     RecentSample,
     Reference,
+    Report,
     SourcePosition,
     utcnow,
 )
 from storage.notifications import OutboxStore
-from storage.queries import _flagged_clients, _newest_reference
+from storage.queries import flagged_clients_in, newest_reference_query
 
 if TYPE_CHECKING:
     from detectors.base import MetricPoint
@@ -185,7 +188,7 @@ class IncidentStore(Store):
         """Per model, the subjects of its unresolved `suspicious_client` incidents -> the event
         time of their first evidence (the pipeline keeps their later predictions out of the
         population-level detectors)."""
-        return _flagged_clients(self.session)
+        return flagged_clients_in(self.session)
 
     def unresolved_incidents(self, model: str) -> list[Incident]:
         """The model's open and acknowledged incidents, oldest first (agent.incidents.causes)."""
@@ -234,6 +237,19 @@ class IncidentStore(Store):
         except IntegrityError:
             return False
         return True
+
+    def prune_evidence(self, before: float) -> int:
+        """Deletes the evidence of resolved incidents recorded before `before` (epoch seconds,
+        wall clock); evidence of open or acknowledged incidents is never touched."""
+        resolved = select(Incident.id).where(Incident.status == IncidentStatus.RESOLVED)
+        return _deleted(
+            self.session.execute(
+                delete(Evidence).where(
+                    Evidence.created_at < datetime.fromtimestamp(before, UTC),
+                    Evidence.incident_id.in_(resolved),
+                )
+            )
+        )
 
 
 class ModelStatsStore(Store):
@@ -305,6 +321,11 @@ class DeadLetterStore(Store):
             for d in letters
         ]
         self._insert_ignoring_duplicates(DeadLetterRow, rows, "key")
+
+    def prune(self, before: float) -> int:
+        """Deletes the dead letters received before `before` (epoch seconds, wall clock)."""
+        query = delete(DeadLetterRow).where(DeadLetterRow.received_at < before)
+        return _deleted(self.session.execute(query))
 
 
 class CheckpointStore(Store):
@@ -425,8 +446,54 @@ class ReferenceStore(Store):
 
     def find(self, model: str, model_version: str | None = None) -> Reference | None:
         """The newest reference for this model version, else the model's newest, with sample."""
-        query = _newest_reference(model, model_version).options(undefer(Reference.sample))
+        query = newest_reference_query(model, model_version).options(undefer(Reference.sample))
         return self.session.scalars(query).first()
+
+
+class ReportStore(Store):
+    """Evidently reports and their links to incidents."""
+
+    def add(
+        self,
+        model: str,
+        window: tuple[float, float],
+        reference_id: int | None,
+        summary: dict[str, Any],
+        html_path: str | None,
+    ) -> tuple[Report, list[int]]:
+        """Stores a report and links it to the model's incidents that have evidence inside the
+        window; returns the report and the linked incident ids."""
+        start, end = window
+        report = Report(
+            model=model,
+            window_start=start,
+            window_end=end,
+            reference_id=reference_id,
+            summary=summary,
+            html_path=html_path,
+        )
+        self.session.add(report)
+        self.session.flush()
+        incident_ids = list(
+            self.session.scalars(
+                select(Evidence.incident_id)
+                .join(Incident, Incident.id == Evidence.incident_id)
+                .where(Incident.model == model, Evidence.ts >= start, Evidence.ts <= end)
+                .distinct()
+                .order_by(Evidence.incident_id)
+            )
+        )
+        self.session.add_all(
+            IncidentReport(incident_id=i, report_id=report.id) for i in incident_ids
+        )
+        return report, incident_ids
+
+    def prune(self, before: float) -> tuple[int, list[str]]:
+        """Deletes the reports created before `before` (epoch seconds, wall clock); returns how
+        many, and their HTML paths for the caller to remove from disk."""
+        old = Report.created_at < datetime.fromtimestamp(before, UTC)
+        html_paths = [p for p in self.session.scalars(select(Report.html_path).where(old)) if p]
+        return _deleted(self.session.execute(delete(Report).where(old))), html_paths
 
 
 class UnitOfWork:
@@ -441,6 +508,7 @@ class UnitOfWork:
         self.performance = PerformanceStore(session)
         self.model_stats = ModelStatsStore(session)
         self.dead_letters = DeadLetterStore(session)
+        self.reports = ReportStore(session)
 
     def flush(self) -> None:
         self.session.flush()
@@ -451,6 +519,12 @@ def transaction(db: Database) -> Iterator[UnitOfWork]:
     """One unit of work: commits on success, rolls back on error."""
     with db.session() as session:
         yield UnitOfWork(session)
+
+
+def _deleted(result: Result[Any]) -> int:
+    """Rows a DELETE removed: its result is a CursorResult, though Session.execute is typed as
+    returning Result."""
+    return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
 def run(db: Database, work: Callable[[UnitOfWork], T], attempts: int | None = None) -> T:

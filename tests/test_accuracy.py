@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss, f1_score, log_loss, precision_score, recall_score
 
-from detectors.accuracy import AccuracyDetector, AccuracySettings
+from detectors.accuracy import AccuracyDetector
 from detectors.base import Finding, Kind, Severity
+from detectors.settings import AccuracySettings
 from streams.batch import LabelColumns, ModelBatch
 from streams.events import Position
 from tests.accuracy_streams import (

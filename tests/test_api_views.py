@@ -14,7 +14,7 @@ from agent.samples import Sample
 from detectors.base import MetricPoint
 from storage.db import Database
 from storage.queries import Repository
-from storage.unit_of_work import ReferenceInput, UnitOfWork
+from storage.unit_of_work import ReferenceInput, UnitOfWork, transaction
 from tests.api_helpers import T0, Api, api_settings, serving
 
 
@@ -104,8 +104,9 @@ def api(sqlite_url: str, tmp_path: Path) -> Iterator[Api]:
     )
     html = tmp_path / "report.html"
     html.write_text("<html><body>evidently report</body></html>")
-    repo.add_report("fraud", (T0 + 10_000, T0 + 11_000), None, {}, str(html))
-    repo.add_report("fraud", (T0, T0 + 1), None, {}, str(tmp_path / "gone.html"))
+    with transaction(db) as uow:
+        uow.reports.add("fraud", (T0 + 10_000, T0 + 11_000), None, {}, str(html))
+        uow.reports.add("fraud", (T0, T0 + 1), None, {}, str(tmp_path / "gone.html"))
     with db.session() as session:
         writer = UnitOfWork(session)
         writer.checkpoints.save_recent_sample(

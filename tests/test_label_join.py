@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from detectors import state_codec
-from detectors.label_join import JoinCounters, Joined, LabelJoin
+from detectors.accuracy.join import JoinCounters, Joined, LabelJoin
 from streams.batch import LabelColumns, ModelBatch
 
 T0 = 1_767_225_600.0

@@ -12,8 +12,9 @@ import pytest
 from agent.config import Settings
 from agent.runtime.pipeline import Pipeline
 from agent.runtime.replay import memory_batches, replay_batches
-from detectors.accuracy import AccuracyDetector, AccuracySettings
+from detectors.accuracy import AccuracyDetector
 from detectors.registry import DetectorSettings
+from detectors.settings import AccuracySettings
 from storage.db import Database
 from storage.queries import IncidentFilter, Repository
 from tests.accuracy_streams import error_scale

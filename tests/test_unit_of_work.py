@@ -4,6 +4,7 @@ columns read back as members that serialise to the same text as before."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 from sqlalchemy import text
@@ -39,11 +40,6 @@ def record(uow: UnitOfWork) -> list[int]:
 
 
 def test_an_incident_and_its_notifications_roll_back_together(database: Database) -> None:
-    if database.is_sqlite:
-        # pysqlite commits a SAVEPOINT taken outside an explicit BEGIN (create_incident's
-        # nested transaction), so on SQLite a failed batch keeps its new incident: a known
-        # defect older than the unit of work, left for its own change.
-        pytest.skip("pysqlite commits a savepoint taken before any BEGIN")
     def fails(uow: UnitOfWork) -> None:
         record(uow)
         uow.flush()
@@ -59,6 +55,37 @@ def test_an_incident_and_its_notifications_roll_back_together(database: Database
         (row,) = uow.outbox.list()
         assert row.incident_id == opened
         assert (row.action, row.state) == (NotificationAction.TRIGGER, NotificationState.PENDING)
+
+
+def test_sqlite_transactions_that_read_then_write_neither_fail_nor_lose_updates(
+    sqlite_url: str,
+) -> None:
+    """Threads sharing one SQLite file, each reading a counter and writing it back plus one:
+    pysqlite's own transaction control lost updates (its SELECT ran outside the
+    transaction), and a deferred BEGIN failed as "database is locked"."""
+    database = Database(sqlite_url)
+    with database.session() as session:
+        session.execute(text("CREATE TABLE counter (n INTEGER NOT NULL)"))
+        session.execute(text("INSERT INTO counter VALUES (0)"))
+    errors: list[BaseException] = []
+
+    def increment(times: int) -> None:
+        for _ in range(times):
+            try:
+                with database.session() as session:
+                    n = session.execute(text("SELECT n FROM counter")).scalar_one()
+                    session.execute(text("UPDATE counter SET n = :n"), {"n": n + 1})
+            except Exception as exc:  # counted: the assertion shows them
+                errors.append(exc)
+
+    threads = [threading.Thread(target=increment, args=(100,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with database.session() as session:
+        assert (session.execute(text("SELECT n FROM counter")).scalar_one(), errors) == (400, [])
+    database.dispose()
 
 
 def test_statuses_read_back_as_members_and_serialise_as_before(database: Database) -> None:

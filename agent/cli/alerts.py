@@ -14,6 +14,8 @@ from agent.cli.common import (
     ConfigOption,
     DbOption,
     FormatOption,
+    LimitOption,
+    ModelOption,
     UsageError,
     check_format,
     folded_table,
@@ -42,7 +44,7 @@ def alerts_list(
     state: Annotated[
         str | None, typer.Option(help="pending, delivered, failed or silenced.")
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
+    limit: LimitOption = 50,
     fmt: FormatOption = "table",
 ) -> None:
     """Show the outbox: notifications with their delivery state, newest first."""
@@ -144,7 +146,7 @@ def alerts_flush(
 def silence_add(
     reason: Annotated[str, typer.Option(help="Why (shown in silence list).")],
     duration: Annotated[str, typer.Option("--for", help="How long: 30m, 2h, 1d...")],
-    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    model: ModelOption = None,
     kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
     subject: Annotated[str | None, typer.Option(help="Only this subject.")] = None,
     db: DbOption = None,

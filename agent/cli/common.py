@@ -43,6 +43,8 @@ ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file.", show_default=False)
 ]
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="table or json.")]
+ModelOption = Annotated[str | None, typer.Option(help="Only this model.")]
+LimitOption = Annotated[int, typer.Option(min=1, help="At most this many, newest first.")]
 
 EVENT_TIME_HELP = (
     "epoch seconds, ISO-8601 with a zone, or an age like 30m, 6h, 7d. Event time: an age "
@@ -82,6 +84,16 @@ def open_database(settings: Settings, migrate: bool = True) -> Database:
             f"database {redact(database.url)} has no Bulwark schema; run 'bulwark db upgrade'"
         )
     return database
+
+
+def read_database(db: str | None, fmt: str) -> Database | None:
+    """The database of a read command that lists things; None, once `nothing_yet` has said
+    so, when nothing was recorded yet."""
+    try:
+        return open_database(settings_for(None, db), migrate=False)
+    except NothingYet as missing:
+        nothing_yet(str(missing), fmt)
+        return None
 
 
 def sqlite_file(url: str) -> Path | None:

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
 from agent.cli.common import (
     DbOption,
     FormatOption,
-    NothingYet,
+    LimitOption,
     check_format,
     folded_table,
-    nothing_yet,
-    open_database,
     out,
     print_json,
-    settings_for,
+    read_database,
     when,
 )
 from storage.queries import Repository
@@ -32,15 +29,13 @@ def register(root: typer.Typer) -> None:
 @app.command("list")
 def dead_letters_list(
     db: DbOption = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 100,
+    limit: LimitOption = 100,
     fmt: FormatOption = "table",
 ) -> None:
     """List dead letters (undecodable records) with their reasons, newest first."""
     check_format(fmt)
-    try:
-        database = open_database(settings_for(None, db), migrate=False)
-    except NothingYet as missing:
-        nothing_yet(str(missing), fmt)
+    database = read_database(db, fmt)
+    if database is None:
         return
     rows = Repository(database).list_dead_letters(limit)
     items = [r.to_contract() for r in rows]

@@ -14,17 +14,19 @@ from agent.cli.common import (
     ConfigOption,
     DbOption,
     FormatOption,
+    LimitOption,
+    ModelOption,
     NothingYet,
     UsageError,
     check_format,
     event_time,
-    nothing_yet,
     num,
     one_of,
     open_database,
     out,
     print_incidents,
     print_json,
+    read_database,
     settings_for,
     when,
 )
@@ -52,14 +54,14 @@ def register(root: typer.Typer) -> None:
 @app.command("list")
 def incidents_list(
     db: DbOption = None,
-    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    model: ModelOption = None,
     kind: Annotated[str | None, typer.Option(help=f"Only this kind: {', '.join(KINDS)}.")] = None,
     status: Annotated[
         str | None, typer.Option(help=f"Only this status: {', '.join(STATUSES)}.")
     ] = None,
     since: SinceOption = None,
     until: UntilOption = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 1000,
+    limit: LimitOption = 1000,
     every: Annotated[
         bool,
         typer.Option(
@@ -75,10 +77,8 @@ def incidents_list(
     check_format(fmt)
     one_of("--kind", kind, KINDS)
     one_of("--status", status, STATUSES)
-    try:
-        database = open_database(settings_for(None, db), migrate=False)
-    except NothingYet as missing:
-        nothing_yet(str(missing), fmt)
+    database = read_database(db, fmt)
+    if database is None:
         return
     repository = Repository(database)
     where = IncidentFilter(

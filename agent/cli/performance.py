@@ -9,15 +9,14 @@ from rich.table import Table
 
 from agent.cli.common import (
     EVENT_TIME_HELP,
-    NothingYet,
+    DbOption,
+    FormatOption,
     check_format,
     event_time,
     folded_table,
-    nothing_yet,
-    open_database,
     out,
     print_json,
-    settings_for,
+    read_database,
     when,
 )
 from storage.queries import Repository
@@ -29,9 +28,7 @@ def register(app: typer.Typer) -> None:
 
 def performance(
     model: Annotated[str, typer.Argument(help="The model whose history to show.")],
-    db: Annotated[
-        str | None, typer.Option("--db", help="SQLAlchemy URL (env BULWARK_DB_URL).")
-    ] = None,
+    db: DbOption = None,
     version: Annotated[
         str | None, typer.Option("--version", help="Only this model version.")
     ] = None,
@@ -44,15 +41,14 @@ def performance(
     until: Annotated[
         str | None, typer.Option(help=f"Windows starting at or before T: {EVENT_TIME_HELP}")
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+    fmt: FormatOption = "table",
 ) -> None:
     """Show a model's performance per event-time window (measured and estimated)."""
     check_format(fmt)
-    try:
-        repository = Repository(open_database(settings_for(None, db), migrate=False))
-    except NothingYet as missing:
-        nothing_yet(str(missing), fmt)
+    database = read_database(db, fmt)
+    if database is None:
         return
+    repository = Repository(database)
     rows = repository.performance_history(
         model,
         model_version=version,

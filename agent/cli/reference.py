@@ -11,6 +11,7 @@ from agent.cli.common import (
     ConfigOption,
     DbOption,
     FormatOption,
+    ModelOption,
     UsageError,
     check_format,
     folded_table,
@@ -117,7 +118,7 @@ def reference_show(
 
 @reference_app.command("list")
 def reference_list(
-    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    model: ModelOption = None,
     db: DbOption = None,
     fmt: FormatOption = "table",
 ) -> None:
@@ -177,7 +178,7 @@ def report(
 
 @reports_app.command("list")
 def reports_list(
-    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    model: ModelOption = None,
     incident: Annotated[int | None, typer.Option(help="Only reports linked to it.")] = None,
     limit: Annotated[int, typer.Option(min=1)] = 100,
     db: DbOption = None,
