@@ -31,6 +31,7 @@ MIGRATIONS_DIR = (
     else Path(__file__).resolve().parent.parent / "alembic"
 )
 T = TypeVar("T")
+READ_ONLY = "bulwark_read_only"  # execution option of `Database.reading` sessions
 
 
 class DatabaseError(RuntimeError):
@@ -126,6 +127,10 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Reads begin deferred on SQLite (`_sqlite_begin`): they never hold the write lock.
+        self.read_sessions = sessionmaker(
+            self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+        )
         # Outage bookkeeping shared by every thread using this handle: one log line when the
         # database stops answering and one when it answers again, however many retries.
         self._down_since: float | None = None
@@ -135,6 +140,13 @@ class Database:
     def session(self) -> Iterator[Session]:
         """A session whose transaction commits on success and rolls back on error."""
         with self.sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A session for reads only: on SQLite it does not take the write lock, so the API
+        and the CLI never make the daemon's writes wait (WAL lets them read meanwhile)."""
+        with self.read_sessions.begin() as session:
             yield session
 
     def retrying(
@@ -255,12 +267,14 @@ def _sqlite_connect(dbapi_connection: object, _record: object) -> None:
 
 
 def _sqlite_begin(connection: Connection) -> None:
-    """Every transaction takes SQLite's write lock when it begins, waiting up to the busy
-    timeout for it. A deferred BEGIN would take it at the first write, and a transaction that
-    read first fails at once ("database is locked") when another wrote meanwhile: the
-    dispatcher, the scheduler and the API share one SQLite file. One writer at a time is all
-    SQLite allows anyway; the cost is that read-only sessions (short ones) queue too."""
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    """A transaction that may write takes SQLite's write lock when it begins, waiting up to
+    the busy timeout for it. A deferred BEGIN would take it at the first write, and a
+    transaction that read first fails at once ("database is locked") when another wrote
+    meanwhile: the dispatcher, the scheduler and the API share one SQLite file. One writer at
+    a time is all SQLite allows anyway. Read-only sessions (`Database.reading`) begin
+    deferred: under WAL they read a snapshot without waiting for, or blocking, the writer."""
+    read_only = connection.get_execution_options().get(READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _first_line(exc: BaseException) -> str:

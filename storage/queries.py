@@ -76,14 +76,14 @@ class Repository:
         query = select(Reference).order_by(Reference.model, Reference.id.desc())
         if model is not None:
             query = query.where(Reference.model == model)
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return list(session.scalars(query))
 
     # Recent samples and reports ----------------------------------------------------------
 
     def recent_samples(self, model: str) -> list[RecentSample]:
         query = select(RecentSample).where(RecentSample.model == model)
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return list(session.scalars(query))
 
     def load_recent_samples(self, source: str, partition: int) -> dict[str, RecentSample]:
@@ -91,22 +91,22 @@ class Repository:
         query = select(RecentSample).where(
             RecentSample.source == source, RecentSample.partition == partition
         )
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return {row.model: row for row in session.scalars(query)}
 
     def models_with_recent_samples(self) -> list[str]:
         query = select(RecentSample.model).distinct().order_by(RecentSample.model)
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return list(session.scalars(query))
 
     def get_report(self, report_id: int) -> Report | None:
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return session.get(Report, report_id)
 
     def latest_event_time(self) -> float | None:
         """The latest event time the database knows of: of the events counted per model, else
         of the latest evidence (what relative `--since 7d` counts back from)."""
-        with self.db.session() as session:
+        with self.db.reading() as session:
             latest = session.scalar(select(func.max(ModelStats.last_event_ts)))
             if latest is None:
                 latest = session.scalar(select(func.max(Incident.last_seen)))
@@ -116,7 +116,7 @@ class Repository:
         query = select(Report).order_by(Report.id.desc()).limit(limit)
         if model is not None:
             query = query.where(Report.model == model)
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return list(session.scalars(query))
 
     def reports_of_incident(self, incident_id: int) -> list[Report]:
@@ -126,7 +126,7 @@ class Repository:
             .where(IncidentReport.incident_id == incident_id)
             .order_by(Report.id)
         )
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return list(session.scalars(query))
 
     def list_incidents(
@@ -149,30 +149,30 @@ class Repository:
         query = query.order_by(Incident.last_seen.desc(), Incident.id.desc())
         if limit is not None:
             query = query.limit(limit)
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return list(session.scalars(query))
 
     def count_incidents(self, where: IncidentFilter = IncidentFilter()) -> int:
         query = _filtered(select(func.count(Incident.id)), where)
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return int(session.scalar(query) or 0)
 
     def get_incident(self, incident_id: int) -> Incident | None:
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return session.get(Incident, incident_id)
 
     def evidence_of(self, incident_id: int) -> list[Evidence]:
         query = select(Evidence).where(Evidence.incident_id == incident_id).order_by(Evidence.ts)
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return list(session.scalars(query))
 
     def list_dead_letters(self, limit: int = 100) -> list[DeadLetterRow]:
         query = select(DeadLetterRow).order_by(DeadLetterRow.id.desc()).limit(limit)
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return list(session.scalars(query))
 
     def count_dead_letters(self) -> int:
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return int(session.scalar(select(func.count(DeadLetterRow.id))) or 0)
 
     def load_checkpoints(self, consumer: str, source: str, partition: int) -> dict[str, Checkpoint]:
@@ -181,11 +181,11 @@ class Repository:
             Checkpoint.source == source,
             Checkpoint.partition == partition,
         )
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return {row.model: row for row in session.scalars(query)}
 
     def load_position(self, consumer: str, source: str, partition: int) -> int | None:
-        with self.db.session() as session:
+        with self.db.reading() as session:
             row = session.get(SourcePosition, (consumer, source, partition))
             return None if row is None else row.next_offset
 
@@ -213,7 +213,7 @@ class Repository:
             query = query.where(PerformanceRow.window_end >= since)
         if until is not None:
             query = query.where(PerformanceRow.window_start <= until)
-        with self.db.session() as session:
+        with self.db.reading() as session:
             rows = list(session.scalars(query))
         groups: dict[tuple[str, float, float, str, bool], list[PerformanceRow]] = {}
         for row in rows:
@@ -254,7 +254,7 @@ class Repository:
             .where(IncidentNote.incident_id == incident_id)
             .order_by(IncidentNote.id)
         )
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return list(session.scalars(query))
 
     def list_dead_letters_page(
@@ -267,11 +267,11 @@ class Repository:
         if source is not None:
             query = query.where(DeadLetterRow.source == source)
         query = query.order_by(DeadLetterRow.id.desc()).limit(limit)
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return list(session.scalars(query))
 
     def model_stats(self) -> list[ModelStats]:
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return list(session.scalars(select(ModelStats).order_by(ModelStats.model)))
 
     def open_incident_counts(self) -> list[tuple[str, str, str, int]]:
@@ -281,12 +281,12 @@ class Repository:
             .where(Incident.status.in_(OPEN_STATUSES))
             .group_by(Incident.model, Incident.kind, Incident.severity)
         )
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return [(m, k, s, int(n)) for m, k, s, n in session.execute(query)]
 
     def flagged_clients(self) -> dict[str, dict[str, float]]:
         """See `Writer.flagged_clients`."""
-        with self.db.session() as session:
+        with self.db.reading() as session:
             return flagged_clients_in(session)
 
     def ping(self) -> None:

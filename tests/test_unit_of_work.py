@@ -88,6 +88,34 @@ def test_sqlite_transactions_that_read_then_write_neither_fail_nor_lose_updates(
     database.dispose()
 
 
+def test_a_sqlite_read_neither_waits_for_nor_blocks_the_writer(sqlite_url: str) -> None:
+    """While a writer holds SQLite's write lock, a read-only session reads the last committed
+    snapshot at once, and the writer commits while that read is still open."""
+    database = Database(sqlite_url)
+    with database.session() as session:
+        session.execute(text("CREATE TABLE counter (n INTEGER NOT NULL)"))
+        session.execute(text("INSERT INTO counter VALUES (0)"))
+    with database.session() as writer:
+        writer.execute(text("UPDATE counter SET n = 1"))
+        reader_saw: list[int] = []
+
+        def read() -> None:
+            with database.reading() as reader:
+                reader_saw.append(reader.execute(text("SELECT n FROM counter")).scalar_one())
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join(timeout=10)  # a reader taking the write lock would wait the 30 s timeout
+        assert (thread.is_alive(), reader_saw) == (False, [0])
+    with database.reading() as reader:
+        reader.execute(text("SELECT n FROM counter")).scalar_one()
+        with database.session() as writer:
+            writer.execute(text("UPDATE counter SET n = 2"))
+    with database.reading() as reader:
+        assert reader.execute(text("SELECT n FROM counter")).scalar_one() == 2
+    database.dispose()
+
+
 def test_statuses_read_back_as_members_and_serialise_as_before(database: Database) -> None:
     (opened,) = run(database, record)
     lifecycle.set_status(database, ALERTS, opened, "acknowledged", author="ops", now=2.0)
