@@ -6,8 +6,8 @@ import numpy as np
 
 from detectors import state_codec
 from detectors.accuracy import AccuracyDetector
+from detectors.accuracy.estimate import FeatureStore, LossModel, fit_loss_model
 from detectors.base import Finding, MetricPoint
-from detectors.loss_estimate import FeatureStore, LossModel, fit_loss_model
 from detectors.settings import AccuracySettings
 from tests.accuracy_streams import (
     START,

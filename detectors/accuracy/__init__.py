@@ -23,7 +23,7 @@ does), so accuracy is estimated for every prediction at once, before any label c
 second CUSUM on blocks of expected errors raises `accuracy_drop` on the subject
 `estimated_accuracy`, with `"estimated": true`.
 
-For regressors the same is done by direct loss estimation (`detectors.loss_estimate`, as
+For regressors the same is done by direct loss estimation (`detectors.accuracy.estimate`, as
 NannyML's DLE): a small model of |error| given the inputs and the prediction, fitted on the
 reference pairs, estimates every prediction's error at once; CUSUMs on blocks of estimated
 errors raise `estimated_mae` (up, warning) and `estimated_mae_improved` (down, info).

@@ -25,6 +25,7 @@ from detectors.accuracy.classification import (
     precision_recall_f1,
     score_pairs,
 )
+from detectors.accuracy.estimate import FeatureStore, LossModel, fit_loss_model
 from detectors.accuracy.intervals import Z95, bounded_ci, sums_ci, wilson
 from detectors.accuracy.join import Joined, LabelJoin
 from detectors.accuracy.level import Draft, ReferenceLevel
@@ -40,7 +41,6 @@ from detectors.accuracy.regression import (
 from detectors.accuracy.windows import Window, groups, window_of_state, window_state
 from detectors.base import Detector, Finding, Kind, MetricPoint
 from detectors.baseline import Baseline
-from detectors.loss_estimate import FeatureStore, LossModel, fit_loss_model
 from detectors.settings import AccuracySettings
 from streams.batch import ModelBatch
 from streams.events import Position
@@ -54,7 +54,7 @@ class AccuracyDetector(Detector):
 
     name = "accuracy"
     baseline = Baseline.OWN  # the first labelled events: a reference has no labels
-    state_version = 2  # 2: the regression loss model is boosted trees (detectors.loss_estimate)
+    state_version = 2  # 2: the regression loss model is boosted trees (detectors.accuracy.estimate)
 
     def __init__(self, model: str, settings: AccuracySettings | None = None) -> None:
         self.model = model

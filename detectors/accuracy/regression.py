@@ -4,7 +4,7 @@ estimate, and the wording of what they find.
 The measured tests are CUSUMs on block means of the reference-normal scores of |error| (MAE
 up, and down: an improvement, info) and of the signed error (bias, both ways), as the numeric
 drift detector does for features. The estimated ones are CUSUMs on block means of the
-errors a loss model (`detectors.loss_estimate`, as NannyML's DLE) estimates for every
+errors a loss model (`detectors.accuracy.estimate`, as NannyML's DLE) estimates for every
 prediction before its label comes.
 """
 
@@ -17,11 +17,11 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from detectors.accuracy.blocks import Alarm, BlockCusum, budget_threshold
+from detectors.accuracy.estimate import LossModel
 from detectors.accuracy.intervals import Z95, mean_ci, with_ci
 from detectors.accuracy.level import Draft, ReferenceLevel
 from detectors.accuracy.windows import Window
 from detectors.base import Severity
-from detectors.loss_estimate import LossModel
 from detectors.settings import AccuracySettings
 
 
