@@ -14,8 +14,8 @@ percentile and the extractors' values, and the extractors' mean rank among benig
     .venv/bin/python bench/client_separation.py --seed 1 --preference 1.0   # keys with tastes
 
 `--preference A` draws the rows of each benign key from its own mix of the pool's clusters
-(Dirichlet(A) weights over k-means clusters of the pool, `client_streams.preferences`); the
-extractor still samples the whole pool.
+(Dirichlet weights over k-means clusters of the pool, averaging to their shares of it:
+`client_streams.preferences`); the extractor still samples the whole pool.
 """
 
 from __future__ import annotations
