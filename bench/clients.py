@@ -38,9 +38,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 
+from detectors.clients.detector import QueryPatternDetector
 from detectors.input_anomaly import InputAnomalyDetector
 from detectors.numeric_drift import NumericDriftDetector
-from detectors.query_patterns import QueryPatternDetector, QueryPatternSettings
+from detectors.settings import QueryPatternSettings
 from streams.batch import ModelBatch
 
 DAY = 86_400.0

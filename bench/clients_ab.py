@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.clients import batches, traffic  # noqa: E402
-from detectors.query_patterns import QueryPatternDetector  # noqa: E402
+from detectors.clients.detector import QueryPatternDetector  # noqa: E402
 
 
 def export(rev: str, into: Path) -> str:
@@ -69,7 +69,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         name = export(args.before, Path(tmp))
         sys.path.insert(0, tmp)
-        old = importlib.import_module(f"{name}.query_patterns").QueryPatternDetector
+        # The detector's module before and after the clients/ package split.
+        module = (
+            "clients.detector"
+            if (Path(tmp) / name / "clients" / "detector.py").exists()
+            else "query_patterns"
+        )
+        old = importlib.import_module(f"{name}.{module}").QueryPatternDetector
         for seed in args.seeds:
             queries, _, _ = traffic(seed)
             model_batches = batches(queries)

@@ -42,7 +42,8 @@ from bench.clients import (
     diurnal_times,
     reference_ranges,
 )
-from detectors.query_patterns import QueryPatternDetector, QueryPatternSettings
+from detectors.clients.detector import QueryPatternDetector
+from detectors.settings import QueryPatternSettings
 from streams.batch import concat_batches
 
 DAY = 86_400.0

@@ -12,12 +12,12 @@ from __future__ import annotations
 from detectors.accuracy import AccuracyDetector
 from detectors.base import Detector
 from detectors.categorical_drift import CategoricalDriftDetector
+from detectors.clients.detector import QueryPatternDetector
 from detectors.data_quality import DataQualityDetector
 from detectors.input_anomaly import InputAnomalyDetector
 from detectors.multivariate_drift import MultivariateDriftDetector
 from detectors.numeric_drift import NumericDriftDetector
 from detectors.prediction_drift import PredictionDriftDetector
-from detectors.query_patterns import QueryPatternDetector
 from detectors.settings import DetectorSettings
 from detectors.shape_drift import ShapeDriftDetector
 from detectors.stream_stall import StreamStallDetector

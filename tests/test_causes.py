@@ -27,7 +27,8 @@ from agent.incidents.manager import IncidentManager
 from agent.runtime.pipeline import Pipeline
 from agent.runtime.replay import memory_batches
 from alembic import command
-from detectors.query_patterns import QueryPatternDetector, QueryPatternSettings
+from detectors.clients.detector import QueryPatternDetector
+from detectors.settings import QueryPatternSettings
 from storage.db import MIGRATIONS_DIR, Database
 from storage.models import Incident
 from storage.queries import IncidentFilter, Repository

@@ -13,8 +13,8 @@ import zlib
 import numpy as np
 
 from detectors.clients.coverage import REGIONS, RegionCoverage, counts_at, labels_of
+from detectors.clients.detector import QueryPatternDetector
 from detectors.clients.null import STATISTICS, bucket_of
-from detectors.query_patterns import QueryPatternDetector
 from tests.test_query_patterns import (
     first_by_client,
     population,

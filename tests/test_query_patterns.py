@@ -17,17 +17,11 @@ from scipy import stats
 from agent.config import ConfigError, load_settings
 from detectors import state_codec
 from detectors.base import Finding, Kind
+from detectors.clients.detector import QueryPatternDetector
 from detectors.clients.null import STATISTICS
-from detectors.query_patterns import (
-    CUMULATIVE,
-    RING,
-    TESTED,
-    QueryPatternDetector,
-    QueryPatternSettings,
-    Spending,
-    _shapiro_w,
-    cumulative_looks_due,
-)
+from detectors.clients.spending import CUMULATIVE, RING, TESTED, Spending, cumulative_looks_due
+from detectors.clients.statistics import shapiro_w
+from detectors.settings import QueryPatternSettings
 from detectors.state_codec import StateError
 from detectors.stats.scores import TailPValue
 from streams.batch import ModelBatch
@@ -300,11 +294,11 @@ def test_shapiro_w_matches_scipy_for_rows_of_any_length() -> None:
     lengths = [60, 41, 25, 3]
     for row, n in zip(rows, lengths, strict=True):
         row[:n] = np.sort(rng.gamma(2.0, 1.0, n))
-    w = _shapiro_w(rows, np.array(lengths))
+    w = shapiro_w(rows, np.array(lengths))
     for row, n, value in zip(rows, lengths, w, strict=True):
         assert value == pytest.approx(stats.shapiro(row[:n]).statistic, abs=1e-9)
     same = np.full((1, 10), 2.0)
-    assert np.isnan(_shapiro_w(same, np.array([10]))[0])  # all equal: undefined
+    assert np.isnan(shapiro_w(same, np.array([10]))[0])  # all equal: undefined
 
 
 def test_bounded_state_evicts_least_recently_seen_clients() -> None:

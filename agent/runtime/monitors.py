@@ -22,8 +22,8 @@ from agent.runtime.references import References
 from agent.samples import RecentWindow, Sample
 from detectors.base import Detector, Finding, Kind, MetricPoint
 from detectors.baseline import takes_reference
+from detectors.clients.detector import QueryPatternDetector
 from detectors.prediction_drift import PredictionDriftDetector
-from detectors.query_patterns import QueryPatternDetector
 from detectors.registry import build_detectors
 from streams.batch import ModelBatch, PartitionKey
 

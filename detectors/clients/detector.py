@@ -51,7 +51,7 @@ each spending its own share per client and per event-time day (`Spending`):
   `CUMULATIVE_FIRST` x 2^k: the i-th such look of the day at alpha_c / (i (i + 1)).
 
 Cost: every query is measured, with no numpy call per client; the batched neighbour search
-(`_segments`, `_smallest`) and the Shapiro-Wilk shortcut (`_shapiro_w`) are explained where
+(`segments`, `smallest`) and the Shapiro-Wilk shortcut (`shapiro_w`) are explained where
 they are defined and in docs/query-patterns.md.
 """
 
@@ -63,12 +63,9 @@ import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import chain
 from typing import Any
 
 import numpy as np
-from numpy.polynomial import polynomial
-from scipy.special import ndtri
 
 from detectors.base import Finding, Kind, Severity
 from detectors.baseline import capped_per_client
@@ -79,7 +76,20 @@ from detectors.clients.codec import (
     sample_to_data,
 )
 from detectors.clients.coverage import REGIONS, RegionCoverage, counts_at, labels_of
+from detectors.clients.neighbours import candidates, not_earlier, segments, smallest
 from detectors.clients.null import STATISTICS, PopulationNull, bucket_of, history_edges
+from detectors.clients.spending import (
+    COVERAGE,
+    CUMULATIVE,
+    REGION_STAT,
+    RING,
+    TESTED,
+    Spending,
+    Test,
+    bonferroni,
+    cumulative_looks_due,
+)
+from detectors.clients.statistics import entropy, low_margin, shapiro_w
 from detectors.input_anomaly import (
     InputProfile,
     ProfiledDetector,
@@ -105,25 +115,10 @@ BINS = 8  # per feature in the coverage histograms
 # comes first: contemporaneous within an hour, at a cost spread over thousands of queries.
 NULL_REFRESH_SECONDS = 3600.0
 NULL_REFRESH_QUERIES = 5_000
-COVERAGE = STATISTICS.index("coverage")
-REGION_STAT = STATISTICS.index("class_coverage")
 KNN_STAT, LOW_STAT, OOD_STAT = (
     STATISTICS.index(name) for name in ("knn_distance", "low_margin_share", "ood_share")
 )
-# Shapiro-Wilk W of the min distances (PRADA) is reported, not tested: against a population
-# of a few dozen clients its null's tail is too unstable (most benign false alarms on the
-# multi-day benches), and what it sees, the distances and low margins also see.
-TESTED = np.array([name != "prada_normality" for name in STATISTICS])
-# The tested statistics split into two tests: the cumulative ones (over every query the client
-# sent) and those of its ring of recent queries.
-CUMULATIVE = np.isin(np.arange(len(STATISTICS)), [COVERAGE, REGION_STAT])
-RING = TESTED & ~CUMULATIVE
-CUMULATIVE_SHARE = 0.5  # of alpha, for the cumulative test (the ring test has the rest)
-CUMULATIVE_FIRST = 50  # queries seen at the first cumulative look; then at each doubling
 PRIOR_CLIENTS = 24  # pseudo-clients drawn from the reference per history bucket
-# A padded distance block's fixed cost (its numpy calls), in distance entries: a client group
-# joins a block unless that adds more padding than this (`_segments`).
-SEGMENT_OVERHEAD = 20_000
 
 
 # Columns of a client's per-query record (one row per query in its ring).
@@ -263,7 +258,7 @@ class QueryPatternDetector(ProfiledDetector):
         chosen, end = capped_per_client(clients, sample.count, sample.size, self.reference_taken)
         self._keep_warmup(batch, end)
         rows = np.array(chosen, dtype=np.int64)
-        low = _low_margin(batch, self.settings.low_margin)[rows]
+        low = low_margin(batch, self.settings.low_margin)[rows]
         self.reference_margins[0] += int(np.count_nonzero(low >= 0))
         self.reference_margins[1] += int(np.count_nonzero(low == 1))
         sample.add(
@@ -346,7 +341,7 @@ class QueryPatternDetector(ProfiledDetector):
         ood_rate = float(profile.anomalies(batch).any(axis=1).mean()) if n_ref else 0.0
         scored, low = self.reference_margins  # the first events' (a stored reference: below)
         if batch.scores or batch.score is not None:
-            margins = _low_margin(batch, s.low_margin)
+            margins = low_margin(batch, s.low_margin)
             scored, low = int(np.count_nonzero(margins >= 0)), int(np.count_nonzero(margins == 1))
         low_rate = low / scored if scored >= 50 else 0.2
         for name, rate in (("ood_share", ood_rate), ("low_margin_share", low_rate)):
@@ -381,7 +376,7 @@ class QueryPatternDetector(ProfiledDetector):
         self.coverage = np.zeros((0, features, BINS), dtype=np.int32)
         histogram = np.zeros((features, BINS))
         np.add.at(histogram, (np.arange(features)[None, :], self._bins(encoded)), 1)
-        self.reference_entropy = float(_entropy(histogram[None])[0])
+        self.reference_entropy = float(entropy(histogram[None])[0])
         self.regions = RegionCoverage(s.null_window_seconds)
 
     def _bins(self, encoded: np.ndarray) -> np.ndarray:
@@ -578,7 +573,7 @@ class QueryPatternDetector(ProfiledDetector):
         per_query = np.empty((n, RECORD))
         per_query[:, TS] = ts
         per_query[:, OOD] = self.profile.anomalies(batch)[start:].any(axis=1)
-        per_query[:, LOW] = _low_margin(batch, s.low_margin)[start:]
+        per_query[:, LOW] = low_margin(batch, s.low_margin)[start:]
         per_query[:, SHARED] = shared
         per_query[:, EXACT] = x.round(6) @ self.exact_weights
         bins = self._bins(x)
@@ -785,7 +780,7 @@ class QueryPatternDetector(ProfiledDetector):
         fewer. Rows are grouped by client (group g: rows first[g] to first[g] + sizes[g]).
         Also each query's probe coordinate (1 + index, 0: none; `_compare`).
 
-        Consecutive groups of similar shape (`_segments`) form one padded block, clients x
+        Consecutive groups of similar shape (`segments`) form one padded block, clients x
         queries x (ring + batch) columns, from two batched products: the cost is a few numpy
         calls per block rather than per client. Padding is masked with +inf (ring columns
         beyond a client's fill, batch columns not earlier than the query) and padded query
@@ -795,7 +790,7 @@ class QueryPatternDetector(ProfiledDetector):
         nearest = np.full((len(stored), s.k_neighbours), np.inf)
         probe = np.zeros(len(stored))
         flat = self.ring_vectors.reshape(-1, dim + 2)
-        for group, end in _segments(filled, sizes):
+        for group, end in segments(filled, sizes):
             seg_slots, seg_filled = slots[group:end], filled[group:end]
             seg_first, seg_sizes = first[group:end], sizes[group:end]
             rows_q, rows_f = int(seg_sizes.max()), int(seg_filled.max())
@@ -822,16 +817,16 @@ class QueryPatternDetector(ProfiledDetector):
                     np.copyto(product, np.inf, where=unfilled[:, :, None])
                 d2[:, :rows_f] = product[client, :, nth]
             batch_part = np.matmul(queries, np.ascontiguousarray(stored[rows].transpose(0, 2, 1)))
-            batch_part += _not_earlier(rows_q)
+            batch_part += not_earlier(rows_q)
             d2[:, rows_f:] = batch_part[client, nth]
             k = min(s.k_neighbours, d2.shape[1])
-            values, cols = _smallest(d2, min(3 * s.k_neighbours, d2.shape[1]))
+            values, cols = smallest(d2, min(3 * s.k_neighbours, d2.shape[1]))
             # Usually none of the k nearest candidates is the same entity again, and then they
             # are the answer: all the candidates are checked only for rows where one is.
             x = stored[top:bottom]
             ring_base = (seg_slots * size)[client, None]
             batch_base = seg_first[client, None] - rows_f
-            vectors = _candidates(flat, stored, size, rows_f, ring_base, batch_base, cols[:, :k])
+            vectors = candidates(flat, stored, size, rows_f, ring_base, batch_base, cols[:, :k])
             found = values[:, :k]
             same, probe[top:bottom] = self._compare(x, vectors, dim, np.isfinite(found))
             # Re-scoring an entity seen before (one of its k nearest earlier queries is that
@@ -841,7 +836,7 @@ class QueryPatternDetector(ProfiledDetector):
             )
             redo = np.flatnonzero(same.any(axis=1))
             if len(redo):
-                vectors = _candidates(
+                vectors = candidates(
                     flat, stored, size, rows_f, ring_base[redo], batch_base[redo], cols[redo]
                 )
                 found[redo] = self._neighbours(x[redo], vectors, values[redo], dim)
@@ -1018,7 +1013,7 @@ class QueryPatternDetector(ProfiledDetector):
         share = np.count_nonzero(moved, axis=1) / n
         walk = (distinct - s.entity_changes) / PROBE_SPAN
         out[:, 5] = share * np.clip(walk, 0.0, 1.0)
-        out[:, COVERAGE] = _entropy(histograms) - self.reference_entropy
+        out[:, COVERAGE] = entropy(histograms) - self.reference_entropy
         assert self.regions is not None
         out[:, REGION_STAT] = self.regions.statistic(region_counts)
         return out
@@ -1028,7 +1023,7 @@ class QueryPatternDetector(ProfiledDetector):
         distances = records[:, :, MIN_DISTANCE]  # finite or NaN, and NaN sorts last
         found = np.count_nonzero(~np.isnan(distances), axis=1)
         enough = np.where(found >= self.settings.min_queries, found, 0)
-        w = _shapiro_w(np.sort(distances, axis=1), enough)
+        w = shapiro_w(np.sort(distances, axis=1), enough)
         return -np.log(np.maximum(w, 1e-9))
 
     def _looks(
@@ -1055,8 +1050,8 @@ class QueryPatternDetector(ProfiledDetector):
         support = np.fmin(p_values[:, LOW_STAT], p_values[:, OOD_STAT])
         support = np.where(np.isnan(support), 1.0, support)
         p_values[:, KNN_STAT] = np.maximum(p_values[:, KNN_STAT], support)
-        ring_p = _bonferroni(p_values, RING).tolist()
-        cumulative_p = _bonferroni(p_values, CUMULATIVE).tolist()
+        ring_p = bonferroni(p_values, RING).tolist()
+        cumulative_p = bonferroni(p_values, CUMULATIVE).tolist()
         cumulative_due = cumulative_looks_due(counts, self.settings.check_every).tolist()
         look_ts = batch.ts[[index for _, _, index, _ in due]]
         days = (look_ts // DAY).astype(np.int64).tolist()
@@ -1202,80 +1197,6 @@ class QueryPatternDetector(ProfiledDetector):
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Spending:
-    """alpha (benign clients flagged per client-day, at most) split between the two tests;
-    each test's i-th look of a client's day is tested at its share / (i (i + 1)), and
-    sum over i of 1 / (i (i + 1)) = 1, so a day's looks spend less than alpha however many
-    there are (docs/query-patterns.md derives it)."""
-
-    alpha: float
-
-    @property
-    def ring(self) -> float:
-        return self.alpha * (1 - CUMULATIVE_SHARE)
-
-    @property
-    def cumulative(self) -> float:
-        return self.alpha * CUMULATIVE_SHARE
-
-    def ring_threshold(self, look: int) -> float:
-        return self.ring / (look * (look + 1))
-
-    def cumulative_threshold(self, look: int) -> float:
-        return self.cumulative / (look * (look + 1))
-
-
-@dataclass(frozen=True, slots=True)
-class Test:
-    """One test at one look: its Bonferroni p-value, the threshold it spent, its look of the
-    day, and the queries the client had sent."""
-
-    name: str  # "ring" or "cumulative"
-    p_value: float
-    threshold: float
-    look: int
-    queries: int
-
-    @property
-    def statistics(self) -> np.ndarray:
-        return RING if self.name == "ring" else CUMULATIVE
-
-    @property
-    def per_statistic(self) -> float:
-        """A statistic of the test fired at or below this (Bonferroni's share)."""
-        return self.threshold / int(self.statistics.sum())
-
-    def details(self) -> dict[str, object]:
-        return {
-            "p_value": float(f"{self.p_value:.3g}"),
-            "threshold": float(f"{self.threshold:.3g}"),
-            "look_of_day": self.look,
-            "statistics": [STATISTICS[i] for i in np.flatnonzero(self.statistics)],
-        }
-
-
-def cumulative_looks_due(counts: np.ndarray, check_every: int) -> np.ndarray:
-    """Whether a look at `counts` queries seen is also a look of the cumulative test: the
-    first look at or after each CUMULATIVE_FIRST x 2^k queries (k = 0, 1, ...), the previous
-    look having been `check_every` queries earlier."""
-    return _doublings(counts) > _doublings(counts - check_every)
-
-
-def _doublings(counts: np.ndarray) -> np.ndarray:
-    """How many of CUMULATIVE_FIRST x 2^k (k >= 0) are at most each count: the bit length
-    of count // CUMULATIVE_FIRST (np.frexp's exponent, exact for integers)."""
-    return np.frexp(np.maximum(counts, 0) // CUMULATIVE_FIRST)[1]
-
-
-def _bonferroni(p_values: np.ndarray, tested: np.ndarray) -> np.ndarray:
-    """Bonferroni's combined p-value of each row over the `tested` columns (a statistic
-    without a value, NaN, counts as p = 1)."""
-    chosen = p_values[:, tested]
-    smallest = np.where(np.isnan(chosen), 1.0, chosen).min(axis=1)
-    return np.minimum(1.0, int(tested.sum()) * smallest)
-
-
 def _compact(batch: ModelBatch, keep: np.ndarray) -> ModelBatch:
     """The events where `keep` holds, with only what the looks use (inputs, scores, client,
     time, position): the raw rows and records are dropped."""
@@ -1302,47 +1223,6 @@ def _compact(batch: ModelBatch, keep: np.ndarray) -> ModelBatch:
     )
 
 
-def _entropy(histograms: np.ndarray) -> np.ndarray:
-    """Sum over features of each histogram's entropy (nats): clients x features x bins in."""
-    counts = histograms.astype(np.float64)
-    totals = counts.sum(axis=2, keepdims=True)
-    p = counts / np.maximum(totals, 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, -p * np.log(p), 0.0)
-    return terms.sum(axis=(1, 2))
-
-
-def _low_margin(batch: ModelBatch, margin: float) -> np.ndarray:
-    """1 where the top two class scores (or a single score and 0.5) are within `margin`,
-    0 where they are not, -1 where the event carries no score."""
-    n = len(batch)
-    out = np.full(n, -1, dtype=np.int8)
-    present = list(filter(None, batch.scores))
-    widths = set(map(len, present))
-    every = len(present) == n == len(batch.scores) and len(widths) == 1
-    if every and (classes := widths.pop()) >= 2:
-        # The usual case, every event with the same number of classes: one matrix.
-        flat = chain.from_iterable(map(dict.values, present))  # map: no Python frame each
-        top = np.fromiter(flat, np.float64, n * classes).reshape(n, classes)
-        if classes == 2:
-            gap = np.abs(top[:, 0] - top[:, 1])
-        else:  # the two largest of each row, negated, first
-            top *= -1
-            top.partition(1, axis=1)
-            gap = top[:, 1] - top[:, 0]
-        out[:] = gap < margin
-    else:
-        for i, scores in enumerate(batch.scores):
-            if scores:
-                ranked = sorted(scores.values(), reverse=True)
-                one_gap = ranked[0] - ranked[1] if len(ranked) > 1 else abs(2 * ranked[0] - 1)
-                out[i] = one_gap < margin
-    if batch.score is not None:
-        single = np.flatnonzero((out < 0) & np.isfinite(batch.score))
-        out[single] = np.abs(2 * batch.score[single] - 1) < margin
-    return out
-
-
 def _previous(values: np.ndarray, first: np.ndarray, stored: np.ndarray) -> np.ndarray:
     """Each entry's predecessor in `values`, except where `first`: there the table's entries
     (`stored`, in order). A shifted copy and one masked write: cheaper than np.roll and
@@ -1358,143 +1238,3 @@ def _owner_hash(client: str) -> int:
     """A stable 64-bit id for a client (never 0, which marks "no client")."""
     value = int.from_bytes(hashlib.blake2b(client.encode(), digest_size=8).digest(), "big")
     return (value >> 1) or 1
-
-
-def _segments(filled: np.ndarray, sizes: np.ndarray) -> list[tuple[int, int]]:
-    """Runs [start, end) of consecutive client groups (sorted by size class, then width) that
-    `_nearest` computes as one padded block. A group joins the current run unless the padding
-    it adds (every client of the run padded to the longest queries and fullest ring) costs
-    more than starting a block of its own, whose numpy calls have a fixed cost."""
-    runs = []
-    start, rows_q, rows_f, padded = 0, 0, 0, 0
-    for group, (f, q) in enumerate(zip(filled.tolist(), sizes.tolist(), strict=True)):
-        own = q * (f + q)
-        grown_q, grown_f = max(rows_q, q), max(rows_f, f)
-        grown = (group - start + 1) * grown_q * (grown_f + grown_q)
-        if group > start and grown - padded - own > SEGMENT_OVERHEAD:
-            runs.append((start, group))
-            start, grown_q, grown_f, grown = group, q, f, own
-        rows_q, rows_f, padded = grown_q, grown_f, grown
-    runs.append((start, len(sizes)))
-    return runs
-
-
-def _candidates(
-    flat: np.ndarray,
-    stored: np.ndarray,
-    size: int,
-    filled: int,
-    ring_base: np.ndarray,
-    batch_base: np.ndarray,
-    cols: np.ndarray,
-) -> np.ndarray:
-    """The vectors of candidate columns `cols` of a padded distance block: column c < `filled`
-    is entry c of the ring whose first row in `flat` is `ring_base`, a later one is row
-    `batch_base + c` of this batch's `stored` queries. A fresh array (callers overwrite it)."""
-    vectors = np.take(flat, ring_base + np.minimum(cols, size - 1), axis=0)
-    in_batch = cols >= filled
-    if in_batch.any():
-        rows = np.minimum(batch_base + cols, len(stored) - 1)
-        vectors[in_batch] = stored[rows[in_batch]]
-    return vectors
-
-
-@lru_cache(maxsize=64)
-def _not_earlier_cached(m: int) -> np.ndarray:
-    return np.triu(np.full((m, m), np.inf, dtype=np.float32))
-
-
-def _not_earlier(m: int) -> np.ndarray:
-    """+inf where query j of a batch is not earlier than query i (j >= i), else 0."""
-    return _not_earlier_cached(m) if m <= 256 else np.triu(np.full((m, m), np.inf, np.float32))
-
-
-def _smallest(d2: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `count` smallest entries of each row of `d2` (float32, C-contiguous) and their
-    columns, ascending (equal values: the lower column first).
-
-    A float's bit pattern, read as int32, orders non-negative floats as their values (a
-    negative value, the rounding of a zero distance, sorts first, where it belongs). So one
-    partition of the int32 patterns finds each row's count-th smallest value, the entries up to
-    it are the row's candidates (where values tie at it, the lower columns), and only those
-    are sorted, as (value, column) packed into one int64. Partitioning the block as int32 is
-    ~3x faster than as packed int64 keys, and np.argpartition is slower still: this is the
-    hot path.
-    """
-    rows, width = d2.shape
-    bits = d2.view(np.int32)
-    kth = bits.copy()
-    kth.partition(count - 1, axis=1)
-    limit = kth[:, count - 1 : count]
-    chosen = bits <= limit
-    if np.count_nonzero(chosen) > rows * count:  # ties at the limit: the lower columns
-        tied = np.flatnonzero(np.count_nonzero(chosen, axis=1) > count)
-        equal = bits[tied] == limit[tied]
-        spare = count - np.count_nonzero(bits[tied] < limit[tied], axis=1)
-        chosen[tied] &= ~equal | (np.cumsum(equal, axis=1) <= spare[:, None])
-    flat = np.flatnonzero(chosen)  # row by row, count in each
-    shift = max(1, (width - 1).bit_length())
-    keys = bits.ravel()[flat].astype(np.int64)
-    keys <<= shift
-    keys |= flat % width
-    keys = keys.reshape(rows, count)
-    keys.sort(axis=1)
-    columns = keys & ((1 << shift) - 1)
-    keys >>= shift
-    return keys.astype(np.int32).view(np.float32), columns
-
-
-# Royston's (1995, AS R94) polynomial corrections of the two most extreme coefficients.
-_SW_C1 = (0.0, 0.221157, -0.147981, -2.071190, 4.434685, -2.706056)
-_SW_C2 = (0.0, 0.042981, -0.293762, -1.752461, 5.682633, -3.582633)
-
-
-@lru_cache(maxsize=4096)  # n <= buffer_size
-def _shapiro_weights(n: int) -> np.ndarray:
-    """Shapiro-Wilk coefficients for n sorted values, as scipy (AS R94) computes them.
-
-    They depend on n only, and rings are mostly full, so caching them makes W one sort and
-    two dot products instead of a call into scipy (~20x faster; W agrees to 1e-9)."""
-    half = n // 2
-    m = ndtri((np.arange(1, half + 1) - 0.375) / (n + 0.25))
-    summ2 = 2 * float(m @ m)
-    ssumm2 = math.sqrt(summ2)
-    rsn = 1 / math.sqrt(n)
-    a1 = float(polynomial.polyval(rsn, _SW_C1)) - m[0] / ssumm2
-    if n == 3:
-        a = np.array([math.sqrt(0.5)])
-    elif n > 5:
-        a2 = float(polynomial.polyval(rsn, _SW_C2)) - m[1] / ssumm2
-        fac = math.sqrt((summ2 - 2 * m[0] ** 2 - 2 * m[1] ** 2) / (1 - 2 * a1**2 - 2 * a2**2))
-        a = -m / fac
-        a[0], a[1] = a1, a2
-    else:
-        fac = math.sqrt((summ2 - 2 * m[0] ** 2) / (1 - 2 * a1**2))
-        a = -m / fac
-        a[0] = a1
-    weights = np.zeros(n)
-    weights[:half] = -a
-    weights[n - half :] = a[::-1]
-    return weights
-
-
-def _shapiro_w(ordered: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Shapiro-Wilk W of each row's first `counts[i]` values (rows sorted ascending, the
-    rest ignored): the squared correlation of the sorted values with the coefficients. NaN
-    for fewer than 3 values or all equal. Rows of equal length share their coefficients, so
-    many clients cost one pass over a matrix."""
-    rows, width = ordered.shape
-    counts = np.asarray(counts)
-    inside = np.arange(width) < counts[:, None]
-    values = np.where(inside, ordered, 0.0)
-    weights = np.zeros((rows, width))
-    for n in np.unique(counts[counts >= 3]).tolist():
-        weights[counts == n, :n] = _shapiro_weights(n)
-    last = values[np.arange(rows), np.maximum(counts - 1, 0)]
-    spread = (counts >= 3) & (last > values[:, 0])
-    centred = values - (values.sum(axis=1) / np.maximum(counts, 1))[:, None]
-    centred[~inside] = 0.0
-    top = np.einsum("ij,ij->i", weights, values) ** 2
-    bottom = np.einsum("ij,ij->i", weights, weights) * np.einsum("ij,ij->i", centred, centred)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(spread, top / np.where(spread, bottom, 1.0), np.nan)

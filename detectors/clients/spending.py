@@ -1,0 +1,99 @@
+"""How a suspicious-client look spends the false-alarm budget: two tests share alpha (benign
+clients flagged per client-day, at most), the ring statistics at every look and the
+cumulative coverages at doublings of queries seen; each combines its statistics by
+Bonferroni (docs/query-patterns.md derives it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from detectors.clients.null import STATISTICS
+
+COVERAGE = STATISTICS.index("coverage")
+REGION_STAT = STATISTICS.index("class_coverage")
+# Shapiro-Wilk W of the min distances (PRADA) is reported, not tested: against a population
+# of a few dozen clients its null's tail is too unstable (most benign false alarms on the
+# multi-day benches), and what it sees, the distances and low margins also see.
+TESTED = np.array([name != "prada_normality" for name in STATISTICS])
+# The tested statistics split into two tests: the cumulative ones (over every query the client
+# sent) and those of its ring of recent queries.
+CUMULATIVE = np.isin(np.arange(len(STATISTICS)), [COVERAGE, REGION_STAT])
+RING = TESTED & ~CUMULATIVE
+CUMULATIVE_SHARE = 0.5  # of alpha, for the cumulative test (the ring test has the rest)
+CUMULATIVE_FIRST = 50  # queries seen at the first cumulative look; then at each doubling
+
+
+@dataclass(frozen=True, slots=True)
+class Spending:
+    """alpha (benign clients flagged per client-day, at most) split between the two tests;
+    each test's i-th look of a client's day is tested at its share / (i (i + 1)), and
+    sum over i of 1 / (i (i + 1)) = 1, so a day's looks spend less than alpha however many
+    there are (docs/query-patterns.md derives it)."""
+
+    alpha: float
+
+    @property
+    def ring(self) -> float:
+        return self.alpha * (1 - CUMULATIVE_SHARE)
+
+    @property
+    def cumulative(self) -> float:
+        return self.alpha * CUMULATIVE_SHARE
+
+    def ring_threshold(self, look: int) -> float:
+        return self.ring / (look * (look + 1))
+
+    def cumulative_threshold(self, look: int) -> float:
+        return self.cumulative / (look * (look + 1))
+
+
+@dataclass(frozen=True, slots=True)
+class Test:
+    """One test at one look: its Bonferroni p-value, the threshold it spent, its look of the
+    day, and the queries the client had sent."""
+
+    name: str  # "ring" or "cumulative"
+    p_value: float
+    threshold: float
+    look: int
+    queries: int
+
+    @property
+    def statistics(self) -> np.ndarray:
+        return RING if self.name == "ring" else CUMULATIVE
+
+    @property
+    def per_statistic(self) -> float:
+        """A statistic of the test fired at or below this (Bonferroni's share)."""
+        return self.threshold / int(self.statistics.sum())
+
+    def details(self) -> dict[str, object]:
+        return {
+            "p_value": float(f"{self.p_value:.3g}"),
+            "threshold": float(f"{self.threshold:.3g}"),
+            "look_of_day": self.look,
+            "statistics": [STATISTICS[i] for i in np.flatnonzero(self.statistics)],
+        }
+
+
+def cumulative_looks_due(counts: np.ndarray, check_every: int) -> np.ndarray:
+    """Whether a look at `counts` queries seen is also a look of the cumulative test: the
+    first look at or after each CUMULATIVE_FIRST x 2^k queries (k = 0, 1, ...), the previous
+    look having been `check_every` queries earlier."""
+    return doublings(counts) > doublings(counts - check_every)
+
+
+def doublings(counts: np.ndarray) -> np.ndarray:
+    """How many of CUMULATIVE_FIRST x 2^k (k >= 0) are at most each count: the bit length
+    of count // CUMULATIVE_FIRST (np.frexp's exponent, exact for integers)."""
+    return np.frexp(np.maximum(counts, 0) // CUMULATIVE_FIRST)[1]
+
+
+def bonferroni(p_values: np.ndarray, tested: np.ndarray) -> np.ndarray:
+    """Bonferroni's combined p-value of each row over the `tested` columns (a statistic
+    without a value, NaN, counts as p = 1)."""
+    chosen = p_values[:, tested]
+    smallest = np.where(np.isnan(chosen), 1.0, chosen).min(axis=1)
+    return np.minimum(1.0, int(tested.sum()) * smallest)
