@@ -16,8 +16,8 @@ drawing real-looking records from the whole population at an ordinary client's r
     PYTHONPATH=. python bench/clients_population.py --scenario daily --stored-reference
 
 Without `--stored-reference` the detector learns its input profile from the first 3,000
-events and is blind during them: an attacker active only then is not seen (the warm-up
-attackers here run for their first hours). With it, it judges from the first query.
+events (each client capped to its share) and judges what it kept of them once the profile
+exists (`details.judged_late`); with it, it judges from the first query.
 """
 
 from __future__ import annotations
