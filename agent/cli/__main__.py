@@ -1,3 +1,5 @@
+"""`python -m agent.cli`: the `bulwark` command line."""
+
 from agent.cli import main
 
 main()
