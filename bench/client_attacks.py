@@ -331,7 +331,8 @@ def main() -> None:
         default=0.0,
         help="0 (default): every benign key samples the whole data pool alike, so a natural-"
         "data extractor is indistinguishable from them; A > 0: each key draws from its own "
-        "Dirichlet(A) mix of the pool's k-means clusters (a customer's segment)",
+        "mix of the pool's k-means clusters (a customer's segment), Dirichlet with "
+        "concentration A per cluster on average, the mixes averaging to the pool's",
     )
     parser.add_argument("--clients", type=int, default=None, help="benign keys (150; quick 40)")
     parser.add_argument("--days", type=float, default=None, help="run length (10; quick 2)")

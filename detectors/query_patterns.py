@@ -40,10 +40,15 @@ drift, never many suspicious clients. Before enough clients exist, a conservativ
 the reference judges what has a principled benign level, so attackers present from the first
 query are found.
 
-A look's p-value is the Bonferroni minimum over the tested statistics. Looks are spent per
-client and per event-time day: the j-th look of a day is tested at alpha / (j (j + 1)), which
-sums to alpha = `false_clients_per_thousand` / 1000, the share of benign clients flagged per
-day at most (as far as the null's tail holds; see docs/query-patterns.md).
+Two tests share alpha = `false_clients_per_thousand` / 1000, the share of benign clients
+flagged per day at most (as far as the null's tail holds; derived in docs/query-patterns.md),
+each spending its own share per client and per event-time day (`Spending`):
+
+- the *ring* test, at every look: the Bonferroni minimum over the ring's five statistics, the
+  j-th look of the day at alpha_r / (j (j + 1));
+- the *cumulative* test (`coverage`, `class_coverage`: evidence that accrues over everything
+  the client sent, slowly) only at the looks where the client's queries seen pass
+  `CUMULATIVE_FIRST` x 2^k: the i-th such look of the day at alpha_c / (i (i + 1)).
 
 Cost: every query is measured, with no numpy call per client; the batched neighbour search
 (`_segments`, `_smallest`) and the Shapiro-Wilk shortcut (`_shapiro_w`) are explained where
@@ -109,6 +114,12 @@ KNN_STAT, LOW_STAT, OOD_STAT = (
 # of a few dozen clients its null's tail is too unstable (most benign false alarms on the
 # multi-day benches), and what it sees, the distances and low margins also see.
 TESTED = np.array([name != "prada_normality" for name in STATISTICS])
+# The tested statistics split into two tests: the cumulative ones (over every query the client
+# sent) and those of its ring of recent queries.
+CUMULATIVE = np.isin(np.arange(len(STATISTICS)), [COVERAGE, REGION_STAT])
+RING = TESTED & ~CUMULATIVE
+CUMULATIVE_SHARE = 0.5  # of alpha, for the cumulative test (the ring test has the rest)
+CUMULATIVE_FIRST = 50  # queries seen at the first cumulative look; then at each doubling
 PRIOR_CLIENTS = 24  # pseudo-clients drawn from the reference per history bucket
 # A padded distance block's fixed cost (its numpy calls), in distance entries: a client group
 # joins a block unless that adds more padding than this (`_segments`).
@@ -131,6 +142,7 @@ _CLIENT_FIELDS = (
     "count",
     "day",
     "day_looks",
+    "cumulative_looks",
     "clean_count",
     "last_finding_look",
     "flagged_looks",
@@ -145,12 +157,14 @@ class ClientState:
     slot: int
     count: int = 0
     day: int = -1
-    day_looks: int = 0
+    day_looks: int = 0  # looks this day (the ring test's)
+    cumulative_looks: int = 0  # of them, looks of the cumulative test
     clean_count: int = 0  # queries seen at the last clean look
     last_finding_look: int = 0
     flagged_looks: int = 0  # looks that crossed the threshold, ever
     flagged_severity: str | None = None
     first_flagged: float | None = None  # event time of the first flagged look
+    first_seen: float | None = None  # event time of its first tracked query
     # Other clients' owner hashes; None until the first (most clients never get one).
     linked: Counter[int] | None = None
 
@@ -159,7 +173,9 @@ class QueryPatternDetector(ProfiledDetector):
     """`suspicious_client` per client; see the module docstring for the method."""
 
     name = "query_patterns"
-    state_version = 2  # 2: class coverage (a statistic more, per-client class counts)
+    # 2: class coverage (a statistic more, per-client class counts); 3: two tests (per-client
+    # cumulative looks of the day and first query's time)
+    state_version = 3
 
     def __init__(self, model: str, settings: QueryPatternSettings | None = None) -> None:
         self.settings = settings or QueryPatternSettings()
@@ -405,6 +421,7 @@ class QueryPatternDetector(ProfiledDetector):
             ).reshape(len(order), len(_CLIENT_FIELDS)),
             "severity": [c.flagged_severity for c in order],
             "first_flagged": [c.first_flagged for c in order],
+            "first_seen": [c.first_seen for c in order],
             "linked": [None if c.linked is None else dict(c.linked) for c in order],
         }
         state: dict[str, Any] = {
@@ -499,6 +516,7 @@ class QueryPatternDetector(ProfiledDetector):
                 **fields,
                 flagged_severity=clients["severity"][i],
                 first_flagged=clients["first_flagged"][i],
+                first_seen=clients["first_seen"][i],
                 linked=None if linked is None else Counter(linked),
             )
 
@@ -632,7 +650,10 @@ class QueryPatternDetector(ProfiledDetector):
         self._push(stored, records, slots, counts, first, sizes)
         self.coverage[slots] += running[first + sizes] - running[first]
         np.add.at(self.region_counts, (np.repeat(slots, sizes), regions), 1)
-        for state, size in zip(group_states, sizes.tolist(), strict=True):
+        starts = ts[order[first]].tolist()
+        for state, size, began in zip(group_states, sizes.tolist(), starts, strict=True):
+            if state.count == 0:
+                state.first_seen = began
             state.count += size
         if looks is None:
             return []
@@ -1034,30 +1055,38 @@ class QueryPatternDetector(ProfiledDetector):
         support = np.fmin(p_values[:, LOW_STAT], p_values[:, OOD_STAT])
         support = np.where(np.isnan(support), 1.0, support)
         p_values[:, KNN_STAT] = np.maximum(p_values[:, KNN_STAT], support)
-        tested = int(TESTED.sum())
-        smallest = np.where(np.isnan(p_values), 1.0, p_values).min(axis=1)
-        combined = np.minimum(1.0, tested * smallest).tolist()
+        ring_p = _bonferroni(p_values, RING).tolist()
+        cumulative_p = _bonferroni(p_values, CUMULATIVE).tolist()
+        cumulative_due = cumulative_looks_due(counts, self.settings.check_every).tolist()
         look_ts = batch.ts[[index for _, _, index, _ in due]]
         days = (look_ts // DAY).astype(np.int64).tolist()
-        alpha = self.settings.false_clients_per_thousand / 1000
+        spending = Spending(self.settings.false_clients_per_thousand / 1000)
         findings = []
         voices = []
         for i, (client, state, index, count) in enumerate(due):
             if days[i] != state.day:
-                state.day, state.day_looks = days[i], 0
+                state.day, state.day_looks, state.cumulative_looks = days[i], 0, 0
             state.day_looks += 1
             j = state.day_looks
-            threshold = alpha / (j * (j + 1))
-            if combined[i] > CLEAN_P:
+            tests = [Test("ring", ring_p[i], spending.ring_threshold(j), j, count)]
+            if cumulative_due[i]:
+                state.cumulative_looks += 1
+                k = state.cumulative_looks
+                tests.append(
+                    Test("cumulative", cumulative_p[i], spending.cumulative_threshold(k), k, count)
+                )
+            if ring_p[i] > CLEAN_P:
                 state.clean_count = count
-            if combined[i] > threshold:
+            crossed = [test for test in tests if test.p_value <= test.threshold]
+            if not crossed:
                 if state.flagged_severity is None:
                     voices.append(i)
                 continue
             state.flagged_looks += 1
             if state.first_flagged is None:
                 state.first_flagged = float(look_ts[i])
-            critical = combined[i] <= threshold * self.settings.critical_factor
+            decided = min(crossed, key=lambda test: test.p_value / test.threshold)
+            critical = decided.p_value <= decided.threshold * self.settings.critical_factor
             severity = Severity.CRITICAL if critical else Severity.WARNING
             first_or_worse = state.flagged_severity is None or (
                 severity == Severity.CRITICAL and state.flagged_severity != Severity.CRITICAL
@@ -1069,14 +1098,13 @@ class QueryPatternDetector(ProfiledDetector):
             finding = self._finding(
                 client,
                 state,
-                count,
                 batch,
                 index,
                 stats[i],
                 p_values[i],
                 buckets[i],
-                threshold,
-                combined[i],
+                tests,
+                decided,
                 severity,
             )
             findings.append((index, finding))
@@ -1089,27 +1117,35 @@ class QueryPatternDetector(ProfiledDetector):
         self,
         client: str,
         state: ClientState,
-        count: int,
         batch: ModelBatch,
         index: int,
         stats: np.ndarray,
         p_values: np.ndarray,
         buckets: np.ndarray,
-        threshold: float,
-        combined: float,
+        tests: list[Test],
+        decided: Test,
         severity: Severity,
     ) -> Finding:
         s = self.settings
-        per_look = threshold / int(TESTED.sum())
+        count = decided.queries
         judged = [i for i in range(len(STATISTICS)) if not np.isnan(p_values[i])]
         fired = sorted(
-            (STATISTICS[i] for i in judged if p_values[i] <= per_look),
+            (
+                STATISTICS[i]
+                for test in tests
+                if test.p_value <= test.threshold
+                for i in judged
+                if test.statistics[i] and p_values[i] <= test.per_statistic
+            ),
             key=lambda name: p_values[STATISTICS.index(name)],
         )
         records = self.window(state)
         ts = np.sort(records[:, TS])
         n = len(ts)
-        began = float(ts[max(0, n - (state.count - state.clean_count))])  # (ring: as of now)
+        if decided.name == "cumulative":  # its evidence is everything the client sent
+            began = float(ts[0] if state.first_seen is None else state.first_seen)
+        else:
+            began = float(ts[max(0, n - (state.count - state.clean_count))])  # (ring: now)
         gaps = np.diff(ts)
         burstiness = 0.0
         if len(gaps) > 1 and gaps.mean() > 0:
@@ -1124,7 +1160,7 @@ class QueryPatternDetector(ProfiledDetector):
             }
             for i in judged
         }
-        confidence = -math.log10(max(combined, 1e-300))
+        confidence = -math.log10(max(decided.p_value, 1e-300))
         return Finding(
             model=self.model,
             kind=Kind.SUSPICIOUS_CLIENT,
@@ -1134,15 +1170,17 @@ class QueryPatternDetector(ProfiledDetector):
             position=batch.position(index),
             detector=self.name,
             statistic="bonferroni_min_p",
-            value=float(f"{combined:.3g}"),
-            threshold=float(f"{threshold:.3g}"),
+            value=float(f"{decided.p_value:.3g}"),
+            threshold=float(f"{decided.threshold:.3g}"),
             effect_size=round(confidence, 2),
-            support=min(count, s.buffer_size),
+            support=min(count, s.buffer_size) if decided.name == "ring" else count,
             title=f"client {client}: {', '.join(fired) or 'combined evidence'} "
-            f"(p={combined:.1e}, {count} queries)",
+            f"(p={decided.p_value:.1e}, {count} queries)",
             details={
                 "client": client,
                 "detectors_fired": fired,
+                "test": decided.name,
+                "tests": {test.name: test.details() for test in tests},
                 "statistics": detail_stats,
                 "reported": {"prada_normality": None if np.isnan(prada) else round(prada, 4)},
                 "queries_seen": count,
@@ -1150,7 +1188,7 @@ class QueryPatternDetector(ProfiledDetector):
                 "pattern_began": began,
                 "first_flagged": state.first_flagged,
                 "flagged_looks": state.flagged_looks,
-                "look_of_day": state.day_looks,
+                "look_of_day": decided.look,
                 "linked_clients": sorted(
                     self.owner_names.get(o, "(no longer tracked)") for o in state.linked or ()
                 ),
@@ -1162,6 +1200,80 @@ class QueryPatternDetector(ProfiledDetector):
                 "untracked_queries": self.untracked,
             },
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Spending:
+    """alpha (benign clients flagged per client-day, at most) split between the two tests;
+    each test's i-th look of a client's day is tested at its share / (i (i + 1)), and
+    sum over i of 1 / (i (i + 1)) = 1, so a day's looks spend less than alpha however many
+    there are (docs/query-patterns.md derives it)."""
+
+    alpha: float
+
+    @property
+    def ring(self) -> float:
+        return self.alpha * (1 - CUMULATIVE_SHARE)
+
+    @property
+    def cumulative(self) -> float:
+        return self.alpha * CUMULATIVE_SHARE
+
+    def ring_threshold(self, look: int) -> float:
+        return self.ring / (look * (look + 1))
+
+    def cumulative_threshold(self, look: int) -> float:
+        return self.cumulative / (look * (look + 1))
+
+
+@dataclass(frozen=True, slots=True)
+class Test:
+    """One test at one look: its Bonferroni p-value, the threshold it spent, its look of the
+    day, and the queries the client had sent."""
+
+    name: str  # "ring" or "cumulative"
+    p_value: float
+    threshold: float
+    look: int
+    queries: int
+
+    @property
+    def statistics(self) -> np.ndarray:
+        return RING if self.name == "ring" else CUMULATIVE
+
+    @property
+    def per_statistic(self) -> float:
+        """A statistic of the test fired at or below this (Bonferroni's share)."""
+        return self.threshold / int(self.statistics.sum())
+
+    def details(self) -> dict[str, object]:
+        return {
+            "p_value": float(f"{self.p_value:.3g}"),
+            "threshold": float(f"{self.threshold:.3g}"),
+            "look_of_day": self.look,
+            "statistics": [STATISTICS[i] for i in np.flatnonzero(self.statistics)],
+        }
+
+
+def cumulative_looks_due(counts: np.ndarray, check_every: int) -> np.ndarray:
+    """Whether a look at `counts` queries seen is also a look of the cumulative test: the
+    first look at or after each CUMULATIVE_FIRST x 2^k queries (k = 0, 1, ...), the previous
+    look having been `check_every` queries earlier."""
+    return _doublings(counts) > _doublings(counts - check_every)
+
+
+def _doublings(counts: np.ndarray) -> np.ndarray:
+    """How many of CUMULATIVE_FIRST x 2^k (k >= 0) are at most each count: the bit length
+    of count // CUMULATIVE_FIRST (np.frexp's exponent, exact for integers)."""
+    return np.frexp(np.maximum(counts, 0) // CUMULATIVE_FIRST)[1]
+
+
+def _bonferroni(p_values: np.ndarray, tested: np.ndarray) -> np.ndarray:
+    """Bonferroni's combined p-value of each row over the `tested` columns (a statistic
+    without a value, NaN, counts as p = 1)."""
+    chosen = p_values[:, tested]
+    smallest = np.where(np.isnan(chosen), 1.0, chosen).min(axis=1)
+    return np.minimum(1.0, int(tested.sum()) * smallest)
 
 
 def _compact(batch: ModelBatch, keep: np.ndarray) -> ModelBatch:

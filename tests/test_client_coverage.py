@@ -15,13 +15,11 @@ import numpy as np
 from detectors.clients.coverage import REGIONS, RegionCoverage, counts_at, labels_of
 from detectors.clients.null import STATISTICS, bucket_of
 from detectors.query_patterns import QueryPatternDetector
-from streams.batch import ModelBatch
 from tests.test_query_patterns import (
-    FEATURES,
-    SETTINGS,
-    Stream,
     first_by_client,
+    population,
     run_mixed,
+    whole_population,
 )
 
 STAT = STATISTICS.index("class_coverage")
@@ -75,32 +73,6 @@ def test_the_class_comes_from_the_prediction_else_the_top_score() -> None:
     assert slots[0] == slots[2] == zlib.crc32(b"b") % REGIONS
 
 
-class SectorStream(Stream):
-    """The test stream with an 8-class model: the class is the sector of (a, b)."""
-
-    def batch(self, x: np.ndarray, clients: list[str | None]) -> ModelBatch:
-        batch = super().batch(x, clients)
-        sector = np.floor((np.arctan2(x[:, 1], x[:, 0]) + np.pi) / (np.pi / 4)).astype(int)
-        batch.predictions = [f"s{v % 8}" for v in sector.tolist()]
-        return batch
-
-
-def _population(seed: int, spread: float) -> tuple[QueryPatternDetector, Stream]:
-    """A detector warmed on benign clients whose centres are `spread` times the usual."""
-    detector = QueryPatternDetector("m", SETTINGS)
-    stream = SectorStream(seed)
-    stream.centres *= spread
-    for _ in range(9):
-        detector.update(stream.batch(*stream.benign(500)))
-    return detector, stream
-
-
-def _whole_population(stream, n: int) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Rows drawn like the population's as a whole: each from a random client's corner."""
-    who = stream.rng.integers(len(stream.centres), size=n)
-    return stream.centres[who] + stream.rng.normal(0, 1.0, size=(n, len(FEATURES)))
-
-
 def _judged(detector: QueryPatternDetector) -> tuple[np.ndarray, np.ndarray, int]:
     """Every client's class_coverage now and its p-value against the null, and the
     thief's row."""
@@ -116,10 +88,10 @@ def _judged(detector: QueryPatternDetector) -> tuple[np.ndarray, np.ndarray, int
 def test_a_natural_data_extractor_among_segment_clients_stands_out_in_class_coverage() -> None:
     """Benign clients each in their own corner (their own class mix); the extractor reaches
     every class as the whole traffic does, and its class_coverage leaves every benign
-    client's behind. (Not flagged here: 40 peers give a wide tail, and its ~30 looks in one
-    day are spent down to alpha / 900; the multi-day benches measure delays.)"""
-    detector, stream = _population(seed=31, spread=3.0)
-    rows = _whole_population(stream, 300)  # at a benign client's rate (5 of 200 per batch)
+    client's behind. (Not flagged here: 40 peers whose corners overlap give a tail too wide
+    for alpha; with purer segments it is, `tests/test_query_patterns.py`.)"""
+    detector, stream = population(seed=31, spread=3.0)
+    rows = whole_population(stream, 300)  # at a benign client's rate (5 of 200 per batch)
     run_mixed(detector, stream, rows, ["thief"] * 300, per_batch=5)
     values, p, thief = _judged(detector)
     benign = np.delete(np.arange(len(values)), thief)
@@ -129,8 +101,8 @@ def test_a_natural_data_extractor_among_segment_clients_stands_out_in_class_cove
 
 def test_among_clients_that_sample_the_whole_population_it_does_not_stand_out() -> None:
     """What the statistic cannot see: every benign key samples the whole population too."""
-    detector, stream = _population(seed=32, spread=0.0)  # every client: one population
-    rows = _whole_population(stream, 300)
+    detector, stream = population(seed=32, spread=0.0)  # every client: one population
+    rows = whole_population(stream, 300)
     flagged = first_by_client(run_mixed(detector, stream, rows, ["thief"] * 300, per_batch=5))
     assert "thief" not in flagged
     _, p, thief = _judged(detector)

@@ -18,7 +18,16 @@ from agent.config import ConfigError, load_settings
 from detectors import state_codec
 from detectors.base import Finding, Kind
 from detectors.clients.null import STATISTICS
-from detectors.query_patterns import QueryPatternDetector, QueryPatternSettings, _shapiro_w
+from detectors.query_patterns import (
+    CUMULATIVE,
+    RING,
+    TESTED,
+    QueryPatternDetector,
+    QueryPatternSettings,
+    Spending,
+    _shapiro_w,
+    cumulative_looks_due,
+)
 from detectors.state_codec import StateError
 from detectors.stats.scores import TailPValue
 from streams.batch import ModelBatch
@@ -105,6 +114,32 @@ def run_mixed(
         order = stream.rng.permutation(len(x))
         findings += detector.update(stream.batch(x[order], [clients[i] for i in order]))
     return findings
+
+
+class SectorStream(Stream):
+    """The test stream with an 8-class model: the class is the sector of (a, b)."""
+
+    def batch(self, x: np.ndarray, clients: list[str | None]) -> ModelBatch:
+        batch = super().batch(x, clients)
+        sector = np.floor((np.arctan2(x[:, 1], x[:, 0]) + np.pi) / (np.pi / 4)).astype(int)
+        batch.predictions = [f"s{v % 8}" for v in sector.tolist()]
+        return batch
+
+
+def population(seed: int, spread: float) -> tuple[QueryPatternDetector, Stream]:
+    """A detector warmed on benign clients whose centres are `spread` times the usual."""
+    detector = QueryPatternDetector("m", SETTINGS)
+    stream = SectorStream(seed)
+    stream.centres *= spread
+    for _ in range(9):
+        detector.update(stream.batch(*stream.benign(500)))
+    return detector, stream
+
+
+def whole_population(stream: Stream, n: int) -> np.ndarray:
+    """Rows drawn like the population's as a whole: each from a random client's corner."""
+    who = stream.rng.integers(len(stream.centres), size=n)
+    return stream.centres[who] + stream.rng.normal(0, 1.0, size=(n, len(FEATURES)))
 
 
 def first_by_client(findings: list[Finding]) -> dict[str, Finding]:
@@ -606,3 +641,54 @@ def test_a_reference_handed_over_while_learning_keeps_the_window_to_judge() -> N
     assert set(flagged) == {"early"}
     assert flagged["early"].details["judged_late"]
     assert flagged["early"].position.offset < len(batch)
+
+
+def test_the_two_tests_spend_alpha_per_client_day_between_them() -> None:
+    """The ring test at every look, the cumulative test at doublings of queries seen: each
+    spends its share as share / (i (i + 1)) over its looks of the day, so whatever the number
+    of looks a day's thresholds sum to less than alpha, approaching it."""
+    spending = Spending(1e-3)
+    assert spending.ring + spending.cumulative == pytest.approx(1e-3)
+    assert not (RING & CUMULATIVE).any() and ((RING | CUMULATIVE) == TESTED).all()
+    assert [STATISTICS[i] for i in np.flatnonzero(CUMULATIVE)] == ["coverage", "class_coverage"]
+    for looks in (1, 10, 10_000):
+        day = sum(spending.ring_threshold(j) for j in range(1, looks + 1))
+        day += sum(spending.cumulative_threshold(i) for i in range(1, looks + 1))
+        assert day < 1e-3
+    assert day == pytest.approx(1e-3, rel=1e-3)
+    # Cumulative looks: the first look at or after 50, 100, 200, ... queries seen.
+    counts = np.arange(20, 10_001, 10)
+    due = counts[cumulative_looks_due(counts, 10)]
+    assert due.tolist() == [50 * 2**k for k in range(8)]
+    counts = np.arange(21, 10_001, 7)  # looks every 7 queries: the next look after each
+    due = counts[cumulative_looks_due(counts, 7)]
+    assert len(due) == 8 and all(0 <= d - 50 * 2**k < 7 for k, d in enumerate(due))
+
+
+def test_a_slow_whole_population_sampler_is_flagged_by_the_cumulative_test() -> None:
+    """Benign clients each serve their own segment (their own corner, their own classes); a
+    natural-data extractor at an ordinary client's rate samples like the whole traffic. Its
+    evidence accrues over everything it sent, so it is judged by the cumulative test, at
+    doublings of its queries; no benign segment client is flagged."""
+    detector, stream = population(seed=31, spread=7.0)
+    rows = whole_population(stream, 800)
+    findings = run_mixed(detector, stream, rows, ["thief"] * 800, per_batch=5)
+    assert {f.subject for f in findings} == {"thief"}
+    first = findings[0]
+    assert first.details["test"] == "cumulative"
+    assert set(first.details["detectors_fired"]) <= {"coverage", "class_coverage"}
+    seen = first.details["queries_seen"]
+    assert seen in {50 * 2**k for k in range(5)} and first.support == seen
+    tests = first.details["tests"]
+    cumulative = tests["cumulative"]
+    assert first.threshold == cumulative["threshold"]
+    spent = Spending(SETTINGS.false_clients_per_thousand / 1000)
+    assert cumulative["threshold"] == pytest.approx(
+        spent.cumulative_threshold(cumulative["look_of_day"]), rel=1e-2
+    )
+    assert first.value == cumulative["p_value"] <= cumulative["threshold"]
+    # The ring test at the same look has spent more of the day: several looks before it.
+    assert tests["ring"]["look_of_day"] > cumulative["look_of_day"]
+    # Its evidence began with its first query, not at a clean look of its ring.
+    assert first.details["pattern_began"] == detector.clients["thief"].first_seen
+    assert first.details["pattern_began"] < first.ts

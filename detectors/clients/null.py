@@ -15,8 +15,8 @@ population of clients at the same history length.
   beyond it exponential with scale b = the mean excess over u of the pool without its top 2%
   (at least one client; a few clients cannot widen it), inflated by 1 + 1/sqrt(excesses) for
   the small-sample error, and at least half the MAD and a per-statistic floor. p(x) =
-  min(1, 0.1 exp(-(x - u) / b)). Below the threshold of any look (<= alpha / 7 per client-day)
-  only this tail matters.
+  min(1, 0.1 exp(-(x - u) / b)). Below the threshold of any look (at most alpha / 8 per
+  statistic and client-day) only this tail matters.
 - **Fallback**: a bucket with fewer than `min_clients` fresh clients borrows the nearest
   *larger* bucket that has them (more history means closer neighbours and more coverage, so
   this errs towards benign); shares, whose spread only narrows with history, then borrow the
