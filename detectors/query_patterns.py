@@ -107,8 +107,9 @@ NULL_REFRESH_SECONDS = 3600.0
 NULL_REFRESH_QUERIES = 5_000
 COVERAGE = STATISTICS.index("coverage")
 REGION_STAT = STATISTICS.index("class_coverage")
-KNN_STAT, LOW_STAT, OOD_STAT = (
-    STATISTICS.index(name) for name in ("knn_distance", "low_margin_share", "ood_share")
+KNN_STAT, LOW_STAT, OOD_STAT, PAIRS_STAT = (
+    STATISTICS.index(name)
+    for name in ("knn_distance", "low_margin_share", "ood_share", "boundary_pairs")
 )
 # Shapiro-Wilk W of the min distances (PRADA) is reported, not tested: against a population
 # of a few dozen clients its null's tail is too unstable (most benign false alarms on the
@@ -121,20 +122,29 @@ RING = TESTED & ~CUMULATIVE
 CUMULATIVE_SHARE = 0.5  # of alpha, for the cumulative test (the ring test has the rest)
 CUMULATIVE_FIRST = 50  # queries seen at the first cumulative look; then at each doubling
 PRIOR_CLIENTS = 24  # pseudo-clients drawn from the reference per history bucket
+# Boundary pairs: a query and its nearest earlier distinct query closer than this share of the
+# reference records' median distance to their nearest other record, with another class.
+STRADDLE_SCALE = 0.5
+# The reference prior's benign rate of boundary pairs per query (benign clients' looks on
+# `bench/client_attacks.py` synthetic, seed 1: at most 0.014). Not the reference's own rate:
+# a learned reference holds the warm-up attackers' capped share, pairs included.
+STRADDLE_RATE = 0.02
 # A padded distance block's fixed cost (its numpy calls), in distance entries: a client group
 # joins a block unless that adds more padding than this (`_segments`).
 SEGMENT_OVERHEAD = 20_000
 
 
 # Columns of a client's per-query record (one row per query in its ring).
-TS, OOD, LOW, SHARED, EXACT, KNN, MIN_DISTANCE, PROBE = range(8)
-RECORD = 8
-_NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan, 0])  # counts in no statistic
+TS, OOD, LOW, SHARED, EXACT, KNN, MIN_DISTANCE, PROBE, CLASS, STRADDLE = range(10)
+RECORD = 10
+_NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan, 0, -1, 0])  # in no statistic
 # LOW: 1 low margin, 0 not, -1 no score. KNN: log mean distance to the k nearest earlier
 # distinct queries (NaN: not enough of them). MIN_DISTANCE: NaN for repeats and the first.
 # PROBE: 1 + the coordinate a probe moved (by at most `probe_step`), -(2 + the coordinate) for
 # an entity re-scored with one coordinate moved further, -1 for another entity re-scored, 0
-# for other queries.
+# for other queries. CLASS: the predicted class's slot (`RegionCoverage.regions`). STRADDLE:
+# 1 when the nearest earlier distinct query is within `straddle_radius` and predicted another
+# class (a pair across the decision boundary, `boundary_pairs`).
 
 # A client's integer fields as checkpointed, in the clients' order; its ring slot is not among
 # them (`load_state` assigns slots afresh in that order), so equal states encode equally.
@@ -174,8 +184,9 @@ class QueryPatternDetector(ProfiledDetector):
 
     name = "query_patterns"
     # 2: class coverage (a statistic more, per-client class counts); 3: two tests (per-client
-    # cumulative looks of the day and first query's time)
-    state_version = 3
+    # cumulative looks of the day and first query's time); 4: boundary pairs (two record
+    # columns, a statistic more)
+    state_version = 4
 
     def __init__(self, model: str, settings: QueryPatternSettings | None = None) -> None:
         self.settings = settings or QueryPatternSettings()
@@ -206,6 +217,7 @@ class QueryPatternDetector(ProfiledDetector):
         self.hash_weights = np.zeros(0, dtype=np.int64)
         self.bin_edges = np.zeros((0, BINS - 1))  # numeric features' octiles, encoded
         self.reference_entropy = 0.0  # of the reference's histograms, summed over features
+        self.straddle_radius = 0.0  # boundary pairs: closer than this (`_learn_prior`)
         self.reference_taken: dict[str, int] = {}  # events per client in the reference
         self.reference_margins = [0, 0]  # its events with scores, and with low margins
         self.warmup: list[ModelBatch] = []  # events of the learning window, judged after it
@@ -372,6 +384,11 @@ class QueryPatternDetector(ProfiledDetector):
                 values.append(-float(np.log(near + 1e-6).mean()))
             prior_u[bucket, knn] = float(np.median(values)) + math.log(10)
             prior_b[bucket, knn] = 0.3
+        self.straddle_radius = self._straddle_radius(encoded)
+        pairs = index["boundary_pairs"]
+        for bucket, edge in enumerate(self.edges.tolist()):
+            n = min(int(edge), s.buffer_size)
+            prior_u[bucket, pairs], prior_b[bucket, pairs] = chernoff_tail(n, STRADDLE_RATE)
         self.null.prior_u, self.null.prior_b = prior_u, prior_b
         self.null.refresh(self.last_ts)
         numerics = len(profile.numeric_names)
@@ -383,6 +400,28 @@ class QueryPatternDetector(ProfiledDetector):
         np.add.at(histogram, (np.arange(features)[None, :], self._bins(encoded)), 1)
         self.reference_entropy = float(_entropy(histogram[None])[0])
         self.regions = RegionCoverage(s.null_window_seconds)
+
+    def _straddle_radius(self, encoded: np.ndarray) -> float:
+        """`STRADDLE_SCALE` x the median distance of a reference record to its nearest other
+        entity in the reference (0 with fewer than two)."""
+        n = len(encoded)
+        if n < 2:
+            return 0.0
+        x = encoded.astype(np.float64)
+        norms = np.einsum("ij,ij->i", x, x)
+        count = min(8, n - 1)
+        distance = np.full(n, np.inf)
+        for start in range(0, n, 512):
+            rows = np.arange(start, min(n, start + 512))
+            d2 = norms[rows, None] + norms[None, :] - 2 * x[rows] @ x.T
+            d2[np.arange(len(rows)), rows] = np.inf
+            near = np.argpartition(d2, count - 1, axis=1)[:, :count]
+            moved = np.abs(x[near] - x[rows, None, :]) > self.settings.repeat_distance
+            other = moved.sum(axis=2) > self.settings.entity_changes
+            found = np.where(other, np.take_along_axis(d2, near, axis=1), np.inf)
+            distance[rows] = np.sqrt(np.maximum(found.min(axis=1), 0))
+        finite = np.isfinite(distance)
+        return STRADDLE_SCALE * float(np.median(distance[finite])) if finite.any() else 0.0
 
     def _bins(self, encoded: np.ndarray) -> np.ndarray:
         """Each query's bin per feature (queries x features): numeric features by the
@@ -455,6 +494,7 @@ class QueryPatternDetector(ProfiledDetector):
                 "hash_weights": self.hash_weights,
                 "bin_edges": self.bin_edges,
                 "reference_entropy": self.reference_entropy,
+                "straddle_radius": self.straddle_radius,
             },
         }
         return state
@@ -585,6 +625,7 @@ class QueryPatternDetector(ProfiledDetector):
         assert self.regions is not None
         labels = labels_of(batch.predictions[start:], batch.scores[start:], n)
         regions = self.regions.regions(labels)
+        per_query[:, CLASS] = regions
         self.since_refresh += n
         if (
             self.last_ts >= self.refreshed + NULL_REFRESH_SECONDS
@@ -625,7 +666,10 @@ class QueryPatternDetector(ProfiledDetector):
         records = per_query[order]
         group_states = [states[c] for c in group_codes.tolist()]
         slots = np.array([st.slot for st in group_states])
-        nearest, probe = self._nearest(stored, query, slots, filled[group_codes], first, sizes)
+        nearest, probe, straddle = self._nearest(
+            stored, query, records[:, CLASS], slots, filled[group_codes], first, sizes
+        )
+        records[:, STRADDLE] = straddle
         closest = nearest.min(axis=1)
         records[:, MIN_DISTANCE] = np.where(np.isfinite(closest), np.sqrt(np.abs(closest)), np.nan)
         enough = np.isfinite(nearest[:, -1])
@@ -775,15 +819,18 @@ class QueryPatternDetector(ProfiledDetector):
         self,
         stored: np.ndarray,
         query: np.ndarray,
+        classes: np.ndarray,
         slots: np.ndarray,
         filled: np.ndarray,
         first: np.ndarray,
         sizes: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Squared distances of each query to its k nearest earlier queries of its client
         (ring, then the earlier ones of this round) that are not the same entity; inf when
         fewer. Rows are grouped by client (group g: rows first[g] to first[g] + sizes[g]).
-        Also each query's probe coordinate (1 + index, 0: none; `_compare`).
+        Also each query's probe coordinate (1 + index, 0: none; `_compare`), and whether it
+        straddles the decision boundary with its nearest earlier distinct query (within
+        `straddle_radius`, another predicted class; `classes`: the rows' class slots).
 
         Consecutive groups of similar shape (`_segments`) form one padded block, clients x
         queries x (ring + batch) columns, from two batched products: the cost is a few numpy
@@ -794,7 +841,9 @@ class QueryPatternDetector(ProfiledDetector):
         size, dim = s.buffer_size, stored.shape[1] - 2
         nearest = np.full((len(stored), s.k_neighbours), np.inf)
         probe = np.zeros(len(stored))
+        straddle = np.zeros(len(stored))
         flat = self.ring_vectors.reshape(-1, dim + 2)
+        ring_classes = self.ring_records[:, :, CLASS].reshape(-1)
         for group, end in _segments(filled, sizes):
             seg_slots, seg_filled = slots[group:end], filled[group:end]
             seg_first, seg_sizes = first[group:end], sizes[group:end]
@@ -834,6 +883,20 @@ class QueryPatternDetector(ProfiledDetector):
             vectors = _candidates(flat, stored, size, rows_f, ring_base, batch_base, cols[:, :k])
             found = values[:, :k]
             same, probe[top:bottom] = self._compare(x, vectors, dim, np.isfinite(found))
+            # A boundary pair: the nearest earlier query within the radius, of another class,
+            # and not the same entity with a field changed (1 to `entity_changes` coordinates
+            # moved beyond `repeat_distance`: a changed entity may change class). `vectors`
+            # now holds the candidates' absolute differences (`_compare`).
+            moved = np.count_nonzero(vectors[:, 0, :dim] > s.repeat_distance, axis=1)
+            changed = (moved >= 1) & (moved <= s.entity_changes)
+            col = cols[:, 0]
+            their = np.where(
+                col < rows_f,
+                ring_classes[ring_base[:, 0] + np.minimum(col, size - 1)],
+                classes[np.clip(batch_base[:, 0] + col, 0, len(classes) - 1)],
+            )
+            near = found[:, 0] < self.straddle_radius**2  # inf (no earlier query): no pair
+            straddle[top:bottom] = near & ~changed & (their != classes[top:bottom])
             # Re-scoring an entity seen before (one of its k nearest earlier queries is that
             # entity, and no probe): marked -1, left out of the shares.
             probe[top:bottom] = np.where(
@@ -846,7 +909,7 @@ class QueryPatternDetector(ProfiledDetector):
                 )
                 found[redo] = self._neighbours(x[redo], vectors, values[redo], dim)
             nearest[top:bottom, :k] = found
-        return nearest, probe
+        return nearest, probe, straddle
 
     def _push(
         self,
@@ -1019,6 +1082,12 @@ class QueryPatternDetector(ProfiledDetector):
         walk = (distinct - s.entity_changes) / PROBE_SPAN
         out[:, 5] = share * np.clip(walk, 0.0, 1.0)
         out[:, COVERAGE] = _entropy(histograms) - self.reference_entropy
+        # Pairs across the decision boundary (`_nearest`), among distinct inputs like the
+        # other shares: boundary search (binary and line searches, gradient estimates at a
+        # boundary point) makes them; distinct entities of benign use rarely do.
+        # A pair is no re-score (an unchanged input changing class is no use), so the share
+        # is over every query of the window.
+        out[:, PAIRS_STAT] = np.count_nonzero(records[:, :, STRADDLE], axis=1) / n
         assert self.regions is not None
         out[:, REGION_STAT] = self.regions.statistic(region_counts)
         return out
@@ -1253,6 +1322,26 @@ class Test:
             "look_of_day": self.look,
             "statistics": [STATISTICS[i] for i in np.flatnonzero(self.statistics)],
         }
+
+
+def chernoff_tail(n: int, rate: float) -> tuple[float, float]:
+    """(u, b) of an exponential tail p(x) = 0.1 exp(-(x - u) / b) that bounds the share x of
+    n independent events of probability `rate` from above: Chernoff's P(share >= x) <=
+    exp(-n KL(x || rate)), with u where that bound is 0.1 and b from its slope there (the
+    exponent is concave in x, so its tangent at u lies above it for every x >= u)."""
+
+    def kl(x: float) -> float:
+        return x * math.log(x / rate) + (1 - x) * math.log((1 - x) / (1 - rate))
+
+    low, high = rate, 1 - 1e-9
+    if n * kl(high) <= math.log(10):
+        return 1.0, 1.0  # too few events for the bound to reach 0.1: no evidence
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if n * kl(mid) < math.log(10) else (low, mid)
+    u = high
+    slope = n * math.log(u * (1 - rate) / (rate * (1 - u)))
+    return u, 1 / slope
 
 
 def cumulative_looks_due(counts: np.ndarray, check_every: int) -> np.ndarray:
