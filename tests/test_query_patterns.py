@@ -692,3 +692,45 @@ def test_a_slow_whole_population_sampler_is_flagged_by_the_cumulative_test() -> 
     # Its evidence began with its first query, not at a clean look of its ring.
     assert first.details["pattern_began"] == detector.clients["thief"].first_seen
     assert first.details["pattern_began"] < first.ts
+
+
+def line_searches(rng: np.random.Generator, lines: int, steps: int = 12) -> np.ndarray:
+    """Binary searches for the sector boundary b = 0 (a > 0) between random points on either
+    side, every coordinate moving: a boundary walker (Sign-OPT, HopSkipJump's binary search)
+    whose queries keep ordinary margins (a + b stays near 2) and stay in the reference."""
+    out = []
+    for _ in range(lines):
+        above = np.array([2.0, 0.6, 0.0, 0.0]) + rng.normal(0, 0.3, 4)
+        below = np.array([2.0, -0.6, 0.0, 0.0]) + rng.normal(0, 0.3, 4)
+        low, high = below, above
+        for _ in range(steps):
+            mid = (low + high) / 2
+            out.append(mid)
+            low, high = (low, mid) if mid[1] > 0 else (mid, high)
+    return np.array(out)
+
+
+def test_a_warm_up_boundary_walker_on_continuous_features_is_flagged_by_its_pairs() -> None:
+    """No lattice, ordinary margins, inputs in reference: what gives a line search away is
+    pairs of queries closer than benign records ever are that the model puts in different
+    classes (`boundary_pairs`). Present from the first query, judged against the reference
+    prior (a Chernoff bound) and then the few peers, it is flagged; no benign client is."""
+    detector = QueryPatternDetector("m", SETTINGS)
+    stream = SectorStream(seed=26)
+    walk = line_searches(stream.rng, 20)
+    findings: list[Finding] = []
+    for start in range(0, len(walk), 10):
+        bx, bc = stream.benign(40)
+        x = np.vstack([bx, walk[start : start + 10]])
+        clients = bc + ["walker"] * len(walk[start : start + 10])
+        order = stream.rng.permutation(len(x))
+        findings += detector.update(stream.batch(x[order], [clients[i] for i in order]))
+    for _ in range(4):
+        findings += detector.update(stream.batch(*stream.benign(500)))
+    flagged = first_by_client(findings)
+    assert set(flagged) == {"walker"}
+    walker = flagged["walker"]
+    assert "boundary_pairs" in walker.details["detectors_fired"]
+    assert walker.details["queries_seen"] <= len(walk) * 2 // 3
+    stats = walker.details["statistics"]
+    assert stats["low_margin_share"]["p_value"] > 1e-3  # margins gave nothing away
