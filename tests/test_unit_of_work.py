@@ -44,7 +44,6 @@ def test_an_incident_and_its_notifications_roll_back_together(database: Database
         # nested transaction), so on SQLite a failed batch keeps its new incident: a known
         # defect older than the unit of work, left for its own change.
         pytest.skip("pysqlite commits a savepoint taken before any BEGIN")
-
     def fails(uow: UnitOfWork) -> None:
         record(uow)
         uow.flush()
