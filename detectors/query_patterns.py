@@ -1366,8 +1366,8 @@ def _bonferroni(p_values: np.ndarray, tested: np.ndarray) -> np.ndarray:
 
 
 def _compact(batch: ModelBatch, keep: np.ndarray) -> ModelBatch:
-    """The events where `keep` holds, with only what the looks use (inputs, scores, client,
-    time, position): the raw rows and records are dropped."""
+    """The events where `keep` holds, with only what the looks use (inputs, predictions,
+    scores, client, time, position): the raw rows and records are dropped."""
     index = np.flatnonzero(keep)
     picked = index.tolist()
     n = len(picked)
@@ -1384,7 +1384,7 @@ def _compact(batch: ModelBatch, keep: np.ndarray) -> ModelBatch:
         rows=[{}] * n,
         numeric={k: v[index] for k, v in batch.numeric.items()},
         categorical={k: v[index] for k, v in batch.categorical.items()},
-        predictions=[None] * n,
+        predictions=[batch.predictions[i] for i in picked] if batch.predictions else [None] * n,
         scores=[batch.scores[i] for i in picked] if batch.scores else [],
         score=None if batch.score is None else batch.score[index],
         positions=positions,
