@@ -16,15 +16,19 @@ with numpy:
 - out of the reference's ranges (the `InputProfile` rule), and a low-margin prediction;
 - the bin of each feature it falls in (numeric: the reference's octiles; categorical: the
   profile's hashed bucket), added to the client's cumulative per-feature histograms;
+- a *boundary pair*: its nearest earlier query is closer than half the reference records'
+  median spacing and predicted another class (not an entity with a field changed): the
+  binary and line searches and gradient estimates of decision-based attacks;
 - a salted random-projection LSH fingerprint, looked up in one table shared by all clients,
   so near-duplicates sent under another client key within `fingerprint_horizon_seconds` are
   noticed: splitting an attack over several keys does not hide it.
 
 Every `check_every` queries of a client (a "look", at that query even mid-batch: its window
-is rebuilt as it was then), eight statistics summarize its ring: `ood_share`,
+is rebuilt as it was then), nine statistics summarize its ring: `ood_share`,
 `low_margin_share`, `shared_fingerprints`, `knn_distance` (minus the mean log k-NN
 distance), `prada_normality` (-log Shapiro-Wilk W of the min distances),
-`coordinate_probes` (share of probes, weighted by how many coordinates were probed) and
+`coordinate_probes` (share of probes, weighted by how many coordinates were probed),
+`boundary_pairs` (share of boundary pairs) and
 `coverage` (how fully the client's cumulative histograms cover the reference's: the sum over
 features of their entropy minus the reference's; a natural-data extractor sampling the whole
 population climbs to 0, a client serving its own segment stays below) and `class_coverage`
@@ -44,7 +48,7 @@ Two tests share alpha = `false_clients_per_thousand` / 1000, the share of benign
 flagged per day at most (as far as the null's tail holds; derived in docs/query-patterns.md),
 each spending its own share per client and per event-time day (`Spending`):
 
-- the *ring* test, at every look: the Bonferroni minimum over the ring's five statistics, the
+- the *ring* test, at every look: the Bonferroni minimum over the ring's six statistics, the
   j-th look of the day at alpha_r / (j (j + 1));
 - the *cumulative* test (`coverage`, `class_coverage`: evidence that accrues over everything
   the client sent, slowly) only at the looks where the client's queries seen pass
