@@ -891,16 +891,17 @@ class QueryPatternDetector(ProfiledDetector):
             # and not the same entity with a field changed (1 to `entity_changes` coordinates
             # moved beyond `repeat_distance`: a changed entity may change class). `vectors`
             # now holds the candidates' absolute differences (`_compare`).
-            moved = np.count_nonzero(vectors[:, 0, :dim] > s.repeat_distance, axis=1)
+            moved = np.count_nonzero(vectors[:, :, :dim] > s.repeat_distance, axis=2)
             changed = (moved >= 1) & (moved <= s.entity_changes)
-            col = cols[:, 0]
+            col = cols[:, :k]
             their = np.where(
                 col < rows_f,
-                ring_classes[ring_base[:, 0] + np.minimum(col, size - 1)],
-                classes[np.clip(batch_base[:, 0] + col, 0, len(classes) - 1)],
+                ring_classes[ring_base + np.minimum(col, size - 1)],
+                classes[np.clip(batch_base + col, 0, len(classes) - 1)],
             )
-            near = found[:, 0] < self.straddle_radius**2  # inf (no earlier query): no pair
-            straddle[top:bottom] = near & ~changed & (their != classes[top:bottom])
+            near = found < self.straddle_radius**2  # inf (no earlier query): no pair
+            other_class = their != classes[top:bottom, None]
+            straddle[top:bottom] = (near & ~changed & other_class).any(axis=1)
             # Re-scoring an entity seen before (one of its k nearest earlier queries is that
             # entity, and no probe): marked -1, left out of the shares.
             probe[top:bottom] = np.where(
