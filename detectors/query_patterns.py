@@ -16,9 +16,9 @@ with numpy:
 - out of the reference's ranges (the `InputProfile` rule), and a low-margin prediction;
 - the bin of each feature it falls in (numeric: the reference's octiles; categorical: the
   profile's hashed bucket), added to the client's cumulative per-feature histograms;
-- a *boundary pair*: its nearest earlier query is closer than half the reference records'
-  median spacing and predicted another class (not an entity with a field changed): the
-  binary and line searches and gradient estimates of decision-based attacks;
+- a *boundary pair*: one of its k nearest earlier queries is closer than half the
+  reference records' median spacing and predicted another class (not an entity with a field
+  changed): the binary and line searches and gradient estimates of decision-based attacks;
 - a salted random-projection LSH fingerprint, looked up in one table shared by all clients,
   so near-duplicates sent under another client key within `fingerprint_horizon_seconds` are
   noticed: splitting an attack over several keys does not hide it.
@@ -147,8 +147,9 @@ _NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan, 0, -1, 0])  # in no
 # PROBE: 1 + the coordinate a probe moved (by at most `probe_step`), -(2 + the coordinate) for
 # an entity re-scored with one coordinate moved further, -1 for another entity re-scored, 0
 # for other queries. CLASS: the predicted class's slot (`RegionCoverage.regions`). STRADDLE:
-# 1 when the nearest earlier distinct query is within `straddle_radius` and predicted another
-# class (a pair across the decision boundary, `boundary_pairs`).
+# 1 when one of the k nearest earlier queries is within `straddle_radius`, predicted another
+# class and is not an entity with a field changed (a pair across the decision boundary,
+# `boundary_pairs`).
 
 # A client's integer fields as checkpointed, in the clients' order; its ring slot is not among
 # them (`load_state` assigns slots afresh in that order), so equal states encode equally.
@@ -833,7 +834,7 @@ class QueryPatternDetector(ProfiledDetector):
         (ring, then the earlier ones of this round) that are not the same entity; inf when
         fewer. Rows are grouped by client (group g: rows first[g] to first[g] + sizes[g]).
         Also each query's probe coordinate (1 + index, 0: none; `_compare`), and whether it
-        straddles the decision boundary with its nearest earlier distinct query (within
+        straddles the decision boundary with one of its k nearest earlier queries (within
         `straddle_radius`, another predicted class; `classes`: the rows' class slots).
 
         Consecutive groups of similar shape (`_segments`) form one padded block, clients x
@@ -886,12 +887,11 @@ class QueryPatternDetector(ProfiledDetector):
             batch_base = seg_first[client, None] - rows_f
             vectors = _candidates(flat, stored, size, rows_f, ring_base, batch_base, cols[:, :k])
             found = values[:, :k]
-            same, probe[top:bottom] = self._compare(x, vectors, dim, np.isfinite(found))
-            # A boundary pair: the nearest earlier query within the radius, of another class,
-            # and not the same entity with a field changed (1 to `entity_changes` coordinates
-            # moved beyond `repeat_distance`: a changed entity may change class). `vectors`
-            # now holds the candidates' absolute differences (`_compare`).
-            moved = np.count_nonzero(vectors[:, :, :dim] > s.repeat_distance, axis=2)
+            same, probe[top:bottom], moved = self._compare(x, vectors, dim, np.isfinite(found))
+            # A boundary pair: one of the k nearest earlier queries within the radius, of
+            # another class, and not the same entity with a field changed (1 to
+            # `entity_changes` coordinates moved beyond `repeat_distance`: a changed entity
+            # may change class).
             changed = (moved >= 1) & (moved <= s.entity_changes)
             col = cols[:, :k]
             their = np.where(
@@ -947,7 +947,7 @@ class QueryPatternDetector(ProfiledDetector):
         a field updated: that is use, not probing, and no neighbour. Probes (HopSkipJump,
         JBDA, NES) move every coordinate a little, so they stay close.
         """
-        same, _ = self._compare(x, vectors, dim, np.isfinite(d2))
+        same, _, _ = self._compare(x, vectors, dim, np.isfinite(d2))
         d2 = np.where(same, np.inf, d2)
         keep = min(self.settings.k_neighbours, d2.shape[1])
         d2.partition(keep - 1, axis=1)  # in place: d2 is a fresh array
@@ -955,19 +955,21 @@ class QueryPatternDetector(ProfiledDetector):
 
     def _compare(
         self, x: np.ndarray, vectors: np.ndarray, dim: int, real: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For each candidate `vectors[i, j]` of query `x[i]` (`real`: not padding): whether
         it is the same entity (differs in at most `entity_changes` of the first `dim`
-        coordinates by more than `repeat_distance`), and per query the coordinate (1 + index,
+        coordinates by more than `repeat_distance`), per query the coordinate (1 + index,
         0: none) of a *probe*: a candidate differing in exactly one coordinate, by at most
         `probe_step` (ZOO-style finite differences; re-scoring an entity with a field updated
-        moves a field by a real amount, or the same field only). `vectors` is overwritten."""
+        moves a field by a real amount, or the same field only), and per candidate how many
+        coordinates moved by more than `repeat_distance`. `vectors` is overwritten."""
         s = self.settings
         diff = np.subtract(vectors, x[:, None, :], out=vectors)
         np.abs(diff, out=diff)
         counted = np.zeros(diff.shape[2], dtype=diff.dtype)
         counted[:dim] = 1.0
-        same = (diff > s.repeat_distance) @ counted <= s.entity_changes  # a product counts
+        moved = (diff > s.repeat_distance) @ counted  # a product counts
+        same = moved <= s.entity_changes
         moved = ((diff > PROBE_FLOOR) @ counted == 1) & real
         probe = np.zeros(len(x))
         query, candidate = np.nonzero(moved)
@@ -977,7 +979,7 @@ class QueryPatternDetector(ProfiledDetector):
             tiny = steps[np.arange(len(query)), coordinate] <= s.probe_step
             probe[query[~tiny]] = -(coordinate[~tiny] + 2.0)  # a tiny step wins (below)
             probe[query[tiny]] = coordinate[tiny] + 1
-        return same & real, probe
+        return same & real, probe, moved
 
     def _shared_fingerprints(
         self, x: np.ndarray, ts: np.ndarray, owner: np.ndarray
