@@ -505,7 +505,7 @@ def test_replay_opens_a_suspicious_client_incident(tmp_path, sqlite_url: str) ->
     incidents = json.loads(listed.stdout)
     assert [i["subject"] for i in incidents] == ["prober"]
     details = incidents[0]["details"]
-    assert {"knn_distance", "low_margin_share"} & set(details["detectors_fired"])
+    assert {"knn_distance", "low_margin_share", "boundary_pairs"} & set(details["detectors_fired"])
     assert details["queries_seen"] <= 150
     baseline = details["statistics"][details["detectors_fired"][0]]["baseline"]
     assert baseline["source"] in (
@@ -579,7 +579,9 @@ def test_coordinate_probing_is_recognised_and_re_scoring_is_not() -> None:
     findings = run_mixed(detector, stream, attack, keys, per_batch=20)
     flagged = first_by_client(findings)
     assert set(flagged) == {"zoo"}
-    assert "coordinate_probes" in flagged["zoo"].details["detectors_fired"]
+    # (Its walk crosses the decision boundary too: tiny steps across it are boundary pairs.)
+    probes = flagged["zoo"].details["statistics"]["coordinate_probes"]
+    assert probes["p_value"] < 1e-3
     assert flagged["zoo"].details["queries_seen"] <= 60
 
 
@@ -686,3 +688,49 @@ def test_a_slow_whole_population_sampler_is_flagged_by_the_cumulative_test() -> 
     # Its evidence began with its first query, not at a clean look of its ring.
     assert first.details["pattern_began"] == detector.clients["thief"].first_seen
     assert first.details["pattern_began"] < first.ts
+
+
+def line_searches(rng: np.random.Generator, lines: int, steps: int = 12) -> np.ndarray:
+    """Binary searches for the sector boundary b = 0 (a > 0) between random points on either
+    side, every coordinate moving: a boundary walker (Sign-OPT, HopSkipJump's binary search)
+    whose queries keep ordinary margins (a + b stays near 2) and stay in the reference."""
+    out = []
+    for _ in range(lines):
+        above = np.array([2.0, 0.6, 0.0, 0.0]) + rng.normal(0, 0.3, 4)
+        below = np.array([2.0, -0.6, 0.0, 0.0]) + rng.normal(0, 0.3, 4)
+        low, high = below, above
+        for _ in range(steps):
+            mid = (low + high) / 2
+            out.append(mid)
+            low, high = (low, mid) if mid[1] > 0 else (mid, high)
+    return np.array(out)
+
+
+def test_a_warm_up_boundary_walker_on_continuous_features_is_flagged_by_its_pairs() -> None:
+    """No lattice, ordinary margins, inputs in reference: what gives a line search away is
+    pairs of queries closer than benign records are that the model puts in different classes
+    (`boundary_pairs`). Present from the first query, it is judged once the profile exists,
+    against the reference prior (a Chernoff bound), and flagged; no benign client is. The same
+    queries to a model whose class does not change along them are not flagged."""
+
+    def run(stream: Stream) -> dict[str, Finding]:
+        detector = QueryPatternDetector("m", SETTINGS)
+        walk = line_searches(np.random.default_rng(5), 20)
+        findings: list[Finding] = []
+        for start in range(0, len(walk), 10):
+            bx, bc = stream.benign(40)
+            x = np.vstack([bx, walk[start : start + 10]])
+            clients = bc + ["walker"] * len(walk[start : start + 10])
+            order = stream.rng.permutation(len(x))
+            findings += detector.update(stream.batch(x[order], [clients[i] for i in order]))
+        for _ in range(4):
+            findings += detector.update(stream.batch(*stream.benign(500)))
+        return first_by_client(findings)
+
+    flagged = run(SectorStream(seed=26))  # the class is the sector: b = 0 is a boundary
+    assert set(flagged) == {"walker"}
+    walker = flagged["walker"]
+    assert walker.details["detectors_fired"] == ["boundary_pairs"]
+    assert walker.details["judged_late"]  # a look of the learning window
+    assert walker.details["queries_seen"] <= 100
+    assert run(Stream(seed=26)) == {}  # one class all along the lines: no pairs

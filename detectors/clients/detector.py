@@ -16,15 +16,19 @@ with numpy:
 - out of the reference's ranges (the `InputProfile` rule), and a low-margin prediction;
 - the bin of each feature it falls in (numeric: the reference's octiles; categorical: the
   profile's hashed bucket), added to the client's cumulative per-feature histograms;
+- a *boundary pair*: one of its k nearest earlier queries is closer than half the
+  reference records' median spacing and predicted another class (not an entity with a field
+  changed): the binary and line searches and gradient estimates of decision-based attacks;
 - a salted random-projection LSH fingerprint, looked up in one table shared by all clients,
   so near-duplicates sent under another client key within `fingerprint_horizon_seconds` are
   noticed: splitting an attack over several keys does not hide it.
 
 Every `check_every` queries of a client (a "look", at that query even mid-batch: its window
-is rebuilt as it was then), eight statistics summarize its ring: `ood_share`,
+is rebuilt as it was then), nine statistics summarize its ring: `ood_share`,
 `low_margin_share`, `shared_fingerprints`, `knn_distance` (minus the mean log k-NN
 distance), `prada_normality` (-log Shapiro-Wilk W of the min distances),
-`coordinate_probes` (share of probes, weighted by how many coordinates were probed) and
+`coordinate_probes` (share of probes, weighted by how many coordinates were probed),
+`boundary_pairs` (share of boundary pairs) and
 `coverage` (how fully the client's cumulative histograms cover the reference's: the sum over
 features of their entropy minus the reference's; a natural-data extractor sampling the whole
 population climbs to 0, a client serving its own segment stays below) and `class_coverage`
@@ -44,7 +48,7 @@ Two tests share alpha = `false_clients_per_thousand` / 1000, the share of benign
 flagged per day at most (as far as the null's tail holds; derived in docs/query-patterns.md),
 each spending its own share per client and per event-time day (`Spending`):
 
-- the *ring* test, at every look: the Bonferroni minimum over the ring's five statistics, the
+- the *ring* test, at every look: the Bonferroni minimum over the ring's six statistics, the
   j-th look of the day at alpha_r / (j (j + 1));
 - the *cumulative* test (`coverage`, `class_coverage`: evidence that accrues over everything
   the client sent, slowly) only at the looks where the client's queries seen pass
@@ -89,7 +93,7 @@ from detectors.clients.spending import (
     bonferroni,
     cumulative_looks_due,
 )
-from detectors.clients.statistics import entropy, low_margin, shapiro_w
+from detectors.clients.statistics import chernoff_tail, entropy, low_margin, shapiro_w
 from detectors.input_anomaly import (
     InputProfile,
     ProfiledDetector,
@@ -115,21 +119,32 @@ BINS = 8  # per feature in the coverage histograms
 # comes first: contemporaneous within an hour, at a cost spread over thousands of queries.
 NULL_REFRESH_SECONDS = 3600.0
 NULL_REFRESH_QUERIES = 5_000
-KNN_STAT, LOW_STAT, OOD_STAT = (
-    STATISTICS.index(name) for name in ("knn_distance", "low_margin_share", "ood_share")
+KNN_STAT, LOW_STAT, OOD_STAT, PAIRS_STAT = (
+    STATISTICS.index(name)
+    for name in ("knn_distance", "low_margin_share", "ood_share", "boundary_pairs")
 )
 PRIOR_CLIENTS = 24  # pseudo-clients drawn from the reference per history bucket
+# Boundary pairs: a query and its nearest earlier distinct query closer than this share of the
+# reference records' median distance to their nearest other record, with another class.
+STRADDLE_SCALE = 0.5
+# The reference prior's benign rate of boundary pairs per query (benign clients' looks on
+# `bench/client_attacks.py` synthetic, seed 1: at most 0.014). Not the reference's own rate:
+# a learned reference holds the warm-up attackers' capped share, pairs included.
+STRADDLE_RATE = 0.02
 
 
 # Columns of a client's per-query record (one row per query in its ring).
-TS, OOD, LOW, SHARED, EXACT, KNN, MIN_DISTANCE, PROBE = range(8)
-RECORD = 8
-_NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan, 0])  # counts in no statistic
+TS, OOD, LOW, SHARED, EXACT, KNN, MIN_DISTANCE, PROBE, CLASS, STRADDLE = range(10)
+RECORD = 10
+_NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan, 0, -1, 0])  # in no statistic
 # LOW: 1 low margin, 0 not, -1 no score. KNN: log mean distance to the k nearest earlier
 # distinct queries (NaN: not enough of them). MIN_DISTANCE: NaN for repeats and the first.
 # PROBE: 1 + the coordinate a probe moved (by at most `probe_step`), -(2 + the coordinate) for
 # an entity re-scored with one coordinate moved further, -1 for another entity re-scored, 0
-# for other queries.
+# for other queries. CLASS: the predicted class's slot (`RegionCoverage.regions`). STRADDLE:
+# 1 when one of the k nearest earlier queries is within `straddle_radius`, predicted another
+# class and is not an entity with a field changed (a pair across the decision boundary,
+# `boundary_pairs`).
 
 # A client's integer fields as checkpointed, in the clients' order; its ring slot is not among
 # them (`load_state` assigns slots afresh in that order), so equal states encode equally.
@@ -169,8 +184,9 @@ class QueryPatternDetector(ProfiledDetector):
 
     name = "query_patterns"
     # 2: class coverage (a statistic more, per-client class counts); 3: two tests (per-client
-    # cumulative looks of the day and first query's time)
-    state_version = 3
+    # cumulative looks of the day and first query's time); 4: boundary pairs (two record
+    # columns, a statistic more)
+    state_version = 4
 
     def __init__(self, model: str, settings: QueryPatternSettings | None = None) -> None:
         self.settings = settings or QueryPatternSettings()
@@ -201,6 +217,7 @@ class QueryPatternDetector(ProfiledDetector):
         self.hash_weights = np.zeros(0, dtype=np.int64)
         self.bin_edges = np.zeros((0, BINS - 1))  # numeric features' octiles, encoded
         self.reference_entropy = 0.0  # of the reference's histograms, summed over features
+        self.straddle_radius = 0.0  # boundary pairs: closer than this (`_learn_prior`)
         self.reference_taken: dict[str, int] = {}  # events per client in the reference
         self.reference_margins = [0, 0]  # its events with scores, and with low margins
         self.warmup: list[ModelBatch] = []  # events of the learning window, judged after it
@@ -367,6 +384,11 @@ class QueryPatternDetector(ProfiledDetector):
                 values.append(-float(np.log(near + 1e-6).mean()))
             prior_u[bucket, knn] = float(np.median(values)) + math.log(10)
             prior_b[bucket, knn] = 0.3
+        self.straddle_radius = self._straddle_radius(encoded)
+        pairs = index["boundary_pairs"]
+        for bucket, edge in enumerate(self.edges.tolist()):
+            n = min(int(edge), s.buffer_size)
+            prior_u[bucket, pairs], prior_b[bucket, pairs] = chernoff_tail(n, STRADDLE_RATE)
         self.null.prior_u, self.null.prior_b = prior_u, prior_b
         self.null.refresh(self.last_ts)
         numerics = len(profile.numeric_names)
@@ -378,6 +400,28 @@ class QueryPatternDetector(ProfiledDetector):
         np.add.at(histogram, (np.arange(features)[None, :], self._bins(encoded)), 1)
         self.reference_entropy = float(entropy(histogram[None])[0])
         self.regions = RegionCoverage(s.null_window_seconds)
+
+    def _straddle_radius(self, encoded: np.ndarray) -> float:
+        """`STRADDLE_SCALE` x the median distance of a reference record to its nearest other
+        entity in the reference (0 with fewer than two)."""
+        n = len(encoded)
+        if n < 2:
+            return 0.0
+        x = encoded.astype(np.float64)
+        norms = np.einsum("ij,ij->i", x, x)
+        count = min(8, n - 1)
+        distance = np.full(n, np.inf)
+        for start in range(0, n, 512):
+            rows = np.arange(start, min(n, start + 512))
+            d2 = norms[rows, None] + norms[None, :] - 2 * x[rows] @ x.T
+            d2[np.arange(len(rows)), rows] = np.inf
+            near = np.argpartition(d2, count - 1, axis=1)[:, :count]
+            moved = np.abs(x[near] - x[rows, None, :]) > self.settings.repeat_distance
+            other = moved.sum(axis=2) > self.settings.entity_changes
+            found = np.where(other, np.take_along_axis(d2, near, axis=1), np.inf)
+            distance[rows] = np.sqrt(np.maximum(found.min(axis=1), 0))
+        finite = np.isfinite(distance)
+        return STRADDLE_SCALE * float(np.median(distance[finite])) if finite.any() else 0.0
 
     def _bins(self, encoded: np.ndarray) -> np.ndarray:
         """Each query's bin per feature (queries x features): numeric features by the
@@ -450,6 +494,7 @@ class QueryPatternDetector(ProfiledDetector):
                 "hash_weights": self.hash_weights,
                 "bin_edges": self.bin_edges,
                 "reference_entropy": self.reference_entropy,
+                "straddle_radius": self.straddle_radius,
             },
         }
         return state
@@ -580,6 +625,7 @@ class QueryPatternDetector(ProfiledDetector):
         assert self.regions is not None
         labels = labels_of(batch.predictions[start:], batch.scores[start:], n)
         regions = self.regions.regions(labels)
+        per_query[:, CLASS] = regions
         self.since_refresh += n
         if (
             self.last_ts >= self.refreshed + NULL_REFRESH_SECONDS
@@ -620,7 +666,10 @@ class QueryPatternDetector(ProfiledDetector):
         records = per_query[order]
         group_states = [states[c] for c in group_codes.tolist()]
         slots = np.array([st.slot for st in group_states])
-        nearest, probe = self._nearest(stored, query, slots, filled[group_codes], first, sizes)
+        nearest, probe, straddle = self._nearest(
+            stored, query, records[:, CLASS], slots, filled[group_codes], first, sizes
+        )
+        records[:, STRADDLE] = straddle
         closest = nearest.min(axis=1)
         records[:, MIN_DISTANCE] = np.where(np.isfinite(closest), np.sqrt(np.abs(closest)), np.nan)
         enough = np.isfinite(nearest[:, -1])
@@ -770,15 +819,18 @@ class QueryPatternDetector(ProfiledDetector):
         self,
         stored: np.ndarray,
         query: np.ndarray,
+        classes: np.ndarray,
         slots: np.ndarray,
         filled: np.ndarray,
         first: np.ndarray,
         sizes: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Squared distances of each query to its k nearest earlier queries of its client
         (ring, then the earlier ones of this round) that are not the same entity; inf when
         fewer. Rows are grouped by client (group g: rows first[g] to first[g] + sizes[g]).
-        Also each query's probe coordinate (1 + index, 0: none; `_compare`).
+        Also each query's probe coordinate (1 + index, 0: none; `_compare`), and whether it
+        straddles the decision boundary with one of its k nearest earlier queries (within
+        `straddle_radius`, another predicted class; `classes`: the rows' class slots).
 
         Consecutive groups of similar shape (`segments`) form one padded block, clients x
         queries x (ring + batch) columns, from two batched products: the cost is a few numpy
@@ -789,7 +841,9 @@ class QueryPatternDetector(ProfiledDetector):
         size, dim = s.buffer_size, stored.shape[1] - 2
         nearest = np.full((len(stored), s.k_neighbours), np.inf)
         probe = np.zeros(len(stored))
+        straddle = np.zeros(len(stored))
         flat = self.ring_vectors.reshape(-1, dim + 2)
+        ring_classes = self.ring_records[:, :, CLASS].reshape(-1)
         for group, end in segments(filled, sizes):
             seg_slots, seg_filled = slots[group:end], filled[group:end]
             seg_first, seg_sizes = first[group:end], sizes[group:end]
@@ -828,7 +882,21 @@ class QueryPatternDetector(ProfiledDetector):
             batch_base = seg_first[client, None] - rows_f
             vectors = candidates(flat, stored, size, rows_f, ring_base, batch_base, cols[:, :k])
             found = values[:, :k]
-            same, probe[top:bottom] = self._compare(x, vectors, dim, np.isfinite(found))
+            same, probe[top:bottom], moved = self._compare(x, vectors, dim, np.isfinite(found))
+            # A boundary pair: one of the k nearest earlier queries within the radius, of
+            # another class, and not the same entity with a field changed (1 to
+            # `entity_changes` coordinates moved beyond `repeat_distance`: a changed entity
+            # may change class).
+            changed = (moved >= 1) & (moved <= s.entity_changes)
+            col = cols[:, :k]
+            their = np.where(
+                col < rows_f,
+                ring_classes[ring_base + np.minimum(col, size - 1)],
+                classes[np.clip(batch_base + col, 0, len(classes) - 1)],
+            )
+            near = found < self.straddle_radius**2  # inf (no earlier query): no pair
+            other_class = their != classes[top:bottom, None]
+            straddle[top:bottom] = (near & ~changed & other_class).any(axis=1)
             # Re-scoring an entity seen before (one of its k nearest earlier queries is that
             # entity, and no probe): marked -1, left out of the shares.
             probe[top:bottom] = np.where(
@@ -841,7 +909,7 @@ class QueryPatternDetector(ProfiledDetector):
                 )
                 found[redo] = self._neighbours(x[redo], vectors, values[redo], dim)
             nearest[top:bottom, :k] = found
-        return nearest, probe
+        return nearest, probe, straddle
 
     def _push(
         self,
@@ -874,7 +942,7 @@ class QueryPatternDetector(ProfiledDetector):
         a field updated: that is use, not probing, and no neighbour. Probes (HopSkipJump,
         JBDA, NES) move every coordinate a little, so they stay close.
         """
-        same, _ = self._compare(x, vectors, dim, np.isfinite(d2))
+        same, _, _ = self._compare(x, vectors, dim, np.isfinite(d2))
         d2 = np.where(same, np.inf, d2)
         keep = min(self.settings.k_neighbours, d2.shape[1])
         d2.partition(keep - 1, axis=1)  # in place: d2 is a fresh array
@@ -882,19 +950,21 @@ class QueryPatternDetector(ProfiledDetector):
 
     def _compare(
         self, x: np.ndarray, vectors: np.ndarray, dim: int, real: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For each candidate `vectors[i, j]` of query `x[i]` (`real`: not padding): whether
         it is the same entity (differs in at most `entity_changes` of the first `dim`
-        coordinates by more than `repeat_distance`), and per query the coordinate (1 + index,
+        coordinates by more than `repeat_distance`), per query the coordinate (1 + index,
         0: none) of a *probe*: a candidate differing in exactly one coordinate, by at most
         `probe_step` (ZOO-style finite differences; re-scoring an entity with a field updated
-        moves a field by a real amount, or the same field only). `vectors` is overwritten."""
+        moves a field by a real amount, or the same field only), and per candidate how many
+        coordinates moved by more than `repeat_distance`. `vectors` is overwritten."""
         s = self.settings
         diff = np.subtract(vectors, x[:, None, :], out=vectors)
         np.abs(diff, out=diff)
         counted = np.zeros(diff.shape[2], dtype=diff.dtype)
         counted[:dim] = 1.0
-        same = (diff > s.repeat_distance) @ counted <= s.entity_changes  # a product counts
+        moved = (diff > s.repeat_distance) @ counted  # a product counts
+        same = moved <= s.entity_changes
         moved = ((diff > PROBE_FLOOR) @ counted == 1) & real
         probe = np.zeros(len(x))
         query, candidate = np.nonzero(moved)
@@ -904,7 +974,7 @@ class QueryPatternDetector(ProfiledDetector):
             tiny = steps[np.arange(len(query)), coordinate] <= s.probe_step
             probe[query[~tiny]] = -(coordinate[~tiny] + 2.0)  # a tiny step wins (below)
             probe[query[tiny]] = coordinate[tiny] + 1
-        return same & real, probe
+        return same & real, probe, moved
 
     def _shared_fingerprints(
         self, x: np.ndarray, ts: np.ndarray, owner: np.ndarray
@@ -1014,6 +1084,12 @@ class QueryPatternDetector(ProfiledDetector):
         walk = (distinct - s.entity_changes) / PROBE_SPAN
         out[:, 5] = share * np.clip(walk, 0.0, 1.0)
         out[:, COVERAGE] = entropy(histograms) - self.reference_entropy
+        # Pairs across the decision boundary (`_nearest`), among distinct inputs like the
+        # other shares: boundary search (binary and line searches, gradient estimates at a
+        # boundary point) makes them; distinct entities of benign use rarely do.
+        # A pair is no re-score (an unchanged input changing class is no use), so the share
+        # is over every query of the window.
+        out[:, PAIRS_STAT] = np.count_nonzero(records[:, :, STRADDLE], axis=1) / n
         assert self.regions is not None
         out[:, REGION_STAT] = self.regions.statistic(region_counts)
         return out
@@ -1198,8 +1274,8 @@ class QueryPatternDetector(ProfiledDetector):
 
 
 def _compact(batch: ModelBatch, keep: np.ndarray) -> ModelBatch:
-    """The events where `keep` holds, with only what the looks use (inputs, scores, client,
-    time, position): the raw rows and records are dropped."""
+    """The events where `keep` holds, with only what the looks use (inputs, predictions,
+    scores, client, time, position): the raw rows and records are dropped."""
     index = np.flatnonzero(keep)
     picked = index.tolist()
     n = len(picked)
@@ -1216,7 +1292,7 @@ def _compact(batch: ModelBatch, keep: np.ndarray) -> ModelBatch:
         rows=[{}] * n,
         numeric={k: v[index] for k, v in batch.numeric.items()},
         categorical={k: v[index] for k, v in batch.categorical.items()},
-        predictions=[None] * n,
+        predictions=[batch.predictions[i] for i in picked] if batch.predictions else [None] * n,
         scores=[batch.scores[i] for i in picked] if batch.scores else [],
         score=None if batch.score is None else batch.score[index],
         positions=positions,

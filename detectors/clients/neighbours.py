@@ -9,7 +9,7 @@ from functools import lru_cache
 import numpy as np
 
 # A padded distance block's fixed cost (its numpy calls), in distance entries: a client group
-# joins a block unless that adds more padding than this (`_segments`).
+# joins a block unless that adds more padding than this (`segments`).
 SEGMENT_OVERHEAD = 20_000
 
 

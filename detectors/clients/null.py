@@ -23,7 +23,8 @@ population of clients at the same history length.
   nearest smaller bucket; with none, the prior learned from the reference (`Prior`) holds:
   usable from the first look, conservative, and only for statistics that have a principled
   benign level without a population (out-of-reference, low margin, shared fingerprints,
-  coordinate probes, distances against i.i.d. reference queries).
+  coordinate probes, distances against i.i.d. reference queries, boundary pairs by a
+  Chernoff bound).
 """
 
 from __future__ import annotations
@@ -41,14 +42,16 @@ STATISTICS = (
     "coordinate_probes",
     "coverage",
     "class_coverage",
+    "boundary_pairs",
 )
 # Smallest tail scale per statistic, in its own units (shares, log distance, -log W, ratio):
 # a population that shows no spread at all (every client at 0) is not infinitely sharp.
-FLOORS = np.array([0.02, 0.02, 0.02, 0.05, 0.02, 0.02, 0.03, 0.1])
+FLOORS = np.array([0.02, 0.02, 0.02, 0.05, 0.02, 0.02, 0.03, 0.1, 0.02])
 TAIL_QUANTILE = 0.9
 MAX_POOL = 4096  # clients per bucket used to estimate the tail (a stride subset beyond)
 SOURCES = ("none", "population", "larger history", "reference prior", "smaller history")
-SHARE_STATISTICS = [0, 1, 2, 5]  # ood_share, low_margin_share, shared_fingerprints, probes
+# ood_share, low_margin_share, shared_fingerprints, probes, boundary_pairs
+SHARE_STATISTICS = [0, 1, 2, 5, 8]
 
 
 def history_edges(min_queries: int, buffer_size: int) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Per-query and per-client measures the suspicious-client statistics are built from: low
 margins, the coverage histograms' entropy, and the Shapiro-Wilk W of PRADA's minimum
-distances (AS R94 coefficients cached per ring size)."""
+distances (AS R94 coefficients cached per ring size), and the Chernoff tail the reference
+prior gives a share of independent rare events (boundary pairs)."""
 
 from __future__ import annotations
 
@@ -110,3 +111,23 @@ def shapiro_w(ordered: np.ndarray, counts: np.ndarray) -> np.ndarray:
     bottom = np.einsum("ij,ij->i", weights, weights) * np.einsum("ij,ij->i", centred, centred)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(spread, top / np.where(spread, bottom, 1.0), np.nan)
+
+
+def chernoff_tail(n: int, rate: float) -> tuple[float, float]:
+    """(u, b) of an exponential tail p(x) = 0.1 exp(-(x - u) / b) that bounds the share x of
+    n independent events of probability `rate` from above: Chernoff's P(share >= x) <=
+    exp(-n KL(x || rate)), with u where that bound is 0.1 and b from its slope there (the
+    exponent is concave in x, so its tangent at u lies above it for every x >= u)."""
+
+    def kl(x: float) -> float:
+        return x * math.log(x / rate) + (1 - x) * math.log((1 - x) / (1 - rate))
+
+    low, high = rate, 1 - 1e-9
+    if n * kl(high) <= math.log(10):
+        return 1.0, 1.0  # too few events for the bound to reach 0.1: no evidence
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if n * kl(mid) < math.log(10) else (low, mid)
+    u = high
+    slope = n * math.log(u * (1 - rate) / (rate * (1 - u)))
+    return u, 1 / slope
