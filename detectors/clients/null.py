@@ -52,6 +52,9 @@ MAX_POOL = 4096  # clients per bucket used to estimate the tail (a stride subset
 SOURCES = ("none", "population", "larger history", "reference prior", "smaller history")
 # ood_share, low_margin_share, shared_fingerprints, probes, boundary_pairs
 SHARE_STATISTICS = [0, 1, 2, 5, 8]
+# Cumulative statistics (over every query the client sent, bucketed by queries seen): their
+# benign values grow with history, so a bucket's null also takes clients with more history.
+CUMULATIVE_STATISTICS = [6, 7]  # coverage, class_coverage
 
 
 def history_edges(min_queries: int, buffer_size: int) -> np.ndarray:
@@ -102,6 +105,18 @@ def tail_p(values: np.ndarray, u: np.ndarray, b: np.ndarray) -> np.ndarray:
     """min(1, 0.1 exp(-(x - u) / b)), NaN where the value or the null is missing."""
     with np.errstate(invalid="ignore", over="ignore"):
         return np.minimum(1.0, 0.1 * np.exp(-(values - u) / b))
+
+
+def at_least_this_history(values: np.ndarray, fresh: np.ndarray) -> np.ndarray:
+    """The cumulative statistics' voices (rows x buckets x CUMULATIVE_STATISTICS, NaN: none)
+    from every client's values and their freshness (rows x buckets x STATISTICS): in each
+    bucket its own fresh value, else its fresh value in the nearest larger bucket (a client
+    with more history, a conservative comparison: see the module docstring)."""
+    cols = CUMULATIVE_STATISTICS
+    out = np.where(fresh[:, :, cols], values[:, :, cols], np.nan)
+    for bucket in range(out.shape[1] - 2, -1, -1):
+        out[:, bucket] = np.where(np.isnan(out[:, bucket]), out[:, bucket + 1], out[:, bucket])
+    return out
 
 
 class PopulationNull:
@@ -158,10 +173,13 @@ class PopulationNull:
         own_b = np.full((buckets, stats), np.nan)
         own_n = np.zeros((buckets, stats), dtype=np.int64)
         fresh = self.stamps[:rows] >= now - self.window
+        cumulative = at_least_this_history(self.values[:rows], fresh)
+        fresh[:, :, CUMULATIVE_STATISTICS] = ~np.isnan(cumulative)
         enough_rows = np.count_nonzero(fresh, axis=0) >= self.min_clients  # buckets x stats
         for bucket in map(int, np.flatnonzero(enough_rows.any(axis=1))):
             used = np.flatnonzero(fresh[:, bucket].any(axis=1))
             pool = np.where(fresh[used, bucket], self.values[used, bucket], np.nan)
+            pool[:, CUMULATIVE_STATISTICS] = cumulative[used, bucket]
             if len(pool) > MAX_POOL:
                 pool = pool[:: math.ceil(len(pool) / MAX_POOL)]
             count = np.count_nonzero(~np.isnan(pool), axis=0)
