@@ -11,13 +11,23 @@ population of clients at the same history length.
 - **One voice per client**: per bucket the null holds each client's latest look value
   (one row per tracked client), kept while fresher than `window` seconds. A busy client, or an
   attacker, counts once, however many queries it sends.
+- **Cumulative statistics** (coverage, class coverage: over every query the client sent,
+  bucketed by queries seen): a bucket's pool is every client with *at least* that history,
+  each by its fresh value in that bucket, else in the nearest larger one. Valid because their
+  benign values only grow with history: a client sampling the traffic stands at
+  log(2n / (classes - 1)) plus noise whose law does not depend on n, a segment client's
+  plug-in divergence and entropy lose their (cells - 1) / (2n) bias as n grows, and a
+  client's first n queries are themselves a client of n queries; so the pool lies at or above
+  the benign law at the bucket's history and its tail is conservative. It gives the null the
+  whole long-lived population (whose voices at a passed history go stale after `window`),
+  and a client running ahead of its peers a null at all. Less history is never used.
 - **Tail model** (peaks over threshold, robust): u = the pool's 90th percentile, the tail
   beyond it exponential with scale b = the mean excess over u of the pool without its top 2%
   (at least one client; a few clients cannot widen it), inflated by 1 + 1/sqrt(excesses) for
   the small-sample error, and at least half the MAD and a per-statistic floor. p(x) =
   min(1, 0.1 exp(-(x - u) / b)). Below the threshold of any look (at most alpha / 8 per
   statistic and client-day) only this tail matters.
-- **Fallback**: a bucket with fewer than `min_clients` fresh clients borrows the nearest
+- **Fallback**: a bucket with fewer than `min_clients` fresh clients (voices) borrows the nearest
   *larger* bucket that has them (more history means closer neighbours and more coverage, so
   this errs towards benign); shares, whose spread only narrows with history, then borrow the
   nearest smaller bucket; with none, the prior learned from the reference (`Prior`) holds:
