@@ -37,8 +37,9 @@ natural-data extractor reaches the model's decision regions as the traffic does,
 `detectors.clients.coverage`).
 
 Each statistic is judged against the *contemporaneous* benign population at the same history
-length (`detectors.clients.null`): each client's latest value per ring-fill bucket, one voice
-per client, fresher than `null_window_seconds`; a robust peaks-over-threshold tail. A
+length (`detectors.clients.null`): each client's latest value per history bucket (for the
+coverages, every client with at least that history), one voice per client, fresher than
+`null_window_seconds`; a robust peaks-over-threshold tail. A
 model-wide change moves every client's statistics and so the null with them: it is input
 drift, never many suspicious clients. Before enough clients exist, a conservative prior from
 the reference judges what has a principled benign level, so attackers present from the first
