@@ -64,7 +64,7 @@ SOURCES = ("none", "population", "larger history", "reference prior", "smaller h
 SHARE_STATISTICS = [0, 1, 2, 5, 8]
 # Cumulative statistics (over every query the client sent, bucketed by queries seen): their
 # benign values grow with history, so a bucket's null also takes clients with more history.
-CUMULATIVE_STATISTICS = [6, 7]  # coverage, class_coverage
+CUMULATIVE_STATISTICS = [STATISTICS.index("coverage"), STATISTICS.index("class_coverage")]
 
 
 def history_edges(min_queries: int, buffer_size: int) -> np.ndarray:
