@@ -228,7 +228,10 @@ def report(result: dict) -> dict:
                 verdict = f"flagged after {v.flagged_after} by {', '.join(v.detectors) or '-'}"
             if split:
                 others = set(attack.keys) - {key}
-                verdict += f"; linked to {len(v.linked & others)}/{len(others)} split keys"
+                verdict += (
+                    f"; linked to {len(v.linked & others)}/{len(others)} split keys "
+                    f"({len(v.direct & others)} directly)"
+                )
                 tally["split"].append(v.flagged_after is not None and v.linked & others == others)
             else:
                 ok = v.flagged_after is not None and v.flagged_after <= TARGET[attack.family]

@@ -408,7 +408,8 @@ class Verdict:
     sent: int  # the key's queries in the stream
     flagged_after: int | None  # its own queries up to its first suspicious_client evidence
     detectors: list[str]
-    linked: set[str]
+    linked: set[str]  # keys it shares fingerprints with, directly or through others
+    direct: set[str] = field(default_factory=set)  # directly
 
 
 def reference_events(served: LoggedModel, rng: np.random.Generator, n: int = 5000) -> list[bytes]:
@@ -483,7 +484,9 @@ def judge(
         if verdict.flagged_after is None:
             verdict.flagged_after = int(own[offset]) if offset < len(own) else -1
             verdict.detectors = list(details.get("detectors_fired", []))
+        verdict.direct.update(details.get("linked_clients") or [])
         verdict.linked.update(details.get("linked_clients") or [])
+        verdict.linked.update(details.get("linked_group") or [])
     return verdicts, [tuple(row) for row in other]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -202,6 +203,25 @@ def test_attack_split_over_keys_is_linked_through_shared_fingerprints() -> None:
     for key, finding in flagged.items():
         others = set(finding.details["linked_clients"])
         assert others and key not in others and others <= set(flagged)
+        group = set(finding.details["linked_group"])
+        assert others <= group <= set(flagged) - {key}
+
+
+def test_the_linked_group_follows_links_through_other_clients() -> None:
+    """A key that shares fingerprints with some of its siblings only is still named with
+    all of them: the group is the connected component of the shared-fingerprint links."""
+    detector = QueryPatternDetector("m", SETTINGS)
+    owners = {name: 100 + i for i, name in enumerate("abcde")}
+    for name, owner in owners.items():
+        detector._states([name], [owner])
+    chain = [("a", "b"), ("b", "c"), ("c", "d")]  # e links to nobody
+    for one, other in chain:
+        for mine, theirs in ((one, other), (other, one)):
+            state = detector.clients[mine]
+            state.linked = (state.linked or Counter()) + Counter({owners[theirs]: 1})
+    assert detector._linked_group("a", detector.clients["a"]) == ["b", "c", "d"]
+    assert detector._linked_group("c", detector.clients["c"]) == ["a", "b", "d"]
+    assert detector._linked_group("e", detector.clients["e"]) == []
 
 
 def test_re_scoring_the_same_entities_is_not_flagged() -> None:

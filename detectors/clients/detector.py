@@ -107,6 +107,7 @@ DAY = 86_400.0
 DETECTORS = STATISTICS
 CLEAN_P = 0.1  # a look above this is clean: a later pattern began after it
 LINKED_CLIENTS = 8  # other keys remembered per client for shared fingerprints
+LINKED_GROUP = 64  # clients named at most in a finding's linked group
 PROBE_FLOOR = 1e-5  # a coordinate moved by less than this (robust units) has not moved
 # Single-coordinate moves over more than `entity_changes` distinct coordinates are a walk
 # (an entity re-scored changes at most that many fields); fully one this many beyond them.
@@ -752,6 +753,24 @@ class QueryPatternDetector(ProfiledDetector):
         histograms = self.coverage[slots[group]] + running[row + 1] - running[first[group]]
         return group, at_count, row, window, histograms
 
+    def _linked_group(self, client: str, state: ClientState) -> list[str]:
+        """The tracked clients connected to this one through shared fingerprints, directly or
+        through others (a key split over many keys shares with some of its siblings only),
+        itself excluded; at most `LINKED_GROUP` of them, nearest links first."""
+        group: dict[str, None] = {}
+        frontier = [state]
+        while frontier and len(group) < LINKED_GROUP:
+            linked = frontier.pop(0).linked or Counter()
+            for owner, _ in linked.most_common():
+                name = self.owner_names.get(owner)
+                if name is None or name == client or name in group or name not in self.clients:
+                    continue
+                group[name] = None
+                frontier.append(self.clients[name])
+                if len(group) == LINKED_GROUP:
+                    break
+        return sorted(group)
+
     def _client_key(self, client: str | None) -> str | None:
         key = self.settings.client_id_key
         if client is None or key is None:
@@ -1264,6 +1283,7 @@ class QueryPatternDetector(ProfiledDetector):
                 "linked_clients": sorted(
                     self.owner_names.get(o, "(no longer tracked)") for o in state.linked or ()
                 ),
+                "linked_group": self._linked_group(client, state),
                 "unique_input_ratio": round(len(np.unique(records[:, EXACT])) / n, 4),
                 "burstiness": round(burstiness, 4),
                 "queries_per_minute": round(60 * (n - 1) / span, 3) if span > 0 else None,
