@@ -679,22 +679,18 @@ class QueryPatternDetector(ProfiledDetector):
         records[enough, KNN] = np.log(np.sqrt(np.maximum(nearest[enough], 0)).mean(axis=1) + 1e-6)
         records[:, PROBE] = probe
         counts = np.array([st.count for st in group_states])
-        # Each client's histogram counts up to each of its queries of the batch (cumulative
-        # over the sorted rows; a group's part is the difference from its row before).
-        features = bins.shape[1]
-        running = np.zeros((m + 1, features, BINS), dtype=np.int32)
-        np.put_along_axis(running[1:], bins[order][:, :, None], 1, axis=2)
-        np.cumsum(running, axis=0, out=running)
+        bins = bins[order]
         # The looks due in this batch: each client's every check_every-th query (from
         # min_queries on), each judged on the window and histograms as of that query, built
         # before the batch is stored (the ring still holds what those windows need).
-        looks = self._windows(records, running, slots, counts, first, sizes)
+        looks = self._windows(records, bins, slots, counts, first, sizes)
         if looks is not None:  # region counts as of each look, before the batch is added
             group, row = looks[0], looks[2]
             at_look = self.region_counts[slots[group]]
             at_look = counts_at(at_look, regions, first[group], row + 1)
         self._push(stored, records, slots, counts, first, sizes)
-        self.coverage[slots] += running[first + sizes] - running[first]
+        added = np.zeros((len(slots), *self.coverage.shape[1:]), dtype=np.int32)
+        self.coverage[slots] += counts_at(added, bins, first, first + sizes)
         np.add.at(self.region_counts, (np.repeat(slots, sizes), regions), 1)
         starts = ts[order[first]].tolist()
         for state, size, began in zip(group_states, sizes.tolist(), starts, strict=True):
@@ -715,7 +711,7 @@ class QueryPatternDetector(ProfiledDetector):
     def _windows(
         self,
         records: np.ndarray,
-        running: np.ndarray,
+        bins: np.ndarray,
         slots: np.ndarray,
         counts: np.ndarray,
         first: np.ndarray,
@@ -750,7 +746,7 @@ class QueryPatternDetector(ProfiledDetector):
         if at_count.min() < size:
             window[q < 0] = _NO_RECORD
         # Histograms as of the look: before the batch, plus the batch's queries up to it.
-        histograms = self.coverage[slots[group]] + running[row + 1] - running[first[group]]
+        histograms = counts_at(self.coverage[slots[group]], bins, first[group], row + 1)
         return group, at_count, row, window, histograms
 
     def _linked_group(self, client: str, state: ClientState) -> list[str]:
@@ -863,7 +859,8 @@ class QueryPatternDetector(ProfiledDetector):
         probe = np.zeros(len(stored))
         straddle = np.zeros(len(stored))
         flat = self.ring_vectors.reshape(-1, dim + 2)
-        ring_classes = self.ring_records[:, :, CLASS].reshape(-1)
+        # The rings' records, one row per ring entry (a view: no copy of every ring's column).
+        ring_records = self.ring_records.reshape(-1, RECORD)
         for group, end in segments(filled, sizes):
             seg_slots, seg_filled = slots[group:end], filled[group:end]
             seg_first, seg_sizes = first[group:end], sizes[group:end]
@@ -911,7 +908,7 @@ class QueryPatternDetector(ProfiledDetector):
             col = cols[:, :k]
             their = np.where(
                 col < rows_f,
-                ring_classes[ring_base + np.minimum(col, size - 1)],
+                ring_records[ring_base + np.minimum(col, size - 1), CLASS],
                 classes[np.clip(batch_base + col, 0, len(classes) - 1)],
             )
             near = found < self.straddle_radius**2  # inf (no earlier query): no pair
