@@ -689,8 +689,16 @@ class QueryPatternDetector(ProfiledDetector):
             at_look = self.region_counts[slots[group]]
             at_look = counts_at(at_look, regions, first[group], row + 1)
         self._push(stored, records, slots, counts, first, sizes)
-        added = np.zeros((len(slots), *self.coverage.shape[1:]), dtype=np.int32)
-        self.coverage[slots] += counts_at(added, bins, first, first + sizes)
+        # Each group's bins counted into its client's histograms: one bincount (rows are
+        # grouped by client, so a group's cells are offset by its index).
+        features = bins.shape[1]
+        cells = (
+            bins
+            + (np.repeat(np.arange(len(sizes)), sizes)[:, None] * features + np.arange(features))
+            * BINS
+        )
+        added = np.bincount(cells.ravel(), minlength=len(sizes) * features * BINS)
+        self.coverage[slots] += added.reshape(len(sizes), features, BINS).astype(np.int32)
         np.add.at(self.region_counts, (np.repeat(slots, sizes), regions), 1)
         starts = ts[order[first]].tolist()
         for state, size, began in zip(group_states, sizes.tolist(), starts, strict=True):
@@ -905,15 +913,17 @@ class QueryPatternDetector(ProfiledDetector):
             # `entity_changes` coordinates moved beyond `repeat_distance`: a changed entity
             # may change class).
             changed = (moved >= 1) & (moved <= s.entity_changes)
-            col = cols[:, :k]
-            their = np.where(
-                col < rows_f,
-                ring_records[ring_base + np.minimum(col, size - 1), CLASS],
-                classes[np.clip(batch_base + col, 0, len(classes) - 1)],
-            )
-            near = found < self.straddle_radius**2  # inf (no earlier query): no pair
-            other_class = their != classes[top:bottom, None]
-            straddle[top:bottom] = (near & ~changed & other_class).any(axis=1)
+            # (Classes are looked up only for the pairs within the radius: few.)
+            row, nth_near = np.nonzero(found < self.straddle_radius**2)  # inf: no pair
+            if len(row):
+                col = cols[row, nth_near]
+                their = np.where(
+                    col < rows_f,
+                    ring_records[ring_base[row, 0] + np.minimum(col, size - 1), CLASS],
+                    classes[np.clip(batch_base[row, 0] + col, 0, len(classes) - 1)],
+                )
+                pair = ~changed[row, nth_near] & (their != classes[top + row])
+                straddle[top + row[pair]] = 1.0
             # Re-scoring an entity seen before (one of its k nearest earlier queries is that
             # entity, and no probe): marked -1, left out of the shares.
             probe[top:bottom] = np.where(
