@@ -890,11 +890,19 @@ class QueryPatternDetector(ProfiledDetector):
                 # queries x ring, ~1.5x faster with a few queries per client.
                 # (The queries transposed into a contiguous array: the product of a
                 # transposed view runs ~1.5-3x slower with several queries per client.)
-                product = np.matmul(ring, np.ascontiguousarray(queries.transpose(0, 2, 1)))
+                # Written transposed (clients x rows_q x rows_f: each query's row contiguous,
+                # so the real rows are gathered whole). The same products, bit for bit: BLAS
+                # computes each entry as the same chain over the coordinates either way.
+                product = np.empty((len(seg_slots), rows_q, rows_f), dtype=np.float32)
+                np.matmul(
+                    ring,
+                    np.ascontiguousarray(queries.transpose(0, 2, 1)),
+                    out=product.transpose(0, 2, 1),
+                )
                 if int(seg_filled.min()) < rows_f:
                     unfilled = np.arange(rows_f) >= seg_filled[:, None]
-                    np.copyto(product, np.inf, where=unfilled[:, :, None])
-                d2[:, :rows_f] = product[client, :, nth]
+                    np.copyto(product, np.inf, where=unfilled[:, None, :])
+                d2[:, :rows_f] = product[client, nth]
             batch_part = np.matmul(queries, np.ascontiguousarray(stored[rows].transpose(0, 2, 1)))
             batch_part += not_earlier(rows_q)
             d2[:, rows_f:] = batch_part[client, nth]
