@@ -1174,20 +1174,25 @@ class QueryPatternDetector(ProfiledDetector):
                 state.day, state.day_looks, state.cumulative_looks = days[i], 0, 0
             state.day_looks += 1
             j = state.day_looks
-            tests = [Test("ring", ring_p[i], spending.ring_threshold(j), j, count)]
+            k = 0  # the look's number in the cumulative test (0: not one of its looks)
             if cumulative_due[i]:
                 state.cumulative_looks += 1
                 k = state.cumulative_looks
-                tests.append(
-                    Test("cumulative", cumulative_p[i], spending.cumulative_threshold(k), k, count)
-                )
             if ring_p[i] > CLEAN_P:
                 state.clean_count = count
-            crossed = [test for test in tests if test.p_value <= test.threshold]
-            if not crossed:
+            # Most looks cross neither threshold: their tests are not built.
+            if ring_p[i] > spending.ring_threshold(j) and (
+                not k or cumulative_p[i] > spending.cumulative_threshold(k)
+            ):
                 if state.flagged_severity is None:
                     voices.append(i)
                 continue
+            tests = [Test("ring", ring_p[i], spending.ring_threshold(j), j, count)]
+            if k:
+                tests.append(
+                    Test("cumulative", cumulative_p[i], spending.cumulative_threshold(k), k, count)
+                )
+            crossed = [test for test in tests if test.p_value <= test.threshold]
             state.flagged_looks += 1
             if state.first_flagged is None:
                 state.first_flagged = float(look_ts[i])
