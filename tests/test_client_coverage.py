@@ -61,6 +61,14 @@ def test_counts_at_each_look_match_counting_by_hand() -> None:
     for i in range(3):
         want = stored[i] + np.bincount(regions[start[i] : stop[i]], minlength=REGIONS)
         assert (got[i] == want).all()
+    # Per-feature labels (the coverage histograms: looks x features x bins).
+    bins = rng.integers(8, size=(40, 3))
+    stored = rng.integers(5, size=(3, 3, 8))
+    got = counts_at(stored, bins, start, stop)
+    for i in range(3):
+        for f in range(3):
+            want = stored[i, f] + np.bincount(bins[start[i] : stop[i], f], minlength=8)
+            assert (got[i, f] == want).all()
 
 
 def test_the_class_comes_from_the_prediction_else_the_top_score() -> None:

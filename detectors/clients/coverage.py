@@ -102,13 +102,19 @@ def labels_of(
 
 
 def counts_at(
-    stored: np.ndarray, regions: np.ndarray, start: np.ndarray, stop: np.ndarray
+    stored: np.ndarray, labels: np.ndarray, start: np.ndarray, stop: np.ndarray
 ) -> np.ndarray:
-    """Region counts of each look: its client's stored counts (looks x REGIONS) plus the
-    batch's `regions[start:stop]` of that look (rows of its client before and at the look)."""
+    """Counts of each look: its client's stored counts (looks x REGIONS, or looks x features x
+    bins for per-feature `labels`: rows x features) plus the batch's `labels[start:stop]` of
+    that look (rows of its client before and at the look). One bincount over the looks' rows:
+    cheaper than a running sum over the whole batch when a look sees a few rows of it."""
     lengths = stop - start
     looks = np.repeat(np.arange(len(start)), lengths)
     rows = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     rows += np.repeat(start, lengths)
-    added = np.bincount(looks * REGIONS + regions[rows], minlength=len(start) * REGIONS)
-    return stored + added.reshape(len(start), REGIONS)
+    width = stored.shape[-1]
+    cells = labels[rows].reshape(len(rows), -1)
+    features = cells.shape[1]
+    cells = cells + (looks[:, None] * features + np.arange(features)) * width
+    added = np.bincount(cells.ravel(), minlength=stored.size)
+    return stored + added.reshape(stored.shape)

@@ -679,22 +679,26 @@ class QueryPatternDetector(ProfiledDetector):
         records[enough, KNN] = np.log(np.sqrt(np.maximum(nearest[enough], 0)).mean(axis=1) + 1e-6)
         records[:, PROBE] = probe
         counts = np.array([st.count for st in group_states])
-        # Each client's histogram counts up to each of its queries of the batch (cumulative
-        # over the sorted rows; a group's part is the difference from its row before).
-        features = bins.shape[1]
-        running = np.zeros((m + 1, features, BINS), dtype=np.int32)
-        np.put_along_axis(running[1:], bins[order][:, :, None], 1, axis=2)
-        np.cumsum(running, axis=0, out=running)
+        bins = bins[order]
         # The looks due in this batch: each client's every check_every-th query (from
         # min_queries on), each judged on the window and histograms as of that query, built
         # before the batch is stored (the ring still holds what those windows need).
-        looks = self._windows(records, running, slots, counts, first, sizes)
+        looks = self._windows(records, bins, slots, counts, first, sizes)
         if looks is not None:  # region counts as of each look, before the batch is added
             group, row = looks[0], looks[2]
             at_look = self.region_counts[slots[group]]
             at_look = counts_at(at_look, regions, first[group], row + 1)
         self._push(stored, records, slots, counts, first, sizes)
-        self.coverage[slots] += running[first + sizes] - running[first]
+        # Each group's bins counted into its client's histograms: one bincount (rows are
+        # grouped by client, so a group's cells are offset by its index).
+        features = bins.shape[1]
+        cells = (
+            bins
+            + (np.repeat(np.arange(len(sizes)), sizes)[:, None] * features + np.arange(features))
+            * BINS
+        )
+        added = np.bincount(cells.ravel(), minlength=len(sizes) * features * BINS)
+        self.coverage[slots] += added.reshape(len(sizes), features, BINS).astype(np.int32)
         np.add.at(self.region_counts, (np.repeat(slots, sizes), regions), 1)
         starts = ts[order[first]].tolist()
         for state, size, began in zip(group_states, sizes.tolist(), starts, strict=True):
@@ -715,7 +719,7 @@ class QueryPatternDetector(ProfiledDetector):
     def _windows(
         self,
         records: np.ndarray,
-        running: np.ndarray,
+        bins: np.ndarray,
         slots: np.ndarray,
         counts: np.ndarray,
         first: np.ndarray,
@@ -750,7 +754,7 @@ class QueryPatternDetector(ProfiledDetector):
         if at_count.min() < size:
             window[q < 0] = _NO_RECORD
         # Histograms as of the look: before the batch, plus the batch's queries up to it.
-        histograms = self.coverage[slots[group]] + running[row + 1] - running[first[group]]
+        histograms = counts_at(self.coverage[slots[group]], bins, first[group], row + 1)
         return group, at_count, row, window, histograms
 
     def _linked_group(self, client: str, state: ClientState) -> list[str]:
@@ -863,7 +867,8 @@ class QueryPatternDetector(ProfiledDetector):
         probe = np.zeros(len(stored))
         straddle = np.zeros(len(stored))
         flat = self.ring_vectors.reshape(-1, dim + 2)
-        ring_classes = self.ring_records[:, :, CLASS].reshape(-1)
+        # The rings' records, one row per ring entry (a view: no copy of every ring's column).
+        ring_records = self.ring_records.reshape(-1, RECORD)
         for group, end in segments(filled, sizes):
             seg_slots, seg_filled = slots[group:end], filled[group:end]
             seg_first, seg_sizes = first[group:end], sizes[group:end]
@@ -885,11 +890,19 @@ class QueryPatternDetector(ProfiledDetector):
                 # queries x ring, ~1.5x faster with a few queries per client.
                 # (The queries transposed into a contiguous array: the product of a
                 # transposed view runs ~1.5-3x slower with several queries per client.)
-                product = np.matmul(ring, np.ascontiguousarray(queries.transpose(0, 2, 1)))
+                # Written transposed (clients x rows_q x rows_f: each query's row contiguous,
+                # so the real rows are gathered whole). The same products, bit for bit: BLAS
+                # computes each entry as the same chain over the coordinates either way.
+                product = np.empty((len(seg_slots), rows_q, rows_f), dtype=np.float32)
+                np.matmul(
+                    ring,
+                    np.ascontiguousarray(queries.transpose(0, 2, 1)),
+                    out=product.transpose(0, 2, 1),
+                )
                 if int(seg_filled.min()) < rows_f:
                     unfilled = np.arange(rows_f) >= seg_filled[:, None]
-                    np.copyto(product, np.inf, where=unfilled[:, :, None])
-                d2[:, :rows_f] = product[client, :, nth]
+                    np.copyto(product, np.inf, where=unfilled[:, None, :])
+                d2[:, :rows_f] = product[client, nth]
             batch_part = np.matmul(queries, np.ascontiguousarray(stored[rows].transpose(0, 2, 1)))
             batch_part += not_earlier(rows_q)
             d2[:, rows_f:] = batch_part[client, nth]
@@ -908,15 +921,17 @@ class QueryPatternDetector(ProfiledDetector):
             # `entity_changes` coordinates moved beyond `repeat_distance`: a changed entity
             # may change class).
             changed = (moved >= 1) & (moved <= s.entity_changes)
-            col = cols[:, :k]
-            their = np.where(
-                col < rows_f,
-                ring_classes[ring_base + np.minimum(col, size - 1)],
-                classes[np.clip(batch_base + col, 0, len(classes) - 1)],
-            )
-            near = found < self.straddle_radius**2  # inf (no earlier query): no pair
-            other_class = their != classes[top:bottom, None]
-            straddle[top:bottom] = (near & ~changed & other_class).any(axis=1)
+            # (Classes are looked up only for the pairs within the radius: few.)
+            row, nth_near = np.nonzero(found < self.straddle_radius**2)  # inf: no pair
+            if len(row):
+                col = cols[row, nth_near]
+                their = np.where(
+                    col < rows_f,
+                    ring_records[ring_base[row, 0] + np.minimum(col, size - 1), CLASS],
+                    classes[np.clip(batch_base[row, 0] + col, 0, len(classes) - 1)],
+                )
+                pair = ~changed[row, nth_near] & (their != classes[top + row])
+                straddle[top + row[pair]] = 1.0
             # Re-scoring an entity seen before (one of its k nearest earlier queries is that
             # entity, and no probe): marked -1, left out of the shares.
             probe[top:bottom] = np.where(
@@ -1159,20 +1174,25 @@ class QueryPatternDetector(ProfiledDetector):
                 state.day, state.day_looks, state.cumulative_looks = days[i], 0, 0
             state.day_looks += 1
             j = state.day_looks
-            tests = [Test("ring", ring_p[i], spending.ring_threshold(j), j, count)]
+            k = 0  # the look's number in the cumulative test (0: not one of its looks)
             if cumulative_due[i]:
                 state.cumulative_looks += 1
                 k = state.cumulative_looks
-                tests.append(
-                    Test("cumulative", cumulative_p[i], spending.cumulative_threshold(k), k, count)
-                )
             if ring_p[i] > CLEAN_P:
                 state.clean_count = count
-            crossed = [test for test in tests if test.p_value <= test.threshold]
-            if not crossed:
+            # Most looks cross neither threshold: their tests are not built.
+            if ring_p[i] > spending.ring_threshold(j) and (
+                not k or cumulative_p[i] > spending.cumulative_threshold(k)
+            ):
                 if state.flagged_severity is None:
                     voices.append(i)
                 continue
+            tests = [Test("ring", ring_p[i], spending.ring_threshold(j), j, count)]
+            if k:
+                tests.append(
+                    Test("cumulative", cumulative_p[i], spending.cumulative_threshold(k), k, count)
+                )
+            crossed = [test for test in tests if test.p_value <= test.threshold]
             state.flagged_looks += 1
             if state.first_flagged is None:
                 state.first_flagged = float(look_ts[i])

@@ -124,9 +124,17 @@ def at_least_this_history(values: np.ndarray, fresh: np.ndarray) -> np.ndarray:
     with more history, a conservative comparison: see the module docstring)."""
     cols = CUMULATIVE_STATISTICS
     out = np.where(fresh[:, :, cols], values[:, :, cols], np.nan)
-    for bucket in range(out.shape[1] - 2, -1, -1):
-        out[:, bucket] = np.where(np.isnan(out[:, bucket]), out[:, bucket + 1], out[:, bucket])
-    return out
+    return np.take_along_axis(out, _nearest_at_or_above(~np.isnan(out), axis=1), axis=1)
+
+
+def _nearest_at_or_above(has: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Along `axis` (buckets), the index of the nearest bucket at or above each that `has`
+    a value; the last index where none does (whose entry then has none either)."""
+    last = has.shape[axis] - 1
+    shape = [1] * has.ndim
+    shape[axis] = last + 1
+    index = np.where(has, np.arange(last + 1).reshape(shape), last)
+    return np.flip(np.minimum.accumulate(np.flip(index, axis), axis=axis), axis)
 
 
 class PopulationNull:
@@ -197,43 +205,30 @@ class PopulationNull:
             enough = count >= self.min_clients
             own_u[bucket, enough], own_b[bucket, enough] = u[enough], b[enough]
             own_n[bucket, enough] = count[enough]
-        self.u, self.b = self.prior_u.copy(), self.prior_b.copy()
-        self.clients[:] = 0
-        self.source[:] = np.where(np.isnan(self.prior_u), 0, 3)
-        self.from_bucket[:] = np.arange(buckets)[:, None]
-        # From the largest bucket down: each takes its own, else the nearest larger one's.
-        best_u, best_b = np.full(stats, np.nan), np.full(stats, np.nan)
-        best_n = np.zeros(stats, dtype=np.int64)
-        best_from = np.zeros(stats, dtype=np.int64)
-        for bucket in range(buckets - 1, -1, -1):
-            mine = ~np.isnan(own_u[bucket])
-            best_u = np.where(mine, own_u[bucket], best_u)
-            best_b = np.where(mine, own_b[bucket], best_b)
-            best_n = np.where(mine, own_n[bucket], best_n)
-            best_from = np.where(mine, bucket, best_from)
-            have = ~np.isnan(best_u)
-            self.u[bucket, have], self.b[bucket, have] = best_u[have], best_b[have]
-            self.clients[bucket, have] = best_n[have]
-            self.source[bucket, have] = np.where(mine, 1, 2)[have]
-            self.from_bucket[bucket, have] = best_from[have]
+        # Each bucket takes its own tail, else the nearest larger bucket's, else the prior.
+        cols = np.arange(stats)
+        own = ~np.isnan(own_u)
+        larger = _nearest_at_or_above(own)
+        have = own[larger, cols]
+        here = np.arange(buckets)[:, None]
+        self.u = np.where(have, own_u[larger, cols], self.prior_u)
+        self.b = np.where(have, own_b[larger, cols], self.prior_b)
+        self.clients = np.where(have, own_n[larger, cols], 0)
+        prior_source = np.where(np.isnan(self.prior_u), 0, 3)
+        self.source = np.where(have, np.where(larger == here, 1, 2), prior_source)
+        self.from_bucket = np.where(have, larger, here)
         # Shares (out of reference, low margin, shared, probes) only get noisier with less
         # history: a client with more history than any fresh population is judged against
         # the nearest smaller bucket's (wider) spread rather than the prior.
-        shares = np.isin(np.arange(stats), SHARE_STATISTICS)
-        best_u, best_b = np.full(stats, np.nan), np.full(stats, np.nan)
-        best_n = np.zeros(stats, dtype=np.int64)
-        best_from = np.zeros(stats, dtype=np.int64)
-        for bucket in range(buckets):
-            mine = ~np.isnan(own_u[bucket]) & shares
-            best_u = np.where(mine, own_u[bucket], best_u)
-            best_b = np.where(mine, own_b[bucket], best_b)
-            best_n = np.where(mine, own_n[bucket], best_n)
-            best_from = np.where(mine, bucket, best_from)
-            borrow = ~np.isnan(best_u) & (self.source[bucket] != 1) & (self.source[bucket] != 2)
-            self.u[bucket, borrow], self.b[bucket, borrow] = best_u[borrow], best_b[borrow]
-            self.clients[bucket, borrow] = best_n[borrow]
-            self.source[bucket, borrow] = 4
-            self.from_bucket[bucket, borrow] = best_from[borrow]
+        shares = own & np.isin(cols, SHARE_STATISTICS)
+        smaller = np.maximum.accumulate(np.where(shares, here, -1), axis=0)
+        borrow = (smaller >= 0) & ~have
+        smaller = np.maximum(smaller, 0)
+        self.u = np.where(borrow, own_u[smaller, cols], self.u)
+        self.b = np.where(borrow, own_b[smaller, cols], self.b)
+        self.clients = np.where(borrow, own_n[smaller, cols], self.clients)
+        self.source = np.where(borrow, 4, self.source)
+        self.from_bucket = np.where(borrow, smaller, self.from_bucket)
 
     def p_values(self, stats: np.ndarray, buckets: np.ndarray) -> np.ndarray:
         """p-values of each look's statistics (looks x statistics), each in its bucket."""
