@@ -754,3 +754,18 @@ def test_a_warm_up_boundary_walker_on_continuous_features_is_flagged_by_its_pair
     assert walker.details["judged_late"]  # a look of the learning window
     assert walker.details["queries_seen"] <= 100
     assert run(Stream(seed=26)) == {}  # one class all along the lines: no pairs
+
+
+def test_compare_counts_the_coordinates_moved_beyond_the_repeat_distance() -> None:
+    """`_compare`'s third value is, per candidate, how many coordinates moved by more than
+    `repeat_distance` (boundary pairs leave out entities with 1 to `entity_changes` fields
+    changed), not whether exactly one coordinate moved at all (a tiny probe step)."""
+    detector = QueryPatternDetector("m", SETTINGS)
+    step = detector.settings.repeat_distance
+    x = np.zeros((1, 4))
+    vectors = np.array(
+        [[[0.0, 0, 0, 0], [5 * step, 0, 0, 0], [5 * step, 5 * step, 0, 0], [step / 2, 0, 0, 0]]]
+    )
+    same, _probe, moved = detector._compare(x, vectors, 2, np.ones((1, 4), dtype=bool))
+    assert moved.tolist() == [[0, 1, 2, 0]]
+    assert same.tolist() == [[c <= detector.settings.entity_changes for c in (0, 1, 2, 0)]]

@@ -1000,9 +1000,9 @@ class QueryPatternDetector(ProfiledDetector):
         counted[:dim] = 1.0
         moved = (diff > s.repeat_distance) @ counted  # a product counts
         same = moved <= s.entity_changes
-        moved = ((diff > PROBE_FLOOR) @ counted == 1) & real
+        one_moved = ((diff > PROBE_FLOOR) @ counted == 1) & real
         probe = np.zeros(len(x))
-        query, candidate = np.nonzero(moved)
+        query, candidate = np.nonzero(one_moved)
         if len(query):
             steps = diff[query, candidate, :dim]
             coordinate = steps.argmax(axis=1)
