@@ -143,6 +143,15 @@ def test_reads_before_any_run_say_there_is_nothing_yet(tmp_path: Path) -> None:
     assert listed.returncode == 0 and json.loads(listed.stdout) == []
     assert json.loads(run_cli("dead-letters", "list", "-f", "json", env=env).stdout) == []
     assert run_cli("performance", "m", env=env).returncode == 0
+    for command in (
+        ("alerts", "list"),
+        ("silence", "list"),
+        ("reference", "list"),
+        ("reports", "list"),
+    ):
+        read = run_cli(*command, "--format", "json", env=env)
+        assert (read.returncode, json.loads(read.stdout)) == (0, []), (command, read.stderr)
+        assert "Nothing recorded yet" in read.stderr, command
     shown = run_cli("incidents", "show", "3", env=env)
     assert shown.returncode == 2 and "no incident with id 3: no database at" in shown.stderr
     assert not default.exists()

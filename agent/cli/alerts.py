@@ -22,6 +22,7 @@ from agent.cli.common import (
     open_database,
     out,
     print_json,
+    read_database,
     settings_for,
     when,
 )
@@ -51,7 +52,9 @@ def alerts_list(
     check_format(fmt)
     if state is not None and state not in tuple(NotificationState):
         raise UsageError(f"--state must be one of {', '.join(NotificationState)}, not {state!r}")
-    database = open_database(settings_for(None, db), migrate=False)
+    database = read_database(db, fmt)
+    if database is None:
+        return
     with transaction(database) as uow:
         wanted = None if state is None else NotificationState(state)
         items = [n.to_dict() for n in uow.outbox.list(limit=limit, state=wanted)]
@@ -184,7 +187,9 @@ def silence_list(
 ) -> None:
     """Active silences (all with --all), newest first."""
     check_format(fmt)
-    database = open_database(settings_for(None, db), migrate=False)
+    database = read_database(db, fmt)
+    if database is None:
+        return
     with transaction(database) as uow:
         items = [s.to_dict() for s in uow.outbox.list_silences(time.time(), all_)]
     if fmt == "json":

@@ -19,6 +19,7 @@ from agent.cli.common import (
     open_database,
     out,
     print_json,
+    read_database,
     settings_for,
     when,
 )
@@ -124,7 +125,9 @@ def reference_list(
 ) -> None:
     """List stored references, newest first per model (the newest per version is in force)."""
     check_format(fmt)
-    database = open_database(settings_for(None, db), migrate=False)
+    database = read_database(db, fmt)
+    if database is None:
+        return
     items = [r.to_contract() for r in Repository(database).list_references(model)]
     if fmt == "json":
         print_json(items)
@@ -186,7 +189,10 @@ def reports_list(
 ) -> None:
     """List stored reports, newest first."""
     check_format(fmt)
-    repository = Repository(open_database(settings_for(None, db), migrate=False))
+    database = read_database(db, fmt)
+    if database is None:
+        return
+    repository = Repository(database)
     rows = (
         repository.reports_of_incident(incident)
         if incident is not None
