@@ -60,8 +60,16 @@ FLOORS = np.array([0.02, 0.02, 0.02, 0.05, 0.02, 0.02, 0.03, 0.1, 0.02])
 TAIL_QUANTILE = 0.9
 MAX_POOL = 4096  # clients per bucket used to estimate the tail (a stride subset beyond)
 SOURCES = ("none", "population", "larger history", "reference prior", "smaller history")
-# ood_share, low_margin_share, shared_fingerprints, probes, boundary_pairs
-SHARE_STATISTICS = [0, 1, 2, 5, 8]
+SHARE_STATISTICS = [
+    STATISTICS.index(name)
+    for name in (
+        "ood_share",
+        "low_margin_share",
+        "shared_fingerprints",
+        "coordinate_probes",
+        "boundary_pairs",
+    )
+]
 # Cumulative statistics (over every query the client sent, bucketed by queries seen): their
 # benign values grow with history, so a bucket's null also takes clients with more history.
 CUMULATIVE_STATISTICS = [STATISTICS.index("coverage"), STATISTICS.index("class_coverage")]

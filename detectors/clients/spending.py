@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detectors.clients.null import STATISTICS
+from detectors.clients.null import CUMULATIVE_STATISTICS, STATISTICS
 
 COVERAGE = STATISTICS.index("coverage")
 REGION_STAT = STATISTICS.index("class_coverage")
@@ -19,7 +19,7 @@ REGION_STAT = STATISTICS.index("class_coverage")
 TESTED = np.array([name != "prada_normality" for name in STATISTICS])
 # The tested statistics split into two tests: the cumulative ones (over every query the client
 # sent) and those of its ring of recent queries.
-CUMULATIVE = np.isin(np.arange(len(STATISTICS)), [COVERAGE, REGION_STAT])
+CUMULATIVE = np.isin(np.arange(len(STATISTICS)), CUMULATIVE_STATISTICS)
 RING = TESTED & ~CUMULATIVE
 CUMULATIVE_SHARE = 0.5  # of alpha, for the cumulative test (the ring test has the rest)
 CUMULATIVE_FIRST = 50  # queries seen at the first cumulative look; then at each doubling
