@@ -418,9 +418,9 @@ class QueryPatternDetector(ProfiledDetector):
             d2 = norms[rows, None] + norms[None, :] - 2 * x[rows] @ x.T
             d2[np.arange(len(rows)), rows] = np.inf
             near = np.argpartition(d2, count - 1, axis=1)[:, :count]
-            moved = np.abs(x[near] - x[rows, None, :]) > self.settings.repeat_distance
-            other = moved.sum(axis=2) > self.settings.entity_changes
-            found = np.where(other, np.take_along_axis(d2, near, axis=1), np.inf)
+            real = np.ones(near.shape, dtype=bool)
+            same, _, _ = self._compare(x[rows], x[near], x.shape[1], real)  # the entity rule
+            found = np.where(same, np.inf, np.take_along_axis(d2, near, axis=1))
             distance[rows] = np.sqrt(np.maximum(found.min(axis=1), 0))
         finite = np.isfinite(distance)
         return STRADDLE_SCALE * float(np.median(distance[finite])) if finite.any() else 0.0
