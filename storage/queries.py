@@ -67,10 +67,10 @@ class Repository:
 
     def find_reference(self, model: str, model_version: str | None = None) -> Reference | None:
         """The newest reference for this model version, else the model's newest, with sample."""
-        from storage.unit_of_work import transaction
+        from storage.unit_of_work import ReferenceStore
 
-        with transaction(self.db) as uow:
-            return uow.references.find(model, model_version)
+        with self.db.reading() as session:
+            return ReferenceStore(session).find(model, model_version)
 
     def list_references(self, model: str | None = None) -> list[Reference]:
         query = select(Reference).order_by(Reference.model, Reference.id.desc())

@@ -28,6 +28,7 @@ from agent.cli.common import (
 )
 from agent.config import parse_duration
 from storage.enums import NotificationState
+from storage.notifications import OutboxStore
 from storage.unit_of_work import transaction
 
 alerts_app = typer.Typer(help="Notification channels and the outbox.", no_args_is_help=True)
@@ -55,9 +56,9 @@ def alerts_list(
     database = read_database(db, fmt)
     if database is None:
         return
-    with transaction(database) as uow:
+    with database.reading() as session:
         wanted = None if state is None else NotificationState(state)
-        items = [n.to_dict() for n in uow.outbox.list(limit=limit, state=wanted)]
+        items = [n.to_dict() for n in OutboxStore(session).list(limit=limit, state=wanted)]
     if fmt == "json":
         print_json(items)
         return
@@ -190,8 +191,8 @@ def silence_list(
     database = read_database(db, fmt)
     if database is None:
         return
-    with transaction(database) as uow:
-        items = [s.to_dict() for s in uow.outbox.list_silences(time.time(), all_)]
+    with database.reading() as session:
+        items = [s.to_dict() for s in OutboxStore(session).list_silences(time.time(), all_)]
     if fmt == "json":
         print_json(items)
         return
