@@ -92,11 +92,11 @@ def _rate(subject: str, d: dict[str, Any]) -> str | None:
     """Data quality: the rate of bad values, reference -> current."""
     words = _RATE_WORDS.get(str(d.get("statistic")))
     ref, cur = d.get("reference") or {}, d.get("current") or {}
-    if words is None or not isinstance(cur.get("rate"), int | float):
+    after = _number(cur.get("rate"))
+    if words is None or after is None:
         return None
     before = _number(ref.get("rate"))
-    before = 0.0 if before is None else before
-    return f"{subject}: {words} {_pct(before)} -> {_pct(cur['rate'])} of values"
+    return f"{subject}: {words} {_pct(before or 0.0)} -> {_pct(after)} of values"
 
 
 def _anomaly(d: dict[str, Any]) -> str | None:
