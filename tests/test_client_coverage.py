@@ -11,18 +11,30 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+import pytest
 
-from detectors.clients.coverage import REGIONS, RegionCoverage, counts_at, labels_of
+from detectors.clients.coverage import (
+    CLASS_SLOTS,
+    INPUT_CELLS,
+    REGIONS,
+    VALUES_START,
+    RegionCoverage,
+    counts_at,
+    fit_cells,
+    labels_of,
+    nearest_cell,
+)
 from detectors.clients.detector import QueryPatternDetector
 from detectors.clients.null import STATISTICS, bucket_of
 from tests.test_query_patterns import (
+    FEATURES,
     first_by_client,
     population,
     run_mixed,
     whole_population,
 )
 
-STAT = STATISTICS.index("class_coverage")
+STAT = STATISTICS.index("region_coverage")
 
 
 def test_statistic_grows_with_history_for_the_traffics_mix_not_for_a_segment() -> None:
@@ -77,12 +89,12 @@ def test_the_class_comes_from_the_prediction_else_the_top_score() -> None:
     assert labels_of([], scores, 2) == ["b", None]
     assert labels_of([None, None], [], 2) == [None, None]
     # A stable slot per class (a checkpoint resumed in another process keeps its counts).
-    slots = RegionCoverage(1.0).regions(["b", "a", "b", None])
-    assert slots[0] == slots[2] == zlib.crc32(b"b") % REGIONS
+    slots = RegionCoverage(1.0).class_slots(["b", "a", "b", None])
+    assert slots[0] == slots[2] == zlib.crc32(b"b") % CLASS_SLOTS
 
 
 def _judged(detector: QueryPatternDetector) -> tuple[np.ndarray, np.ndarray, int]:
-    """Every client's class_coverage now and its p-value against the null, and the
+    """Every client's region_coverage now and its p-value against the null, and the
     thief's row."""
     names = list(detector.clients)
     states = list(detector.clients.values())
@@ -93,9 +105,9 @@ def _judged(detector: QueryPatternDetector) -> tuple[np.ndarray, np.ndarray, int
     return stats[:, STAT], p[:, STAT], names.index("thief")
 
 
-def test_a_natural_data_extractor_among_segment_clients_stands_out_in_class_coverage() -> None:
+def test_a_natural_data_extractor_among_segment_clients_stands_out_in_region_coverage() -> None:
     """Benign clients each in their own corner (their own class mix); the extractor reaches
-    every class as the whole traffic does, and its class_coverage leaves every benign
+    every class as the whole traffic does, and its region_coverage leaves every benign
     client's behind. (Not flagged here: 40 peers whose corners overlap give a tail too wide
     for alpha; with purer segments it is, `tests/test_query_patterns.py`.)"""
     detector, stream = population(seed=31, spread=3.0)
@@ -115,3 +127,107 @@ def test_among_clients_that_sample_the_whole_population_it_does_not_stand_out() 
     assert "thief" not in flagged
     _, p, thief = _judged(detector)
     assert p[thief] > 0.05
+
+
+def test_input_cells_show_a_segment_whose_classes_are_the_traffics() -> None:
+    """Two input clusters, each with both classes alike: a client that only sends rows of
+    one cluster has the traffic's class mix, yet its input cells are all one cluster's; a
+    client sampling the whole traffic reaches both."""
+    rng = np.random.default_rng(4)
+    centres = np.array([[-5.0, 0.0], [5.0, 0.0]])
+
+    def rows(n: int, cluster: int | None) -> np.ndarray:
+        which = rng.integers(2, size=n) if cluster is None else np.full(n, cluster)
+        return centres[which] + rng.normal(0, 1.0, size=(n, 2))
+
+    coverage = RegionCoverage(86_400.0, fit_cells(rows(2000, None), rng))
+    assert len(coverage.centroids) == INPUT_CELLS
+
+    def counts(x: np.ndarray) -> np.ndarray:
+        labels = rng.choice(["a", "b"], size=len(x)).tolist()  # classes: the same mix everywhere
+        regions = coverage.regions(labels, x)
+        assert (regions[:, 0] < CLASS_SLOTS).all() and (regions[:, 1] >= CLASS_SLOTS).all()
+        return np.bincount(regions.ravel(), minlength=REGIONS)
+
+    coverage.observe(coverage.regions(["a", "b"] * 5000, rows(10_000, None)), 0.0)
+    segment = counts(rows(1000, 0))
+    sampler = counts(rows(1000, None))
+    both = coverage.statistic(np.stack([segment, sampler]))
+    classes_only = coverage.statistic(
+        np.stack([segment, sampler]) * (np.arange(REGIONS) < CLASS_SLOTS)
+    )
+    # By classes alone both look like the traffic (a divergence of sampling noise, ~1/(2n)).
+    assert classes_only.min() > 5.0
+    # With the input cells the segment is half the traffic's cells: (log 2) / 2 on average.
+    assert both[0] == pytest.approx(-np.log(np.log(2) / 2), abs=0.2)
+    assert both[1] > 5.0
+
+
+def test_cells_are_fitted_to_the_reference_and_fewer_without_distinct_rows() -> None:
+    rng = np.random.default_rng(5)
+    few = np.repeat(np.arange(5.0)[:, None], 40, axis=0) * np.ones((1, 3))
+    cells = fit_cells(few, rng)
+    assert sorted(cells[:, 0].tolist()) == [0.0, 1.0, 2.0, 3.0, 4.0]  # one cell per distinct row
+    x = rng.normal(size=(3000, 4))
+    cells = fit_cells(x, np.random.default_rng(6))
+    again = fit_cells(x, np.random.default_rng(6))
+    assert np.array_equal(cells, again)  # the same reference and seed: the same cells
+    # Lloyd's fixed point: each centroid is the mean of the rows nearest to it.
+    nearest = nearest_cell(x, cells)
+    for j in range(len(cells)):
+        assert np.allclose(cells[j], x[nearest == j].mean(axis=0), atol=1e-6)
+    restored = RegionCoverage.from_data(RegionCoverage(1.0, cells).to_data(), 1.0)
+    assert np.array_equal(restored.centroids, cells)
+
+
+def test_a_flagged_clients_queries_do_not_shape_the_traffics_mix() -> None:
+    """The traffic's mix is what benign clients reach: once a client is flagged, its queries
+    are left out of it (as its voice is left out of the null)."""
+    detector, stream = population(seed=34, spread=1.0)
+    assert detector.regions is not None
+    observed: list[int] = []
+    observe = detector.regions.observe
+    detector.regions.observe = lambda regions, now: (  # type: ignore[method-assign]
+        observed.append(len(regions)),
+        observe(regions, now),
+    )[-1]
+    uniform = stream.rng.uniform(-12, 12, size=(200, len(FEATURES)))
+    flagged_in = None
+    for k in range(10):
+        x, clients = stream.benign(200)
+        batch = stream.batch(
+            np.vstack([x, uniform[20 * k : 20 * (k + 1)]]), clients + ["thief"] * 20
+        )
+        if detector.update(batch) and flagged_in is None:
+            flagged_in = k
+    assert flagged_in is not None and flagged_in < 9
+    # Every benign query, and the thief's up to the batch it was flagged in.
+    assert sum(observed) == 10 * 200 + 20 * (flagged_in + 1)
+
+
+def test_categorical_values_show_a_market_segment() -> None:
+    """A client serving one market (mostly one value of a categorical feature) is a segment
+    even where its numeric inputs and classes are the traffic's: the values part sees it."""
+    rng = np.random.default_rng(8)
+    buckets, share = 8, np.array([0.35, 0.25, 0.15, 0.12, 0.08, 0.05, 0.0, 0.0])
+
+    def encoded(n: int, p: np.ndarray) -> np.ndarray:
+        x = np.zeros((n, 2 + buckets))
+        x[:, :2] = rng.normal(size=(n, 2))
+        x[np.arange(n), 2 + rng.choice(buckets, size=n, p=p)] = 1.0
+        return x
+
+    coverage = RegionCoverage(86_400.0, None, (2, 1, buckets))
+    labels = ["a"] * 10_000
+    coverage.observe(coverage.regions(labels, encoded(10_000, share)), 0.0)
+    home = np.array([0.9, 0.02, 0.02, 0.02, 0.02, 0.02, 0.0, 0.0])
+    market = coverage.regions(["a"] * 400, encoded(400, home))
+    sampler = coverage.regions(["a"] * 400, encoded(400, share))
+    assert (market[:, 2] >= VALUES_START).all() and market.shape[1] == 3
+    counts = np.stack([np.bincount(r.ravel(), minlength=REGIONS) for r in (market, sampler)])
+    market_value, sampler_value = coverage.statistic(counts)
+    assert sampler_value > market_value + 2.0
+    # A missing value is a value of its own, not a crash.
+    missing = encoded(3, share)
+    missing[:, 2:] = 0.0
+    assert len(set(coverage.regions(["a"] * 3, missing)[:, 2].tolist())) == 1

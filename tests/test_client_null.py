@@ -17,9 +17,10 @@ from detectors.clients.null import (
     at_least_this_history,
     bucket_of,
     history_edges,
+    tail_parameters,
 )
 
-CLASS = STATISTICS.index("class_coverage")
+CLASS = STATISTICS.index("region_coverage")
 RING = STATISTICS.index("knn_distance")
 DAY = 86_400.0
 
@@ -33,7 +34,7 @@ def test_voices_of_cumulative_statistics_come_from_more_history_only() -> None:
     values[1, 0] = 9.0  # ... and stale in bucket 0
     values[2, 0], fresh[2, 0] = 2.0, True  # client 2: bucket 0 only
     voices = at_least_this_history(values, fresh)
-    column = [STATISTICS.index(name) for name in ("coverage", "class_coverage")]
+    column = [STATISTICS.index(name) for name in ("coverage", "region_coverage")]
     assert voices.shape == (3, buckets, len(column))
     # Client 0 speaks for buckets 0-1 (its value at 1), not for the larger ones.
     assert voices[0, :, 1].tolist()[:2] == [1.0, 1.0]
@@ -47,7 +48,7 @@ def test_voices_of_cumulative_statistics_come_from_more_history_only() -> None:
 def _population(
     rng: np.random.Generator, coverage: RegionCoverage, mix: np.ndarray, n: int
 ) -> float:
-    """class_coverage of a benign key with its own segment (a Dirichlet mix around the
+    """region_coverage of a benign key with its own segment (a Dirichlet mix around the
     traffic's) after n queries."""
     own = rng.dirichlet(mix * len(mix))
     counts = np.bincount(rng.choice(len(mix), size=n, p=own), minlength=REGIONS)
@@ -92,3 +93,16 @@ def test_a_sampler_ahead_of_its_peers_is_judged_against_more_history() -> None:
     assert p_sampler < 1e-3
     assert np.mean(p_benign <= p_sampler) < 1e-3
     assert np.mean(p_benign <= 0.01) <= 0.01
+
+
+def test_the_tail_is_not_widened_by_two_extreme_voices() -> None:
+    """The judged client's own earlier voice in its bucket and one other attacker's are
+    trimmed: the tail's scale is about the benign pool's alone."""
+    rng = np.random.default_rng(7)
+    benign = rng.exponential(0.4, size=(120, 1))
+    floors = np.array([0.01])
+    _, alone = tail_parameters(benign, floors)
+    _, with_two = tail_parameters(np.vstack([benign, [[9.0], [8.0]]]), floors)
+    assert with_two[0] < 1.4 * alone[0]  # (the benign pool's own top two come back in)
+    _, with_three = tail_parameters(np.vstack([benign, [[9.0], [8.0], [7.0]]]), floors)
+    assert with_three[0] > 2 * alone[0]  # more than two attackers' voices: a wider tail

@@ -666,7 +666,7 @@ def test_the_two_tests_spend_alpha_per_client_day_between_them() -> None:
     spending = Spending(1e-3)
     assert spending.ring + spending.cumulative == pytest.approx(1e-3)
     assert not (RING & CUMULATIVE).any() and ((RING | CUMULATIVE) == TESTED).all()
-    assert [STATISTICS[i] for i in np.flatnonzero(CUMULATIVE)] == ["coverage", "class_coverage"]
+    assert [STATISTICS[i] for i in np.flatnonzero(CUMULATIVE)] == ["coverage", "region_coverage"]
     for looks in (1, 10, 10_000):
         day = sum(spending.ring_threshold(j) for j in range(1, looks + 1))
         day += sum(spending.cumulative_threshold(i) for i in range(1, looks + 1))
@@ -692,7 +692,7 @@ def test_a_slow_whole_population_sampler_is_flagged_by_the_cumulative_test() -> 
     assert {f.subject for f in findings} == {"thief"}
     first = findings[0]
     assert first.details["test"] == "cumulative"
-    assert set(first.details["detectors_fired"]) <= {"coverage", "class_coverage"}
+    assert set(first.details["detectors_fired"]) <= {"coverage", "region_coverage"}
     seen = first.details["queries_seen"]
     assert seen in {50 * 2**k for k in range(5)} and first.support == seen
     tests = first.details["tests"]
@@ -708,6 +708,23 @@ def test_a_slow_whole_population_sampler_is_flagged_by_the_cumulative_test() -> 
     # Its evidence began with its first query, not at a clean look of its ring.
     assert first.details["pattern_began"] == detector.clients["thief"].first_seen
     assert first.details["pattern_began"] < first.ts
+
+
+def test_a_clients_first_look_of_a_day_is_also_a_cumulative_look() -> None:
+    """A patient client's cumulative evidence is judged each day it queries (its day's first
+    look), not only at doublings of its queries: a slow extractor's doublings are days apart."""
+    detector, stream = population(seed=33, spread=7.0)
+    rows = whole_population(stream, 160)
+    run_mixed(detector, stream, rows[:150], ["thief"] * 150, per_batch=5)
+    state = detector.clients["thief"]
+    assert state.count == 150 and state.cumulative_looks == 2  # at 50 and 100 queries
+    day = int(stream.t // 86_400) + 1
+    stream.t = day * 86_400.0  # the next day begins
+    run_mixed(detector, stream, rows[150:], ["thief"] * 10, per_batch=10)
+    # 160 queries is no doubling: the look at it counts in the cumulative test as the day's
+    # first.
+    assert state.count == 160 and state.day == day
+    assert state.day_looks == 1 and state.cumulative_looks == 1
 
 
 def line_searches(rng: np.random.Generator, lines: int, steps: int = 12) -> np.ndarray:

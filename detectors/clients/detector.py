@@ -31,10 +31,10 @@ distance), `prada_normality` (-log Shapiro-Wilk W of the min distances),
 `boundary_pairs` (share of boundary pairs) and
 `coverage` (how fully the client's cumulative histograms cover the reference's: the sum over
 features of their entropy minus the reference's; a natural-data extractor sampling the whole
-population climbs to 0, a client serving its own segment stays below) and `class_coverage`
-(minus the log divergence of the client's predicted-class mix from the whole traffic's: a
-natural-data extractor reaches the model's decision regions as the traffic does,
-`detectors.clients.coverage`).
+population climbs to 0, a client serving its own segment stays below) and `region_coverage`
+(minus the log of the mean divergence of the client's predicted-class mix and input-cell mix
+from the whole traffic's: a natural-data extractor reaches the model's decision regions and
+the input space's clusters as the traffic does, `detectors.clients.coverage`).
 
 Each statistic is judged against the *contemporaneous* benign population at the same history
 length (`detectors.clients.null`): each client's latest value per history bucket (for the
@@ -51,7 +51,7 @@ each spending its own share per client and per event-time day (`Spending`):
 
 - the *ring* test, at every look: the Bonferroni minimum over the ring's six statistics, the
   j-th look of the day at alpha_r / (j (j + 1));
-- the *cumulative* test (`coverage`, `class_coverage`: evidence that accrues over everything
+- the *cumulative* test (`coverage`, `region_coverage`: evidence that accrues over everything
   the client sent, slowly) only at the looks where the client's queries seen pass
   `CUMULATIVE_FIRST` x 2^k: the i-th such look of the day at alpha_c / (i (i + 1)).
 
@@ -80,12 +80,13 @@ from detectors.clients.codec import (
     sample_from_data,
     sample_to_data,
 )
-from detectors.clients.coverage import REGIONS, RegionCoverage, counts_at, labels_of
+from detectors.clients.coverage import REGIONS, RegionCoverage, counts_at, fit_cells, labels_of
 from detectors.clients.neighbours import candidates, not_earlier, segments, smallest
 from detectors.clients.null import STATISTICS, PopulationNull, bucket_of, history_edges
 from detectors.clients.spending import (
     COVERAGE,
     CUMULATIVE,
+    CUMULATIVE_FIRST,
     REGION_STAT,
     RING,
     TESTED,
@@ -143,7 +144,7 @@ _NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan, 0, -1, 0])  # in no
 # distinct queries (NaN: not enough of them). MIN_DISTANCE: NaN for repeats and the first.
 # PROBE: 1 + the coordinate a probe moved (by at most `probe_step`), -(2 + the coordinate) for
 # an entity re-scored with one coordinate moved further, -1 for another entity re-scored, 0
-# for other queries. CLASS: the predicted class's slot (`RegionCoverage.regions`). STRADDLE:
+# for other queries. CLASS: the predicted class's slot (`RegionCoverage.class_slots`). STRADDLE:
 # 1 when one of the k nearest earlier queries is within `straddle_radius`, predicted another
 # class and is not an entity with a field changed (a pair across the decision boundary,
 # `boundary_pairs`).
@@ -187,8 +188,9 @@ class QueryPatternDetector(ProfiledDetector):
     name = "query_patterns"
     # 2: class coverage (a statistic more, per-client class counts); 3: two tests (per-client
     # cumulative looks of the day and first query's time); 4: boundary pairs (two record
-    # columns, a statistic more)
-    state_version = 4
+    # columns, a statistic more); 5: region coverage adds input cells (per-client counts of
+    # both, the reference's k-means centroids)
+    state_version = 5
 
     def __init__(self, model: str, settings: QueryPatternSettings | None = None) -> None:
         self.settings = settings or QueryPatternSettings()
@@ -401,7 +403,8 @@ class QueryPatternDetector(ProfiledDetector):
         histogram = np.zeros((features, BINS))
         np.add.at(histogram, (np.arange(features)[None, :], self._bins(encoded)), 1)
         self.reference_entropy = float(entropy(histogram[None])[0])
-        self.regions = RegionCoverage(s.null_window_seconds)
+        categorical = (numerics, len(profile.categorical_names), profile.buckets)
+        self.regions = RegionCoverage(s.null_window_seconds, fit_cells(encoded, rng), categorical)
 
     def _straddle_radius(self, encoded: np.ndarray) -> float:
         """`STRADDLE_SCALE` x the median distance of a reference record to its nearest other
@@ -626,8 +629,8 @@ class QueryPatternDetector(ProfiledDetector):
         bins = self._bins(x)
         assert self.regions is not None
         labels = labels_of(batch.predictions[start:], batch.scores[start:], n)
-        regions = self.regions.regions(labels)
-        per_query[:, CLASS] = regions
+        regions = self.regions.regions(labels, x)  # queries x (class slot, input cell)
+        per_query[:, CLASS] = regions[:, 0]
         self.since_refresh += n
         if (
             self.last_ts >= self.refreshed + NULL_REFRESH_SECONDS
@@ -652,7 +655,6 @@ class QueryPatternDetector(ProfiledDetector):
         sizes = np.diff(np.r_[first, m])
         group_codes = sorted_codes[first]
         regions = regions[order]
-        self.regions.observe(regions, self.last_ts)  # the tracked traffic's mix
 
         xs = x[order]
         norms = np.einsum("ij,ij->i", xs, xs)
@@ -667,6 +669,10 @@ class QueryPatternDetector(ProfiledDetector):
         query[:, dim], query[:, dim + 1] = 1.0, norms
         records = per_query[order]
         group_states = [states[c] for c in group_codes.tolist()]
+        # The traffic's mix is the unflagged clients' (as the null's voices are): a flagged
+        # attacker's queries do not shape what the whole traffic looks like.
+        unflagged = np.array([st.flagged_severity is None for st in group_states])
+        self.regions.observe(regions[np.repeat(unflagged, sizes)], self.last_ts)
         slots = np.array([st.slot for st in group_states])
         nearest, probe, straddle = self._nearest(
             stored, query, records[:, CLASS], slots, filled[group_codes], first, sizes
@@ -699,7 +705,7 @@ class QueryPatternDetector(ProfiledDetector):
         )
         added = np.bincount(cells.ravel(), minlength=len(sizes) * features * BINS)
         self.coverage[slots] += added.reshape(len(sizes), features, BINS).astype(np.int32)
-        np.add.at(self.region_counts, (np.repeat(slots, sizes), regions), 1)
+        np.add.at(self.region_counts, (np.repeat(slots, sizes)[:, None], regions), 1)
         starts = ts[order[first]].tolist()
         for state, size, began in zip(group_states, sizes.tolist(), starts, strict=True):
             if state.count == 0:
@@ -1170,12 +1176,15 @@ class QueryPatternDetector(ProfiledDetector):
         findings = []
         voices = []
         for i, (client, state, index, count) in enumerate(due):
-            if days[i] != state.day:
+            first_of_day = days[i] != state.day
+            if first_of_day:
                 state.day, state.day_looks, state.cumulative_looks = days[i], 0, 0
             state.day_looks += 1
             j = state.day_looks
             k = 0  # the look's number in the cumulative test (0: not one of its looks)
-            if cumulative_due[i]:
+            # Also the day's first look: a patient client's evidence is judged every day it
+            # queries, at the day's largest share of alpha_c.
+            if cumulative_due[i] or (first_of_day and count >= CUMULATIVE_FIRST):
                 state.cumulative_looks += 1
                 k = state.cumulative_looks
             if ring_p[i] > CLEAN_P:

@@ -51,7 +51,7 @@ STATISTICS = (
     "prada_normality",
     "coordinate_probes",
     "coverage",
-    "class_coverage",
+    "region_coverage",
     "boundary_pairs",
 )
 # Smallest tail scale per statistic, in its own units (shares, log distance, -log W, ratio):
@@ -72,7 +72,7 @@ SHARE_STATISTICS = [
 ]
 # Cumulative statistics (over every query the client sent, bucketed by queries seen): their
 # benign values grow with history, so a bucket's null also takes clients with more history.
-CUMULATIVE_STATISTICS = [STATISTICS.index("coverage"), STATISTICS.index("class_coverage")]
+CUMULATIVE_STATISTICS = [STATISTICS.index("coverage"), STATISTICS.index("region_coverage")]
 
 
 def history_edges(min_queries: int, buffer_size: int) -> np.ndarray:
@@ -104,7 +104,7 @@ def tail_parameters(pool: np.ndarray, floors: np.ndarray) -> tuple[np.ndarray, n
     deviation = np.sort(np.abs(pool - med), axis=0)
     mad = deviation[safe // 2, cols]
     rank = np.arange(len(pool))[:, None]
-    drop = np.maximum(1, count // 50)
+    drop = np.maximum(2, count // 50)
     above = (ordered > u) & (rank < (count - drop))
     excess = np.where(above, ordered - u, 0.0)
     n_excess = np.count_nonzero(above, axis=0)

@@ -1,7 +1,7 @@
 """How a suspicious-client look spends the false-alarm budget: two tests share alpha (benign
 clients flagged per client-day, at most), the ring statistics at every look and the
-cumulative coverages at doublings of queries seen; each combines its statistics by
-Bonferroni (docs/query-patterns.md derives it)."""
+cumulative coverages at the day's first look and at doublings of queries seen; each
+combines its statistics by Bonferroni (docs/query-patterns.md derives it)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 from detectors.clients.null import CUMULATIVE_STATISTICS, STATISTICS
 
 COVERAGE = STATISTICS.index("coverage")
-REGION_STAT = STATISTICS.index("class_coverage")
+REGION_STAT = STATISTICS.index("region_coverage")
 # Shapiro-Wilk W of the min distances (PRADA) is reported, not tested: against a population
 # of a few dozen clients its null's tail is too unstable (most benign false alarms on the
 # multi-day benches), and what it sees, the distances and low margins also see.
