@@ -23,7 +23,8 @@ population of clients at the same history length.
   and a client running ahead of its peers a null at all. Less history is never used.
 - **Tail model** (peaks over threshold, robust): u = the pool's 90th percentile, the tail
   beyond it exponential with scale b = the mean excess over u of the pool without its top 2%
-  (at least one client; a few clients cannot widen it), inflated by 1 + 1/sqrt(excesses) for
+  (at least one client, two from 50 voices on: a few clients, the judged one's own earlier
+  voice among them, cannot widen it), inflated by 1 + 1/sqrt(excesses) for
   the small-sample error, and at least half the MAD and a per-statistic floor. p(x) =
   min(1, 0.1 exp(-(x - u) / b)). Below the threshold of any look (at most alpha / 8 per
   statistic and client-day) only this tail matters.
@@ -104,7 +105,9 @@ def tail_parameters(pool: np.ndarray, floors: np.ndarray) -> tuple[np.ndarray, n
     deviation = np.sort(np.abs(pool - med), axis=0)
     mad = deviation[safe // 2, cols]
     rank = np.arange(len(pool))[:, None]
-    drop = np.maximum(2, count // 50)
+    # At least one voice, two from 50 on (the judged client's own earlier voice in its bucket
+    # and a second attacker's); a smaller pool keeps its few excesses.
+    drop = np.maximum(1 + (count >= 50), count // 50)
     above = (ordered > u) & (rank < (count - drop))
     excess = np.where(above, ordered - u, 0.0)
     n_excess = np.count_nonzero(above, axis=0)
