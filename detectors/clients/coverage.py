@@ -42,13 +42,14 @@ from typing import Any
 
 import numpy as np
 
-CLASS_SLOTS = 16  # predicted classes, by a stable hash of their text (more share slots)
-INPUT_CELLS = 16  # k-means cells of the reference's inputs
-VALUE_SLOTS = 16  # categorical values, by feature and hashed bucket
+PART_SLOTS = 16  # slots of each part (equal widths: the statistic reshapes them as one array)
+CLASS_SLOTS = PART_SLOTS  # predicted classes, by a stable hash of their text
+INPUT_CELLS = PART_SLOTS  # k-means cells of the reference's inputs
+VALUE_SLOTS = PART_SLOTS  # categorical values, by feature and hashed bucket
+PARTS = 3
 CELLS_START = CLASS_SLOTS
 VALUES_START = CLASS_SLOTS + INPUT_CELLS
-REGIONS = VALUES_START + VALUE_SLOTS  # a client's counts: class slots, input cells, values
-PARTS = (slice(0, CELLS_START), slice(CELLS_START, VALUES_START), slice(VALUES_START, REGIONS))
+REGIONS = PARTS * PART_SLOTS  # a client's counts: class slots, input cells, values
 KMEANS_ROUNDS = 30  # Lloyd iterations (the reference is at most a few thousand rows)
 KMEANS_ROWS = 5000  # reference rows the cells are fitted on, at most
 SMOOTHING = 0.5  # added to each class of the traffic's mix (a class nobody reached yet)
@@ -153,18 +154,17 @@ class RegionCoverage:
         """Minus the log of the mean, over the parts with queries (classes, input cells,
         values), of the KL divergence of each row's mix (looks x REGIONS counts) from the
         traffic's; NaN for a row without queries."""
-        counts = counts.astype(np.float64)
-        total = np.zeros(len(counts))
-        parts = np.zeros(len(counts))
-        for part in PARTS:
-            q = self.traffic[part] + SMOOTHING
-            log_q = np.log(q / q.sum())
-            n = counts[:, part].sum(axis=1)
-            p = counts[:, part] / np.maximum(n, 1)[:, None]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                terms = np.where(p > 0, p * (np.log(p) - log_q), 0.0)
-            total += np.where(n > 0, np.maximum(terms.sum(axis=1), 0.0), 0.0)
-            parts += n > 0
+        looks = len(counts)
+        counts = counts.astype(np.float64).reshape(looks, PARTS, PART_SLOTS)
+        q = self.traffic.reshape(PARTS, PART_SLOTS) + SMOOTHING
+        log_q = np.log(q / q.sum(axis=1, keepdims=True))
+        n = counts.sum(axis=2)  # looks x parts
+        p = counts / np.maximum(n, 1)[:, :, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(p > 0, p * (np.log(p) - log_q), 0.0)
+        has = n > 0
+        parts = has.sum(axis=1)
+        total = np.where(has, np.maximum(terms.sum(axis=2), 0.0), 0.0).sum(axis=1)
         divergence = total / np.maximum(parts, 1) + FLOOR
         return np.where(parts > 0, -np.log(divergence), np.nan)
 
