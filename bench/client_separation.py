@@ -5,8 +5,11 @@ drawn exactly as benign rows are (`Dataset.sample`). This script measures, witho
 without ART, how the extractor's cumulative coverage compares with benign keys' after as many
 queries (n = 100 .. 2,000): per key, the entropy of its predicted classes, the entropy of its
 (predicted class x coarse input cell) regions (cells: signs of
-4 random projections) and the sum over features of its octile histograms' entropy (the
-detector's feature coverage). For each n it prints the benign keys' median and 99th
+4 random projections), the sum over features of its octile histograms' entropy (the
+detector's feature coverage), and minus the log divergence from the population's mix of its
+classes, of its k-means cells (`detectors.clients.coverage.fit_cells` on standardized rows of a
+5,000-row reference) and of both averaged (the detector's `region_coverage`, without values:
+these datasets have no categorical feature). For each n it prints the benign keys' median and 99th
 percentile and the extractors' values, and the extractors' mean rank among benign keys
 (0.5: indistinguishable).
 
@@ -29,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from bench.client_streams import load_dataset, preferences, train_model
+from detectors.clients.coverage import fit_cells, nearest_cell
 from detectors.clients.null import tail_p, tail_parameters
 
 HISTORY = (100, 200, 500, 1000, 2000)
@@ -57,15 +61,23 @@ def regions_of(
 
 
 def measures(
-    model: object, x: np.ndarray, octiles: np.ndarray, planes: np.ndarray, mix: tuple
+    model: object,
+    x: np.ndarray,
+    octiles: np.ndarray,
+    planes: np.ndarray,
+    mix: tuple,
+    cells: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> dict:
-    """Cumulative measures of one key's queries `x` at each n in HISTORY."""
+    """Cumulative measures of one key's queries `x` at each n in HISTORY (`cells`: the
+    k-means centroids and the standardization they were fitted in)."""
     pred, region = regions_of(model, x, octiles, planes)
-    class_mix, region_mix = mix
+    class_mix, region_mix, cell_mix = mix
+    centroids, centre, scale = cells
+    cell = nearest_cell((x - centre) / scale, centroids)
     bins = (x[:, :, None] > octiles[None]).sum(axis=2)
     out: dict[str, list[float]] = {
         "class": [], "region": [], "features": [], "class_kl": [], "region_kl": [],
-        "-log class_kl": [], "-log region_kl": [],
+        "-log class_kl": [], "-log region_kl": [], "-log cell_kl": [], "-log mean kl": [],
     }  # fmt: skip
     for n in HISTORY:
         classes = np.bincount(pred[:n], minlength=len(class_mix))
@@ -76,6 +88,10 @@ def measures(
         out["region_kl"].append(_kl(regions, region_mix))
         out["-log class_kl"].append(-np.log(max(-out["class_kl"][-1], 1e-9)))
         out["-log region_kl"].append(-np.log(max(-out["region_kl"][-1], 1e-9)))
+        cell_kl = -_kl(np.bincount(cell[:n], minlength=len(cell_mix)), cell_mix)
+        out["-log cell_kl"].append(-np.log(max(cell_kl, 1e-9)))
+        mean_kl = (cell_kl - out["class_kl"][-1]) / 2
+        out["-log mean kl"].append(-np.log(max(mean_kl, 1e-9)))
         hist = np.stack([np.bincount(b, minlength=8) for b in bins[:n].T])
         out["features"].append(float(_entropy(hist).sum()))
     return out
@@ -101,14 +117,28 @@ def main() -> None:
         pred, region = regions_of(model, dataset.sample(rng, 5000, False), octiles, planes)
         class_mix = np.bincount(pred, minlength=dataset.classes) + 1.0
         region_mix = np.bincount(region, minlength=dataset.classes << CELL_BITS) + 1.0
-        mix = (class_mix / class_mix.sum(), region_mix / region_mix.sum())
+        centre = dataset.pool.mean(axis=0)
+        reference = dataset.sample(rng, 5000, False)
+        centroids = fit_cells((reference - centre) / scale, np.random.default_rng(seed))
+        cells = (centroids, centre, scale)
+        cell_mix = (
+            np.bincount(
+                nearest_cell((reference - centre) / scale, centroids), minlength=len(centroids)
+            )
+            + 1.0
+        )
+        mix = (
+            class_mix / class_mix.sum(),
+            region_mix / region_mix.sum(),
+            cell_mix / cell_mix.sum(),
+        )
         n = HISTORY[-1]
         benign = [
-            measures(model, dataset.sample(rng, n, False, tastes[k]), octiles, planes, mix)
+            measures(model, dataset.sample(rng, n, False, tastes[k]), octiles, planes, mix, cells)
             for k in range(args.keys)
         ]
         thieves = [
-            measures(model, dataset.sample(rng, n, False), octiles, planes, mix)
+            measures(model, dataset.sample(rng, n, False), octiles, planes, mix, cells)
             for _ in range(args.extractors)
         ]
         print(f"\nseed {seed} ({args.dataset}, preference {args.preference:g}): "

@@ -32,9 +32,10 @@ distance), `prada_normality` (-log Shapiro-Wilk W of the min distances),
 `coverage` (how fully the client's cumulative histograms cover the reference's: the sum over
 features of their entropy minus the reference's; a natural-data extractor sampling the whole
 population climbs to 0, a client serving its own segment stays below) and `region_coverage`
-(minus the log of the mean divergence of the client's predicted-class mix and input-cell mix
-from the whole traffic's: a natural-data extractor reaches the model's decision regions and
-the input space's clusters as the traffic does, `detectors.clients.coverage`).
+(minus the log of the mean divergence of the client's mixes of predicted classes, input cells
+and categorical values from the whole traffic's: a natural-data extractor reaches the model's
+decision regions and the input space's clusters as the traffic does,
+`detectors.clients.coverage`).
 
 Each statistic is judged against the *contemporaneous* benign population at the same history
 length (`detectors.clients.null`): each client's latest value per history bucket (for the
@@ -52,7 +53,8 @@ each spending its own share per client and per event-time day (`Spending`):
 - the *ring* test, at every look: the Bonferroni minimum over the ring's six statistics, the
   j-th look of the day at alpha_r / (j (j + 1));
 - the *cumulative* test (`coverage`, `region_coverage`: evidence that accrues over everything
-  the client sent, slowly) only at the looks where the client's queries seen pass
+  the client sent, slowly) only at the client's first look of each day (from
+  `CUMULATIVE_FIRST` queries seen) and at the looks where its queries seen pass
   `CUMULATIVE_FIRST` x 2^k: the i-th such look of the day at alpha_c / (i (i + 1)).
 
 Cost: every query is measured, with no numpy call per client; the batched neighbour search
@@ -188,8 +190,8 @@ class QueryPatternDetector(ProfiledDetector):
     name = "query_patterns"
     # 2: class coverage (a statistic more, per-client class counts); 3: two tests (per-client
     # cumulative looks of the day and first query's time); 4: boundary pairs (two record
-    # columns, a statistic more); 5: region coverage adds input cells (per-client counts of
-    # both, the reference's k-means centroids)
+    # columns, a statistic more); 5: region coverage adds input cells and categorical values
+    # (per-client counts of all three, the reference's k-means centroids)
     state_version = 5
 
     def __init__(self, model: str, settings: QueryPatternSettings | None = None) -> None:
@@ -629,7 +631,7 @@ class QueryPatternDetector(ProfiledDetector):
         bins = self._bins(x)
         assert self.regions is not None
         labels = labels_of(batch.predictions[start:], batch.scores[start:], n)
-        regions = self.regions.regions(labels, x)  # queries x (class slot, input cell)
+        regions = self.regions.regions(labels, x)  # queries x (class, cell, values...)
         per_query[:, CLASS] = regions[:, 0]
         self.since_refresh += n
         if (
