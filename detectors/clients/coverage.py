@@ -31,8 +31,7 @@ Cells from signs of random projections, joined to the class, were tried first an
 the tuning seeds they added noise, not separation. Cells fitted to the reference's clusters
 separate as well as the classes, and their mean better (`bench/client_separation.py --seed 8
 --preference 1`, against the reference's mix: the median extractor's p at 1,000 queries
-1.7e-5 with classes, 2.2e-5 with cells, 1.1e-5 with their mean); in the pipeline, against the
-traffic's mix, the classes lost more to the traffic's drift from the extractor's data.
+1.7e-5 with classes, 2.2e-5 with cells, 1.1e-5 with their mean).
 """
 
 from __future__ import annotations
