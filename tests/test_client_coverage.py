@@ -145,11 +145,12 @@ def test_input_cells_show_a_segment_whose_classes_are_the_traffics() -> None:
 
     def counts(x: np.ndarray) -> np.ndarray:
         labels = rng.choice(["a", "b"], size=len(x)).tolist()  # classes: the same mix everywhere
-        regions = coverage.regions(labels, x)
+        regions = coverage.regions(labels, x, np.zeros((len(x), 0), dtype=np.int64))
         assert (regions[:, 0] < CLASS_SLOTS).all() and (regions[:, 1] >= CLASS_SLOTS).all()
         return np.bincount(regions.ravel(), minlength=REGIONS)
 
-    coverage.observe(coverage.regions(["a", "b"] * 5000, rows(10_000, None)), 0.0)
+    none = np.zeros((10_000, 0), dtype=np.int64)  # no categorical feature
+    coverage.observe(coverage.regions(["a", "b"] * 5000, rows(10_000, None), none), 0.0)
     segment = counts(rows(1000, 0))
     sampler = counts(rows(1000, None))
     both = coverage.statistic(np.stack([segment, sampler]))
@@ -211,23 +212,20 @@ def test_categorical_values_show_a_market_segment() -> None:
     rng = np.random.default_rng(8)
     buckets, share = 8, np.array([0.35, 0.25, 0.15, 0.12, 0.08, 0.05, 0.0, 0.0])
 
-    def encoded(n: int, p: np.ndarray) -> np.ndarray:
-        x = np.zeros((n, 2 + buckets))
-        x[:, :2] = rng.normal(size=(n, 2))
-        x[np.arange(n), 2 + rng.choice(buckets, size=n, p=p)] = 1.0
-        return x
+    def queries(n: int, p: np.ndarray) -> tuple[list[object], np.ndarray, np.ndarray]:
+        """Labels, encoded numeric inputs and each query's bucket of the one feature."""
+        return ["a"] * n, rng.normal(size=(n, 2)), rng.choice(buckets, size=(n, 1), p=p)
 
-    coverage = RegionCoverage(86_400.0, None, (2, 1, buckets))
-    labels = ["a"] * 10_000
-    coverage.observe(coverage.regions(labels, encoded(10_000, share)), 0.0)
+    coverage = RegionCoverage(86_400.0, None, (1, buckets))
+    coverage.observe(coverage.regions(*queries(10_000, share)), 0.0)
     home = np.array([0.9, 0.02, 0.02, 0.02, 0.02, 0.02, 0.0, 0.0])
-    market = coverage.regions(["a"] * 400, encoded(400, home))
-    sampler = coverage.regions(["a"] * 400, encoded(400, share))
+    market = coverage.regions(*queries(400, home))
+    sampler = coverage.regions(*queries(400, share))
     assert (market[:, 2] >= VALUES_START).all() and market.shape[1] == 3
     counts = np.stack([np.bincount(r.ravel(), minlength=REGIONS) for r in (market, sampler)])
     market_value, sampler_value = coverage.statistic(counts)
     assert sampler_value > market_value + 2.0
     # A missing value is a value of its own, not a crash.
-    missing = encoded(3, share)
-    missing[:, 2:] = 0.0
-    assert len(set(coverage.regions(["a"] * 3, missing)[:, 2].tolist())) == 1
+    labels, x, _ = queries(3, share)
+    missing = np.full((3, 1), buckets)  # the detector's bin for a missing value
+    assert len(set(coverage.regions(labels, x, missing)[:, 2].tolist())) == 1

@@ -102,13 +102,13 @@ class RegionCoverage:
         self,
         time_constant: float,
         centroids: np.ndarray | None = None,
-        categorical: tuple[int, int, int] = (0, 0, 0),
+        categorical: tuple[int, int] = (0, 0),
     ) -> None:
         self.time_constant = time_constant
         self.centroids = np.zeros((0, 0)) if centroids is None else centroids
-        # Where the encoded inputs' one-hot blocks are: (first column, features, buckets each).
+        # The profile's categorical features and hashed buckets per feature.
         self.categorical = categorical
-        _, features, buckets = categorical
+        features, buckets = categorical
         # Each (feature, bucket)'s value slot; a missing value (no bucket set) is a value too.
         codes = np.arange(features)[:, None] * (buckets + 1) + np.arange(buckets + 1)
         self.value_slots = VALUES_START + (codes * 2654435761 % 2**32) % VALUE_SLOTS
@@ -116,21 +116,22 @@ class RegionCoverage:
         self.traffic_ts = -math.inf  # event time the counts are decayed to
         self.slots: dict[object, int] = {}
 
-    def regions(self, predictions: list[object], encoded: np.ndarray) -> np.ndarray:
+    def regions(
+        self, predictions: list[object], encoded: np.ndarray, values: np.ndarray
+    ) -> np.ndarray:
         """Each query's regions (queries x (2 + categorical features), int64): its class
         slot, its input cell (`CELLS_START` + the cell; without cells, every query in the
-        first), then each categorical feature's value slot."""
-        start, features, buckets = self.categorical
+        first), then each categorical feature's value slot. `values`: each query's bucket per
+        categorical feature (queries x features; `buckets` where missing), as the detector's
+        coverage histograms bin them."""
+        features = self.categorical[0]
         out = np.empty((len(predictions), 2 + features), dtype=np.int64)
         out[:, 0] = self.class_slots(predictions)
         out[:, 1] = CELLS_START
         if len(self.centroids) and len(encoded):
             out[:, 1] += nearest_cell(np.asarray(encoded, dtype=np.float64), self.centroids)
         if features:
-            blocks = encoded[:, start : start + features * buckets].reshape(-1, features, buckets)
-            present = blocks.max(axis=2) > 0
-            bucket = np.where(present, blocks.argmax(axis=2), buckets)  # missing: the last
-            out[:, 2:] = self.value_slots[np.arange(features), bucket]
+            out[:, 2:] = self.value_slots[np.arange(features), values]
         return out
 
     def class_slots(self, predictions: list[object]) -> np.ndarray:
@@ -179,11 +180,9 @@ class RegionCoverage:
 
     @classmethod
     def from_data(cls, data: dict[str, Any], time_constant: float) -> RegionCoverage:
-        start, features, buckets = (int(v) for v in data["categorical"])
+        features, buckets = (int(v) for v in data["categorical"])
         out = cls(
-            time_constant,
-            np.asarray(data["centroids"], dtype=np.float64),
-            (start, features, buckets),
+            time_constant, np.asarray(data["centroids"], dtype=np.float64), (features, buckets)
         )
         out.traffic = np.asarray(data["traffic"], dtype=np.float64)
         out.traffic_ts = float(data["traffic_ts"])

@@ -405,7 +405,7 @@ class QueryPatternDetector(ProfiledDetector):
         histogram = np.zeros((features, BINS))
         np.add.at(histogram, (np.arange(features)[None, :], self._bins(encoded)), 1)
         self.reference_entropy = float(entropy(histogram[None])[0])
-        categorical = (numerics, len(profile.categorical_names), profile.buckets)
+        categorical = (len(profile.categorical_names), profile.buckets)
         self.regions = RegionCoverage(s.null_window_seconds, fit_cells(encoded, rng), categorical)
 
     def _straddle_radius(self, encoded: np.ndarray) -> float:
@@ -631,7 +631,8 @@ class QueryPatternDetector(ProfiledDetector):
         bins = self._bins(x)
         assert self.regions is not None
         labels = labels_of(batch.predictions[start:], batch.scores[start:], n)
-        regions = self.regions.regions(labels, x)  # queries x (class, cell, values...)
+        values = bins[:, len(self.profile.numeric_names) :]  # the categorical features' buckets
+        regions = self.regions.regions(labels, x, values)  # queries x (class, cell, values...)
         per_query[:, CLASS] = regions[:, 0]
         self.since_refresh += n
         if (
