@@ -90,7 +90,8 @@ def measures(
         out["-log region_kl"].append(-np.log(max(-out["region_kl"][-1], 1e-9)))
         cell_kl = -_kl(np.bincount(cell[:n], minlength=len(cell_mix)), cell_mix)
         out["-log cell_kl"].append(-np.log(max(cell_kl, 1e-9)))
-        mean_kl = (cell_kl - out["class_kl"][-1]) / 2
+        class_kl = -out["class_kl"][-1]  # (`_kl` is minus the divergence)
+        mean_kl = (cell_kl + class_kl) / 2
         out["-log mean kl"].append(-np.log(max(mean_kl, 1e-9)))
         hist = np.stack([np.bincount(b, minlength=8) for b in bins[:n].T])
         out["features"].append(float(_entropy(hist).sum()))
