@@ -20,7 +20,14 @@ from detectors import state_codec
 from detectors.base import Finding, Kind
 from detectors.clients.detector import QueryPatternDetector
 from detectors.clients.null import STATISTICS
-from detectors.clients.spending import CUMULATIVE, RING, TESTED, Spending, cumulative_looks_due
+from detectors.clients.spending import (
+    CUMULATIVE,
+    CUMULATIVE_FIRST,
+    RING,
+    TESTED,
+    Spending,
+    cumulative_looks_due,
+)
 from detectors.clients.statistics import shapiro_w
 from detectors.settings import QueryPatternSettings
 from detectors.state_codec import StateError
@@ -672,13 +679,14 @@ def test_the_two_tests_spend_alpha_per_client_day_between_them() -> None:
         day += sum(spending.cumulative_threshold(i) for i in range(1, looks + 1))
         assert day < 1e-3
     assert day == pytest.approx(1e-3, rel=1e-3)
-    # Cumulative looks: the first look at or after 50, 100, 200, ... queries seen.
-    counts = np.arange(20, 10_001, 10)
+    # Cumulative looks: the first look at or after 200, 400, 800, ... queries seen.
+    assert CUMULATIVE_FIRST == 200
+    counts = np.arange(20, 20_001, 10)
     due = counts[cumulative_looks_due(counts, 10)]
-    assert due.tolist() == [50 * 2**k for k in range(8)]
-    counts = np.arange(21, 10_001, 7)  # looks every 7 queries: the next look after each
+    assert due.tolist() == [200 * 2**k for k in range(7)]
+    counts = np.arange(21, 20_001, 7)  # looks every 7 queries: the next look after each
     due = counts[cumulative_looks_due(counts, 7)]
-    assert len(due) == 8 and all(0 <= d - 50 * 2**k < 7 for k, d in enumerate(due))
+    assert len(due) == 7 and all(0 <= d - 200 * 2**k < 7 for k, d in enumerate(due))
 
 
 def test_a_slow_whole_population_sampler_is_flagged_by_the_cumulative_test() -> None:
@@ -694,7 +702,7 @@ def test_a_slow_whole_population_sampler_is_flagged_by_the_cumulative_test() -> 
     assert first.details["test"] == "cumulative"
     assert set(first.details["detectors_fired"]) <= {"coverage", "region_coverage"}
     seen = first.details["queries_seen"]
-    assert seen in {50 * 2**k for k in range(5)} and first.support == seen
+    assert seen in {200 * 2**k for k in range(3)} and first.support == seen
     tests = first.details["tests"]
     cumulative = tests["cumulative"]
     assert first.threshold == cumulative["threshold"]
@@ -714,16 +722,27 @@ def test_a_clients_first_look_of_a_day_is_also_a_cumulative_look() -> None:
     """A patient client's cumulative evidence is judged each day it queries (its day's first
     look), not only at doublings of its queries: a slow extractor's doublings are days apart."""
     detector, stream = population(seed=33, spread=7.0)
-    rows = whole_population(stream, 160)
+    rows = whole_population(stream, 460)
+
+    def next_day() -> int:
+        day = int(stream.t // 86_400) + 1
+        stream.t = day * 86_400.0
+        return day
+
+    # Under CUMULATIVE_FIRST queries, no look is cumulative, not even a day's first.
     run_mixed(detector, stream, rows[:150], ["thief"] * 150, per_batch=5)
     state = detector.clients["thief"]
-    assert state.count == 150 and state.cumulative_looks == 2  # at 50 and 100 queries
-    day = int(stream.t // 86_400) + 1
-    stream.t = day * 86_400.0  # the next day begins
-    run_mixed(detector, stream, rows[150:], ["thief"] * 10, per_batch=10)
-    # 160 queries is no doubling: the look at it counts in the cumulative test as the day's
+    assert state.count == 150 and state.cumulative_looks == 0
+    day = next_day()
+    run_mixed(detector, stream, rows[150:160], ["thief"] * 10, per_batch=10)
+    assert state.day == day and state.day_looks == 1 and state.cumulative_looks == 0
+    run_mixed(detector, stream, rows[160:450], ["thief"] * 290, per_batch=5)
+    assert state.count == 450 and state.cumulative_looks == 2  # at 200 and 400 queries
+    day = next_day()
+    run_mixed(detector, stream, rows[450:], ["thief"] * 10, per_batch=10)
+    # 460 queries is no doubling: the look at it counts in the cumulative test as the day's
     # first.
-    assert state.count == 160 and state.day == day
+    assert state.count == 460 and state.day == day
     assert state.day_looks == 1 and state.cumulative_looks == 1
 
 
