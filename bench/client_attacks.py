@@ -155,11 +155,11 @@ def run(
         stem = stem.with_name(f"{stem.name}-pref{preference:g}")
     if quick:
         stem = stem.with_name(stem.name + "-quick")
-    stream = stem.with_suffix(".jsonl")
+    stream = stem.with_name(stem.name + ".jsonl")  # not with_suffix: "pref0.3" has a dot
     write_jsonl(lines, stream)
     del lines  # half a gigabyte at the default size; the replay reads the file
     built = time.perf_counter() - started
-    db = stem.with_suffix(".db")
+    db = stem.with_name(stem.name + ".db")
     for leftover in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
         leftover.unlink(missing_ok=True)
     url = f"sqlite:///{db}"
