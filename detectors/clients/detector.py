@@ -605,23 +605,36 @@ class QueryPatternDetector(ProfiledDetector):
         names = [self._client_key(c) for c in seen]
         owners = np.array([0 if c is None else _owner_hash(c) for c in names], dtype=np.int64)
         states = self._states(names, owners.tolist())
+        # Per caller, in one pass over the states: its ring slot (-1: not tracked), queries
+        # seen and whether it was never flagged (the arrays below index these, not the states).
+        caller_slot = np.fromiter(
+            (-1 if st is None else st.slot for st in states), np.int64, len(states)
+        )
+        caller_count = np.fromiter(
+            (0 if st is None else st.count for st in states), np.int64, len(states)
+        )
+        caller_unflagged = np.fromiter(
+            (st is not None and st.flagged_severity is None for st in states), bool, len(states)
+        )
+        tracked = caller_slot >= 0
         owner = owners[codes]
         self.anonymous += int((owner == 0).sum())
-        untracked = np.array([st is None for st in states]) & (owners != 0)
+        untracked = ~tracked & (owners != 0)
         self.untracked += int(untracked[codes].sum())
         ts = batch.ts[start:]
         self.last_ts = max(self.last_ts, float(ts.max()))
-        if all(state is None for state in states):
+        if not tracked.any():
             return []
         shared, linked = self._shared_fingerprints(x, ts, owner)
-        for state, code in zip(states, owners.tolist(), strict=True):
-            if state is None or not linked or not (others := linked.get(code)):
-                continue
-            if state.linked is None:
-                state.linked = Counter()
-            state.linked.update(others)
-            if len(state.linked) > LINKED_CLIENTS:
-                state.linked = Counter(dict(state.linked.most_common(LINKED_CLIENTS)))
+        if linked:  # usually none: no loop over the callers then
+            for state, code in zip(states, owners.tolist(), strict=True):
+                if state is None or not (others := linked.get(code)):
+                    continue
+                if state.linked is None:
+                    state.linked = Counter()
+                state.linked.update(others)
+                if len(state.linked) > LINKED_CLIENTS:
+                    state.linked = Counter(dict(state.linked.most_common(LINKED_CLIENTS)))
         per_query = np.empty((n, RECORD))
         per_query[:, TS] = ts
         per_query[:, OOD] = self.profile.anomalies(batch)[start:].any(axis=1)
@@ -645,10 +658,10 @@ class QueryPatternDetector(ProfiledDetector):
         # size class of their group (1, 2-3, 4-7, ... queries in this batch), then by how many
         # earlier queries each query is compared with (ring + this batch): `_nearest` pads
         # runs of similar clients into one block.
-        filled = np.array([0 if st is None else min(st.count, s.buffer_size) for st in states])
+        filled = np.minimum(caller_count, s.buffer_size)
         per_client = np.bincount(codes, minlength=len(names))
         size_class = np.frexp(per_client)[1]
-        rows = np.flatnonzero(np.array([st is not None for st in states])[codes])
+        rows = np.flatnonzero(tracked[codes])
         row_codes = codes[rows]
         keys = (row_codes, (filled + per_client)[row_codes], size_class[row_codes])
         order = rows[np.lexsort(keys)]
@@ -674,9 +687,9 @@ class QueryPatternDetector(ProfiledDetector):
         group_states = [states[c] for c in group_codes.tolist()]
         # The traffic's mix is the unflagged clients' (as the null's voices are): a flagged
         # attacker's queries do not shape what the whole traffic looks like.
-        unflagged = np.array([st.flagged_severity is None for st in group_states])
+        unflagged = caller_unflagged[group_codes]
         self.regions.observe(regions[np.repeat(unflagged, sizes)], self.last_ts)
-        slots = np.array([st.slot for st in group_states])
+        slots = caller_slot[group_codes]
         nearest, probe, straddle = self._nearest(
             stored, query, records[:, CLASS], slots, filled[group_codes], first, sizes
         )
@@ -687,7 +700,7 @@ class QueryPatternDetector(ProfiledDetector):
         records[:, KNN] = np.nan
         records[enough, KNN] = np.log(np.sqrt(np.maximum(nearest[enough], 0)).mean(axis=1) + 1e-6)
         records[:, PROBE] = probe
-        counts = np.array([st.count for st in group_states])
+        counts = caller_count[group_codes]
         bins = bins[order]
         # The looks due in this batch: each client's every check_every-th query (from
         # min_queries on), each judged on the window and histograms as of that query, built
@@ -701,18 +714,16 @@ class QueryPatternDetector(ProfiledDetector):
         # Each group's bins counted into its client's histograms: one bincount (rows are
         # grouped by client, so a group's cells are offset by its index).
         features = bins.shape[1]
-        cells = (
-            bins
-            + (np.repeat(np.arange(len(sizes)), sizes)[:, None] * features + np.arange(features))
-            * BINS
-        )
+        row_group = np.repeat(np.arange(len(sizes)), sizes)[:, None]
+        cells = bins + (row_group * features + np.arange(features)) * BINS
         added = np.bincount(cells.ravel(), minlength=len(sizes) * features * BINS)
         self.coverage[slots] += added.reshape(len(sizes), features, BINS).astype(np.int32)
-        np.add.at(self.region_counts, (np.repeat(slots, sizes)[:, None], regions), 1)
-        starts = ts[order[first]].tolist()
-        for state, size, began in zip(group_states, sizes.tolist(), starts, strict=True):
-            if state.count == 0:
-                state.first_seen = began
+        # The regions likewise (np.add.at into the client rows was ~3x slower).
+        added = np.bincount((regions + row_group * REGIONS).ravel(), minlength=len(sizes) * REGIONS)
+        self.region_counts[slots] += added.reshape(len(sizes), REGIONS).astype(np.int32)
+        for g in np.flatnonzero(counts == 0).tolist():  # new clients: their first query's time
+            group_states[g].first_seen = float(ts[order[first[g]]])
+        for state, size in zip(group_states, sizes.tolist(), strict=True):
             state.count += size
         if looks is None:
             return []
@@ -802,15 +813,22 @@ class QueryPatternDetector(ProfiledDetector):
         keys, so an attacker cannot flush its own or anyone's history that way."""
         cap = self.tracked_cap()
         states: list[ClientState | None] = [None] * len(names)
+        clients = self.clients
+        new: list[tuple[int, str]] = []  # callers not tracked yet
+        known = 0
         for i, name in enumerate(names):
-            if name is not None and name in self.clients:
-                self.clients.move_to_end(name)
-                states[i] = self.clients[name]
-        # Tracked clients not in this batch: the front of the LRU order, the only ones evicted.
-        evictable = len(self.clients) - sum(state is not None for state in states)
-        for i, name in enumerate(names):
-            if name is None or states[i] is not None:
+            if name is None:
                 continue
+            # One lookup per known caller (this runs for every client of every batch).
+            if (state := clients.get(name)) is not None:
+                clients.move_to_end(name)
+                states[i] = state
+                known += 1
+            else:
+                new.append((i, name))
+        # Tracked clients not in this batch: the front of the LRU order, the only ones evicted.
+        evictable = len(clients) - known
+        for i, name in new:
             if len(self.clients) < cap:
                 slot = len(self.clients)
                 self._reserve(slot + 1, cap)
