@@ -20,10 +20,9 @@ def segments(filled: np.ndarray, sizes: np.ndarray) -> list[tuple[int, int]]:
     more than starting a block of its own, whose numpy calls have a fixed cost."""
     runs = []
     start, rows_q, rows_f, padded = 0, 0, 0, 0
-    # Run once per client per batch: conditional expressions rather than max() calls and a
-    # plain counter rather than enumerate (~2.5x faster with ~130 groups).
-    group = 0
-    for f, q in zip(filled.tolist(), sizes.tolist(), strict=True):
+    # Run once per client per batch: conditional expressions rather than max() calls (~2x
+    # faster with ~130 groups).
+    for group, (f, q) in enumerate(zip(filled.tolist(), sizes.tolist(), strict=True)):
         own = q * (f + q)
         grown_q = q if q > rows_q else rows_q
         grown_f = f if f > rows_f else rows_f
@@ -32,7 +31,6 @@ def segments(filled: np.ndarray, sizes: np.ndarray) -> list[tuple[int, int]]:
             runs.append((start, group))
             start, grown_q, grown_f, grown = group, q, f, own
         rows_q, rows_f, padded = grown_q, grown_f, grown
-        group += 1
     runs.append((start, len(sizes)))
     return runs
 
