@@ -596,7 +596,8 @@ class QueryPatternDetector(ProfiledDetector):
         """Measures and judges the batch's queries from `start` on (the profile is known)."""
         assert self.profile is not None
         s = self.settings
-        x = self.profile.encode(batch)[start:]
+        numeric = self.profile.numeric_matrix(batch)  # once, for the encoding and the ranges
+        x = self.profile.encode(batch, numeric)[start:]
         n = len(x)
         # Each distinct caller once: its index in this batch, key, owner hash and state.
         callers = batch.clients[start:]
@@ -637,7 +638,7 @@ class QueryPatternDetector(ProfiledDetector):
                     state.linked = Counter(dict(state.linked.most_common(LINKED_CLIENTS)))
         per_query = np.empty((n, RECORD))
         per_query[:, TS] = ts
-        per_query[:, OOD] = self.profile.anomalies(batch)[start:].any(axis=1)
+        per_query[:, OOD] = self.profile.anomalies(batch, numeric)[start:].any(axis=1)
         per_query[:, LOW] = low_margin(batch, s.low_margin)[start:]
         per_query[:, SHARED] = shared
         per_query[:, EXACT] = x.round(6) @ self.exact_weights
