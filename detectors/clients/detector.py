@@ -1138,7 +1138,9 @@ class QueryPatternDetector(ProfiledDetector):
         # fully from PROBE_SPAN more on: ZOO's finite differences and SimBA's steps walk
         # through the coordinates one at a time, whatever their step.
         probe = records[:, :, PROBE]
-        moved = np.where(probe > 0, probe, np.where(probe <= -2, -probe - 1, 0.0))
+        # probe for a probe (>= 1), -probe - 1 for an entity moved further (<= -2), else 0:
+        # one maximum (both are whole numbers, exact).
+        moved = np.maximum(probe, -probe - 1.0)
         coordinates = np.sort(moved, axis=1)  # 1 + the coordinate moved, 0: none
         distinct = np.count_nonzero(
             (np.diff(coordinates, axis=1) != 0) & (coordinates[:, 1:] > 0), axis=1
