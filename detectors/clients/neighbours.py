@@ -83,12 +83,13 @@ def smallest(d2: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     kth.partition(count - 1, axis=1)
     limit = kth[:, count - 1 : count]
     chosen = bits <= limit
-    if np.count_nonzero(chosen) > rows * count:  # ties at the limit: the lower columns
+    flat = np.flatnonzero(chosen)  # row by row, count in each (once ties are settled)
+    if len(flat) > rows * count:  # ties at the limit: the lower columns
         tied = np.flatnonzero(np.count_nonzero(chosen, axis=1) > count)
         equal = bits[tied] == limit[tied]
         spare = count - np.count_nonzero(bits[tied] < limit[tied], axis=1)
         chosen[tied] &= ~equal | (np.cumsum(equal, axis=1) <= spare[:, None])
-    flat = np.flatnonzero(chosen)  # row by row, count in each
+        flat = np.flatnonzero(chosen)
     shift = max(1, (width - 1).bit_length())
     keys = bits.ravel()[flat].astype(np.int64)
     keys <<= shift
