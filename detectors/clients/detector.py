@@ -773,8 +773,12 @@ class QueryPatternDetector(ProfiledDetector):
         if fresh.any():
             batch_rows = first[group][:, None] + q - before[:, None]
             window[fresh] = records[batch_rows[fresh]]
-        if at_count.min() < size:
-            window[q < 0] = _NO_RECORD
+        # Looks before the ring's first fill (its first entries empty): the other looks'
+        # windows are not scanned.
+        young = np.flatnonzero(at_count < size)
+        if len(young):
+            look, entry = np.nonzero(q[young] < 0)
+            window[young[look], entry] = _NO_RECORD
         # Histograms as of the look: before the batch, plus the batch's queries up to it.
         histograms = counts_at(self.coverage[slots[group]], bins, first[group], row + 1)
         return group, at_count, row, window, histograms
@@ -988,11 +992,13 @@ class QueryPatternDetector(ProfiledDetector):
         of a group are written (the older would be overwritten within the batch anyway)."""
         size = self.settings.buffer_size
         rank = np.arange(len(stored)) - np.repeat(first, sizes)
-        keep = rank >= np.repeat(sizes, sizes) - size
-        row_slot = np.repeat(slots, sizes)[keep]
-        position = (np.repeat(counts, sizes)[keep] + rank[keep]) % size
-        self.ring_vectors[row_slot, position] = stored[keep]
-        self.ring_records[row_slot, position] = records[keep]
+        # Each query's ring entry as one flat index (one index array writes ~1.5x faster).
+        entry = np.repeat(slots, sizes) * size + (np.repeat(counts, sizes) + rank) % size
+        if int(sizes.max()) > size:  # rarely: a group longer than the ring
+            keep = rank >= np.repeat(sizes, sizes) - size
+            entry, stored, records = entry[keep], stored[keep], records[keep]
+        self.ring_vectors.reshape(-1, self.ring_vectors.shape[2])[entry] = stored
+        self.ring_records.reshape(-1, RECORD)[entry] = records
 
     def _neighbours(
         self, x: np.ndarray, vectors: np.ndarray, d2: np.ndarray, dim: int
