@@ -603,7 +603,8 @@ class QueryPatternDetector(ProfiledDetector):
         callers = batch.clients[start:]
         seen = {c: i for i, c in enumerate(dict.fromkeys(callers))}  # in order of arrival
         codes = np.fromiter(map(seen.__getitem__, callers), np.int64, len(callers))
-        names = [self._client_key(c) for c in seen]
+        # Keys as given unless they are to be known by HMAC only (no call per client then).
+        names = list(seen) if s.client_id_key is None else [self._client_key(c) for c in seen]
         owners = np.array([0 if c is None else _owner_hash(c) for c in names], dtype=np.int64)
         states = self._states(names, owners.tolist())
         # Per caller, in one pass over the states: its ring slot (-1: not tracked), queries
@@ -967,10 +968,9 @@ class QueryPatternDetector(ProfiledDetector):
                 straddle[top + row[pair]] = 1.0
             # Re-scoring an entity seen before (one of its k nearest earlier queries is that
             # entity, and no probe): marked -1, left out of the shares.
-            probe[top:bottom] = np.where(
-                (probe[top:bottom] == 0) & same.any(axis=1), -1.0, probe[top:bottom]
-            )
-            redo = np.flatnonzero(same.any(axis=1))
+            again = same.any(axis=1)
+            probe[top:bottom] = np.where((probe[top:bottom] == 0) & again, -1.0, probe[top:bottom])
+            redo = np.flatnonzero(again)
             if len(redo):
                 vectors = candidates(
                     flat, stored, size, rows_f, ring_base[redo], batch_base[redo], cols[redo]
