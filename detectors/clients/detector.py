@@ -1033,9 +1033,13 @@ class QueryPatternDetector(ProfiledDetector):
         np.abs(diff, out=diff)
         counted = np.zeros(diff.shape[2], dtype=diff.dtype)
         counted[:dim] = 1.0
-        moved = (diff > s.repeat_distance) @ counted  # a product counts
+        # A product counts (whole numbers: exact in any order), over all candidates as one
+        # matrix: a stack of queries x candidates x coordinates is one BLAS call per query.
+        flat = (-1, diff.shape[2])
+        moved = ((diff > s.repeat_distance).reshape(flat) @ counted).reshape(diff.shape[:2])
         same = moved <= s.entity_changes
-        one_moved = ((diff > PROBE_FLOOR) @ counted == 1) & real
+        one_moved = ((diff > PROBE_FLOOR).reshape(flat) @ counted).reshape(diff.shape[:2]) == 1
+        one_moved &= real
         probe = np.zeros(len(x))
         query, candidate = np.nonzero(one_moved)
         if len(query):
