@@ -1073,9 +1073,10 @@ class QueryPatternDetector(ProfiledDetector):
         first = np.ones(len(order), dtype=bool)
         first[1:] = slots_o[1:] != slots_o[:-1]
         owner_o, ts_o = owner[rows_o], ts[rows_o]
-        prev_key = _previous(keys_o, first, self.fp_keys[slots_o[first]])
-        prev_owner = _previous(owner_o, first, self.fp_owners[slots_o[first]])
-        prev_ts = _previous(ts_o, first, self.fp_ts[slots_o[first]])
+        heads = slots_o[first]  # each slot's first query compares with the table's entry
+        prev_key = _previous(keys_o, first, self.fp_keys[heads])
+        prev_owner = _previous(owner_o, first, self.fp_owners[heads])
+        prev_ts = _previous(ts_o, first, self.fp_ts[heads])
         hit = (
             (prev_key == keys_o)
             & (prev_owner != 0)
@@ -1091,9 +1092,10 @@ class QueryPatternDetector(ProfiledDetector):
         last = np.ones(len(order), dtype=bool)
         last[:-1] = slots_o[1:] != slots_o[:-1]
         keep = last & (owner_o != 0)
-        self.fp_keys[slots_o[keep]] = keys_o[keep]
-        self.fp_owners[slots_o[keep]] = owner_o[keep]
-        self.fp_ts[slots_o[keep]] = ts_o[keep]
+        written = slots_o[keep]
+        self.fp_keys[written] = keys_o[keep]
+        self.fp_owners[written] = owner_o[keep]
+        self.fp_ts[written] = ts_o[keep]
         return shared, linked
 
     # --- looks: statistics, p-values, findings ------------------------------------------
