@@ -770,16 +770,18 @@ class QueryPatternDetector(ProfiledDetector):
         flat = self.ring_records.reshape(-1, RECORD)
         # np.take gathers whole rows ~4x faster than fancy indexing with a 2-D index.
         window = np.take(flat, (slots[group] * size)[:, None] + q % size, axis=0)
-        fresh = q >= before[:, None]
-        if fresh.any():
-            batch_rows = first[group][:, None] + q - before[:, None]
-            window[fresh] = records[batch_rows[fresh]]
-        # Looks before the ring's first fill (its first entries empty): the other looks'
-        # windows are not scanned.
-        young = np.flatnonzero(at_count < size)
-        if len(young):
-            look, entry = np.nonzero(q[young] < 0)
-            window[young[look], entry] = _NO_RECORD
+        # The batch's queries of each window: its last `fresh` entries (the look's own query
+        # and those of its client before it in this batch), indexed directly rather than by
+        # a looks x buffer_size mask.
+        fresh = np.minimum(at_count - before, size)
+        look = np.repeat(np.arange(total), fresh)
+        entry = np.arange(len(look)) - np.repeat(np.cumsum(fresh) - size, fresh)
+        window[look, entry] = records[(first[group] + at_count - before - size)[look] + entry]
+        # Looks before the ring's first fill: their first size - count entries are empty (a
+        # few looks a batch, each one slice; no looks x buffer_size mask).
+        young = at_count < size
+        for i, seen in zip(np.flatnonzero(young).tolist(), at_count[young].tolist(), strict=True):
+            window[i, : size - seen] = _NO_RECORD
         # Histograms as of the look: before the batch, plus the batch's queries up to it.
         histograms = counts_at(self.coverage[slots[group]], bins, first[group], row + 1)
         return group, at_count, row, window, histograms
