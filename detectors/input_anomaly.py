@@ -111,7 +111,9 @@ class InputProfile:
     def dim(self) -> int:
         return len(self.numeric_names) + self.buckets * len(self.categorical_names)
 
-    def _numeric_matrix(self, batch: ModelBatch) -> np.ndarray:
+    def numeric_matrix(self, batch: ModelBatch) -> np.ndarray:
+        """The batch's numeric features as events x `numeric_names` (missing: NaN); `encode`
+        and `anomalies` take it when a caller needs both (built once)."""
         n = len(batch)
         matrix = np.full((n, len(self.numeric_names)), np.nan)
         for i, name in enumerate(self.numeric_names):
@@ -120,14 +122,16 @@ class InputProfile:
                 matrix[:, i] = column
         return matrix
 
-    def encode(self, batch: ModelBatch) -> np.ndarray:
+    def encode(self, batch: ModelBatch, numeric: np.ndarray | None = None) -> np.ndarray:
         """Each event as a vector: robust-scaled numerics (missing: the median), then one
         hashed one-hot block per categorical feature (missing: all zeros)."""
         n = len(batch)
         out = np.zeros((n, self.dim), dtype=np.float64)
         k = len(self.numeric_names)
         if k:
-            scaled = (self._numeric_matrix(batch) - self.median) / self.scale
+            if numeric is None:
+                numeric = self.numeric_matrix(batch)
+            scaled = (numeric - self.median) / self.scale
             out[:, :k] = np.nan_to_num(scaled, nan=0.0, posinf=1e6, neginf=-1e6)
         for j, name in enumerate(self.categorical_names):
             column = batch.categorical.get(name)
@@ -155,10 +159,11 @@ class InputProfile:
             return -1
         return zlib.crc32(f"{name}={value}".encode()) % self.buckets
 
-    def anomalies(self, batch: ModelBatch) -> np.ndarray:
+    def anomalies(self, batch: ModelBatch, numeric: np.ndarray | None = None) -> np.ndarray:
         """Per event and feature (numeric, then categorical): outside the reference's picture."""
         n = len(batch)
-        numeric = self._numeric_matrix(batch)
+        if numeric is None:
+            numeric = self.numeric_matrix(batch)
         with np.errstate(invalid="ignore"):
             out_numeric = (numeric < self.low) | (numeric > self.high)
             out_numeric |= self.integral & (numeric != np.round(numeric)) & np.isfinite(numeric)

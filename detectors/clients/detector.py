@@ -596,35 +596,50 @@ class QueryPatternDetector(ProfiledDetector):
         """Measures and judges the batch's queries from `start` on (the profile is known)."""
         assert self.profile is not None
         s = self.settings
-        x = self.profile.encode(batch)[start:]
+        numeric = self.profile.numeric_matrix(batch)  # once, for the encoding and the ranges
+        x = self.profile.encode(batch, numeric)[start:]
         n = len(x)
         # Each distinct caller once: its index in this batch, key, owner hash and state.
         callers = batch.clients[start:]
         seen = {c: i for i, c in enumerate(dict.fromkeys(callers))}  # in order of arrival
         codes = np.fromiter(map(seen.__getitem__, callers), np.int64, len(callers))
-        names = [self._client_key(c) for c in seen]
+        # Keys as given unless they are to be known by HMAC only (no call per client then).
+        names = list(seen) if s.client_id_key is None else [self._client_key(c) for c in seen]
         owners = np.array([0 if c is None else _owner_hash(c) for c in names], dtype=np.int64)
         states = self._states(names, owners.tolist())
+        # Per caller, in one pass over the states: its ring slot (-1: not tracked), queries
+        # seen and whether it was never flagged (the arrays below index these, not the states).
+        caller_slot = np.fromiter(
+            (-1 if st is None else st.slot for st in states), np.int64, len(states)
+        )
+        caller_count = np.fromiter(
+            (0 if st is None else st.count for st in states), np.int64, len(states)
+        )
+        caller_unflagged = np.fromiter(
+            (st is not None and st.flagged_severity is None for st in states), bool, len(states)
+        )
+        tracked = caller_slot >= 0
         owner = owners[codes]
         self.anonymous += int((owner == 0).sum())
-        untracked = np.array([st is None for st in states]) & (owners != 0)
+        untracked = ~tracked & (owners != 0)
         self.untracked += int(untracked[codes].sum())
         ts = batch.ts[start:]
         self.last_ts = max(self.last_ts, float(ts.max()))
-        if all(state is None for state in states):
+        if not tracked.any():
             return []
         shared, linked = self._shared_fingerprints(x, ts, owner)
-        for state, code in zip(states, owners.tolist(), strict=True):
-            if state is None or not linked or not (others := linked.get(code)):
-                continue
-            if state.linked is None:
-                state.linked = Counter()
-            state.linked.update(others)
-            if len(state.linked) > LINKED_CLIENTS:
-                state.linked = Counter(dict(state.linked.most_common(LINKED_CLIENTS)))
+        if linked:  # usually none: no loop over the callers then
+            for state, code in zip(states, owners.tolist(), strict=True):
+                if state is None or not (others := linked.get(code)):
+                    continue
+                if state.linked is None:
+                    state.linked = Counter()
+                state.linked.update(others)
+                if len(state.linked) > LINKED_CLIENTS:
+                    state.linked = Counter(dict(state.linked.most_common(LINKED_CLIENTS)))
         per_query = np.empty((n, RECORD))
         per_query[:, TS] = ts
-        per_query[:, OOD] = self.profile.anomalies(batch)[start:].any(axis=1)
+        per_query[:, OOD] = self.profile.anomalies(batch, numeric)[start:].any(axis=1)
         per_query[:, LOW] = low_margin(batch, s.low_margin)[start:]
         per_query[:, SHARED] = shared
         per_query[:, EXACT] = x.round(6) @ self.exact_weights
@@ -645,10 +660,10 @@ class QueryPatternDetector(ProfiledDetector):
         # size class of their group (1, 2-3, 4-7, ... queries in this batch), then by how many
         # earlier queries each query is compared with (ring + this batch): `_nearest` pads
         # runs of similar clients into one block.
-        filled = np.array([0 if st is None else min(st.count, s.buffer_size) for st in states])
+        filled = np.minimum(caller_count, s.buffer_size)
         per_client = np.bincount(codes, minlength=len(names))
         size_class = np.frexp(per_client)[1]
-        rows = np.flatnonzero(np.array([st is not None for st in states])[codes])
+        rows = np.flatnonzero(tracked[codes])
         row_codes = codes[rows]
         keys = (row_codes, (filled + per_client)[row_codes], size_class[row_codes])
         order = rows[np.lexsort(keys)]
@@ -674,9 +689,9 @@ class QueryPatternDetector(ProfiledDetector):
         group_states = [states[c] for c in group_codes.tolist()]
         # The traffic's mix is the unflagged clients' (as the null's voices are): a flagged
         # attacker's queries do not shape what the whole traffic looks like.
-        unflagged = np.array([st.flagged_severity is None for st in group_states])
+        unflagged = caller_unflagged[group_codes]
         self.regions.observe(regions[np.repeat(unflagged, sizes)], self.last_ts)
-        slots = np.array([st.slot for st in group_states])
+        slots = caller_slot[group_codes]
         nearest, probe, straddle = self._nearest(
             stored, query, records[:, CLASS], slots, filled[group_codes], first, sizes
         )
@@ -687,7 +702,7 @@ class QueryPatternDetector(ProfiledDetector):
         records[:, KNN] = np.nan
         records[enough, KNN] = np.log(np.sqrt(np.maximum(nearest[enough], 0)).mean(axis=1) + 1e-6)
         records[:, PROBE] = probe
-        counts = np.array([st.count for st in group_states])
+        counts = caller_count[group_codes]
         bins = bins[order]
         # The looks due in this batch: each client's every check_every-th query (from
         # min_queries on), each judged on the window and histograms as of that query, built
@@ -701,18 +716,16 @@ class QueryPatternDetector(ProfiledDetector):
         # Each group's bins counted into its client's histograms: one bincount (rows are
         # grouped by client, so a group's cells are offset by its index).
         features = bins.shape[1]
-        cells = (
-            bins
-            + (np.repeat(np.arange(len(sizes)), sizes)[:, None] * features + np.arange(features))
-            * BINS
-        )
+        row_group = np.repeat(np.arange(len(sizes)), sizes)[:, None]
+        cells = bins + (row_group * features + np.arange(features)) * BINS
         added = np.bincount(cells.ravel(), minlength=len(sizes) * features * BINS)
         self.coverage[slots] += added.reshape(len(sizes), features, BINS).astype(np.int32)
-        np.add.at(self.region_counts, (np.repeat(slots, sizes)[:, None], regions), 1)
-        starts = ts[order[first]].tolist()
-        for state, size, began in zip(group_states, sizes.tolist(), starts, strict=True):
-            if state.count == 0:
-                state.first_seen = began
+        # The regions likewise (np.add.at into the client rows was ~3x slower).
+        added = np.bincount((regions + row_group * REGIONS).ravel(), minlength=len(sizes) * REGIONS)
+        self.region_counts[slots] += added.reshape(len(sizes), REGIONS).astype(np.int32)
+        for g in np.flatnonzero(counts == 0).tolist():  # new clients: their first query's time
+            group_states[g].first_seen = float(ts[order[first[g]]])
+        for state, size in zip(group_states, sizes.tolist(), strict=True):
             state.count += size
         if looks is None:
             return []
@@ -755,13 +768,20 @@ class QueryPatternDetector(ProfiledDetector):
         row = first[group] + (at_count - before - 1)
         q = at_count[:, None] - size + np.arange(size)  # the global query indices seen
         flat = self.ring_records.reshape(-1, RECORD)
-        window = flat[(slots[group] * size)[:, None] + q % size]
-        fresh = q >= before[:, None]
-        if fresh.any():
-            batch_rows = first[group][:, None] + q - before[:, None]
-            window[fresh] = records[batch_rows[fresh]]
-        if at_count.min() < size:
-            window[q < 0] = _NO_RECORD
+        # np.take gathers whole rows ~4x faster than fancy indexing with a 2-D index.
+        window = np.take(flat, (slots[group] * size)[:, None] + q % size, axis=0)
+        # The batch's queries of each window: its last `fresh` entries (the look's own query
+        # and those of its client before it in this batch), indexed directly rather than by
+        # a looks x buffer_size mask.
+        fresh = np.minimum(at_count - before, size)
+        look = np.repeat(np.arange(total), fresh)
+        entry = np.arange(len(look)) - np.repeat(np.cumsum(fresh) - size, fresh)
+        window[look, entry] = records[(first[group] + at_count - before - size)[look] + entry]
+        # Looks before the ring's first fill: their first size - count entries are empty (a
+        # few looks a batch, each one slice; no looks x buffer_size mask).
+        young = at_count < size
+        for i, seen in zip(np.flatnonzero(young).tolist(), at_count[young].tolist(), strict=True):
+            window[i, : size - seen] = _NO_RECORD
         # Histograms as of the look: before the batch, plus the batch's queries up to it.
         histograms = counts_at(self.coverage[slots[group]], bins, first[group], row + 1)
         return group, at_count, row, window, histograms
@@ -801,15 +821,22 @@ class QueryPatternDetector(ProfiledDetector):
         keys, so an attacker cannot flush its own or anyone's history that way."""
         cap = self.tracked_cap()
         states: list[ClientState | None] = [None] * len(names)
+        clients = self.clients
+        new: list[tuple[int, str]] = []  # callers not tracked yet
+        known = 0
         for i, name in enumerate(names):
-            if name is not None and name in self.clients:
-                self.clients.move_to_end(name)
-                states[i] = self.clients[name]
-        # Tracked clients not in this batch: the front of the LRU order, the only ones evicted.
-        evictable = len(self.clients) - sum(state is not None for state in states)
-        for i, name in enumerate(names):
-            if name is None or states[i] is not None:
+            if name is None:
                 continue
+            # One lookup per known caller (this runs for every client of every batch).
+            if (state := clients.get(name)) is not None:
+                clients.move_to_end(name)
+                states[i] = state
+                known += 1
+            else:
+                new.append((i, name))
+        # Tracked clients not in this batch: the front of the LRU order, the only ones evicted.
+        evictable = len(clients) - known
+        for i, name in new:
             if len(self.clients) < cap:
                 slot = len(self.clients)
                 self._reserve(slot + 1, cap)
@@ -943,10 +970,9 @@ class QueryPatternDetector(ProfiledDetector):
                 straddle[top + row[pair]] = 1.0
             # Re-scoring an entity seen before (one of its k nearest earlier queries is that
             # entity, and no probe): marked -1, left out of the shares.
-            probe[top:bottom] = np.where(
-                (probe[top:bottom] == 0) & same.any(axis=1), -1.0, probe[top:bottom]
-            )
-            redo = np.flatnonzero(same.any(axis=1))
+            again = same.any(axis=1)
+            probe[top:bottom] = np.where((probe[top:bottom] == 0) & again, -1.0, probe[top:bottom])
+            redo = np.flatnonzero(again)
             if len(redo):
                 vectors = candidates(
                     flat, stored, size, rows_f, ring_base[redo], batch_base[redo], cols[redo]
@@ -968,11 +994,13 @@ class QueryPatternDetector(ProfiledDetector):
         of a group are written (the older would be overwritten within the batch anyway)."""
         size = self.settings.buffer_size
         rank = np.arange(len(stored)) - np.repeat(first, sizes)
-        keep = rank >= np.repeat(sizes, sizes) - size
-        row_slot = np.repeat(slots, sizes)[keep]
-        position = (np.repeat(counts, sizes)[keep] + rank[keep]) % size
-        self.ring_vectors[row_slot, position] = stored[keep]
-        self.ring_records[row_slot, position] = records[keep]
+        # Each query's ring entry as one flat index (one index array writes ~1.5x faster).
+        entry = np.repeat(slots, sizes) * size + (np.repeat(counts, sizes) + rank) % size
+        if int(sizes.max()) > size:  # rarely: a group longer than the ring
+            keep = rank >= np.repeat(sizes, sizes) - size
+            entry, stored, records = entry[keep], stored[keep], records[keep]
+        self.ring_vectors.reshape(-1, self.ring_vectors.shape[2])[entry] = stored
+        self.ring_records.reshape(-1, RECORD)[entry] = records
 
     def _neighbours(
         self, x: np.ndarray, vectors: np.ndarray, d2: np.ndarray, dim: int
@@ -1007,9 +1035,13 @@ class QueryPatternDetector(ProfiledDetector):
         np.abs(diff, out=diff)
         counted = np.zeros(diff.shape[2], dtype=diff.dtype)
         counted[:dim] = 1.0
-        moved = (diff > s.repeat_distance) @ counted  # a product counts
+        # A product counts (whole numbers: exact in any order), over all candidates as one
+        # matrix: a stack of queries x candidates x coordinates is one BLAS call per query.
+        flat = (-1, diff.shape[2])
+        moved = ((diff > s.repeat_distance).reshape(flat) @ counted).reshape(diff.shape[:2])
         same = moved <= s.entity_changes
-        one_moved = ((diff > PROBE_FLOOR) @ counted == 1) & real
+        one_moved = ((diff > PROBE_FLOOR).reshape(flat) @ counted).reshape(diff.shape[:2]) == 1
+        one_moved &= real
         probe = np.zeros(len(x))
         query, candidate = np.nonzero(one_moved)
         if len(query):
@@ -1043,9 +1075,10 @@ class QueryPatternDetector(ProfiledDetector):
         first = np.ones(len(order), dtype=bool)
         first[1:] = slots_o[1:] != slots_o[:-1]
         owner_o, ts_o = owner[rows_o], ts[rows_o]
-        prev_key = _previous(keys_o, first, self.fp_keys[slots_o[first]])
-        prev_owner = _previous(owner_o, first, self.fp_owners[slots_o[first]])
-        prev_ts = _previous(ts_o, first, self.fp_ts[slots_o[first]])
+        heads = slots_o[first]  # each slot's first query compares with the table's entry
+        prev_key = _previous(keys_o, first, self.fp_keys[heads])
+        prev_owner = _previous(owner_o, first, self.fp_owners[heads])
+        prev_ts = _previous(ts_o, first, self.fp_ts[heads])
         hit = (
             (prev_key == keys_o)
             & (prev_owner != 0)
@@ -1061,9 +1094,10 @@ class QueryPatternDetector(ProfiledDetector):
         last = np.ones(len(order), dtype=bool)
         last[:-1] = slots_o[1:] != slots_o[:-1]
         keep = last & (owner_o != 0)
-        self.fp_keys[slots_o[keep]] = keys_o[keep]
-        self.fp_owners[slots_o[keep]] = owner_o[keep]
-        self.fp_ts[slots_o[keep]] = ts_o[keep]
+        written = slots_o[keep]
+        self.fp_keys[written] = keys_o[keep]
+        self.fp_owners[written] = owner_o[keep]
+        self.fp_ts[written] = ts_o[keep]
         return shared, linked
 
     # --- looks: statistics, p-values, findings ------------------------------------------
@@ -1118,7 +1152,9 @@ class QueryPatternDetector(ProfiledDetector):
         # fully from PROBE_SPAN more on: ZOO's finite differences and SimBA's steps walk
         # through the coordinates one at a time, whatever their step.
         probe = records[:, :, PROBE]
-        moved = np.where(probe > 0, probe, np.where(probe <= -2, -probe - 1, 0.0))
+        # probe for a probe (>= 1), -probe - 1 for an entity moved further (<= -2), else 0:
+        # one maximum (both are whole numbers, exact).
+        moved = np.maximum(probe, -probe - 1.0)
         coordinates = np.sort(moved, axis=1)  # 1 + the coordinate moved, 0: none
         distinct = np.count_nonzero(
             (np.diff(coordinates, axis=1) != 0) & (coordinates[:, 1:] > 0), axis=1

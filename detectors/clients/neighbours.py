@@ -20,9 +20,12 @@ def segments(filled: np.ndarray, sizes: np.ndarray) -> list[tuple[int, int]]:
     more than starting a block of its own, whose numpy calls have a fixed cost."""
     runs = []
     start, rows_q, rows_f, padded = 0, 0, 0, 0
+    # Run once per client per batch: conditional expressions rather than max() calls (~2x
+    # faster with ~130 groups).
     for group, (f, q) in enumerate(zip(filled.tolist(), sizes.tolist(), strict=True)):
         own = q * (f + q)
-        grown_q, grown_f = max(rows_q, q), max(rows_f, f)
+        grown_q = q if q > rows_q else rows_q
+        grown_f = f if f > rows_f else rows_f
         grown = (group - start + 1) * grown_q * (grown_f + grown_q)
         if group > start and grown - padded - own > SEGMENT_OVERHEAD:
             runs.append((start, group))
@@ -80,12 +83,13 @@ def smallest(d2: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     kth.partition(count - 1, axis=1)
     limit = kth[:, count - 1 : count]
     chosen = bits <= limit
-    if np.count_nonzero(chosen) > rows * count:  # ties at the limit: the lower columns
+    flat = np.flatnonzero(chosen)  # row by row, count in each (once ties are settled)
+    if len(flat) > rows * count:  # ties at the limit: the lower columns
         tied = np.flatnonzero(np.count_nonzero(chosen, axis=1) > count)
         equal = bits[tied] == limit[tied]
         spare = count - np.count_nonzero(bits[tied] < limit[tied], axis=1)
         chosen[tied] &= ~equal | (np.cumsum(equal, axis=1) <= spare[:, None])
-    flat = np.flatnonzero(chosen)  # row by row, count in each
+        flat = np.flatnonzero(chosen)
     shift = max(1, (width - 1).bit_length())
     keys = bits.ravel()[flat].astype(np.int64)
     keys <<= shift

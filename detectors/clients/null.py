@@ -94,17 +94,18 @@ def bucket_of(fill: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def tail_parameters(pool: np.ndarray, floors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(u, b) per column of `pool` (clients x statistics, NaN = no value), as the module
-    docstring says; NaN where a column has no value."""
+    """(u, b) per column of `pool` (clients x statistics, or clients x buckets x statistics:
+    each column on its own; NaN = no value), as the module docstring says; NaN where a column
+    has no value. Rows with no value at all change nothing (NaN sorts last), so pools of
+    several buckets can be stacked over the same rows."""
     ordered = np.sort(pool, axis=0)  # NaN last
     count = np.count_nonzero(~np.isnan(pool), axis=0)
-    cols = np.arange(pool.shape[1])
-    safe = np.maximum(count - 1, 0)
-    med = ordered[safe // 2, cols]
-    u = ordered[np.floor(TAIL_QUANTILE * safe).astype(np.int64), cols]
+    safe = np.maximum(count - 1, 0)[None]
+    med = np.take_along_axis(ordered, safe // 2, axis=0)[0]
+    u = np.take_along_axis(ordered, np.floor(TAIL_QUANTILE * safe).astype(np.int64), axis=0)[0]
     deviation = np.sort(np.abs(pool - med), axis=0)
-    mad = deviation[safe // 2, cols]
-    rank = np.arange(len(pool))[:, None]
+    mad = np.take_along_axis(deviation, safe // 2, axis=0)[0]
+    rank = np.arange(len(pool)).reshape(-1, *[1] * (pool.ndim - 1))
     # At least one voice, two from 50 on (the judged client's own earlier voice in its bucket
     # and a second attacker's); a smaller pool keeps its few excesses.
     drop = np.maximum(1 + (count >= 50), count // 50)
@@ -205,17 +206,30 @@ class PopulationNull:
         cumulative = at_least_this_history(self.values[:rows], fresh)
         fresh[:, :, CUMULATIVE_STATISTICS] = ~np.isnan(cumulative)
         enough_rows = np.count_nonzero(fresh, axis=0) >= self.min_clients  # buckets x stats
-        for bucket in map(int, np.flatnonzero(enough_rows.any(axis=1))):
-            used = np.flatnonzero(fresh[:, bucket].any(axis=1))
-            pool = np.where(fresh[used, bucket], self.values[used, bucket], np.nan)
-            pool[:, CUMULATIVE_STATISTICS] = cumulative[used, bucket]
-            if len(pool) > MAX_POOL:
-                pool = pool[:: math.ceil(len(pool) / MAX_POOL)]
+        pooled = np.flatnonzero(enough_rows.any(axis=1))
+        if len(fresh) <= MAX_POOL:
+            # Every bucket's pool at once (rows x buckets x stats): a client not fresh in a
+            # bucket is a row of NaN there, which changes nothing (`tail_parameters`).
+            pool = np.where(fresh[:, pooled], self.values[: len(fresh), pooled], np.nan)
+            pool[:, :, CUMULATIVE_STATISTICS] = cumulative[:, pooled]
             count = np.count_nonzero(~np.isnan(pool), axis=0)
             u, b = tail_parameters(pool, FLOORS)
             enough = count >= self.min_clients
-            own_u[bucket, enough], own_b[bucket, enough] = u[enough], b[enough]
-            own_n[bucket, enough] = count[enough]
+            own_u[pooled] = np.where(enough, u, np.nan)
+            own_b[pooled] = np.where(enough, b, np.nan)
+            own_n[pooled] = np.where(enough, count, 0)
+        else:  # bucket by bucket, each pool a stride subset of its clients
+            for bucket in map(int, pooled):
+                used = np.flatnonzero(fresh[:, bucket].any(axis=1))
+                pool = np.where(fresh[used, bucket], self.values[used, bucket], np.nan)
+                pool[:, CUMULATIVE_STATISTICS] = cumulative[used, bucket]
+                if len(pool) > MAX_POOL:
+                    pool = pool[:: math.ceil(len(pool) / MAX_POOL)]
+                count = np.count_nonzero(~np.isnan(pool), axis=0)
+                u, b = tail_parameters(pool, FLOORS)
+                enough = count >= self.min_clients
+                own_u[bucket, enough], own_b[bucket, enough] = u[enough], b[enough]
+                own_n[bucket, enough] = count[enough]
         # Each bucket takes its own tail, else the nearest larger bucket's, else the prior.
         cols = np.arange(stats)
         own = ~np.isnan(own_u)
