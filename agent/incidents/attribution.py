@@ -2,8 +2,9 @@
 
 - `client_shares`: for a population-level finding, the share of the events behind it (its
   support, at most `CLIENT_WINDOW` events up to the one that fired) sent by each of the
-  busiest clients, named as `suspicious_client` incidents name them (`client_subject`): a
-  flagged client is the cause only of what its own queries make.
+  busiest clients and by each flagged client among them, named as `suspicious_client`
+  incidents name them (`client_subject`): a flagged client (with the keys linked to it) is
+  the cause only of what its own queries make.
 - `attribution`: for a drift of the model's numeric output (score or regression
   prediction), how much of the output's mean shift each numeric feature's change reproduces
   through a linear surrogate of the output fitted on the reference (the model itself is not
@@ -19,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,14 +43,20 @@ def client_subject(client: str, key: str | None) -> str:
 
 
 def client_shares(
-    clients: Sequence[str | None], name: Callable[[str], str] = str
+    clients: Sequence[str | None],
+    name: Callable[[str], str] = str,
+    flagged: Collection[str] = (),
 ) -> dict[str, float]:
-    """The busiest clients' shares of the given events (None: no client given), keyed by
-    `name(client)`."""
+    """The shares of the given events (None: no client given) of the `TOP_CLIENTS` busiest
+    clients and of every `flagged` one among them, keyed by `name(client)`. The flagged:
+    a client split over many keys sends a little from each, and the cause rule adds its
+    linked keys' shares up (agent/incidents/causes.py)."""
     if len(clients) < MIN_EVENTS:
         return {}
     counts = Counter(c for c in clients if c is not None)
-    return {name(c): round(k / len(clients), 4) for c, k in counts.most_common(TOP_CLIENTS)}
+    busiest = [c for c, _ in counts.most_common(TOP_CLIENTS)]
+    named = busiest + [c for c in counts if c not in busiest and name(c) in flagged]
+    return {name(c): round(counts[c] / len(clients), 4) for c in named}
 
 
 def output_shift_attribution(

@@ -5,10 +5,12 @@ incident explains; an incident a root explains gets `parent_id` = the root's id,
 on the root's notifications and never pages on its own. This module is the only place that
 decides it:
 
-- a `suspicious_client` explains the population-level incidents of its model (feature drift,
-  prediction drift, input anomalies, out-of-range values, label-free estimates) that its
-  own queries make: at least `min_client_share` of the events behind the incident's latest
-  evidence came from that client (`client_shares`, measured by the pipeline);
+- a `suspicious_client` explains the later `suspicious_client` incidents of the clients it
+  is linked to by shared queries (`linked_group`: one attacker split over several keys pages
+  once), and the population-level incidents of its model (feature drift, prediction drift,
+  input anomalies, out-of-range values, label-free estimates) that its own queries and its
+  linked keys' make: at least `min_client_share` of the events behind the incident's latest
+  evidence came from them together (`client_shares`, measured by the pipeline);
 - a `feature_drift` on feature f explains a `prediction_drift`, an `input_anomaly` whose
   out-of-range inputs include f, a `multivariate_drift` naming f among its top contributors,
   an out-of-range `data_quality` on f and a label-free estimate's change
@@ -32,7 +34,7 @@ is in turn explained), and only unresolved incidents are linked.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,20 +90,38 @@ def in_span(root: Incident, other: Incident, window: float) -> bool:
     return root.first_seen - window <= other.first_seen <= root.last_seen + window
 
 
-def rule(root: Incident, other: Incident, settings: CauseSettings) -> str | None:
-    """Why `root` is the cause of `other`, or None when it is not."""
+def rule(
+    root: Incident, other: Incident, settings: CauseSettings, keys: Sequence[str] = ()
+) -> str | None:
+    """Why `root` is the cause of `other`, or None when it is not. `keys`: for a
+    `suspicious_client` root, the client keys it stands for (itself and the linked keys
+    attached to it; default itself)."""
     if root.id == other.id or root.model != other.model:
         return None
     if not in_span(root, other, settings.window):
         return None
     details = other.details or {}
     if root.kind == Kind.SUSPICIOUS_CLIENT:
+        if other.kind == Kind.SUSPICIOUS_CLIENT:
+            if other.subject in linked(root) or root.subject in linked(other):
+                return (
+                    f"client {other.subject} shares queries with client {root.subject} "
+                    "(one client over several keys)"
+                )
+            return None
         if not is_population_level(other):
             return None
-        share = client_share(other, root.subject)
+        keys = keys or (root.subject,)
+        share = sum(client_share(other, key) for key in keys)
         if share < settings.min_client_share:
             return None
-        return f"{share:.0%} of the events behind it came from client {root.subject}"
+        if len(keys) == 1:
+            return f"{share:.0%} of the events behind it came from client {root.subject}"
+        others = len(keys) - 1
+        return (
+            f"{share:.0%} of the events behind it came from client {root.subject} and "
+            f"{others} key{'s' if others > 1 else ''} linked to it"
+        )
     if root.kind != Kind.FEATURE_DRIFT:
         return None
     feature = root.subject
@@ -127,6 +147,13 @@ def rule(root: Incident, other: Incident, settings: CauseSettings) -> str | None
 def _top_contributors(details: dict[str, Any]) -> list[str]:
     """The features a multivariate drift names first (its details' `contributors`)."""
     return [c.get("feature") for c in (details.get("contributors") or [])[:MAX_CONTRIBUTORS]]
+
+
+def linked(incident: Incident) -> list[str]:
+    """The clients a `suspicious_client` incident is linked to by shared queries (its
+    `linked_group`: directly or through others)."""
+    group = (incident.details or {}).get("linked_group") or []
+    return [name for name in group if isinstance(name, str)]
 
 
 def client_share(incident: Incident, client: str) -> float:
@@ -162,14 +189,41 @@ def link_incidents(incidents: list[Incident], settings: CauseSettings) -> list[L
     """The decisions, on one model's unresolved incidents (oldest first)."""
     unresolved = [i for i in incidents if i.status in OPEN_STATUSES]
     by_id = {i.id: i for i in unresolved}
-    clients = [i for i in unresolved if i.kind == Kind.SUSPICIOUS_CLIENT and i.parent_id is None]
     links: list[Link] = []
+    # Linked clients first: a later key of a split client goes under the earliest one's root.
+    flagged = sorted((i for i in unresolved if i.kind == Kind.SUSPICIOUS_CLIENT), key=_id)
+    for position, other in enumerate(flagged):
+        if other.parent_id is not None:
+            continue
+        for earlier in flagged[:position]:
+            why = rule(earlier, other, settings)
+            if why is None:
+                continue
+            root = by_id.get(earlier.parent_id, earlier) if earlier.parent_id else earlier
+            if root.id != earlier.id:
+                why = f"{why}, whose incident is under client {root.subject}'s"
+            links.append(_attach(other, root, why, [], by_id))
+            break
+    clients = [i for i in flagged if i.parent_id is None]
+    # The client keys each root stands for: itself and the linked keys under it.
+    keys = {c.id: [c.subject] for c in clients}
+    for i in flagged:
+        if i.parent_id in keys:
+            keys[i.parent_id].append(i.subject)
 
     def cause_among(roots: list[Incident], other: Incident) -> tuple[Incident, str] | None:
-        ranked = [(r, why) for r in roots if (why := rule(r, other, settings)) is not None]
+        ranked = [
+            (r, why) for r in roots if (why := rule(r, other, settings, keys[r.id])) is not None
+        ]
         if not ranked:
             return None
-        return max(ranked, key=lambda pair: (client_share(other, pair[0].subject), -pair[0].id))
+        return max(
+            ranked,
+            key=lambda pair: (
+                sum(client_share(other, key) for key in keys[pair[0].id]),
+                -pair[0].id,
+            ),
+        )
 
     # Feature drifts first: a client's drift then takes the drifts' own dependants along.
     order = sorted(unresolved, key=lambda i: (i.kind != Kind.FEATURE_DRIFT, i.id))
@@ -194,6 +248,10 @@ def link_incidents(incidents: list[Incident], settings: CauseSettings) -> list[L
         named = [_feature_entry(f, other) for f, _ in explaining]
         links.append(_attach(other, root, why, named, by_id))
     return links
+
+
+def _id(incident: Incident) -> int:
+    return int(incident.id)
 
 
 def _feature_entry(feature: Incident, other: Incident) -> dict[str, Any]:

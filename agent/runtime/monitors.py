@@ -135,7 +135,7 @@ class ModelMonitor:
                 if len(behind) < n and self.clients:
                     older = list(self.clients)[-(n - len(behind)) :]
                     behind = older + behind
-                shares = attribution.client_shares(behind, self.client_name)
+                shares = attribution.client_shares(behind, self.client_name, self.flagged)
                 if shares:
                     extra["client_shares"] = shares
             output = self._output_detector()
