@@ -570,20 +570,28 @@ def test_a_feature_drift_explains_only_what_it_can_within_its_span() -> None:
     joint_elsewhere = incident(
         "multivariate_drift", "*", 10_400, contributors=[{"feature": "tenure"}]
     )
+    # Began 1,100 s after amount, within its span but not with it: a change of its own.
+    tenure = incident("feature_drift", "tenure", 11_100, 12_000, effect_size=0.5)
     items = [amount, age, score, classes, range_, range_other, anomaly, anomaly_elsewhere]
-    items += [late, early, joint, joint_elsewhere, loss, measured]
+    items += [late, early, joint, joint_elsewhere, loss, measured, tenure]
 
     causes.link_incidents(items, settings)
 
-    assert score.parent_id == age.id  # measured attribution beats the larger effect size
+    # age began to drift 100 s after amount: one change, one root.
+    assert age.parent_id == amount.id
+    assert age.details["cause"]["rule"] == "age began to drift with amount: one change moved both"
+    # Measured attribution beats the larger effect size: the score follows age, whose drift
+    # is under amount's.
+    assert score.parent_id == amount.id
     assert [f["feature"] for f in score.details["cause"]["features"]] == ["age", "amount"]
+    assert "age's drift is attributed to feature_drift amount" in score.details["cause"]["rule"]
     assert classes.parent_id == amount.id  # no attribution: the larger effect size
     assert range_.parent_id == amount.id
     assert anomaly.parent_id == amount.id
     assert early.parent_id == amount.id
     assert loss.parent_id == amount.id
     assert joint.parent_id == amount.id
-    for root in (amount, age, range_other, anomaly_elsewhere, late, joint_elsewhere, measured):
+    for root in (amount, tenure, range_other, anomaly_elsewhere, late, joint_elsewhere, measured):
         assert root.parent_id is None
 
 

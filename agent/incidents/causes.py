@@ -11,7 +11,10 @@ decides it:
   input anomalies, out-of-range values, label-free estimates) that its own queries and its
   linked keys' make: at least `min_client_share` of the events behind the incident's latest
   evidence came from them together (`client_shares`, measured by the pipeline);
-- a `feature_drift` on feature f explains a `prediction_drift`, an `input_anomaly` whose
+- a `feature_drift` on feature f explains the drifts of other features that began with it
+  (their first evidence within `window` of its own: one change moves several features, and
+  pages once, under the first; a drift beginning later is a root of its own however long f
+  stays open), a `prediction_drift`, an `input_anomaly` whose
   out-of-range inputs include f, a `multivariate_drift` naming f among its top contributors,
   an out-of-range `data_quality` on f and a label-free estimate's change
   (`estimated_accuracy`, `estimated_mae`, `estimated_mae_improved`);
@@ -125,6 +128,10 @@ def rule(
     if root.kind != Kind.FEATURE_DRIFT:
         return None
     feature = root.subject
+    if other.kind == Kind.FEATURE_DRIFT:
+        if other.subject == feature or abs(other.first_seen - root.first_seen) > settings.window:
+            return None
+        return f"{other.subject} began to drift with {feature}: one change moved both"
     if other.kind == Kind.PREDICTION_DRIFT:
         return f"the model's {other.subject} moved with its input {feature}"
     if other.kind == Kind.INPUT_ANOMALY and feature in (details.get("share_by_feature") or {}):
@@ -225,8 +232,17 @@ def link_incidents(incidents: list[Incident], settings: CauseSettings) -> list[L
             ),
         )
 
-    # Feature drifts first: a client's drift then takes the drifts' own dependants along.
-    order = sorted(unresolved, key=lambda i: (i.kind != Kind.FEATURE_DRIFT, i.id))
+    # Feature drifts first, by when they began: a client's drift then takes the drifts' own
+    # dependants along, and a drift goes under the first of those that began with it.
+    drifts = [i for i in unresolved if i.kind == Kind.FEATURE_DRIFT]
+    order = sorted(
+        unresolved,
+        key=lambda i: (
+            i.kind != Kind.FEATURE_DRIFT,
+            i.first_seen if i.kind == Kind.FEATURE_DRIFT else 0,
+            i.id,
+        ),
+    )
     for other in order:
         if other.parent_id is not None or other.kind == Kind.SUSPICIOUS_CLIENT:
             continue
@@ -235,6 +251,17 @@ def link_incidents(incidents: list[Incident], settings: CauseSettings) -> list[L
             links.append(_attach(other, found[0], found[1], [], by_id))
             continue
         if other.kind == Kind.FEATURE_DRIFT:
+            # Under the first root drift that began with it (earlier first evidence).
+            began = [
+                f
+                for f in drifts
+                if f.parent_id is None
+                and (f.first_seen, f.id) < (other.first_seen, other.id)
+                and rule(f, other, settings) is not None
+            ]
+            if began:
+                first = min(began, key=lambda f: (f.first_seen, f.id))
+                links.append(_attach(other, first, str(rule(first, other, settings)), [], by_id))
             continue
         features = [i for i in unresolved if i.kind == Kind.FEATURE_DRIFT]
         explaining = [(f, why) for f in features if (why := rule(f, other, settings)) is not None]
