@@ -253,15 +253,15 @@ def link_incidents(incidents: list[Incident], settings: CauseSettings) -> list[L
         if other.kind == Kind.FEATURE_DRIFT:
             # Under the first root drift that began with it (earlier first evidence).
             began = [
-                f
+                (f, why)
                 for f in drifts
                 if f.parent_id is None
                 and (f.first_seen, f.id) < (other.first_seen, other.id)
-                and rule(f, other, settings) is not None
+                and (why := rule(f, other, settings)) is not None
             ]
             if began:
-                first = min(began, key=lambda f: (f.first_seen, f.id))
-                links.append(_attach(other, first, str(rule(first, other, settings)), [], by_id))
+                first, why = min(began, key=lambda pair: (pair[0].first_seen, pair[0].id))
+                links.append(_attach(other, first, why, [], by_id))
             continue
         features = [i for i in unresolved if i.kind == Kind.FEATURE_DRIFT]
         explaining = [(f, why) for f in features if (why := rule(f, other, settings)) is not None]
