@@ -55,14 +55,17 @@ def receivers() -> Iterator[dict[str, Receiver]]:
         r.close()
 
 
-def shifted_stream(n: int, shift_at: int, seed: int) -> list[bytes]:
+def shifted_stream(n: int, shift_at: int, seed: int, age_too: bool = False) -> list[bytes]:
     """A classifier whose score follows `utilization`; from `shift_at` on, utilization's
-    mean moves from 0.28 to 0.50 (+1.3 reference std); nothing else changes."""
+    mean moves from 0.28 to 0.50 (+1.3 reference std); nothing else changes, unless
+    `age_too`: then age's mean moves by +1.5 std at the same event (one upstream change)."""
     rng = np.random.default_rng(seed)
     utilization = rng.normal(0.28, 0.17, n)
     utilization[shift_at:] += 0.22
     load = rng.gamma(2.0, 3.0, n)
     age = rng.normal(40, 10, n)
+    if age_too:
+        age[shift_at:] += 15
     region = rng.choice(["eu", "us", "apac"], n, p=[0.5, 0.3, 0.2])
     p = 1 / (1 + np.exp(-(-1.0 + 5.0 * (utilization - 0.28) + 0.05 * (load - 6))))
     lines = []
@@ -171,6 +174,37 @@ def test_one_input_shift_is_one_root_and_one_notification(
     assert note["incident"]["id"] == root["id"]
     assert note["headline"].startswith("utilization: mean 0.28 -> 0.5")
     assert "related" not in note["incident"] and note["related"]
+    database.dispose()
+
+
+def test_features_that_drift_together_are_one_root_and_one_notification(
+    sqlite_url: str, receivers: dict[str, Receiver]
+) -> None:
+    """One change moves two inputs at the same event: the drift that began first is the root,
+    the other goes under it, and every channel gets one notification."""
+    database = Database(sqlite_url)
+    database.upgrade()
+    settings = Settings(alerts=alert_settings(receivers, group_wait=0))
+    run(shifted_stream(12_000, 6_000, 5, age_too=True), database, settings, Clock())
+
+    incidents = everything(database)
+    drifts = {i["subject"]: i for i in incidents if i["kind"] == "feature_drift"}
+    assert {"utilization", "age"} <= set(drifts)
+    roots = [i for i in incidents if i["parent_id"] is None]
+    assert len(roots) == 1 and roots[0]["kind"] == "feature_drift"
+    root = roots[0]
+    (other,) = [d for d in drifts.values() if d is not root]
+    assert other["parent_id"] == root["id"] and other["first_seen"] >= root["first_seen"]
+    assert other["first_seen"] - root["first_seen"] <= settings.causes.window
+    rule = other["details"]["cause"]["rule"]
+    assert (
+        rule == f"{other['subject']} began to drift with {root['subject']}: one change moved both"
+    )
+    assert all(i["parent_id"] == root["id"] for i in incidents if i is not root)
+    for r in receivers.values():
+        assert r.invalid == []
+    (event,) = receivers["pagerduty"].accepted
+    assert event.body["dedup_key"].startswith(f"bulwark-{root['id']}-")
     database.dispose()
 
 
