@@ -54,8 +54,9 @@ def client_shares(
     if len(clients) < MIN_EVENTS:
         return {}
     counts = Counter(c for c in clients if c is not None)
-    busiest = [c for c, _ in counts.most_common(TOP_CLIENTS)]
-    named = busiest + [c for c in counts if c not in busiest and name(c) in flagged]
+    named = [c for c, _ in counts.most_common(TOP_CLIENTS)]
+    if flagged:  # (`name` may be an HMAC: called only when there are flagged clients)
+        named += [c for c in counts if c not in named and name(c) in flagged]
     return {name(c): round(counts[c] / len(clients), 4) for c in named}
 
 

@@ -198,7 +198,9 @@ def link_incidents(incidents: list[Incident], settings: CauseSettings) -> list[L
     by_id = {i.id: i for i in unresolved}
     links: list[Link] = []
     # Linked clients first: a later key of a split client goes under the earliest one's root.
-    flagged = sorted((i for i in unresolved if i.kind == Kind.SUSPICIOUS_CLIENT), key=_id)
+    flagged = sorted(
+        (i for i in unresolved if i.kind == Kind.SUSPICIOUS_CLIENT), key=lambda i: i.id
+    )
     for position, other in enumerate(flagged):
         if other.parent_id is not None:
             continue
@@ -263,8 +265,7 @@ def link_incidents(incidents: list[Incident], settings: CauseSettings) -> list[L
                 first, why = min(began, key=lambda pair: (pair[0].first_seen, pair[0].id))
                 links.append(_attach(other, first, why, [], by_id))
             continue
-        features = [i for i in unresolved if i.kind == Kind.FEATURE_DRIFT]
-        explaining = [(f, why) for f in features if (why := rule(f, other, settings)) is not None]
+        explaining = [(f, why) for f in drifts if (why := rule(f, other, settings)) is not None]
         if not explaining:
             continue
         explaining.sort(key=lambda pair: (_weight(pair[0], other), -pair[0].id), reverse=True)
@@ -275,10 +276,6 @@ def link_incidents(incidents: list[Incident], settings: CauseSettings) -> list[L
         named = [_feature_entry(f, other) for f, _ in explaining]
         links.append(_attach(other, root, why, named, by_id))
     return links
-
-
-def _id(incident: Incident) -> int:
-    return int(incident.id)
 
 
 def _feature_entry(feature: Incident, other: Incident) -> dict[str, Any]:
