@@ -282,6 +282,29 @@ def test_restart_while_the_reference_is_being_learned_resumes_the_learning(
     assert outcome(resumed) == expected
 
 
+def _records(lines: list[bytes], start: int, stop: int) -> list[RawRecord]:
+    return [RawRecord(lines[i], Position("src", 0, i)) for i in range(start, stop)]
+
+
+def _fraud_outcome(url: str, pipeline: Pipeline) -> tuple[list[tuple], int]:
+    """The fraud model's incidents, and how many events its `amount` drift monitor judged."""
+    database = Database(url)
+    incidents = sorted(
+        (i.kind, i.subject, i.first_seen, i.last_seen, i.count)
+        for i in Repository(database).list_incidents(IncidentFilter(model="fraud"))
+    )
+    database.dispose()
+    drift = pipeline.monitors[("src", 0)]["fraud"].detectors[0]
+    return incidents, drift.monitors["amount"].seen
+
+
+def _replayed_whole(tmp_path: Path, lines: list[bytes]) -> tuple[list[tuple], int]:
+    whole = f"sqlite:///{tmp_path / 'whole.db'}"
+    Database(whole).upgrade()
+    pipeline = replay(settings_for(whole), Database(whole), lines, consumer="c", name="src")
+    return _fraud_outcome(whole, pipeline)
+
+
 @pytest.mark.parametrize("checkpoint_at", [None, 1000])
 def test_partition_read_again_after_its_process_learned_the_reference_skips_what_it_took(
     tmp_path: Path, checkpoint_at: int | None
@@ -292,25 +315,7 @@ def test_partition_read_again_after_its_process_learned_the_reference_skips_what
     skip the events the reference took, as the learning process did, so that the detectors
     see the same events in the same blocks and find exactly the same incidents."""
     lines = events(2000, seed=43) + events(3000, seed=44, shift=0.6, start=START + 2000)
-
-    def records(start: int, stop: int) -> list[RawRecord]:
-        return [RawRecord(lines[i], Position("src", 0, i)) for i in range(start, stop)]
-
-    def outcome(url: str) -> tuple[list[tuple], int]:
-        database = Database(url)
-        incidents = sorted(
-            (i.kind, i.subject, i.first_seen, i.last_seen, i.count)
-            for i in Repository(database).list_incidents(IncidentFilter(model="fraud"))
-        )
-        database.dispose()
-        return incidents, pipeline.monitors[("src", 0)]["fraud"].detectors[0].monitors[
-            "amount"
-        ].seen
-
-    whole = f"sqlite:///{tmp_path / 'whole.db'}"
-    Database(whole).upgrade()
-    pipeline = replay(settings_for(whole), Database(whole), lines, consumer="c", name="src")
-    expected = outcome(whole)
+    expected = _replayed_whole(tmp_path, lines)
     assert expected[0], "the shift should open incidents"
     assert expected[1] == 3000  # judged: everything after the reference
 
@@ -321,18 +326,48 @@ def test_partition_read_again_after_its_process_learned_the_reference_skips_what
     pipeline = Pipeline(settings, database, consumer="c")
     if checkpoint_at:
         for start in range(0, checkpoint_at, 500):
-            pipeline.process(records(start, start + 500))
+            pipeline.process(_records(lines, start, start + 500))
         pipeline.checkpoint({("src", 0): checkpoint_at})
     for start in range(checkpoint_at or 0, 3000, 500):  # learns at 2000, then dies
-        pipeline.process(records(start, start + 500))
+        pipeline.process(_records(lines, start, start + 500))
     assert len(Repository(database).list_references()) == 1
 
     pipeline = Pipeline(settings, database, consumer="c")
     resume = pipeline.restore_partition("src", 0) or 0
     assert resume == (checkpoint_at or 0)
     for start in range(resume, len(lines), 500):
-        pipeline.process(records(start, min(start + 500, len(lines))))
-    assert outcome(url) == expected
+        pipeline.process(_records(lines, start, min(start + 500, len(lines))))
+    assert _fraud_outcome(url, pipeline) == expected
+
+
+def test_partition_taken_back_after_another_process_learned_the_reference(
+    tmp_path: Path,
+) -> None:
+    """Two processes of a consumer group: b reads the partition while the reference is being
+    learned, hands it over (revoked), a learns and stores the reference, and when a dies b
+    takes the partition back. b must take the stored reference, not resume its own stale
+    collection (which took 1,000 of the events after the takeover for learning, unjudged,
+    and then reset the detectors): the same incidents as one process reading it all."""
+    lines = events(2000, seed=43) + events(3000, seed=44, shift=0.6, start=START + 2000)
+    expected = _replayed_whole(tmp_path, lines)
+
+    url = f"sqlite:///{tmp_path / 'group.db'}"
+    database = Database(url)
+    database.upgrade()
+    settings = settings_for(url)
+    b = Pipeline(settings, database, consumer="c")
+    b.process(_records(lines, 0, 500))
+    b.checkpoint({("src", 0): 500})
+    b.drop_partition("src", 0)
+    a = Pipeline(settings, database, consumer="c")
+    assert a.restore_partition("src", 0) == 500
+    for start in range(500, 3000, 500):  # learns the reference at 2000
+        a.process(_records(lines, start, start + 500))
+    a.checkpoint({("src", 0): 3000})
+    assert b.restore_partition("src", 0) == 3000
+    for start in range(3000, len(lines), 500):
+        b.process(_records(lines, start, start + 500))
+    assert _fraud_outcome(url, b) == expected
 
 
 def test_restored_checkpoint_built_on_an_older_reference_takes_the_new_one(

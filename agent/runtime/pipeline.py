@@ -235,9 +235,14 @@ class Pipeline:
 
     def drop_partition(self, source: str, partition: int) -> None:
         """Forgets the detector state (source, partition) feeds (it moved to another process),
-        and its performance points not stored yet: the new owner replays their events."""
+        and its performance points not stored yet: the new owner replays their events. A
+        model none of whose partitions are left here also leaves its reference being learned
+        (`References.release`)."""
         key = self.state_key(source, partition)
+        dropped = set(self.registry.of_key(key))
         self.registry.drop(key)
+        for model in dropped - {model for _, model, _ in self.registry.all()}:
+            self.refs.release(model)
         self.clocks.forget(source, partition)
         self.arrivals = {k: t for k, t in self.arrivals.items() if k[:2] != key}
         self.points = {k: p for k, p in self.points.items() if (p.source, p.partition) != key}

@@ -64,6 +64,17 @@ class References:
         self.collectors[model] = collector
         self.in_force[model] = None
 
+    def release(self, model: str) -> None:
+        """This process reads none of the model's partitions any more (they moved to other
+        processes). A reference still being learned moved with their checkpoints, and their new
+        owner may store it: the collection here is dropped, and whether a reference is stored
+        is asked again when a partition comes back. (Kept, a stale collection would take the
+        returning partition's events for learning once more, unjudged, and then reset every
+        detector of the model.)"""
+        if model in self.in_force and self.in_force[model] is None:
+            del self.in_force[model]
+            self.collectors.pop(model, None)
+
     def _store_learned(self, model: str, collector: ReferenceCollector) -> ActiveReference:
         sample = collector.sample()
         versions = {v for v in sample.model_versions if v is not None}
