@@ -377,6 +377,42 @@ def test_two_daemons_share_partitions_and_one_takes_over(
             assert takeover[partition] == str(at_kill[(topic, partition)])
 
 
+def test_partitions_handed_back_after_the_other_daemon_learned_the_references(
+    kafka_bootstrap: str, stream: Path, replayed: dict[str, object], daemons: Daemons,
+    tmp_path: Path, shared_db_url: str,
+) -> None:  # fmt: skip
+    """a reads every partition while the references are still being learned; b joins and
+    takes two partitions over, learns their models' references from a's collections and
+    dies; a takes them back. a must use the references b stored (and b's checkpoints), not
+    its own collections from before the split: the same incidents as a replay."""
+    uid = uuid.uuid4().hex[:8]
+    topic, group = f"events-{uid}", f"g-{uid}"
+    lines = _lines(stream)
+    early, half = 300, len(lines) // 2  # 300 events: no model has its 1,000 yet
+    _produce(kafka_bootstrap, lines[:early], topic)
+    config = _config(tmp_path / "run.toml", kafka_bootstrap, [topic], group)
+
+    a = daemons.start(config, shared_db_url)
+    _wait(lambda: _consumed(shared_db_url, group) == early, 90, "a to read them", daemons)
+    b = daemons.start(config, shared_db_url)
+
+    def split() -> bool:
+        logs = [daemons.log(p) for p in (a, b)]
+        return all("assigned 2 partitions" in log.rsplit("revoked", 1)[-1] for log in logs)
+
+    _wait(split, 90, "the group to split the partitions", daemons)
+    _produce(kafka_bootstrap, lines[early:half], topic)
+    _wait(lambda: _consumed(shared_db_url, group) == half, 90, "the first half", daemons)
+    b.kill()
+    b.wait(timeout=30)
+    _produce(kafka_bootstrap, lines[half:], topic)
+    _wait(lambda: _consumed(shared_db_url, group) == len(lines), 120, "a to finish", daemons)
+    code, _ = _terminate(a)
+
+    assert code == 0
+    assert _outcome(shared_db_url) == replayed
+
+
 def test_unreachable_broker_is_retried_with_backoff_and_sigterm_still_exits(
     tmp_path: Path, daemons: Daemons
 ) -> None:
