@@ -318,6 +318,7 @@ class ReferenceCollector:
         self.parts: list[Sample] = []
         self.count = 0
         self.client_counts: dict[str, int] = {}  # events taken per client ("": none)
+        self.clients: list[str | None] = []  # the caller of each event taken, in order
         # Per source partition, the offset after the last prediction of the learning window
         # (taken or passed over): stored with the learned reference (ActiveReference.judged_from).
         self.taken_until: dict[PartitionKey, int] = {}
@@ -329,6 +330,7 @@ class ReferenceCollector:
         if chosen:
             window = Sample.of_batch(batch, 0, end)
             self.parts.append(window if len(chosen) == end else window.take(chosen))
+            self.clients += [batch.clients[i] for i in chosen]
             self.count += len(chosen)
         if end > 0:
             if batch.positions is None:
@@ -357,6 +359,7 @@ class ReferenceCollector:
             },
             "taken_until": [[*key, offset] for key, offset in self.taken_until.items()],
             "client_counts": self.client_counts,
+            "clients": self.clients,
         }
 
     @classmethod
@@ -367,6 +370,8 @@ class ReferenceCollector:
         collector.count = state["count"]
         # A checkpoint from before the cap: its clients' counts restart (the cap follows).
         collector.client_counts = state.get("client_counts", {})
+        # A checkpoint from before callers were kept: its events' callers are unknown.
+        collector.clients = state.get("clients", [None] * len(sample))
         collector.taken_until = {
             (source, partition): offset for source, partition, offset in state["taken_until"]
         }
@@ -378,3 +383,10 @@ class ReferenceCollector:
 
     def sample(self) -> Sample:
         return Sample.concat(self.parts)
+
+    def sample_without(self, left_out: set[str]) -> Sample:
+        """The collection without the events of the `left_out` callers."""
+        sample = self.sample()
+        if not left_out:
+            return sample
+        return sample.take([i for i, c in enumerate(self.clients) if c not in left_out])

@@ -650,24 +650,33 @@ def _learned_profile(url: str) -> tuple[Sample, InputProfile]:
     return sample, InputProfile(batch.numeric, batch.categorical)
 
 
-def test_a_client_flooding_the_first_events_gets_its_capped_share_of_the_learned_reference(
-    tmp_path: Path,
+@pytest.mark.parametrize("batch_size", [500, 5000])
+def test_a_client_flooding_the_first_events_is_capped_then_left_out_of_the_learned_reference(
+    tmp_path: Path, batch_size: int
 ) -> None:
     """An extraction client sending half the first 3,000 events (uniform-random, fractional)
-    gives the learned reference at most twice the mean client's share: the reference keeps
-    the integer lattice of `items`, its median and spread (all of which the flood erases
-    when it is not capped) and the drift detectors stay quiet on the benign traffic after
-    it, while a genuine shift is still caught."""
+    gives the collection at most twice the mean client's share; flagged by the client
+    detector in the learning window (against that collection), it gives the stored reference
+    none. The reference keeps the integer lattice of `items`, its median and spread (all of
+    which the flood erases when it is not capped) and the drift detectors stay quiet on the
+    benign traffic after it, while a genuine shift is still caught. With 5,000-event batches
+    the whole learning window is in the first batch (none of it kept by the client detector
+    yet): it is judged too."""
     lines = _client_stream(6000, seed=61, flood=1500)
     lines += _client_stream(3000, seed=62, shift=1.5, start=START + 6000)
     url = f"sqlite:///{tmp_path / 'capped.db'}"
     Database(url).upgrade()
-    replay(settings_for(url), Database(url), lines, consumer="c", name="src")
+    settings = settings_for(url).model_copy(update={"batch_size": batch_size})
+    replay(settings, Database(url), lines, consumer="c", name="src")
     sample, profile = _learned_profile(url)
-    assert len(sample) == 2000
-    flood = sum(1 for row in sample.features if row["items"] != round(row["items"]))
+    (stored,) = Repository(Database(url)).list_references()
+    assert stored.source_rows == 2000 and stored.rows == len(sample)
     benign_keys = 40 - 1  # at least: all but the lightest may be absent early on
-    assert 0 < flood <= 2 * 2000 / benign_keys + 1
+    assert 0 < 2000 - len(sample) <= 2 * 2000 / benign_keys + 1  # the flood's capped share
+    assert all(row["items"] == round(row["items"]) for row in sample.features)
+    flagged = Repository(Database(url)).list_incidents(IncidentFilter(kind="suspicious_client"))
+    assert [i.subject for i in flagged] == ["flooder"]
+    assert flagged[0].first_seen < START + 50  # at its first look, the 20th query
     # The integer feature keeps its lattice; the measured one its median and spread.
     plain = _client_stream(2000, seed=63)
     reference_batch = Sample.of_records(plain).to_batch("fraud")
@@ -707,7 +716,8 @@ def test_a_collection_resumed_from_a_checkpoint_keeps_each_clients_count(
 ) -> None:
     """Checkpointed half-way through learning (the flooder already at its cap), the resumed
     collection passes over the same events and learns the same reference as a process that
-    never stopped: the per-client counts travel with the checkpoint."""
+    never stopped: the per-client counts travel with the checkpoint, and so does each
+    event's caller (the flooder's events from before the checkpoint are left out too)."""
     lines = _client_stream(6000, seed=65, flood=1500)
 
     def learned(name: str, stop_at: int | None) -> tuple[list[float], int]:
@@ -736,5 +746,6 @@ def test_a_collection_resumed_from_a_checkpoint_keeps_each_clients_count(
         return sample.ts, reference.rows
 
     whole = learned("whole.db", None)
-    assert whole[1] == 2000 and whole[0][-1] - START > 2000  # some events passed over
+    assert whole[0][-1] - START > 2000  # some events passed over
+    assert whole[1] < 2000  # the flooder's, left out
     assert learned("resumed.db", 1000) == whole

@@ -9,6 +9,7 @@ predictions (written with checkpoints, for reports) and the clients of its lates
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import replace
@@ -67,6 +68,21 @@ class ModelMonitor:
         for detector in self.referenced:
             detector.set_reference(batch)
         self.reference = reference
+
+    def flagged_against(self, candidate: ModelBatch, window: ModelBatch | None) -> set[str]:
+        """Names of the clients the client detectors would flag in the learning window (the
+        events they kept, then `window`: the current batch's share of it) against a candidate
+        reference. Judged on copies: the detectors themselves take the reference stored in
+        the end and judge the window against it as usual."""
+        names: set[str] = set()
+        for watcher in self.watching_clients:
+            trial = copy.deepcopy(watcher)
+            trial.set_reference(candidate)
+            found = trial.judge_learning_window()
+            if window is not None and len(window):
+                found += trial.update(window)
+            names.update(f.subject for f in found if f.kind == Kind.SUSPICIOUS_CLIENT)
+        return names
 
     def update(self, batch: ModelBatch, reference_start: int) -> list[Finding]:
         """Feeds every detector; reference-based ones only from `reference_start` on (the
@@ -242,6 +258,29 @@ class Monitors:
         for models in self.by_key.values():
             if model in models:
                 models[model].set_reference(reference)
+
+    def suspects(
+        self,
+        model: str,
+        candidate: ModelBatch,
+        callers: list[str | None],
+        window: ModelBatch,
+        key: PartitionKey,
+    ) -> set[str]:
+        """The callers (as the events name them) of a reference being learned that the
+        model's client detectors flag in its learning window (`ModelMonitor.flagged_against`;
+        `window`: the events of it in the batch being processed, on `key`): `References`
+        leaves their events out of it."""
+        out: set[str] = set()
+        for at, name, monitor in self.all():
+            if name != model or not monitor.watching_clients:
+                continue
+            flagged = monitor.flagged_against(candidate, window if at == key else None)
+            if flagged:
+                out.update(
+                    c for c in set(callers) if c is not None and monitor.client_name(c) in flagged
+                )
+        return out
 
     def set_flagged(self, flagged: dict[str, dict[str, float]]) -> None:
         self.flagged = flagged

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from agent.alerts.outbox import enqueue_changes, enqueue_status_change
 from agent.config import Settings
@@ -119,7 +120,8 @@ class Pipeline:
             detect_started = time.perf_counter()
             version = next((v for v in batch.model_versions if v is not None), None)
             monitor = self.registry.get((source, partition), model, version)
-            start = self.refs.judged_from(model, batch, self.registry.set_reference)
+            suspects = partial(self.registry.suspects, key=(source, partition))
+            start = self.refs.judged_from(model, batch, self.registry.set_reference, suspects)
             findings.extend(monitor.update(batch, start))
             if wall_now is not None and len(batch):  # predictions (labels alone: no)
                 self.arrivals[(source, partition, model)] = wall_now

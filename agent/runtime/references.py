@@ -21,6 +21,10 @@ from streams.batch import ModelBatch
 # Told when a model's reference becomes known while the stream runs (learned, or learned by
 # another process meanwhile): every monitor of the model must take it.
 OnReference = Callable[[str, ActiveReference], None]
+# Asked, before a learned reference is stored, which callers of its events the client
+# detectors flag in the learning window against it: (model, the collection as a batch, each of
+# its events' caller, the batch's events of the learning window) -> callers to leave out.
+Suspects = Callable[[str, ModelBatch, list[str | None], ModelBatch], set[str]]
 
 
 class References:
@@ -38,9 +42,14 @@ class References:
             self.in_force[model] = None if row is None else _active(row)
         return self.in_force[model]
 
-    def judged_from(self, model: str, batch: ModelBatch, on_reference: OnReference) -> int:
+    def judged_from(
+        self, model: str, batch: ModelBatch, on_reference: OnReference, suspects: Suspects
+    ) -> int:
         """Index of the batch's first event that reference-based detectors should judge;
-        collects the reference while there is none (and stores it once complete)."""
+        collects the reference while there is none and, once complete, stores it without
+        the events of the callers `suspects` names (an attacker from the first query, found
+        by the client detector in the learning window, does not widen the picture of normal
+        every drift detector judges against)."""
         reference = self.in_force.get(model)
         if reference is not None:
             return reference.judged_from(batch)
@@ -52,7 +61,10 @@ class References:
         taken = collector.add(batch)
         if not collector.complete:
             return len(batch)
-        reference = self._store_learned(model, collector)
+        candidate = collector.sample().to_batch(model)
+        reference = self._store_learned(
+            model, collector, suspects(model, candidate, collector.clients, batch.slice(0, taken))
+        )
         del self.collectors[model]
         self.in_force[model] = reference
         on_reference(model, reference)
@@ -75,15 +87,17 @@ class References:
             del self.in_force[model]
             self.collectors.pop(model, None)
 
-    def _store_learned(self, model: str, collector: ReferenceCollector) -> ActiveReference:
-        sample = collector.sample()
+    def _store_learned(
+        self, model: str, collector: ReferenceCollector, left_out: set[str]
+    ) -> ActiveReference:
+        sample = collector.sample_without(left_out)
         versions = {v for v in sample.model_versions if v is not None}
         ref = ReferenceInput(
             model=model,
             model_version=versions.pop() if len(versions) == 1 else "",
             origin="learned",
             rows=len(sample),
-            source_rows=len(sample),
+            source_rows=collector.count,
             summary=sample.summary(),
             sample=sample.encode(),
             learned_until=encode_learned_until(collector.taken_until),

@@ -577,19 +577,24 @@ class QueryPatternDetector(ProfiledDetector):
         if not self.settings.enabled or len(batch) == 0:
             return []
         start = self._monitored_from(batch)
-        findings: list[Finding] = []
-        if self.profile is not None and self.warmup:
-            # The profile was just learned: the learning window's events are judged first,
-            # in order, each look by what was known then (the prior, while no population).
-            backlog, self.warmup, self.warmup_taken = self.warmup, [], {}
-            self.judging_late = True
-            try:
-                for piece in backlog:
-                    findings += self._monitor(piece, 0)
-            finally:
-                self.judging_late = False
+        findings = self.judge_learning_window()
         if start is not None:
             findings += self._monitor(batch, start)
+        return findings
+
+    def judge_learning_window(self) -> list[Finding]:
+        """Once the profile exists, the learning window's kept events are judged, in order,
+        each look by what was known then (the prior, while no population); then dropped."""
+        if self.profile is None or not self.warmup:
+            return []
+        findings: list[Finding] = []
+        backlog, self.warmup, self.warmup_taken = self.warmup, [], {}
+        self.judging_late = True
+        try:
+            for piece in backlog:
+                findings += self._monitor(piece, 0)
+        finally:
+            self.judging_late = False
         return findings
 
     def _monitor(self, batch: ModelBatch, start: int) -> list[Finding]:
