@@ -1,7 +1,9 @@
 """Numeric feature drift: calibrated Page-Hinkley tests on block normal scores.
 
 Per feature, values are mapped to N(0,1) scores through the reference distribution
-(`NormalScores`), averaged over blocks of `block_size` values, and each block feeds two
+(`NormalScores.randomized`: ties broken at random, so a feature with atoms, such as a count
+that is mostly 0, has N(0,1) scores too and blocks of equal values are no "narrowed
+spread"), averaged over blocks of `block_size` values, and each block feeds two
 Page-Hinkley tests with no forgetting (two-sided CUSUMs around the running mean of the block
 statistics, `detectors.stats.cusum`, as River's `PageHinkley(alpha=1)`): one on the block mean
 (location shifts) and one on the Wilson-Hilferty transform of the block's variance
@@ -43,6 +45,7 @@ from detectors.stats.scores import NormalScores
 from streams.batch import ModelBatch
 
 RECENT_BLOCKS = 64  # how far back the change point and effect size are estimated
+REFERENCE_INDEX = 2**62  # stream index of the reference's first value (its ties' draws)
 # What a `NumericMonitor` holds. A checkpoint of another layout is not resumed: the detector
 # is rebuilt from the reference (2: alarms under the floor are watched; 3: the tests' state
 # is the shared CUSUM's, no longer River's attributes).
@@ -129,7 +132,7 @@ class NumericMonitor:
         self.watching: dict[str, _Watch] = {}  # per test, an alarm under the floor
         # Warm both tests up on the reference's own blocks, so that their running means start
         # at the reference level: a stream drifted from its very first block is still caught.
-        ref_scores = self.scores(reference)
+        ref_scores = self.scores.randomized(reference, REFERENCE_INDEX)
         location, spread = [], []
         for start in range(0, len(reference) - block_size + 1, block_size):
             block = ref_scores[start : start + block_size]
@@ -202,7 +205,8 @@ class NumericMonitor:
     def feed(self, raw: np.ndarray) -> list[NumericAlarm]:
         """Adds values (in arrival order) and returns the alarms of the blocks they complete."""
         carried = len(self.pending_scores)
-        scores = np.concatenate([self.pending_scores, self.scores(raw)])
+        first = self.seen + carried  # the stream index of raw[0]
+        scores = np.concatenate([self.pending_scores, self.scores.randomized(raw, first)])
         raws = np.concatenate([self.pending_raw, raw])
         full = len(scores) // self.block_size
         cut = full * self.block_size

@@ -18,11 +18,24 @@ from detectors.settings import ReferenceDetectorSettings
 from streams.batch import ModelBatch
 
 MIN_DISTINCT_VALUES = 10  # fewer distinct reference values: a code, not a measurement
+# A feature mostly one value (a count that is usually 0) needs this many reference values
+# besides that one to be ranked: they pin the rest's mass to about +-10% (1 / sqrt(100)).
+MIN_BESIDES_MODE = 100
 
 
 def is_continuous(values: np.ndarray) -> bool:
-    """A numeric reference sample worth ranking (NormalScores) rather than counting."""
-    return len(np.unique(values)) >= MIN_DISTINCT_VALUES
+    """A numeric reference sample worth ranking (NormalScores) rather than counting: at least
+    `MIN_DISTINCT_VALUES` distinct values and, when one value holds most of it, at least
+    `MIN_BESIDES_MODE` others. With fewer, the few other values decide every block's spread,
+    and their mass is known from the reference too roughly for a test that takes the
+    reference as exact (on 3,000 reference values, 99% of them 0, the spread test alarmed
+    on every stationary stream); the two-sample frequency test of categorical drift counts
+    the reference's own sampling error."""
+    _, counts = np.unique(values, return_counts=True)
+    if len(counts) < MIN_DISTINCT_VALUES:
+        return False
+    mode = int(counts.max())
+    return not (2 * mode > len(values) and len(values) - mode < MIN_BESIDES_MODE)
 
 
 class ReferenceDetector(Detector):

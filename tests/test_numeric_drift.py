@@ -14,7 +14,9 @@ from detectors.numeric_drift import (
     numeric_arl0,
 )
 from detectors.prediction_drift import PredictionDriftDetector
+from detectors.reference import is_continuous
 from detectors.registry import DetectorSettings
+from detectors.stats.scores import NormalScores
 from streams.batch import ModelBatch
 from tests.synthetic import numeric_columns
 
@@ -89,6 +91,60 @@ def test_spread_change_is_found() -> None:
     findings = run(NumericDriftDetector("m"), n=30_000, seed=3, change=widen)
     assert {(f.subject, f.statistic) for f in findings} >= {("x0_normal", "cusum_scale_change")}
     assert {f.subject for f in findings} == {"x0_normal"}
+
+
+def zero_inflated(rng: np.random.Generator, n: int, zeros: float, nonzero: float = 1.0) -> dict:
+    """Two features that are mostly 0: a count (1 to 16 otherwise) and an amount (log-normal
+    otherwise); `nonzero` scales how often they are not 0."""
+    share = 1 - (1 - zeros) * nonzero
+    count = np.where(rng.uniform(size=n) < share, 0.0, rng.integers(1, 17, n).astype(float))
+    amount = np.where(rng.uniform(size=n) < share, 0.0, np.round(rng.lognormal(size=n), 3))
+    return {"count": count, "amount": amount}
+
+
+@pytest.mark.parametrize("zeros", [0.9, 0.95])
+def test_a_stationary_feature_that_is_mostly_zero_is_quiet(zeros: float) -> None:
+    """Most values equal: with mid-rank scores most blocks had one score and a variance of 0,
+    which the spread test took for a spread narrowed to nothing on every stationary stream
+    (and the standardised gap scores of the amount's new values for a widened one). With
+    ties broken at random, quiet; a real change of how often they are not 0 is still found."""
+    rng = np.random.default_rng(11)
+    detector = NumericDriftDetector("m", reference_size=3000)
+    detector.update(batch_of(zero_inflated(rng, 3000, zeros), 0))
+    assert set(detector.monitors) == {"count", "amount"}  # ranked, not counted
+    quiet = []
+    for start in range(3000, 63_000, 5000):
+        quiet += detector.update(batch_of(zero_inflated(rng, 5000, zeros), start))
+    assert quiet == []
+    changed = []
+    for start in range(63_000, 73_000, 5000):
+        changed += detector.update(batch_of(zero_inflated(rng, 5000, zeros, 3.0), start))
+    assert {f.subject for f in changed} == {"count", "amount"}
+
+
+def test_normal_scores_with_random_ties_are_standard_normal_and_do_not_depend_on_batching() -> None:
+    rng = np.random.default_rng(12)
+    reference = zero_inflated(rng, 3000, 0.95)["amount"]
+    stream = zero_inflated(rng, 100_000, 0.95)["amount"]
+    scores = NormalScores(reference)
+    randomized = scores.randomized(stream, 0)
+    assert abs(randomized.mean()) < 0.02 and abs(randomized.var() - 1) < 0.03
+    blocks = randomized.reshape(-1, 50)
+    assert abs(blocks.var(axis=1, ddof=1).mean() - 1) < 0.03  # what the spread test sees
+    midrank = scores(stream).reshape(-1, 50).var(axis=1, ddof=1)
+    assert np.mean(midrank < 1e-9) > 0.05  # blocks of one score, variance 0
+    pieces = [scores.randomized(stream[i : i + 777], i) for i in range(0, len(stream), 777)]
+    assert np.array_equal(np.concatenate(pieces), randomized)
+
+
+def test_a_feature_almost_always_one_value_is_counted_not_ranked() -> None:
+    """Fewer than 100 reference values besides the one that holds most of it: their mass is
+    known too roughly for the spread test; categorical drift's two-sample test takes it."""
+    rng = np.random.default_rng(13)
+    assert is_continuous(zero_inflated(rng, 3000, 0.9)["count"])  # 300 others
+    assert not is_continuous(zero_inflated(rng, 3000, 0.99)["count"])  # about 30
+    assert is_continuous(rng.normal(size=60))  # a small continuous sample stays ranked
+    assert not is_continuous(rng.integers(0, 5, 1000).astype(float))  # a code
 
 
 def test_shift_below_the_practical_floor_is_not_reported() -> None:

@@ -20,6 +20,14 @@ class NormalScores:
 
     Scores are tabulated once per distinct reference value and per gap between them, so
     scoring costs one binary search per value (the hot path of numeric drift).
+
+    Mid-ranks keep the mean and variance of the scores, not their law: where one value holds
+    much of the reference (a count that is 0 in 97% of rows), most values get the same score,
+    and a block of them has a within-block variance of 0, which a test of block variances
+    takes for a spread narrowed to nothing, again and again on a stationary stream.
+    `randomized` breaks ties at random instead (the randomized probability integral
+    transform): a value held by c of the n reference values takes a uniform position among
+    them, so scores of data drawn from the reference are N(0,1) whatever its atoms.
     """
 
     def __init__(self, reference: np.ndarray) -> None:
@@ -28,9 +36,11 @@ class NormalScores:
         n = len(self.sorted)
         at_or_below = np.cumsum(counts)
         below = at_or_below - counts
+        self.counts, self.below = counts, below
         on_value = ndtri((below + at_or_below + 1) / (2 * n + 2))  # mid-rank, inside (0, 1)
         edges = np.concatenate([[0], at_or_below])
         in_gap = ndtri((2 * edges + 1) / (2 * n + 2))  # gap i lies just below distinct[i]
+        self.gap_score = in_gap  # not re-centred: what `randomized` gives between values
         self.mean = float(np.dot(on_value, counts) / n)
         self.std = float(np.sqrt(np.dot((on_value - self.mean) ** 2, counts) / n)) or 1.0
         self.on_value = (on_value - self.mean) / self.std
@@ -40,6 +50,30 @@ class NormalScores:
         index = np.searchsorted(self.distinct, values, side="left")
         exact = self.distinct.take(index, mode="clip") == values
         return np.where(exact, self.on_value.take(index, mode="clip"), self.in_gap[index])
+
+    def randomized(self, values: np.ndarray, first: int) -> np.ndarray:
+        """Scores with ties broken at random (class docstring). The uniform draw of each
+        value is a hash of its index in the stream (`first`, `first` + 1, ...), not of a
+        generator's state: a replay, a restart from a checkpoint or other batch boundaries
+        give the same scores. Values between reference values score as in `__call__`."""
+        index = np.searchsorted(self.distinct, values, side="left")
+        on = index.clip(max=len(self.distinct) - 1)
+        exact = self.distinct[on] == values
+        u = stream_uniforms(first, len(values))
+        n = len(self.sorted)
+        position = (self.below[on] + u * self.counts[on] + 0.5) / (n + 1)  # inside (0, 1)
+        return np.where(exact, ndtri(position), self.gap_score[index])
+
+
+def stream_uniforms(first: int, count: int) -> np.ndarray:
+    """Uniforms on [0, 1) for stream indices first .. first + count - 1: SplitMix64 of the
+    index (Steele et al. 2014), its top 53 bits."""
+    with np.errstate(over="ignore"):
+        z = np.arange(first, first + count, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 class TailPValue:
