@@ -305,14 +305,28 @@ def newest_reference_query(model: str, model_version: str | None) -> Select[Any]
 
 
 def flagged_clients_in(session: Session) -> dict[str, dict[str, float]]:
-    """Read in the caller's session: the read side's and the unit of work's (`IncidentStore`)."""
-    query = select(Incident.model, Incident.subject, Incident.first_seen).where(
+    """Read in the caller's session: the read side's and the unit of work's (`IncidentStore`).
+    Each client's time is `flagged_since` its incident's first evidence."""
+    began = Incident.details["pattern_began"].as_float()
+    query = select(Incident.model, Incident.subject, Incident.first_seen, began).where(
         Incident.kind == "suspicious_client", Incident.status.in_(OPEN_STATUSES)
     )
     flagged: dict[str, dict[str, float]] = {}
-    for model, subject, first_seen in session.execute(query):
-        flagged.setdefault(model, {})[subject] = float(first_seen)
+    for model, subject, first_seen, pattern_began in session.execute(query):
+        flagged.setdefault(model, {})[subject] = flagged_since(first_seen, pattern_began)
     return flagged
+
+
+def flagged_since(first_seen: float, pattern_began: object) -> float:
+    """From when a flagged client's predictions are not the population's: when the pattern
+    its finding describes began (`pattern_began`, the detector's dating: the first query
+    after its last clean look, or its first query for the cumulative test), else the look
+    that flagged it. An evasion bot flagged at its 20th query would otherwise leave 19
+    probes in the population, enough to open a drift of their own (new values in a feature
+    that is always 0)."""
+    if isinstance(pattern_began, int | float) and pattern_began < first_seen:
+        return float(pattern_began)
+    return float(first_seen)
 
 
 def _filtered(query: Select[Any], where: IncidentFilter) -> Select[Any]:

@@ -37,7 +37,9 @@ from streams.events import Position, RawRecord
 from tests.alerts_helpers import Clock, alert_settings, finding, outbox
 from tests.conftest import run_cli
 from tests.receivers import Receiver
+from tests.refdata import replay, settings_for
 from tests.test_query_patterns import FEATURES, Stream, _probability, boundary_probe
+from tests.test_reference import _client_stream
 
 START = 1_767_225_600.0
 ROUTING_KEY = "R0UT1NGKEYR0UT1NGKEYR0UT1NGKEY12"
@@ -411,6 +413,26 @@ def test_a_flagged_clients_later_queries_move_no_population_statistic(
     roots = {(i["kind"], i["subject"]) for i in opened[True] if i["parent_id"] is None}
     assert ("feature_drift", "a") in roots
     assert {i["subject"] for i in opened[True]} <= {"a", "score", "class_proportions", "*"}
+
+
+def test_a_bots_queries_before_the_look_that_flags_it_open_no_population_incident(
+    tmp_path: Any,
+) -> None:
+    """A bot sends 60 out-of-range queries among benign traffic and is flagged at its 20th
+    query. Its queries are kept out of the population from when its pattern began (the
+    detector's `pattern_began`), not from the flagging look: before, its first 19 opened a
+    spread drift of their own on every seed tried (61 to 63)."""
+    lines = [orjson.loads(line) for line in _client_stream(9000, seed=61)]
+    rng = np.random.default_rng(61)
+    for i in range(5000, 5120, 2):
+        lines[i]["client"] = "bot"
+        lines[i]["features"].update(items=rng.uniform(0, 40), amount=rng.uniform(-30, 50))
+    url = f"sqlite:///{tmp_path}/bot.db"
+    Database(url).upgrade()
+    replay(settings_for(url), Database(url), [orjson.dumps(e) for e in lines], "c", "s")
+    (flag,) = Repository(Database(url)).list_incidents(IncidentFilter())
+    assert (flag.kind, flag.subject) == ("suspicious_client", "bot")
+    assert flag.details["pattern_began"] == START + 5000
 
 
 def test_client_shares_name_clients_as_their_incidents_do() -> None:

@@ -178,3 +178,26 @@ def test_unreachable_database_is_retried_then_reported_in_one_line() -> None:
     message = str(raised.value)
     assert "unreachable after 2 attempts" in message
     assert "secret" not in message and "\n" not in message
+
+
+def test_a_flagged_client_counts_from_when_its_pattern_began(database: Database) -> None:
+    """The flagged set (open `suspicious_client` incidents) dates each client from the
+    `pattern_began` of its finding where that is earlier than the flagging look, else from
+    the look: read through a JSON path, on SQLite and PostgreSQL alike."""
+
+    def flag(client: str, ts: float, began: float | None) -> Finding:
+        details = {} if began is None else {"pattern_began": began}
+        return replace(
+            finding(client, ts=ts, model="m"),
+            kind=Kind.SUSPICIOUS_CLIENT,
+            detector="query_patterns",
+            details=details,
+        )
+
+    apply(
+        database,
+        [flag("bot", 1000.0, 962.0), flag("late", 1000.0, 1200.0), flag("old", 900.0, None)],
+    )
+    assert Repository(database).flagged_clients() == {
+        "m": {"bot": 962.0, "late": 1000.0, "old": 900.0}
+    }

@@ -26,6 +26,7 @@ from detectors.baseline import takes_reference
 from detectors.clients.detector import QueryPatternDetector
 from detectors.prediction_drift import PredictionDriftDetector
 from detectors.registry import build_detectors
+from storage.queries import flagged_since
 from streams.batch import ModelBatch, PartitionKey
 
 
@@ -97,8 +98,9 @@ class ModelMonitor:
         if self.exclude_flagged:
             for finding in findings:
                 if finding.kind == Kind.SUSPICIOUS_CLIENT:
-                    since = self.flagged.get(finding.subject, finding.ts)
-                    self.flagged[finding.subject] = min(since, finding.ts)
+                    began = flagged_since(finding.ts, finding.details.get("pattern_began"))
+                    since = self.flagged.get(finding.subject, began)
+                    self.flagged[finding.subject] = min(since, began)
         population, start = self._population(batch, reference_start)
         for detector in self.detectors:
             if detector not in self.watching_clients:
@@ -117,8 +119,8 @@ class ModelMonitor:
         return detector.update(batch if reference_start == 0 else batch.since(reference_start))
 
     def _population(self, batch: ModelBatch, reference_start: int) -> tuple[ModelBatch, int]:
-        """The batch without the predictions of clients flagged before them, and where
-        `reference_start` falls in it."""
+        """The batch without the predictions of flagged clients from when their pattern began
+        (`flagged_since`), and where `reference_start` falls in it."""
         if not (self.exclude_flagged and self.flagged and len(batch)):
             return batch, reference_start
         since_of: dict[str | None, float] = {}
@@ -126,7 +128,7 @@ class ModelMonitor:
             name = None if client is None else self.client_name(client)
             since_of[client] = self.flagged.get(name, np.inf) if name is not None else np.inf
         since = np.fromiter((since_of[c] for c in batch.clients), float, len(batch))
-        keep = batch.ts <= since
+        keep = batch.ts < since
         if keep.all():
             return batch, reference_start
         return batch.select(keep), int(keep[:reference_start].sum())
