@@ -189,6 +189,19 @@ def test_benign_population_is_not_flagged_and_boundary_probing_is() -> None:
     assert finding.details["pattern_began"] <= finding.ts
 
 
+def test_a_fast_clients_pattern_began_at_its_first_query_though_its_ring_moved_on() -> None:
+    """600 queries in one batch: flagged at its first look (its 20th query), when the batch
+    ends its ring holds only the last 256. The finding still dates the pattern from its
+    first query, never after the look (the population leaves it out from there)."""
+    detector, stream = warmed(seed=2)
+    uniform = stream.rng.uniform(-12, 12, size=(600, len(FEATURES)))
+    findings = run_mixed(detector, stream, uniform, ["extractor"] * 600, per_batch=600)
+    first = first_by_client(findings)["extractor"]
+    assert first.details["queries_seen"] <= 30
+    assert first.details["pattern_began"] == detector.clients["extractor"].first_seen
+    assert first.details["pattern_began"] < first.ts
+
+
 def test_out_of_distribution_extraction_is_flagged() -> None:
     detector, stream = warmed(seed=2)
     uniform = stream.rng.uniform(-12, 12, size=(200, len(FEATURES)))

@@ -1306,10 +1306,18 @@ class QueryPatternDetector(ProfiledDetector):
         records = self.window(state)
         ts = np.sort(records[:, TS])
         n = len(ts)
-        if decided.name == "cumulative":  # its evidence is everything the client sent
-            began = float(ts[0] if state.first_seen is None else state.first_seen)
+        # Where the pattern began: for the cumulative test everything the client sent, for
+        # the ring test the first query after its last clean look. The ring is as it is
+        # now, after the whole batch: that query may be gone from it (a fast client sends
+        # more than a ring after the look), so its time is then the client's first (no
+        # clean look) or at least no later than the look.
+        first = float(ts[0] if state.first_seen is None else state.first_seen)
+        since_clean = n - (state.count - state.clean_count)  # that query's place in the ring
+        if decided.name == "cumulative" or state.clean_count == 0:
+            began = first
         else:
-            began = float(ts[max(0, n - (state.count - state.clean_count))])  # (ring: now)
+            began = float(ts[since_clean]) if since_clean >= 0 else float(ts[0])
+        began = min(began, float(batch.ts[index]))
         gaps = np.diff(ts)
         burstiness = 0.0
         if len(gaps) > 1 and gaps.mean() > 0:
