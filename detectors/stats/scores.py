@@ -57,19 +57,21 @@ class NormalScores:
         generator's state: a replay, a restart from a checkpoint or other batch boundaries
         give the same scores. Values between reference values score as in `__call__`."""
         index = np.searchsorted(self.distinct, values, side="left")
-        on = index.clip(max=len(self.distinct) - 1)
-        exact = self.distinct[on] == values
-        u = stream_uniforms(first, len(values))
-        n = len(self.sorted)
-        position = (self.below[on] + u * self.counts[on] + 0.5) / (n + 1)  # inside (0, 1)
-        return np.where(exact, ndtri(position), self.gap_score[index])
+        scores = self.gap_score[index]
+        exact = np.flatnonzero(self.distinct.take(index, mode="clip") == values)
+        if len(exact):  # only these need a draw and an inverse normal (most values of a
+            on = index[exact]  # continuous feature fall between reference values)
+            u = stream_uniforms(first + exact)
+            position = (self.below[on] + u * self.counts[on] + 0.5) / (len(self.sorted) + 1)
+            scores[exact] = ndtri(position)  # position inside (0, 1)
+        return scores
 
 
-def stream_uniforms(first: int, count: int) -> np.ndarray:
-    """Uniforms on [0, 1) for stream indices first .. first + count - 1: SplitMix64 of the
-    index (Steele et al. 2014), its top 53 bits."""
+def stream_uniforms(indices: np.ndarray) -> np.ndarray:
+    """A uniform on [0, 1) for each stream index: SplitMix64 of the index (Steele et al.
+    2014), its top 53 bits."""
     with np.errstate(over="ignore"):
-        z = np.arange(first, first + count, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = indices.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
