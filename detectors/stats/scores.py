@@ -55,7 +55,9 @@ class NormalScores:
         """Scores with ties broken at random (class docstring). The uniform draw of each
         value is a hash of its index in the stream (`first`, `first` + 1, ...), not of a
         generator's state: a replay, a restart from a checkpoint or other batch boundaries
-        give the same scores. Values between reference values score as in `__call__`."""
+        give the same scores. A value between reference values takes its gap's position,
+        on the same scale: (values below + 0.5) / (n + 1), nothing re-centred (random ties
+        leave nothing to standardise)."""
         index = np.searchsorted(self.distinct, values, side="left")
         scores = self.gap_score[index]
         exact = np.flatnonzero(self.distinct.take(index, mode="clip") == values)
