@@ -18,7 +18,7 @@ from scipy import stats
 from agent.config import ConfigError, load_settings
 from detectors import state_codec
 from detectors.base import Finding, Kind
-from detectors.clients.detector import QueryPatternDetector
+from detectors.clients.detector import EXACT, QueryPatternDetector
 from detectors.clients.null import STATISTICS
 from detectors.clients.spending import (
     CUMULATIVE,
@@ -200,6 +200,23 @@ def test_a_fast_clients_pattern_began_at_its_first_query_though_its_ring_moved_o
     assert first.details["queries_seen"] <= 30
     assert first.details["pattern_began"] == detector.clients["extractor"].first_seen
     assert first.details["pattern_began"] < first.ts
+
+
+def test_a_findings_details_describe_the_queries_its_look_saw() -> None:
+    """A fast client flagged at one of its first looks, then sending one input 400 times in
+    the same batch: the finding describes the queries that look saw (all distinct), not the
+    ring at the batch's end (by then mostly that one input)."""
+    detector, stream = warmed(seed=2)
+    uniform = stream.rng.uniform(-12, 12, size=(30, len(FEATURES)))
+    attack = np.vstack([uniform, np.repeat(uniform[-1:], 400, axis=0)])
+    bx, bc = stream.benign(200)
+    batch = stream.batch(np.vstack([bx, attack]), bc + ["extractor"] * len(attack))
+    first = first_by_client(detector.update(batch))["extractor"]
+    assert first.details["queries_seen"] <= 30
+    assert first.details["unique_input_ratio"] == 1.0
+    assert first.details["pattern_began"] == detector.clients["extractor"].first_seen
+    ring = detector.window(detector.clients["extractor"])
+    assert len(np.unique(ring[:, EXACT])) < 0.1 * len(ring)
 
 
 def test_out_of_distribution_extraction_is_flagged() -> None:

@@ -740,7 +740,7 @@ class QueryPatternDetector(ProfiledDetector):
             for g, r, c in zip(group.tolist(), row.tolist(), at_count.tolist(), strict=True)
         ]
         stats = self._statistics_of(window, at_count, histograms, at_look)
-        findings = self._looks(due, stats, batch)
+        findings = self._looks(due, stats, window, batch)
         return [finding for _, finding in sorted(findings, key=lambda pair: pair[0])]
 
     def _windows(
@@ -1188,12 +1188,16 @@ class QueryPatternDetector(ProfiledDetector):
         return -np.log(np.maximum(w, 1e-9))
 
     def _looks(
-        self, due: list[tuple[str, ClientState, int, int]], stats: np.ndarray, batch: ModelBatch
+        self,
+        due: list[tuple[str, ClientState, int, int]],
+        stats: np.ndarray,
+        windows: np.ndarray,
+        batch: ModelBatch,
     ) -> list[tuple[int, Finding]]:
         """Decides the looks due in this batch ((client, state, index of the look's query,
-        queries seen then), in order per client) from their statistics; returns (index,
-        finding) for the flagged ones. Clients never flagged give their values to the null
-        (one voice each)."""
+        queries seen then), in order per client) from their statistics (and `windows`, the
+        records each look saw, for its finding); returns (index, finding) for the flagged
+        ones. Clients never flagged give their values to the null (one voice each)."""
         states = [state for _, state, _, _ in due]
         counts = np.array([count for _, _, _, count in due])
         # Ring statistics by ring fill, cumulative coverage by queries seen.
@@ -1264,6 +1268,7 @@ class QueryPatternDetector(ProfiledDetector):
                 state,
                 batch,
                 index,
+                windows[i],
                 stats[i],
                 p_values[i],
                 buckets[i],
@@ -1283,6 +1288,7 @@ class QueryPatternDetector(ProfiledDetector):
         state: ClientState,
         batch: ModelBatch,
         index: int,
+        window: np.ndarray,
         stats: np.ndarray,
         p_values: np.ndarray,
         buckets: np.ndarray,
@@ -1290,6 +1296,9 @@ class QueryPatternDetector(ProfiledDetector):
         decided: Test,
         severity: Severity,
     ) -> Finding:
+        """The finding of a flagged look. Its details describe the queries the look saw
+        (`window`: the client's last `buffer_size` queries up to the look's, oldest first),
+        not the ring at the batch's end: a fast client may send a ring's worth after it."""
         s = self.settings
         count = decided.queries
         judged = [i for i in range(len(STATISTICS)) if not np.isnan(p_values[i])]
@@ -1303,27 +1312,27 @@ class QueryPatternDetector(ProfiledDetector):
             ),
             key=lambda name: p_values[STATISTICS.index(name)],
         )
-        records = self.window(state)
+        records = window[window[:, TS] > -np.inf]  # a young client's window is padded
         ts = np.sort(records[:, TS])
         n = len(ts)
         # Where the pattern began: for the cumulative test everything the client sent, for
-        # the ring test the first query after its last clean look. The ring is as it is
-        # now, after the whole batch: that query may be gone from it (a fast client sends
-        # more than a ring after the look), so its time is then the client's first (no
-        # clean look) or at least no later than the look.
+        # the ring test the first query after its last clean look. The window holds queries
+        # count - n .. count - 1, so that query (number clean_count) is at clean_count -
+        # (count - n); before the window (more than a ring since the clean look), the
+        # window's first is the earliest known.
         first = float(ts[0] if state.first_seen is None else state.first_seen)
-        since_clean = n - (state.count - state.clean_count)  # that query's place in the ring
+        since_clean = state.clean_count - (count - n)
         if decided.name == "cumulative" or state.clean_count == 0:
             began = first
         else:
-            began = float(ts[since_clean]) if since_clean >= 0 else float(ts[0])
-        began = min(began, float(batch.ts[index]))
+            began = float(records[max(since_clean, 0), TS])
+        began = min(began, float(batch.ts[index]))  # event times may arrive out of order
         gaps = np.diff(ts)
         burstiness = 0.0
         if len(gaps) > 1 and gaps.mean() > 0:
             burstiness = float((gaps.std() - gaps.mean()) / (gaps.std() + gaps.mean()))
         span = float(ts[-1] - ts[0]) if n > 1 else 0.0
-        prada = float(self._prada(records[None])[0])  # over the ring as it is now
+        prada = float(self._prada(window[None])[0])
         detail_stats = {
             STATISTICS[i]: {
                 "value": round(float(stats[i]), 4),
