@@ -1,11 +1,16 @@
 """Suspicious clients over several days: false alarms per 1,000 client-days and attack delays.
 
-Two scenarios on the fraud model of `bench/clients.py` (its records, scores and batches):
+Three scenarios on the fraud model of `bench/clients.py` (its records, scores and batches):
 
 - `shift`: 60 long-lived keys drawing i.i.d. from one distribution, 120,000 predictions over
   4 days, the amount feature's distribution shifting halfway (a model-wide input change);
 - `daily`: 150 clients with daily sessions on a diurnal profile, each serving its own
-  segment, one of them a heavy user at 10x, over 4 days.
+  segment, one of them a heavy user at 10x, over 4 days;
+- `mixed`: `daily`'s clients with benign oddities among them, over 4 days: 300 short-lived
+  device keys (one session of 20-80 queries on one day each), 3 health-check canaries (one
+  fixed record every minute), 2 clients that retry every query, 2 clients that move to
+  another market on day 2, and a review queue (an analyst's key scoring borderline cases,
+  model score between 0.35 and 0.65).
 
 Attackers in both: a uniform-random extractor and a boundary walker from the first hour (while
 the detector is still learning what benign looks like), a ZOO-style coordinate prober on day 2
@@ -14,6 +19,7 @@ drawing real-looking records from the whole population at an ordinary client's r
 
     PYTHONPATH=. python bench/clients_population.py --scenario shift --seeds 1 2 3
     PYTHONPATH=. python bench/clients_population.py --scenario daily --stored-reference
+    PYTHONPATH=. python bench/clients_population.py --scenario mixed --trusted review-queue
 
 Without `--stored-reference` the detector learns its input profile from the first 3,000
 events (each client capped to its share) and judges what it kept of them once the profile
@@ -40,6 +46,7 @@ from bench.clients import (
     batches,
     boundary_walk,
     diurnal_times,
+    model_score,
     reference_ranges,
 )
 from detectors.clients.detector import QueryPatternDetector
@@ -84,6 +91,48 @@ def daily_benign(rng: np.random.Generator) -> list[Query]:
     return out
 
 
+def mixed_benign(rng: np.random.Generator) -> list[Query]:
+    """`daily_benign`'s clients and the benign oddities of the `mixed` scenario."""
+    out = daily_benign(rng)
+    for c in range(300):  # devices: one session on one day, each its own segment
+        pop = Population.random(rng)
+        start = rng.integers(DAYS) * DAY + diurnal_times(rng, 1)[0]
+        ts = start + np.cumsum(rng.exponential(15, rng.integers(20, 81)))
+        out += _queries(rng, f"device-{c:03d}", pop, ts)
+    whole = Population(COUNTRY_P, 1.0, 0.0)
+    for c in range(3):  # health checks: one fixed record every minute
+        numeric, country, channel = whole.sample(rng, 1)
+        ts = rng.uniform(0, 60) + np.arange(0, DAYS * DAY, 60.0)
+        out += [Query(t, f"canary-{c}", numeric[0], country[0], channel[0]) for t in ts]
+    for c in range(2):  # clients whose every query is retried 1-3 s later
+        pop = Population.random(rng)
+        for day in range(DAYS):
+            for start in diurnal_times(rng, rng.poisson(15)):
+                ts = day * DAY + start + np.cumsum(rng.exponential(15, rng.geometric(1 / 8)))
+                for q in _queries(rng, f"retrier-{c}", pop, ts):
+                    again = Query(
+                        q.ts + rng.uniform(1, 3), q.client, q.numeric, q.country, q.channel
+                    )
+                    out += [q, again]
+    for c in range(2):  # a merchant entering another market on day 2
+        before, after = Population.random(rng), Population.random(rng)
+        for day in range(DAYS):
+            pop = before if day < DAYS // 2 else after
+            for start in diurnal_times(rng, rng.poisson(15)):
+                ts = day * DAY + start + np.cumsum(rng.exponential(15, rng.geometric(1 / 8)))
+                out += _queries(rng, f"mover-{c}", pop, ts)
+    # A review queue: an analyst's key scoring the borderline cases of the whole population.
+    numeric, country, channel = whole.sample(rng, 200_000)
+    score = model_score(numeric, country, channel)
+    borderline = np.flatnonzero((score > 0.35) & (score < 0.65))
+    daytime = np.concatenate(
+        [day * DAY + 9 * 3600 + np.sort(rng.uniform(0, 8 * 3600, 200)) for day in range(DAYS)]
+    )
+    for t, i in zip(daytime, rng.choice(borderline, len(daytime), replace=False), strict=True):
+        out.append(Query(t, "review-queue", numeric[i], country[i], channel[i]))
+    return sorted(out, key=lambda q: q.ts)
+
+
 def attackers(rng: np.random.Generator, ordinary_daily: float) -> dict[str, list[Query]]:
     out: dict[str, list[Query]] = {}
     low, high = reference_ranges(rng)
@@ -122,11 +171,13 @@ def run(
     scenario: str, seed: int, settings: QueryPatternSettings, stored: bool
 ) -> dict[str, object]:
     rng = np.random.default_rng(seed)
-    benign = shift_benign(rng) if scenario == "shift" else daily_benign(rng)
+    benign = {"shift": shift_benign, "daily": daily_benign, "mixed": mixed_benign}[scenario](rng)
     days = np.array([q.ts // DAY for q in benign])
     clients = np.array([q.client for q in benign])
     client_days = len({(c, d) for c, d in zip(clients.tolist(), days.tolist(), strict=True)})
-    ordinary = len(benign) / len(set(clients.tolist())) / DAYS
+    # An ordinary client's daily volume: the long-lived keys' (not devices, canaries, ...).
+    regular = [c.startswith(("key-", "client-")) for c in clients.tolist()]
+    ordinary = sum(regular) / len(set(clients[regular].tolist())) / DAYS
     attacks = attackers(rng, ordinary)
     queries = benign + [q for qs in attacks.values() for q in qs]
     queries = sorted((q for q in queries if q.ts < DAYS * DAY), key=lambda q: q.ts)
@@ -194,17 +245,24 @@ def report(result: dict[str, object]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", choices=["shift", "daily"], default="shift")
+    parser.add_argument("--scenario", choices=["shift", "daily", "mixed"], default="shift")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument(
         "--stored-reference",
         action="store_true",
         help="hand the detector a vetted reference first (else: learned from the first events)",
     )
+    parser.add_argument(
+        "--trusted",
+        nargs="*",
+        default=[],
+        help="client ids to leave unjudged (`trusted_clients`), e.g. review-queue",
+    )
     args = parser.parse_args()
+    settings = QueryPatternSettings(trusted_clients=frozenset(args.trusted))
     totals = [0, 0]
     for seed in args.seeds:
-        result = run(args.scenario, seed, QueryPatternSettings(), args.stored_reference)
+        result = run(args.scenario, seed, settings, args.stored_reference)
         report(result)
         totals[0] += result["flagged_client_days"]
         totals[1] += result["client_days"]

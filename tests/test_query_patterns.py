@@ -511,6 +511,25 @@ def test_the_client_id_key_can_come_from_the_environment() -> None:
     assert "from-env" not in repr(settings)
 
 
+def test_a_trusted_client_is_neither_tracked_nor_judged(tmp_path) -> None:
+    """A known tool named in `trusted_clients` (by its id as sent, also with a client_id_key)
+    sends what would be flagged, and is not: not tracked, no fingerprints; others still are."""
+    config = tmp_path / "bulwark.toml"
+    config.write_text(
+        '[detectors.query_patterns]\nreference_size = 300\nclient_id_key = "k"\n'
+        'trusted_clients = ["review-tool"]\n'
+    )
+    settings = load_settings(config, environ={}).detectors.query_patterns
+    assert settings.trusted_clients == {"review-tool"}
+    detector, stream = warmed(seed=2, settings=settings)
+    uniform = stream.rng.uniform(-12, 12, size=(200, len(FEATURES)))
+    keys = ["review-tool", "extractor"] * 100
+    flagged = first_by_client(run_mixed(detector, stream, uniform, keys))
+    assert set(flagged) == {detector._client_key("extractor")}
+    assert detector._client_key("review-tool") not in detector.clients
+    assert flagged[detector._client_key("extractor")].details["linked_clients"] == []
+
+
 def test_settings_are_validated_with_the_key_named(tmp_path) -> None:
     config = tmp_path / "bulwark.toml"
     config.write_text("[detectors.query_patterns]\nfalse_clients_per_thousand = 0\n")

@@ -610,6 +610,10 @@ class QueryPatternDetector(ProfiledDetector):
         codes = np.fromiter(map(seen.__getitem__, callers), np.int64, len(callers))
         # Keys as given unless they are to be known by HMAC only (no call per client then).
         names = list(seen) if s.client_id_key is None else [self._client_key(c) for c in seen]
+        anonymous = np.fromiter((c is None for c in seen), bool, len(seen))
+        if s.trusted_clients:  # not tracked, not judged, no fingerprints: as if anonymous
+            trusted = s.trusted_clients
+            names = [None if c in trusted else n for c, n in zip(seen, names, strict=True)]
         owners = np.array([0 if c is None else _owner_hash(c) for c in names], dtype=np.int64)
         states = self._states(names, owners.tolist())
         # Per caller, in one pass over the states: its ring slot (-1: not tracked), queries
@@ -625,7 +629,7 @@ class QueryPatternDetector(ProfiledDetector):
         )
         tracked = caller_slot >= 0
         owner = owners[codes]
-        self.anonymous += int((owner == 0).sum())
+        self.anonymous += int(anonymous[codes].sum())
         untracked = ~tracked & (owners != 0)
         self.untracked += int(untracked[codes].sum())
         ts = batch.ts[start:]
