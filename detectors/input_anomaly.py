@@ -42,6 +42,11 @@ CATEGORY_CACHE = 10_000  # per feature: value -> bucket memo, bounded
 # `detectors.baseline.capped_per_client`) would otherwise erase the lattice for everyone. A
 # measured quantity (prices, rates) has few whole values.
 LATTICE_SHARE = 0.9
+# ... and when more of its values besides the most common one are whole than not. A feature
+# that is mostly one value says nothing about its lattice by that value: an amount that is
+# 0 in 90% of rows and fractional otherwise is no count (as a "lattice" every refund would
+# be out of reference), where a pixel that is mostly 0 keeps its whole values besides.
+LATTICE_SHARE_BESIDES_MODE = 0.5
 
 
 class InputProfile:
@@ -53,7 +58,11 @@ class InputProfile:
         categorical: dict[str, np.ndarray],
         tail_quantile: float = 0.0025,
         buckets: int = 4,
+        lattice_of: InputProfile | None = None,
     ) -> None:
+        """`lattice_of`: a profile whose lattice decisions to take rather than make (the
+        full reference's, for a profile of half of it measuring the in-control rate: the
+        rate must be the one of the rule that monitors)."""
         self.numeric_names = sorted(n for n, v in numeric.items() if np.isfinite(v).any())
         self.median = np.zeros(len(self.numeric_names))
         self.scale = np.ones(len(self.numeric_names))
@@ -70,9 +79,10 @@ class InputProfile:
             self.scale[i] = spread
             # Counts, ages, hours, pixels: a feature whose reference values are whole numbers.
             # Synthetic queries (interpolated, perturbed, sampled from ranges) fall between.
-            self.integral[i] = len(np.unique(values)) > 2 and bool(
-                np.mean(values == np.round(values)) >= LATTICE_SHARE
-            )
+            if lattice_of is not None:
+                self.integral[i] = lattice_of.on_lattice(name)
+            else:
+                self.integral[i] = _on_lattice(values)
         self.categorical_names = sorted(categorical)
         self.vocabulary = {
             name: {v for v in categorical[name] if v is not None} for name in self.categorical_names
@@ -106,6 +116,10 @@ class InputProfile:
         profile.buckets = state["buckets"]
         profile._bucket_memo = {n: {} for n in profile.categorical_names}
         return profile
+
+    def on_lattice(self, name: str) -> bool:
+        """Whether numeric feature `name` was judged to be on an integer lattice."""
+        return name in self.numeric_names and bool(self.integral[self.numeric_names.index(name)])
 
     @property
     def dim(self) -> int:
@@ -313,7 +327,8 @@ class InputAnomalyDetector(ProfiledDetector):
             {n: v[0::2] for n, v in numeric.items()},
             {n: v[0::2] for n, v in categorical.items()},
         )
-        half = InputProfile(*even, tail_quantile=s.tail_quantile)
+        self.profile = InputProfile(numeric, categorical, tail_quantile=s.tail_quantile)
+        half = InputProfile(*even, tail_quantile=s.tail_quantile, lattice_of=self.profile)
         odd = reference_batch(
             {n: v[1::2] for n, v in numeric.items()}, {n: v[1::2] for n, v in categorical.items()}
         )
@@ -326,7 +341,6 @@ class InputAnomalyDetector(ProfiledDetector):
         # streams gave 0.2 false alarms per million events against a budget of 0.02.
         spread = math.sqrt(2 * self.measured_rate * (1 - self.measured_rate) / max(len(odd), 1))
         self.rate = max(self.measured_rate + RATE_BOUND_Z * spread, 1.0 / s.reference_size)
-        self.profile = InputProfile(numeric, categorical, tail_quantile=s.tail_quantile)
         expected = s.block_size * self.rate
         k = _stabilized(s.min_rate_ratio * expected, expected) / 2
         h = cusum_threshold(k, steps_budget(s.block_size, 1, s.false_alarms_per_million))
@@ -431,4 +445,20 @@ def reference_batch(
         rows=[],
         numeric=numeric,
         categorical=categorical,
+    )
+
+
+def _on_lattice(values: np.ndarray) -> bool:
+    """Whether a numeric feature's reference values lie on the integer lattice: more than two
+    distinct values, at least `LATTICE_SHARE` of them whole, and more of those besides the
+    most common value whole than not (`LATTICE_SHARE_BESIDES_MODE`)."""
+    distinct, counts = np.unique(values, return_counts=True)
+    if len(distinct) <= 2:
+        return False
+    whole = distinct == np.round(distinct)
+    besides = np.ones(len(distinct), dtype=bool)
+    besides[np.argmax(counts)] = False
+    return bool(
+        counts[whole].sum() >= LATTICE_SHARE * len(values)
+        and counts[whole & besides].sum() >= LATTICE_SHARE_BESIDES_MODE * counts[besides].sum()
     )
