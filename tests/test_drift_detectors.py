@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from agent.config import ConfigError, load_settings
 from detectors.base import Kind, Severity
-from detectors.categorical_drift import CategoricalDriftDetector
+from detectors.categorical_drift import CategoricalDriftDetector, CategoricalMonitor
 from detectors.data_quality import DataQualityDetector
 from detectors.numeric_drift import NumericDriftDetector
 from detectors.prediction_drift import PredictionDriftDetector
@@ -139,6 +139,37 @@ def test_new_and_vanished_categories_are_named() -> None:
     assert "XX" in details["new_categories"]
     assert details["vanished_categories"] == ["IT"]
     assert "new XX" in findings[0].title and "vanished IT" in findings[0].title
+
+
+def test_a_rare_pooled_bin_keeps_its_false_alarm_rate() -> None:
+    """A flag true in 0.5% of rows expects one count per 200-value window: Pearson's
+    statistic on such a cell alarmed at 5.7 times alpha (1e-3). Judged by the exact test of
+    its 2 x 2 table, and a rare rest beside three categories pooled with the smallest of
+    them, both stay within alpha (60 references x 400 windows each)."""
+    rng = np.random.default_rng(11)
+    for kept in (["a"], ["a", "b", "c"]):
+        values = np.array([*kept, "rare"], dtype=object)
+        shares = [0.995 / len(kept)] * len(kept) + [0.005]
+        alarms = 0
+        for _ in range(60):
+            monitor = CategoricalMonitor(rng.choice(values, 3000, p=shares), 200, 1e-3, 10.0)
+            assert monitor.exact == (len(kept) == 1)
+            assert len(monitor.names) == min(len(kept), 2) + 1  # "c" joins the rare rest
+            alarms += len(monitor.feed(rng.choice(values, 200 * 400, p=shares)))
+        assert alarms <= 2 * 1e-3 * 60 * 400
+
+
+def test_a_rare_flag_that_becomes_common_is_found_by_the_exact_test() -> None:
+    rng = np.random.default_rng(12)
+    columns = model_stream(rng)
+    flag = rng.random(N) < 0.002
+    flag[DRIFT_AT:] = rng.random(N - DRIFT_AT) < 0.03
+    columns["categorical"]["vip"] = flag.tolist()
+    findings = [f for f in run_all(columns) if f.subject == "vip"]
+    assert findings and findings[0].statistic == "exact_binomial_homogeneity"
+    assert 0 <= findings[0].position.offset - DRIFT_AT <= 5000
+    assert findings[0].details["test"] == "windowed_exact_binomial_two_sample"
+    assert findings[0].value > findings[0].threshold
 
 
 def test_numeric_codes_are_judged_by_frequency() -> None:
