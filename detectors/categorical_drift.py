@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.special import bdtr, bdtrc, chdtri, rel_entr  # not scipy.stats: ~50 MB less
+from scipy.special import chdtri, rel_entr  # not scipy.stats: ~50 MB less to import
 
 from detectors.base import Finding, Kind, Severity, Verdict
 from detectors.reference import (
@@ -55,6 +55,7 @@ from detectors.reference import (
 )
 from detectors.settings import CategoricalDriftSettings
 from detectors.state_codec import set_items
+from detectors.stats.binomial import conditional_binomial_tails
 from detectors.stats.calibration import window_alpha
 from streams.batch import ModelBatch
 
@@ -254,11 +255,8 @@ def chi_square_homogeneity(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
 
 def exact_two_sided(a: float, b: float, n: float, m: float) -> float:
     """The two-sided p-value of the exact conditional test of a 2 x 2 table: `a` of `n`
-    reference values and `b` of `m` window values in one bin. Given a + b, the window's share
-    is binomial with probability m / (n + m) when both come from one distribution."""
-    total, q = int(a + b), m / (n + m)
-    upper = float(bdtrc(int(b) - 1, total, q)) if b > 0 else 1.0  # P(B >= b)
-    lower = float(bdtr(int(b), total, q))  # P(B <= b)
+    reference values and `b` of `m` window values in one bin."""
+    upper, lower = conditional_binomial_tails(int(b), int(m), a, int(n))
     return min(1.0, 2 * min(upper, lower))
 
 

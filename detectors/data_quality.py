@@ -27,7 +27,6 @@ from dataclasses import astuple, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.special import bdtrc  # scipy.special, not scipy.stats: ~50 MB less to import
 
 from detectors.base import Finding, Kind, Severity, Verdict
 from detectors.reference import (
@@ -37,6 +36,7 @@ from detectors.reference import (
     reference_type,
 )
 from detectors.settings import DataQualitySettings
+from detectors.stats.binomial import conditional_binomial_tails
 from detectors.stats.calibration import window_alpha
 from streams.batch import ModelBatch
 
@@ -83,12 +83,8 @@ class RateTest:
         return self.count / self.size - self.ref_count / self.ref_size
 
     def p_value(self) -> float:
-        share = self.size / (self.size + self.ref_size)
-        total = self.ref_count + self.count
-        trials = math.floor(total)
-        if self.count > trials:
-            return 0.0
-        return float(bdtrc(self.count - 1, trials, share))  # P(X >= count), X ~ B(trials, share)
+        """One-sided: a rate that rose."""
+        return conditional_binomial_tails(self.count, self.size, self.ref_count, self.ref_size)[0]
 
 
 @dataclass(slots=True)
