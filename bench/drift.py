@@ -97,13 +97,16 @@ def _choice(rng: np.random.Generator, values: list, p: list[float], n: int) -> n
     return out
 
 
-def _score(s: Stream) -> None:
+def _score(s: Stream, extra: np.ndarray | float = 0.0) -> None:
+    """The classifier's score from the stream's features; `extra`: more of its log-odds
+    (`bench/stationary_sweep.py` adds its own features' share)."""
     z = (
         -1.0
         + 0.6 * s.numeric["x_normal"]
         + 0.3 * np.log(np.maximum(s.numeric["amount"], 1.0))
         - 0.5 * s.numeric["ratio"]
         + 0.2 * (s.categorical["plan"] == "free")
+        + extra
     )
     s.score = 1 / (1 + np.exp(-z))
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.drift import BATCH, Stream, _choice, _continuous, stationary
+from bench.drift import BATCH, Stream, _choice, _continuous, _score, stationary
 from detectors.base import Finding
 from detectors.registry import DetectorSettings, build_detectors
 from streams.batch import ModelBatch
@@ -65,17 +65,9 @@ def _base(rng: np.random.Generator, n: int) -> SweepStream:
     return s
 
 
-def _binary(s: SweepStream, extra: np.ndarray | None = None) -> SweepStream:
-    z = (
-        -1.0
-        + 0.6 * s.numeric["x_normal"]
-        + 0.3 * np.log(np.maximum(s.numeric["amount"], 1.0))
-        - 0.5 * s.numeric["ratio"]
-        + 0.2 * (s.categorical["plan"] == "free")
-    )
-    if extra is not None:
-        z = z + extra
-    s.score = 1 / (1 + np.exp(-z))
+def _binary(s: SweepStream, extra: np.ndarray | float = 0.0) -> SweepStream:
+    """A binary classifier's scores: `bench/drift.py`'s model, plus `extra` log-odds."""
+    _score(s, extra)
     s.mode = "binary"
     return s
 
