@@ -1133,22 +1133,27 @@ class QueryPatternDetector(ProfiledDetector):
         defined (too few values). All looks at once, a few array operations in all."""
         s = self.settings
         n = np.minimum(counts, s.buffer_size)
-        low, knn = records[:, :, LOW], records[:, :, KNN]
+        # The columns used, each as one contiguous looks x ring array: one strided gather,
+        # after which every operation below reads contiguous memory rather than one value
+        # in each record's row (~2x faster each).
+        ts, ood_flag, low, shared, knn, probe, straddle = records.transpose(2, 0, 1)[
+            [TS, OOD, LOW, SHARED, KNN, PROBE, STRADDLE]
+        ]
         out = np.full((len(records), len(STATISTICS)), np.nan)
         # Shares over distinct inputs: an entity re-scored (PROBE -1) counts once, so a
         # re-scorer whose entities sit at the edge of the reference is not "out of it" again
         # and again. Half the window at least must be distinct.
-        distinct = (records[:, :, TS] > -np.inf) & (records[:, :, PROBE] >= 0)
+        distinct = (ts > -np.inf) & (probe >= 0)
         kept = np.count_nonzero(distinct, axis=1)
         enough = kept >= s.min_queries // 2
-        ood = np.count_nonzero(records[:, :, OOD].astype(bool) & distinct, axis=1)
+        ood = np.count_nonzero(ood_flag.astype(bool) & distinct, axis=1)
         out[:, 0] = np.where(enough, ood / np.maximum(kept, 1), np.nan)
         scored = np.count_nonzero((low >= 0) & distinct, axis=1)
         low_count = np.count_nonzero((low == 1) & distinct, axis=1)
         out[:, 1] = np.where(
             scored >= s.min_queries // 2, low_count / np.maximum(scored, 1), np.nan
         )
-        out[:, 2] = np.count_nonzero(records[:, :, SHARED], axis=1) / n
+        out[:, 2] = np.count_nonzero(shared, axis=1) / n
         finite = np.isfinite(knn)
         found = np.count_nonzero(finite, axis=1)
         total = np.where(finite, knn, 0.0).sum(axis=1)
@@ -1160,16 +1165,20 @@ class QueryPatternDetector(ProfiledDetector):
         # `entity_changes` (a re-scorer updating a field or two: a day older, a new amount),
         # fully from PROBE_SPAN more on: ZOO's finite differences and SimBA's steps walk
         # through the coordinates one at a time, whatever their step.
-        probe = records[:, :, PROBE]
         # probe for a probe (>= 1), -probe - 1 for an entity moved further (<= -2), else 0:
         # one maximum (both are whole numbers, exact).
         moved = np.maximum(probe, -probe - 1.0)
-        coordinates = np.sort(moved, axis=1)  # 1 + the coordinate moved, 0: none
-        distinct = np.count_nonzero(
-            (np.diff(coordinates, axis=1) != 0) & (coordinates[:, 1:] > 0), axis=1
-        )
-        distinct += coordinates[:, 0] > 0
-        share = np.count_nonzero(moved, axis=1) / n
+        moves = np.count_nonzero(moved, axis=1)
+        # Distinct coordinates only where something moved (most windows: nothing, and their
+        # share is 0 whatever the count), one sort of those windows.
+        distinct = np.zeros(len(records), dtype=np.intp)
+        if (probing := np.flatnonzero(moves)).size:
+            coordinates = np.sort(moved[probing], axis=1)  # 1 + the coordinate moved, 0: none
+            distinct[probing] = np.count_nonzero(
+                (np.diff(coordinates, axis=1) != 0) & (coordinates[:, 1:] > 0), axis=1
+            )
+            distinct[probing] += coordinates[:, 0] > 0
+        share = moves / n
         walk = (distinct - s.entity_changes) / PROBE_SPAN
         out[:, 5] = share * np.clip(walk, 0.0, 1.0)
         out[:, COVERAGE] = entropy(histograms) - self.reference_entropy
@@ -1178,7 +1187,7 @@ class QueryPatternDetector(ProfiledDetector):
         # boundary point) makes them; distinct entities of benign use rarely do.
         # A pair is no re-score (an unchanged input changing class is no use), so the share
         # is over every query of the window.
-        out[:, PAIRS_STAT] = np.count_nonzero(records[:, :, STRADDLE], axis=1) / n
+        out[:, PAIRS_STAT] = np.count_nonzero(straddle, axis=1) / n
         assert self.regions is not None
         out[:, REGION_STAT] = self.regions.statistic(region_counts)
         return out
