@@ -203,6 +203,9 @@ class StreamStallSettings(BaseModel):
     min_span: float = Field(2 * 86400.0, ge=0)  # seconds of event time seen before judging
     # A silence must also exceed the longest gap seen at least twice by this factor.
     recurring_margin: float = Field(1.5, ge=1)
+    # ... and the quantile by this many times the mean excess over it of the gaps beyond it:
+    # for gaps exponential there (arrivals at random in the quiet hours), e^-16 per such gap.
+    tail_margin: float = Field(16.0, ge=0)
     min_stall: float = Field(300.0, gt=0)  # seconds: shorter silences are never a stall
 
 

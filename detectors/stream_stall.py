@@ -3,18 +3,26 @@
 What is "usual" is learned from the stream's own gaps between events (in event time), not
 from a fixed number: a histogram of the gaps on a log scale (four bins per doubling, 1 ms to
 35 years), so a daily cycle's quiet night hours are part of what the stream usually does. A
-gap is a stall when it exceeds `factor` times the `quantile` of the gaps seen so far, and
-`recurring_margin` times the longest gap the stream has shown at least twice (a traffic
-that stops every night: its quiet hours are rarer than any quantile of the gaps, yet usual),
-and at least `min_stall`; once the stream has shown `min_gaps` gaps over at least `min_span`
-of event time (two days by default: a daily cycle seen twice). Only gaps between distinct
-times count towards the quantile: a burst's events say nothing of the quiet between bursts.
-A stall seen once does not raise the bar: only a gap that recurs does.
+gap is a stall when it exceeds all of: `factor` times the `quantile` of the gaps seen so far;
+the quantile plus `tail_margin` times the mean excess over it of the gaps beyond it;
+`recurring_margin` times the longest gap the stream has shown at least twice (a traffic that
+stops every night: its quiet hours are rarer than any quantile of the gaps, yet usual); and
+`min_stall`; once the stream has shown `min_gaps` gaps over at least `min_span` of event time
+(two days by default: a daily cycle seen twice). Only gaps between distinct times count: a
+burst's events say nothing of the quiet between bursts. A stall seen once does not raise the
+bar: only a gap that recurs does, and the longest gap is left out of the mean excess.
 
-Why a high quantile, times a factor: for gaps that are exponential at the slowest hour's rate
-r, the 0.999 quantile of all gaps is a few times 1/r, and a gap `factor` = 5 times that has a
-probability of about e^-16 (1e-7) per gap: quiet even on bursty streams. Slowdowns are
-caught, outright stops all the more.
+Why these three. The quantile times a factor: for gaps that are exponential at the slowest
+hour's rate r, when that hour holds a good share of the gaps beyond the quantile, the 0.999
+quantile is a few times 1/r and 5 times it has a probability of about e^-16 per gap. When the
+quiet hours are a small share of the day's gaps (API keys' sessions, a few an hour at night
+and a hundred at the afternoon peak), the quantile falls below the night's gaps and 5 times
+it is no bar; the longest gaps seen so far, being maxima of random gaps, are no bar either (a
+night's longest gap was 13.4 minutes after four nights of at most 9.6, bench/client_attacks.py
+seed 32). The gaps beyond the quantile are the quiet hours' own: exponential there (sessions
+start at random), their excess over the quantile is memoryless, and its mean is their scale b;
+a gap beyond the quantile exceeds it by `tail_margin` = 16 b with probability e^-16, as the
+factor's rule meant. Slowdowns are caught, outright stops all the more.
 
 Replay sees a gap only when the events return: the stall finding (at the event time the gap
 became a stall) and the `resumed` finding that resolves the incident come together. The
@@ -67,6 +75,11 @@ class StreamStallDetector(Detector):
 
     def threshold(self) -> float | None:
         """The silence that counts as a stall, or None while still calibrating."""
+        usual = self._usual()
+        return None if usual is None else usual[1]
+
+    def _usual(self) -> tuple[float, float] | None:
+        """(the `quantile` of the gaps, the stall threshold), or None while calibrating."""
         s = self.settings
         # Gaps between distinct times only: a burst's events (one time, or within 1 ms) say
         # nothing of how long the stream is quiet between bursts.
@@ -77,12 +90,22 @@ class StreamStallDetector(Detector):
         if total < s.min_gaps or self.last_ts - self.first_ts < s.min_span:
             return None
         index = 1 + int(np.searchsorted(np.cumsum(spaced), s.quantile * total))
+        long_gap = _upper_edge(index)
+        # The gaps beyond the quantile, each at its bin's geometric middle: their mean excess
+        # is the scale of the quiet hours' gaps (exponential beyond it for arrivals at random).
+        # Without the longest: a stall seen once does not raise the bar.
+        beyond = self.counts[index + 1 :].copy()
+        if (seen := np.flatnonzero(beyond)).size:
+            beyond[seen[-1]] -= min(1.0, beyond[seen[-1]])
+        middles = _SMALLEST * 2.0 ** ((np.arange(index + 1, _BINS) - 0.5) / _PER_DOUBLING)
+        excess = float(beyond @ (middles - long_gap)) / max(float(beyond.sum()), 1.0)
         # The longest gap seen at least twice: the highest bin with two gaps at or above it.
         from_top = np.cumsum(spaced[::-1])
         recurring = 1 + len(spaced) - 1 - int(np.searchsorted(from_top, 2.0))
-        return max(
+        return long_gap, max(
             s.min_stall,
-            s.factor * _upper_edge(index),
+            s.factor * long_gap,
+            long_gap + s.tail_margin * excess,
             s.recurring_margin * _upper_edge(max(recurring, 1)),
         )
 
@@ -152,7 +175,8 @@ class StreamStallDetector(Detector):
         threshold: float,
         ongoing: bool = False,
     ) -> Finding:
-        usual = threshold / self.settings.factor
+        usual = self._usual()
+        long_gap = threshold / self.settings.factor if usual is None else usual[0]
         what = "no events for" if ongoing else "a gap of"
         return Finding(
             model=self.model,
@@ -165,11 +189,16 @@ class StreamStallDetector(Detector):
             statistic="silence_seconds" if ongoing else "gap_seconds",
             value=gap,
             threshold=threshold,
-            effect_size=gap / usual,
+            effect_size=gap / long_gap,
             support=int(self.counts.sum()),
             title=f"{self.model}: stream stalled, {what} {_human(gap)} "
-            f"(its long gaps are {_human(usual)})",
-            details={"gap_seconds": gap, "usual_long_gap_seconds": usual, "ongoing": ongoing},
+            f"(its long gaps are {_human(long_gap)}, the threshold {_human(threshold)})",
+            details={
+                "gap_seconds": gap,
+                "usual_long_gap_seconds": long_gap,
+                "threshold_seconds": threshold,
+                "ongoing": ongoing,
+            },
         )
 
     def _resumed(self, batch: ModelBatch, index: int, gap: float) -> Finding:
