@@ -1,0 +1,82 @@
+"""Is the null's tail calibrated for `region_coverage`, and what would a looser one cost? (issue 14)
+
+Synthetic populations of benign keys, each sampling its own segment (a Dirichlet mix around
+the traffic's over k slots, concentration `conc` x k), judged as the detector judges them:
+the tail (`tail_parameters`) is fitted on a pool of keys at n queries, then 4,000 fresh keys
+of the same population are judged by it (their share at p <= alpha, over alpha: at most 1 for
+a calibrated test) and 20 samplers of the whole traffic (a natural-data extractor: its
+median p). Variants of the fit: the quantile the scale is fitted from (the tail is always
+anchored at the 90th percentile) and the shape floor, the least scale as a share of (u -
+median) besides the small-pool term 1.5 / sqrt(voices) (the detector: 0.9 and 0.4).
+
+    PYTHONPATH=. .venv/bin/python bench/client_tail_calibration.py     (about 20 seconds)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detectors.clients.coverage import REGIONS, RegionCoverage
+from detectors.clients.null import tail_p
+
+DAY = 86400.0
+VARIANTS = [(0.9, 0.4), (0.9, 0.0), (0.8, 0.4), (0.8, 0.0), (0.75, 0.0)]
+POPULATIONS = [  # slots, concentration, queries seen, voices
+    (10, 1.0, 1600, 150),
+    (10, 3.0, 1600, 150),
+    (10, 1.0, 400, 40),
+    (16, 1.0, 2000, 80),
+    (6, 1.0, 1600, 150),
+]
+
+
+def fit(pool: np.ndarray, fit_quantile: float, shape: float, floor: float = 0.1) -> tuple:
+    """`detectors.clients.null.tail_parameters` for one column, with the scale fitted from
+    `fit_quantile` and the shape floor `shape` (the detector: 0.9 and 0.4)."""
+    pool = np.sort(pool)
+    voices = len(pool)
+    median = np.median(pool)
+    u = pool[int(np.floor(0.9 * (voices - 1)))]
+    start = pool[int(np.floor(fit_quantile * (voices - 1)))]
+    kept = pool[: voices - max(1 + (voices >= 50), voices // 50)]
+    excess = kept[kept > start] - start
+    b = excess.mean() * (1 + 1 / np.sqrt(len(excess))) if len(excess) else 0.0
+    mad = np.median(np.abs(pool - median))
+    return u, max(b, 0.5 * mad, (u - median) * (shape + 1.5 / np.sqrt(voices)), floor)
+
+
+def key(rng, coverage, slots, mix, n, own=None, conc=1.0) -> float:
+    own = rng.dirichlet(mix * slots * conc) if own is None else own
+    counts = np.bincount(rng.choice(slots, size=n, p=own), minlength=REGIONS)
+    return float(coverage.statistic(counts[None])[0])
+
+
+def main() -> None:
+    for slots, conc, n, voices in POPULATIONS:
+        rates = {v: {1e-2: [], 1e-3: [], 1e-4: []} for v in VARIANTS}
+        sampler = {v: [] for v in VARIANTS}
+        for seed in range(10):
+            rng = np.random.default_rng(1000 + seed)
+            coverage = RegionCoverage(DAY)
+            mix = rng.dirichlet(np.full(slots, 3.0))
+            coverage.observe(rng.choice(slots, size=100_000, p=mix), 0.0)
+            pool = np.array([key(rng, coverage, slots, mix, n, conc=conc) for _ in range(voices)])
+            fresh = np.array([key(rng, coverage, slots, mix, n, conc=conc) for _ in range(4000)])
+            samplers = np.array([key(rng, coverage, slots, mix, n, own=mix) for _ in range(20)])
+            for v in VARIANTS:
+                u, b = fit(pool, *v)
+                p = tail_p(fresh, u, b)
+                for alpha, got in rates[v].items():
+                    got.append(np.mean(p <= alpha))
+                sampler[v].append(np.median(tail_p(samplers, u, b)))
+        print(f"{slots} slots, concentration {conc:g}, {n} queries, {voices} voices:")
+        for v in VARIANTS:
+            ratio = ", ".join(f"{np.mean(x) / a:.2f} at {a:g}" for a, x in rates[v].items())
+            print(
+                f"  scale from the {v[0]:.0%} quantile, shape floor {v[1]:.1f}: benign rate / "
+                f"alpha {ratio}; sampler median p {np.median(sampler[v]):.1e}"
+            )
+
+
+if __name__ == "__main__":
+    main()
