@@ -33,7 +33,7 @@ Event times only, as every detector: the caller passes the silence it measured.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -47,6 +47,11 @@ _SMALLEST = 0.001  # seconds: gaps up to this are one bin (bursts, equal timesta
 _PER_DOUBLING = 4
 _BINS = 1 + 40 * _PER_DOUBLING
 _DECAY_AT = 1 << 20  # gaps counted: beyond it the histogram is halved (slow drift is followed)
+
+
+class _Bar(NamedTuple):
+    long_gap: float  # the `quantile` of the gaps (seconds)
+    threshold: float  # the silence that counts as a stall (seconds)
 
 
 def _bin(gaps: np.ndarray) -> np.ndarray:
@@ -75,11 +80,11 @@ class StreamStallDetector(Detector):
 
     def threshold(self) -> float | None:
         """The silence that counts as a stall, or None while still calibrating."""
-        usual = self._usual()
-        return None if usual is None else usual[1]
+        bar = self._bar()
+        return None if bar is None else bar.threshold
 
-    def _usual(self) -> tuple[float, float] | None:
-        """(the `quantile` of the gaps, the stall threshold), or None while calibrating."""
+    def _bar(self) -> _Bar | None:
+        """The stream's long gap and stall threshold, or None while calibrating."""
         s = self.settings
         # Gaps between distinct times only: a burst's events (one time, or within 1 ms) say
         # nothing of how long the stream is quiet between bursts.
@@ -102,12 +107,13 @@ class StreamStallDetector(Detector):
         # The longest gap seen at least twice: the highest bin with two gaps at or above it.
         from_top = np.cumsum(spaced[::-1])
         recurring = 1 + len(spaced) - 1 - int(np.searchsorted(from_top, 2.0))
-        return long_gap, max(
+        threshold = max(
             s.min_stall,
             s.factor * long_gap,
             long_gap + s.tail_margin * excess,
             s.recurring_margin * _upper_edge(max(recurring, 1)),
         )
+        return _Bar(long_gap, threshold)
 
     # -- event time ----------------------------------------------------------------------
 
@@ -120,18 +126,18 @@ class StreamStallDetector(Detector):
             self.first_ts = float(ts[0])
         latest = np.maximum.accumulate(np.concatenate(([start], ts)))
         gaps = np.maximum(ts - latest[:-1], 0.0)  # a late event opens no gap
-        threshold = self.threshold()
+        bar = self._bar()
         findings: list[Finding] = []
         if self.stalled:  # reported on the wall clock: the first event back resolves it
             findings.append(self._resumed(batch, 0, float(gaps[0])))
             self.stalled = False
             gaps[0] = 0.0  # already reported
-        if threshold is not None:
-            for index in np.flatnonzero(gaps > threshold).tolist():
+        if bar is not None:
+            for index in np.flatnonzero(gaps > bar.threshold).tolist():
                 gap = float(gaps[index])
                 findings.append(
                     self._stalled(
-                        float(latest[index]) + threshold, batch.position(index), gap, threshold
+                        float(latest[index]) + bar.threshold, batch.position(index), gap, bar
                     )
                 )
                 findings.append(self._resumed(batch, index, gap))
@@ -150,19 +156,19 @@ class StreamStallDetector(Detector):
     def silent_for(self, seconds: float) -> Finding | None:
         """A stall finding if the stream has been silent `seconds` (measured by the caller on
         the wall clock since its last event arrived) beyond its threshold, once."""
-        threshold = self.threshold()
+        bar = self._bar()
         if (
             not self.settings.enabled
             or self.stalled
-            or threshold is None
+            or bar is None
             or self.last_ts is None
             or self.last_position is None
-            or seconds <= threshold
+            or seconds <= bar.threshold
         ):
             return None
         self.stalled = True
         return self._stalled(
-            self.last_ts + threshold, self.last_position, seconds, threshold, ongoing=True
+            self.last_ts + bar.threshold, self.last_position, seconds, bar, ongoing=True
         )
 
     # -- findings ----------------------------------------------------------------------------
@@ -172,11 +178,10 @@ class StreamStallDetector(Detector):
         ts: float,
         position: Position,
         gap: float,
-        threshold: float,
+        bar: _Bar,
         ongoing: bool = False,
     ) -> Finding:
-        usual = self._usual()
-        long_gap = threshold / self.settings.factor if usual is None else usual[0]
+        long_gap, threshold = bar
         what = "no events for" if ongoing else "a gap of"
         return Finding(
             model=self.model,
