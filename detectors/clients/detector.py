@@ -608,12 +608,12 @@ class QueryPatternDetector(ProfiledDetector):
         callers = batch.clients[start:]
         seen = {c: i for i, c in enumerate(dict.fromkeys(callers))}  # in order of arrival
         codes = np.fromiter(map(seen.__getitem__, callers), np.int64, len(callers))
-        # Keys as given unless they are to be known by HMAC only (no call per client then).
-        names = list(seen) if s.client_id_key is None else [self._client_key(c) for c in seen]
         anonymous = np.fromiter((c is None for c in seen), bool, len(seen))
-        if s.trusted_clients:  # not tracked, not judged, no fingerprints: as if anonymous
-            trusted = s.trusted_clients
-            names = [None if c in trusted else n for c, n in zip(seen, names, strict=True)]
+        # Trusted clients are not tracked, not judged and leave no fingerprints: as if anonymous.
+        names = [None if c in s.trusted_clients else c for c in seen]
+        # Keys as given unless they are to be known by HMAC only (no call per client then).
+        if s.client_id_key is not None:
+            names = [self._client_key(c) for c in names]
         owners = np.array([0 if c is None else _owner_hash(c) for c in names], dtype=np.int64)
         states = self._states(names, owners.tolist())
         # Per caller, in one pass over the states: its ring slot (-1: not tracked), queries
