@@ -17,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from detectors.clients.coverage import REGIONS, RegionCoverage
-from detectors.clients.null import tail_p
+from detectors.clients.null import tail_p, tail_parameters
 
 DAY = 86400.0
+FLOORS = np.array([0.1])  # region_coverage's floor (detectors.clients.null.FLOORS)
 VARIANTS = [(0.9, 0.4), (0.9, 0.0), (0.8, 0.4), (0.8, 0.0), (0.75, 0.0)]
 POPULATIONS = [  # slots, concentration, queries seen, voices
     (10, 1.0, 1600, 150),
@@ -35,13 +36,13 @@ def fit(pool: np.ndarray, fit_quantile: float, shape: float, floor: float = 0.1)
     `fit_quantile` and the shape floor `shape` (the detector: 0.9 and 0.4)."""
     pool = np.sort(pool)
     voices = len(pool)
-    median = np.median(pool)
+    median = pool[(voices - 1) // 2]  # the lower middle, as the detector takes it
     u = pool[int(np.floor(0.9 * (voices - 1)))]
     start = pool[int(np.floor(fit_quantile * (voices - 1)))]
     kept = pool[: voices - max(1 + (voices >= 50), voices // 50)]
     excess = kept[kept > start] - start
     b = excess.mean() * (1 + 1 / np.sqrt(len(excess))) if len(excess) else 0.0
-    mad = np.median(np.abs(pool - median))
+    mad = np.sort(np.abs(pool - median))[(voices - 1) // 2]
     return u, max(b, 0.5 * mad, (u - median) * (shape + 1.5 / np.sqrt(voices)), floor)
 
 
@@ -63,6 +64,9 @@ def main() -> None:
             pool = np.array([key(rng, coverage, slots, mix, n, conc=conc) for _ in range(voices)])
             fresh = np.array([key(rng, coverage, slots, mix, n, conc=conc) for _ in range(4000)])
             samplers = np.array([key(rng, coverage, slots, mix, n, own=mix) for _ in range(20)])
+            # The detector's variant is the detector's fit, not a copy drifting from it.
+            detector = np.ravel(tail_parameters(pool[:, None], FLOORS))
+            assert np.allclose(fit(pool, 0.9, 0.4), detector)
             for v in VARIANTS:
                 u, b = fit(pool, *v)
                 p = tail_p(fresh, u, b)
