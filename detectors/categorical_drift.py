@@ -57,6 +57,7 @@ from detectors.settings import CategoricalDriftSettings
 from detectors.state_codec import set_items
 from detectors.stats.binomial import conditional_binomial_tails
 from detectors.stats.calibration import window_alpha
+from detectors.stats.clustering import ClientContext
 from streams.batch import ModelBatch
 
 OTHER = "__other__"
@@ -143,8 +144,12 @@ class CategoricalMonitor:
         monitor._thresholds = {}
         return monitor
 
-    def feed(self, values: np.ndarray) -> list[CategoricalAlarm]:
-        """Adds values (in arrival order); returns the alarms of the windows they complete."""
+    def feed(
+        self, values: np.ndarray, clients: ClientContext | None = None
+    ) -> list[CategoricalAlarm]:
+        """Adds values (in arrival order); returns the alarms of the windows they complete.
+        `clients` is not used: this window test takes values as independent draws (the
+        design effect of clients' clusters is corrected in `NumericMonitor` only)."""
         items = values.tolist()
         alarms = []
         i = 0

@@ -20,12 +20,20 @@ never fire again for a change it has already seen. The monitor keeps watching in
 extends the alarm's since-change summary with every later block and reports the shift at the
 first block where the effect since the change clears the floor (a real 0.22 std shift measured
 at 0.19 over the alarm's few blocks), and stays quiet while it does not.
+
+Values that come in clients' clusters (API keys, each with its own segment and sessions) are
+not independent draws: the location statistic of a block is divided by the square root of
+the design effect of the window of events a CUSUM alarm spans (`horizon_events`, the blocks
+it needs to find `min_detectable_shift`), with the quantity's intraclass correlation learned
+from the pairs of values one client sent within one block (`detectors.stats.clustering`).
+Without clients, or with each value from its own, the statistic is as before.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +48,7 @@ from detectors.reference import (
 )
 from detectors.settings import NumericDriftSettings
 from detectors.stats.calibration import cusum_threshold, steps_budget
+from detectors.stats.clustering import ClientContext, ClientWindows, IntraclassCorrelation
 from detectors.stats.cusum import Cusum, drifts
 from detectors.stats.scores import NormalScores
 from streams.batch import ModelBatch
@@ -48,8 +57,8 @@ RECENT_BLOCKS = 64  # how far back the change point and effect size are estimate
 REFERENCE_INDEX = 2**62  # stream index of the reference's first value (its ties' draws)
 # What a `NumericMonitor` holds. A checkpoint of another layout is not resumed: the detector
 # is rebuilt from the reference (2: alarms under the floor are watched; 3: the tests' state
-# is the shared CUSUM's, no longer River's attributes).
-MONITOR_LAYOUT = 3
+# is the shared CUSUM's, no longer River's attributes; 4: the location test's design effect).
+MONITOR_LAYOUT = 4
 
 
 @dataclass(slots=True)
@@ -68,6 +77,8 @@ class NumericAlarm:
     window: _Block  # summary of the blocks since the estimated change point
     blocks_since_change: int
     blocks_watched: int = 0  # blocks added after an alarm under the floor, until this one
+    design_effect: float = 1.0  # of the alarming block's window (location test)
+    intraclass_correlation: float = 0.0  # the rho it was computed with
 
 
 @dataclass(slots=True)
@@ -126,6 +137,8 @@ class NumericMonitor:
         self.spread = _page_hinkley(k, h)
         self.pending_scores = np.empty(0)
         self.pending_raw = np.empty(0)
+        self.pending_ids = np.zeros(0, dtype=np.int64)
+        self.icc = IntraclassCorrelation()
         self.recent: deque[_Block] = deque(maxlen=RECENT_BLOCKS)
         self.seen = 0
         self.floors = floors  # what an alarm's effect must reach, else it is watched
@@ -156,6 +169,8 @@ class NumericMonitor:
             "spread": self.spread.state(),
             "pending_scores": self.pending_scores,
             "pending_raw": self.pending_raw,
+            "pending_ids": self.pending_ids,  # the partial block's clients (stable ids)
+            "icc": self.icc.state(),
             # One row per block: mean score, variance, raw mean, count.
             "recent": np.array(
                 [[b.mean_score, b.variance, b.raw_mean, b.count] for b in self.recent],
@@ -190,6 +205,8 @@ class NumericMonitor:
         monitor.spread = _page_hinkley(monitor.k, monitor.h).load_state(state["spread"])
         monitor.pending_scores = state["pending_scores"]
         monitor.pending_raw = state["pending_raw"]
+        monitor.pending_ids = np.asarray(state["pending_ids"], dtype=np.int64)
+        monitor.icc = IntraclassCorrelation(*state["icc"])
         monitor.recent = deque(
             (_Block(m, v, r, int(c)) for m, v, r, c in state["recent"].tolist()),
             maxlen=RECENT_BLOCKS,
@@ -202,15 +219,26 @@ class NumericMonitor:
         }
         return monitor
 
-    def feed(self, raw: np.ndarray) -> list[NumericAlarm]:
-        """Adds values (in arrival order) and returns the alarms of the blocks they complete."""
+    @property
+    def horizon_events(self) -> int:
+        """The values a location alarm for `min_detectable_shift` takes to build up (h / k
+        blocks): the window whose clients' design effect scales each block."""
+        return math.ceil(self.h / self.k) * self.block_size
+
+    def feed(self, raw: np.ndarray, clients: ClientContext | None = None) -> list[NumericAlarm]:
+        """Adds values (in arrival order) and returns the alarms of the blocks they complete.
+        `clients` gives the values' clients and their windows' excess (none: independent)."""
         carried = len(self.pending_scores)
         first = self.seen + carried  # the stream index of raw[0]
         scores = np.concatenate([self.pending_scores, self.scores.randomized(raw, first)])
         raws = np.concatenate([self.pending_raw, raw])
+        ids = np.concatenate(
+            [self.pending_ids, clients.ids if clients else np.zeros(len(raw), dtype=np.int64)]
+        )
         full = len(scores) // self.block_size
         cut = full * self.block_size
         self.pending_scores, self.pending_raw = scores[cut:], raws[cut:]
+        self.pending_ids = ids[cut:]
         if full == 0:
             return []
         blocks = scores[:cut].reshape(full, self.block_size)
@@ -219,6 +247,14 @@ class NumericMonitor:
         variances = np.einsum("ij,ij->i", centred, centred) / (self.block_size - 1)
         raw_means = raws[:cut].reshape(full, self.block_size).mean(axis=1)
         location_stats = mean_scores * math.sqrt(self.block_size)
+        rho, deff = np.zeros(full), np.ones(full)
+        if clients is not None and ids[:cut].any():
+            groups = clients.groups(ids[:carried], self.block_size)
+            rho = self.icc.before_each(groups, centred)
+            # Each block's last value is in this batch (fewer than a block were carried).
+            last = np.arange(1, full + 1) * self.block_size - 1 - carried
+            deff = 1.0 + rho * clients.excess[last]
+            location_stats = location_stats / np.sqrt(deff)
         spread_stats = _wilson_hilferty(variances, self.block_size - 1)
         new = [
             _Block(m, v, r, self.block_size)
@@ -235,6 +271,11 @@ class NumericMonitor:
             before = list(self.recent)
             for test in TESTS:
                 alarms += self._follow(test, fired[test], before, new, carried)
+            for alarm in alarms:
+                if alarm.test == "location":
+                    b = (alarm.index + 1 + carried) // self.block_size - 1
+                    alarm.design_effect = float(deff[b])
+                    alarm.intraclass_correlation = float(rho[b])
             # Per block, the location test before the spread test.
             alarms.sort(key=lambda a: (a.index, TESTS.index(a.test)))
         self.recent.extend(new)
@@ -332,6 +373,16 @@ class NumericMonitor:
                 "block_size": self.block_size,
                 "blocks_since_change": alarm.blocks_since_change,
                 "blocks_watched_after_alarm": alarm.blocks_watched,
+                **(
+                    {
+                        # Clients' clustering: the block statistics were divided by its
+                        # square root (1: independent values).
+                        "design_effect": round(alarm.design_effect, 4),
+                        "intraclass_correlation": round(alarm.intraclass_correlation, 4),
+                    }
+                    if alarm.test == "location"
+                    else {}
+                ),
                 "reference": {
                     "mean": self.ref_mean,
                     "std": self.ref_std,
@@ -369,6 +420,7 @@ class NumericDriftDetector(ReferenceDetector):
     settings_type = NumericDriftSettings
     settings: NumericDriftSettings
     monitors: dict[str, NumericMonitor]
+    windows: ClientWindows
     configuration = (*ReferenceDetector.configuration, "monitor_layout")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -388,22 +440,36 @@ class NumericDriftDetector(ReferenceDetector):
             )
             for name, values in continuous.items()
         }
+        self.windows = client_windows(self.monitors.values())
 
     def built_state(self) -> dict[str, Any]:
-        return {"monitors": {name: m.state() for name, m in self.monitors.items()}}
+        return {
+            "monitors": {name: m.state() for name, m in self.monitors.items()},
+            "windows": self.windows.state(),
+        }
 
     def load_built(self, state: dict[str, Any]) -> None:
         self.monitors = {n: NumericMonitor.of_state(m) for n, m in state["monitors"].items()}
+        self.windows = ClientWindows.of_state(state["windows"])
 
     def monitor(self, batch: ModelBatch) -> list[Finding]:
         findings: list[Finding] = []
+        clients = ClientContext.of(batch.clients, self.windows)
         for name, monitor in self.monitors.items():
             values, valid = present_numbers(batch, name)
             if len(valid) == 0:
                 continue
             floors = self._floors(name)
             findings += watch(
-                self.name, Kind.FEATURE_DRIFT, name, monitor, floors, batch, values, valid
+                self.name,
+                Kind.FEATURE_DRIFT,
+                name,
+                monitor,
+                floors,
+                batch,
+                values,
+                valid,
+                clients.take(valid),
             )
         return findings
 
@@ -414,6 +480,12 @@ class NumericDriftDetector(ReferenceDetector):
             s.of(name, "min_log_scale_change"),
             s.of(name, "critical_effect_size"),
         )
+
+
+def client_windows(monitors: Iterable[NumericMonitor]) -> ClientWindows:
+    """The clients' windows a detector's numeric monitors share: the longest horizon of them
+    (monitors whose `min_detectable_shift` is overridden have their own)."""
+    return ClientWindows(max((m.horizon_events for m in monitors), default=1))
 
 
 def _merged(blocks: list[_Block]) -> _Block:

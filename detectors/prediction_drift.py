@@ -25,10 +25,17 @@ import numpy as np
 
 from detectors.base import Finding, Kind
 from detectors.categorical_drift import CategoricalMonitor, PsiFloors
-from detectors.numeric_drift import MONITOR_LAYOUT, Floors, NumericMonitor, numeric_arl0
+from detectors.numeric_drift import (
+    MONITOR_LAYOUT,
+    Floors,
+    NumericMonitor,
+    client_windows,
+    numeric_arl0,
+)
 from detectors.reference import Monitor, ReferenceDetector, is_continuous, is_none, watch
 from detectors.settings import PredictionDriftSettings
 from detectors.stats.calibration import window_alpha
+from detectors.stats.clustering import ClientContext, ClientWindows
 from streams.batch import ModelBatch
 
 MIN_REFERENCE_VALUES = 200
@@ -46,6 +53,7 @@ class PredictionDriftDetector(ReferenceDetector):
     monitors: dict[str, tuple[Monitor, Floors | PsiFloors]]
     positive_class: str | None
     single_score: bool
+    windows: ClientWindows
     configuration = (*ReferenceDetector.configuration, "monitor_layout")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -87,6 +95,7 @@ class PredictionDriftDetector(ReferenceDetector):
                 floors = PsiFloors(s.of(subject, "min_psi"), s.of(subject, "critical_psi"))
                 monitor = CategoricalMonitor(values, s.window, alpha, s.min_expected)
             self.monitors[subject] = (monitor, floors)
+        self.windows = client_windows(self._numeric_monitors())
 
     def built_state(self) -> dict[str, Any]:
         return {
@@ -100,6 +109,7 @@ class PredictionDriftDetector(ReferenceDetector):
                 }
                 for subject, (monitor, floors) in self.monitors.items()
             },
+            "windows": self.windows.state(),
         }
 
     def load_built(self, state: dict[str, Any]) -> None:
@@ -114,17 +124,30 @@ class PredictionDriftDetector(ReferenceDetector):
                 monitor = CategoricalMonitor.of_state(entry["monitor"])
                 floors = PsiFloors(*entry["floors"])
             self.monitors[subject] = (monitor, floors)
+        self.windows = ClientWindows.of_state(state["windows"])
 
     def monitor(self, batch: ModelBatch) -> list[Finding]:
         findings: list[Finding] = []
+        clients = ClientContext.of(batch.clients, self.windows)
         for subject, (monitor, floors) in self.monitors.items():
             values, index = self._values(batch, subject)
             if len(values) == 0:
                 continue
             findings += watch(
-                self.name, Kind.PREDICTION_DRIFT, subject, monitor, floors, batch, values, index
+                self.name,
+                Kind.PREDICTION_DRIFT,
+                subject,
+                monitor,
+                floors,
+                batch,
+                values,
+                index,
+                clients.take(index),
             )
         return findings
+
+    def _numeric_monitors(self) -> list[NumericMonitor]:
+        return [m for m, _ in self.monitors.values() if isinstance(m, NumericMonitor)]
 
     def output_column(self, batch: ModelBatch, subject: str) -> np.ndarray:
         """Per event, the numeric output this detector watches as `subject` ("score" or

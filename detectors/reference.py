@@ -15,6 +15,7 @@ import numpy as np
 from detectors.base import Detector, Finding, Kind, Verdict
 from detectors.baseline import Baseline, FirstEvents
 from detectors.settings import ReferenceDetectorSettings
+from detectors.stats.clustering import ClientContext
 from streams.batch import ModelBatch
 
 MIN_DISTINCT_VALUES = 10  # fewer distinct reference values: a code, not a measurement
@@ -113,7 +114,7 @@ class ReferenceDetector(Detector):
 class Monitor(Protocol):
     """A test on one quantity (numeric or categorical monitor): values in, alarms out."""
 
-    def feed(self, values: np.ndarray) -> list[Any]: ...
+    def feed(self, values: np.ndarray, clients: ClientContext | None = None) -> list[Any]: ...
 
     def judge(self, name: str, alarm: Any, floors: Any) -> Verdict | None: ...
 
@@ -127,11 +128,13 @@ def watch(
     batch: ModelBatch,
     values: np.ndarray,
     index: np.ndarray,
+    clients: ClientContext | None = None,
 ) -> list[Finding]:
-    """Feeds a subject's values (those of the batch's events `index`) to its monitor and
-    returns its alarms that clear their floors, as findings at the alarming events."""
+    """Feeds a subject's values (those of the batch's events `index`, with their `clients`)
+    to its monitor and returns its alarms that clear their floors, as findings at the
+    alarming events."""
     findings = []
-    for alarm in monitor.feed(values):
+    for alarm in monitor.feed(values, clients):
         verdict = monitor.judge(subject, alarm, floors)
         if verdict is not None:
             at = int(index[alarm.index])

@@ -40,6 +40,7 @@ from detectors.reference import (
 )
 from detectors.settings import ShapeDriftSettings
 from detectors.stats.calibration import window_alpha
+from detectors.stats.clustering import ClientContext
 from streams.batch import ModelBatch
 
 MIN_REFERENCE_VALUES = 200
@@ -117,8 +118,10 @@ class ShapeMonitor:
         monitor.seen = state["seen"]
         return monitor
 
-    def feed(self, values: np.ndarray) -> list[ShapeAlarm]:
-        """Adds values (in arrival order); returns the alarms of the windows they complete."""
+    def feed(self, values: np.ndarray, clients: ClientContext | None = None) -> list[ShapeAlarm]:
+        """Adds values (in arrival order); returns the alarms of the windows they complete.
+        `clients` is not used: this window test takes values as independent draws (the
+        design effect of clients' clusters is corrected in `NumericMonitor` only)."""
         alarms = []
         for i, size in enumerate(self.windows):
             carried = len(self.open[i])

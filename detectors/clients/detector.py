@@ -69,7 +69,6 @@ import hmac
 import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -104,6 +103,7 @@ from detectors.input_anomaly import (
     reference_batch,
 )
 from detectors.settings import QueryPatternSettings
+from detectors.stats.clustering import client_hash
 from streams.batch import ModelBatch
 
 DAY = 86_400.0
@@ -614,7 +614,7 @@ class QueryPatternDetector(ProfiledDetector):
         # Keys as given unless they are to be known by HMAC only (no call per client then).
         if s.client_id_key is not None:
             names = [self._client_key(c) for c in names]
-        owners = np.array([0 if c is None else _owner_hash(c) for c in names], dtype=np.int64)
+        owners = np.array([0 if c is None else client_hash(c) for c in names], dtype=np.int64)
         states = self._states(names, owners.tolist())
         # Per caller, in one pass over the states: its ring slot (-1: not tracked), queries
         # seen and whether it was never flagged (the arrays below index these, not the states).
@@ -1431,10 +1431,3 @@ def _previous(values: np.ndarray, first: np.ndarray, stored: np.ndarray) -> np.n
     out[1:] = values[:-1]
     out[first] = stored
     return out
-
-
-@lru_cache(maxsize=1 << 16)  # the same clients come back batch after batch
-def _owner_hash(client: str) -> int:
-    """A stable 64-bit id for a client (never 0, which marks "no client")."""
-    value = int.from_bytes(hashlib.blake2b(client.encode(), digest_size=8).digest(), "big")
-    return (value >> 1) or 1
