@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,7 @@ from detectors.settings import CategoricalDriftSettings
 from detectors.state_codec import set_items
 from detectors.stats.binomial import conditional_binomial_tails
 from detectors.stats.calibration import window_alpha
-from detectors.stats.clustering import ClientContext
+from detectors.stats.clustering import ClientContext, IntraclassCorrelation, window_excess
 from streams.batch import ModelBatch
 
 OTHER = "__other__"
@@ -74,6 +75,8 @@ class CategoricalAlarm:
     window: Counter[Any]  # the window's raw category counts
     bins: np.ndarray  # the window's counts per bin
     exact: bool = False  # the exact 2 x 2 test decided (statistic -log10 p, threshold alpha's)
+    design_effect: float = 1.0  # of the window's clients: it counted as size / this values
+    intraclass_correlation: float = 0.0  # the rho (kappa) that was computed with
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,9 @@ class CategoricalMonitor:
         self.window_size = window
         self.alpha = alpha
         self.current: Counter[Any] = Counter()
+        self.current_ids = np.zeros(0, dtype=np.int64)  # the window's clients, per value
+        self.current_bins = np.zeros(0, dtype=np.int64)  # its bins (where it has clients)
+        self.icc = IntraclassCorrelation()
         self.filled = 0
         self.seen = 0
         self._thresholds: dict[int, float] = {}
@@ -123,6 +129,9 @@ class CategoricalMonitor:
             "alpha": self.alpha,
             "exact": self.exact,
             "current": [[category, count] for category, count in self.current.items()],
+            "current_ids": self.current_ids,
+            "current_bins": self.current_bins,
+            "icc": self.icc.state(),
             "filled": self.filled,
             "seen": self.seen,
         }
@@ -139,6 +148,11 @@ class CategoricalMonitor:
         monitor.alpha = state["alpha"]
         monitor.exact = state.get("exact", False)  # a checkpoint from before the exact test
         monitor.current = Counter(dict(state["current"]))
+        # A checkpoint from before clients were counted: its window's values had none.
+        unknown = np.zeros(state["filled"], dtype=np.int64)
+        monitor.current_ids = np.asarray(state.get("current_ids", unknown), dtype=np.int64)
+        monitor.current_bins = np.asarray(state.get("current_bins", unknown), dtype=np.int64)
+        monitor.icc = IntraclassCorrelation(*state.get("icc", [0.0, 0.0]))
         monitor.filled = state["filled"]
         monitor.seen = state["seen"]
         monitor._thresholds = {}
@@ -147,15 +161,26 @@ class CategoricalMonitor:
     def feed(
         self, values: np.ndarray, clients: ClientContext | None = None
     ) -> list[CategoricalAlarm]:
-        """Adds values (in arrival order); returns the alarms of the windows they complete.
-        `clients` is not used: this window test takes values as independent draws (the
-        design effect of clients' clusters is corrected in `NumericMonitor` only)."""
+        """Adds values (in arrival order, with their `clients`); returns the alarms of the
+        windows they complete."""
         items = values.tolist()
+        ids = clients.ids if clients is not None else np.zeros(len(items), dtype=np.int64)
+        other = len(self.names) - 1
         alarms = []
         i = 0
         while i < len(items):
             take = min(self.window_size - self.filled, len(items) - i)
-            self.current.update(items if take == len(items) else items[i : i + take])
+            chunk = items if take == len(items) else items[i : i + take]
+            self.current.update(chunk)
+            chunk_ids = ids[i : i + take]
+            # Bins per value only where a client may pair them (none: no cost).
+            bins = (
+                np.fromiter(map(self.bins.get, chunk, repeat(other)), np.int64, len(chunk))
+                if chunk_ids.any()
+                else np.zeros(take, dtype=np.int64)
+            )
+            self.current_ids = np.concatenate([self.current_ids, chunk_ids])
+            self.current_bins = np.concatenate([self.current_bins, bins])
             self.filled += take
             i += take
             if self.filled == self.window_size:
@@ -164,6 +189,8 @@ class CategoricalMonitor:
                     alarms.append(alarm)
                 self.seen += self.filled
                 self.current, self.filled = Counter(), 0
+                self.current_ids = np.zeros(0, dtype=np.int64)
+                self.current_bins = np.zeros(0, dtype=np.int64)
         return alarms
 
     def _test(self, index: int) -> CategoricalAlarm | None:
@@ -171,19 +198,32 @@ class CategoricalMonitor:
         other = len(self.names) - 1
         for category, count in self.current.items():
             window[self.bins.get(category, other)] += count
+        # Clients' clusters: the window counts as size / deff independent values (its
+        # counts scaled alike, the reference's as they are; Rao and Scott's first-order
+        # correction of the two-sample test). rho is what the windows before taught.
+        rho, deff = self.icc.value, 1.0
+        if self.current_ids.any():
+            deff = 1.0 + rho * window_excess(self.current_ids)
+            self.icc.add_categories(self.current_ids, self.current_bins, window / window.sum())
+        effective = window / deff
         if self.exact:
-            p = exact_two_sided(self.ref_counts[-1], window[-1], self.ref_size, window.sum())
+            p = exact_two_sided(
+                self.ref_counts[-1], round(effective[-1]), self.ref_size, round(effective.sum())
+            )
             if p > self.alpha:
                 return None
             statistic, threshold = -math.log10(max(p, 1e-300)), -math.log10(self.alpha)
-            return CategoricalAlarm(index, statistic, threshold, 1, self.current, window, True)
-        statistic, df = chi_square_homogeneity(self.ref_counts, window)
-        if df == 0:
-            return None
-        threshold = self._threshold(df)
-        if statistic <= threshold:
-            return None
-        return CategoricalAlarm(index, statistic, threshold, df, self.current, window)
+            alarm = CategoricalAlarm(index, statistic, threshold, 1, self.current, window, True)
+        else:
+            statistic, df = chi_square_homogeneity(self.ref_counts, effective)
+            if df == 0:
+                return None
+            threshold = self._threshold(df)
+            if statistic <= threshold:
+                return None
+            alarm = CategoricalAlarm(index, statistic, threshold, df, self.current, window)
+        alarm.design_effect, alarm.intraclass_correlation = deff, rho
+        return alarm
 
     def _threshold(self, df: int) -> float:
         if df not in self._thresholds:
@@ -235,6 +275,9 @@ class CategoricalMonitor:
                 "new_categories": {_label(c): k for c, k in new.most_common(TOP)},
                 "vanished_categories": vanished[:TOP],
                 "events_seen": self.seen + self.filled,
+                # Clients' clusters: the window counted as window / design_effect values.
+                "design_effect": round(alarm.design_effect, 4),
+                "intraclass_correlation": round(alarm.intraclass_correlation, 4),
             },
         )
 
@@ -328,6 +371,7 @@ class CategoricalDriftDetector(ReferenceDetector):
 
     def monitor(self, batch: ModelBatch) -> list[Finding]:
         findings: list[Finding] = []
+        clients = ClientContext.of_ids(batch.clients)
         for name, monitor in self.monitors.items():
             if name in self.numeric_codes:
                 values, valid = present_numbers(batch, name)
@@ -339,7 +383,15 @@ class CategoricalDriftDetector(ReferenceDetector):
                 self.settings.of(name, "min_psi"), self.settings.of(name, "critical_psi")
             )
             findings += watch(
-                self.name, Kind.FEATURE_DRIFT, name, monitor, floors, batch, values, valid
+                self.name,
+                Kind.FEATURE_DRIFT,
+                name,
+                monitor,
+                floors,
+                batch,
+                values,
+                valid,
+                clients.take(valid),
             )
         return findings
 

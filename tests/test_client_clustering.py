@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from detectors.categorical_drift import CategoricalDriftDetector
 from detectors.numeric_drift import NumericDriftDetector
 from detectors.stats.clustering import (
     BlockGroups,
@@ -188,3 +189,117 @@ def test_snapshot_restore_with_clients_continues_exactly() -> None:
     a = [(f.subject, f.ts, f.value) for f in run(values[later], clients[later], detector=original)]
     b = [(f.subject, f.ts, f.value) for f in run(values[later], clients[later], detector=clone)]
     assert a and a == b
+
+
+# --- categorical windows ------------------------------------------------------------------
+
+COUNTRIES = ["DE", "FR", "NL", "ES", "IT"]
+SHARES = np.array([0.4, 0.2, 0.15, 0.15, 0.1])
+
+
+def clustered_categories(
+    seed: int, n: int, concentration: float, clients: int = 150, features: int = 4
+) -> tuple[list[str], dict[str, list[str]]]:
+    """Categorical features whose every key draws from its own mix of `COUNTRIES`
+    (Dirichlet around `SHARES`; the kappa within a key is 1 / (concentration + 1)), keys
+    with Zipf-like volumes in sessions of mean 10."""
+    rng = np.random.default_rng(seed)
+    volume = 1 / np.arange(1, clients + 1)
+    lengths = rng.geometric(0.1, n)
+    keys = np.repeat(rng.choice(clients, len(lengths), p=volume / volume.sum()), lengths)[:n]
+    columns = {}
+    for f in range(features):
+        mixes = rng.dirichlet(concentration * SHARES, clients)
+        below = (rng.random(n)[:, None] > mixes.cumsum(axis=1)[keys]).sum(axis=1)
+        columns[f"c{f}"] = [COUNTRIES[min(i, 4)] for i in below]
+    return [f"key-{k}" for k in keys], columns
+
+
+def categorical_batch(columns: dict[str, list[str]], clients: list[str | None], start: int):
+    n = len(clients)
+    return ModelBatch(
+        model="m",
+        source="s",
+        partition=0,
+        ts=np.arange(start, start + n, dtype=float),
+        offsets=np.arange(start, start + n),
+        ids=[None] * n,
+        clients=clients,
+        model_versions=[None] * n,
+        rows=[],
+        categorical={k: np.array(v, dtype=object) for k, v in columns.items()},
+    )
+
+
+def run_categorical(
+    columns: dict[str, list[str]],
+    clients: list[str | None],
+    size: int = 2000,
+    detector: CategoricalDriftDetector | None = None,
+) -> list:
+    if detector is None:
+        detector = CategoricalDriftDetector("m")
+        rng = np.random.default_rng(8)
+        reference = {k: list(rng.choice(COUNTRIES, REFERENCE, p=SHARES)) for k in columns}
+        detector.update(categorical_batch(reference, [None] * REFERENCE, 0))
+    findings = []
+    n = len(clients)
+    for start in range(0, n, size):
+        part = {k: v[start : start + size] for k, v in columns.items()}
+        findings += detector.update(
+            categorical_batch(part, clients[start : start + size], REFERENCE + start)
+        )
+    return findings
+
+
+def test_kappa_of_keys_own_category_mixes_is_learned() -> None:
+    rng = np.random.default_rng(9)
+    for concentration in (5.0, 20.0):
+        icc = IntraclassCorrelation()
+        for _ in range(200):
+            ids = rng.integers(1, 60, 1000)
+            mixes = rng.dirichlet(concentration * SHARES, 60)
+            bins = (rng.random(1000)[:, None] > mixes.cumsum(axis=1)[ids]).sum(axis=1)
+            bins = np.minimum(bins, 4)
+            icc.add_categories(ids, bins, np.bincount(bins, minlength=5) / 1000)
+        assert icc.value == pytest.approx(1 / (concentration + 1), abs=0.01)
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+def test_stationary_clustered_categories_are_quiet_once_clients_are_counted(seed: int) -> None:
+    clients, columns = clustered_categories(seed, 100_000, concentration=5.0)
+    assert len(run_categorical(columns, [None] * len(clients))) >= 20
+    assert run_categorical(columns, clients) == []
+
+
+def test_a_category_shift_of_everyone_is_still_found_on_clustered_traffic() -> None:
+    clients, columns = clustered_categories(23, 40_000, concentration=20.0)
+    rng = np.random.default_rng(24)
+    moved = rng.random(20_000) < 0.25  # a quarter of everyone's events turn to IT
+    after = columns["c0"][20_000:]
+    columns["c0"][20_000:] = ["IT" if m else c for m, c in zip(moved, after, strict=True)]
+    found = [f for f in run_categorical(columns, clients) if f.ts >= REFERENCE + 20_000]
+    assert found and found[0].subject == "c0"
+    assert found[0].ts - (REFERENCE + 20_000) <= 2_000
+    assert found[0].details["design_effect"] > 1.3
+
+
+def test_categorical_findings_do_not_depend_on_batching_and_survive_a_checkpoint() -> None:
+    clients, columns = clustered_categories(25, 30_000, concentration=20.0)
+    columns["c1"][15_000:] = ["FR"] * 15_000
+    big = run_categorical(columns, clients, size=2000)
+    assert big
+    small = run_categorical(columns, clients, size=333)
+    assert [(f.subject, f.ts, f.value) for f in small] == [(f.subject, f.ts, f.value) for f in big]
+    first = {k: v[:14_500] for k, v in columns.items()}
+    original = CategoricalDriftDetector("m")
+    rng = np.random.default_rng(8)
+    reference = {k: list(rng.choice(COUNTRIES, REFERENCE, p=SHARES)) for k in columns}
+    original.update(categorical_batch(reference, [None] * REFERENCE, 0))
+    run_categorical(first, clients[:14_500], size=1700, detector=original)  # mid-window
+    clone = CategoricalDriftDetector("m")
+    assert clone.restore(original.snapshot())
+    rest = {k: v[14_500:] for k, v in columns.items()}
+    a = run_categorical(rest, clients[14_500:], detector=original)
+    b = run_categorical(rest, clients[14_500:], detector=clone)
+    assert a and [(f.subject, f.value) for f in a] == [(f.subject, f.value) for f in b]

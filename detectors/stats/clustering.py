@@ -59,6 +59,13 @@ class ClientContext:
         ids = client_ids(clients)
         return cls(ids, windows.excess(ids))
 
+    @classmethod
+    def of_ids(cls, clients: list[str | None]) -> ClientContext:
+        """A batch's events' clients only, for window tests, which measure each window's
+        composition themselves (the excess is left 0)."""
+        ids = client_ids(clients)
+        return cls(ids, np.zeros(len(ids)))
+
     def take(self, index: np.ndarray) -> ClientContext:
         """The context of the events `index` (a quantity's non-missing values): this one
         when they are all the events."""
@@ -114,6 +121,15 @@ class ClientWindows:
         return 2.0 * pairs / events
 
 
+def window_excess(ids: np.ndarray) -> float:
+    """`sum_c M_c^2 / N - 1` of one window of events (those without a client count alone)."""
+    own = ids[ids != NO_CLIENT]
+    if len(own) < 2:
+        return 0.0
+    _, counts = np.unique(own, return_counts=True)
+    return float((counts * (counts - 1)).sum()) / len(ids)
+
+
 def _window_pairs(ids: np.ndarray, length: int) -> np.ndarray:
     """Per position j, the pairs of equal ids (`NO_CLIENT` excepted) among positions
     j - length + 1 .. j: the window's sum_c M_c (M_c - 1) / 2.
@@ -161,6 +177,34 @@ class IntraclassCorrelation:
     @property
     def value(self) -> float:
         return _shrunk(self.weighted_sum, self.weight)
+
+    def add_categories(self, ids: np.ndarray, bins: np.ndarray, shares: np.ndarray) -> None:
+        """Adds one window of categories (`bins`, indices into the window's `shares`), the
+        categories' one-hot vectors standing for values: their pooled intraclass
+        correlation is Cohen's kappa of the pairs one client sent (agreement beyond the
+        window's own shares, so a drift, which moves every client, is not agreement)."""
+        width = len(ids)
+        own = ids != NO_CLIENT
+        if width < 2 or not own.any():
+            return
+        _, client = np.unique(ids[own], return_inverse=True)
+        k = len(shares)
+        counts = np.bincount(client * k + bins[own], minlength=(client.max() + 1) * k)
+        counts = counts.reshape(-1, k).astype(np.float64)
+        m = counts.sum(axis=1)
+        grouped = m >= 2
+        counts, m = counts[grouped], m[grouped]
+        spread = 1.0 - float(shares @ shares)  # the one-hot vectors' total variance
+        if spread <= 0 or len(m) == 0:
+            return
+        # Per client, the sum over its ordered pairs of the centred one-hot products.
+        pairs = (
+            (counts * (counts - 1)).sum(axis=1)
+            - 2 * (m - 1) * (counts @ shares)
+            + m * (m - 1) * (1.0 - spread)
+        )
+        self.weighted_sum += float((pairs / spread / m + (m - 1) / width).sum())
+        self.weight += float((m - 1).sum())
 
     def before_each(self, groups: BlockGroups, centred: np.ndarray) -> np.ndarray:
         """Adds blocks (the groups of their values by client, and the values centred on each
