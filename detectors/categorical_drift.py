@@ -200,11 +200,13 @@ class CategoricalMonitor:
             window[self.bins.get(category, other)] += count
         # Clients' clusters: the window counts as size / deff independent values (its
         # counts scaled alike, the reference's as they are; Rao and Scott's first-order
-        # correction of the two-sample test). rho is what the windows before taught.
+        # correction of the two-sample test). rho is what this window and those before
+        # taught (its own pairs agree beyond its own shares: no drift reads as agreement).
         rho, deff = self.icc.value, 1.0
         if self.current_ids.any():
-            deff = 1.0 + rho * window_excess(self.current_ids)
             self.icc.add_categories(self.current_ids, self.current_bins, window / window.sum())
+            rho = self.icc.value
+            deff = 1.0 + rho * window_excess(self.current_ids)
         effective = window / deff
         if self.exact:
             p = exact_two_sided(

@@ -250,7 +250,7 @@ class NumericMonitor:
         rho, deff = np.zeros(full), np.ones(full)
         if clients is not None and ids[:cut].any():
             groups = clients.groups(ids[:carried], self.block_size)
-            rho = self.icc.before_each(groups, centred)
+            rho = self.icc.through_each(groups, centred)
             # Each block's last value is in this batch (fewer than a block were carried).
             last = np.arange(1, full + 1) * self.block_size - 1 - carried
             deff = 1.0 + rho * clients.excess[last]

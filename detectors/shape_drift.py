@@ -40,7 +40,7 @@ from detectors.reference import (
 )
 from detectors.settings import ShapeDriftSettings
 from detectors.stats.calibration import window_alpha
-from detectors.stats.clustering import ClientContext
+from detectors.stats.clustering import ClientContext, IntraclassCorrelation
 from streams.batch import ModelBatch
 
 MIN_REFERENCE_VALUES = 200
@@ -55,6 +55,8 @@ class ShapeAlarm:
     threshold: float
     alpha: float
     window: np.ndarray  # the window's values, sorted
+    design_effect: float = 1.0  # of the window's clients: it counted as size / this values
+    intraclass_correlation: float = 0.0  # the rho (of reference ranks) it was computed with
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +84,9 @@ def ks_distance(reference_sorted: np.ndarray, sample_sorted: np.ndarray) -> floa
     return float(max(np.max(np.abs(f_at - g_at)), np.max(np.abs(f_below - g_below))))
 
 
-def ks_threshold(alpha: float, n: int, m: int) -> float:
+def ks_threshold(alpha: float, n: int, m: float) -> float:
     """The KS distance a two-sample test of sizes n and m exceeds with probability alpha
-    under no change (Kolmogorov's limit distribution)."""
+    under no change (Kolmogorov's limit distribution); m may be an effective size."""
     return float(kolmogi(alpha)) * math.sqrt((n + m) / (n * m))
 
 
@@ -99,6 +101,10 @@ class ShapeMonitor:
         n = len(self.sorted)
         self.thresholds = [ks_threshold(a, n, w) for a, w in zip(alphas, windows, strict=True)]
         self.open: list[np.ndarray] = [np.empty(0) for _ in self.windows]  # per size
+        self.open_ids = [np.zeros(0, dtype=np.int64) for _ in self.windows]  # their clients
+        # Per size, rho of the values' reference ranks, from its own windows (so each test
+        # is the same however the stream was cut into batches).
+        self.iccs = [IntraclassCorrelation() for _ in self.windows]
         self.seen = 0
 
     def state(self) -> dict[str, Any]:
@@ -108,6 +114,8 @@ class ShapeMonitor:
             "windows": self.windows,
             "alphas": self.alphas,
             "open": self.open,
+            "open_ids": self.open_ids,
+            "iccs": [icc.state() for icc in self.iccs],
             "seen": self.seen,
         }
 
@@ -115,25 +123,47 @@ class ShapeMonitor:
     def of_state(cls, state: dict[str, Any]) -> ShapeMonitor:
         monitor = cls(state["reference"], state["windows"], state["alphas"])
         monitor.open = [np.asarray(w, dtype=np.float64) for w in state["open"]]
+        # A checkpoint from before clients were counted: its open windows had none.
+        unknown = [np.zeros(len(w)) for w in monitor.open]
+        monitor.open_ids = [np.asarray(w, dtype=np.int64) for w in state.get("open_ids", unknown)]
+        monitor.iccs = [IntraclassCorrelation(*i) for i in state.get("iccs", [])] or [
+            IntraclassCorrelation() for _ in monitor.windows
+        ]
         monitor.seen = state["seen"]
         return monitor
 
     def feed(self, values: np.ndarray, clients: ClientContext | None = None) -> list[ShapeAlarm]:
-        """Adds values (in arrival order); returns the alarms of the windows they complete.
-        `clients` is not used: this window test takes values as independent draws (the
-        design effect of clients' clusters is corrected in `NumericMonitor` only)."""
+        """Adds values (in arrival order, with their `clients`); returns the alarms of the
+        windows they complete. A window whose values came in clients' clusters counts as its
+        size over their design effect: its threshold is that of the smaller sample."""
+        ids = clients.ids if clients is not None else np.zeros(len(values), dtype=np.int64)
         alarms = []
         for i, size in enumerate(self.windows):
             carried = len(self.open[i])
             pool = np.concatenate([self.open[i], values])
+            pool_ids = np.concatenate([self.open_ids[i], ids])
             full = len(pool) // size
+            cut = full * size
+            rho, deff = np.zeros(full), np.ones(full)
+            if clients is not None and full and pool_ids[:cut].any():
+                groups = clients.groups(self.open_ids[i], size)
+                ranks = np.searchsorted(self.sorted, pool[:cut].reshape(full, size))
+                centred = ranks - ranks.mean(axis=1, keepdims=True)
+                spread = centred.std(axis=1, keepdims=True)
+                rho = self.iccs[i].through_each(groups, centred / np.where(spread > 0, spread, 1))
+                deff = 1.0 + rho * groups.excess
             for w in range(full):
                 window = np.sort(pool[w * size : (w + 1) * size])
                 ks = ks_distance(self.sorted, window)
-                if ks > self.thresholds[i]:
+                threshold = self.thresholds[i]
+                if deff[w] > 1:
+                    threshold = ks_threshold(self.alphas[i], len(self.sorted), size / deff[w])
+                if ks > threshold:
                     index = (w + 1) * size - 1 - carried
-                    alarms.append(ShapeAlarm(index, ks, self.thresholds[i], self.alphas[i], window))
-            self.open[i] = pool[full * size :]
+                    alarm = ShapeAlarm(index, ks, threshold, self.alphas[i], window)
+                    alarm.design_effect, alarm.intraclass_correlation = deff[w], rho[w]
+                    alarms.append(alarm)
+            self.open[i], self.open_ids[i] = pool[cut:], pool_ids[cut:]
         self.seen += len(values)
         alarms.sort(key=lambda a: (a.index, -a.ks))
         return alarms
@@ -184,6 +214,9 @@ class ShapeMonitor:
                     "quantiles": _quantiles(window),
                 },
                 "events_seen": self.seen,
+                # Clients' clusters: the window counted as window / design_effect values.
+                "design_effect": round(alarm.design_effect, 4),
+                "intraclass_correlation": round(alarm.intraclass_correlation, 4),
             },
         )
 
@@ -238,6 +271,7 @@ class ShapeDriftDetector(ReferenceDetector):
 
     def monitor(self, batch: ModelBatch) -> list[Finding]:
         findings: list[Finding] = []
+        clients = ClientContext.of_ids(batch.clients)
         for name, monitor in self.monitors.items():
             values, valid = present_numbers(batch, name)
             if len(valid) == 0:
@@ -246,6 +280,14 @@ class ShapeDriftDetector(ReferenceDetector):
                 self.settings.of(name, "min_ks"), self.settings.of(name, "critical_ks")
             )
             findings += watch(
-                self.name, Kind.FEATURE_DRIFT, name, monitor, floors, batch, values, valid
+                self.name,
+                Kind.FEATURE_DRIFT,
+                name,
+                monitor,
+                floors,
+                batch,
+                values,
+                valid,
+                clients.take(valid),
             )
         return findings

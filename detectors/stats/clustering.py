@@ -165,7 +165,8 @@ class IntraclassCorrelation:
     Each (block, client) group of M >= 2 values contributes its mean pair product of values
     centred on the block mean, r = (S^2 - Q) / (M (M - 1)), weighted by M - 1: a group of 50
     (an attacker's block) weighs 49, not 2,450 pairs, so a few clients cannot set rho for
-    the whole traffic."""
+    the whole traffic. The centring's bias is undone (`centred_pairs_weight`): rho is the
+    weighted sum of r + 1 / B over the weighted sum of the share of rho each group keeps."""
 
     def __init__(self, weighted_sum: float = 0.0, weight: float = 0.0) -> None:
         self.weighted_sum = weighted_sum
@@ -203,14 +204,17 @@ class IntraclassCorrelation:
             - 2 * (m - 1) * (counts @ shares)
             + m * (m - 1) * (1.0 - spread)
         )
+        excess = window_excess(ids)
         self.weighted_sum += float((pairs / spread / m + (m - 1) / width).sum())
-        self.weight += float((m - 1).sum())
+        self.weight += float(centred_pairs_weight(m, np.full(len(m), excess), width).sum())
 
-    def before_each(self, groups: BlockGroups, centred: np.ndarray) -> np.ndarray:
+    def through_each(self, groups: BlockGroups, centred: np.ndarray) -> np.ndarray:
         """Adds blocks (the groups of their values by client, and the values centred on each
-        block's mean, one row per block) and returns rho as it stood before each block: a
-        block is judged with what the blocks before it taught, however the stream was cut
-        into batches.
+        block's mean, one row per block) and returns rho as it stood once each block was
+        added: a block is judged with what it and the blocks before it taught, however the
+        stream was cut into batches. Its own pairs count too (from the first block on,
+        before any history): being centred on its own mean, they do not read a drift as
+        correlation.
 
         Centring on the block mean biases a pair's product by about -1/B for unit-variance
         values in blocks of B (each value is part of the mean), which is added back."""
@@ -222,11 +226,10 @@ class IntraclassCorrelation:
             + groups.bias
         )
         weight = groups.weights
-        sum_before = self.weighted_sum + np.concatenate([[0.0], np.cumsum(weighted)[:-1]])
-        weight_before = self.weight + np.concatenate([[0.0], np.cumsum(weight)[:-1]])
-        self.weighted_sum += float(weighted.sum())
-        self.weight += float(weight.sum())
-        return _shrunk(sum_before, weight_before)
+        sum_through = self.weighted_sum + np.cumsum(weighted)
+        weight_through = self.weight + np.cumsum(weight)
+        self.weighted_sum, self.weight = float(sum_through[-1]), float(weight_through[-1])
+        return _shrunk(sum_through, weight_through)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,8 +243,9 @@ class BlockGroups:
     rows: np.ndarray  # the block of each kept group
     sizes: np.ndarray  # the values in each kept group (float)
     value_weights: np.ndarray  # per value (blocks' layout), 1 / its group's size if kept
-    weights: np.ndarray  # per block, the sum of its kept groups' M - 1
-    bias: np.ndarray  # per block, the centring bias added back: weights / B
+    weights: np.ndarray  # per block, what its groups tell of rho (`centred_pairs_weight`)
+    bias: np.ndarray  # per block, the centring bias added back: sum of M - 1 over B
+    excess: np.ndarray  # per block, its own sum_c M_c^2 / B - 1 (`window_excess`)
 
     @classmethod
     def of(cls, ids: np.ndarray) -> BlockGroups:
@@ -258,7 +262,12 @@ class BlockGroups:
         group_rows, kept_sizes = first[kept] // width, sizes[kept].astype(np.float64)
         value_weights = np.zeros(rows * width)
         value_weights[order] = np.repeat(np.where(kept, 1.0 / sizes, 0.0), sizes)
-        weights = np.bincount(group_rows, kept_sizes - 1, minlength=rows)
+        excess = np.bincount(group_rows, kept_sizes * (kept_sizes - 1), minlength=rows) / width
+        weights = np.bincount(
+            group_rows,
+            centred_pairs_weight(kept_sizes, excess[group_rows], width),
+            minlength=rows,
+        )
         return cls(
             order,
             first,
@@ -267,8 +276,19 @@ class BlockGroups:
             kept_sizes,
             value_weights.reshape(rows, width),
             weights,
-            weights / width,
+            np.bincount(group_rows, kept_sizes - 1, minlength=rows) / width,
+            excess,
         )
+
+
+def centred_pairs_weight(sizes: np.ndarray, excess: np.ndarray, width: int) -> np.ndarray:
+    """What a client's group of `sizes` values, centred on the mean of a block of `width`
+    whose excess is `excess`, tells of rho: its weight M - 1 times the share of rho its
+    centred pairs keep. With unit-variance values, a pair's product has expectation
+    rho * (1 - 2 (M - 1) / B + excess / B) - 1 / B: the block mean holds part of the
+    client's own mean, all of it in a block the client has alone (then the share is 1 / B,
+    and such a block says almost nothing of rho)."""
+    return (sizes - 1) * (1 - 2 * (sizes - 1) / width + excess / width)
 
 
 def _shrunk(weighted_sum: Any, weight: Any) -> Any:
