@@ -30,6 +30,11 @@ The Jensen-Shannon distance is reported alongside.
 
 Numeric features with fewer than `MIN_DISTINCT_VALUES` distinct reference values (codes,
 flags, small counts) are judged here rather than by numeric drift.
+
+Where events carry a `client`, a window that a few keys filled (each keeps its own mix of
+categories: a tenant's country) counts as its size over its design effect, from the
+window's own composition and the feature's kappa within keys (`detectors.stats.clustering`;
+Rao and Scott's first-order correction): its counts are scaled before either test.
 """
 
 from __future__ import annotations

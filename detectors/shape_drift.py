@@ -20,6 +20,10 @@ points), critical from `critical_ks` (0.25). With a 3,000-value reference the te
 threshold is above the floor for any window (about 0.1 for 1,000 values, 0.06 for 5,000): the
 floor binds with larger stored references. The first Wasserstein distance, in reference standard
 deviations, is reported alongside.
+
+Where events carry a `client`, a window counts as its size over its design effect (its own
+composition, and the intraclass correlation of the values' reference ranks within keys,
+`detectors.stats.clustering`): its threshold is that of the smaller sample.
 """
 
 from __future__ import annotations
