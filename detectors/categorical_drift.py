@@ -63,7 +63,13 @@ from detectors.settings import CategoricalDriftSettings
 from detectors.state_codec import set_items
 from detectors.stats.binomial import conditional_binomial_tails
 from detectors.stats.calibration import window_alpha
-from detectors.stats.clustering import ClientContext, IntraclassCorrelation, window_excess
+from detectors.stats.clustering import (
+    ClientContext,
+    IntraclassCorrelation,
+    loaded_ids,
+    stored_ids,
+    window_excess,
+)
 from streams.batch import ModelBatch
 
 OTHER = "__other__"
@@ -134,8 +140,8 @@ class CategoricalMonitor:
             "alpha": self.alpha,
             "exact": self.exact,
             "current": [[category, count] for category, count in self.current.items()],
-            "current_ids": self.current_ids,
-            "current_bins": self.current_bins,
+            "current_ids": stored_ids(self.current_ids),
+            "current_bins": self.current_bins if self.current_ids.any() else self.current_bins[:0],
             "icc": self.icc.state(),
             "filled": self.filled,
             "seen": self.seen,
@@ -153,10 +159,8 @@ class CategoricalMonitor:
         monitor.alpha = state["alpha"]
         monitor.exact = state.get("exact", False)  # a checkpoint from before the exact test
         monitor.current = Counter(dict(state["current"]))
-        # A checkpoint from before clients were counted: its window's values had none.
-        unknown = np.zeros(state["filled"], dtype=np.int64)
-        monitor.current_ids = np.asarray(state.get("current_ids", unknown), dtype=np.int64)
-        monitor.current_bins = np.asarray(state.get("current_bins", unknown), dtype=np.int64)
+        monitor.current_ids = loaded_ids(state.get("current_ids"), state["filled"])
+        monitor.current_bins = loaded_ids(state.get("current_bins"), state["filled"])
         monitor.icc = IntraclassCorrelation(*state.get("icc", [0.0, 0.0]))
         monitor.filled = state["filled"]
         monitor.seen = state["seen"]

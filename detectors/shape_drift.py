@@ -44,7 +44,12 @@ from detectors.reference import (
 )
 from detectors.settings import ShapeDriftSettings
 from detectors.stats.calibration import window_alpha
-from detectors.stats.clustering import ClientContext, IntraclassCorrelation
+from detectors.stats.clustering import (
+    ClientContext,
+    IntraclassCorrelation,
+    loaded_ids,
+    stored_ids,
+)
 from streams.batch import ModelBatch
 
 MIN_REFERENCE_VALUES = 200
@@ -118,7 +123,7 @@ class ShapeMonitor:
             "windows": self.windows,
             "alphas": self.alphas,
             "open": self.open,
-            "open_ids": self.open_ids,
+            "open_ids": [stored_ids(ids) for ids in self.open_ids],
             "iccs": [icc.state() for icc in self.iccs],
             "seen": self.seen,
         }
@@ -127,9 +132,10 @@ class ShapeMonitor:
     def of_state(cls, state: dict[str, Any]) -> ShapeMonitor:
         monitor = cls(state["reference"], state["windows"], state["alphas"])
         monitor.open = [np.asarray(w, dtype=np.float64) for w in state["open"]]
-        # A checkpoint from before clients were counted: its open windows had none.
-        unknown = [np.zeros(len(w)) for w in monitor.open]
-        monitor.open_ids = [np.asarray(w, dtype=np.int64) for w in state.get("open_ids", unknown)]
+        stored = state.get("open_ids") or [None] * len(monitor.open)
+        monitor.open_ids = [
+            loaded_ids(ids, len(w)) for ids, w in zip(stored, monitor.open, strict=True)
+        ]
         monitor.iccs = [IntraclassCorrelation(*i) for i in state.get("iccs", [])] or [
             IntraclassCorrelation() for _ in monitor.windows
         ]

@@ -343,3 +343,19 @@ def test_shape_findings_on_clustered_traffic_do_not_depend_on_batching() -> None
     assert big
     small = run_shape(values, clients, size=777)
     assert [(f.subject, f.ts, f.value) for f in small] == [(f.subject, f.ts, f.value) for f in big]
+
+
+def test_shape_windows_with_clients_survive_a_checkpoint() -> None:
+    clients, values = clustered(34, 30_000, rho=0.05)
+    values[15_000:, 5] *= 1.6
+    original = ShapeDriftDetector("m")
+    reference = np.random.default_rng(7).normal(size=(REFERENCE, FEATURES))
+    original.update(batch(reference, [None] * REFERENCE, 0))
+    original.update(batch(values[:12_345], clients[:12_345], REFERENCE))  # windows open
+    clone = ShapeDriftDetector("m")
+    assert clone.restore(original.snapshot())
+    later = batch(values[12_345:], clients[12_345:], REFERENCE + 12_345)
+    a = [(f.subject, f.ts, f.value, f.details["design_effect"]) for f in original.update(later)]
+    b = [(f.subject, f.ts, f.value, f.details["design_effect"]) for f in clone.update(later)]
+    assert a and a == b and max(d for *_, d in a) > 1
+    assert clone.snapshot() == original.snapshot()  # the rho learned since, too

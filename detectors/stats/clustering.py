@@ -121,6 +121,19 @@ class ClientWindows:
         return 2.0 * pairs / events
 
 
+def stored_ids(ids: np.ndarray) -> np.ndarray:
+    """Client ids as a checkpoint keeps them: none at all where no value has a client (the
+    usual stream without clients pays nothing for them)."""
+    return ids if ids.any() else ids[:0]
+
+
+def loaded_ids(stored: Any, length: int) -> np.ndarray:
+    """The ids `stored_ids` kept for `length` values: zeros where it kept none (or where a
+    checkpoint from before clients were counted has none)."""
+    ids = np.asarray(stored if stored is not None else [], dtype=np.int64)
+    return ids if len(ids) == length else np.zeros(length, dtype=np.int64)
+
+
 def window_excess(ids: np.ndarray) -> float:
     """`sum_c M_c^2 / N - 1` of one window of events (those without a client count alone)."""
     own = ids[ids != NO_CLIENT]
