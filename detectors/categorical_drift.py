@@ -68,7 +68,6 @@ from detectors.stats.clustering import (
     IntraclassCorrelation,
     loaded_ids,
     stored_ids,
-    window_excess,
 )
 from streams.batch import ModelBatch
 
@@ -193,7 +192,7 @@ class CategoricalMonitor:
             self.filled += take
             i += take
             if self.filled == self.window_size:
-                alarm = self._test(i - 1)
+                alarm = self._test(i - 1, clients)
                 if alarm is not None:
                     alarms.append(alarm)
                 self.seen += self.filled
@@ -202,7 +201,7 @@ class CategoricalMonitor:
                 self.current_bins = np.zeros(0, dtype=np.int64)
         return alarms
 
-    def _test(self, index: int) -> CategoricalAlarm | None:
+    def _test(self, index: int, clients: ClientContext | None) -> CategoricalAlarm | None:
         window = np.zeros(len(self.names))
         other = len(self.names) - 1
         for category, count in self.current.items():
@@ -212,10 +211,11 @@ class CategoricalMonitor:
         # correction of the two-sample test). rho is what this window and those before
         # taught (its own pairs agree beyond its own shares: no drift reads as agreement).
         rho, deff = self.icc.value, 1.0
-        if self.current_ids.any():
-            self.icc.add_categories(self.current_ids, self.current_bins, window / window.sum())
+        if clients is not None and self.current_ids.any():
+            senders = clients.window(self.current_ids)
+            self.icc.add_categories(senders, self.current_bins, window / window.sum())
             rho = self.icc.value
-            deff = 1.0 + rho * window_excess(self.current_ids)
+            deff = 1.0 + rho * senders.excess
         effective = window / deff
         if self.exact:
             p = exact_two_sided(
@@ -382,7 +382,7 @@ class CategoricalDriftDetector(ReferenceDetector):
 
     def monitor(self, batch: ModelBatch) -> list[Finding]:
         findings: list[Finding] = []
-        clients = ClientContext.of_ids(batch.clients)
+        clients = ClientContext.of_ids(batch)
         for name, monitor in self.monitors.items():
             if name in self.numeric_codes:
                 values, valid = present_numbers(batch, name)

@@ -454,7 +454,7 @@ class NumericDriftDetector(ReferenceDetector):
 
     def monitor(self, batch: ModelBatch) -> list[Finding]:
         findings: list[Finding] = []
-        clients = ClientContext.of(batch.clients, self.windows)
+        clients = ClientContext.of(batch, self.windows)
         for name, monitor in self.monitors.items():
             values, valid = present_numbers(batch, name)
             if len(valid) == 0:

@@ -128,7 +128,7 @@ class PredictionDriftDetector(ReferenceDetector):
 
     def monitor(self, batch: ModelBatch) -> list[Finding]:
         findings: list[Finding] = []
-        clients = ClientContext.of(batch.clients, self.windows)
+        clients = ClientContext.of(batch, self.windows)
         for subject, (monitor, floors) in self.monitors.items():
             values, index = self._values(batch, subject)
             if len(values) == 0:

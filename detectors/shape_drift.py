@@ -74,15 +74,20 @@ class KsFloors:
     critical_ks: float
 
 
-def ks_distance(reference_sorted: np.ndarray, sample_sorted: np.ndarray) -> float:
+def ks_distance(
+    reference_sorted: np.ndarray, sample_sorted: np.ndarray, at: np.ndarray | None = None
+) -> float:
     """The two-sample Kolmogorov-Smirnov distance of two sorted samples, ties included.
 
     Between two consecutive sample values the sample's distribution function is flat and the
     reference's only rises, so the largest gap is at a sample value, just at it or just below
     it: both functions are evaluated there only (binary searches per sample value, none per
-    reference value)."""
+    reference value). `at` may hold the first search (reference values <= each sample
+    value) where the caller made it."""
     n, m = len(reference_sorted), len(sample_sorted)
-    f_at = np.searchsorted(reference_sorted, sample_sorted, side="right") / n
+    if at is None:
+        at = np.searchsorted(reference_sorted, sample_sorted, side="right")
+    f_at = at / n
     f_below = np.searchsorted(reference_sorted, sample_sorted, side="left") / n
     if np.any(sample_sorted[1:] == sample_sorted[:-1]):  # ties: count them
         g_at = np.searchsorted(sample_sorted, sample_sorted, side="right") / m
@@ -154,17 +159,31 @@ class ShapeMonitor:
             pool_ids = np.concatenate([self.open_ids[i], ids])
             full = len(pool) // size
             cut = full * size
+            clustered = clients is not None and full > 0 and bool(pool_ids[:cut].any())
+            # Per window: its values sorted, its KS distance, and (clustered) the values'
+            # reference ranks in arrival order, from the search the KS distance makes anyway.
+            windows, distances = [], np.empty(full)
+            ranks = np.empty((full, size)) if clustered else None
+            for w in range(full):
+                values_w = pool[w * size : (w + 1) * size]
+                if ranks is None:
+                    window = np.sort(values_w)
+                    distances[w] = ks_distance(self.sorted, window)
+                else:
+                    order = np.argsort(values_w)
+                    window = values_w[order]
+                    at = np.searchsorted(self.sorted, window, side="right")
+                    distances[w] = ks_distance(self.sorted, window, at)
+                    ranks[w, order] = at
+                windows.append(window)
             rho, deff = np.zeros(full), np.ones(full)
-            if clients is not None and full and pool_ids[:cut].any():
+            if clients is not None and ranks is not None:
                 groups = clients.groups(self.open_ids[i], size)
-                ranks = np.searchsorted(self.sorted, pool[:cut].reshape(full, size))
                 centred = ranks - ranks.mean(axis=1, keepdims=True)
-                spread = centred.std(axis=1, keepdims=True)
+                spread = np.sqrt(np.einsum("ij,ij->i", centred, centred) / size)[:, None]
                 rho = self.iccs[i].through_each(groups, centred / np.where(spread > 0, spread, 1))
                 deff = 1.0 + rho * groups.excess
-            for w in range(full):
-                window = np.sort(pool[w * size : (w + 1) * size])
-                ks = ks_distance(self.sorted, window)
+            for w, (window, ks) in enumerate(zip(windows, distances.tolist(), strict=True)):
                 threshold = self.thresholds[i]
                 if deff[w] > 1:
                     threshold = ks_threshold(self.alphas[i], len(self.sorted), size / deff[w])
@@ -281,7 +300,7 @@ class ShapeDriftDetector(ReferenceDetector):
 
     def monitor(self, batch: ModelBatch) -> list[Finding]:
         findings: list[Finding] = []
-        clients = ClientContext.of_ids(batch.clients)
+        clients = ClientContext.of_ids(batch)
         for name, monitor in self.monitors.items():
             values, valid = present_numbers(batch, name)
             if len(valid) == 0:

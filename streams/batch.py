@@ -6,10 +6,12 @@ over events in Python to get at a feature.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from operator import attrgetter
 from typing import Any
 
@@ -51,6 +53,17 @@ class LabelColumns:
         )
 
 
+NO_CLIENT = 0  # the id of an event without a client
+
+
+@lru_cache(maxsize=1 << 16)  # the same clients come back batch after batch
+def client_hash(client: str) -> int:
+    """A stable 63-bit id for a client (never `NO_CLIENT`): the same in every process, so
+    that ids kept in a checkpoint still match the client's next events."""
+    value = int.from_bytes(hashlib.blake2b(client.encode(), digest_size=8).digest(), "big")
+    return (value >> 1) or 1
+
+
 @dataclass(slots=True)
 class ModelBatch:
     """Predictions (and labels) of one model for one detector state, in arrival order.
@@ -79,6 +92,17 @@ class ModelBatch:
     # Each prediction's JSON record as received (None for batches built from event objects):
     # one object per event, what the recent window keeps instead of the decoded ones.
     records: list[bytes] | None = None
+    _client_ids: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def client_ids(self) -> np.ndarray:
+        """Per event, its client's `client_hash` (`NO_CLIENT` where it has none): computed
+        once per batch, for every detector that counts clients."""
+        if self._client_ids is None:
+            self._client_ids = np.array(
+                [NO_CLIENT if c is None else client_hash(c) for c in self.clients],
+                dtype=np.int64,
+            )
+        return self._client_ids
 
     def __len__(self) -> int:
         return len(self.ts)

@@ -18,9 +18,9 @@ from detectors.stats.clustering import (
     BlockGroups,
     ClientWindows,
     IntraclassCorrelation,
-    client_ids,
+    WindowClients,
 )
-from streams.batch import ModelBatch
+from streams.batch import ModelBatch, client_hash
 
 FEATURES = 8
 REFERENCE = 3000
@@ -99,7 +99,7 @@ def test_window_excess_counts_each_windows_clients_across_any_batching() -> None
 def test_window_excess_is_zero_when_no_event_has_a_client_or_all_differ() -> None:
     windows = ClientWindows(50)
     assert not windows.excess(np.zeros(300, dtype=np.int64)).any()
-    assert not windows.excess(client_ids([f"k{i}" for i in range(300)])).any()
+    assert not windows.excess(np.array([client_hash(f"k{i}") for i in range(300)])).any()
 
 
 def test_intraclass_correlation_is_learned_from_pairs_within_blocks() -> None:
@@ -262,7 +262,7 @@ def test_kappa_of_keys_own_category_mixes_is_learned() -> None:
             mixes = rng.dirichlet(concentration * SHARES, 60)
             bins = (rng.random(1000)[:, None] > mixes.cumsum(axis=1)[ids]).sum(axis=1)
             bins = np.minimum(bins, 4)
-            icc.add_categories(ids, bins, np.bincount(bins, minlength=5) / 1000)
+            icc.add_categories(WindowClients.of(ids), bins, np.bincount(bins, minlength=5) / 1000)
         assert icc.value == pytest.approx(1 / (concentration + 1), abs=0.01)
 
 

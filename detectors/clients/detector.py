@@ -103,8 +103,7 @@ from detectors.input_anomaly import (
     reference_batch,
 )
 from detectors.settings import QueryPatternSettings
-from detectors.stats.clustering import client_hash
-from streams.batch import ModelBatch
+from streams.batch import ModelBatch, client_hash
 
 DAY = 86_400.0
 DETECTORS = STATISTICS

@@ -17,30 +17,16 @@ mean (so that a drift, which moves every client, is not taken for correlation).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-NO_CLIENT = 0  # the id of an event without a client: never paired with another
+from streams.batch import NO_CLIENT, ModelBatch
+
 # rho is shrunk towards 0 by this many pairs' weight, so that the first blocks, with a few
 # pairs, do not set it high by chance (one pair's product has standard deviation 1).
 ICC_PRIOR_WEIGHT = 200.0
-
-
-@lru_cache(maxsize=1 << 16)  # the same clients come back batch after batch
-def client_hash(client: str) -> int:
-    """A stable 63-bit id for a client (never `NO_CLIENT`): the same in every process, so
-    that ids kept in a checkpoint still match the client's next events."""
-    value = int.from_bytes(hashlib.blake2b(client.encode(), digest_size=8).digest(), "big")
-    return (value >> 1) or 1
-
-
-def client_ids(clients: list[str | None]) -> np.ndarray:
-    """Per event, its client's `client_hash` (`NO_CLIENT` where it has none)."""
-    return np.array([NO_CLIENT if c is None else client_hash(c) for c in clients], dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,18 +38,19 @@ class ClientContext:
     # BlockGroups by the ids carried over from the last batch and the block size: quantities
     # present in every event share their blocks, so their groups are computed once.
     shared_groups: dict[tuple[bytes, int], BlockGroups] = field(default_factory=dict)
+    shared_windows: dict[bytes, WindowClients] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, clients: list[str | None], windows: ClientWindows) -> ClientContext:
+    def of(cls, batch: ModelBatch, windows: ClientWindows) -> ClientContext:
         """A batch's events' context; the events join the windows."""
-        ids = client_ids(clients)
+        ids = batch.client_ids()
         return cls(ids, windows.excess(ids))
 
     @classmethod
-    def of_ids(cls, clients: list[str | None]) -> ClientContext:
+    def of_ids(cls, batch: ModelBatch) -> ClientContext:
         """A batch's events' clients only, for window tests, which measure each window's
         composition themselves (the excess is left 0)."""
-        ids = client_ids(clients)
+        ids = batch.client_ids()
         return cls(ids, np.zeros(len(ids)))
 
     def take(self, index: np.ndarray) -> ClientContext:
@@ -72,6 +59,14 @@ class ClientContext:
         if len(index) == len(self.ids):
             return self
         return ClientContext(self.ids[index], self.excess[index])
+
+    def window(self, ids: np.ndarray) -> WindowClients:
+        """The `WindowClients` of one window's ids, computed once for every quantity whose
+        window holds the same events."""
+        key = ids.tobytes()
+        if key not in self.shared_windows:
+            self.shared_windows[key] = WindowClients.of(ids)
+        return self.shared_windows[key]
 
     def groups(self, carried: np.ndarray, width: int) -> BlockGroups:
         """The groups of the blocks that `carried` ids (a partial block) and these events'
@@ -134,13 +129,19 @@ def loaded_ids(stored: Any, length: int) -> np.ndarray:
     return ids if len(ids) == length else np.zeros(length, dtype=np.int64)
 
 
-def window_excess(ids: np.ndarray) -> float:
-    """`sum_c M_c^2 / N - 1` of one window of events (those without a client count alone)."""
-    own = ids[ids != NO_CLIENT]
-    if len(own) < 2:
-        return 0.0
-    _, counts = np.unique(own, return_counts=True)
-    return float((counts * (counts - 1)).sum()) / len(ids)
+@dataclass(frozen=True, slots=True)
+class WindowClients:
+    """Who sent one window's values: what its design effect and its rho need."""
+
+    own: np.ndarray  # per value, whether it has a client
+    client: np.ndarray  # per value with a client, its client's index in the window
+    excess: float  # sum_c M_c^2 / N - 1 (values without a client count alone)
+
+    @classmethod
+    def of(cls, ids: np.ndarray) -> WindowClients:
+        own = ids != NO_CLIENT
+        _, client, counts = np.unique(ids[own], return_inverse=True, return_counts=True)
+        return cls(own, client, float((counts * (counts - 1)).sum()) / max(len(ids), 1))
 
 
 def _window_pairs(ids: np.ndarray, length: int) -> np.ndarray:
@@ -192,16 +193,14 @@ class IntraclassCorrelation:
     def value(self) -> float:
         return _shrunk(self.weighted_sum, self.weight)
 
-    def add_categories(self, ids: np.ndarray, bins: np.ndarray, shares: np.ndarray) -> None:
+    def add_categories(self, window: WindowClients, bins: np.ndarray, shares: np.ndarray) -> None:
         """Adds one window of categories (`bins`, indices into the window's `shares`), the
         categories' one-hot vectors standing for values: their pooled intraclass
         correlation is Cohen's kappa of the pairs one client sent (agreement beyond the
         window's own shares, so a drift, which moves every client, is not agreement)."""
-        width = len(ids)
-        own = ids != NO_CLIENT
-        if width < 2 or not own.any():
+        width, own, client = len(bins), window.own, window.client
+        if width < 2 or len(client) == 0:
             return
-        _, client = np.unique(ids[own], return_inverse=True)
         k = len(shares)
         counts = np.bincount(client * k + bins[own], minlength=(client.max() + 1) * k)
         counts = counts.reshape(-1, k).astype(np.float64)
@@ -217,9 +216,8 @@ class IntraclassCorrelation:
             - 2 * (m - 1) * (counts @ shares)
             + m * (m - 1) * (1.0 - spread)
         )
-        excess = window_excess(ids)
         self.weighted_sum += float((pairs / spread / m + (m - 1) / width).sum())
-        self.weight += float(centred_pairs_weight(m, np.full(len(m), excess), width).sum())
+        self.weight += float(centred_pairs_weight(m, np.full(len(m), window.excess), width).sum())
 
     def through_each(self, groups: BlockGroups, centred: np.ndarray) -> np.ndarray:
         """Adds blocks (the groups of their values by client, and the values centred on each
@@ -258,7 +256,7 @@ class BlockGroups:
     value_weights: np.ndarray  # per value (blocks' layout), 1 / its group's size if kept
     weights: np.ndarray  # per block, what its groups tell of rho (`centred_pairs_weight`)
     bias: np.ndarray  # per block, the centring bias added back: sum of M - 1 over B
-    excess: np.ndarray  # per block, its own sum_c M_c^2 / B - 1 (`window_excess`)
+    excess: np.ndarray  # per block, its own sum_c M_c^2 / B - 1 (`WindowClients.excess`)
 
     @classmethod
     def of(cls, ids: np.ndarray) -> BlockGroups:
