@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from detectors.base import Detector
 from detectors.categorical_drift import CategoricalDriftDetector
 from detectors.numeric_drift import NumericDriftDetector
 from detectors.shape_drift import ShapeDriftDetector
@@ -42,8 +43,16 @@ def clustered(
     return [f"key-{k}" for k in keys], values
 
 
-def batch(values: np.ndarray, clients: list[str | None], start: int) -> ModelBatch:
-    n = len(values)
+def batch(
+    values: np.ndarray | dict[str, list[str]], clients: list[str | None], start: int
+) -> ModelBatch:
+    """Events `start`, `start + 1`, ... of `clients`: numeric features f0, f1, ... (the
+    columns of `values`) or categorical ones (a dict of columns)."""
+    n = len(clients)
+    if isinstance(values, dict):
+        numeric, categorical = {}, {k: np.array(v, dtype=object) for k, v in values.items()}
+    else:
+        numeric, categorical = {f"f{j}": values[:, j].copy() for j in range(values.shape[1])}, {}
     return ModelBatch(
         model="m",
         source="s",
@@ -54,7 +63,8 @@ def batch(values: np.ndarray, clients: list[str | None], start: int) -> ModelBat
         clients=clients,
         model_versions=[None] * n,
         rows=[],
-        numeric={f"f{j}": values[:, j].copy() for j in range(values.shape[1])},
+        numeric=numeric,
+        categorical=categorical,
     )
 
 
@@ -62,11 +72,13 @@ def run(
     values: np.ndarray,
     clients: list[str | None],
     size: int = 2000,
-    detector: NumericDriftDetector | None = None,
+    detector: Detector | None = None,
+    kind: type[Detector] = NumericDriftDetector,
 ) -> list:
-    """The findings of a numeric drift detector, its reference N(0,1) without clients."""
+    """The findings of a drift detector (`kind`, numeric drift unless told), its reference
+    N(0,1) without clients unless `detector` is one already running."""
     if detector is None:
-        detector = NumericDriftDetector("m")
+        detector = kind("m")
         reference = np.random.default_rng(7).normal(size=(REFERENCE, FEATURES))
         detector.update(batch(reference, [None] * REFERENCE, 0))
     findings = []
@@ -216,22 +228,6 @@ def clustered_categories(
     return [f"key-{k}" for k in keys], columns
 
 
-def categorical_batch(columns: dict[str, list[str]], clients: list[str | None], start: int):
-    n = len(clients)
-    return ModelBatch(
-        model="m",
-        source="s",
-        partition=0,
-        ts=np.arange(start, start + n, dtype=float),
-        offsets=np.arange(start, start + n),
-        ids=[None] * n,
-        clients=clients,
-        model_versions=[None] * n,
-        rows=[],
-        categorical={k: np.array(v, dtype=object) for k, v in columns.items()},
-    )
-
-
 def run_categorical(
     columns: dict[str, list[str]],
     clients: list[str | None],
@@ -242,14 +238,12 @@ def run_categorical(
         detector = CategoricalDriftDetector("m")
         rng = np.random.default_rng(8)
         reference = {k: list(rng.choice(COUNTRIES, REFERENCE, p=SHARES)) for k in columns}
-        detector.update(categorical_batch(reference, [None] * REFERENCE, 0))
+        detector.update(batch(reference, [None] * REFERENCE, 0))
     findings = []
     n = len(clients)
     for start in range(0, n, size):
         part = {k: v[start : start + size] for k, v in columns.items()}
-        findings += detector.update(
-            categorical_batch(part, clients[start : start + size], REFERENCE + start)
-        )
+        findings += detector.update(batch(part, clients[start : start + size], REFERENCE + start))
     return findings
 
 
@@ -296,7 +290,7 @@ def test_categorical_findings_do_not_depend_on_batching_and_survive_a_checkpoint
     original = CategoricalDriftDetector("m")
     rng = np.random.default_rng(8)
     reference = {k: list(rng.choice(COUNTRIES, REFERENCE, p=SHARES)) for k in columns}
-    original.update(categorical_batch(reference, [None] * REFERENCE, 0))
+    original.update(batch(reference, [None] * REFERENCE, 0))
     run_categorical(first, clients[:14_500], size=1700, detector=original)  # mid-window
     clone = CategoricalDriftDetector("m")
     assert clone.restore(original.snapshot())
@@ -310,14 +304,7 @@ def test_categorical_findings_do_not_depend_on_batching_and_survive_a_checkpoint
 
 
 def run_shape(values: np.ndarray, clients: list[str | None], size: int = 2000) -> list:
-    detector = ShapeDriftDetector("m")
-    reference = np.random.default_rng(7).normal(size=(REFERENCE, FEATURES))
-    detector.update(batch(reference, [None] * REFERENCE, 0))
-    findings = []
-    for start in range(0, len(values), size):
-        part = slice(start, start + size)
-        findings += detector.update(batch(values[part], clients[part], REFERENCE + start))
-    return findings
+    return run(values, clients, size, kind=ShapeDriftDetector)
 
 
 def test_stationary_clustered_traffic_keeps_its_shape_once_clients_are_counted() -> None:
