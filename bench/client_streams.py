@@ -27,9 +27,10 @@ import contextlib
 import math
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -513,9 +514,27 @@ def run_attack(served: LoggedModel, attack: Attack, rng: np.random.Generator) ->
     clock = Clock(rng, attack.start, attack.gap, attack.daily)
     before = sum(len(t) for t in served.log.ts)
     runner = RUNNERS[attack.method]
-    with contextlib.suppress(QueryBudgetSpent):
+    with contextlib.suppress(QueryBudgetSpent), _seeded_random_states(rng):
         runner(served, attack, clock, rng)
     return sum(len(t) for t in served.log.ts) - before
+
+
+@contextlib.contextmanager
+def _seeded_random_states(rng: np.random.Generator) -> Iterator[None]:
+    """ART's HopSkipJump draws its starting points from an unseeded `np.random.RandomState()`
+    (OS entropy), so a seed's stream differed from run to run; while an attack runs, a
+    RandomState made without a seed takes one from the bench's generator."""
+    original = np.random.RandomState
+
+    class Seeded(original):  # type: ignore[misc, valid-type]
+        def __init__(self, seed: Any = None) -> None:
+            super().__init__(int(rng.integers(2**32)) if seed is None else seed)
+
+    np.random.RandomState = Seeded  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        np.random.RandomState = original  # type: ignore[misc]
 
 
 def _targets(served: LoggedModel, rng: np.random.Generator, n: int) -> np.ndarray:
