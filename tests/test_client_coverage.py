@@ -24,10 +24,12 @@ from detectors.clients.coverage import (
     labels_of,
     nearest_cell,
 )
-from detectors.clients.detector import QueryPatternDetector
+from detectors.clients.detector import ClientState, QueryPatternDetector
 from detectors.clients.null import STATISTICS, bucket_of
 from tests.test_query_patterns import (
     FEATURES,
+    SETTINGS,
+    SectorStream,
     first_by_client,
     population,
     run_mixed,
@@ -204,6 +206,68 @@ def test_a_flagged_clients_queries_do_not_shape_the_traffics_mix() -> None:
     assert flagged_in is not None and flagged_in < 9
     # Every benign query, and the thief's up to the batch it was flagged in.
     assert sum(observed) == 10 * 200 + 20 * (flagged_in + 1)
+
+
+def test_the_populations_mix_gives_a_heavy_user_one_voice() -> None:
+    """Forty keys, each with its own class mix around the data's, one of them sending as much
+    as all the others: the traffic's mix is half the heavy user's, the population's (the
+    clients' mean mix) is not, and a sampler of the data stands much closer to it."""
+    rng = np.random.default_rng(9)
+    data = rng.dirichlet(np.full(10, 3.0))
+    mixes = rng.dirichlet(data * 10, size=40)
+    mixes[0] = 0.5 * mixes[0] + 0.5 * np.eye(10)[np.argmax(data)]  # a segment of its own
+    volumes = np.full(40, 200)
+    volumes[0] = 7800  # the heavy user
+    counts = np.zeros((40, REGIONS), dtype=np.int64)
+    for i in range(40):
+        counts[i, :10] = rng.multinomial(volumes[i], mixes[i])
+    coverage = RegionCoverage(86_400.0)
+    coverage.observe(np.repeat(np.arange(REGIONS), counts.sum(axis=0)), 0.0)
+    sampler = np.zeros((1, REGIONS), dtype=np.int64)
+    sampler[0, :10] = rng.multinomial(2000, data)
+    against_traffic = coverage.statistic(sampler)[0]
+    coverage.observe_population(counts)
+    assert coverage.population is not None
+    q = coverage.population[:CLASS_SLOTS] / coverage.population[:CLASS_SLOTS].sum()
+    assert np.allclose(q[:10], (counts[:, :10] / volumes[:, None]).mean(axis=0), atol=0.01)
+    assert coverage.statistic(sampler)[0] > against_traffic + 1.0
+    restored = RegionCoverage.from_data(coverage.to_data(), 86_400.0)
+    assert restored.population is not None
+    assert np.array_equal(restored.statistic(sampler), coverage.statistic(sampler))
+
+
+def test_the_detectors_population_is_its_fresh_unflagged_clients() -> None:
+    """The population's mix is refreshed with the null, from the clients with a fresh look
+    that are not flagged; before enough of them have looked, the traffic's mix stands in."""
+    detector = QueryPatternDetector("m", SETTINGS)
+    stream = SectorStream(35)
+    detector.update(stream.batch(*stream.benign(400)))  # the learning window
+    assert detector.regions is not None and detector.regions.population is None
+    for _ in range(8):
+        detector.update(stream.batch(*stream.benign(500)))
+    population = detector.regions.population
+    assert population is not None
+
+    def clients_mean(states: list[ClientState]) -> np.ndarray:
+        counts = detector.region_counts[[st.slot for st in states], :CLASS_SLOTS]
+        return (counts / counts.sum(axis=1, keepdims=True)).mean(axis=0)
+
+    states = list(detector.clients.values())
+    assert len(states) >= SETTINGS.min_null_clients
+    # The mean as of the last refresh; the counts have grown since: close, not equal.
+    q = population[:CLASS_SLOTS] / population[:CLASS_SLOTS].sum()
+    assert np.abs(q - clients_mean(states)).max() < 0.02
+    # A flagged client leaves it at the next refresh; so does one quiet for the null's window.
+    flagged, quiet = states[0], states[1]
+    flagged.flagged_severity = "critical"
+    detector.null.stamps[quiet.slot] = -np.inf
+    detector._refresh_null()
+    q = detector.regions.population[:CLASS_SLOTS]
+    assert np.allclose(q / q.sum(), clients_mean(states[2:]), atol=1e-3)
+    # Too few voices left: the traffic's mix stands in again.
+    detector.null.stamps[:] = -np.inf
+    detector._refresh_null()
+    assert detector.regions.population is None
 
 
 def test_categorical_values_show_a_market_segment() -> None:

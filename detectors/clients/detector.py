@@ -473,6 +473,7 @@ class QueryPatternDetector(ProfiledDetector):
             "model": self.model,
             "counters": [self.evicted, self.untracked, self.anonymous],
             "last_ts": self.last_ts,
+            "refreshed": [self.refreshed, self.since_refresh],
             "reference": None if self.reference is None else sample_to_data(self.reference),
             "reference_taken": self.reference_taken,
             "reference_margins": self.reference_margins,
@@ -512,6 +513,8 @@ class QueryPatternDetector(ProfiledDetector):
         self.__init__(self.model, s)  # type: ignore[misc]
         self.evicted, self.untracked, self.anonymous = state["counters"]
         self.last_ts = state["last_ts"]
+        # The null's next refresh when it would have come (checkpoints before: at once).
+        self.refreshed, self.since_refresh = state.get("refreshed", [-np.inf, 0])
         self.reference = (
             None if state["reference"] is None else sample_from_data(state["reference"])
         )
@@ -565,6 +568,23 @@ class QueryPatternDetector(ProfiledDetector):
                 first_seen=clients["first_seen"][i],
                 linked=None if linked is None else Counter(linked),
             )
+
+    def _refresh_null(self) -> None:
+        """The population's tails and region mix from the clients fresh now (hourly, or
+        every `NULL_REFRESH_QUERIES`): both follow the population as it changes."""
+        self.null.refresh(self.last_ts, len(self.clients))
+        self.refreshed, self.since_refresh = self.last_ts, 0
+        assert self.regions is not None
+        # The clients with a voice in the null now (a look within the window), unflagged.
+        slots = np.fromiter(
+            (st.slot for st in self.clients.values() if st.flagged_severity is None), np.int64
+        )
+        stamps = self.null.stamps[slots].reshape(len(slots), -1)
+        fresh = slots[stamps.max(axis=1, initial=-np.inf) >= self.last_ts - self.null.window]
+        if len(fresh) >= self.settings.min_null_clients:
+            self.regions.observe_population(self.region_counts[fresh])
+        else:
+            self.regions.population = None
 
     def window(self, state: ClientState) -> np.ndarray:
         """The records of a client's queries in its ring (ring order, not arrival order)."""
@@ -662,8 +682,7 @@ class QueryPatternDetector(ProfiledDetector):
             self.last_ts >= self.refreshed + NULL_REFRESH_SECONDS
             or self.since_refresh >= NULL_REFRESH_QUERIES
         ):
-            self.null.refresh(self.last_ts, len(self.clients))
-            self.refreshed, self.since_refresh = self.last_ts, 0
+            self._refresh_null()
         # Tracked queries grouped by client (arrival order within), clients sorted by the
         # size class of their group (1, 2-3, 4-7, ... queries in this batch), then by how many
         # earlier queries each query is compared with (ring + this batch): `_nearest` pads
