@@ -234,6 +234,9 @@ class CauseSettings(BaseModel):
     # Share of an incident's recent events that must come from a flagged client for the
     # client to be its cause.
     min_client_share: float = Field(0.1, gt=0, le=1)
+    # Or the share of its events with values the reference never had (a few keys sending
+    # values nobody else sends move a feature with a small share of its events).
+    min_unusual_share: float = Field(0.5, gt=0, le=1)
     # Once a client is flagged (an open `suspicious_client` incident), its later predictions
     # feed only the query-pattern detector: they no longer move the population's statistics.
     exclude_flagged_clients: bool = True

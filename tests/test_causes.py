@@ -594,6 +594,126 @@ def test_a_client_split_over_linked_keys_is_one_root_with_their_drift() -> None:
     assert causes.link_incidents([*unlinked, drift_again], settings) == []
 
 
+def test_a_split_attackers_leaked_queries_page_once_under_it(sqlite_url: str) -> None:
+    """One attacker over 8 keys, 3% of the traffic, probes the boundary with a channel no
+    benign client uses. Each key is flagged at its first look (its 20th query), and the
+    queries before it reach the population: a drift of the channel, with the keys a small
+    share of its events but every one of its unusual values. It goes under the attacker's
+    incident instead of paging as a root of its own."""
+    stream = Stream(21)
+    benign, attacks = 6000, 240
+    x0, c0 = stream.benign(3000)
+    x1, c1 = stream.benign(benign)
+    probe = boundary_probe(stream.rng, attacks)
+    who = [f"split-{k % 8}" for k in range(attacks)]
+    spots = np.sort(stream.rng.choice(benign + attacks, attacks, replace=False))
+    x = np.vstack([x0, np.empty((benign + attacks, len(FEATURES)))])
+    clients: list[str | None] = list(c0) + [None] * (benign + attacks)
+    is_attack = np.zeros(len(x), dtype=bool)
+    is_attack[3000 + spots] = True
+    x[3000 + spots] = probe
+    x[3000 + np.flatnonzero(~is_attack[3000:])] = x1
+    for i, k in zip((3000 + spots).tolist(), who, strict=True):
+        clients[i] = k
+    for i, c in zip((3000 + np.flatnonzero(~is_attack[3000:])).tolist(), c1, strict=True):
+        clients[i] = c
+    p = _probability(x)
+    channels = np.where(is_attack, "debug", np.where(stream.rng.random(len(x)) < 0.7, "web", "app"))
+    lines = [
+        orjson.dumps(
+            {
+                "type": "prediction",
+                "model": "m",
+                "id": f"p{i}",
+                "ts": START + 2.0 * i,
+                "client": clients[i],
+                "features": {f: round(float(x[i, j]), 4) for j, f in enumerate(FEATURES)}
+                | {"channel": str(channels[i])},
+                "prediction": int(p[i] > 0.5),
+                "scores": {"0": round(1 - float(p[i]), 4), "1": round(float(p[i]), 4)},
+            }
+        )
+        for i in range(len(x))
+    ]
+    database = Database(sqlite_url)
+    database.upgrade()
+    settings = Settings.model_validate(
+        {"batch_size": 500, "detectors": {"query_patterns": {"reference_size": 300}}}
+    )
+    run(lines, database, settings)
+
+    incidents = everything(database)
+    by_id = {i["id"]: i for i in incidents}
+    flagged = [i for i in incidents if i["kind"] == "suspicious_client"]
+    assert {i["subject"] for i in flagged} == {f"split-{k}" for k in range(8)}
+    (channel,) = [i for i in incidents if i["subject"] == "channel"]
+    details = channel["details"]
+    split_share = sum(v for k, v in details["client_shares"].items() if k.startswith("split-"))
+    assert split_share < settings.causes.min_client_share  # the share of all events: too small
+    assert details["unusual_events"] >= attribution.MIN_UNUSUAL
+    unusual = details["unusual_client_shares"]
+    assert sum(v for k, v in unusual.items() if k.startswith("split-")) == pytest.approx(
+        1, abs=1e-3
+    )
+    # The drift opened hours before the keys were flagged: within the span of their pattern.
+    root = by_id[channel["parent_id"]]
+    assert root["kind"] == "suspicious_client" and root["parent_id"] is None
+    assert channel["first_seen"] < root["first_seen"] - settings.causes.window
+    assert root["details"]["pattern_began"] <= channel["first_seen"]
+    assert "of its values the reference never had came from client" in details["cause"]["rule"]
+
+
+def test_a_split_client_is_the_cause_of_the_values_only_it_sends() -> None:
+    """Eight linked keys send 2% of a feature's events, every one of its values the reference
+    never had: the drift those values make goes under them. Where benign keys send most of
+    the unusual values too, it stays a root of its own."""
+    settings = CauseSettings()
+    keys = [f"split-{i}" for i in range(8)]
+    split = [
+        incident(
+            "suspicious_client", key, 1000 + i, 5000, linked_group=[k for k in keys if k != key]
+        )
+        for i, key in enumerate(keys)
+    ]
+    few = {key: 0.0025 for key in keys} | {"key-1": 0.05}
+    theirs = {key: 0.125 for key in keys}
+    drift = incident(
+        "feature_drift", "p00", 1500, 4000, client_shares=few, unusual_client_shares=theirs
+    )
+    shared = {key: 0.04 for key in keys} | {"key-1": 0.6}
+    other = incident(
+        "feature_drift", "p07", 1500, 4000, client_shares=few, unusual_client_shares=shared
+    )
+    links = causes.link_incidents([*split, drift, other], settings)
+    assert drift.parent_id == split[0].id and other.parent_id is None
+    assert drift.id in {link.child.id for link in links}
+    rule = drift.details["cause"]["rule"]
+    assert rule == (
+        "100% of its values the reference never had came from client split-0 and 7 keys "
+        "linked to it"
+    )
+
+
+def test_values_the_reference_never_had() -> None:
+    """Levels of a few-level numeric feature, the range of a continuous one, categories; a
+    missing value is never unusual."""
+    pixel = attribution.KnownValues(np.array([0.0] * 50 + [np.nan]))
+    assert pixel.unusual(np.array([0.0, 1.83, np.nan, -0.5])).tolist() == [False, True, False, True]
+    levels = attribution.KnownValues(np.array([1.0, 2.0, 3.0] * 10))
+    assert levels.unusual(np.array([2.0, 2.5, 3.0])).tolist() == [False, True, False]
+    rng = np.random.default_rng(0)
+    amount = attribution.KnownValues(rng.normal(size=1000))
+    assert amount.unusual(np.array([0.1, 10.0, -10.0, np.inf])).tolist() == [
+        False,
+        True,
+        True,
+        True,
+    ]
+    channel = attribution.KnownValues(np.array(["web", "app", None], dtype=object))
+    unusual = channel.unusual(np.array(["web", "debug", None], dtype=object))
+    assert unusual.tolist() == [False, True, False]
+
+
 def test_shares_name_the_busiest_clients_and_every_flagged_one() -> None:
     """A client split over many keys sends a little from each: a finding's shares name the
     flagged ones however small, so that the cause rule can add the linked keys up."""

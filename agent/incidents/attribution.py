@@ -5,6 +5,12 @@
   busiest clients and by each flagged client among them, named as `suspicious_client`
   incidents name them (`client_subject`): a flagged client (with the keys linked to it) is
   the cause only of what its own queries make.
+- `unusual_client_shares` (with `unusual_events`): for a finding on one feature, the same
+  shares among the events behind it whose value the reference never had (a category it
+  lacks; for a numeric feature with few levels a level it lacks, else a value outside its
+  range): a few keys sending values nobody else sends can move a feature while being a
+  small share of its events (an attack split over many keys, flagged after its first
+  queries), and they are then the cause of what those values did.
 - `attribution`: for a drift of the model's numeric output (score or regression
   prediction), how much of the output's mean shift each numeric feature's change reproduces
   through a linear surrogate of the output fitted on the reference (the model itself is not
@@ -27,6 +33,8 @@ import numpy as np
 
 CLIENT_WINDOW = 5000  # events of a model kept for client shares
 MIN_EVENTS = 100  # fewest events a share or an attribution is measured on
+MIN_UNUSUAL = 10  # fewest unusual events their shares are measured on
+MAX_LEVELS = 32  # a numeric feature with at most this many values in the reference: levels
 TOP_CLIENTS = 3
 TOP_FEATURES = 5
 
@@ -46,18 +54,45 @@ def client_shares(
     clients: Sequence[str | None],
     name: Callable[[str], str] = str,
     flagged: Collection[str] = (),
+    least: int = MIN_EVENTS,
 ) -> dict[str, float]:
     """The shares of the given events (None: no client given) of the `TOP_CLIENTS` busiest
-    clients and of every `flagged` one among them, keyed by `name(client)`. The flagged:
-    a client split over many keys sends a little from each, and the cause rule adds its
-    linked keys' shares up (agent/incidents/causes.py)."""
-    if len(clients) < MIN_EVENTS:
+    clients and of every `flagged` one among them, keyed by `name(client)`; none with fewer
+    than `least` events. The flagged: a client split over many keys sends a little from
+    each, and the cause rule adds its linked keys' shares up (agent/incidents/causes.py)."""
+    if len(clients) < least:
         return {}
     counts = Counter(c for c in clients if c is not None)
     named = [c for c, _ in counts.most_common(TOP_CLIENTS)]
     if flagged:  # (`name` may be an HMAC: called only when there are flagged clients)
         named += [c for c in counts if c not in named and name(c) in flagged]
     return {name(c): round(counts[c] / len(clients), 4) for c in named}
+
+
+class KnownValues:
+    """What values of one feature the reference had, to tell a value it never had: its
+    categories, or a numeric feature's levels (at most `MAX_LEVELS`) or else its range."""
+
+    def __init__(self, reference: np.ndarray) -> None:
+        self.numeric = reference.dtype.kind == "f"
+        if self.numeric:
+            finite = reference[np.isfinite(reference)]
+            levels = np.unique(finite)
+            self.levels = levels if len(levels) <= MAX_LEVELS else None
+            self.low = float(finite.min()) if len(finite) else np.inf
+            self.high = float(finite.max()) if len(finite) else -np.inf
+        else:
+            self.categories = {v for v in reference.tolist() if v is not None}
+
+    def unusual(self, values: np.ndarray) -> np.ndarray:
+        """Per value, whether the reference never had it (a missing value never is)."""
+        if self.numeric:
+            present = ~np.isnan(values)
+            if self.levels is not None:
+                return present & ~np.isin(values, self.levels)
+            return present & ((values < self.low) | (values > self.high))
+        known = self.categories
+        return np.fromiter((v is not None and v not in known for v in values.tolist()), bool)
 
 
 def output_shift_attribution(

@@ -10,7 +10,10 @@ decides it:
   once), and the population-level incidents of its model (feature drift, prediction drift,
   input anomalies, out-of-range values, label-free estimates) that its own queries and its
   linked keys' make: at least `min_client_share` of the events behind the incident's latest
-  evidence came from them together (`client_shares`, measured by the pipeline);
+  evidence came from them together (`client_shares`, measured by the pipeline), or at least
+  `min_unusual_share` of those events whose value the reference never had
+  (`unusual_client_shares`: a few keys sending values nobody else sends move a feature
+  while a small share of its events);
 - a `feature_drift` on feature f explains the drifts of other features that began with it
   (their first evidence within `window` of its own: one change moves several features, and
   pages once, under the first; a drift beginning later is a root of its own however long f
@@ -19,7 +22,9 @@ decides it:
   an out-of-range `data_quality` on f and a label-free estimate's change
   (`estimated_accuracy`, `estimated_mae`, `estimated_mae_improved`);
 - always within one event-time span: the explained incident's first evidence lies within
-  `window` seconds of the root's evidence span [first_seen, last_seen].
+  `window` seconds of the root's evidence span [first_seen, last_seen]; a
+  `suspicious_client`'s span begins where its pattern began (`pattern_began`: its queries
+  from then on are what moved the population, a slow attacker's hours before its flag).
 
 Everything else stays a root, notably a measured accuracy drop (labels say the model is
 wrong, whatever the inputs do), missing values and type errors, and any incident with no
@@ -90,7 +95,16 @@ def is_population_level(incident: Incident) -> bool:
 
 
 def in_span(root: Incident, other: Incident, window: float) -> bool:
-    return root.first_seen - window <= other.first_seen <= root.last_seen + window
+    return span_start(root) - window <= other.first_seen <= root.last_seen + window
+
+
+def span_start(incident: Incident) -> float:
+    """Where an incident's evidence span begins: its first evidence, or for a suspicious
+    client the first query of the pattern that flagged it, when earlier."""
+    began = (incident.details or {}).get("pattern_began")
+    if incident.kind == Kind.SUSPICIOUS_CLIENT and isinstance(began, int | float):
+        return min(incident.first_seen, float(began))
+    return incident.first_seen
 
 
 def rule(
@@ -116,13 +130,18 @@ def rule(
             return None
         keys = keys or (root.subject,)
         share = sum(client_share(other, key) for key in keys)
-        if share < settings.min_client_share:
+        unusual = sum(client_share(other, key, "unusual_client_shares") for key in keys)
+        if share >= settings.min_client_share:
+            what = "the events behind it"
+        elif unusual >= settings.min_unusual_share:
+            share, what = unusual, "its values the reference never had"
+        else:
             return None
         if len(keys) == 1:
-            return f"{share:.0%} of the events behind it came from client {root.subject}"
+            return f"{share:.0%} of {what} came from client {root.subject}"
         others = len(keys) - 1
         return (
-            f"{share:.0%} of the events behind it came from client {root.subject} and "
+            f"{share:.0%} of {what} came from client {root.subject} and "
             f"{others} key{'s' if others > 1 else ''} linked to it"
         )
     if root.kind != Kind.FEATURE_DRIFT:
@@ -163,8 +182,10 @@ def linked(incident: Incident) -> list[str]:
     return [name for name in group if isinstance(name, str)]
 
 
-def client_share(incident: Incident, client: str) -> float:
-    shares = (incident.details or {}).get("client_shares") or {}
+def client_share(incident: Incident, client: str, key: str = "client_shares") -> float:
+    """A client's share measured on an incident's events (`key`: of all of them, or of the
+    unusual ones, agent/incidents/attribution.py); 0 when not measured."""
+    shares = (incident.details or {}).get(key) or {}
     value = shares.get(client)
     return float(value) if isinstance(value, int | float) else 0.0
 

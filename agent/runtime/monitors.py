@@ -54,6 +54,7 @@ class ModelMonitor:
         self.referenced = [d for d in detectors if takes_reference(d)]
         self.watching_clients = [d for d in detectors if isinstance(d, QueryPatternDetector)]
         self.reference: ActiveReference | None = None
+        self.known: dict[str, attribution.KnownValues] = {}  # per feature, of the reference
         self.recent = RecentWindow(recent_events)
         # Clients of the latest events, for the client shares of findings (not checkpointed:
         # after a restart the shares are measured on the events seen since).
@@ -69,6 +70,7 @@ class ModelMonitor:
         for detector in self.referenced:
             detector.set_reference(batch)
         self.reference = reference
+        self.known = {}
 
     def flagged_against(self, candidate: ModelBatch, window: ModelBatch | None) -> set[str]:
         """Names of the clients the client detectors would flag in the learning window (the
@@ -156,6 +158,7 @@ class ModelMonitor:
                 shares = attribution.client_shares(behind, self.client_name, self.flagged)
                 if shares:
                     extra["client_shares"] = shares
+                extra |= self._unusual_shares(batch, finding.subject, index, n)
             output = self._output_detector()
             if (
                 index is not None
@@ -185,6 +188,46 @@ class ModelMonitor:
             )
         return measured
 
+    def _unusual_shares(
+        self, batch: ModelBatch, feature: str, index: int, n: int
+    ) -> dict[str, object]:
+        """`unusual_events` and `unusual_client_shares` of a finding on `feature`: among the
+        last `n` events up to the batch's event `index` (the recent window's before this
+        batch's), those whose value the reference never had, and the clients' shares of them
+        (agent/incidents/attribution.py)."""
+        if self.reference is None or not (feature in batch.numeric or feature in batch.categorical):
+            return {}
+        known = self.known.get(feature)
+        if known is None:
+            reference = self.reference.batch()
+            values = reference.numeric.get(feature)
+            if values is None:
+                values = reference.categorical.get(feature)
+            if values is None:
+                return {}
+            known = self.known[feature] = attribution.KnownValues(values)
+        column, clients = _column(batch, feature, known.numeric), batch.clients
+        start = index + 1 - n
+        if start < 0 and len(self.clients) and self.recent.size:
+            # The recent window's last events (those whose clients are still known) first.
+            older = self.recent.sample()
+            keep = min(-start, len(older), len(self.clients))
+            earlier = older.take(range(len(older) - keep, len(older))).to_batch(batch.model)
+            column = np.concatenate([_column(earlier, feature, known.numeric), column])
+            clients = list(self.clients)[len(self.clients) - keep :] + clients
+            index, start = index + keep, start + keep
+        start = max(start, 0)
+        unusual = np.flatnonzero(known.unusual(column[start : index + 1])) + start
+        if len(unusual) < attribution.MIN_UNUSUAL:
+            return {}
+        shares = attribution.client_shares(
+            [clients[i] for i in unusual.tolist()],
+            self.client_name,
+            self.flagged,
+            least=attribution.MIN_UNUSUAL,
+        )
+        return {"unusual_events": len(unusual), "unusual_client_shares": shares}
+
     def _output_detector(self) -> PredictionDriftDetector | None:
         return next((d for d in self.detectors if isinstance(d, PredictionDriftDetector)), None)
 
@@ -193,6 +236,16 @@ class ModelMonitor:
         for detector in self.detectors:
             points.extend(detector.metrics())
         return points
+
+
+def _column(batch: ModelBatch, feature: str, numeric: bool) -> np.ndarray:
+    """A feature's values in the batch as the reference holds them (numbers, NaN missing; or
+    objects, None missing); where the batch has it the other way, all missing."""
+    if numeric:
+        values = batch.numeric.get(feature)
+        return np.full(len(batch), np.nan) if values is None else values
+    column = batch.categorical.get(feature)
+    return np.full(len(batch), None, dtype=object) if column is None else column
 
 
 def _index_of(batch: ModelBatch, finding: Finding) -> int | None:
