@@ -55,6 +55,7 @@ class ModelMonitor:
         self.watching_clients = [d for d in detectors if isinstance(d, QueryPatternDetector)]
         self.reference: ActiveReference | None = None
         self.known: dict[str, attribution.KnownValues] = {}  # per feature, of the reference
+        self.recent_batch: ModelBatch | None = None  # the recent window decoded, until it moves
         self.recent = RecentWindow(recent_events)
         # Clients of the latest events, for the client shares of findings (not checkpointed:
         # after a restart the shares are measured on the events seen since).
@@ -110,6 +111,7 @@ class ModelMonitor:
         if findings:
             findings = self._measure(population, findings)
         self.recent.add(population)
+        self.recent_batch = None
         self.clients.extend(population.clients)
         return findings
 
@@ -210,10 +212,12 @@ class ModelMonitor:
         start = index + 1 - n
         if start < 0 and len(self.clients) and self.recent.size:
             # The recent window's last events (those whose clients are still known) first.
-            older = self.recent.sample()
+            if self.recent_batch is None:  # decoded once for all the batch's findings
+                self.recent_batch = self.recent.sample().to_batch(batch.model, "recent")
+            older = self.recent_batch
             keep = min(-start, len(older), len(self.clients))
-            earlier = older.take(range(len(older) - keep, len(older))).to_batch(batch.model)
-            column = np.concatenate([_column(earlier, feature, known.numeric), column])
+            earlier = _column(older, feature, known.numeric)[len(older) - keep :]
+            column = np.concatenate([earlier, column])
             clients = list(self.clients)[len(self.clients) - keep :] + clients
             index, start = index + keep, start + keep
         start = max(start, 0)
