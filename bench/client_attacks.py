@@ -18,7 +18,8 @@ The merged stream is written to `bench/out/` and replayed through Bulwark's pipe
 `bulwark replay` runs) with default settings. Printed: per attacker key whether and after
 how many of its own queries it was first flagged (first `suspicious_client` evidence), per
 split key whether it was flagged and linked to the other split keys, the benign keys flagged
-per 1,000 client-days, and the other incidents (drift etc.).
+per 1,000 client-days, the other incidents (drift etc.), and the pages: the incidents no
+other explains (agent/incidents/causes.py), one per cause at best.
 
     .venv/bin/python bench/client_attacks.py              # seeds 1 2: 3,000 client-days
     .venv/bin/python bench/client_attacks.py --quick      # one small seed, ~1 minute
@@ -67,6 +68,7 @@ from bench.client_streams import (
     load_dataset,
     reference_events,
     replay,
+    roots,
     run_attack,
     set_reference,
     train_model,
@@ -169,6 +171,7 @@ def run(
         set_reference(training, url)
     events, seconds = replay(stream, url)
     verdicts, other = judge(url, line_clients)
+    pages = roots(url)
     sent = Counter(line_clients.tolist())
     keys = {
         "dataset": dataset_name,
@@ -197,6 +200,7 @@ def run(
         "plan": plan,
         "verdicts": verdicts,
         "other": other,
+        "roots": pages,
         "line_clients": line_clients,
         "line_ts": line_ts,
     }
@@ -270,6 +274,13 @@ def report(result: dict) -> dict:
             ", ".join(f"{kind} evidence from {when(f)} to {when(last)}" for kind, f, last in seen)
             or "no incident"
         )
+    )
+    pages = Counter(kind for kind, _ in result["roots"])
+    print(
+        "  pages (incidents no other explains): "
+        + ", ".join(f"{kind} {n}" for kind, n in sorted(pages.items()))
+        + "; besides suspicious clients: "
+        + (", ".join(f"{k} {s}" for k, s in result["roots"] if k != "suspicious_client") or "-")
     )
     tally.update(client_days=benign.client_days, benign_flagged=len(flagged))
     return tally

@@ -491,6 +491,23 @@ def judge(
     return verdicts, [tuple(row) for row in other]
 
 
+def roots(db_url: str) -> list[tuple[str, str]]:
+    """(kind, subject) of the incidents no other explains: what pages on-call, one per cause
+    (agent/incidents/causes.py)."""
+    from sqlalchemy import select
+
+    from storage.db import Database
+    from storage.models import Incident
+
+    with Database(db_url).session() as session:
+        rows = session.execute(
+            select(Incident.kind, Incident.subject)
+            .where(Incident.parent_id.is_(None))
+            .order_by(Incident.first_seen)
+        ).all()
+    return [(kind, subject) for kind, subject in rows]
+
+
 # --- attacks by the Adversarial Robustness Toolbox ------------------------------------------
 
 
