@@ -579,8 +579,9 @@ class QueryPatternDetector(ProfiledDetector):
         slots = np.fromiter(
             (st.slot for st in self.clients.values() if st.flagged_severity is None), np.int64
         )
-        stamps = self.null.stamps[slots].reshape(len(slots), -1)
-        fresh = slots[stamps.max(axis=1, initial=-np.inf) >= self.last_ts - self.null.window]
+        # Each row's latest look (a reduction over the rows in use: no copy of the stamps).
+        latest = self.null.stamps[: len(self.clients)].max(axis=(1, 2), initial=-np.inf)
+        fresh = slots[latest[slots] >= self.last_ts - self.null.window]
         if len(fresh) >= self.settings.min_null_clients:
             self.regions.observe_population(self.region_counts[fresh])
         else:
