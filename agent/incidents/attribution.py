@@ -36,6 +36,9 @@ MIN_EVENTS = 100  # fewest events a share or an attribution is measured on
 MIN_UNUSUAL = 10  # fewest unusual events their shares are measured on
 MAX_LEVELS = 32  # a numeric feature with at most this many values in the reference: levels
 TOP_CLIENTS = 3
+# Senders of unusual values named: enough for a client split over many keys to be named
+# whole while the keys are not flagged yet (a drift they make can fire before their flags).
+TOP_UNUSUAL_CLIENTS = 16
 TOP_FEATURES = 5
 
 
@@ -55,15 +58,16 @@ def client_shares(
     name: Callable[[str], str] = str,
     flagged: Collection[str] = (),
     least: int = MIN_EVENTS,
+    top: int = TOP_CLIENTS,
 ) -> dict[str, float]:
-    """The shares of the given events (None: no client given) of the `TOP_CLIENTS` busiest
-    clients and of every `flagged` one among them, keyed by `name(client)`; none with fewer
-    than `least` events. The flagged: a client split over many keys sends a little from
-    each, and the cause rule adds its linked keys' shares up (agent/incidents/causes.py)."""
+    """The shares of the given events (None: no client given) of the `top` busiest clients
+    and of every `flagged` one among them, keyed by `name(client)`; none with fewer than
+    `least` events. The flagged: a client split over many keys sends a little from each,
+    and the cause rule adds its linked keys' shares up (agent/incidents/causes.py)."""
     if len(clients) < least:
         return {}
     counts = Counter(c for c in clients if c is not None)
-    named = [c for c, _ in counts.most_common(TOP_CLIENTS)]
+    named = [c for c, _ in counts.most_common(top)]
     if flagged:  # (`name` may be an HMAC: called only when there are flagged clients)
         named += [c for c in counts if c not in named and name(c) in flagged]
     return {name(c): round(counts[c] / len(clients), 4) for c in named}

@@ -229,6 +229,7 @@ class ModelMonitor:
             self.client_name,
             self.flagged,
             least=attribution.MIN_UNUSUAL,
+            top=attribution.TOP_UNUSUAL_CLIENTS,
         )
         return {"unusual_events": len(unusual), "unusual_client_shares": shares}
 
