@@ -5,8 +5,9 @@
   busiest clients and by each flagged client among them, named as `suspicious_client`
   incidents name them (`client_subject`): a flagged client (with the keys linked to it) is
   the cause only of what its own queries make.
-- `unusual_client_shares` (with `unusual_events`): for a finding on one feature, the same
-  shares among the events behind it whose value the reference never had (a category it
+- `unusual_client_shares` (with `unusual_events`): for a finding on one feature, the shares
+  (of the `TOP_UNUSUAL_CLIENTS` busiest senders) among the events behind it whose value the
+  reference never had (a category it
   lacks; for a numeric feature with few levels a level it lacks, else a value outside its
   range): a few keys sending values nobody else sends can move a feature while being a
   small share of its events (an attack split over many keys, flagged after its first
