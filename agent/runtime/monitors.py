@@ -153,14 +153,16 @@ class ModelMonitor:
                 finding.kind, finding.subject, finding.statistic
             ):
                 n = min(max(finding.support, attribution.MIN_EVENTS), attribution.CLIENT_WINDOW)
-                behind = batch.clients[max(0, index + 1 - n) : index + 1]
+                start = max(0, index + 1 - n)
+                behind = batch.clients[start : index + 1]
+                older: list[str | None] = []
                 if len(behind) < n and self.clients:
                     older = list(self.clients)[-(n - len(behind)) :]
                     behind = older + behind
                 shares = attribution.client_shares(behind, self.client_name, self.flagged)
                 if shares:
                     extra["client_shares"] = shares
-                extra |= self._unusual_shares(batch, finding.subject, index, n)
+                extra |= self._unusual_shares(batch, finding.subject, start, index, older)
             output = self._output_detector()
             if (
                 index is not None
@@ -191,37 +193,26 @@ class ModelMonitor:
         return measured
 
     def _unusual_shares(
-        self, batch: ModelBatch, feature: str, index: int, n: int
+        self, batch: ModelBatch, feature: str, start: int, index: int, older: list[str | None]
     ) -> dict[str, object]:
-        """`unusual_events` and `unusual_client_shares` of a finding on `feature`: among the
-        last `n` events up to the batch's event `index` (the recent window's before this
-        batch's), those whose value the reference never had, and the clients' shares of them
-        (agent/incidents/attribution.py)."""
-        if self.reference is None or not (feature in batch.numeric or feature in batch.categorical):
+        """`unusual_events` and `unusual_client_shares` of a finding on `feature`, over the
+        events its client shares are measured on (the batch's `start` to `index`, after the
+        recent window's last events, whose clients are `older`): those whose value the
+        reference never had, and the clients' shares of them (agent/incidents/attribution.py)."""
+        known = self._known(feature)
+        if known is None or not (feature in batch.numeric or feature in batch.categorical):
             return {}
-        known = self.known.get(feature)
-        if known is None:
-            reference = self.reference.batch()
-            values = reference.numeric.get(feature)
-            if values is None:
-                values = reference.categorical.get(feature)
-            if values is None:
-                return {}
-            known = self.known[feature] = attribution.KnownValues(values)
-        column, clients = _column(batch, feature, known.numeric), batch.clients
-        start = index + 1 - n
-        if start < 0 and len(self.clients) and self.recent.size:
-            # The recent window's last events (those whose clients are still known) first.
+        column = _column(batch, feature, known.numeric)[start : index + 1]
+        clients = batch.clients[start : index + 1]
+        if older and self.recent.size:
             if self.recent_batch is None:  # decoded once for all the batch's findings
                 self.recent_batch = self.recent.sample().to_batch(batch.model, "recent")
-            older = self.recent_batch
-            keep = min(-start, len(older), len(self.clients))
-            earlier = _column(older, feature, known.numeric)[len(older) - keep :]
+            recent = self.recent_batch
+            keep = min(len(older), len(recent))
+            earlier = _column(recent, feature, known.numeric)[len(recent) - keep :]
             column = np.concatenate([earlier, column])
-            clients = list(self.clients)[len(self.clients) - keep :] + clients
-            index, start = index + keep, start + keep
-        start = max(start, 0)
-        unusual = np.flatnonzero(known.unusual(column[start : index + 1])) + start
+            clients = older[len(older) - keep :] + clients
+        unusual = np.flatnonzero(known.unusual(column))
         if len(unusual) < attribution.MIN_UNUSUAL:
             return {}
         shares = attribution.client_shares(
@@ -232,6 +223,18 @@ class ModelMonitor:
             top=attribution.TOP_UNUSUAL_CLIENTS,
         )
         return {"unusual_events": len(unusual), "unusual_client_shares": shares}
+
+    def _known(self, feature: str) -> attribution.KnownValues | None:
+        """What values of `feature` the reference had (None: no reference, or not in it);
+        built once per reference."""
+        if feature not in self.known and self.reference is not None:
+            reference = self.reference.batch()
+            values = reference.numeric.get(feature)
+            if values is None:
+                values = reference.categorical.get(feature)
+            if values is not None:
+                self.known[feature] = attribution.KnownValues(values)
+        return self.known.get(feature)
 
     def _output_detector(self) -> PredictionDriftDetector | None:
         return next((d for d in self.detectors if isinstance(d, PredictionDriftDetector)), None)
