@@ -17,6 +17,7 @@ from detectors.clients.null import (
     at_least_this_history,
     bucket_of,
     history_edges,
+    tail_p,
     tail_parameters,
 )
 
@@ -61,7 +62,7 @@ def test_a_sampler_ahead_of_its_peers_is_judged_against_more_history() -> None:
     coverage = RegionCoverage(DAY)
     mix = rng.dirichlet(np.full(10, 5.0))
     coverage.observe(rng.choice(10, size=100_000, p=mix), 0.0)
-    null = PopulationNull(edges, window=DAY, min_clients=12)
+    null = PopulationNull(edges, window=DAY, min_clients=12, ring=256)
     clients = 150
     null.reserve(clients)
     # Benign keys, each with its own segment, all with 1,600 to 3,200 queries seen: nobody at
@@ -106,3 +107,48 @@ def test_the_tail_is_not_widened_by_two_extreme_voices() -> None:
     assert with_two[0] < 1.4 * alone[0]  # (the benign pool's own top two come back in)
     _, with_three = tail_parameters(np.vstack([benign, [[9.0], [8.0], [7.0]]]), floors)
     assert with_three[0] > 2 * alone[0]  # more than two attackers' voices: a wider tail
+
+
+def test_a_partial_ring_share_is_judged_against_every_client_at_its_noise() -> None:
+    """A share at 40 queries is noisier than at a full ring: the full-ring clients speak for
+    the 40-query bucket with their deviations widened (sqrt(256 / 40)), so new benign clients
+    are not flagged by that noise, while the bucket's three own voices alone would say
+    nothing, and a share far above every client's still is."""
+    rng = np.random.default_rng(5)
+    edges = history_edges(20, 256)
+    null = PopulationNull(edges, window=DAY, min_clients=12, ring=256)
+    ood = STATISTICS.index("ood_share")
+    old, new = 150, 3
+    null.reserve(old + new)
+    full, at = (int(b) for b in bucket_of(np.array([256, 40]), edges))
+
+    def record(slot: int, bucket: int, value: float) -> None:
+        stats = np.full((1, len(STATISTICS)), np.nan)
+        stats[0, ood] = value
+        null.record(np.array([slot]), np.full(stats.shape, bucket), stats, np.array([DAY]))
+
+    def rates(n: int) -> np.ndarray:  # each client's own rate of out-of-reference queries
+        return rng.beta(1.0, 30.0, size=n)
+
+    for slot, rate in enumerate(rates(old)):
+        record(slot, full, rng.binomial(256, rate) / 256)
+    for slot, rate in enumerate(rates(new), start=old):
+        record(slot, at, rng.binomial(40, rate) / 40)
+    null.refresh(DAY + 60.0, old + new)
+    assert null.clients[at, ood] == old + new
+    assert null.baseline(at, ood)["source"] == "population"
+
+    def p_values(shares: np.ndarray) -> np.ndarray:
+        stats = np.full((len(shares), len(STATISTICS)), np.nan)
+        stats[:, ood] = shares
+        return null.p_values(stats, np.full(stats.shape, at))[:, ood]
+
+    benign = rng.binomial(40, rates(50_000)) / 40
+    p_benign = p_values(benign)
+    assert np.mean(p_benign <= 0.01) <= 0.01
+    assert np.mean(p_benign <= 1e-3) <= 1e-3
+    # The full ring's clients as they are would have flagged new benign clients by their
+    # noise alone (the premise of the widening).
+    u, b = tail_parameters(null.values[:old, full, [ood]], np.array([0.02]))
+    assert np.mean(tail_p(benign, u[0], b[0]) <= 1e-3) > 1e-3
+    assert p_values(np.array([0.9]))[0] < 1e-4

@@ -215,7 +215,9 @@ class QueryPatternDetector(ProfiledDetector):
         self.fp_owners = np.zeros(size, dtype=np.int64)
         self.fp_ts = np.full(size, -np.inf)
         self.edges = history_edges(s.min_queries, s.buffer_size)
-        self.null = PopulationNull(self.edges, s.null_window_seconds, s.min_null_clients)
+        self.null = PopulationNull(
+            self.edges, s.null_window_seconds, s.min_null_clients, s.buffer_size
+        )
         self.exact_weights = np.zeros(0)
         self.projections = np.zeros((0, 0))
         self.offsets = np.zeros(0)

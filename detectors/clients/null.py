@@ -28,6 +28,15 @@ population of clients at the same history length.
   the small-sample error, and at least half the MAD and a per-statistic floor. p(x) =
   min(1, 0.1 exp(-(x - u) / b)). Below the threshold of any look (at most alpha / 8 per
   statistic and client-day) only this tail matters.
+- **Shares at a partial ring** (out of reference, low margin, shared, probes, boundary
+  pairs): a bucket's pool is its own fresh voices plus, for every other client, its fresh
+  value in the nearest larger bucket, its deviation from that bucket's median widened by
+  sqrt(fill there / this bucket's smallest fill). A share's sampling noise shrinks as
+  1 / sqrt(queries) and the spread between clients does not grow with history, so the
+  widened value spreads at least as wide as the client's share would at this fill. Without
+  it a partial-ring bucket (new and low-volume clients: a dozen on a day of a long-lived
+  population) was judged on a dozen voices, whose tail one client can triple; a full ring's
+  was borrowed as it is, narrower than this fill's noise.
 - **Fallback**: a bucket with fewer than `min_clients` fresh clients (voices) borrows the nearest
   *larger* bucket that has them (more history means closer neighbours and more coverage, so
   this errs towards benign); shares, whose spread only narrows with history, then borrow the
@@ -139,6 +148,31 @@ def at_least_this_history(values: np.ndarray, fresh: np.ndarray) -> np.ndarray:
     return np.take_along_axis(out, _nearest_at_or_above(~np.isnan(out), axis=1), axis=1)
 
 
+def widened_shares(
+    values: np.ndarray, fresh: np.ndarray, edges: np.ndarray, ring: int
+) -> np.ndarray:
+    """The share statistics' voices (rows x buckets x SHARE_STATISTICS, NaN: none): in each
+    bucket a client's own fresh value, else its fresh value in the nearest larger bucket
+    widened about that bucket's median by sqrt(largest fill there / smallest fill here), the
+    most its sampling noise can grow by (see the module docstring). `ring`: the ring's size,
+    the largest fill."""
+    cols = SHARE_STATISTICS
+    own = np.where(fresh[:, :, cols], values[:, :, cols], np.nan)
+    if not len(own):
+        return own
+    ordered = np.sort(own, axis=0)  # NaN last
+    count = np.count_nonzero(~np.isnan(own), axis=0)
+    median = np.take_along_axis(ordered, (np.maximum(count - 1, 0) // 2)[None], axis=0)[0]
+    source = _nearest_at_or_above(~np.isnan(own), axis=1)
+    taken = np.take_along_axis(own, source, axis=1)
+    centre = median[source, np.arange(len(cols))]
+    largest_fill = np.minimum(np.append(edges[1:], np.inf), ring)
+    here = np.arange(len(edges))[None, :, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = np.where(source == here, 1.0, np.sqrt(largest_fill[source] / edges[here]))
+    return centre + (taken - centre) * factor
+
+
 def _nearest_at_or_above(has: np.ndarray, axis: int = 0) -> np.ndarray:
     """Along `axis` (buckets), the index of the nearest bucket at or above each that `has`
     a value; the last index where none does (whose entry then has none either)."""
@@ -154,8 +188,9 @@ class PopulationNull:
     statistics and their time; tail parameters per (bucket, statistic) refreshed from the
     fresh ones (`refresh`), with the reference prior where the population is too small."""
 
-    def __init__(self, edges: np.ndarray, window: float, min_clients: int) -> None:
+    def __init__(self, edges: np.ndarray, window: float, min_clients: int, ring: int) -> None:
         self.edges = edges
+        self.ring = ring  # the ring's size: the largest fill of the ring statistics
         self.window = window
         self.min_clients = min_clients
         buckets, stats = len(edges), len(STATISTICS)
@@ -204,7 +239,9 @@ class PopulationNull:
         own_n = np.zeros((buckets, stats), dtype=np.int64)
         fresh = self.stamps[:rows] >= now - self.window
         cumulative = at_least_this_history(self.values[:rows], fresh)
+        shares = widened_shares(self.values[:rows], fresh, self.edges, self.ring)
         fresh[:, :, CUMULATIVE_STATISTICS] = ~np.isnan(cumulative)
+        fresh[:, :, SHARE_STATISTICS] = ~np.isnan(shares)
         enough_rows = np.count_nonzero(fresh, axis=0) >= self.min_clients  # buckets x stats
         pooled = np.flatnonzero(enough_rows.any(axis=1))
         if len(fresh) <= MAX_POOL:
@@ -212,6 +249,7 @@ class PopulationNull:
             # bucket is a row of NaN there, which changes nothing (`tail_parameters`).
             pool = np.where(fresh[:, pooled], self.values[: len(fresh), pooled], np.nan)
             pool[:, :, CUMULATIVE_STATISTICS] = cumulative[:, pooled]
+            pool[:, :, SHARE_STATISTICS] = shares[:, pooled]
             count = np.count_nonzero(~np.isnan(pool), axis=0)
             u, b = tail_parameters(pool, FLOORS)
             enough = count >= self.min_clients
@@ -223,6 +261,7 @@ class PopulationNull:
                 used = np.flatnonzero(fresh[:, bucket].any(axis=1))
                 pool = np.where(fresh[used, bucket], self.values[used, bucket], np.nan)
                 pool[:, CUMULATIVE_STATISTICS] = cumulative[used, bucket]
+                pool[:, SHARE_STATISTICS] = shares[used, bucket]
                 if len(pool) > MAX_POOL:
                     pool = pool[:: math.ceil(len(pool) / MAX_POOL)]
                 count = np.count_nonzero(~np.isnan(pool), axis=0)
