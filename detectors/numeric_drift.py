@@ -22,10 +22,12 @@ first block where the effect since the change clears the floor (a real 0.22 std 
 at 0.19 over the alarm's few blocks), and stays quiet while it does not.
 
 Values that come in clients' clusters (API keys, each with its own segment and sessions) are
-not independent draws: the location statistic of a block is divided by the square root of
-the design effect of the window of events a CUSUM alarm spans (`horizon_events`, the blocks
-it needs to find `min_detectable_shift`), with the quantity's intraclass correlation learned
-from the pairs of values one client sent within one block (`detectors.stats.clustering`).
+not independent draws: each block statistic is divided by the square root of the design
+effect of the window of events a CUSUM alarm spans (`horizon_events`, the blocks it needs to
+find `min_detectable_shift`), with the intraclass correlation learned from the pairs of values
+one client sent within one block (`detectors.stats.clustering`): of the scores for the
+location test, of their squares for the spread test (keys that differ in spread make a
+window of a few keys narrow or wide, as keys with their own means make it shift).
 Without clients, or with each value from its own, the statistic is as before.
 """
 
@@ -77,7 +79,7 @@ class NumericAlarm:
     window: _Block  # summary of the blocks since the estimated change point
     blocks_since_change: int
     blocks_watched: int = 0  # blocks added after an alarm under the floor, until this one
-    design_effect: float = 1.0  # of the alarming block's window (location test)
+    design_effect: float = 1.0  # of the alarming block's window, for its test's quantity
     intraclass_correlation: float = 0.0  # the rho it was computed with
 
 
@@ -138,7 +140,8 @@ class NumericMonitor:
         self.pending_scores = np.empty(0)
         self.pending_raw = np.empty(0)
         self.pending_ids = np.zeros(0, dtype=np.int64)
-        self.icc = IntraclassCorrelation()
+        self.icc = IntraclassCorrelation()  # of the scores (location)
+        self.icc_spread = IntraclassCorrelation()  # of their squares (spread)
         self.recent: deque[_Block] = deque(maxlen=RECENT_BLOCKS)
         self.seen = 0
         self.floors = floors  # what an alarm's effect must reach, else it is watched
@@ -171,6 +174,7 @@ class NumericMonitor:
             "pending_raw": self.pending_raw,
             "pending_ids": self.pending_ids,  # the partial block's clients (stable ids)
             "icc": self.icc.state(),
+            "icc_spread": self.icc_spread.state(),
             # One row per block: mean score, variance, raw mean, count.
             "recent": np.array(
                 [[b.mean_score, b.variance, b.raw_mean, b.count] for b in self.recent],
@@ -207,6 +211,8 @@ class NumericMonitor:
         monitor.pending_raw = state["pending_raw"]
         monitor.pending_ids = np.asarray(state["pending_ids"], dtype=np.int64)
         monitor.icc = IntraclassCorrelation(*state["icc"])
+        # A checkpoint from before the spread test was corrected learns it afresh.
+        monitor.icc_spread = IntraclassCorrelation(*state.get("icc_spread", (0.0, 0.0)))
         monitor.recent = deque(
             (_Block(m, v, r, int(c)) for m, v, r, c in state["recent"].tolist()),
             maxlen=RECENT_BLOCKS,
@@ -247,15 +253,26 @@ class NumericMonitor:
         variances = np.einsum("ij,ij->i", centred, centred) / (self.block_size - 1)
         raw_means = raws[:cut].reshape(full, self.block_size).mean(axis=1)
         location_stats = mean_scores * math.sqrt(self.block_size)
-        rho, deff = np.zeros(full), np.ones(full)
+        spread_stats = _wilson_hilferty(variances, self.block_size - 1)
+        rho = {test: np.zeros(full) for test in TESTS}
+        deff = {test: np.ones(full) for test in TESTS}
         if clients is not None and ids[:cut].any():
             groups = clients.groups(ids[:carried], self.block_size)
-            rho = self.icc.through_each(groups, centred)
+            # The spread statistic is, to first order, the block mean of the squared
+            # centred scores (variance 2 in control): its clustering is theirs. Keys with
+            # their own spreads (a segment of near-identical inputs, one of varied ones)
+            # make a window of a few keys narrow or wide, as own means make it shift.
+            squares = centred * centred
+            rho["location"] = self.icc.through_each(groups, centred)
+            rho["spread"] = self.icc_spread.through_each(
+                groups, (squares - squares.mean(axis=1, keepdims=True)) / math.sqrt(2.0)
+            )
             # Each block's last value is in this batch (fewer than a block were carried).
             last = np.arange(1, full + 1) * self.block_size - 1 - carried
-            deff = 1.0 + rho * clients.excess[last]
-            location_stats = location_stats / np.sqrt(deff)
-        spread_stats = _wilson_hilferty(variances, self.block_size - 1)
+            for test in TESTS:
+                deff[test] = 1.0 + rho[test] * clients.excess[last]
+            location_stats = location_stats / np.sqrt(deff["location"])
+            spread_stats = spread_stats / np.sqrt(deff["spread"])
         new = [
             _Block(m, v, r, self.block_size)
             for m, v, r in zip(
@@ -272,10 +289,9 @@ class NumericMonitor:
             for test in TESTS:
                 alarms += self._follow(test, fired[test], before, new, carried)
             for alarm in alarms:
-                if alarm.test == "location":
-                    b = (alarm.index + 1 + carried) // self.block_size - 1
-                    alarm.design_effect = float(deff[b])
-                    alarm.intraclass_correlation = float(rho[b])
+                b = (alarm.index + 1 + carried) // self.block_size - 1
+                alarm.design_effect = float(deff[alarm.test][b])
+                alarm.intraclass_correlation = float(rho[alarm.test][b])
             # Per block, the location test before the spread test.
             alarms.sort(key=lambda a: (a.index, TESTS.index(a.test)))
         self.recent.extend(new)
@@ -373,16 +389,10 @@ class NumericMonitor:
                 "block_size": self.block_size,
                 "blocks_since_change": alarm.blocks_since_change,
                 "blocks_watched_after_alarm": alarm.blocks_watched,
-                **(
-                    {
-                        # Clients' clustering: the block statistics were divided by its
-                        # square root (1: independent values).
-                        "design_effect": round(alarm.design_effect, 4),
-                        "intraclass_correlation": round(alarm.intraclass_correlation, 4),
-                    }
-                    if alarm.test == "location"
-                    else {}
-                ),
+                # Clients' clustering: the block statistics were divided by its square
+                # root (1: independent values), rho that of the test's quantity.
+                "design_effect": round(alarm.design_effect, 4),
+                "intraclass_correlation": round(alarm.intraclass_correlation, 4),
                 "reference": {
                     "mean": self.ref_mean,
                     "std": self.ref_std,

@@ -166,6 +166,48 @@ def test_a_shift_of_everyone_is_still_found_on_clustered_traffic(shift, within) 
     assert 0.02 < found[0].details["intraclass_correlation"] < 0.08
 
 
+def own_spreads(
+    seed: int, n: int, sigma: float, clients: int = 60
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Keys that differ in spread, not in mean: `n` events in sessions (as `clustered`), each
+    key's features scaled by its own exp(N(0, sigma)) (a segment of near-identical inputs,
+    another of varied ones); and a reference of the same population, each of its values from
+    a key drawn by volume (so its marginal is the traffic's)."""
+    rng = np.random.default_rng(seed)
+    volume = 1 / np.arange(1, clients + 1)
+    lengths = rng.geometric(1 / 20.0, n)
+    keys = np.repeat(rng.choice(clients, len(lengths), p=volume / volume.sum()), lengths)[:n]
+    scales = np.exp(rng.normal(0, sigma, (clients, FEATURES)))
+    values = scales[keys] * rng.normal(size=(n, FEATURES))
+    drawn = rng.choice(clients, REFERENCE, p=volume / volume.sum())
+    reference = scales[drawn] * rng.normal(size=(REFERENCE, FEATURES))
+    return [f"key-{k}" for k in keys], values, reference
+
+
+def spread_run(values: np.ndarray, clients: list[str | None], reference: np.ndarray) -> list:
+    detector = NumericDriftDetector("m")
+    detector.update(batch(reference, [None] * REFERENCE, 0))
+    return run(values, clients, detector=detector)
+
+
+def test_keys_with_their_own_spreads_are_quiet_once_clients_are_counted() -> None:
+    """A window of a few keys is narrower or wider than the traffic when keys differ in
+    spread (std ratios of about 1.2 here); the spread test counts the squares' clustering."""
+    clients, values, reference = own_spreads(21, 100_000, sigma=0.2)
+    independent = spread_run(values, [None] * len(clients), reference)
+    assert sum("spread" in f.title for f in independent) >= 5
+    assert spread_run(values, clients, reference) == []
+
+
+def test_a_spread_change_of_everyone_is_still_found_on_clustered_traffic() -> None:
+    clients, values, reference = own_spreads(22, 40_000, sigma=0.2, clients=150)
+    values[20_000:, 0] *= 1.5
+    found = [f for f in spread_run(values, clients, reference) if f.ts >= REFERENCE + 20_000]
+    assert found and found[0].subject == "f0" and "spread widened" in found[0].title
+    assert found[0].ts - (REFERENCE + 20_000) <= 1_500
+    assert found[0].details["design_effect"] > 1.1  # the correction was in force
+
+
 def test_clients_that_all_differ_change_nothing() -> None:
     rng = np.random.default_rng(14)
     values = rng.normal(size=(30_000, FEATURES))
