@@ -19,7 +19,9 @@ Here it runs online, over tumbling windows of `window` events in event order:
 - the test: a window's mean error against the held-out half's, by a two-sample z statistic
   (window and held-out variances, so the reference's own sampling error is accounted for),
   two-sided; each side runs at alpha = share / (2 x 1e6 / window), a union bound over the
-  windows of a million events;
+  windows of a million events; where events carry a `client`, the window's variance is
+  scaled by its design effect (`detectors.stats.clustering`: a key's inputs sit in their own
+  part of the space, so its errors are alike);
 - the effect: the relative change of the mean error, with a floor (`min_relative_change`,
   5%) and a critical level (`critical_relative_change`, 25%).
 
@@ -42,6 +44,7 @@ from detectors.base import Finding, Kind, Severity, Verdict
 from detectors.reference import ReferenceDetector, is_none, reference_type
 from detectors.settings import MultivariateDriftSettings
 from detectors.stats.calibration import window_alpha
+from detectors.stats.clustering import BlockGroups, IntraclassCorrelation, loaded_ids, stored_ids
 from detectors.stats.scores import NormalScores
 from streams.batch import ModelBatch
 
@@ -172,6 +175,8 @@ class MultivariateAlarm:
     mean_error: float
     count: int
     residuals: np.ndarray  # mean squared residual per feature over the window
+    design_effect: float = 1.0  # of the window's clients: its variance was scaled by it
+    intraclass_correlation: float = 0.0  # of the errors within clients
 
 
 class ReconstructionMonitor:
@@ -200,6 +205,10 @@ class ReconstructionMonitor:
         self.residual_sums = np.zeros(len(encoder.names))
         self.count = 0
         self.seen = 0
+        # The open window's errors and clients: its design effect (`_design_effect`).
+        self.open_errors = np.zeros(0)
+        self.open_ids = np.zeros(0, dtype=np.int64)
+        self.icc = IntraclassCorrelation()  # of the errors within clients
 
     @classmethod
     def fit(
@@ -248,6 +257,7 @@ class ReconstructionMonitor:
         r = self.residuals(self.encoder(Columns.of(batch)))
         squared = r * r
         errors = np.sqrt(squared.sum(axis=1))
+        ids = batch.client_ids()
         alarms = []
         start = 0
         while start < len(batch):
@@ -256,6 +266,8 @@ class ReconstructionMonitor:
             self.sums += (part.sum(), np.dot(part, part))
             self.residual_sums += squared[start:stop].sum(axis=0)
             self.count += stop - start
+            self.open_errors = np.concatenate([self.open_errors, part])
+            self.open_ids = np.concatenate([self.open_ids, ids[start:stop]])
             if self.count == self.window:
                 alarm = self._test(stop - 1)
                 if alarm is not None:
@@ -263,20 +275,41 @@ class ReconstructionMonitor:
                 self.sums[:] = 0.0
                 self.residual_sums[:] = 0.0
                 self.count = 0
+                self.open_errors, self.open_ids = self.open_errors[:0], self.open_ids[:0]
             start = stop
         self.seen += len(batch)
         return alarms
 
-    def z(self) -> float:
-        """The open window's two-sample z statistic against the held-out reference errors."""
+    def z(self, design_effect: float = 1.0) -> float:
+        """The open window's two-sample z statistic against the held-out reference errors,
+        the window's variance scaled by its clients' `design_effect`."""
         m = self.count
         mean = self.sums[0] / m
         variance = max((self.sums[1] - m * mean * mean) / (m - 1), 0.0)
-        se = math.sqrt(self.ref_std**2 / self.ref_count + variance / m)
+        se = math.sqrt(self.ref_std**2 / self.ref_count + design_effect * variance / m)
         return (mean - self.ref_mean) / se if se > 0 else 0.0
 
+    def _design_effect(self) -> tuple[float, float]:
+        """(deff, rho) of the open window: `1 + rho (sum_c M_c^2 / N - 1)`, rho the errors'
+        intraclass correlation within clients, learned window by window
+        (`detectors.stats.clustering`). A key's inputs sit in its own part of the space, so
+        its errors are alike; a window of a few keys' sessions varies more than its size
+        says. (1, 0) without clients, or for a window begun before a checkpoint that kept
+        no errors."""
+        ids, errors = self.open_ids, self.open_errors
+        if len(ids) != self.count or not ids.any():
+            return 1.0, 0.0
+        std = float(errors.std(ddof=1))
+        if std <= 0:
+            return 1.0, 0.0
+        groups = BlockGroups.of(ids[None, :])
+        centred = ((errors - errors.mean()) / std)[None, :]
+        rho = float(self.icc.through_each(groups, centred)[0])
+        return 1.0 + rho * float(groups.excess[0]), rho
+
     def _test(self, index: int) -> MultivariateAlarm | None:
-        z = self.z()
+        deff, rho = self._design_effect()
+        z = self.z(deff)
         if abs(z) <= self.threshold:
             return None
         return MultivariateAlarm(
@@ -286,6 +319,8 @@ class ReconstructionMonitor:
             float(self.sums[0] / self.count),
             self.count,
             self.residual_sums / self.count,
+            deff,
+            rho,
         )
 
     def judge(self, alarm: MultivariateAlarm, floor: float, critical: float) -> Verdict | None:
@@ -332,6 +367,9 @@ class ReconstructionMonitor:
                     "held_out_events": self.ref_count,
                 },
                 "current": {"mean_error": round(alarm.mean_error, 4), "events": alarm.count},
+                # Clients' clusters: the window's variance was scaled by it (1: independent).
+                "design_effect": round(alarm.design_effect, 4),
+                "intraclass_correlation": round(alarm.intraclass_correlation, 4),
                 "contributors": contributors,
                 "events_seen": self.seen,
             },
@@ -354,6 +392,9 @@ class ReconstructionMonitor:
             "residual_sums": self.residual_sums,
             "count": self.count,
             "seen": self.seen,
+            "open_errors": self.open_errors,
+            "open_ids": stored_ids(self.open_ids),
+            "icc": self.icc.state(),
         }
 
     @classmethod
@@ -370,6 +411,10 @@ class ReconstructionMonitor:
         monitor.residual_sums = state["residual_sums"]
         monitor.count = state["count"]
         monitor.seen = state["seen"]
+        # A checkpoint from before windows counted clients has none of these.
+        monitor.open_errors = np.asarray(state.get("open_errors", []), dtype=np.float64)
+        monitor.open_ids = loaded_ids(state.get("open_ids"), len(monitor.open_errors))
+        monitor.icc = IntraclassCorrelation(*state.get("icc", (0.0, 0.0)))
         return monitor
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from detectors.base import Detector
 from detectors.categorical_drift import CategoricalDriftDetector
+from detectors.multivariate_drift import MultivariateDriftDetector
 from detectors.numeric_drift import NumericDriftDetector
 from detectors.shape_drift import ShapeDriftDetector
 from detectors.stats.clustering import (
@@ -206,6 +207,29 @@ def test_a_spread_change_of_everyone_is_still_found_on_clustered_traffic() -> No
     assert found and found[0].subject == "f0" and "spread widened" in found[0].title
     assert found[0].ts - (REFERENCE + 20_000) <= 1_500
     assert found[0].details["design_effect"] > 1.1  # the correction was in force
+
+
+def test_multivariate_windows_of_keys_with_their_own_means_are_quiet_once_clients_count() -> None:
+    """A key's inputs sit in its own part of the space, so its reconstruction errors are
+    alike: the window's mean error varies by its design effect."""
+    clients, values = clustered(2, 200_000, rho=0.2)
+    independent = run(values, [None] * len(clients), kind=MultivariateDriftDetector)
+    assert len(independent) >= 3
+    assert run(values, clients, kind=MultivariateDriftDetector) == []
+
+
+def test_a_correlation_flip_is_still_found_on_clustered_traffic() -> None:
+    clients, values = clustered(4, 40_000, rho=0.1, clients=150, session=10.0)
+    for sign, part in ((1.0, slice(0, 20_000)), (-1.0, slice(20_000, None))):
+        values[part, 1] = sign * 0.8 * values[part, 0] + 0.6 * values[part, 1]
+    reference = np.random.default_rng(7).normal(size=(REFERENCE, FEATURES))
+    reference[:, 1] = 0.8 * reference[:, 0] + 0.6 * reference[:, 1]
+    detector = MultivariateDriftDetector("m")
+    detector.update(batch(reference, [None] * REFERENCE, 0))
+    found = run(values, clients, detector=detector)
+    assert found and all(f.ts >= REFERENCE + 20_000 for f in found)
+    assert found[0].ts - (REFERENCE + 20_000) < 1_000  # its first window
+    assert found[0].details["design_effect"] > 1.2  # the correction was in force
 
 
 def test_clients_that_all_differ_change_nothing() -> None:
