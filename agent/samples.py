@@ -147,8 +147,12 @@ class Sample:
             model_versions=data["model_version"],
         )
 
-    def to_batch(self, model: str, source: str = "reference") -> ModelBatch:
-        """The sample as the columnar batch detectors consume."""
+    def to_batch(
+        self, model: str, source: str = "reference", clients: list[str | None] | None = None
+    ) -> ModelBatch:
+        """The sample as the columnar batch detectors consume; `clients`: each event's
+        caller, where known (a collection being learned keeps them; a stored sample does
+        not)."""
         events = [
             Prediction(
                 model=model,
@@ -159,6 +163,7 @@ class Sample:
                 prediction=self.predictions[i],
                 scores=self.scores[i],
                 score=self.score[i],
+                client=None if clients is None else clients[i],
             )
             for i in range(len(self))
         ]

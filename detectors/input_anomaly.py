@@ -33,7 +33,7 @@ from detectors.settings import InputAnomalySettings
 from detectors.state_codec import set_items
 from detectors.stats.calibration import cusum_threshold, steps_budget
 from detectors.stats.cusum import Cusum
-from streams.batch import ModelBatch
+from streams.batch import NO_CLIENT, ModelBatch
 
 CATEGORY_CACHE = 10_000  # per feature: value -> bucket memo, bounded
 # A numeric feature is on an integer lattice when at least this share of its reference values
@@ -59,10 +59,13 @@ class InputProfile:
         tail_quantile: float = 0.0025,
         buckets: int = 4,
         lattice_of: InputProfile | None = None,
+        owners: np.ndarray | None = None,
     ) -> None:
         """`lattice_of`: a profile whose lattice decisions to take rather than make (the
         full reference's, for a profile of half of it measuring the in-control rate: the
-        rate must be the one of the rule that monitors)."""
+        rate must be the one of the rule that monitors). `owners`: per reference row, its
+        client's id (`ModelBatch.client_ids`, `NO_CLIENT` for none), where known: then the
+        lattice is decided by one voice per client (`_on_lattice`)."""
         self.numeric_names = sorted(n for n, v in numeric.items() if np.isfinite(v).any())
         self.median = np.zeros(len(self.numeric_names))
         self.scale = np.ones(len(self.numeric_names))
@@ -70,7 +73,8 @@ class InputProfile:
         self.low = np.full(len(self.numeric_names), -np.inf)
         self.high = np.full(len(self.numeric_names), np.inf)
         for i, name in enumerate(self.numeric_names):
-            values = numeric[name][np.isfinite(numeric[name])]
+            present = np.isfinite(numeric[name])
+            values = numeric[name][present]
             q = np.quantile(values, [tail_quantile, 0.25, 0.5, 0.75, 1 - tail_quantile])
             self.low[i], self.median[i], self.high[i] = q[0], q[2], q[4]
             spread = q[3] - q[1]
@@ -82,7 +86,7 @@ class InputProfile:
             if lattice_of is not None:
                 self.integral[i] = lattice_of.on_lattice(name)
             else:
-                self.integral[i] = _on_lattice(values)
+                self.integral[i] = _on_lattice(values, None if owners is None else owners[present])
         self.categorical_names = sorted(categorical)
         self.vocabulary = {
             name: {v for v in categorical[name] if v is not None} for name in self.categorical_names
@@ -448,17 +452,30 @@ def reference_batch(
     )
 
 
-def _on_lattice(values: np.ndarray) -> bool:
+def _on_lattice(values: np.ndarray, owners: np.ndarray | None = None) -> bool:
     """Whether a numeric feature's reference values lie on the integer lattice: more than two
     distinct values, at least `LATTICE_SHARE` of them whole, and more of those besides the
-    most common value whole than not (`LATTICE_SHARE_BESIDES_MODE`)."""
-    distinct, counts = np.unique(values, return_counts=True)
+    most common value whole than not (`LATTICE_SHARE_BESIDES_MODE`).
+
+    With `owners` (each value's client id, `NO_CLIENT` for none) the shares are of clients,
+    not of values: each client's values weigh 1 / its count (a value without a client weighs
+    1). A reference learned from the first events gives each client up to twice the mean
+    client's share, and more while few clients have spoken: on `client_attacks.py --quick`
+    a uniform-random extractor of the first hour held 24% of the learned reference, enough
+    to erase the lattice of all 64 pixels, so its own queries were in reference and it was
+    never flagged; as one voice of 43 it leaves the lattice standing."""
+    weights = np.ones(len(values))
+    if owners is not None and owners.any():
+        _, group, sizes = np.unique(owners, return_inverse=True, return_counts=True)
+        weights = np.where(owners == NO_CLIENT, 1.0, 1.0 / sizes[group])
+    distinct, index = np.unique(values, return_inverse=True)
     if len(distinct) <= 2:
         return False
+    counts = np.bincount(index, weights, minlength=len(distinct))
     whole = distinct == np.round(distinct)
     besides = np.ones(len(distinct), dtype=bool)
     besides[np.argmax(counts)] = False
     return bool(
-        counts[whole].sum() >= LATTICE_SHARE * len(values)
+        counts[whole].sum() >= LATTICE_SHARE * counts.sum()
         and counts[whole & besides].sum() >= LATTICE_SHARE_BESIDES_MODE * counts[besides].sum()
     )

@@ -18,7 +18,7 @@ from scipy import stats
 from agent.config import ConfigError, load_settings
 from detectors import state_codec
 from detectors.base import Finding, Kind
-from detectors.clients.detector import EXACT, QueryPatternDetector
+from detectors.clients.detector import EXACT, QueryPatternDetector, typical_rate
 from detectors.clients.null import STATISTICS
 from detectors.clients.spending import (
     CUMULATIVE,
@@ -854,3 +854,17 @@ def test_compare_counts_the_coordinates_moved_beyond_the_repeat_distance() -> No
     same, _probe, moved = detector._compare(x, vectors, 2, np.ones((1, 4), dtype=bool))
     assert moved.tolist() == [[0, 1, 2, 0]]
     assert same.tolist() == [[c <= detector.settings.entity_changes for c in (0, 1, 2, 0)]]
+
+
+def test_the_reference_rate_the_prior_judges_against_is_the_typical_clients() -> None:
+    """Out-of-reference rate of a collection: the median client's share where clients are
+    known (five busy attackers among 45 clients do not set it), the events' share where not
+    (a stored reference)."""
+    benign = np.repeat(np.arange(1, 41), 30)  # 40 clients, 30 events each, none flagged
+    attackers = np.repeat(np.arange(41, 46), 300)  # 5 clients, 300 events each, all flagged
+    owners = np.concatenate([benign, attackers]).astype(np.int64)
+    flags = np.concatenate([np.zeros(len(benign), bool), np.ones(len(attackers), bool)])
+    assert flags.mean() > 0.5
+    assert typical_rate(flags, owners) == 0.0
+    assert typical_rate(flags, np.zeros_like(owners)) == flags.mean()
+    assert typical_rate(flags[:0], owners[:0]) == 0.0

@@ -608,12 +608,19 @@ def test_events_of_a_version_use_that_versions_reference_also_after_restore(
 
 
 def _client_stream(
-    n: int, seed: int, keys: int = 40, flood: int = 0, shift: float = 0.0, start: float = START
+    n: int,
+    seed: int,
+    keys: int = 40,
+    flood: int = 0,
+    shift: float = 0.0,
+    start: float = START,
+    flooders: int = 1,
 ) -> list[bytes]:
     """`n` predictions of `keys` benign clients with log-normal volumes (one heavy-ish), an
     integer feature `items` and measured ones (`amount`, ...); with `flood`, a client sends every
     other one of the first 2 x `flood` events: uniform-random `items` and `amount` (synthetic
-    extraction), fractional and far wider than the benign ones."""
+    extraction), fractional and far wider than the benign ones. With `flooders` > 1 those
+    events go to that many clients in turn (`flooder-0`, ...)."""
     rng = np.random.default_rng(seed)
     volume = rng.lognormal(0, 1, keys)
     who = rng.choice(keys, n, p=volume / volume.sum())
@@ -623,7 +630,7 @@ def _client_stream(
     clients = [f"key-{k}" for k in who]
     for i in range(0, 2 * flood, 2):
         items[i], amount[i] = rng.uniform(0, 40), rng.uniform(-30, 50)
-        clients[i] = "flooder"
+        clients[i] = "flooder" if flooders == 1 else f"flooder-{i // 2 % flooders}"
     return [
         orjson.dumps(
             {
@@ -689,6 +696,30 @@ def test_a_client_flooding_the_first_events_is_capped_then_left_out_of_the_learn
     incidents = Repository(Database(url)).list_incidents(IncidentFilter(kind="feature_drift"))
     assert [i.subject for i in incidents] == ["amount"]
     assert incidents[0].first_seen >= START + 6000
+
+
+def test_early_flooders_together_holding_an_eighth_of_the_collection_are_left_out(
+    tmp_path: Path,
+) -> None:
+    """Four extraction clients share the first events: each capped, together they still hold
+    an eighth of the collection, enough to erase the integer lattice of `items` if it were
+    decided by events (and to set the reference's own out-of-reference rate, the level the
+    prior judges against). Decided by one voice per client, the lattice stands, the typical
+    client's rate is what the prior uses, and every flooder is flagged at its first look and
+    left out of the stored reference."""
+    lines = _client_stream(6000, seed=66, flood=1500, flooders=4)
+    url = f"sqlite:///{tmp_path / 'flooders.db'}"
+    Database(url).upgrade()
+    replay(settings_for(url), Database(url), lines, consumer="c", name="src")
+    sample, profile = _learned_profile(url)
+    flooded = [i for i, line in enumerate(lines[:2000]) if b'"flooder-' in line]
+    assert len(flooded) > 0.15 * 2000  # what the collection was offered (it took 12.8%)
+    assert all(row["items"] == round(row["items"]) for row in sample.features)
+    assert profile.integral[profile.numeric_names.index("items")]
+    flagged = Repository(Database(url)).list_incidents(IncidentFilter(kind="suspicious_client"))
+    assert sorted(i.subject for i in flagged) == [f"flooder-{k}" for k in range(4)]
+    assert all(i.first_seen < START + 250 for i in flagged)  # their 20th queries
+    assert Repository(Database(url)).list_incidents(IncidentFilter(kind="feature_drift")) == []
 
 
 def test_ordinary_multi_client_traffic_learns_the_same_reference_as_uncapped() -> None:

@@ -61,7 +61,7 @@ class References:
         taken = collector.add(batch)
         if not collector.complete:
             return len(batch)
-        candidate = collector.sample().to_batch(model)
+        candidate = collector.sample().to_batch(model, clients=collector.clients)
         reference = self._store_learned(
             model, collector, suspects(model, candidate, collector.clients, batch.slice(0, taken))
         )
