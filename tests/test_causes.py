@@ -210,9 +210,7 @@ def test_features_that_drift_together_are_one_root_and_one_notification(
     database.dispose()
 
 
-def attacked_stream(
-    seed: int, benign: int = 6000, mixed: int = 6000, keys: int = 2
-) -> list[bytes]:
+def attacked_stream(seed: int, benign: int = 6000, mixed: int = 6000, keys: int = 2) -> list[bytes]:
     """Benign clients (tests.test_query_patterns.Stream), then an attacker probing the
     decision boundary with a third of the traffic, round-robin over `keys` keys: its queries
     move the population's feature distributions."""

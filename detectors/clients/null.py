@@ -157,20 +157,25 @@ def widened_shares(
     most its sampling noise can grow by (see the module docstring). `ring`: the ring's size,
     the largest fill."""
     cols = SHARE_STATISTICS
-    own = np.where(fresh[:, :, cols], values[:, :, cols], np.nan)
+    out = np.full((len(values), len(edges), len(cols)), np.nan)
+    # Shares are over the ring: only buckets up to the full ring's hold any (a tenth of
+    # them; with tens of thousands of clients the arrays below stay small).
+    kept = int(np.searchsorted(edges, ring, side="right"))
+    own = np.where(fresh[:, :kept, cols], values[:, :kept, cols], np.nan)
     if not len(own):
-        return own
+        return out
     ordered = np.sort(own, axis=0)  # NaN last
     count = np.count_nonzero(~np.isnan(own), axis=0)
     median = np.take_along_axis(ordered, (np.maximum(count - 1, 0) // 2)[None], axis=0)[0]
     source = _nearest_at_or_above(~np.isnan(own), axis=1)
     taken = np.take_along_axis(own, source, axis=1)
     centre = median[source, np.arange(len(cols))]
-    largest_fill = np.minimum(np.append(edges[1:], np.inf), ring)
-    here = np.arange(len(edges))[None, :, None]
+    largest_fill = np.minimum(edges[1 : kept + 1], ring)
+    here = np.arange(kept)[None, :, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         factor = np.where(source == here, 1.0, np.sqrt(largest_fill[source] / edges[here]))
-    return centre + (taken - centre) * factor
+    out[:, :kept] = centre + (taken - centre) * factor
+    return out
 
 
 def _nearest_at_or_above(has: np.ndarray, axis: int = 0) -> np.ndarray:
