@@ -369,10 +369,12 @@ class QueryPatternDetector(ProfiledDetector):
             np.asarray(profile.anomalies(batch).any(axis=1)), batch.client_ids()
         )
         scored, low = self.reference_margins  # the first events' (a stored reference: below)
+        low_rate = low / scored if scored >= 50 else 0.2
         if batch.scores or batch.score is not None:
             margins = low_margin(batch, s.low_margin)
-            scored, low = int(np.count_nonzero(margins >= 0)), int(np.count_nonzero(margins == 1))
-        low_rate = low / scored if scored >= 50 else 0.2
+            with_score = margins >= 0
+            if np.count_nonzero(with_score) >= 50:  # as the out-of-reference rate: typical
+                low_rate = typical_rate(margins[with_score] == 1, batch.client_ids()[with_score])
         for name, rate in (("ood_share", ood_rate), ("low_margin_share", low_rate)):
             prior_u[:, index[name]] = min(1.0, 3 * rate + 0.05)
             prior_b[:, index[name]] = 0.05
