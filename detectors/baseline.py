@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from streams.batch import ModelBatch, concat_batches, object_array
+from streams.batch import NO_CLIENT, ModelBatch, concat_batches, object_array
 
 if TYPE_CHECKING:
     from detectors.base import Detector
@@ -48,6 +48,16 @@ def takes_reference(detector: Detector) -> bool:
 # Of a reference learned from the first events, a client gives at least this share (when the
 # mean client's share is smaller): a few early clients each fill a small reference normally.
 CLIENT_SHARE_FLOOR = 0.01
+
+
+def client_voices(owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One voice per client among a reference's events (`owners`: each event's client id,
+    `NO_CLIENT` for none; an event without a client is a voice of its own): per event, the
+    index of its voice, and each voice's events. What a few early clients' capped share of
+    a learned reference must not decide by weight of events: its lattice, its typical rates."""
+    key = np.where(owners == NO_CLIENT, -1 - np.arange(len(owners)), owners)
+    _, voice, sizes = np.unique(key, return_inverse=True, return_counts=True)
+    return voice, sizes
 
 
 def capped_per_client(

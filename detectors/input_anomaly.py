@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 
 from detectors.base import Detector, Finding, Kind, Severity
-from detectors.baseline import Baseline, ReferenceSample
+from detectors.baseline import Baseline, ReferenceSample, client_voices
 from detectors.settings import InputAnomalySettings
 from detectors.state_codec import set_items
 from detectors.stats.calibration import cusum_threshold, steps_budget
 from detectors.stats.cusum import Cusum
-from streams.batch import NO_CLIENT, ModelBatch
+from streams.batch import ModelBatch
 
 CATEGORY_CACHE = 10_000  # per feature: value -> bucket memo, bounded
 # A numeric feature is on an integer lattice when at least this share of its reference values
@@ -466,8 +466,8 @@ def _on_lattice(values: np.ndarray, owners: np.ndarray | None = None) -> bool:
     never flagged; as one voice of 43 it leaves the lattice standing."""
     weights = np.ones(len(values))
     if owners is not None and owners.any():
-        _, group, sizes = np.unique(owners, return_inverse=True, return_counts=True)
-        weights = np.where(owners == NO_CLIENT, 1.0, 1.0 / sizes[group])
+        voice, sizes = client_voices(owners)
+        weights = 1.0 / sizes[voice]
     distinct, index = np.unique(values, return_inverse=True)
     if len(distinct) <= 2:
         return False

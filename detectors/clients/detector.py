@@ -74,7 +74,7 @@ from typing import Any
 import numpy as np
 
 from detectors.base import Finding, Kind, Severity
-from detectors.baseline import capped_per_client
+from detectors.baseline import capped_per_client, client_voices
 from detectors.clients.codec import (
     profile_from_data,
     profile_to_data,
@@ -103,7 +103,7 @@ from detectors.input_anomaly import (
     reference_batch,
 )
 from detectors.settings import QueryPatternSettings
-from streams.batch import NO_CLIENT, ModelBatch, client_hash
+from streams.batch import ModelBatch, client_hash
 
 DAY = 86_400.0
 DETECTORS = STATISTICS
@@ -1437,10 +1437,8 @@ def typical_rate(flags: np.ndarray, owners: np.ndarray) -> float:
         return 0.0
     if not owners.any():
         return float(flags.mean())
-    alone = owners == NO_CLIENT
-    _, group = np.unique(owners[~alone], return_inverse=True)
-    shares = np.bincount(group, flags[~alone]) / np.bincount(group)
-    return float(np.median(np.concatenate([shares, flags[alone].astype(float)])))
+    voice, sizes = client_voices(owners)
+    return float(np.median(np.bincount(voice, flags) / sizes))
 
 
 def _compact(batch: ModelBatch, keep: np.ndarray) -> ModelBatch:
