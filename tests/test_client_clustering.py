@@ -28,6 +28,17 @@ FEATURES = 8
 REFERENCE = 3000
 
 
+def sessions(
+    rng: np.random.Generator, n: int, clients: int, session: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The key of each of `n` events: `clients` keys with Zipf-like volumes, in sessions of
+    geometric length (mean `session`); and the keys' shares of the traffic."""
+    volume = 1 / np.arange(1, clients + 1)
+    share = volume / volume.sum()
+    lengths = rng.geometric(1 / session, n)
+    return np.repeat(rng.choice(clients, len(lengths), p=share), lengths)[:n], share
+
+
 def clustered(
     seed: int, n: int, rho: float, clients: int = 60, session: float = 20.0
 ) -> tuple[list[str], np.ndarray]:
@@ -36,9 +47,7 @@ def clustered(
     own means (variance `rho`), so the intraclass correlation is `rho` and the traffic's
     marginal is N(0,1), as the reference's."""
     rng = np.random.default_rng(seed)
-    volume = 1 / np.arange(1, clients + 1)
-    lengths = rng.geometric(1 / session, n)
-    keys = np.repeat(rng.choice(clients, len(lengths), p=volume / volume.sum()), lengths)[:n]
+    keys, _ = sessions(rng, n, clients, session)
     own_means = rng.normal(0, np.sqrt(rho), (clients, FEATURES))
     values = own_means[keys] + rng.normal(0, np.sqrt(1 - rho), (n, FEATURES))
     return [f"key-{k}" for k in keys], values
@@ -170,17 +179,15 @@ def test_a_shift_of_everyone_is_still_found_on_clustered_traffic(shift, within) 
 def own_spreads(
     seed: int, n: int, sigma: float, clients: int = 60
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Keys that differ in spread, not in mean: `n` events in sessions (as `clustered`), each
+    """Keys that differ in spread, not in mean: `n` events in `sessions`, each
     key's features scaled by its own exp(N(0, sigma)) (a segment of near-identical inputs,
     another of varied ones); and a reference of the same population, each of its values from
     a key drawn by volume (so its marginal is the traffic's)."""
     rng = np.random.default_rng(seed)
-    volume = 1 / np.arange(1, clients + 1)
-    lengths = rng.geometric(1 / 20.0, n)
-    keys = np.repeat(rng.choice(clients, len(lengths), p=volume / volume.sum()), lengths)[:n]
+    keys, share = sessions(rng, n, clients, 20.0)
     scales = np.exp(rng.normal(0, sigma, (clients, FEATURES)))
     values = scales[keys] * rng.normal(size=(n, FEATURES))
-    drawn = rng.choice(clients, REFERENCE, p=volume / volume.sum())
+    drawn = rng.choice(clients, REFERENCE, p=share)
     reference = scales[drawn] * rng.normal(size=(REFERENCE, FEATURES))
     return [f"key-{k}" for k in keys], values, reference
 
