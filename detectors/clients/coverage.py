@@ -171,6 +171,16 @@ class RegionCoverage:
         smoothing = SMOOTHING / np.maximum(n.sum(axis=0), 1)
         self.population = (mixes.mean(axis=0) + smoothing).ravel()
 
+    def bias(self) -> float:
+        """B of a client sampling the population, whose divergence after n queries is about
+        B / n: the mean over the parts its queries have (classes, cells; values with
+        categorical features) of (slots reached - 1) / 2, the plug-in divergence's bias. Every
+        slot the unflagged traffic ever reached counts: a client reaching fewer has a smaller
+        bias, so B errs high, which `project` turns into more conservative voices."""
+        reached = np.count_nonzero(self.traffic.reshape(PARTS, PART_SLOTS) > 0, axis=1)
+        parts = np.count_nonzero(reached)
+        return float(np.maximum(reached - 1, 0).sum() / 2 / max(parts, 1))
+
     def statistic(self, counts: np.ndarray) -> np.ndarray:
         """Minus the log of the mean, over the parts with queries (classes, input cells,
         values), of the KL divergence of each row's mix (looks x REGIONS counts) from the
@@ -214,6 +224,21 @@ class RegionCoverage:
         if (population := data.get("population")) is not None:
             out.population = np.asarray(population, dtype=np.float64)
         return out
+
+
+def project(
+    statistic: np.ndarray, queries: np.ndarray, to_queries: np.ndarray, bias: float
+) -> np.ndarray:
+    """A client's `region_coverage` after `queries` queries, projected to where it would stand
+    after `to_queries` (more): its divergence is its segment's d plus the plug-in bias
+    `bias` / n (`RegionCoverage.bias`), so d = divergence - bias / queries (at least 0) and the
+    projection is -log(d + bias / to_queries). With `queries` the lower edge of the client's
+    history, `to_queries` the upper edge of the bucket judged and `bias` erring high, the
+    projection errs high (towards the extractors' side): a conservative voice. Its noise at
+    fewer queries is wider than at `to_queries`, which widens the null's tail too."""
+    divergence = np.exp(-statistic) - FLOOR
+    segment = np.maximum(divergence - bias / queries, 0.0)
+    return -np.log(segment + bias / to_queries + FLOOR)
 
 
 def labels_of(
