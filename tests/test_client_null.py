@@ -55,12 +55,14 @@ def test_region_coverage_speaks_from_less_history_projected_up() -> None:
     values = np.full((1, buckets, stats), np.nan)
     fresh = np.zeros((1, buckets, stats), dtype=bool)
     at = int(bucket_of(np.array([400]), edges)[0])
-    values[0, at], fresh[0, at] = -np.log(0.05), True  # a divergence of 0.05 at 400 queries
+    values[0, at], fresh[0, at] = -np.log(0.05 + 1e-6), True  # a divergence of 0.05 at 400
     voices = at_least_this_history(values, fresh, edges, 6.0)[0, :, 1]
-    # Its segment: 0.05 - 6 / lower edge; at a larger bucket, that plus 6 / its upper edge.
-    segment = 0.05 - 6.0 / edges[at]
+    # Up to twice the plug-in bias (6 / its lower edge) its divergence could be a sampler's
+    # noise, scaled down at more queries; the excess is its segment's, kept as it is.
+    noise = 2 * 6.0 / edges[at]
     for bucket in range(at + 1, at + 5):  # up to 4x the queries
-        assert np.isclose(voices[bucket], -np.log(segment + 6.0 / edges[bucket + 1] + 1e-6))
+        scaled = noise * edges[at] / edges[bucket + 1]
+        assert np.isclose(voices[bucket], -np.log(0.05 - noise + scaled + 1e-6))
     assert voices[at + 1] < voices[at + 4]  # less bias at more queries: nearer the samplers
     assert np.isnan(voices[at + 5 :]).all()  # beyond 4x: too noisy to speak
     assert voices[at] == values[0, at, CLASS]  # its own bucket: its own value
@@ -157,6 +159,40 @@ def test_a_sampler_ahead_of_every_peer_is_judged_against_their_projected_voices(
     assert p_sampler < 1e-3
     assert np.mean(p_benign <= p_sampler) < 1e-3
     assert np.mean(p_benign <= 0.01) <= 0.01
+
+
+def test_projected_voices_of_a_sampling_population_keep_their_tail() -> None:
+    """Benign keys that all sample the traffic alike (the `shift` bench's i.i.d. keys): their
+    divergence is sampling noise alone, B X / n with X about a chi-square over its degrees of
+    freedom. Projected from 400-800 queries to 1,600, that noise must keep its lower tail,
+    where keys at 1,600 stand highest, or those keys are flagged."""
+    rng = np.random.default_rng(13)
+    edges = history_edges(25, 256)
+    coverage = RegionCoverage(DAY)
+    mix = rng.dirichlet(np.full(10, 5.0))
+    coverage.observe(rng.choice(10, size=100_000, p=mix), 0.0)
+    null = PopulationNull(edges, window=DAY, min_clients=12, ring=256)
+    clients = 150
+
+    def sampler(n: int) -> float:
+        counts = np.bincount(rng.choice(10, size=n, p=mix), minlength=REGIONS)
+        return float(coverage.statistic(counts[None])[0])
+
+    null.reserve(clients)
+    for slot in range(clients):
+        n = int(rng.integers(400, 800))
+        stats = np.full((1, len(STATISTICS)), np.nan)
+        stats[0, CLASS] = sampler(n)
+        bucket = np.full((1, len(STATISTICS)), bucket_of(np.array([n]), edges)[0])
+        null.record(np.array([slot]), bucket, stats, np.array([DAY]))
+    null.refresh(DAY + 60.0, clients, coverage.bias())
+    at = int(bucket_of(np.array([1600]), edges)[0])
+    assert null.clients[at, CLASS] == clients
+    benign = np.full((4000, len(STATISTICS)), np.nan)
+    benign[:, CLASS] = [sampler(int(rng.integers(1448, 2048))) for _ in range(4000)]
+    p_benign = null.p_values(benign, np.full(benign.shape, at))[:, CLASS]
+    assert np.mean(p_benign <= 0.01) <= 0.01
+    assert np.mean(p_benign <= 1e-3) <= 1e-3
 
 
 def test_the_tail_is_not_widened_by_two_extreme_voices() -> None:

@@ -58,6 +58,9 @@ KMEANS_ROWS = 5000  # reference rows the cells are fitted on, at most
 SMOOTHING = 0.5  # added to each slot of the traffic's mix (a slot nobody reached yet)
 FLOOR = 1e-6  # of the divergence, under the log
 MAX_LABELS = 4096  # labels whose slot is cached (a regression model has endless values)
+# A divergence up to this many times the plug-in bias could be a sampler's noise (X of a
+# chi-square over 24 degrees of freedom, classes and cells, exceeds 2 with p = 0.003).
+SAMPLER_KNEE = 2.0
 
 
 def fit_cells(encoded: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -230,15 +233,19 @@ def project(
     statistic: np.ndarray, queries: np.ndarray, to_queries: np.ndarray, bias: float
 ) -> np.ndarray:
     """A client's `region_coverage` after `queries` queries, projected to where it would stand
-    after `to_queries` (more): its divergence is its segment's d plus the plug-in bias
-    `bias` / n (`RegionCoverage.bias`), so d = divergence - bias / queries (at least 0) and the
-    projection is -log(d + bias / to_queries). With `queries` the lower edge of the client's
-    history, `to_queries` the upper edge of the bucket judged and `bias` erring high, the
-    projection errs high (towards the extractors' side): a conservative voice. Its noise at
-    fewer queries is wider than at `to_queries`, which widens the null's tail too."""
+    after `to_queries` (more), erring towards the extractors' side (a conservative voice).
+
+    Its divergence D is its segment's d plus sampling noise of about B X / n (B = `bias`,
+    `RegionCoverage.bias`; X about a chi-square over its degrees of freedom, mean 1). Up to
+    `SAMPLER_KNEE` B / queries, D is what a client sampling the whole population shows: scaled
+    by queries / to_queries, a sampler's noise keeps its law, lower tail included, where
+    samplers stand highest. Beyond, the excess is its segment's and is kept as it is. With
+    `queries` the lower edge of the client's history and `to_queries` the upper edge of the
+    bucket judged, both err the same way; so does B, erring high."""
     divergence = np.exp(-statistic) - FLOOR
-    segment = np.maximum(divergence - bias / queries, 0.0)
-    return -np.log(segment + bias / to_queries + FLOOR)
+    knee = SAMPLER_KNEE * bias / queries
+    kept = 1 - queries / to_queries
+    return -np.log(divergence - kept * np.minimum(divergence, knee) + FLOOR)
 
 
 def labels_of(

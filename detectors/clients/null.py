@@ -24,9 +24,9 @@ population of clients at the same history length.
 - **Less history, projected** (`region_coverage` only): a client with no fresh value at or
   above a bucket speaks by its value at the nearest smaller bucket (at most
   `PROJECTION_REACH` times fewer queries), projected to the bucket's upper edge
-  (`coverage.project`): its divergence less the plug-in bias at its lower edge, plus the bias
-  at the upper edge. The bias errs high and the noise at fewer queries is wider, so the voice
-  errs towards the extractors' side. Without it, a natural-data extractor from the first hour
+  (`coverage.project`): the part of its divergence a sampler's noise could be is scaled down
+  as a sampler's would be, the rest (its segment's) kept; every choice errs towards the
+  extractors' side. Without it, a natural-data extractor from the first hour
   (ahead of every key at an ordinary rate) had 12-31 peers at 800-2,500 queries; with it,
   90-145 (`client_attacks.py --preference 1` seed 1). The features' `coverage` has no such
   projection: its values at less history are not used.
