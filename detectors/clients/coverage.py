@@ -58,9 +58,6 @@ KMEANS_ROWS = 5000  # reference rows the cells are fitted on, at most
 SMOOTHING = 0.5  # added to each slot of the traffic's mix (a slot nobody reached yet)
 FLOOR = 1e-6  # of the divergence, under the log
 MAX_LABELS = 4096  # labels whose slot is cached (a regression model has endless values)
-# A divergence up to this many times the plug-in bias could be a sampler's noise (X of a
-# chi-square over 24 degrees of freedom, classes and cells, exceeds 2 with p = 0.003).
-SAMPLER_KNEE = 2.0
 
 
 def fit_cells(encoded: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -174,16 +171,6 @@ class RegionCoverage:
         smoothing = SMOOTHING / np.maximum(n.sum(axis=0), 1)
         self.population = (mixes.mean(axis=0) + smoothing).ravel()
 
-    def bias(self) -> float:
-        """B of a client sampling the population, whose divergence after n queries is about
-        B / n: the mean over the parts its queries have (classes, cells; values with
-        categorical features) of (slots reached - 1) / 2, the plug-in divergence's bias. Every
-        slot the unflagged traffic ever reached counts: a client reaching fewer has a smaller
-        bias, so B errs high, which `project` turns into more conservative voices."""
-        reached = np.count_nonzero(self.traffic.reshape(PARTS, PART_SLOTS) > 0, axis=1)
-        parts = np.count_nonzero(reached)
-        return float(np.maximum(reached - 1, 0).sum() / 2 / max(parts, 1))
-
     def statistic(self, counts: np.ndarray) -> np.ndarray:
         """Minus the log of the mean, over the parts with queries (classes, input cells,
         values), of the KL divergence of each row's mix (looks x REGIONS counts) from the
@@ -227,25 +214,6 @@ class RegionCoverage:
         if (population := data.get("population")) is not None:
             out.population = np.asarray(population, dtype=np.float64)
         return out
-
-
-def project(
-    statistic: np.ndarray, queries: np.ndarray, to_queries: np.ndarray, bias: float
-) -> np.ndarray:
-    """A client's `region_coverage` after `queries` queries, projected to where it would stand
-    after `to_queries` (more), erring towards the extractors' side (a conservative voice).
-
-    Its divergence D is its segment's d plus sampling noise of about B X / n (B = `bias`,
-    `RegionCoverage.bias`; X about a chi-square over its degrees of freedom, mean 1). Up to
-    `SAMPLER_KNEE` B / queries, D is what a client sampling the whole population shows: scaled
-    by queries / to_queries, a sampler's noise keeps its law, lower tail included, where
-    samplers stand highest. Beyond, the excess is its segment's and is kept as it is. With
-    `queries` the lower edge of the client's history and `to_queries` the upper edge of the
-    bucket judged, both err the same way; so does B, erring high."""
-    divergence = np.exp(-statistic) - FLOOR
-    knee = SAMPLER_KNEE * bias / queries
-    kept = 1 - queries / to_queries
-    return -np.log(divergence - kept * np.minimum(divergence, knee) + FLOOR)
 
 
 def labels_of(

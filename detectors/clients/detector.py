@@ -561,9 +561,7 @@ class QueryPatternDetector(ProfiledDetector):
         self.null.prior_u, self.null.prior_b = null["prior_u"], null["prior_b"]
         self.null.values[: len(fill[kept])] = null["values"][kept]
         self.null.stamps[: len(fill[kept])] = null["stamps"][kept]
-        self.null.refresh(
-            self.last_ts, region_bias=self.regions.bias() if self.regions else math.nan
-        )
+        self.null.refresh(self.last_ts)
         clients = state["clients"]
         self.evicted += len(fill) - len(fill[kept])
         for i in range(kept.start, kept.stop):
@@ -583,9 +581,9 @@ class QueryPatternDetector(ProfiledDetector):
     def _refresh_null(self) -> None:
         """The population's tails and region mix from the clients fresh now (hourly, or
         every `NULL_REFRESH_QUERIES`): both follow the population as it changes."""
-        assert self.regions is not None
-        self.null.refresh(self.last_ts, len(self.clients), self.regions.bias())
+        self.null.refresh(self.last_ts, len(self.clients))
         self.refreshed, self.since_refresh = self.last_ts, 0
+        assert self.regions is not None
         # The clients with a voice in the null now (a look within the window), unflagged.
         slots = np.fromiter(
             (st.slot for st in self.clients.values() if st.flagged_severity is None), np.int64

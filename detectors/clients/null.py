@@ -20,16 +20,7 @@ population of clients at the same history length.
   client's first n queries are themselves a client of n queries; so the pool lies at or above
   the benign law at the bucket's history and its tail is conservative. It gives the null the
   whole long-lived population (whose voices at a passed history go stale after `window`),
-  and a client running ahead of its peers a null at all.
-- **Less history, projected** (`region_coverage` only): a client with no fresh value at or
-  above a bucket speaks by its value at the nearest smaller bucket (at most
-  `PROJECTION_REACH` times fewer queries), projected to the bucket's upper edge
-  (`coverage.project`): the part of its divergence a sampler's noise could be is scaled down
-  as a sampler's would be, the rest (its segment's) kept; every choice errs towards the
-  extractors' side. Without it, a natural-data extractor from the first hour
-  (ahead of every key at an ordinary rate) had 12-31 peers at 800-2,500 queries; with it,
-  90-145 (`client_attacks.py --preference 1` seed 1). The features' `coverage` has no such
-  projection: its values at less history are not used.
+  and a client running ahead of its peers a null at all. Less history is never used.
 - **Tail model** (peaks over threshold, robust): u = the pool's 90th percentile, the tail
   beyond it exponential with scale b = the mean excess over u of the pool without its top 2%
   (at least one client, two from 50 voices on: a few clients, the judged one's own earlier
@@ -62,8 +53,6 @@ import math
 
 import numpy as np
 
-from detectors.clients.coverage import project
-
 STATISTICS = (
     "ood_share",
     "low_margin_share",
@@ -94,8 +83,6 @@ SHARE_STATISTICS = [
 # Cumulative statistics (over every query the client sent, bucketed by queries seen): their
 # benign values grow with history, so a bucket's null also takes clients with more history.
 CUMULATIVE_STATISTICS = [STATISTICS.index("coverage"), STATISTICS.index("region_coverage")]
-# `region_coverage` voices projected from at most this many times fewer queries.
-PROJECTION_REACH = 4.0
 
 
 def history_edges(min_queries: int, buffer_size: int) -> np.ndarray:
@@ -151,37 +138,14 @@ def tail_p(values: np.ndarray, u: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.minimum(1.0, 0.1 * np.exp(-(values - u) / b))
 
 
-def at_least_this_history(
-    values: np.ndarray, fresh: np.ndarray, edges: np.ndarray, region_bias: float
-) -> np.ndarray:
+def at_least_this_history(values: np.ndarray, fresh: np.ndarray) -> np.ndarray:
     """The cumulative statistics' voices (rows x buckets x CUMULATIVE_STATISTICS, NaN: none)
     from every client's values and their freshness (rows x buckets x STATISTICS): in each
     bucket its own fresh value, else its fresh value in the nearest larger bucket (a client
-    with more history, a conservative comparison: see the module docstring); for
-    `region_coverage`, a client with neither speaks by its nearest smaller bucket's value
-    projected to this bucket's upper edge (`coverage.project`, with `region_bias`; NaN: not),
-    from at most `PROJECTION_REACH` times fewer queries."""
+    with more history, a conservative comparison: see the module docstring)."""
     cols = CUMULATIVE_STATISTICS
-    own = np.where(fresh[:, :, cols], values[:, :, cols], np.nan)
-    out = np.take_along_axis(own, _nearest_at_or_above(~np.isnan(own), axis=1), axis=1)
-    if math.isnan(region_bias) or not len(own):
-        return out
-    region = cols.index(STATISTICS.index("region_coverage"))
-    has = ~np.isnan(own[:, :, region])
-    here = np.arange(len(edges))
-    below = np.maximum.accumulate(np.where(has, here, -1), axis=1)  # nearest at or below
-    reach = np.searchsorted(edges, edges / PROJECTION_REACH, side="left")
-    usable = np.isnan(out[:, :, region]) & (below >= reach)
-    source = np.maximum(below, 0)
-    upper = np.append(edges[1:], 2 * edges[-1])
-    projected = project(
-        np.take_along_axis(own[:, :, region], source, axis=1),
-        edges[source],
-        upper[None, :],
-        region_bias,
-    )
-    out[:, :, region] = np.where(usable, projected, out[:, :, region])
-    return out
+    out = np.where(fresh[:, :, cols], values[:, :, cols], np.nan)
+    return np.take_along_axis(out, _nearest_at_or_above(~np.isnan(out), axis=1), axis=1)
 
 
 def widened_shares(
@@ -270,17 +234,16 @@ class PopulationNull:
         self.values[slots[:, None], buckets, cols] = stats
         self.stamps[slots[:, None], buckets, cols] = np.where(np.isnan(stats), -np.inf, ts[:, None])
 
-    def refresh(self, now: float, rows: int | None = None, region_bias: float = math.nan) -> None:
+    def refresh(self, now: float, rows: int | None = None) -> None:
         """Tail parameters from the clients seen within `window` of `now`, per bucket;
         buckets short of clients borrow a larger one, then the prior. `rows`: only the
-        first rows are in use; `region_bias`: `RegionCoverage.bias` (NaN: no projected
-        voices)."""
+        first rows are in use."""
         buckets, stats = self.prior_u.shape
         own_u = np.full((buckets, stats), np.nan)
         own_b = np.full((buckets, stats), np.nan)
         own_n = np.zeros((buckets, stats), dtype=np.int64)
         fresh = self.stamps[:rows] >= now - self.window
-        cumulative = at_least_this_history(self.values[:rows], fresh, self.edges, region_bias)
+        cumulative = at_least_this_history(self.values[:rows], fresh)
         shares = widened_shares(self.values[:rows], fresh, self.edges, self.ring)
         fresh[:, :, CUMULATIVE_STATISTICS] = ~np.isnan(cumulative)
         fresh[:, :, SHARE_STATISTICS] = ~np.isnan(shares)
