@@ -7,9 +7,10 @@ of the same population are judged by it (their share at p <= alpha, over alpha: 
 a calibrated test) and 20 samplers of the whole traffic (a natural-data extractor: its
 median p). Variants of the fit: the quantile the scale is fitted from (the tail is always
 anchored at the 90th percentile) and the shape floor, the least scale as a share of (u -
-median) besides the small-pool term 1.5 / sqrt(voices) (the detector: 0.9 and 0.4).
+median) besides the small-pool term, a coefficient / sqrt(voices) (the detector: 0.9, 0.4 and
+1.5).
 
-    PYTHONPATH=. .venv/bin/python bench/client_tail_calibration.py     (about 20 seconds)
+    PYTHONPATH=. .venv/bin/python bench/client_tail_calibration.py     (about 40 seconds)
 """
 
 from __future__ import annotations
@@ -21,7 +22,17 @@ from detectors.clients.null import tail_p, tail_parameters
 
 DAY = 86400.0
 FLOORS = np.array([0.1])  # region_coverage's floor (detectors.clients.null.FLOORS)
-VARIANTS = [(0.9, 0.4), (0.9, 0.0), (0.8, 0.4), (0.8, 0.0), (0.75, 0.0)]
+# (scale fitted from the quantile, shape floor, small-pool coefficient); the detector's first.
+VARIANTS = [
+    (0.9, 0.4, 1.5),
+    (0.9, 0.4, 0.75),
+    (0.9, 0.4, 0.0),
+    (0.9, 0.0, 1.5),
+    (0.8, 0.4, 1.5),
+    (0.8, 0.0, 1.5),
+    (0.75, 0.0, 1.5),
+]
+SEEDS = 20
 POPULATIONS = [  # slots, concentration, queries seen, voices
     (10, 1.0, 1600, 150),
     (10, 3.0, 1600, 150),
@@ -31,9 +42,12 @@ POPULATIONS = [  # slots, concentration, queries seen, voices
 ]
 
 
-def fit(pool: np.ndarray, fit_quantile: float, shape: float, floor: float = 0.1) -> tuple:
+def fit(
+    pool: np.ndarray, fit_quantile: float, shape: float, small: float, floor: float = 0.1
+) -> tuple:
     """`detectors.clients.null.tail_parameters` for one column, with the scale fitted from
-    `fit_quantile` and the shape floor `shape` (the detector: 0.9 and 0.4)."""
+    `fit_quantile`, the shape floor `shape` and the small-pool coefficient `small` (the
+    detector: 0.9, 0.4 and 1.5)."""
     pool = np.sort(pool)
     voices = len(pool)
     median = pool[(voices - 1) // 2]  # the lower middle, as the detector takes it
@@ -43,7 +57,7 @@ def fit(pool: np.ndarray, fit_quantile: float, shape: float, floor: float = 0.1)
     excess = kept[kept > start] - start
     b = excess.mean() * (1 + 1 / np.sqrt(len(excess))) if len(excess) else 0.0
     mad = np.sort(np.abs(pool - median))[(voices - 1) // 2]
-    return u, max(b, 0.5 * mad, (u - median) * (shape + 1.5 / np.sqrt(voices)), floor)
+    return u, max(b, 0.5 * mad, (u - median) * (shape + small / np.sqrt(voices)), floor)
 
 
 def key(rng, coverage, slots, mix, n, own=None, conc=1.0) -> float:
@@ -56,7 +70,7 @@ def main() -> None:
     for slots, conc, n, voices in POPULATIONS:
         rates = {v: {1e-2: [], 1e-3: [], 1e-4: []} for v in VARIANTS}
         sampler = {v: [] for v in VARIANTS}
-        for seed in range(10):
+        for seed in range(SEEDS):
             rng = np.random.default_rng(1000 + seed)
             coverage = RegionCoverage(DAY)
             mix = rng.dirichlet(np.full(slots, 3.0))
@@ -66,7 +80,7 @@ def main() -> None:
             samplers = np.array([key(rng, coverage, slots, mix, n, own=mix) for _ in range(20)])
             # The detector's variant is the detector's fit, not a copy drifting from it.
             detector = np.ravel(tail_parameters(pool[:, None], FLOORS))
-            assert np.allclose(fit(pool, 0.9, 0.4), detector)
+            assert np.allclose(fit(pool, *VARIANTS[0]), detector)
             for v in VARIANTS:
                 u, b = fit(pool, *v)
                 p = tail_p(fresh, u, b)
@@ -77,7 +91,8 @@ def main() -> None:
         for v in VARIANTS:
             ratio = ", ".join(f"{np.mean(x) / a:.2f} at {a:g}" for a, x in rates[v].items())
             print(
-                f"  scale from the {v[0]:.0%} quantile, shape floor {v[1]:.1f}: benign rate / "
+                f"  scale from the {v[0]:.0%} quantile, shape floor {v[1]:.1f}, small-pool "
+                f"{v[2]:g}: benign rate / "
                 f"alpha {ratio}; sampler median p {np.median(sampler[v]):.1e}"
             )
 
