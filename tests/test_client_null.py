@@ -35,7 +35,7 @@ def test_coverage_speaks_from_more_history_region_coverage_from_less() -> None:
     values[1, 3], fresh[1, 3] = 3.0, True  # client 1: fresh in bucket 3
     values[1, 0] = 9.0  # ... and stale in bucket 0
     values[2, 0], fresh[2, 0] = 2.0, True  # client 2: bucket 0 only
-    voices = cumulative_voices(values, fresh)
+    voices = cumulative_voices(values, fresh, history_edges(25, 256)[:buckets], 1)
     assert voices.shape == (3, buckets, 2)
     coverage, region = 0, 1
     # coverage: client 0 speaks for buckets 0-1 (its value at 1), not for the larger ones.
@@ -44,11 +44,36 @@ def test_coverage_speaks_from_more_history_region_coverage_from_less() -> None:
     # ... client 1's stale value in bucket 0 is not used: its fresh value at 3 is.
     assert voices[1, :4, coverage].tolist() == [3.0] * 4
     assert voices[2, 0, coverage] == 2.0 and np.isnan(voices[2, 1:, coverage]).all()
-    # region_coverage: from its own bucket up to 4 buckets above (4x the queries), never below.
-    assert np.isnan(voices[0, 0, region]) and voices[0, 1:6, region].tolist() == [1.0] * 5
-    assert np.isnan(voices[0, 6, region])
+    # region_coverage: from its own bucket up to 4 buckets above (4x the queries); below,
+    # only where a bucket has too few such voices (here: none, in bucket 0 of client 0).
+    assert voices[0, 1:6, region].tolist() == [1.0] * 5 and np.isnan(voices[0, 6, region])
     assert np.isnan(voices[1, :3, region]).all() and voices[1, 3:, region].tolist() == [3.0] * 4
     assert voices[2, :5, region].tolist() == [2.0] * 5
+    assert np.isnan(voices[0, 0, region])  # bucket 0 has client 2's voice: enough at 1
+
+
+def test_a_client_behind_its_peers_gets_their_region_voices_widened() -> None:
+    """Too few region_coverage voices at or below a bucket (a newcomer among long-lived
+    keys): the others' values one bucket up come in, their deviation from that bucket's
+    median widened by (largest queries there / smallest here)."""
+    edges = history_edges(25, 256)
+    buckets, stats = len(edges), len(STATISTICS)
+    values = np.full((3, buckets, stats), np.nan)
+    fresh = np.zeros((3, buckets, stats), dtype=bool)
+    up = int(bucket_of(np.array([1600]), edges)[0])
+    for row, value in enumerate([2.0, 3.0, 4.0]):
+        values[row, up], fresh[row, up] = value, True
+    at = up - 1
+    voices = cumulative_voices(values, fresh, edges, 12)[:, :, 1]
+    factor = edges[up + 1] / edges[at]
+    assert np.allclose(voices[:, at], [3.0 - factor, 3.0, 3.0 + factor])
+    assert np.allclose(voices[:, up], [2.0, 3.0, 4.0])  # its own bucket: as they are
+    # With enough voices at or below it (three clients one bucket down), none from above.
+    values = np.concatenate([values, np.full((3, buckets, stats), np.nan)])
+    fresh = np.concatenate([fresh, np.zeros((3, buckets, stats), dtype=bool)])
+    values[3:, at - 1], fresh[3:, at - 1] = 1.0, True
+    voices = cumulative_voices(values, fresh, edges, 3)[:, at, 1]
+    assert np.isnan(voices[:3]).all() and voices[3:].tolist() == [1.0] * 3
 
 
 def _population(
@@ -65,8 +90,8 @@ def test_a_sampler_ahead_of_its_peers_is_judged_against_less_history() -> None:
     """A natural-data extractor from the first hour runs ahead of every benign key at an
     ordinary rate: nobody has its 1,600 queries yet. Its region_coverage is judged against
     the keys at 600-1,000 (their debiased values, noisier than at 1,600: a conservative
-    tail), and benign keys at 1,600 stay calibrated. Behind every key, a client has no
-    region_coverage null: a larger bucket's narrower tail is never borrowed."""
+    tail), and benign keys at 1,600 stay calibrated; so do newcomers behind every key, whose
+    null is the keys' values widened to their noise."""
     rng = np.random.default_rng(3)
     edges = history_edges(25, 256)
     coverage = RegionCoverage(DAY)
@@ -96,8 +121,13 @@ def test_a_sampler_ahead_of_its_peers_is_judged_against_less_history() -> None:
     assert p_sampler < 1e-3
     assert np.mean(p_benign <= p_sampler) < 1e-3
     assert np.mean(p_benign <= 0.01) <= 0.01
+    # Behind every key (300 queries): their voices, widened; benign keys there calibrated.
     behind = int(bucket_of(np.array([300]), edges)[0])
-    assert null.clients[behind, CLASS] == 0 and np.isnan(null.u[behind, CLASS])
+    assert null.clients[behind, CLASS] == clients
+    newcomers = np.full((2000, len(STATISTICS)), np.nan)
+    newcomers[:, CLASS] = [_population(rng, coverage, mix, 300) for _ in range(2000)]
+    p_newcomers = null.p_values(newcomers, np.full(newcomers.shape, behind))[:, CLASS]
+    assert np.mean(p_newcomers <= 0.01) <= 0.01
 
 
 def test_the_tail_is_not_widened_by_two_extreme_voices() -> None:

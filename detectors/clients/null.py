@@ -21,8 +21,12 @@ population of clients at the same history length.
   debiased `region_coverage` (`coverage.RegionCoverage.statistic`) stands at minus the log
   of its segment's divergence plus noise that shrinks with history: a bucket's pool is every
   client with *at most* that history, down to 4x fewer queries, each by its fresh value
-  there, else in the nearest smaller bucket (wider noise: a heavier tail), and a bucket
-  without enough of them borrows a smaller bucket's tail, never a larger one's. So a client
+  there, else in the nearest smaller bucket (wider noise: a heavier tail); a bucket with
+  fewer than `min_clients` of them (a client behind its peers: a newcomer among long-lived
+  keys) also takes the others' values in the nearest larger bucket, their deviation from
+  its median widened by (largest queries there / smallest here), since the debiased value's
+  noise shrinks at most as fast as 1 / queries; it never borrows a larger bucket's tail as
+  it is (narrower). So a client
   running ahead of its peers (a natural-data extractor from the first hour at an ordinary
   rate) has a null, and the long-lived population (whose voices at a passed history go stale
   after `window`) speaks wherever it is now.
@@ -147,21 +151,39 @@ def tail_p(values: np.ndarray, u: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.minimum(1.0, 0.1 * np.exp(-(values - u) / b))
 
 
-def cumulative_voices(values: np.ndarray, fresh: np.ndarray) -> np.ndarray:
+def cumulative_voices(
+    values: np.ndarray, fresh: np.ndarray, edges: np.ndarray, min_clients: int
+) -> np.ndarray:
     """The cumulative statistics' voices (rows x buckets x CUMULATIVE_STATISTICS, NaN: none)
     from every client's values and their freshness (rows x buckets x STATISTICS), each on the
     side where its law is conservative (see the module docstring): `coverage` in each bucket
     by its own fresh value, else its fresh value in the nearest larger bucket; the debiased
     `region_coverage` by its own, else its fresh value in the nearest smaller bucket, from
-    at most `REGION_REACH` buckets below (sqrt(2) each: 4x fewer queries)."""
+    at most `REGION_REACH` buckets below (sqrt(2) each: 4x fewer queries). A bucket with
+    fewer than `min_clients` such voices (a client behind its peers) also takes every other
+    client's value in the nearest larger bucket, widened about that bucket's median by
+    (largest queries there / smallest here): the debiased value's noise shrinks at most as
+    fast as 1 / queries."""
     cols = CUMULATIVE_STATISTICS
     own = np.where(fresh[:, :, cols], values[:, :, cols], np.nan)
     out = np.take_along_axis(own, _nearest_at_or_above(~np.isnan(own), axis=1), axis=1)
     region = own[:, :, REGION_VOICE]
+    if not len(region):
+        return out
     here = np.arange(region.shape[1])
     below = np.maximum.accumulate(np.where(~np.isnan(region), here, -1), axis=1)
     taken = np.take_along_axis(region, np.maximum(below, 0), axis=1)
-    out[:, :, REGION_VOICE] = np.where(below >= here - REGION_REACH, taken, np.nan)
+    at_most = np.where(below >= here - REGION_REACH, taken, np.nan)
+    short = np.count_nonzero(~np.isnan(at_most), axis=0) < min_clients
+    count = np.count_nonzero(~np.isnan(region), axis=0)
+    median = np.take_along_axis(np.sort(region, axis=0), (np.maximum(count - 1, 0) // 2)[None], 0)
+    source = _nearest_at_or_above(~np.isnan(region), axis=1)
+    above = np.take_along_axis(region, source, axis=1)
+    centre = median[0, source]
+    upper = np.append(edges[1:], 2 * edges[-1])
+    widened = centre + (above - centre) * (upper[source] / edges[here])
+    behind = np.isnan(at_most) & short[None, :] & (source > here)
+    out[:, :, REGION_VOICE] = np.where(behind, widened, at_most)
     return out
 
 
@@ -260,7 +282,7 @@ class PopulationNull:
         own_b = np.full((buckets, stats), np.nan)
         own_n = np.zeros((buckets, stats), dtype=np.int64)
         fresh = self.stamps[:rows] >= now - self.window
-        cumulative = cumulative_voices(self.values[:rows], fresh)
+        cumulative = cumulative_voices(self.values[:rows], fresh, self.edges, self.min_clients)
         shares = widened_shares(self.values[:rows], fresh, self.edges, self.ring)
         fresh[:, :, CUMULATIVE_STATISTICS] = ~np.isnan(cumulative)
         fresh[:, :, SHARE_STATISTICS] = ~np.isnan(shares)
