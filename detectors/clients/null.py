@@ -26,10 +26,9 @@ population of clients at the same history length.
   keys) also takes the others' values in the nearest larger bucket, their deviation from
   its median widened by (largest queries there / smallest here), since the debiased value's
   noise shrinks at most as fast as 1 / queries; it never borrows a larger bucket's tail as
-  it is (narrower). So a client
-  running ahead of its peers (a natural-data extractor from the first hour at an ordinary
-  rate) has a null, and the long-lived population (whose voices at a passed history go stale
-  after `window`) speaks wherever it is now.
+  it is (narrower). So a client running ahead of its peers (a natural-data extractor from
+  the first hour at an ordinary rate) has a null, and the long-lived population (whose
+  voices at a passed history go stale after `window`) speaks wherever it is now.
 - **Tail model** (peaks over threshold, robust): u = the pool's 90th percentile, the tail
   beyond it exponential with scale b = the mean excess over u of the pool without its top 2%
   (at least one client, two from 50 voices on: a few clients, the judged one's own earlier
@@ -89,8 +88,9 @@ SHARE_STATISTICS = [
         "boundary_pairs",
     )
 ]
-# Cumulative statistics (over every query the client sent, bucketed by queries seen): their
-# benign values grow with history, so a bucket's null also takes clients with more history.
+# Cumulative statistics (over every query the client sent, bucketed by queries seen): a
+# bucket's null also takes other clients' voices, from the side where they are conservative
+# (`cumulative_voices`).
 CUMULATIVE_STATISTICS = [STATISTICS.index("coverage"), STATISTICS.index("region_coverage")]
 REGION = STATISTICS.index("region_coverage")
 REGION_VOICE = CUMULATIVE_STATISTICS.index(REGION)
