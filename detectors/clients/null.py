@@ -261,6 +261,10 @@ class PopulationNull:
         """A slot handed to a new client: the evicted client's values leave the null."""
         self.values[slot], self.stamps[slot] = np.nan, -np.inf
 
+    def forget_statistic(self, stat: int) -> None:
+        """Every client's voices of one statistic leave the null (values of another meaning)."""
+        self.values[:, :, stat], self.stamps[:, :, stat] = np.nan, -np.inf
+
     def keep_rows(self, slots: list[int]) -> None:
         self.values, self.stamps = self.values[slots], self.stamps[slots]
 
