@@ -33,7 +33,7 @@ from detectors.settings import InputAnomalySettings
 from detectors.state_codec import set_items
 from detectors.stats.calibration import cusum_threshold, steps_budget
 from detectors.stats.cusum import Cusum
-from streams.batch import ModelBatch
+from streams.batch import ModelBatch, knows_clients
 
 CATEGORY_CACHE = 10_000  # per feature: value -> bucket memo, bounded
 # A numeric feature is on an integer lattice when at least this share of its reference values
@@ -465,7 +465,7 @@ def _on_lattice(values: np.ndarray, owners: np.ndarray | None = None) -> bool:
     to erase the lattice of all 64 pixels, so its own queries were in reference and it was
     never flagged; as one voice of 43 it leaves the lattice standing."""
     weights = np.ones(len(values))
-    if owners is not None and owners.any():
+    if owners is not None and knows_clients(owners):
         voice, sizes = client_voices(owners)
         weights = 1.0 / sizes[voice]
     distinct, index = np.unique(values, return_inverse=True)

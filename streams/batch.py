@@ -56,6 +56,12 @@ class LabelColumns:
 NO_CLIENT = 0  # the id of an event without a client
 
 
+def knows_clients(ids: np.ndarray) -> bool:
+    """Whether any event has a client (`ids`: `ModelBatch.client_ids`, `NO_CLIENT` for
+    none): a collection being learned does; a stored reference does not."""
+    return bool((ids != NO_CLIENT).any())
+
+
 @lru_cache(maxsize=1 << 16)  # the same clients come back batch after batch
 def client_hash(client: str) -> int:
     """A stable 63-bit id for a client (never `NO_CLIENT`): the same in every process, so

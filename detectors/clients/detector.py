@@ -103,7 +103,7 @@ from detectors.input_anomaly import (
     reference_batch,
 )
 from detectors.settings import QueryPatternSettings
-from streams.batch import ModelBatch, client_hash
+from streams.batch import ModelBatch, client_hash, knows_clients
 
 DAY = 86_400.0
 DETECTORS = STATISTICS
@@ -1435,7 +1435,7 @@ def typical_rate(flags: np.ndarray, owners: np.ndarray) -> float:
     uniform-random extractor among them was never flagged."""
     if not len(flags):
         return 0.0
-    if not owners.any():
+    if not knows_clients(owners):
         return float(flags.mean())
     voice, sizes = client_voices(owners)
     return float(np.median(np.bincount(voice, flags) / sizes))
