@@ -69,7 +69,7 @@ from detectors.stats.clustering import (
     loaded_ids,
     stored_ids,
 )
-from streams.batch import ModelBatch
+from streams.batch import ModelBatch, knows_clients
 
 OTHER = "__other__"
 PSEUDO_COUNT = 0.5  # added to every bin for PSI and JS, so an empty bin has a finite share
@@ -140,7 +140,9 @@ class CategoricalMonitor:
             "exact": self.exact,
             "current": [[category, count] for category, count in self.current.items()],
             "current_ids": stored_ids(self.current_ids),
-            "current_bins": self.current_bins if self.current_ids.any() else self.current_bins[:0],
+            "current_bins": self.current_bins
+            if knows_clients(self.current_ids)
+            else self.current_bins[:0],
             "icc": self.icc.state(),
             "filled": self.filled,
             "seen": self.seen,
@@ -184,7 +186,7 @@ class CategoricalMonitor:
             # Bins per value only where a client may pair them (none: no cost).
             bins = (
                 np.fromiter(map(self.bins.get, chunk, repeat(other)), np.int64, len(chunk))
-                if chunk_ids.any()
+                if knows_clients(chunk_ids)
                 else np.zeros(take, dtype=np.int64)
             )
             self.current_ids = np.concatenate([self.current_ids, chunk_ids])
@@ -211,7 +213,7 @@ class CategoricalMonitor:
         # correction of the two-sample test). rho is what this window and those before
         # taught (its own pairs agree beyond its own shares: no drift reads as agreement).
         rho, deff = self.icc.value, 1.0
-        if clients is not None and self.current_ids.any():
+        if clients is not None and knows_clients(self.current_ids):
             senders = clients.window(self.current_ids)
             self.icc.add_categories(senders, self.current_bins, window / window.sum())
             rho = self.icc.value

@@ -46,7 +46,7 @@ from detectors.settings import MultivariateDriftSettings
 from detectors.stats.calibration import window_alpha
 from detectors.stats.clustering import BlockGroups, IntraclassCorrelation, loaded_ids, stored_ids
 from detectors.stats.scores import NormalScores
-from streams.batch import ModelBatch
+from streams.batch import ModelBatch, knows_clients
 
 MIN_REFERENCE_EVENTS = 400
 MIN_FEATURE_VALUES = 50  # non-missing values a feature needs in the fitted half to take part
@@ -297,7 +297,7 @@ class ReconstructionMonitor:
         says. (1, 0) without clients, or for a window begun before a checkpoint that kept
         no errors."""
         ids, errors = self.open_ids, self.open_errors
-        if len(ids) != self.count or not ids.any():
+        if len(ids) != self.count or not knows_clients(ids):
             return 1.0, 0.0
         std = float(errors.std(ddof=1))
         if std <= 0:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from streams.batch import NO_CLIENT, ModelBatch
+from streams.batch import NO_CLIENT, ModelBatch, knows_clients
 
 # rho is shrunk towards 0 by this many pairs' weight, so that the first blocks, with a few
 # pairs, do not set it high by chance (one pair's product has standard deviation 1).
@@ -104,7 +104,9 @@ class ClientWindows:
         """The excess of the window ending at each of these events (in order), which then
         join the tail."""
         n, length = len(ids), self.length
-        if not ids.any() and not self.tail.any():  # no clients: every window is independent
+        if not knows_clients(ids) and not knows_clients(
+            self.tail
+        ):  # no clients: every window is independent
             self.tail = np.concatenate([self.tail, ids])[-(length - 1) :][: length - 1]
             self.seen += n
             return np.zeros(n)
@@ -119,7 +121,7 @@ class ClientWindows:
 def stored_ids(ids: np.ndarray) -> np.ndarray:
     """Client ids as a checkpoint keeps them: none at all where no value has a client (the
     usual stream without clients pays nothing for them)."""
-    return ids if ids.any() else ids[:0]
+    return ids if knows_clients(ids) else ids[:0]
 
 
 def loaded_ids(stored: Any, length: int) -> np.ndarray:
