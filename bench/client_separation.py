@@ -16,6 +16,13 @@ percentile and the extractors' values, and the extractors' mean rank among benig
     .venv/bin/python bench/client_separation.py --seed 1 2 3 --dataset digits
     .venv/bin/python bench/client_separation.py --seed 1 --preference 1.0   # keys with tastes
 
+`--noise-free N` also compares the keys' true mixes, as infinitely many queries would show
+them: each key's expected class and cell mix (its weights over the pool, each pool row's
+classes and cells under the bench's input noise), their divergence from the mean of the
+`--keys` keys' mixes (the detector's population) against the extractor's, over N fresh benign
+keys (a tail no pipeline run reaches). It says whether the statistic separates them at all,
+apart from sampling noise and the null's tail model.
+
 `--preference A` draws the rows of each benign key from its own mix of the pool's clusters
 (Dirichlet weights over k-means clusters of the pool, averaging to their shares of it:
 `client_streams.preferences`); the extractor still samples the whole pool.
@@ -98,6 +105,61 @@ def measures(
     return out
 
 
+def true_mixes(
+    model: object, dataset: object, cells: tuple, weights: np.ndarray, copies: int = 20
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keys' expected (class mix, cell mix) from their weights over the pool (keys x pool
+    rows): each pool row's classes and cells over `copies` noisy draws of it, as
+    `Dataset.sample` makes them."""
+    pool = len(dataset.pool)  # type: ignore[attr-defined]
+    rng = np.random.default_rng(0)
+    rows = np.concatenate(
+        [dataset.sample(rng, copies, False, np.eye(pool)[r]) for r in range(pool)]  # type: ignore[attr-defined]
+    )
+    of = np.repeat(np.arange(pool), copies)
+    centroids, centre, scale = cells
+    pred = np.asarray(model.predict(rows)).astype(int)  # type: ignore[attr-defined]
+    cell = nearest_cell((rows - centre) / scale, centroids)
+    by_class = np.zeros((pool, dataset.classes))  # type: ignore[attr-defined]
+    by_cell = np.zeros((pool, len(centroids)))
+    np.add.at(by_class, (of, pred), 1 / copies)
+    np.add.at(by_cell, (of, cell), 1 / copies)
+    return weights @ by_class, weights @ by_cell
+
+
+def noise_free(model: object, dataset: object, cells: tuple, tastes: list, fresh: list) -> None:
+    """The true divergences (mean over classes and cells) of `fresh` benign keys and of the
+    natural extractor from the mean of `tastes`' mixes (see the module docstring)."""
+    pool = len(dataset.pool)  # type: ignore[attr-defined]
+
+    def weights(of: list) -> np.ndarray:
+        return np.stack([np.full(pool, 1 / pool) if t is None else t for t in of])
+
+    def divergence(mixes: tuple, population: tuple) -> np.ndarray:
+        return np.mean(
+            [
+                -np.array([_kl(m, q) for m in part])
+                for part, q in zip(mixes, population, strict=True)
+            ],
+            axis=0,
+        )
+
+    population = tuple(
+        part.mean(axis=0) for part in true_mixes(model, dataset, cells, weights(tastes))
+    )
+    benign = divergence(true_mixes(model, dataset, cells, weights(fresh)), population)
+    extractor = float(divergence(true_mixes(model, dataset, cells, weights([None])), population)[0])
+    quantiles = ", ".join(
+        f"{q:g}%: {np.quantile(benign, q / 100):.4f} ({-np.log(np.quantile(benign, q / 100)):.2f})"
+        for q in (0.01, 0.1, 1, 10, 50)
+    )
+    print(
+        f"  noise-free divergence (minus its log): extractor {extractor:.4f} "
+        f"({-np.log(extractor):.2f}); {len(fresh)} benign keys' quantiles {quantiles}; "
+        f"benign keys at or below the extractor: {np.mean(benign <= extractor):.1e}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, nargs="+", default=[1])
@@ -105,6 +167,9 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=150)
     parser.add_argument("--extractors", type=int, default=20)
     parser.add_argument("--preference", type=float, default=0.0, help="0: i.i.d. benign keys")
+    parser.add_argument(
+        "--noise-free", type=int, default=0, metavar="N", help="N fresh keys' true mixes (0: none)"
+    )
     args = parser.parse_args()
     for seed in args.seed:
         rng = np.random.default_rng(seed)
@@ -159,6 +224,11 @@ def main() -> None:
                     f"p99 {np.quantile(b, 0.99):7.3f}; extractors median {np.median(t):7.3f}, "
                     f"mean rank {rank:.2f}, above benign p99 {above:.0%}, null p {p:.1e}"
                 )
+        if args.noise_free:
+            fresh = preferences(
+                dataset, np.random.default_rng(seed + 10**6), args.noise_free, args.preference
+            )
+            noise_free(model, dataset, cells, tastes, fresh)
 
 
 if __name__ == "__main__":
