@@ -1,9 +1,10 @@
 """The population null (`detectors.clients.null`) on small populations.
 
-The cumulative statistics (coverage, class coverage) grow with history, so each history
-bucket's null also takes the clients with more history: a client that runs ahead of its peers
-(a natural-data extractor at an ordinary rate, looked at when few clients have its history)
-is judged against those with more, and a benign population is not flagged by it.
+Each history bucket's null of a cumulative statistic also takes other clients' voices, from
+the side where they are conservative: `coverage` from clients with more history, the
+debiased `region_coverage` from clients with less. A client that runs ahead of its peers (a
+natural-data extractor at an ordinary rate) is judged against those behind it, and a benign
+population is not flagged by it.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from detectors.clients.coverage import REGIONS, RegionCoverage
 from detectors.clients.null import (
     STATISTICS,
     PopulationNull,
-    at_least_this_history,
     bucket_of,
+    cumulative_voices,
     history_edges,
     tail_p,
     tail_parameters,
@@ -26,24 +27,53 @@ RING = STATISTICS.index("knn_distance")
 DAY = 86_400.0
 
 
-def test_voices_of_cumulative_statistics_come_from_more_history_only() -> None:
-    buckets, stats = 4, len(STATISTICS)
+def test_coverage_speaks_from_more_history_region_coverage_from_less() -> None:
+    buckets, stats = 7, len(STATISTICS)
     values = np.full((3, buckets, stats), np.nan)
     fresh = np.zeros((3, buckets, stats), dtype=bool)
     values[0, 1], fresh[0, 1] = 1.0, True  # client 0: fresh in bucket 1 only
     values[1, 3], fresh[1, 3] = 3.0, True  # client 1: fresh in bucket 3
     values[1, 0] = 9.0  # ... and stale in bucket 0
     values[2, 0], fresh[2, 0] = 2.0, True  # client 2: bucket 0 only
-    voices = at_least_this_history(values, fresh)
-    column = [STATISTICS.index(name) for name in ("coverage", "region_coverage")]
-    assert voices.shape == (3, buckets, len(column))
-    # Client 0 speaks for buckets 0-1 (its value at 1), not for the larger ones.
-    assert voices[0, :, 1].tolist()[:2] == [1.0, 1.0]
-    assert np.isnan(voices[0, 2:, 1]).all()
-    # Client 1's stale value in bucket 0 is not used: its fresh value at 3 is.
-    assert voices[1, :, 1].tolist() == [3.0, 3.0, 3.0, 3.0]
-    # Client 2 never reached bucket 1: no voice there (less history is not conservative).
-    assert voices[2, 0, 1] == 2.0 and np.isnan(voices[2, 1:, 1]).all()
+    voices = cumulative_voices(values, fresh, history_edges(25, 256)[:buckets], 1)
+    assert voices.shape == (3, buckets, 2)
+    coverage, region = 0, 1
+    # coverage: client 0 speaks for buckets 0-1 (its value at 1), not for the larger ones.
+    assert voices[0, :2, coverage].tolist() == [1.0, 1.0]
+    assert np.isnan(voices[0, 2:, coverage]).all()
+    # ... client 1's stale value in bucket 0 is not used: its fresh value at 3 is.
+    assert voices[1, :4, coverage].tolist() == [3.0] * 4
+    assert voices[2, 0, coverage] == 2.0 and np.isnan(voices[2, 1:, coverage]).all()
+    # region_coverage: from its own bucket up to 4 buckets above (4x the queries); below,
+    # only where a bucket has too few such voices (here: none, in bucket 0 of client 0).
+    assert voices[0, 1:6, region].tolist() == [1.0] * 5 and np.isnan(voices[0, 6, region])
+    assert np.isnan(voices[1, :3, region]).all() and voices[1, 3:, region].tolist() == [3.0] * 4
+    assert voices[2, :5, region].tolist() == [2.0] * 5
+    assert np.isnan(voices[0, 0, region])  # bucket 0 has client 2's voice: enough at 1
+
+
+def test_a_client_behind_its_peers_gets_their_region_voices_widened() -> None:
+    """Too few region_coverage voices at or below a bucket (a newcomer among long-lived
+    keys): the others' values one bucket up come in, their deviation from that bucket's
+    median widened by (largest queries there / smallest here)."""
+    edges = history_edges(25, 256)
+    buckets, stats = len(edges), len(STATISTICS)
+    values = np.full((3, buckets, stats), np.nan)
+    fresh = np.zeros((3, buckets, stats), dtype=bool)
+    up = int(bucket_of(np.array([1600]), edges)[0])
+    for row, value in enumerate([2.0, 3.0, 4.0]):
+        values[row, up], fresh[row, up] = value, True
+    at = up - 1
+    voices = cumulative_voices(values, fresh, edges, 12)[:, :, 1]
+    factor = edges[up + 1] / edges[at]
+    assert np.allclose(voices[:, at], [3.0 - factor, 3.0, 3.0 + factor])
+    assert np.allclose(voices[:, up], [2.0, 3.0, 4.0])  # its own bucket: as they are
+    # With enough voices at or below it (three clients one bucket down), none from above.
+    values = np.concatenate([values, np.full((3, buckets, stats), np.nan)])
+    fresh = np.concatenate([fresh, np.zeros((3, buckets, stats), dtype=bool)])
+    values[3:, at - 1], fresh[3:, at - 1] = 1.0, True
+    voices = cumulative_voices(values, fresh, edges, 3)[:, at, 1]
+    assert np.isnan(voices[:3]).all() and voices[3:].tolist() == [1.0] * 3
 
 
 def _population(
@@ -56,7 +86,12 @@ def _population(
     return float(coverage.statistic(counts[None])[0])
 
 
-def test_a_sampler_ahead_of_its_peers_is_judged_against_more_history() -> None:
+def test_a_sampler_ahead_of_its_peers_is_judged_against_less_history() -> None:
+    """A natural-data extractor from the first hour runs ahead of every benign key at an
+    ordinary rate: nobody has its 1,600 queries yet. Its region_coverage is judged against
+    the keys at 600-1,000 (their debiased values, noisier than at 1,600: a conservative
+    tail), and benign keys at 1,600 stay calibrated; so do newcomers behind every key, whose
+    null is the keys' values widened to their noise."""
     rng = np.random.default_rng(3)
     edges = history_edges(25, 256)
     coverage = RegionCoverage(DAY)
@@ -65,35 +100,34 @@ def test_a_sampler_ahead_of_its_peers_is_judged_against_more_history() -> None:
     null = PopulationNull(edges, window=DAY, min_clients=12, ring=256)
     clients = 150
     null.reserve(clients)
-    # Benign keys, each with its own segment, all with 1,600 to 3,200 queries seen: nobody at
-    # 400 right now (their looks there are older than the window).
     for slot in range(clients):
-        n = int(rng.integers(1600, 3200))
+        n = int(rng.integers(600, 1000))
         value = _population(rng, coverage, mix, n)
         stats = np.full((1, len(STATISTICS)), np.nan)
         stats[0, CLASS], stats[0, RING] = value, -1.0
         bucket = np.full((1, len(STATISTICS)), bucket_of(np.array([n]), edges)[0])
         null.record(np.array([slot]), bucket, stats, np.array([DAY]))
     null.refresh(DAY + 60.0, clients)
-    at = int(bucket_of(np.array([400]), edges)[0])
-    # Class coverage at 400 has a population: every key with more history.
+    at = int(bucket_of(np.array([1600]), edges)[0])
     assert null.clients[at, CLASS] == clients
     assert null.baseline(at, CLASS)["source"] == "population"
-    # A ring statistic is not taken from longer histories this way (its own fallback).
-    assert null.source[at, RING] != 1
-    # A sampler of the whole traffic at 400 queries: far in the tail.
-    counts = np.bincount(rng.choice(10, size=400, p=mix), minlength=REGIONS)
-    sampler = float(coverage.statistic(counts[None])[0])
+    counts = np.bincount(rng.choice(10, size=1600, p=mix), minlength=REGIONS)
     stats = np.full((1, len(STATISTICS)), np.nan)
-    stats[0, CLASS] = sampler
+    stats[0, CLASS] = coverage.statistic(counts[None])[0]
     p_sampler = null.p_values(stats, np.full((1, len(STATISTICS)), at))[0, CLASS]
-    # Benign keys at 400 (fresh ones, drawn like the rest): seldom in that tail.
     benign = np.full((2000, len(STATISTICS)), np.nan)
-    benign[:, CLASS] = [_population(rng, coverage, mix, 400) for _ in range(2000)]
+    benign[:, CLASS] = [_population(rng, coverage, mix, 1600) for _ in range(2000)]
     p_benign = null.p_values(benign, np.full(benign.shape, at))[:, CLASS]
     assert p_sampler < 1e-3
     assert np.mean(p_benign <= p_sampler) < 1e-3
     assert np.mean(p_benign <= 0.01) <= 0.01
+    # Behind every key (300 queries): their voices, widened; benign keys there calibrated.
+    behind = int(bucket_of(np.array([300]), edges)[0])
+    assert null.clients[behind, CLASS] == clients
+    newcomers = np.full((2000, len(STATISTICS)), np.nan)
+    newcomers[:, CLASS] = [_population(rng, coverage, mix, 300) for _ in range(2000)]
+    p_newcomers = null.p_values(newcomers, np.full(newcomers.shape, behind))[:, CLASS]
+    assert np.mean(p_newcomers <= 0.01) <= 0.01
 
 
 def test_the_tail_is_not_widened_by_two_extreme_voices() -> None:

@@ -466,6 +466,32 @@ def test_a_smaller_budget_at_restore_keeps_the_most_recent_clients() -> None:
     assert len(small.clients) == cap
 
 
+def test_a_checkpoint_from_before_debiasing_drops_its_region_coverage_voices() -> None:
+    """Voices checkpointed before region_coverage was debiased are plug-in values, lower by
+    the bias: restored, they leave the null (the others stay), and its new voices come in."""
+    detector, stream = warmed(seed=10)
+    region = STATISTICS.index("region_coverage")
+    rows = len(detector.clients)
+    assert (~np.isnan(detector.null.values[:rows, :, region])).any()
+    state = state_codec.decode(detector.snapshot())
+    del state["state"]["region_debiased"]
+    old = QueryPatternDetector("m", SETTINGS)
+    assert old.restore(state_codec.encode(state))
+    current = QueryPatternDetector("m", SETTINGS)  # a checkpoint of this version keeps them
+    assert current.restore(detector.snapshot())
+    others = [i for i in range(len(STATISTICS)) if i != region]
+    for name, st in detector.clients.items():
+        before = detector.null.values[st.slot]
+        after = old.null.values[old.clients[name].slot]
+        assert np.isnan(after[:, region]).all()
+        assert np.array_equal(after[:, others], before[:, others], equal_nan=True)
+        kept = current.null.values[current.clients[name].slot]
+        assert np.array_equal(kept, before, equal_nan=True)
+    x, clients = stream.benign(400)
+    old.update(stream.batch(x, clients))
+    assert (~np.isnan(old.null.values[: len(old.clients), :, region])).any()
+
+
 def test_snapshot_restore_continues_identically() -> None:
     detector, stream = warmed(seed=6)
     probe = boundary_probe(stream.rng, 200)

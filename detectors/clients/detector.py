@@ -497,6 +497,7 @@ class QueryPatternDetector(ProfiledDetector):
             "coverage": self.coverage[slots],
             "region_counts": self.region_counts[slots],
             "regions": None if self.regions is None else self.regions.to_data(),
+            "region_debiased": True,
             "null": self.null.state(0)
             | {
                 "values": self.null.values[slots],
@@ -561,6 +562,10 @@ class QueryPatternDetector(ProfiledDetector):
         self.null.prior_u, self.null.prior_b = null["prior_u"], null["prior_b"]
         self.null.values[: len(fill[kept])] = null["values"][kept]
         self.null.stamps[: len(fill[kept])] = null["stamps"][kept]
+        if not state.get("region_debiased"):
+            # A checkpoint from before region_coverage was debiased: its voices are plug-in
+            # values, lower by the bias, which would narrow the null until they went stale.
+            self.null.forget_statistic(REGION_STAT)
         self.null.refresh(self.last_ts)
         clients = state["clients"]
         self.evicted += len(fill) - len(fill[kept])

@@ -11,16 +11,24 @@ population of clients at the same history length.
 - **One voice per client**: per bucket the null holds each client's latest look value
   (one row per tracked client), kept while fresher than `window` seconds. A busy client, or an
   attacker, counts once, however many queries it sends.
-- **Cumulative statistics** (coverage, class coverage: over every query the client sent,
-  bucketed by queries seen): a bucket's pool is every client with *at least* that history,
-  each by its fresh value in that bucket, else in the nearest larger one. Valid because their
-  benign values only grow with history: a client sampling the traffic stands at
-  log(2n / (classes - 1)) plus noise whose law does not depend on n, a segment client's
-  plug-in divergence and entropy lose their (cells - 1) / (2n) bias as n grows, and a
-  client's first n queries are themselves a client of n queries; so the pool lies at or above
-  the benign law at the bucket's history and its tail is conservative. It gives the null the
-  whole long-lived population (whose voices at a passed history go stale after `window`),
-  and a client running ahead of its peers a null at all. Less history is never used.
+- **Cumulative statistics** (coverage, region coverage: over every query the client sent,
+  bucketed by queries seen): each takes, besides a bucket's own fresh voices, every other
+  client's from the side where its benign law is conservative. `coverage` (the features'
+  plug-in entropies) only grows with history, its bias towards "narrow" wearing off: a
+  bucket's pool is every client with *at least* that history, each by its fresh value there,
+  else in the nearest larger bucket; a client's first n queries are themselves a client of
+  n queries, so the pool lies at or above the benign law at the bucket's history. The
+  debiased `region_coverage` (`coverage.RegionCoverage.statistic`) stands at minus the log
+  of its segment's divergence plus noise that shrinks with history: a bucket's pool is every
+  client with *at most* that history, down to 4x fewer queries, each by its fresh value
+  there, else in the nearest smaller bucket (wider noise: a heavier tail); a bucket with
+  fewer than `min_clients` of them (a client behind its peers: a newcomer among long-lived
+  keys) also takes the others' values in the nearest larger bucket, their deviation from
+  its median widened by (largest queries there / smallest here), since the debiased value's
+  noise shrinks at most as fast as 1 / queries; it never borrows a larger bucket's tail as
+  it is (narrower). So a client running ahead of its peers (a natural-data extractor from
+  the first hour at an ordinary rate) has a null, and the long-lived population (whose
+  voices at a passed history go stale after `window`) speaks wherever it is now.
 - **Tail model** (peaks over threshold, robust): u = the pool's 90th percentile, the tail
   beyond it exponential with scale b = the mean excess over u of the pool without its top 2%
   (at least one client, two from 50 voices on: a few clients, the judged one's own earlier
@@ -40,11 +48,11 @@ population of clients at the same history length.
 - **Fallback**: a bucket with fewer than `min_clients` fresh clients (voices) borrows the nearest
   *larger* bucket that has them (more history means closer neighbours and more coverage, so
   this errs towards benign); shares, whose spread only narrows with history, then borrow the
-  nearest smaller bucket; with none, the prior learned from the reference (`Prior`) holds:
-  usable from the first look, conservative, and only for statistics that have a principled
-  benign level without a population (out-of-reference, low margin, shared fingerprints,
-  coordinate probes, distances against i.i.d. reference queries, boundary pairs by a
-  Chernoff bound).
+  nearest smaller bucket, and `region_coverage` only that; with none, the prior learned from
+  the reference (`Prior`) holds: usable from the first look, conservative, and only for
+  statistics that have a principled benign level without a population (out-of-reference,
+  low margin, shared fingerprints, coordinate probes, distances against i.i.d. reference
+  queries, boundary pairs by a Chernoff bound).
 """
 
 from __future__ import annotations
@@ -80,9 +88,14 @@ SHARE_STATISTICS = [
         "boundary_pairs",
     )
 ]
-# Cumulative statistics (over every query the client sent, bucketed by queries seen): their
-# benign values grow with history, so a bucket's null also takes clients with more history.
+# Cumulative statistics (over every query the client sent, bucketed by queries seen): a
+# bucket's null also takes other clients' voices, from the side where they are conservative
+# (`cumulative_voices`).
 CUMULATIVE_STATISTICS = [STATISTICS.index("coverage"), STATISTICS.index("region_coverage")]
+REGION = STATISTICS.index("region_coverage")
+REGION_VOICE = CUMULATIVE_STATISTICS.index(REGION)
+# History buckets below its own a `region_coverage` voice may come from (4x fewer queries).
+REGION_REACH = 4
 
 
 def history_edges(min_queries: int, buffer_size: int) -> np.ndarray:
@@ -138,14 +151,40 @@ def tail_p(values: np.ndarray, u: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.minimum(1.0, 0.1 * np.exp(-(values - u) / b))
 
 
-def at_least_this_history(values: np.ndarray, fresh: np.ndarray) -> np.ndarray:
+def cumulative_voices(
+    values: np.ndarray, fresh: np.ndarray, edges: np.ndarray, min_clients: int
+) -> np.ndarray:
     """The cumulative statistics' voices (rows x buckets x CUMULATIVE_STATISTICS, NaN: none)
-    from every client's values and their freshness (rows x buckets x STATISTICS): in each
-    bucket its own fresh value, else its fresh value in the nearest larger bucket (a client
-    with more history, a conservative comparison: see the module docstring)."""
+    from every client's values and their freshness (rows x buckets x STATISTICS), each on the
+    side where its law is conservative (see the module docstring): `coverage` in each bucket
+    by its own fresh value, else its fresh value in the nearest larger bucket; the debiased
+    `region_coverage` by its own, else its fresh value in the nearest smaller bucket, from
+    at most `REGION_REACH` buckets below (sqrt(2) each: 4x fewer queries). A bucket with
+    fewer than `min_clients` such voices (a client behind its peers) also takes every other
+    client's value in the nearest larger bucket, widened about that bucket's median by
+    (largest queries there / smallest here): the debiased value's noise shrinks at most as
+    fast as 1 / queries."""
     cols = CUMULATIVE_STATISTICS
-    out = np.where(fresh[:, :, cols], values[:, :, cols], np.nan)
-    return np.take_along_axis(out, _nearest_at_or_above(~np.isnan(out), axis=1), axis=1)
+    own = np.where(fresh[:, :, cols], values[:, :, cols], np.nan)
+    out = np.take_along_axis(own, _nearest_at_or_above(~np.isnan(own), axis=1), axis=1)
+    region = own[:, :, REGION_VOICE]
+    if not len(region):
+        return out
+    here = np.arange(region.shape[1])
+    below = np.maximum.accumulate(np.where(~np.isnan(region), here, -1), axis=1)
+    taken = np.take_along_axis(region, np.maximum(below, 0), axis=1)
+    at_most = np.where(below >= here - REGION_REACH, taken, np.nan)
+    short = np.count_nonzero(~np.isnan(at_most), axis=0) < min_clients
+    count = np.count_nonzero(~np.isnan(region), axis=0)
+    median = np.take_along_axis(np.sort(region, axis=0), (np.maximum(count - 1, 0) // 2)[None], 0)
+    source = _nearest_at_or_above(~np.isnan(region), axis=1)
+    above = np.take_along_axis(region, source, axis=1)
+    centre = median[0, source]
+    upper = np.append(edges[1:], 2 * edges[-1])
+    widened = centre + (above - centre) * (upper[source] / edges[here])
+    behind = np.isnan(at_most) & short[None, :] & (source > here)
+    out[:, :, REGION_VOICE] = np.where(behind, widened, at_most)
+    return out
 
 
 def widened_shares(
@@ -222,6 +261,10 @@ class PopulationNull:
         """A slot handed to a new client: the evicted client's values leave the null."""
         self.values[slot], self.stamps[slot] = np.nan, -np.inf
 
+    def forget_statistic(self, stat: int) -> None:
+        """Every client's voices of one statistic leave the null (values of another meaning)."""
+        self.values[:, :, stat], self.stamps[:, :, stat] = np.nan, -np.inf
+
     def keep_rows(self, slots: list[int]) -> None:
         self.values, self.stamps = self.values[slots], self.stamps[slots]
 
@@ -243,7 +286,7 @@ class PopulationNull:
         own_b = np.full((buckets, stats), np.nan)
         own_n = np.zeros((buckets, stats), dtype=np.int64)
         fresh = self.stamps[:rows] >= now - self.window
-        cumulative = at_least_this_history(self.values[:rows], fresh)
+        cumulative = cumulative_voices(self.values[:rows], fresh, self.edges, self.min_clients)
         shares = widened_shares(self.values[:rows], fresh, self.edges, self.ring)
         fresh[:, :, CUMULATIVE_STATISTICS] = ~np.isnan(cumulative)
         fresh[:, :, SHARE_STATISTICS] = ~np.isnan(shares)
@@ -274,22 +317,25 @@ class PopulationNull:
                 enough = count >= self.min_clients
                 own_u[bucket, enough], own_b[bucket, enough] = u[enough], b[enough]
                 own_n[bucket, enough] = count[enough]
-        # Each bucket takes its own tail, else the nearest larger bucket's, else the prior.
+        # Each bucket takes its own tail, else the nearest larger bucket's, else the prior;
+        # the debiased region_coverage, whose spread only narrows with history, never a
+        # larger bucket's.
         cols = np.arange(stats)
         own = ~np.isnan(own_u)
         larger = _nearest_at_or_above(own)
-        have = own[larger, cols]
         here = np.arange(buckets)[:, None]
+        have = own[larger, cols] & ((cols != REGION) | (larger == here))
         self.u = np.where(have, own_u[larger, cols], self.prior_u)
         self.b = np.where(have, own_b[larger, cols], self.prior_b)
         self.clients = np.where(have, own_n[larger, cols], 0)
         prior_source = np.where(np.isnan(self.prior_u), 0, 3)
         self.source = np.where(have, np.where(larger == here, 1, 2), prior_source)
         self.from_bucket = np.where(have, larger, here)
-        # Shares (out of reference, low margin, shared, probes) only get noisier with less
-        # history: a client with more history than any fresh population is judged against
-        # the nearest smaller bucket's (wider) spread rather than the prior.
-        shares = own & np.isin(cols, SHARE_STATISTICS)
+        # Shares (out of reference, low margin, shared, probes) and the debiased
+        # region_coverage only get noisier with less history: a client with more history
+        # than any fresh population is judged against the nearest smaller bucket's (wider)
+        # spread rather than the prior.
+        shares = own & np.isin(cols, [*SHARE_STATISTICS, REGION])
         smaller = np.maximum.accumulate(np.where(shares, here, -1), axis=0)
         borrow = (smaller >= 0) & ~have
         smaller = np.maximum(smaller, 0)
