@@ -15,8 +15,8 @@ import pytest
 
 from detectors.clients.coverage import (
     CLASS_SLOTS,
-    DEBIASED_FLOOR,
     INPUT_CELLS,
+    NOISE_FLOOR,
     REGIONS,
     SMOOTHING,
     VALUES_START,
@@ -41,11 +41,12 @@ from tests.test_query_patterns import (
 STAT = STATISTICS.index("region_coverage")
 
 
-def test_statistic_is_debiased_a_segment_keeps_its_level_a_sampler_sits_at_the_floor() -> None:
+def test_statistic_is_debiased_a_segment_keeps_its_level_a_sampler_sits_near_its_noise() -> None:
     """The plug-in divergence less its bias (slots reached - 1) / (2 n): a segment stands at
     minus the log of its own divergence whatever its history, where the plug-in value was
     pulled down by the bias at few queries; a sampler of the traffic's mix is at 0 plus
-    noise, at the floor about half the time."""
+    noise, on a floor of `NOISE_FLOOR` sds of its noise about half the time, a floor that
+    rises like log n."""
     rng = np.random.default_rng(0)
     coverage = RegionCoverage(86_400.0)
     mix = rng.dirichlet(np.ones(10))
@@ -62,10 +63,14 @@ def test_statistic_is_debiased_a_segment_keeps_its_level_a_sampler_sits_at_the_f
 
     for n in (200, 2000):
         assert abs(np.median([value(segment, n) for _ in range(200)]) - level) < 0.15
-    at_floor = -np.log(DEBIASED_FLOOR)
-    samplers = np.array([value(mix, 200) for _ in range(400)])
-    assert 0.3 < np.mean(np.isclose(samplers, at_floor)) < 0.7
-    assert np.median(samplers) > level + 2
+        # One part of 10 slots: a sampler's plug-in divergence has sd sqrt(2 x 9) / (2 n).
+        floor = -np.log(NOISE_FLOOR * np.sqrt(18) / (2 * n) + 1e-6)
+        samplers = np.array([value(mix, n) for _ in range(400)])
+        assert 0.3 < np.mean(np.isclose(samplers, floor)) < 0.7
+        assert samplers.max() == pytest.approx(floor)  # never above it
+        assert np.median(samplers) > level + 2
+        # Off the floor, a sampler is within a few sds of its noise, not far below it.
+        assert np.quantile(samplers, 0.05) > floor - np.log(2 * 4 / NOISE_FLOOR)
     assert np.isnan(coverage.statistic(np.zeros((1, REGIONS)))[0])  # no queries, no value
 
 

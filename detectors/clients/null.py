@@ -16,19 +16,21 @@ population of clients at the same history length.
   client's from the side where its benign law is conservative. `coverage` (the features'
   plug-in entropies) only grows with history, its bias towards "narrow" wearing off: a
   bucket's pool is every client with *at least* that history, each by its fresh value there,
-  else in the nearest larger bucket; a client's first n queries are themselves a client of
-  n queries, so the pool lies at or above the benign law at the bucket's history. The
-  debiased `region_coverage` (`coverage.RegionCoverage.statistic`) stands at minus the log
-  of its segment's divergence plus noise that shrinks with history: a bucket's pool is every
-  client with *at most* that history, down to 4x fewer queries, each by its fresh value
-  there, else in the nearest smaller bucket (wider noise: a heavier tail); a bucket with
+  else in the nearest larger bucket; a client's first n queries are themselves a client of n
+  queries, so the pool lies at or above the benign law at the bucket's history. The debiased
+  `region_coverage` (`coverage.RegionCoverage.statistic`) stands at minus the log of its
+  segment's divergence plus noise that shrinks with history (a sampler's, near minus the log
+  of its noise, rises like log n: among samplers, voices from fewer queries stand up to log 4
+  lower, and the floor's share of them keeps the tail's start near its top): a bucket's pool
+  is every client with *at most* that history, down to 4x fewer queries, each by its fresh
+  value there, else in the nearest smaller bucket (wider noise: a heavier tail); a bucket with
   fewer than `min_clients` of them (a client behind its peers: a newcomer among long-lived
-  keys) also takes the others' values in the nearest larger bucket, their deviation from
-  its median widened by (largest queries there / smallest here), since the debiased value's
-  noise shrinks at most as fast as 1 / queries; it never borrows a larger bucket's tail as
-  it is (narrower). So a client running ahead of its peers (a natural-data extractor from
-  the first hour at an ordinary rate) has a null, and the long-lived population (whose
-  voices at a passed history go stale after `window`) speaks wherever it is now.
+  keys) also takes the others' values in the nearest larger bucket, their deviation from its
+  median widened by (largest queries there / smallest here), since the debiased value's noise
+  shrinks at most as fast as 1 / queries; it never borrows a larger bucket's tail as it is
+  (narrower). So a client running ahead of its peers (a natural-data extractor from the first
+  hour at an ordinary rate) has a null, and the long-lived population (whose voices at a
+  passed history go stale after `window`) speaks wherever it is now.
 - **Tail model** (peaks over threshold, robust): u = the pool's 90th percentile, the tail
   beyond it exponential with scale b = the mean excess over u of the pool without its top 2%
   (at least one client, two from 50 voices on: a few clients, the judged one's own earlier
