@@ -41,6 +41,7 @@ POPULATIONS = [  # slots, concentration, queries seen, voices, whole-traffic key
     (10, 1.0, 400, 40, 0),
     (16, 1.0, 2000, 80, 0),
     (6, 1.0, 1600, 150, 0),
+    (3, 1.0, 1600, 150, 0),  # few degrees of freedom: the heaviest tail here
     (10, 1.0, 1600, 150, 2),
     (10, 1.0, 1600, 150, 4),
 ]
