@@ -168,20 +168,17 @@ def cumulative_voices(
     fast as 1 / queries."""
     cols = CUMULATIVE_STATISTICS
     own = np.where(fresh[:, :, cols], values[:, :, cols], np.nan)
-    out = np.take_along_axis(own, _nearest_at_or_above(~np.isnan(own), axis=1), axis=1)
+    if not len(own):
+        return own
+    out, sources, centres = _from_above(own)
     region = own[:, :, REGION_VOICE]
-    if not len(region):
-        return out
     here = np.arange(region.shape[1])
     below = np.maximum.accumulate(np.where(~np.isnan(region), here, -1), axis=1)
     taken = np.take_along_axis(region, np.maximum(below, 0), axis=1)
     at_most = np.where(below >= here - REGION_REACH, taken, np.nan)
     short = np.count_nonzero(~np.isnan(at_most), axis=0) < min_clients
-    count = np.count_nonzero(~np.isnan(region), axis=0)
-    median = np.take_along_axis(np.sort(region, axis=0), (np.maximum(count - 1, 0) // 2)[None], 0)
-    source = _nearest_at_or_above(~np.isnan(region), axis=1)
-    above = np.take_along_axis(region, source, axis=1)
-    centre = median[0, source]
+    above, source = out[:, :, REGION_VOICE], sources[:, :, REGION_VOICE]
+    centre = centres[:, :, REGION_VOICE]
     upper = np.append(edges[1:], 2 * edges[-1])
     widened = centre + (above - centre) * (upper[source] / edges[here])
     behind = np.isnan(at_most) & short[None, :] & (source > here)
@@ -205,18 +202,26 @@ def widened_shares(
     own = np.where(fresh[:, :kept, cols], values[:, :kept, cols], np.nan)
     if not len(own):
         return out
-    ordered = np.sort(own, axis=0)  # NaN last
-    count = np.count_nonzero(~np.isnan(own), axis=0)
-    median = np.take_along_axis(ordered, (np.maximum(count - 1, 0) // 2)[None], axis=0)[0]
-    source = _nearest_at_or_above(~np.isnan(own), axis=1)
-    taken = np.take_along_axis(own, source, axis=1)
-    centre = median[source, np.arange(len(cols))]
+    taken, source, centre = _from_above(own)
     largest_fill = np.minimum(edges[1 : kept + 1], ring)
     here = np.arange(kept)[None, :, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         factor = np.where(source == here, 1.0, np.sqrt(largest_fill[source] / edges[here]))
     out[:, :kept] = centre + (taken - centre) * factor
     return out
+
+
+def _from_above(own: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For fresh values (clients x buckets x columns, NaN: none, at least one client): each
+    client's value in the nearest bucket at or above each that has one, that bucket, and its
+    median over clients (the lower middle), about which a voice from more history is
+    widened."""
+    ordered = np.sort(own, axis=0)  # NaN last
+    count = np.count_nonzero(~np.isnan(own), axis=0)
+    median = np.take_along_axis(ordered, (np.maximum(count - 1, 0) // 2)[None], axis=0)[0]
+    source = _nearest_at_or_above(~np.isnan(own), axis=1)
+    taken = np.take_along_axis(own, source, axis=1)
+    return taken, source, median[source, np.arange(own.shape[2])]
 
 
 def _nearest_at_or_above(has: np.ndarray, axis: int = 0) -> np.ndarray:

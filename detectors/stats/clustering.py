@@ -104,9 +104,8 @@ class ClientWindows:
         """The excess of the window ending at each of these events (in order), which then
         join the tail."""
         n, length = len(ids), self.length
-        if not knows_clients(ids) and not knows_clients(
-            self.tail
-        ):  # no clients: every window is independent
+        # No clients: every window is independent.
+        if not knows_clients(ids) and not knows_clients(self.tail):
             self.tail = np.concatenate([self.tail, ids])[-(length - 1) :][: length - 1]
             self.seen += n
             return np.zeros(n)
