@@ -58,9 +58,11 @@ def fit(
     median = pool[(voices - 1) // 2]  # the lower middle, as the detector takes it
     u = pool[int(np.floor(0.9 * (voices - 1)))]
     start = pool[int(np.floor(fit_quantile * (voices - 1)))]
-    kept = pool[: voices - max(1 + (voices >= 50), voices // 50)]
+    drop = max(1 + (voices >= 50), voices // 50)
+    kept = pool[: voices - drop]
     excess = kept[kept > start] - start
-    b = excess.mean() * (1 + 1 / np.sqrt(len(excess))) if len(excess) else 0.0
+    dropped = np.count_nonzero(pool[voices - drop :] > start)  # censored at the largest kept
+    b = (excess.sum() + dropped * excess.max()) / len(excess) if len(excess) else 0.0
     mad = np.sort(np.abs(pool - median))[(voices - 1) // 2]
     return u, max(b, 0.5 * mad, (u - median) * (shape + small / np.sqrt(voices)), floor)
 

@@ -32,12 +32,16 @@ population of clients at the same history length.
   hour at an ordinary rate) has a null, and the long-lived population (whose voices at a
   passed history go stale after `window`) speaks wherever it is now.
 - **Tail model** (peaks over threshold, robust): u = the pool's 90th percentile, the tail
-  beyond it exponential with scale b = the mean excess over u of the pool without its top 2%
-  (at least one client, two from 50 voices on: a few clients, the judged one's own earlier
-  voice among them, cannot widen it), inflated by 1 + 1/sqrt(excesses) for
-  the small-sample error, and at least half the MAD and a per-statistic floor. p(x) =
-  min(1, 0.1 exp(-(x - u) / b)). Below the threshold of any look (at most alpha / 8 per
-  statistic and client-day) only this tail matters.
+  beyond it exponential with scale b = the maximum-likelihood scale of the excesses over u
+  with the pool's top 2% censored (at least one client, two from 50 voices on: each counts
+  as the largest excess kept, so a few clients, the judged one's own earlier voice among
+  them, cannot widen it beyond the benign voices below them; dropping them instead left the
+  scale at 0.63 of an exponential tail's), and at least half the MAD, a share of the spread
+  from the median to u, and a per-statistic floor. p(x) = min(1, 0.1 exp(-(x - u) / b)).
+  The scale's own noise is not paid for: on an exactly exponential tail a look spends up to
+  1.3 times its share at 1e-3, 1.7 times at 1e-4 (docs/query-patterns.md: paying it cost
+  natural extraction). Below the threshold of any look (at most alpha / 8 per statistic and
+  client-day) only this tail matters.
 - **Shares at a partial ring** (out of reference, low margin, shared, probes, boundary
   pairs): a bucket's pool is its own fresh voices plus, for every other client, its fresh
   value in the nearest larger bucket, its deviation from that bucket's median widened by
@@ -136,8 +140,13 @@ def tail_parameters(pool: np.ndarray, floors: np.ndarray) -> tuple[np.ndarray, n
     above = (ordered > u) & (rank < (count - drop))
     excess = np.where(above, ordered - u, 0.0)
     n_excess = np.count_nonzero(above, axis=0)
-    mean_excess = excess.sum(axis=0) / np.maximum(n_excess, 1)
-    b = mean_excess * (1 + 1 / np.sqrt(np.maximum(n_excess, 1)))
+    # Type-II censoring: each dropped voice counts as the largest kept excess, so the top
+    # voices can only be as wide as the benign ones below them, and the scale is the
+    # exponential's maximum-likelihood one (the kept excesses alone average 0.63 of it, 12
+    # of 15).
+    dropped = np.count_nonzero((ordered > u) & (rank >= (count - drop)), axis=0)
+    censored_at = excess.max(axis=0, initial=0.0)
+    b = (excess.sum(axis=0) + dropped * censored_at) / np.maximum(n_excess, 1)
     # A small pool's few excesses say little about the tail: at least a share of the spread
     # from the median to u (0.37 of it for a normal tail), larger for fewer clients.
     spread = (u - med) * (0.4 + 1.5 / np.sqrt(np.maximum(count, 1)))
