@@ -137,14 +137,16 @@ def tail_parameters(pool: np.ndarray, floors: np.ndarray) -> tuple[np.ndarray, n
     # At least one voice, two from 50 on (the judged client's own earlier voice in its bucket
     # and a second attacker's); a smaller pool keeps its few excesses.
     drop = np.maximum(1 + (count >= 50), count // 50)
-    above = (ordered > u) & (rank < (count - drop))
+    beyond = ordered > u
+    top = rank >= (count - drop)
+    above = beyond & ~top
     excess = np.where(above, ordered - u, 0.0)
     n_excess = np.count_nonzero(above, axis=0)
     # Type-II censoring: each dropped voice counts as the largest kept excess, so the top
     # voices can only be as wide as the benign ones below them, and the scale is the
     # exponential's maximum-likelihood one (the kept excesses alone average 0.63 of it, 12
     # of 15).
-    dropped = np.count_nonzero((ordered > u) & (rank >= (count - drop)), axis=0)
+    dropped = np.count_nonzero(beyond & top, axis=0)
     censored_at = excess.max(axis=0, initial=0.0)
     b = (excess.sum(axis=0) + dropped * censored_at) / np.maximum(n_excess, 1)
     # A small pool's few excesses say little about the tail: at least a share of the spread
