@@ -86,6 +86,20 @@ def _population(
     return float(coverage.statistic(counts[None])[0])
 
 
+def _region_null(edges: np.ndarray, histories: np.ndarray, values: list[float]) -> PopulationNull:
+    """The null of keys whose region_coverage voices are `values` at `histories` queries
+    (and a ring statistic, so each has a look), all fresh."""
+    null = PopulationNull(edges, window=DAY, min_clients=12, ring=256)
+    null.reserve(len(values))
+    for slot, (n, value) in enumerate(zip(histories.tolist(), values, strict=True)):
+        stats = np.full((1, len(STATISTICS)), np.nan)
+        stats[0, CLASS], stats[0, RING] = value, -1.0
+        bucket = np.full((1, len(STATISTICS)), bucket_of(np.array([n]), edges)[0])
+        null.record(np.array([slot]), bucket, stats, np.array([DAY]))
+    null.refresh(DAY + 60.0, len(values))
+    return null
+
+
 def test_a_sampler_ahead_of_its_peers_is_judged_against_less_history() -> None:
     """A natural-data extractor from the first hour runs ahead of every benign key at an
     ordinary rate: nobody has its 1,600 queries yet. Its region_coverage is judged against
@@ -97,17 +111,10 @@ def test_a_sampler_ahead_of_its_peers_is_judged_against_less_history() -> None:
     coverage = RegionCoverage(DAY)
     mix = rng.dirichlet(np.full(10, 5.0))
     coverage.observe(rng.choice(10, size=100_000, p=mix), 0.0)
-    null = PopulationNull(edges, window=DAY, min_clients=12, ring=256)
     clients = 150
-    null.reserve(clients)
-    for slot in range(clients):
-        n = int(rng.integers(600, 1000))
-        value = _population(rng, coverage, mix, n)
-        stats = np.full((1, len(STATISTICS)), np.nan)
-        stats[0, CLASS], stats[0, RING] = value, -1.0
-        bucket = np.full((1, len(STATISTICS)), bucket_of(np.array([n]), edges)[0])
-        null.record(np.array([slot]), bucket, stats, np.array([DAY]))
-    null.refresh(DAY + 60.0, clients)
+    histories = rng.integers(600, 1000, clients)
+    values = [_population(rng, coverage, mix, int(n)) for n in histories]
+    null = _region_null(edges, histories, values)
     at = int(bucket_of(np.array([1600]), edges)[0])
     assert null.clients[at, CLASS] == clients
     assert null.baseline(at, CLASS)["source"] == "population"
@@ -148,15 +155,8 @@ def test_a_sampler_ahead_of_samplers_is_not_flagged() -> None:
     coverage = RegionCoverage(DAY)
     mix = rng.dirichlet(np.full(10, 5.0))
     coverage.observe(rng.choice(10, size=100_000, p=mix), 0.0)
-    null = PopulationNull(edges, window=DAY, min_clients=12, ring=256)
-    null.reserve(150)
-    for slot in range(150):
-        n = int(rng.integers(300, 1000))
-        stats = np.full((1, len(STATISTICS)), np.nan)
-        stats[0, CLASS] = _sampler(rng, coverage, mix, n)
-        bucket = np.full((1, len(STATISTICS)), bucket_of(np.array([n]), edges)[0])
-        null.record(np.array([slot]), bucket, stats, np.array([DAY]))
-    null.refresh(DAY + 60.0, 150)
+    histories = rng.integers(300, 1000, 150)
+    null = _region_null(edges, histories, [_sampler(rng, coverage, mix, int(n)) for n in histories])
     judged = np.full((2000, len(STATISTICS)), np.nan)
     judged[:, CLASS] = [_sampler(rng, coverage, mix, 1600) for _ in range(2000)]
     at = np.full(judged.shape, bucket_of(np.array([1600]), edges)[0])
