@@ -81,8 +81,13 @@ def _population(
 ) -> float:
     """region_coverage of a benign key with its own segment (a Dirichlet mix around the
     traffic's) after n queries."""
-    own = rng.dirichlet(mix * len(mix))
-    counts = np.bincount(rng.choice(len(mix), size=n, p=own), minlength=REGIONS)
+    return _sampler(rng, coverage, rng.dirichlet(mix * len(mix)), n)
+
+
+def _sampler(rng: np.random.Generator, coverage: RegionCoverage, mix: np.ndarray, n: int) -> float:
+    """region_coverage of a key sampling `mix` (the traffic's own: a natural-data
+    extractor) after n queries."""
+    counts = np.bincount(rng.choice(len(mix), size=n, p=mix), minlength=REGIONS)
     return float(coverage.statistic(counts[None])[0])
 
 
@@ -118,9 +123,8 @@ def test_a_sampler_ahead_of_its_peers_is_judged_against_less_history() -> None:
     at = int(bucket_of(np.array([1600]), edges)[0])
     assert null.clients[at, CLASS] == clients
     assert null.baseline(at, CLASS)["source"] == "population"
-    counts = np.bincount(rng.choice(10, size=1600, p=mix), minlength=REGIONS)
     stats = np.full((1, len(STATISTICS)), np.nan)
-    stats[0, CLASS] = coverage.statistic(counts[None])[0]
+    stats[0, CLASS] = _sampler(rng, coverage, mix, 1600)
     p_sampler = null.p_values(stats, np.full((1, len(STATISTICS)), at))[0, CLASS]
     benign = np.full((2000, len(STATISTICS)), np.nan)
     benign[:, CLASS] = [_population(rng, coverage, mix, 1600) for _ in range(2000)]
@@ -135,12 +139,6 @@ def test_a_sampler_ahead_of_its_peers_is_judged_against_less_history() -> None:
     newcomers[:, CLASS] = [_population(rng, coverage, mix, 300) for _ in range(2000)]
     p_newcomers = null.p_values(newcomers, np.full(newcomers.shape, behind))[:, CLASS]
     assert np.mean(p_newcomers <= 0.01) <= 0.01
-
-
-def _sampler(rng: np.random.Generator, coverage: RegionCoverage, mix: np.ndarray, n: int) -> float:
-    """region_coverage of a key sampling the traffic's own mix after n queries."""
-    counts = np.bincount(rng.choice(len(mix), size=n, p=mix), minlength=REGIONS)
-    return float(coverage.statistic(counts[None])[0])
 
 
 def test_a_sampler_ahead_of_samplers_is_not_flagged() -> None:
