@@ -322,7 +322,7 @@ def summary(tallies: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, nargs="+", default=None, help="default 1 2")
-    parser.add_argument("--dataset", choices=["digits", "synthetic"], default="digits")
+    parser.add_argument("--dataset", choices=["digits", "synthetic", "segment"], default="digits")
     parser.add_argument("--quick", action="store_true", help="one small seed, small budgets")
     parser.add_argument(
         "--attacks",

@@ -163,7 +163,7 @@ def noise_free(model: object, dataset: object, cells: tuple, tastes: list, fresh
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, nargs="+", default=[1])
-    parser.add_argument("--dataset", choices=["digits", "synthetic"], default="digits")
+    parser.add_argument("--dataset", choices=["digits", "synthetic", "segment"], default="digits")
     parser.add_argument("--keys", type=int, default=150)
     parser.add_argument("--extractors", type=int, default=20)
     parser.add_argument("--preference", type=float, default=0.0, help="0: i.i.d. benign keys")

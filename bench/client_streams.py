@@ -103,8 +103,10 @@ def _significant(x: np.ndarray, digits: int) -> np.ndarray:
 
 def load_dataset(name: str, seed: int) -> Dataset:
     """A dataset that ships with scikit-learn (digits: 8x8 images of 0-16 pixel values;
-    synthetic: `make_classification`, 20 continuous features, 4 classes), split in half:
-    training rows and the pool benign data is drawn around."""
+    synthetic: `make_classification`, 20 continuous features, 4 classes; segment: River's
+    bundled Image Segmentation data, 2,310 real image regions, 18 features of very different
+    scales, 7 classes), split in half: training rows and the pool benign data is drawn
+    around."""
     from sklearn.datasets import load_digits, make_classification
     from sklearn.model_selection import train_test_split
     from sklearn.utils import Bunch
@@ -128,8 +130,20 @@ def load_dataset(name: str, seed: int) -> Dataset:
         names = [f"f{i:02d}" for i in range(20)]
         image_shape = (1, len(names), 1)
         integer = False
+    elif name == "segment":
+        from river.datasets import ImageSegments
+
+        rows = list(ImageSegments())
+        names = [n.replace("-", "_") for n in rows[0][0]]
+        classes = sorted({label for _, label in rows})
+        data = Bunch(
+            data=np.array([list(x.values()) for x, _ in rows]),
+            target=np.array([classes.index(label) for _, label in rows]),
+        )
+        image_shape = (1, len(names), 1)
+        integer = False
     else:
-        raise ValueError(f"unknown dataset {name!r} (digits or synthetic)")
+        raise ValueError(f"unknown dataset {name!r} (digits, synthetic or segment)")
     x = data.data.astype(float)
     x_train, pool, y_train, _ = train_test_split(
         x, data.target, test_size=0.5, random_state=seed, stratify=data.target

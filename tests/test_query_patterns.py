@@ -71,10 +71,12 @@ class Stream:
         self.names = [f"c{i}" for i in range(clients)]
         self.t = 0.0
         self.offset = 0
+        self.shift = 0.0  # added to feature "a" of every benign query (an upstream change)
 
     def benign(self, n: int) -> tuple[np.ndarray, list[str | None]]:
         who = self.rng.integers(len(self.names), size=n)
         x = self.centres[who] + self.rng.normal(0, 1.0, size=(n, len(FEATURES)))
+        x[:, 0] += self.shift
         return x, [self.names[i] for i in who]
 
     def batch(self, x: np.ndarray, clients: list[str | None]) -> ModelBatch:
@@ -631,6 +633,25 @@ def test_a_model_wide_input_shift_flags_no_benign_client() -> None:
         findings += detector.update(stream.batch(x, clients))
     assert findings == []
     assert all(state.count > 256 for state in detector.clients.values())  # full rings judged
+
+
+def test_a_range_the_whole_traffic_left_does_not_hide_an_out_of_range_client() -> None:
+    """After a shift that puts one feature out of the reference's range for every client,
+    that feature's flags say nothing about any one client: a uniform-random extractor, out
+    of range on the others, still stands out by `ood_share` (counting the shifted feature,
+    every benign client's share is near 1 and the extractor's no higher)."""
+    detector, stream = warmed(seed=24)
+    stream.shift = 8.0
+    # Longer than the null's window (a day, 2 s a query): the voices from before are stale.
+    for _ in range(90):
+        assert detector.update(stream.batch(*stream.benign(500))) == []
+    uniform = stream.rng.uniform(-12, 12, size=(200, len(FEATURES)))
+    uniform[:, 0] += stream.shift  # the extractor's inputs arrive through the same upstream
+    flagged = first_by_client(run_mixed(detector, stream, uniform, ["extractor"] * 200))
+    assert set(flagged) == {"extractor"}
+    details = flagged["extractor"].details
+    assert "ood_share" in details["detectors_fired"]
+    assert details["ranges_left_by_traffic"] == ["a"]
 
 
 def test_an_attacker_present_from_the_first_query_is_found() -> None:

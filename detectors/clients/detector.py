@@ -84,6 +84,7 @@ from detectors.clients.codec import (
 from detectors.clients.coverage import REGIONS, RegionCoverage, counts_at, fit_cells, labels_of
 from detectors.clients.neighbours import candidates, not_earlier, segments, smallest
 from detectors.clients.null import STATISTICS, PopulationNull, bucket_of, history_edges
+from detectors.clients.ranges import TrafficRanges
 from detectors.clients.spending import (
     COVERAGE,
     CUMULATIVE,
@@ -210,6 +211,7 @@ class QueryPatternDetector(ProfiledDetector):
         self.coverage = np.zeros((0, 0, BINS), dtype=np.int32)  # client x feature x bin
         self.region_counts = np.zeros((0, REGIONS), dtype=np.int32)  # client x region
         self.regions: RegionCoverage | None = None  # learned with the profile
+        self.ranges = TrafficRanges(np.zeros(0))  # the reference's ranges the traffic left
         size = 1 << max(10, (s.max_fingerprints - 1).bit_length())
         self.fp_keys = np.zeros(size, dtype=np.int64)  # the shared fingerprint table
         self.fp_owners = np.zeros(size, dtype=np.int64)
@@ -246,7 +248,7 @@ class QueryPatternDetector(ProfiledDetector):
         ring = s.buffer_size * (self.ring_vectors.itemsize * width + RECORD * 8)
         null = len(self.edges) * (len(STATISTICS) + 1) * 8
         features = self.coverage.shape[1]
-        return ring + features * BINS * 4 + REGIONS * 4 + 2 * null
+        return ring + features * (BINS + 1) * 4 + 4 + REGIONS * 4 + 2 * null
 
     def tracked_cap(self) -> int:
         """How many clients can be tracked at once: `max_clients`, or fewer when their state
@@ -365,8 +367,11 @@ class QueryPatternDetector(ProfiledDetector):
         buckets = len(self.edges)
         prior_u = np.full((buckets, len(STATISTICS)), np.nan)
         prior_b = np.full((buckets, len(STATISTICS)), np.nan)
-        ood_rate = typical_rate(
-            np.asarray(profile.anomalies(batch).any(axis=1)), batch.client_ids()
+        flags = profile.anomalies(batch)
+        owners = batch.client_ids()
+        ood_rate = typical_rate(np.asarray(flags.any(axis=1)), owners)
+        self.ranges = TrafficRanges(
+            np.array([typical_rate(flags[:, f], owners) for f in range(flags.shape[1])])
         )
         scored, low = self.reference_margins  # the first events' (a stored reference: below)
         low_rate = low / scored if scored >= 50 else 0.2
@@ -498,6 +503,7 @@ class QueryPatternDetector(ProfiledDetector):
             "region_counts": self.region_counts[slots],
             "regions": None if self.regions is None else self.regions.to_data(),
             "region_debiased": True,
+            "ranges": self.ranges.state(slots),
             "null": self.null.state(0)
             | {
                 "values": self.null.values[slots],
@@ -545,6 +551,8 @@ class QueryPatternDetector(ProfiledDetector):
         dim = self.profile.dim
         self.ring_vectors = np.zeros((0, s.buffer_size, dim + 2), dtype=np.float32)
         self.coverage = np.zeros((0, state["coverage"].shape[1], BINS), dtype=np.int32)
+        features = len(self.profile.numeric_names) + len(self.profile.categorical_names)
+        self.ranges = TrafficRanges(np.zeros(features))
         fill = state["fill"]
         cap = self.tracked_cap()
         kept = slice(max(0, len(fill) - cap), len(fill))  # the most recently seen fit
@@ -567,6 +575,8 @@ class QueryPatternDetector(ProfiledDetector):
             # values, lower by the bias, which would narrow the null until they went stale.
             self.null.forget_statistic(REGION_STAT)
         self.null.refresh(self.last_ts)
+        if "ranges" in state:  # checkpoints before: every range counts, as it did then
+            self.ranges.load(state["ranges"], kept)
         clients = state["clients"]
         self.evicted += len(fill) - len(fill[kept])
         for i in range(kept.start, kept.stop):
@@ -596,6 +606,7 @@ class QueryPatternDetector(ProfiledDetector):
         # Each row's latest look (a reduction over the rows in use: no copy of the stamps).
         latest = self.null.stamps[: len(self.clients)].max(axis=(1, 2), initial=-np.inf)
         fresh = slots[latest[slots] >= self.last_ts - self.null.window]
+        self.ranges.refresh(fresh, self.settings.min_null_clients)
         if len(fresh) >= self.settings.min_null_clients:
             self.regions.observe_population(self.region_counts[fresh])
         else:
@@ -682,7 +693,10 @@ class QueryPatternDetector(ProfiledDetector):
                     state.linked = Counter(dict(state.linked.most_common(LINKED_CLIENTS)))
         per_query = np.empty((n, RECORD))
         per_query[:, TS] = ts
-        per_query[:, OOD] = self.profile.anomalies(batch, numeric)[start:].any(axis=1)
+        # Out of range on a feature the traffic as a whole has not left (`TrafficRanges`).
+        out_of_range = self.profile.anomalies(batch, numeric)[start:]
+        per_query[:, OOD] = out_of_range[:, self.ranges.kept].any(axis=1)
+        self.ranges.observe(caller_slot[codes], out_of_range)
         per_query[:, LOW] = low_margin(batch, s.low_margin)[start:]
         per_query[:, SHARED] = shared
         per_query[:, EXACT] = x.round(6) @ self.exact_weights
@@ -828,6 +842,13 @@ class QueryPatternDetector(ProfiledDetector):
         histograms = counts_at(self.coverage[slots[group]], bins, first[group], row + 1)
         return group, at_count, row, window, histograms
 
+    def _ranges_left(self) -> list[str]:
+        """The features whose reference range the typical client has left: their
+        out-of-range queries did not count in `ood_share`."""
+        assert self.profile is not None
+        names = [*self.profile.numeric_names, *self.profile.categorical_names]
+        return [name for name, left in zip(names, self.ranges.left.tolist(), strict=True) if left]
+
     def _linked_group(self, client: str, state: ClientState) -> list[str]:
         """The tracked clients connected to this one through shared fingerprints, directly or
         through others (a key split over many keys shares with some of its siblings only),
@@ -890,6 +911,7 @@ class QueryPatternDetector(ProfiledDetector):
                 self.coverage[slot] = 0
                 self.region_counts[slot] = 0
                 self.null.forget(slot)
+                self.ranges.forget(slot)
             else:
                 continue  # over-full batch: not tracked
             states[i] = self.clients[name] = ClientState(slot)
@@ -916,6 +938,7 @@ class QueryPatternDetector(ProfiledDetector):
         self.ring_vectors, self.ring_records, self.coverage = vectors, records, coverage
         self.region_counts = region_counts
         self.null.reserve(cap)
+        self.ranges.reserve(cap)
 
     def _nearest(
         self,
@@ -1421,6 +1444,7 @@ class QueryPatternDetector(ProfiledDetector):
                 ),
                 "linked_group": self._linked_group(client, state),
                 "unique_input_ratio": round(len(np.unique(records[:, EXACT])) / n, 4),
+                "ranges_left_by_traffic": self._ranges_left(),
                 "burstiness": round(burstiness, 4),
                 "queries_per_minute": round(60 * (n - 1) / span, 3) if span > 0 else None,
                 "tracked_clients": len(self.clients),

@@ -1,0 +1,88 @@
+"""Which of the reference's feature ranges the traffic as a whole has left.
+
+`ood_share` counts a client's queries outside the reference's picture. When a feature's
+distribution shifts for everyone (an upstream change: input drift, reported by the drift
+detectors), that feature puts a large share of every client's queries out of range, the
+contemporaneous null rises with it, and the statistic goes blind to a client that is out of
+range on *other* features: a uniform-random extractor or a HopSkipJump walk after the shift
+(`bench/client_attacks.py --dataset segment`: the null's 90th percentile stood at 0.40-0.56
+after one feature's shift, where such attackers stood at 0.35-0.56).
+
+So, per feature, the typical client's out-of-range rate is followed (the median over the
+unflagged clients with enough recent queries, each client one voice, so a few attackers
+cannot move it), and a feature whose typical rate stands above the level the reference
+prior allows a share (3 x its rate in the reference + 0.05) is left out of the per-query
+out-of-range flag until the typical client is back within it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Each refresh halves the counts: a client's rate is over its last few refreshes' queries.
+DECAY = 0.5
+# A client's rate is a voice once it rests on this many (decayed) queries.
+MIN_QUERIES = 10.0
+
+
+class TrafficRanges:
+    """Per tracked client (row = its ring slot) and feature: its recent queries out of the
+    reference's range (decayed counts); the features the typical client has left."""
+
+    def __init__(self, reference_rates: np.ndarray) -> None:
+        self.level = 3 * np.asarray(reference_rates, dtype=np.float64) + 0.05
+        features = len(self.level)
+        self.out = np.zeros((0, features), dtype=np.float32)
+        self.seen = np.zeros(0, dtype=np.float32)
+        self.left = np.zeros(features, dtype=bool)  # features the traffic has left
+
+    @property
+    def kept(self) -> np.ndarray:
+        """The features whose out-of-range flags count against a client."""
+        return ~self.left
+
+    def reserve(self, rows: int) -> None:
+        have = len(self.seen)
+        if rows <= have:
+            return
+        out = np.zeros((rows, self.out.shape[1]), dtype=np.float32)
+        seen = np.zeros(rows, dtype=np.float32)
+        out[:have], seen[:have] = self.out, self.seen
+        self.out, self.seen = out, seen
+
+    def forget(self, slot: int) -> None:
+        """A slot handed to a new client."""
+        self.out[slot], self.seen[slot] = 0.0, 0.0
+
+    def observe(self, slots: np.ndarray, flags: np.ndarray) -> None:
+        """Queries (their clients' slots, -1: untracked) and their per-feature flags."""
+        tracked = slots >= 0
+        self.seen += np.bincount(slots[tracked], minlength=len(self.seen)).astype(np.float32)
+        hit = np.flatnonzero(tracked & flags.any(axis=1))  # usually a few percent of queries
+        if len(hit):
+            np.add.at(self.out, slots[hit], flags[hit].astype(np.float32))
+
+    def refresh(self, voters: np.ndarray, min_clients: int) -> None:
+        """The features left, from the clients in `voters` (slots: unflagged, fresh) with
+        enough recent queries; fewer than `min_clients` of them leave it as it was. Then
+        the counts decay."""
+        voters = voters[self.seen[voters] >= MIN_QUERIES]
+        if len(voters) >= min_clients:
+            rates = self.out[voters] / self.seen[voters, None]
+            self.left = np.median(rates, axis=0) > self.level
+        self.out *= DECAY
+        self.seen *= DECAY
+
+    def state(self, slots: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            "level": self.level,
+            "out": self.out[slots],
+            "seen": self.seen[slots],
+            "left": self.left,
+        }
+
+    def load(self, state: dict[str, np.ndarray], rows: slice) -> None:
+        """The state of `state()`, its clients `rows` of it into slots 0.. (reserved)."""
+        self.level, self.left = state["level"], state["left"]
+        kept = len(range(*rows.indices(len(state["seen"]))))
+        self.out[:kept], self.seen[:kept] = state["out"][rows], state["seen"][rows]
