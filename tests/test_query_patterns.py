@@ -667,6 +667,29 @@ def test_an_attacker_present_from_the_first_query_is_found() -> None:
     assert flagged["early"].details["queries_seen"] <= 40
 
 
+@pytest.mark.parametrize("seed", [31, 32, 33])
+def test_the_reference_prior_tightens_a_shares_tail_as_queries_accrue(seed: int) -> None:
+    """Before any population exists, shares are judged against the reference prior: a level
+    well above the reference's rate (3x + 0.05) whose tail narrows like a share's noise. A
+    client with 30% of its queries out of range is flagged within 150 of them (a flat tail
+    of 0.05 never flagged it); one with 15% is not."""
+    flagged_after = {}
+    for share in (0.15, 0.3):
+        detector = QueryPatternDetector("m", SETTINGS)
+        stream = Stream(seed)
+        detector.set_reference(stream.batch(*stream.benign(600)))
+        x, _ = stream.benign(300)
+        x[stream.rng.random(300) < share, 2] = 40.0  # far out of the reference's range
+        findings = []
+        for start in range(0, 300, 10):
+            findings += detector.update(stream.batch(x[start : start + 10], ["edge"] * 10))
+        assert not detector.null.clients.any()  # judged by the prior alone
+        first = first_by_client(findings).get("edge")
+        flagged_after[share] = None if first is None else first.details["queries_seen"]
+    assert flagged_after[0.15] is None
+    assert flagged_after[0.3] is not None and flagged_after[0.3] <= 150
+
+
 def test_a_fast_client_is_judged_per_check_every_queries_not_per_batch() -> None:
     detector, stream = warmed(seed=23)
     bx, bc = stream.benign(300)

@@ -83,7 +83,13 @@ from detectors.clients.codec import (
 )
 from detectors.clients.coverage import REGIONS, RegionCoverage, counts_at, fit_cells, labels_of
 from detectors.clients.neighbours import candidates, not_earlier, segments, smallest
-from detectors.clients.null import STATISTICS, PopulationNull, bucket_of, history_edges
+from detectors.clients.null import (
+    FLOORS,
+    STATISTICS,
+    PopulationNull,
+    bucket_of,
+    history_edges,
+)
 from detectors.clients.ranges import TrafficRanges
 from detectors.clients.spending import (
     COVERAGE,
@@ -380,9 +386,15 @@ class QueryPatternDetector(ProfiledDetector):
             with_score = margins >= 0
             if np.count_nonzero(with_score) >= 50:  # as the out-of-reference rate: typical
                 low_rate = typical_rate(margins[with_score] == 1, batch.client_ids()[with_score])
+        # The level carries the spread between clients (3x the typical rate + 0.05: benign
+        # keys on the benches stayed below it at every look); beyond it a share's sampling
+        # noise shrinks like 1 / sqrt(queries), and so does the tail's scale: 0.05 at
+        # `min_queries`, down to the shares' floor (0.02 from 125 queries on the defaults).
+        fill = np.minimum(self.edges, s.buffer_size)
+        share_scale = 0.05 * np.sqrt(s.min_queries / fill)
         for name, rate in (("ood_share", ood_rate), ("low_margin_share", low_rate)):
             prior_u[:, index[name]] = min(1.0, 3 * rate + 0.05)
-            prior_b[:, index[name]] = 0.05
+            prior_b[:, index[name]] = np.maximum(share_scale, FLOORS[index[name]])
         for name in ("shared_fingerprints", "coordinate_probes"):
             prior_u[:, index[name]] = 0.05
             prior_b[:, index[name]] = 0.05
