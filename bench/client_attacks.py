@@ -1,7 +1,7 @@
 """Bench of `suspicious_client` against real attacks on a real model (issue 14).
 
-A scikit-learn MLP (trained on a dataset that ships with scikit-learn) serves several days of
-traffic, and every query it answers is logged as a Bulwark prediction event
+A scikit-learn MLP (trained on a dataset that ships with scikit-learn or River) serves
+several days of traffic, and every query it answers is logged as a Bulwark prediction event
 (`bench/client_streams.py`):
 
 - benign: long-lived API keys (thousands of queries each) drawing real-looking rows, in daily
@@ -24,6 +24,7 @@ other explains (agent/incidents/causes.py), one per cause at best.
     .venv/bin/python bench/client_attacks.py              # seeds 1 2: 3,000 client-days
     .venv/bin/python bench/client_attacks.py --quick      # one small seed, ~1 minute
     .venv/bin/python bench/client_attacks.py --seed 7 8 --dataset synthetic
+    .venv/bin/python bench/client_attacks.py --seed 141 --dataset segment --preference 1
 
 With `--reference training` the model's answers on 5,000 rows of the pre-shift data
 distribution are stored first as its reference (`bulwark reference set`,

@@ -102,7 +102,7 @@ def _significant(x: np.ndarray, digits: int) -> np.ndarray:
 
 
 def load_dataset(name: str, seed: int) -> Dataset:
-    """A dataset that ships with scikit-learn (digits: 8x8 images of 0-16 pixel values;
+    """A dataset that ships with scikit-learn or River (digits: 8x8 images of 0-16 pixels;
     synthetic: `make_classification`, 20 continuous features, 4 classes; segment: River's
     bundled Image Segmentation data, 2,310 real image regions, 18 features of very different
     scales, 7 classes), split in half: training rows and the pool benign data is drawn
