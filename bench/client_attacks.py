@@ -133,12 +133,13 @@ def run(
     reference: str,
     who: str = "all",
     preference: float = 0.0,
+    box: str = "global",
 ) -> dict:
     rng = np.random.default_rng(seed)
     np.random.seed(seed)  # ART samples with numpy's global generator
     started = time.perf_counter()
     dataset = load_dataset(dataset_name, seed)
-    served = LoggedModel(train_model(dataset, seed), dataset)
+    served = LoggedModel(train_model(dataset, seed), dataset, box)
     benign = benign_traffic(served, rng, clients, days, preference=preference)
     plan = attacks(days, quick)
     if who != "all":  # "late": none in the warm-up; "none": benign traffic only
@@ -156,6 +157,8 @@ def run(
         stem = stem.with_name(f"{stem.name}-{who}-attacks")
     if preference > 0:
         stem = stem.with_name(f"{stem.name}-pref{preference:g}")
+    if box != "global":
+        stem = stem.with_name(f"{stem.name}-{box}-box")
     if quick:
         stem = stem.with_name(stem.name + "-quick")
     stream = stem.with_name(stem.name + ".jsonl")  # not with_suffix: "pref0.3" has a dot
@@ -349,6 +352,13 @@ def main() -> None:
         "mix of the pool's k-means clusters (a customer's segment), Dirichlet with "
         "concentration A per cluster on average, the mixes averaging to the pool's",
     )
+    parser.add_argument(
+        "--box",
+        choices=["global", "per-feature"],
+        default="global",
+        help="the bounds ART's attacks clip to: one range for every feature (the default) "
+        "or each feature's own (an attacker who knows the schema)",
+    )
     parser.add_argument("--clients", type=int, default=None, help="benign keys (150; quick 40)")
     parser.add_argument("--days", type=float, default=None, help="run length (10; quick 2)")
     args = parser.parse_args()
@@ -366,6 +376,7 @@ def main() -> None:
             args.reference,
             args.attacks,
             args.preference,
+            args.box,
         )
         tallies.append(report(result))
     summary(tallies)

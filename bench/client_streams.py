@@ -217,9 +217,14 @@ class Log:
 class LoggedModel:
     """The model behind the API: every answer is logged with the caller's key and time."""
 
-    def __init__(self, model: object, dataset: Dataset) -> None:
+    def __init__(self, model: object, dataset: Dataset, box: str = "global") -> None:
+        """`box`: the bounds the attackers' ART estimators clip to: "global", one range for
+        every feature (the data's smallest and largest value: ART's usual scalar bounds),
+        or "per-feature", each feature's own range (an attacker who knows the schema; ZOO,
+        which ART lets clip to scalar bounds only, keeps the global one)."""
         self.model = model
         self.dataset = dataset
+        self.box = box
         self.shift_ts = math.inf  # when the population's input shift began, if it has
         self.log = Log()
 
@@ -254,7 +259,12 @@ class LoggedModel:
         return predict
 
     def art_classifier(
-        self, keys: Sequence[str], clock: Clock, budget: int, image: bool = False
+        self,
+        keys: Sequence[str],
+        clock: Clock,
+        budget: int,
+        image: bool = False,
+        scalar_box: bool = False,
     ) -> object:
         """An ART black-box classifier whose predict goes through this logged model (the
         neural-network flavour, with rows seen as images, for SimBA)."""
@@ -264,7 +274,13 @@ class LoggedModel:
         )
 
         d = self.dataset
-        clip = (float(d.low.min()), float(d.high.max()))  # the box the data lives in
+        clip: tuple[object, object] = (float(d.low.min()), float(d.high.max()))
+        if self.box == "per-feature" and not scalar_box:
+            shape = d.image_shape if image else (len(d.names),)
+            clip = (
+                d.low.reshape(shape).astype(np.float32),
+                d.high.reshape(shape).astype(np.float32),
+            )
         predict = self.predict_fn(keys, clock, budget)
         if image:
             return BlackBoxClassifierNeuralNetwork(
@@ -613,7 +629,8 @@ def _boundary(served: LoggedModel, attack: Attack, clock: Clock, rng) -> None:
 def _zoo(served: LoggedModel, attack: Attack, clock: Clock, rng) -> None:
     from art.attacks.evasion import ZooAttack
 
-    clf = served.art_classifier(attack.keys, clock, attack.budget)
+    # ART's ZOO clips its coordinate batches with scalar bounds only.
+    clf = served.art_classifier(attack.keys, clock, attack.budget, scalar_box=True)
     step = float(np.median(served.dataset.pool.std(axis=0)[served.dataset.pool.std(axis=0) > 0]))
     zoo = ZooAttack(
         clf,
