@@ -254,7 +254,9 @@ class QueryPatternDetector(ProfiledDetector):
         ring = s.buffer_size * (self.ring_vectors.itemsize * width + RECORD * 8)
         null = len(self.edges) * (len(STATISTICS) + 1) * 8
         features = self.coverage.shape[1]
-        return ring + features * (BINS + 1) * 4 + 4 + REGIONS * 4 + 2 * null
+        histograms = features * BINS * 4
+        ranges = features * 4 + 4  # out-of-range counts per feature, queries seen
+        return ring + histograms + ranges + REGIONS * 4 + 2 * null
 
     def tracked_cap(self) -> int:
         """How many clients can be tracked at once: `max_clients`, or fewer when their state
@@ -376,16 +378,14 @@ class QueryPatternDetector(ProfiledDetector):
         flags = profile.anomalies(batch)
         owners = batch.client_ids()
         ood_rate = typical_rate(np.asarray(flags.any(axis=1)), owners)
-        self.ranges = TrafficRanges(
-            np.array([typical_rate(flags[:, f], owners) for f in range(flags.shape[1])])
-        )
+        self.ranges = TrafficRanges(typical_rates(flags, owners))
         scored, low = self.reference_margins  # the first events' (a stored reference: below)
         low_rate = low / scored if scored >= 50 else 0.2
         if batch.scores or batch.score is not None:
             margins = low_margin(batch, s.low_margin)
             with_score = margins >= 0
             if np.count_nonzero(with_score) >= 50:  # as the out-of-reference rate: typical
-                low_rate = typical_rate(margins[with_score] == 1, batch.client_ids()[with_score])
+                low_rate = typical_rate(margins[with_score] == 1, owners[with_score])
         # The level carries the spread between clients (3x the typical rate + 0.05: benign
         # keys on the benches stayed below it at every look); beyond it a share's sampling
         # noise shrinks like 1 / sqrt(queries), and so does the tail's scale: 0.05 at
@@ -563,8 +563,7 @@ class QueryPatternDetector(ProfiledDetector):
         dim = self.profile.dim
         self.ring_vectors = np.zeros((0, s.buffer_size, dim + 2), dtype=np.float32)
         self.coverage = np.zeros((0, state["coverage"].shape[1], BINS), dtype=np.int32)
-        features = len(self.profile.numeric_names) + len(self.profile.categorical_names)
-        self.ranges = TrafficRanges(np.zeros(features))
+        self.ranges = TrafficRanges(np.zeros(len(self.profile.feature_names)))
         fill = state["fill"]
         cap = self.tracked_cap()
         kept = slice(max(0, len(fill) - cap), len(fill))  # the most recently seen fit
@@ -587,7 +586,9 @@ class QueryPatternDetector(ProfiledDetector):
             # values, lower by the bias, which would narrow the null until they went stale.
             self.null.forget_statistic(REGION_STAT)
         self.null.refresh(self.last_ts)
-        if "ranges" in state:  # checkpoints before: every range counts, as it did then
+        # Checkpoints before hold no ranges: none is left until the next refresh, which then
+        # decides at the level of a reference rate of 0 (not kept in them).
+        if "ranges" in state:
             self.ranges.load(state["ranges"], kept)
         clients = state["clients"]
         self.evicted += len(fill) - len(fill[kept])
@@ -858,7 +859,7 @@ class QueryPatternDetector(ProfiledDetector):
         """The features whose reference range the typical client has left: their
         out-of-range queries did not count in `ood_share`."""
         assert self.profile is not None
-        names = [*self.profile.numeric_names, *self.profile.categorical_names]
+        names = self.profile.feature_names  # the order of `InputProfile.anomalies`' columns
         return [name for name, left in zip(names, self.ranges.left.tolist(), strict=True) if left]
 
     def _linked_group(self, client: str, state: ClientState) -> list[str]:
@@ -1474,12 +1475,19 @@ def typical_rate(flags: np.ndarray, owners: np.ndarray) -> float:
     attackers were busy (five of 45 clients in the first hours of `client_attacks.py
     --quick`, 29% of the events, most out of reference) put that level at 1, and the
     uniform-random extractor among them was never flagged."""
+    return float(typical_rates(flags[:, None], owners)[0])
+
+
+def typical_rates(flags: np.ndarray, owners: np.ndarray) -> np.ndarray:
+    """`typical_rate` of each column of `flags` (events x columns), the clients' voices
+    found once for all columns."""
     if not len(flags):
-        return 0.0
+        return np.zeros(flags.shape[1])
     if not knows_clients(owners):
-        return float(flags.mean())
+        return flags.mean(axis=0).astype(np.float64)
     voice, sizes = client_voices(owners)
-    return float(np.median(np.bincount(voice, flags) / sizes))
+    shares = [np.bincount(voice, column, minlength=len(sizes)) / sizes for column in flags.T]
+    return np.median(np.array(shares), axis=1) if shares else np.zeros(0)
 
 
 def _compact(batch: ModelBatch, keep: np.ndarray) -> ModelBatch:
