@@ -225,7 +225,7 @@ def report(result: dict) -> dict:
     )
     print(f"  stream: {result['stream']}")
     print(f"  {'attacker':38s} {'family':21s} {'key':19s} {'start':9s} {'sent':>5s}  verdict")
-    tally: dict[str, list] = {"families": [], "split": []}
+    tally: dict[str, list] = {"families": [], "split": [], "named": []}
     for attack in result["plan"]:
         split = len(attack.keys) > 1
         for key in attack.keys:
@@ -241,6 +241,15 @@ def report(result: dict) -> dict:
                     f"({len(v.direct & others)} directly)"
                 )
                 tally["split"].append(v.flagged_after is not None and v.linked & others == others)
+                # Named in a flagged sibling's linked group: in the attacker's incident.
+                named = any(
+                    key in verdicts[o].linked
+                    for o in others
+                    if o in verdicts and verdicts[o].flagged_after is not None
+                )
+                tally["named"].append(named)
+                if v.flagged_after is None and named:
+                    verdict += "; named in a flagged sibling's linked group"
             else:
                 ok = v.flagged_after is not None and v.flagged_after <= TARGET[attack.family]
                 tally["families"].append((attack.family, v.flagged_after, v.sent, ok))
@@ -321,6 +330,8 @@ def summary(tallies: list[dict]) -> None:
         )
     split = [s for t in tallies for s in t["split"]]
     print(f"  split keys flagged and linked to all others: {sum(split)}/{len(split)}")
+    named = [s for t in tallies for s in t["named"]]
+    print(f"  split keys named in a flagged sibling's linked group: {sum(named)}/{len(named)}")
 
 
 def main() -> None:

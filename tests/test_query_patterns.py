@@ -246,6 +246,30 @@ def test_attack_split_over_keys_is_linked_through_shared_fingerprints() -> None:
         assert others <= group <= set(flagged) - {key}
 
 
+@pytest.mark.parametrize("siblings_join", [True, False])
+def test_a_flagged_key_is_reported_again_when_siblings_join_its_group(
+    siblings_join: bool,
+) -> None:
+    """A split attacker's keys mostly share fingerprints after the first of them is flagged;
+    its incident must come to name them, without a finding per look otherwise."""
+    detector, stream = warmed(seed=3)
+    base = stream.rng.normal(0, 1, size=(80, len(FEATURES))) + 3.0
+    walk = np.repeat(base, 5, axis=0) + stream.rng.normal(0, 1e-3, size=(400, len(FEATURES)))
+    alone = run_mixed(detector, stream, walk[:100], ["split-0"] * 100, per_batch=25)
+    assert first_by_client(alone)["split-0"].details["linked_group"] == []
+    keys = [f"split-{i % 5}" if siblings_join else "split-0" for i in range(300)]
+    later = [f for f in run_mixed(detector, stream, walk[100:], keys, per_batch=25)]
+    first = [f for f in later if f.subject == "split-0"]
+    if siblings_join:
+        assert set(first[-1].details["linked_group"]) == {f"split-{i}" for i in range(1, 5)}
+        sizes = [len(f.details["linked_group"]) for f in first]
+        assert sizes == sorted(set(sizes))  # one more finding per growth, none otherwise
+    else:
+        # 30 more looks, 20 of them within the throttle after the first finding's look.
+        assert len(first) <= 2
+        assert all(f.details["linked_group"] == [] for f in first)
+
+
 def test_the_linked_group_follows_links_through_other_clients() -> None:
     """A key that shares fingerprints with some of its siblings only is still named with
     all of them: the group is the connected component of the shared-fingerprint links."""
@@ -492,6 +516,24 @@ def test_a_checkpoint_from_before_debiasing_drops_its_region_coverage_voices() -
     x, clients = stream.benign(400)
     old.update(stream.batch(x, clients))
     assert (~np.isnan(old.null.values[: len(old.clients), :, region])).any()
+
+
+def test_a_checkpoint_without_reported_groups_restores_its_clients() -> None:
+    """Checkpoints before `reported_group` hold one client field fewer: they restore with
+    the other fields as they were and no group reported yet."""
+    detector, _ = warmed(seed=11)
+    for state in detector.clients.values():
+        state.reported_group = 3
+    envelope = state_codec.decode(detector.snapshot())
+    fields = envelope["state"]["clients"]["fields"]
+    envelope["state"]["clients"]["fields"] = fields[:, :-1]
+    old = QueryPatternDetector("m", SETTINGS)
+    assert old.restore(state_codec.encode(envelope))
+    assert list(old.clients) == list(detector.clients)
+    for name, state in old.clients.items():
+        assert state.reported_group == 0
+        assert state.count == detector.clients[name].count
+        assert state.flagged_looks == detector.clients[name].flagged_looks
 
 
 def test_snapshot_restore_continues_identically() -> None:

@@ -167,6 +167,7 @@ _CLIENT_FIELDS = (
     "clean_count",
     "last_finding_look",
     "flagged_looks",
+    "reported_group",
 )
 
 
@@ -183,6 +184,7 @@ class ClientState:
     clean_count: int = 0  # queries seen at the last clean look
     last_finding_look: int = 0
     flagged_looks: int = 0  # looks that crossed the threshold, ever
+    reported_group: int = 0  # the linked group's size in its last finding
     flagged_severity: str | None = None
     first_flagged: float | None = None  # event time of the first flagged look
     first_seen: float | None = None  # event time of its first tracked query
@@ -593,9 +595,10 @@ class QueryPatternDetector(ProfiledDetector):
         clients = state["clients"]
         self.evicted += len(fill) - len(fill[kept])
         for i in range(kept.start, kept.stop):
-            fields: dict[str, Any] = dict(
-                zip(_CLIENT_FIELDS, clients["fields"][i].tolist(), strict=True)
-            )
+            values = clients["fields"][i].tolist()
+            # Checkpoints before `reported_group` lack it: as if no group was reported yet.
+            values += [0] * (len(_CLIENT_FIELDS) - len(values))
+            fields: dict[str, Any] = dict(zip(_CLIENT_FIELDS, values, strict=True))
             fields["slot"] = i - kept.start
             linked = clients["linked"][i]
             self.clients[clients["names"][i]] = ClientState(
@@ -861,6 +864,9 @@ class QueryPatternDetector(ProfiledDetector):
         assert self.profile is not None
         names = self.profile.feature_names  # the order of `InputProfile.anomalies`' columns
         return [name for name, left in zip(names, self.ranges.left.tolist(), strict=True) if left]
+
+    def _group_grew(self, client: str, state: ClientState) -> bool:
+        return len(self._linked_group(client, state)) > state.reported_group
 
     def _linked_group(self, client: str, state: ClientState) -> list[str]:
         """The tracked clients connected to this one through shared fingerprints, directly or
@@ -1320,9 +1326,19 @@ class QueryPatternDetector(ProfiledDetector):
             if ring_p[i] > CLEAN_P:
                 state.clean_count = count
             # Most looks cross neither threshold: their tests are not built.
-            if ring_p[i] > spending.ring_threshold(j) and (
-                not k or cumulative_p[i] > spending.cumulative_threshold(k)
-            ):
+            flagged_now = ring_p[i] <= spending.ring_threshold(j) or bool(
+                k and cumulative_p[i] <= spending.cumulative_threshold(k)
+            )
+            # A client flagged before is reported again, whether this look crosses or not,
+            # when keys joined its linked group since its last finding: a split attacker's
+            # keys mostly share fingerprints after the first of them is flagged, and its
+            # incident must come to name them all.
+            regrouped = (
+                state.flagged_severity is not None
+                and state.linked is not None
+                and self._group_grew(client, state)
+            )
+            if not flagged_now and not regrouped:
                 if state.flagged_severity is None:
                     voices.append(i)
                 continue
@@ -1332,16 +1348,20 @@ class QueryPatternDetector(ProfiledDetector):
                     Test("cumulative", cumulative_p[i], spending.cumulative_threshold(k), k, count)
                 )
             crossed = [test for test in tests if test.p_value <= test.threshold]
-            state.flagged_looks += 1
-            if state.first_flagged is None:
-                state.first_flagged = float(look_ts[i])
-            decided = min(crossed, key=lambda test: test.p_value / test.threshold)
-            critical = decided.p_value <= decided.threshold * self.settings.critical_factor
-            severity = Severity.CRITICAL if critical else Severity.WARNING
+            if crossed:
+                state.flagged_looks += 1
+                if state.first_flagged is None:
+                    state.first_flagged = float(look_ts[i])
+                decided = min(crossed, key=lambda test: test.p_value / test.threshold)
+                critical = decided.p_value <= decided.threshold * self.settings.critical_factor
+                severity = Severity.CRITICAL if critical else Severity.WARNING
+            else:  # regrouped only: the evidence stands as last reported
+                decided = min(tests, key=lambda test: test.p_value / test.threshold)
+                severity = Severity(state.flagged_severity)
             first_or_worse = state.flagged_severity is None or (
                 severity == Severity.CRITICAL and state.flagged_severity != Severity.CRITICAL
             )
-            if not first_or_worse and j - state.last_finding_look < 20:
+            if not first_or_worse and not regrouped and j - state.last_finding_look < 20:
                 continue
             state.flagged_severity = str(severity)
             state.last_finding_look = j
@@ -1358,6 +1378,7 @@ class QueryPatternDetector(ProfiledDetector):
                 decided,
                 severity,
             )
+            state.reported_group = len(finding.details["linked_group"])
             findings.append((index, finding))
         if voices:
             slots = np.array([states[i].slot for i in voices])
@@ -1404,7 +1425,12 @@ class QueryPatternDetector(ProfiledDetector):
         # window's first is the earliest known.
         first = float(ts[0] if state.first_seen is None else state.first_seen)
         since_clean = state.clean_count - (count - n)
-        if decided.name == "cumulative" or state.clean_count == 0:
+        # A look crossing no threshold is reported only because its linked group grew: its
+        # window may be clean, so the pattern is dated by the look that first flagged it.
+        regrouped = not any(test.p_value <= test.threshold for test in tests)
+        if regrouped and state.first_flagged is not None:
+            began = state.first_flagged
+        elif decided.name == "cumulative" or state.clean_count == 0:
             began = first
         else:
             began = float(records[max(since_clean, 0), TS])
@@ -1424,6 +1450,12 @@ class QueryPatternDetector(ProfiledDetector):
             for i in judged
         }
         confidence = -math.log10(max(decided.p_value, 1e-300))
+        group = self._linked_group(client, state)
+        headline = (
+            f"linked group grew to {len(group)} other keys"
+            if regrouped
+            else ", ".join(fired) or "combined evidence"
+        )
         return Finding(
             model=self.model,
             kind=Kind.SUSPICIOUS_CLIENT,
@@ -1437,8 +1469,7 @@ class QueryPatternDetector(ProfiledDetector):
             threshold=float(f"{decided.threshold:.3g}"),
             effect_size=round(confidence, 2),
             support=min(count, s.buffer_size) if decided.name == "ring" else count,
-            title=f"client {client}: {', '.join(fired) or 'combined evidence'} "
-            f"(p={decided.p_value:.1e}, {count} queries)",
+            title=f"client {client}: {headline} (p={decided.p_value:.1e}, {count} queries)",
             details={
                 "client": client,
                 "detectors_fired": fired,
@@ -1455,7 +1486,8 @@ class QueryPatternDetector(ProfiledDetector):
                 "linked_clients": sorted(
                     self.owner_names.get(o, "(no longer tracked)") for o in state.linked or ()
                 ),
-                "linked_group": self._linked_group(client, state),
+                "linked_group": group,
+                "reported_for": "linked_group" if regrouped else "flagged_look",
                 "unique_input_ratio": round(len(np.unique(records[:, EXACT])) / n, 4),
                 "ranges_left_by_traffic": self._ranges_left(),
                 "burstiness": round(burstiness, 4),
