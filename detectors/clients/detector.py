@@ -1355,7 +1355,8 @@ class QueryPatternDetector(ProfiledDetector):
                 decided = min(crossed, key=lambda test: test.p_value / test.threshold)
                 critical = decided.p_value <= decided.threshold * self.settings.critical_factor
                 severity = Severity.CRITICAL if critical else Severity.WARNING
-            else:  # regrouped only: the evidence stands as last reported
+            else:  # regrouped only (so flagged before): the severity stands as reported
+                assert state.flagged_severity is not None
                 decided = min(tests, key=lambda test: test.p_value / test.threshold)
                 severity = Severity(state.flagged_severity)
             first_or_worse = state.flagged_severity is None or (
