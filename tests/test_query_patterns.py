@@ -270,6 +270,38 @@ def test_a_flagged_key_is_reported_again_when_siblings_join_its_group(
         assert all(f.details["linked_group"] == [] for f in first)
 
 
+@pytest.mark.parametrize("seed", [4, 5])
+def test_a_key_sharing_queries_with_a_flagged_key_is_judged_with_looks_of_its_own(
+    seed: int,
+) -> None:
+    """A split attacker's quieter key: a long ordinary history today (its ring looks'
+    thresholds spent down), then copies of a flagged key's queries. Its ring test alone
+    does not cross; the linked test, whose looks begin when it shares with a flagged key,
+    does."""
+    detector, stream = warmed(seed=seed)
+    rng = np.random.default_rng(seed)
+    centre = stream.centres[0]
+    history = centre + rng.normal(0, 1.0, size=(600, len(FEATURES)))
+    assert run_mixed(detector, stream, history, ["quiet"] * 600) == []
+    n = 200
+    base = rng.normal(0, 1, size=(n, len(FEATURES))) + 3.0
+    quiet = centre + rng.normal(0, 1.0, size=(n, len(FEATURES)))
+    copies = rng.random(n) < 0.9
+    quiet[copies] = base[copies] + rng.normal(0, 1e-3, size=(copies.sum(), len(FEATURES)))
+    attack = np.empty((2 * n, len(FEATURES)))
+    attack[0::2] = base + rng.normal(0, 1e-3, size=base.shape)
+    attack[1::2] = quiet
+    flagged = first_by_client(run_mixed(detector, stream, attack, ["loud", "quiet"] * n))
+    assert set(flagged) == {"loud", "quiet"}
+    details = flagged["quiet"].details
+    assert details["test"] == "linked" and "loud" in details["linked_clients"]
+    ring, linked = details["tests"]["ring"], details["tests"]["linked"]
+    assert ring["p_value"] > ring["threshold"]  # the ring test alone would not flag it
+    assert linked["p_value"] <= linked["threshold"]
+    assert linked["look_of_day"] < ring["look_of_day"]
+    assert len(details["detectors_fired"]) == len(set(details["detectors_fired"]))
+
+
 def test_the_linked_group_follows_links_through_other_clients() -> None:
     """A key that shares fingerprints with some of its siblings only is still named with
     all of them: the group is the connected component of the shared-fingerprint links."""
@@ -519,19 +551,20 @@ def test_a_checkpoint_from_before_debiasing_drops_its_region_coverage_voices() -
 
 
 def test_a_checkpoint_without_reported_groups_restores_its_clients() -> None:
-    """Checkpoints before `reported_group` hold one client field fewer: they restore with
-    the other fields as they were and no group reported yet."""
+    """Checkpoints before `reported_group` and `linked_looks` hold two client fields fewer:
+    they restore with the other fields as they were, no group reported and no linked look
+    made yet."""
     detector, _ = warmed(seed=11)
     for state in detector.clients.values():
-        state.reported_group = 3
+        state.reported_group, state.linked_looks = 3, 2
     envelope = state_codec.decode(detector.snapshot())
     fields = envelope["state"]["clients"]["fields"]
-    envelope["state"]["clients"]["fields"] = fields[:, :-1]
+    envelope["state"]["clients"]["fields"] = fields[:, :-2]
     old = QueryPatternDetector("m", SETTINGS)
     assert old.restore(state_codec.encode(envelope))
     assert list(old.clients) == list(detector.clients)
     for name, state in old.clients.items():
-        assert state.reported_group == 0
+        assert state.reported_group == 0 and state.linked_looks == 0
         assert state.count == detector.clients[name].count
         assert state.flagged_looks == detector.clients[name].flagged_looks
 
@@ -839,6 +872,9 @@ def test_the_two_tests_spend_alpha_per_client_day_between_them() -> None:
         day = sum(spending.ring_threshold(j) for j in range(1, looks + 1))
         day += sum(spending.cumulative_threshold(i) for i in range(1, looks + 1))
         assert day < 1e-3
+        # A day the client shares fingerprints with a flagged one adds the linked looks.
+        linked = sum(spending.linked_threshold(m) for m in range(1, looks + 1))
+        assert linked < 0.25e-3 and day + linked < 1.25e-3
     assert day == pytest.approx(1e-3, rel=1e-3)
     # Cumulative looks: the first look at or after 200, 400, 800, ... queries seen.
     assert CUMULATIVE_FIRST == 200

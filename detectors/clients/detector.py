@@ -168,6 +168,7 @@ _CLIENT_FIELDS = (
     "last_finding_look",
     "flagged_looks",
     "reported_group",
+    "linked_looks",
 )
 
 
@@ -185,6 +186,7 @@ class ClientState:
     last_finding_look: int = 0
     flagged_looks: int = 0  # looks that crossed the threshold, ever
     reported_group: int = 0  # the linked group's size in its last finding
+    linked_looks: int = 0  # looks this day while sharing fingerprints with a flagged client
     flagged_severity: str | None = None
     first_flagged: float | None = None  # event time of the first flagged look
     first_seen: float | None = None  # event time of its first tracked query
@@ -596,7 +598,8 @@ class QueryPatternDetector(ProfiledDetector):
         self.evicted += len(fill) - len(fill[kept])
         for i in range(kept.start, kept.stop):
             values = clients["fields"][i].tolist()
-            # Checkpoints before `reported_group` lack it: as if no group was reported yet.
+            # Checkpoints before `reported_group` and `linked_looks` lack them (the last
+            # fields): as if no group was reported yet and no linked look made today.
             values += [0] * (len(_CLIENT_FIELDS) - len(values))
             fields: dict[str, Any] = dict(zip(_CLIENT_FIELDS, values, strict=True))
             fields["slot"] = i - kept.start
@@ -864,6 +867,14 @@ class QueryPatternDetector(ProfiledDetector):
         assert self.profile is not None
         names = self.profile.feature_names  # the order of `InputProfile.anomalies`' columns
         return [name for name, left in zip(names, self.ranges.left.tolist(), strict=True) if left]
+
+    def _linked_to_flagged(self, state: ClientState) -> bool:
+        """Whether the client shares fingerprints with a tracked client flagged before."""
+        for owner in state.linked or ():
+            other = self.clients.get(self.owner_names.get(owner, ""))
+            if other is not None and other.flagged_severity is not None:
+                return True
+        return False
 
     def _group_grew(self, client: str, state: ClientState) -> bool:
         return len(self._linked_group(client, state)) > state.reported_group
@@ -1315,6 +1326,7 @@ class QueryPatternDetector(ProfiledDetector):
             first_of_day = days[i] != state.day
             if first_of_day:
                 state.day, state.day_looks, state.cumulative_looks = days[i], 0, 0
+                state.linked_looks = 0
             state.day_looks += 1
             j = state.day_looks
             k = 0  # the look's number in the cumulative test (0: not one of its looks)
@@ -1323,11 +1335,23 @@ class QueryPatternDetector(ProfiledDetector):
             if cumulative_due[i] or (first_of_day and count >= CUMULATIVE_FIRST):
                 state.cumulative_looks += 1
                 k = state.cumulative_looks
+            # A client sharing fingerprints with a flagged one (a split attacker's quieter
+            # key) is judged once more on its ring, at the 1st, 2nd, 4th, 8th, ... of its
+            # looks so linked today: alpha's linked share, which a benign client spends only
+            # while so linked. (Its evidence grows with the copies it sends, as a coverage's
+            # with queries: a test per doubling gets each gain at one share.)
+            m = 0  # the look's number in the linked test (0: not one of its looks)
+            if state.flagged_severity is None and self._linked_to_flagged(state):
+                state.linked_looks += 1
+                if state.linked_looks & (state.linked_looks - 1) == 0:
+                    m = state.linked_looks.bit_length()
             if ring_p[i] > CLEAN_P:
                 state.clean_count = count
             # Most looks cross neither threshold: their tests are not built.
-            flagged_now = ring_p[i] <= spending.ring_threshold(j) or bool(
-                k and cumulative_p[i] <= spending.cumulative_threshold(k)
+            flagged_now = (
+                ring_p[i] <= spending.ring_threshold(j)
+                or bool(k and cumulative_p[i] <= spending.cumulative_threshold(k))
+                or bool(m and ring_p[i] <= spending.linked_threshold(m))
             )
             # A client flagged before is reported again, whether this look crosses or not,
             # when keys joined its linked group since its last finding: a split attacker's
@@ -1347,6 +1371,8 @@ class QueryPatternDetector(ProfiledDetector):
                 tests.append(
                     Test("cumulative", cumulative_p[i], spending.cumulative_threshold(k), k, count)
                 )
+            if m:
+                tests.append(Test("linked", ring_p[i], spending.linked_threshold(m), m, count))
             crossed = [test for test in tests if test.p_value <= test.threshold]
             if crossed:
                 state.flagged_looks += 1
@@ -1407,13 +1433,13 @@ class QueryPatternDetector(ProfiledDetector):
         count = decided.queries
         judged = [i for i in range(len(STATISTICS)) if not np.isnan(p_values[i])]
         fired = sorted(
-            (
+            {
                 STATISTICS[i]
                 for test in tests
                 if test.p_value <= test.threshold
                 for i in judged
                 if test.statistics[i] and p_values[i] <= test.per_statistic
-            ),
+            },
             key=lambda name: p_values[STATISTICS.index(name)],
         )
         records = window[window[:, TS] > -np.inf]  # a young client's window is padded
@@ -1469,7 +1495,7 @@ class QueryPatternDetector(ProfiledDetector):
             value=float(f"{decided.p_value:.3g}"),
             threshold=float(f"{decided.threshold:.3g}"),
             effect_size=round(confidence, 2),
-            support=min(count, s.buffer_size) if decided.name == "ring" else count,
+            support=min(count, s.buffer_size) if decided.name != "cumulative" else count,
             title=f"client {client}: {headline} (p={decided.p_value:.1e}, {count} queries)",
             details={
                 "client": client,

@@ -22,6 +22,12 @@ TESTED = np.array([name != "prada_normality" for name in STATISTICS])
 CUMULATIVE = np.isin(np.arange(len(STATISTICS)), CUMULATIVE_STATISTICS)
 RING = TESTED & ~CUMULATIVE
 CUMULATIVE_SHARE = 0.5  # of alpha, for the cumulative test (the ring test has the rest)
+# Of alpha again, for the linked test: the ring statistics of a client that shares
+# fingerprints with a flagged client, judged once more at doublings of its looks so linked
+# today (detector.py). A benign
+# client spends it only on days it is so linked (rare: only near-duplicates of a flagged
+# client's queries link it), so a client-day's bound is alpha, 1.25 alpha when linked.
+LINKED_SHARE = 0.25
 # Queries seen at the first cumulative look; then at each doubling. Before it, a part's
 # plug-in divergence carries a sampling bias of (slots - 1) / (2 n), 0.15 at 50 queries, more
 # than most segments differ from the traffic: an early look tests noise, and it is where
@@ -54,13 +60,16 @@ class Spending:
     def cumulative_threshold(self, look: int) -> float:
         return self.cumulative / (look * (look + 1))
 
+    def linked_threshold(self, look: int) -> float:
+        return self.alpha * LINKED_SHARE / (look * (look + 1))
+
 
 @dataclass(frozen=True, slots=True)
 class Test:
     """One test at one look: its Bonferroni p-value, the threshold it spent, its look of the
     day, and the queries the client had sent."""
 
-    name: str  # "ring" or "cumulative"
+    name: str  # "ring", "cumulative" or "linked" (the ring's statistics, linked looks)
     p_value: float
     threshold: float
     look: int
@@ -68,7 +77,7 @@ class Test:
 
     @property
     def statistics(self) -> np.ndarray:
-        return RING if self.name == "ring" else CUMULATIVE
+        return CUMULATIVE if self.name == "cumulative" else RING
 
     @property
     def per_statistic(self) -> float:
