@@ -876,9 +876,6 @@ class QueryPatternDetector(ProfiledDetector):
                 return True
         return False
 
-    def _group_grew(self, client: str, state: ClientState) -> bool:
-        return len(self._linked_group(client, state)) > state.reported_group
-
     def _linked_group(self, client: str, state: ClientState) -> list[str]:
         """The tracked clients connected to this one through shared fingerprints, directly or
         through others (a key split over many keys shares with some of its siblings only),
@@ -1356,12 +1353,12 @@ class QueryPatternDetector(ProfiledDetector):
             # A client flagged before is reported again, whether this look crosses or not,
             # when keys joined its linked group since its last finding: a split attacker's
             # keys mostly share fingerprints after the first of them is flagged, and its
-            # incident must come to name them all.
-            regrouped = (
-                state.flagged_severity is not None
-                and state.linked is not None
-                and self._group_grew(client, state)
-            )
+            # incident must come to name them all. (The group is found once per look, and
+            # only for flagged clients with links.)
+            group = None
+            if state.flagged_severity is not None and state.linked is not None:
+                group = self._linked_group(client, state)
+            regrouped = group is not None and len(group) > state.reported_group
             if not flagged_now and not regrouped:
                 if state.flagged_severity is None:
                     voices.append(i)
@@ -1392,6 +1389,8 @@ class QueryPatternDetector(ProfiledDetector):
                 continue
             state.flagged_severity = str(severity)
             state.last_finding_look = j
+            if group is None:
+                group = self._linked_group(client, state)
             finding = self._finding(
                 client,
                 state,
@@ -1404,8 +1403,9 @@ class QueryPatternDetector(ProfiledDetector):
                 tests,
                 decided,
                 severity,
+                group,
             )
-            state.reported_group = len(finding.details["linked_group"])
+            state.reported_group = len(group)
             findings.append((index, finding))
         if voices:
             slots = np.array([states[i].slot for i in voices])
@@ -1425,10 +1425,12 @@ class QueryPatternDetector(ProfiledDetector):
         tests: list[Test],
         decided: Test,
         severity: Severity,
+        group: list[str],
     ) -> Finding:
-        """The finding of a flagged look. Its details describe the queries the look saw
-        (`window`: the client's last `buffer_size` queries up to the look's, oldest first),
-        not the ring at the batch's end: a fast client may send a ring's worth after it."""
+        """The finding of a flagged look (or of a flagged client's grown linked `group`). Its
+        details describe the queries the look saw (`window`: the client's last `buffer_size`
+        queries up to the look's, oldest first), not the ring at the batch's end: a fast
+        client may send a ring's worth after it."""
         s = self.settings
         count = decided.queries
         judged = [i for i in range(len(STATISTICS)) if not np.isnan(p_values[i])]
@@ -1454,8 +1456,8 @@ class QueryPatternDetector(ProfiledDetector):
         since_clean = state.clean_count - (count - n)
         # A look crossing no threshold is reported only because its linked group grew: its
         # window may be clean, so the pattern is dated by the look that first flagged it.
-        regrouped = not any(test.p_value <= test.threshold for test in tests)
-        if regrouped and state.first_flagged is not None:
+        group_only = not any(test.p_value <= test.threshold for test in tests)
+        if group_only and state.first_flagged is not None:
             began = state.first_flagged
         elif decided.name == "cumulative" or state.clean_count == 0:
             began = first
@@ -1477,10 +1479,9 @@ class QueryPatternDetector(ProfiledDetector):
             for i in judged
         }
         confidence = -math.log10(max(decided.p_value, 1e-300))
-        group = self._linked_group(client, state)
         headline = (
             f"linked group grew to {len(group)} other keys"
-            if regrouped
+            if group_only
             else ", ".join(fired) or "combined evidence"
         )
         return Finding(
@@ -1514,7 +1515,7 @@ class QueryPatternDetector(ProfiledDetector):
                     self.owner_names.get(o, "(no longer tracked)") for o in state.linked or ()
                 ),
                 "linked_group": group,
-                "reported_for": "linked_group" if regrouped else "flagged_look",
+                "reported_for": "linked_group" if group_only else "flagged_look",
                 "unique_input_ratio": round(len(np.unique(records[:, EXACT])) / n, 4),
                 "ranges_left_by_traffic": self._ranges_left(),
                 "burstiness": round(burstiness, 4),

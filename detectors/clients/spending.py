@@ -24,9 +24,9 @@ RING = TESTED & ~CUMULATIVE
 CUMULATIVE_SHARE = 0.5  # of alpha, for the cumulative test (the ring test has the rest)
 # Of alpha again, for the linked test: the ring statistics of a client that shares
 # fingerprints with a flagged client, judged once more at doublings of its looks so linked
-# today (detector.py). A benign
-# client spends it only on days it is so linked (rare: only near-duplicates of a flagged
-# client's queries link it), so a client-day's bound is alpha, 1.25 alpha when linked.
+# today (detector.py). A benign client spends it only on days it is so linked (rare: only
+# near-duplicates of a flagged client's queries link it), so a client-day's bound is alpha,
+# 1.25 alpha when linked.
 LINKED_SHARE = 0.25
 # Queries seen at the first cumulative look; then at each doubling. Before it, a part's
 # plug-in divergence carries a sampling bias of (slots - 1) / (2 n), 0.15 at 50 queries, more
