@@ -24,7 +24,9 @@ ART is imported only inside the functions that build ART objects.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
+import random
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -558,19 +560,37 @@ class Attack:
 def run_attack(served: LoggedModel, attack: Attack, rng: np.random.Generator) -> int:
     """Runs the ART attack named by `attack.name` against the logged model until it ends or
     spends its budget; returns the queries it sent."""
-    clock = Clock(rng, attack.start, attack.gap, attack.daily)
+    # ART's modules are first imported with fixed seeds: what an import draws (the first time
+    # in a process only) must not move the attacks' draws.
+    with _seeded_random_states(np.random.default_rng(0)):
+        importlib.import_module("art.attacks.evasion")
+        importlib.import_module("art.attacks.extraction")
+    # One draw of the bench's generator per attack, however many draws the attack makes: a
+    # generator of its own for the rest.
+    own = np.random.default_rng(int(rng.integers(2**63)))
+    clock = Clock(own, attack.start, attack.gap, attack.daily)
     before = sum(len(t) for t in served.log.ts)
     runner = RUNNERS[attack.method]
-    with contextlib.suppress(QueryBudgetSpent), _seeded_random_states(rng):
-        runner(served, attack, clock, rng)
+    with contextlib.suppress(QueryBudgetSpent), _seeded_random_states(own):
+        runner(served, attack, clock, own)
     return sum(len(t) for t in served.log.ts) - before
 
 
 @contextlib.contextmanager
 def _seeded_random_states(rng: np.random.Generator) -> Iterator[None]:
-    """ART's HopSkipJump draws its starting points from an unseeded `np.random.RandomState()`
-    (OS entropy), so a seed's stream differed from run to run; while an attack runs, a
-    RandomState made without a seed takes one from the bench's generator."""
+    """Every random draw of an ART attack follows from the bench's generator.
+
+    - ART's HopSkipJump draws its starting points from an unseeded `np.random.RandomState()`
+      (OS entropy), so a seed's stream differed from run to run; while an attack runs, a
+      RandomState made without a seed takes one from the bench's generator.
+    - Other attacks draw from numpy's global generator, and how many draws an attack makes
+      there depends on the process's past (Sign-OPT's first run in a process drew a different
+      number than a later one, with the same queries), so a seed built after another seed in
+      one process gave other attack streams from the next attack on. Each attack starts the
+      global generators (numpy's and Python's) from a seed of the bench's generator.
+    """
+    np.random.seed(int(rng.integers(2**32)))
+    random.seed(int(rng.integers(2**32)))
     original = np.random.RandomState
 
     class Seeded(original):  # type: ignore[misc, valid-type]
