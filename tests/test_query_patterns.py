@@ -18,7 +18,12 @@ from scipy import stats
 from agent.config import ConfigError, load_settings
 from detectors import state_codec
 from detectors.base import Finding, Kind
-from detectors.clients.detector import EXACT, QueryPatternDetector, typical_rate
+from detectors.clients.detector import (
+    EXACT,
+    WARMUP_FACTOR,
+    QueryPatternDetector,
+    typical_rate,
+)
 from detectors.clients.null import STATISTICS
 from detectors.clients.spending import (
     CUMULATIVE,
@@ -831,16 +836,45 @@ def test_an_attacker_in_the_learning_window_is_judged_once_the_profile_exists() 
 
 
 def test_the_learning_window_kept_for_judging_is_bounded_per_client() -> None:
-    detector = QueryPatternDetector("m", SETTINGS)
+    """A client's first `WARMUP_FACTOR` rings of the learning window are kept, no more: a
+    flood cannot crowd the other clients' events out of the backlog."""
+    settings = QueryPatternSettings(reference_size=2000)
+    detector = QueryPatternDetector("m", settings)
     stream = Stream(seed=26)
-    x = stream.rng.normal(0, 1, size=(280, len(FEATURES)))
-    detector.update(stream.batch(x, ["flood"] * 280))  # one key, still learning
-    assert not detector.calibrated
+    cap = WARMUP_FACTOR * settings.buffer_size
+    flood = stream.rng.normal(0, 1, size=(cap + 30, len(FEATURES)))
+    bx, bc = stream.benign(200)
+    detector.update(stream.batch(np.vstack([flood, bx]), ["flood"] * len(flood) + bc))
+    assert not detector.calibrated  # still learning
     kept = sum(len(piece) for piece in detector.warmup)
-    assert kept == SETTINGS.buffer_size == detector.warmup_taken["flood"]
-    restored = QueryPatternDetector("m", SETTINGS)
+    assert detector.warmup_taken["flood"] == cap
+    assert kept == cap + len(bx)  # the other clients' events all kept
+    restored = QueryPatternDetector("m", settings)
     restored.load_state(state_codec.decode(state_codec.encode(detector.state())))
     assert sum(len(piece) for piece in restored.warmup) == kept
+
+
+def test_an_attacker_busy_through_a_long_learning_window_is_judged_beyond_its_first_ring() -> None:
+    """The reference can take hours to learn (at night, with few clients), and an attacker
+    may start probing only after its first ring of ordinary-looking queries: its later
+    queries of the window are judged too (up to `WARMUP_FACTOR` rings), not dropped."""
+    settings = QueryPatternSettings(reference_size=2000)
+    detector = QueryPatternDetector("m", settings)
+    stream = Stream(seed=28)
+    ordinary, _ = stream.benign(300)  # more than a ring of queries like everyone's
+    attacker = np.vstack([ordinary, boundary_probe(stream.rng, 150)])
+    for start in range(0, len(attacker), 50):
+        bx, bc = stream.benign(100)
+        x = np.vstack([bx, attacker[start : start + 50]])
+        clients = bc + ["patient"] * len(attacker[start : start + 50])
+        order = stream.rng.permutation(len(x))
+        assert detector.update(stream.batch(x[order], [clients[i] for i in order])) == []
+    assert not detector.calibrated and detector.warmup_taken["patient"] == len(attacker)
+    detector.set_reference(stream.batch(*stream.benign(2000)))
+    flagged = first_by_client(detector.update(stream.batch(*stream.benign(100))))
+    assert set(flagged) == {"patient"}
+    assert flagged["patient"].details["judged_late"]
+    assert flagged["patient"].details["queries_seen"] > settings.buffer_size + 20
 
 
 def test_a_reference_handed_over_while_learning_keeps_the_window_to_judge() -> None:

@@ -122,8 +122,10 @@ PROBE_FLOOR = 1e-5  # a coordinate moved by less than this (robust units) has no
 # (an entity re-scored changes at most that many fields); fully one this many beyond them.
 PROBE_SPAN = 3
 # While the reference is learned from the first events, they are kept (at most this many
-# times `reference_size` in all, and a ring's worth per client) and judged once the profile
-# exists: the learning window is not blind.
+# times `reference_size` in all, and this many rings per client) and judged once the profile
+# exists: the learning window is not blind. (It can last hours at night; a warm-up attacker
+# kept to its first ring was judged on its first 256 queries only: two of six HopSkipJumps
+# busy through the window never flagged, `bench/client_attacks.py`, docs/query-patterns.md.)
 WARMUP_FACTOR = 4
 BINS = 8  # per feature in the coverage histograms
 # The null's tails are refreshed after this much event time or this many queries, whichever
@@ -315,9 +317,10 @@ class QueryPatternDetector(ProfiledDetector):
 
     def _keep_warmup(self, batch: ModelBatch, end: int) -> None:
         """Keeps the learning window's events (up to `end` in this batch) to be judged once
-        the profile exists: at most `buffer_size` per client (its first ring: enough for the
-        looks that matter most) and `WARMUP_FACTOR` x `reference_size` in all, so a flood of
-        queries or keys cannot make the backlog unbounded. Only what the looks use is kept."""
+        the profile exists: at most `WARMUP_FACTOR` x `buffer_size` per client (its first
+        rings) and `WARMUP_FACTOR` x `reference_size` in all, so a flood of queries or keys
+        cannot make the backlog unbounded, nor one client crowd the others out. Only what the
+        looks use is kept."""
         s = self.settings
         room = WARMUP_FACTOR * s.reference_size - sum(len(b) for b in self.warmup)
         keep = np.zeros(len(batch), dtype=bool)
@@ -325,7 +328,7 @@ class QueryPatternDetector(ProfiledDetector):
         for i, client in enumerate(batch.clients[:end]):
             if room <= 0:
                 break
-            if client is None or taken.get(client, 0) >= s.buffer_size:
+            if client is None or taken.get(client, 0) >= WARMUP_FACTOR * s.buffer_size:
                 continue
             taken[client] = taken.get(client, 0) + 1
             keep[i] = True
