@@ -241,3 +241,41 @@ def test_a_partial_ring_share_is_judged_against_every_client_at_its_noise() -> N
     u, b = tail_parameters(null.values[:old, full, [ood]], np.array([0.02]))
     assert np.mean(tail_p(benign, u[0], b[0]) <= 1e-3) > 1e-3
     assert p_values(np.array([0.9]))[0] < 1e-4
+
+
+def test_a_share_far_beyond_every_clients_is_bounded_through_the_full_rings_rates() -> None:
+    """At 20 queries the partial ring's widened tail is wide (a few clients of a segment of
+    their own stand far out), and a client with 19 of its 20 queries out of reference got p
+    6.7e-4 from it on `bench/client_attacks.py` (segment 147). Bounded through the full
+    ring's tail of rates and binomial noise (`share_bound`) it is judged at a p-value ten
+    times smaller, while benign clients of the same population, edge segment included, stay
+    within their budget at 20 queries."""
+    rng = np.random.default_rng(9)
+    edges = history_edges(20, 256)
+    null = PopulationNull(edges, window=DAY, min_clients=12, ring=256)
+    ood = STATISTICS.index("ood_share")
+    old = 150
+    null.reserve(old)
+    full, at = (int(b) for b in bucket_of(np.array([256, 20]), edges))
+
+    def rates(n: int) -> np.ndarray:  # 2% of the clients serve an edge segment (rate ~0.3)
+        edge = np.arange(n) % 50 == 0
+        return np.where(edge, rng.beta(30.0, 70.0, size=n), rng.beta(4.0, 45.0, size=n))
+
+    stats = np.full((old, len(STATISTICS)), np.nan)
+    stats[:, ood] = rng.binomial(256, rates(old)) / 256
+    null.record(np.arange(old), np.full(stats.shape, full), stats, np.full(old, DAY))
+    null.refresh(DAY + 60.0, old)
+
+    def p_values(shares: np.ndarray) -> np.ndarray:
+        looks = np.full((len(shares), len(STATISTICS)), np.nan)
+        looks[:, ood] = shares
+        return null.p_values(looks, np.full(looks.shape, at))[:, ood]
+
+    attacker = np.array([19 / 20])
+    widened_only = tail_p(attacker, null.u[at, ood], null.b[at, ood])[0]
+    assert widened_only > 1e-3
+    assert p_values(attacker)[0] < widened_only / 10
+    benign = p_values(rng.binomial(20, rates(200_000)) / 20)
+    for level in (1e-2, 1e-3, 1e-4):
+        assert np.mean(benign <= level) <= level

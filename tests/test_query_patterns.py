@@ -555,6 +555,26 @@ def test_a_checkpoint_from_before_debiasing_drops_its_region_coverage_voices() -
     assert (~np.isnan(old.null.values[: len(old.clients), :, region])).any()
 
 
+def test_a_restored_detector_judges_with_the_tails_as_last_refreshed() -> None:
+    """Voices recorded since the last refresh do not move the tails until the next one, in
+    the detector checkpointed and in the one restored from it alike; a checkpoint from
+    before the tails were kept refits them from its voices."""
+    detector, _ = warmed(seed=12)
+    null = detector.null
+    stale = null.u.copy()
+    null.refresh(detector.last_ts + 1.0, len(detector.clients))
+    assert not np.array_equal(np.nan_to_num(stale), np.nan_to_num(null.u))  # voices since
+    null.u = stale  # as if not refreshed since
+    twin = QueryPatternDetector("m", SETTINGS)
+    assert twin.restore(detector.snapshot())
+    np.testing.assert_array_equal(twin.null.u, stale)
+    envelope = state_codec.decode(detector.snapshot())
+    del envelope["state"]["null"]["fitted"]
+    old = QueryPatternDetector("m", SETTINGS)
+    assert old.restore(state_codec.encode(envelope))
+    assert not np.array_equal(np.nan_to_num(old.null.u), np.nan_to_num(stale))
+
+
 def test_a_checkpoint_without_reported_groups_restores_its_clients() -> None:
     """Checkpoints before `reported_group` and `linked_looks` hold two client fields fewer:
     they restore with the other fields as they were, no group reported and no linked look

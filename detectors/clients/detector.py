@@ -592,7 +592,12 @@ class QueryPatternDetector(ProfiledDetector):
             # A checkpoint from before region_coverage was debiased: its voices are plug-in
             # values, lower by the bias, which would narrow the null until they went stale.
             self.null.forget_statistic(REGION_STAT)
-        self.null.refresh(self.last_ts)
+        # The tails as last refreshed, where every client and voice is as it was (older
+        # checkpoints hold none: refitted from the voices now).
+        if "fitted" in null and state.get("region_debiased") and len(fill[kept]) == len(fill):
+            self.null.load_fitted(null["fitted"])
+        else:
+            self.null.refresh(self.last_ts)
         # Checkpoints before hold no ranges: none is left until the next refresh, which then
         # decides at the level of a reference rate of 0 (not kept in them).
         if "ranges" in state:

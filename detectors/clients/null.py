@@ -102,6 +102,9 @@ REGION = STATISTICS.index("region_coverage")
 REGION_VOICE = CUMULATIVE_STATISTICS.index(REGION)
 # History buckets below its own a `region_coverage` voice may come from (4x fewer queries).
 REGION_REACH = 4
+# Where `share_bound` may split between a client's rate and its sampling noise: these
+# fractions of the way from the full ring's tail start to the share.
+SPLITS = np.linspace(0.0, 1.0, 33)[:-1]
 
 
 def history_edges(min_queries: int, buffer_size: int) -> np.ndarray:
@@ -156,6 +159,32 @@ def tail_parameters(pool: np.ndarray, floors: np.ndarray) -> tuple[np.ndarray, n
     none = count == 0
     u[none], b[none] = np.nan, np.nan
     return u, b
+
+
+def share_bound(x: np.ndarray, fill: np.ndarray, u: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A bound on P(share >= x) for a benign client's share over `fill` queries (looks x
+    shares), through its rate r: for any t, P(r >= t) + P(share >= x | r < t), the first
+    from the full ring's tail (u, b per share: its shares spread wider than the rates they
+    measure), the second Chernoff's exp(-fill KL(x || t)) for independent queries; the least
+    over t in `SPLITS` (NaN where the share or the tail is missing).
+
+    Why: a partial ring's null is the full ring's clients widened to its noise (the module
+    docstring), an exponential tail that far beyond its start is much heavier than any
+    client's binomial noise: 19 of 20 queries out of reference stood at p 6.7e-4 against a
+    tail starting at 0.22 (`bench/client_attacks.py`, segment 147). With queries that come
+    in runs of 2 or 4 alike, not independent, benign shares at 20 queries still fall at or
+    below 1e-5 no more often than a quarter of that (docs/query-patterns.md)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        t = u[..., None] + (x - u)[..., None] * SPLITS  # looks x shares x splits
+        t = np.clip(t, 1e-9, 1 - 1e-9)
+        xs = np.clip(x, 1e-12, 1.0)[..., None]
+        kl = xs * np.log(xs / t) + np.where(
+            xs < 1, (1 - xs) * np.log(np.clip(1 - xs, 1e-300, None) / (1 - t)), 0.0
+        )
+        rates = np.minimum(1.0, 0.1 * np.exp(-(t - u[..., None]) / b[..., None]))
+        bound = np.min(rates + np.exp(-fill[..., None] * np.maximum(kl, 0.0)), axis=-1)
+    bound = np.where(x > u, np.minimum(bound, 1.0), 1.0)
+    return np.where(np.isnan(x) | np.isnan(u), np.nan, bound)  # no value, no tail: none
 
 
 def tail_p(values: np.ndarray, u: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -266,6 +295,11 @@ class PopulationNull:
         self.source = np.zeros((buckets, stats), dtype=np.int64)  # index into SOURCES
         self.from_bucket = np.zeros((buckets, stats), dtype=np.int64)
 
+    @property
+    def full_ring(self) -> int:
+        """The bucket of a full ring."""
+        return int(np.searchsorted(self.edges, self.ring, side="right")) - 1
+
     def reserve(self, rows: int) -> None:
         have = len(self.values)
         if rows <= have:
@@ -364,9 +398,18 @@ class PopulationNull:
         self.from_bucket = np.where(borrow, smaller, self.from_bucket)
 
     def p_values(self, stats: np.ndarray, buckets: np.ndarray) -> np.ndarray:
-        """p-values of each look's statistics (looks x statistics), each in its bucket."""
+        """p-values of each look's statistics (looks x statistics), each in its bucket; a
+        share's is also bounded through the full ring's tail (`share_bound`), the smaller
+        of the two kept."""
         cols = np.arange(stats.shape[1])
-        return tail_p(stats, self.u[buckets, cols], self.b[buckets, cols])
+        p = tail_p(stats, self.u[buckets, cols], self.b[buckets, cols])
+        if len(stats):
+            full = self.full_ring
+            shares = np.array(SHARE_STATISTICS)
+            fill = np.minimum(self.edges[buckets[:, shares]], self.ring)
+            bound = share_bound(stats[:, shares], fill, self.u[full, shares], self.b[full, shares])
+            p[:, shares] = np.fmin(p[:, shares], bound)
+        return p
 
     def baseline(self, bucket: int, stat: int) -> dict[str, object]:
         """What a statistic of a look in `bucket` was judged against, for incident details."""
@@ -381,6 +424,18 @@ class PopulationNull:
             "clients": int(self.clients[bucket, stat]),
             "tail_start": round(float(self.u[bucket, stat]), 4),
             "tail_scale": round(float(self.b[bucket, stat]), 4),
+            **self._rates_tail(stat),
+        }
+
+    def _rates_tail(self, stat: int) -> dict[str, float]:
+        """A share's p-value is also bounded through the full ring's tail (`share_bound`):
+        that tail, for the incident details."""
+        if stat not in SHARE_STATISTICS:
+            return {}
+        full = self.full_ring
+        return {
+            "full_ring_tail_start": round(float(self.u[full, stat]), 4),
+            "full_ring_tail_scale": round(float(self.b[full, stat]), 4),
         }
 
     def state(self, rows: int) -> dict[str, object]:
@@ -389,7 +444,25 @@ class PopulationNull:
             "stamps": self.stamps[:rows],
             "prior_u": self.prior_u,
             "prior_b": self.prior_b,
+            "fitted": self.fitted(),
         }
+
+    def fitted(self) -> dict[str, np.ndarray]:
+        """The tails as last refreshed: a restored detector judges with these until its next
+        refresh, as the one checkpointed would have (voices recorded since the refresh,
+        refitted at once, gave other p-values: the full ring's tail bounds every share's)."""
+        return {
+            "u": self.u,
+            "b": self.b,
+            "clients": self.clients,
+            "source": self.source,
+            "from_bucket": self.from_bucket,
+        }
+
+    def load_fitted(self, fitted: dict[str, np.ndarray]) -> None:
+        self.u, self.b = fitted["u"], fitted["b"]
+        self.clients, self.source = fitted["clients"], fitted["source"]
+        self.from_bucket = fitted["from_bucket"]
 
     def load(self, state: dict[str, np.ndarray], rows: int, now: float) -> None:
         self.values = np.full((rows, *self.values.shape[1:]), np.nan)
