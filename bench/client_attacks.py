@@ -31,7 +31,9 @@ distribution are stored first as its reference (`bulwark reference set`,
 `...-reference.jsonl`); by default Bulwark learns the reference from the stream's first
 events, warm-up attackers included.
 
-Each seed leaves `bench/out/client_attacks-<dataset>-seed<N>.jsonl` (the events; `-trainref`,
+A seed fixes its stream, whatever ran before it in the process (each attack's draws follow
+from the seed: `client_streams.run_attack`). Each seed leaves
+`bench/out/client_attacks-<dataset>-seed<N>.jsonl` (the events; `-trainref`,
 `-late-attacks`, `-none-attacks`, `-quick` added to the name as the options say),
 `...-keys.json` (who is who: benign keys, the heavy user, the shift time, each attack's keys,
 start and queries sent) and `...db` (the incidents). Targets (issue 14): at most 1 benign key
