@@ -463,11 +463,3 @@ class PopulationNull:
         self.u, self.b = fitted["u"], fitted["b"]
         self.clients, self.source = fitted["clients"], fitted["source"]
         self.from_bucket = fitted["from_bucket"]
-
-    def load(self, state: dict[str, np.ndarray], rows: int, now: float) -> None:
-        self.values = np.full((rows, *self.values.shape[1:]), np.nan)
-        self.stamps = np.full((rows, *self.stamps.shape[1:]), -np.inf)
-        have = len(state["values"])
-        self.values[:have], self.stamps[:have] = state["values"], state["stamps"]
-        self.prior_u, self.prior_b = state["prior_u"], state["prior_b"]
-        self.refresh(now)
