@@ -573,6 +573,10 @@ def test_a_restored_detector_judges_with_the_tails_as_last_refreshed() -> None:
     old = QueryPatternDetector("m", SETTINGS)
     assert old.restore(state_codec.encode(envelope))
     assert not np.array_equal(np.nan_to_num(old.null.u), np.nan_to_num(stale))
+    forged = state_codec.decode(detector.snapshot())
+    forged["state"]["null"]["fitted"]["u"] = stale[:-1]  # a bucket short
+    with pytest.raises(StateError, match="fitted tails"):
+        QueryPatternDetector("m", SETTINGS).restore(state_codec.encode(forged))
 
 
 def test_a_checkpoint_without_reported_groups_restores_its_clients() -> None:

@@ -460,6 +460,10 @@ class PopulationNull:
         }
 
     def load_fitted(self, fitted: dict[str, np.ndarray]) -> None:
+        """The tails of `fitted()`, one per (bucket, statistic) as the prior's (set first)."""
+        names = ("u", "b", "clients", "source", "from_bucket")
+        if any(np.shape(fitted[name]) != self.prior_u.shape for name in names):
+            raise ValueError("the null's fitted tails are not one per bucket and statistic")
         self.u, self.b = fitted["u"], fitted["b"]
         self.clients, self.source = fitted["clients"], fitted["source"]
         self.from_bucket = fitted["from_bucket"]
