@@ -105,6 +105,9 @@ REGION_REACH = 4
 # Where `share_bound` may split between a client's rate and its sampling noise: these
 # fractions of the way from the full ring's tail start to the share.
 SPLITS = np.linspace(0.0, 1.0, 33)[:-1]
+# The null's tails as last refreshed, one value per (bucket, statistic): checkpointed as they
+# are (`PopulationNull.fitted`).
+FITTED = ("u", "b", "clients", "source", "from_bucket")
 
 
 def history_edges(min_queries: int, buffer_size: int) -> np.ndarray:
@@ -166,7 +169,8 @@ def share_bound(x: np.ndarray, fill: np.ndarray, u: np.ndarray, b: np.ndarray) -
     shares), through its rate r: for any t, P(r >= t) + P(share >= x | r < t), the first
     from the full ring's tail (u, b per share: its shares spread wider than the rates they
     measure), the second Chernoff's exp(-fill KL(x || t)) for independent queries; the least
-    over t in `SPLITS` (NaN where the share or the tail is missing).
+    over t in `SPLITS` (NaN where the share or the tail is missing; 1 where the share is
+    not beyond the tail's start).
 
     Why: a partial ring's null is the full ring's clients widened to its noise (the module
     docstring), an exponential tail that far beyond its start is much heavier than any
@@ -174,6 +178,13 @@ def share_bound(x: np.ndarray, fill: np.ndarray, u: np.ndarray, b: np.ndarray) -
     tail starting at 0.22 (`bench/client_attacks.py`, segment 147). With queries that come
     in runs of 2 or 4 alike, not independent, benign shares at 20 queries still fall at or
     below 1e-5 no more often than a quarter of that (docs/query-patterns.md)."""
+    out = np.where(np.isnan(x) | np.isnan(u), np.nan, 1.0)  # no value, no tail: none
+    with np.errstate(invalid="ignore"):
+        beyond = x > u  # elsewhere the bound is 1: most looks, whose splits are not built
+    rows = np.flatnonzero(beyond.any(axis=1))
+    if not len(rows):
+        return out
+    x, fill = x[rows], fill[rows]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         t = u[..., None] + (x - u)[..., None] * SPLITS  # looks x shares x splits
         t = np.clip(t, 1e-9, 1 - 1e-9)
@@ -183,8 +194,8 @@ def share_bound(x: np.ndarray, fill: np.ndarray, u: np.ndarray, b: np.ndarray) -
         )
         rates = np.minimum(1.0, 0.1 * np.exp(-(t - u[..., None]) / b[..., None]))
         bound = np.min(rates + np.exp(-fill[..., None] * np.maximum(kl, 0.0)), axis=-1)
-    bound = np.where(x > u, np.minimum(bound, 1.0), 1.0)
-    return np.where(np.isnan(x) | np.isnan(u), np.nan, bound)  # no value, no tail: none
+    out[rows] = np.where(beyond[rows], np.minimum(bound, 1.0), out[rows])
+    return out
 
 
 def tail_p(values: np.ndarray, u: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -451,19 +462,11 @@ class PopulationNull:
         """The tails as last refreshed: a restored detector judges with these until its next
         refresh, as the one checkpointed would have (voices recorded since the refresh,
         refitted at once, gave other p-values: the full ring's tail bounds every share's)."""
-        return {
-            "u": self.u,
-            "b": self.b,
-            "clients": self.clients,
-            "source": self.source,
-            "from_bucket": self.from_bucket,
-        }
+        return {name: getattr(self, name) for name in FITTED}
 
     def load_fitted(self, fitted: dict[str, np.ndarray]) -> None:
         """The tails of `fitted()`, one per (bucket, statistic) as the prior's (set first)."""
-        names = ("u", "b", "clients", "source", "from_bucket")
-        if any(np.shape(fitted[name]) != self.prior_u.shape for name in names):
+        if any(np.shape(fitted[name]) != self.prior_u.shape for name in FITTED):
             raise ValueError("the null's fitted tails are not one per bucket and statistic")
-        self.u, self.b = fitted["u"], fitted["b"]
-        self.clients, self.source = fitted["clients"], fitted["source"]
-        self.from_bucket = fitted["from_bucket"]
+        for name in FITTED:
+            setattr(self, name, fitted[name])
