@@ -882,19 +882,14 @@ def test_an_attacker_busy_through_a_long_learning_window_is_judged_beyond_its_fi
     """The reference can take hours to learn (at night, with few clients), and an attacker
     may start probing only after its first ring of ordinary-looking queries: its later
     queries of the window are judged too (up to `WARMUP_FACTOR` rings), not dropped."""
-    settings = QueryPatternSettings(reference_size=2000)
+    settings = QueryPatternSettings(reference_size=3000)
     detector = QueryPatternDetector("m", settings)
     stream = Stream(seed=28)
     ordinary, _ = stream.benign(300)  # more than a ring of queries like everyone's
     attacker = np.vstack([ordinary, boundary_probe(stream.rng, 150)])
-    for start in range(0, len(attacker), 50):
-        bx, bc = stream.benign(100)
-        x = np.vstack([bx, attacker[start : start + 50]])
-        clients = bc + ["patient"] * len(attacker[start : start + 50])
-        order = stream.rng.permutation(len(x))
-        assert detector.update(stream.batch(x[order], [clients[i] for i in order])) == []
+    assert run_mixed(detector, stream, attacker, ["patient"] * len(attacker), per_batch=50) == []
     assert not detector.calibrated and detector.warmup_taken["patient"] == len(attacker)
-    detector.set_reference(stream.batch(*stream.benign(2000)))
+    detector.set_reference(stream.batch(*stream.benign(3000)))
     flagged = first_by_client(detector.update(stream.batch(*stream.benign(100))))
     assert set(flagged) == {"patient"}
     assert flagged["patient"].details["judged_late"]
