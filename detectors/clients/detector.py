@@ -51,7 +51,9 @@ flagged per day at most (as far as the null's tail holds; derived in docs/query-
 each spending its own share per client and per event-time day (`Spending`):
 
 - the *ring* test, at every look: the Bonferroni minimum over the ring's six statistics, the
-  j-th look of the day at alpha_r / (j (j + 1));
+  i-th look of the day's g-th ring of looks (`buffer_size` / `check_every` looks: a ring's
+  worth of new queries) at alpha_r x 0.9 / (i (i + 1)) for g = 1 and alpha_r x 0.1 /
+  ((g - 1) g i (i + 1)) after (`Spending.ring_threshold`);
 - the *cumulative* test (`coverage`, `region_coverage`: evidence that accrues over everything
   the client sent, slowly) only at the client's first look of each day (from
   `CUMULATIVE_FIRST` queries seen) and at the looks where its queries seen pass
@@ -1324,7 +1326,10 @@ class QueryPatternDetector(ProfiledDetector):
         cumulative_due = cumulative_looks_due(counts, self.settings.check_every).tolist()
         look_ts = batch.ts[[index for _, _, index, _ in due]]
         days = (look_ts // DAY).astype(np.int64).tolist()
-        spending = Spending(self.settings.false_clients_per_thousand / 1000)
+        spending = Spending(
+            self.settings.false_clients_per_thousand / 1000,
+            -(-self.settings.buffer_size // self.settings.check_every),
+        )
         findings = []
         voices = []
         for i, (client, state, index, count) in enumerate(due):
