@@ -304,6 +304,16 @@ def test_a_key_sharing_queries_with_a_flagged_key_is_judged_with_looks_of_its_ow
     ring, linked = details["tests"]["ring"], details["tests"]["linked"]
     assert ring["p_value"] > ring["threshold"]  # the ring test alone would not flag it
     assert linked["p_value"] <= linked["threshold"]
+    # The ring test's threshold restarts with each ring of the day's looks (a ring's worth
+    # of new queries: buffer_size / check_every looks).
+    spending = Spending(
+        SETTINGS.false_clients_per_thousand / 1000,
+        looks_per_ring=-(-SETTINGS.buffer_size // SETTINGS.check_every),
+    )
+    assert ring["look_of_day"] > spending.looks_per_ring
+    assert ring["threshold"] == pytest.approx(
+        spending.ring_threshold(ring["look_of_day"]), rel=1e-2
+    )
     assert linked["look_of_day"] < ring["look_of_day"]
     assert len(details["detectors_fired"]) == len(set(details["detectors_fired"]))
 
@@ -981,7 +991,7 @@ def test_a_slow_whole_population_sampler_is_flagged_by_the_cumulative_test() -> 
     tests = first.details["tests"]
     cumulative = tests["cumulative"]
     assert first.threshold == cumulative["threshold"]
-    spent = Spending(SETTINGS.false_clients_per_thousand / 1000)
+    spent = Spending(SETTINGS.false_clients_per_thousand / 1000, looks_per_ring=26)
     assert cumulative["threshold"] == pytest.approx(
         spent.cumulative_threshold(cumulative["look_of_day"]), rel=1e-2
     )

@@ -49,7 +49,7 @@ class Spending:
     series with each ring's worth of the day's looks (`ring_threshold`)."""
 
     alpha: float
-    looks_per_ring: int = 26  # buffer_size / check_every, rounded up: 256 / 10
+    looks_per_ring: int  # buffer_size / check_every, rounded up: a ring's worth of new queries
 
     @property
     def ring(self) -> float:
