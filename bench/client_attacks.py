@@ -370,7 +370,8 @@ def main() -> None:
         choices=["global", "per-feature"],
         default="global",
         help="the bounds ART's attacks clip to: one range for every feature (the default) "
-        "or each feature's own (an attacker who knows the schema)",
+        "or each feature's own (an attacker who knows the schema; a feature constant in "
+        "the data keeps the global range, as ART needs min < max)",
     )
     parser.add_argument("--clients", type=int, default=None, help="benign keys (150; quick 40)")
     parser.add_argument("--days", type=float, default=None, help="run length (10; quick 2)")

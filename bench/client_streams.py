@@ -279,10 +279,12 @@ class LoggedModel:
         clip: tuple[object, object] = (float(d.low.min()), float(d.high.max()))
         if self.box == "per-feature" and not scalar_box:
             shape = d.image_shape if image else (len(d.names),)
-            clip = (
-                d.low.reshape(shape).astype(np.float32),
-                d.high.reshape(shape).astype(np.float32),
-            )
+            # ART needs min < max everywhere: a feature constant in the data (digits' corner
+            # pixels) keeps the global range.
+            constant = d.high <= d.low
+            low = np.where(constant, d.low.min(), d.low)
+            high = np.where(constant, d.high.max(), d.high)
+            clip = (low.reshape(shape).astype(np.float32), high.reshape(shape).astype(np.float32))
         predict = self.predict_fn(keys, clock, budget)
         if image:
             return BlackBoxClassifierNeuralNetwork(

@@ -22,6 +22,7 @@ pytest.importorskip("sklearn", reason="scikit-learn (the bench extra) is needed"
 from bench.client_streams import (
     T0,
     Attack,
+    Clock,
     LoggedModel,
     benign_traffic,
     judge,
@@ -66,3 +67,20 @@ def test_hop_skip_jump_attacker_is_flagged_and_benign_keys_are_not(tmp_path: Pat
     assert attacker.flagged_after <= 100
     flagged = [k for k in benign.keys if verdicts[k].flagged_after is not None]
     assert flagged == [], f"benign keys flagged: {flagged}"
+
+
+def test_a_per_feature_box_keeps_the_global_range_on_constant_features() -> None:
+    """The schema-aware attacker's box (`--box per-feature`) on digits, whose corner pixels
+    are constant in the data: ART refuses a box with min >= max, so those features keep the
+    global range and the others their own."""
+    dataset = load_dataset("digits", 5)
+    constant = dataset.high <= dataset.low
+    assert constant.any() and not constant.all()
+    served = LoggedModel(train_model(dataset, 5), dataset, box="per-feature")
+    clock = Clock(np.random.default_rng(5), T0)
+    clf = served.art_classifier(["attacker"], clock, budget=1)
+    low, high = clf.clip_values
+    assert (low < high).all()
+    assert np.allclose(low[~constant], dataset.low[~constant])
+    assert np.allclose(high[~constant], dataset.high[~constant])
+    assert np.allclose(high[constant], dataset.high.max())
