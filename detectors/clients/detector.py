@@ -231,6 +231,10 @@ class QueryPatternDetector(ProfiledDetector):
         self.fp_owners = np.zeros(size, dtype=np.int64)
         self.fp_ts = np.full(size, -np.inf)
         self.edges = history_edges(s.min_queries, s.buffer_size)
+        # A ring's worth of new queries every buffer_size / check_every looks (rounded up).
+        self.spending = Spending(
+            s.false_clients_per_thousand / 1000, -(-s.buffer_size // s.check_every)
+        )
         self.null = PopulationNull(
             self.edges, s.null_window_seconds, s.min_null_clients, s.buffer_size
         )
@@ -1326,10 +1330,7 @@ class QueryPatternDetector(ProfiledDetector):
         cumulative_due = cumulative_looks_due(counts, self.settings.check_every).tolist()
         look_ts = batch.ts[[index for _, _, index, _ in due]]
         days = (look_ts // DAY).astype(np.int64).tolist()
-        spending = Spending(
-            self.settings.false_clients_per_thousand / 1000,
-            -(-self.settings.buffer_size // self.settings.check_every),
-        )
+        spending = self.spending
         findings = []
         voices = []
         for i, (client, state, index, count) in enumerate(due):
