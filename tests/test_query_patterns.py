@@ -30,10 +30,14 @@ from detectors.clients.spending import (
     CUMULATIVE,
     CUMULATIVE_FIRST,
     RING,
+    RING_DECAY,
     TESTED,
+    WEIGHTS,
     Spending,
+    bonferroni,
     cumulative_looks_due,
 )
+from detectors.clients.spending import Test as CombinedTest
 from detectors.clients.statistics import shapiro_w
 from detectors.settings import QueryPatternSettings
 from detectors.state_codec import StateError
@@ -939,8 +943,8 @@ def test_the_two_tests_spend_alpha_per_client_day_between_them() -> None:
         # A day the client shares fingerprints with a flagged one adds the linked looks.
         linked = sum(spending.linked_threshold(m) for m in range(1, looks + 1))
         assert linked < 0.25e-3 and day + linked < 1.25e-3
-    # Each ring of 26 looks spends at most 26/27 of its share: the day approaches alpha.
-    assert day == pytest.approx(1e-3, rel=0.03)
+    # Each ring of 26 looks spends its share: the day approaches alpha.
+    assert day == pytest.approx(1e-3, rel=0.01)
     # Cumulative looks: the first look at or after 200, 400, 800, ... queries seen.
     assert CUMULATIVE_FIRST == 200
     counts = np.arange(20, 20_001, 10)
@@ -951,26 +955,64 @@ def test_the_two_tests_spend_alpha_per_client_day_between_them() -> None:
     assert len(due) == 7 and all(0 <= d - 200 * 2**k < 7 for k, d in enumerate(due))
 
 
+def test_each_test_weighs_its_statistics_and_the_cumulative_one_favours_region_coverage() -> None:
+    """A weighted Bonferroni: a look crosses when a statistic's p is at most its weight's
+    share of the threshold, the weights summing to 1 over each test (so P <= threshold). The
+    ring's six statistics alike; the cumulative test gives `region_coverage`, the natural
+    extractor's statistic where keys serve segments, 0.8 and the features' `coverage` 0.2."""
+    assert WEIGHTS[RING].sum() == pytest.approx(1) and WEIGHTS[CUMULATIVE].sum() == pytest.approx(1)
+    assert np.allclose(WEIGHTS[RING], 1 / 6) and WEIGHTS[~TESTED].sum() == 0
+    region, coverage = STATISTICS.index("region_coverage"), STATISTICS.index("coverage")
+    threshold = 1e-4
+    p = np.full((4, len(STATISTICS)), np.nan)
+    p[0, region] = 0.7 * threshold  # beyond an even half, within 0.8
+    p[1, coverage] = 0.3 * threshold  # within an even half, beyond 0.2
+    p[2, coverage] = 0.15 * threshold
+    p[3, [region, coverage]] = 0.9 * threshold, 0.5 * threshold
+    combined = bonferroni(p, CUMULATIVE)
+    assert (combined <= threshold).tolist() == [True, False, True, False]
+    assert combined[0] == pytest.approx(0.7 * threshold / 0.8)
+    assert combined[1] == pytest.approx(0.3 * threshold / 0.2)
+    # A statistic with no value counts as p = 1; the ring test is blind to the cumulative's.
+    assert bonferroni(p, RING).tolist() == [1.0] * 4
+    test = CombinedTest("cumulative", float(combined[0]), threshold, 1, 400)
+    assert test.per_statistic[region] == pytest.approx(0.8 * threshold)
+    assert test.per_statistic[coverage] == pytest.approx(0.2 * threshold)
+    assert test.per_statistic[RING].sum() == 0
+    assert test.details()["weights"] == {"coverage": 0.2, "region_coverage": 0.8}
+
+
 def test_the_ring_test_restarts_its_spending_with_each_ring_of_the_days_looks() -> None:
     """A ring's statistics are new evidence once its window has been replaced, so the ring
     test's series restarts with each ring's worth of the day's looks, at a smaller share:
     a pattern that persists through a busy day is judged afresh every ring, where one
-    series over the day's looks had shrunk its threshold with the square of its looks."""
+    series over the day's looks had shrunk its threshold with the square of its looks.
+    Within a ring the looks see overlapping windows, and the share falls as i^-1.25,
+    normalised over the ring's looks: a pattern seen again at each look keeps a share."""
     spending = Spending(1e-3, looks_per_ring=26)
     ring = [spending.ring_threshold(j) for j in range(1, 26 * 40 + 1)]
-    # Within a ring, the thresholds fall as 1 / (i (i + 1)); the first ring has 0.9 of it.
-    assert ring[0] == pytest.approx(0.9 * spending.ring / 2)
-    assert ring[1] == pytest.approx(0.9 * spending.ring / 6)
+    decay = np.arange(1, 27) ** -RING_DECAY
+    within = decay / decay.sum()
+    # Within a ring, the thresholds fall as i^-1.25; the first ring has 0.9 of the share,
+    # spent exactly over its 26 looks.
+    assert RING_DECAY == 1.25
+    assert ring[:26] == pytest.approx((0.9 * spending.ring * within).tolist())
+    assert sum(ring[:26]) == pytest.approx(0.9 * spending.ring)
     assert all(a > b for a, b in pairwise(ring[:26]))
-    # The second ring's first look: 0.1 / 2 of the share, over 2 for its first look; the
-    # g-th ring's first look at 0.1 / ((g - 1) g 2).
+    # Less on the first look than 1 / (i (i + 1)) would spend, more on the later ones: the
+    # sixth look (70 queries) has 1.5 times that series' share, the last 4 times.
+    series = [0.9 * spending.ring / (i * (i + 1)) for i in range(1, 27)]
+    assert 0.6 < ring[0] / series[0] < 0.8
+    assert ring[5] > 1.5 * series[5] and ring[25] > 4 * series[25]
+    # The g-th ring's share is 0.1 / ((g - 1) g), spent over its looks alike: its first
+    # look is a restart, above the ring's last look before it.
     for g in range(2, 40):
         first = ring[(g - 1) * 26]
-        assert first == pytest.approx(spending.ring * 0.1 / ((g - 1) * g * 2))
-        assert first > ring[(g - 1) * 26 - 1]  # a restart, above the ring's last look
+        assert first == pytest.approx(spending.ring * 0.1 / ((g - 1) * g) * within[0])
+        assert first > ring[(g - 1) * 26 - 1]
     # Far above where one series over the day's looks would stand (a fast client's 27th
     # look, its 280th query, where a CopycatCNN at p 1.4e-7 went unflagged).
-    assert ring[26] > 15 * spending.ring / (27 * 28)
+    assert ring[26] > 10 * spending.ring / (27 * 28)
     assert sum(ring) < spending.ring
 
 

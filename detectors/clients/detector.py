@@ -50,12 +50,13 @@ Two tests share alpha = `false_clients_per_thousand` / 1000, the share of benign
 flagged per day at most (as far as the null's tail holds; derived in docs/query-patterns.md),
 each spending its own share per client and per event-time day (`Spending`):
 
-- the *ring* test, at every look: the Bonferroni minimum over the ring's six statistics, the
-  i-th look of the day's g-th ring of looks (`buffer_size` / `check_every` looks: a ring's
-  worth of new queries) at alpha_r x 0.9 / (i (i + 1)) for g = 1 and alpha_r x 0.1 /
-  ((g - 1) g i (i + 1)) after (`Spending.ring_threshold`);
+- the *ring* test, at every look: the Bonferroni minimum over the ring's six statistics; the
+  day's g-th ring of looks (`buffer_size` / `check_every` looks: a ring's worth of new
+  queries) has alpha_r x 0.9 for g = 1 and alpha_r x 0.1 / ((g - 1) g) after, its i-th look
+  that share x i^-1.25, normalised over the ring's looks (`Spending.ring_threshold`);
 - the *cumulative* test (`coverage`, `region_coverage`: evidence that accrues over everything
-  the client sent, slowly) only at the client's first look of each day (from
+  the client sent, slowly; weighted Bonferroni, `region_coverage` 0.8 and `coverage` 0.2)
+  only at the client's first look of each day (from
   `CUMULATIVE_FIRST` queries seen) and at the looks where its queries seen pass
   `CUMULATIVE_FIRST` x 2^k: the i-th such look of the day at alpha_c / (i (i + 1)).
 
@@ -1454,7 +1455,7 @@ class QueryPatternDetector(ProfiledDetector):
                 for test in tests
                 if test.p_value <= test.threshold
                 for i in judged
-                if test.statistics[i] and p_values[i] <= test.per_statistic
+                if test.statistics[i] and p_values[i] <= test.per_statistic[i]
             },
             key=lambda name: p_values[STATISTICS.index(name)],
         )

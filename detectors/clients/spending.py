@@ -1,11 +1,11 @@
 """How a suspicious-client look spends the false-alarm budget: two tests share alpha (benign
 clients flagged per client-day, at most), the ring statistics at every look and the
 cumulative coverages at the day's first look and at doublings of queries seen; each
-combines its statistics by Bonferroni (docs/query-patterns.md derives it)."""
+combines its statistics by a weighted Bonferroni (docs/query-patterns.md derives it)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +21,25 @@ TESTED = np.array([name != "prada_normality" for name in STATISTICS])
 # sent) and those of its ring of recent queries.
 CUMULATIVE = np.isin(np.arange(len(STATISTICS)), CUMULATIVE_STATISTICS)
 RING = TESTED & ~CUMULATIVE
+# Of a test's threshold, what each of its statistics spends (weighted Bonferroni: a look
+# crosses when some statistic's p <= its weight x the threshold; P <= the threshold as the
+# weights sum to 1). The ring's six alike. Of the cumulative test, `region_coverage` most:
+# it is the natural-data extractor's statistic wherever keys serve segments of the
+# population (classes, input cells or values), where the features' `coverage` is so only
+# where a segment is one value of a feature (a market: p 3.7e-6 at 200 queries, 1/13 of its
+# threshold at this weight). Halves, before: on River's segment data the extractors' p at
+# 1,100-1,600 queries stood 1.2-2 times region_coverage's half ("Runs of stop 39").
+CUMULATIVE_WEIGHTS = {"coverage": 0.2, "region_coverage": 0.8}
+
+
+def _weights() -> np.ndarray:
+    weights = np.where(RING, 1.0 / RING.sum(), 0.0)
+    for name, weight in CUMULATIVE_WEIGHTS.items():
+        weights[STATISTICS.index(name)] = weight
+    return weights
+
+
+WEIGHTS = _weights()
 CUMULATIVE_SHARE = 0.5  # of alpha, for the cumulative test (the ring test has the rest)
 # Of alpha again, for the linked test: the ring statistics of a client that shares
 # fingerprints with a flagged client, judged once more at doublings of its looks so linked
@@ -38,6 +57,17 @@ CUMULATIVE_FIRST = 200
 # Of the ring test's share, what its looks of the day's first ring spend; each later ring
 # of the day (`Spending.ring_threshold`) spends (1 - FIRST_RING) / ((g - 1) g), the g-th.
 FIRST_RING = 0.9
+# Within a ring, the i-th look spends its ring's share x i^-RING_DECAY, normalised over the
+# ring's looks (a ring has a known number of looks, so the series need not go on forever).
+# A ring's looks see overlapping windows (each a ring's last queries): a pattern that holds
+# is seen again at each, at about the same p-value, and its later looks need a share that
+# is not spent almost all on the first. With 1 / (i (i + 1)) (RING_DECAY about 2, stop 38),
+# the first look had half of it and the sixth (70 queries) 1 / 42: a late HopSkipJump whose
+# low-margin share stood at p 2e-6 from its 70th query (flagged after 270; segment 141),
+# and a CopycatCNN (after 120; segment 147). At 1.25 the first look has 0.35 of the ring's
+# share (0.71 of before), the third as before, the sixth 1.6 times, the ninth twice, the
+# last 4.2 times ("Runs of stop 39").
+RING_DECAY = 1.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +75,18 @@ class Spending:
     """alpha (benign clients flagged per client-day, at most) split between the two tests;
     the cumulative test's i-th look of a client's day is tested at its share / (i (i + 1)),
     and sum over i of 1 / (i (i + 1)) = 1, so a day's looks spend less than alpha however
-    many there are (docs/query-patterns.md derives it). The ring test's looks restart that
-    series with each ring's worth of the day's looks (`ring_threshold`)."""
+    many there are (docs/query-patterns.md derives it). The ring test's looks fall in rings
+    of the day's looks, each ring with its share, spent over its looks (`ring_threshold`)."""
 
     alpha: float
     looks_per_ring: int  # buffer_size / check_every, rounded up: a ring's worth of new queries
+    within: np.ndarray = field(
+        init=False, repr=False, compare=False
+    )  # each look's part of its ring's share
+
+    def __post_init__(self) -> None:
+        decay = np.arange(1, self.looks_per_ring + 1, dtype=np.float64) ** -RING_DECAY
+        object.__setattr__(self, "within", decay / decay.sum())
 
     @property
     def ring(self) -> float:
@@ -63,14 +100,15 @@ class Spending:
         """The day's looks fall in rings of `looks_per_ring` (a ring's worth of new
         queries each): the g-th ring's share is FIRST_RING of the ring test's for the
         first, (1 - FIRST_RING) / ((g - 1) g) after (summing to 1), and its i-th look spends
-        that share / (i (i + 1)). A ring's statistics are new evidence every ring, so a
+        that share x i^-RING_DECAY / (the sum over the ring's looks of the same), so a ring
+        spends its share exactly. A ring's statistics are new evidence every ring, so a
         pattern that persists is judged afresh at each ring's first look, at a threshold
         that shrinks with the day's rings, not with its looks: with one series over the
         day's looks, a fast client's 30th look (its 300th query) was tested at 1 / 930 of
         the share, and a CopycatCNN at 87% out of reference (p 1.4e-7) was never flagged."""
         ring, i = divmod(look - 1, self.looks_per_ring)
         share = FIRST_RING if ring == 0 else (1 - FIRST_RING) / (ring * (ring + 1))
-        return self.ring * share / ((i + 1) * (i + 2))
+        return self.ring * share * float(self.within[i])
 
     def cumulative_threshold(self, look: int) -> float:
         return self.cumulative / (look * (look + 1))
@@ -95,9 +133,10 @@ class Test:
         return CUMULATIVE if self.name == "cumulative" else RING
 
     @property
-    def per_statistic(self) -> float:
-        """A statistic of the test fired at or below this (Bonferroni's share)."""
-        return self.threshold / int(self.statistics.sum())
+    def per_statistic(self) -> np.ndarray:
+        """Each statistic of the test fired at or below this (its weight's share of the
+        threshold; 0 for the other test's)."""
+        return np.where(self.statistics, self.threshold * WEIGHTS, 0.0)
 
     def details(self) -> dict[str, object]:
         return {
@@ -105,6 +144,9 @@ class Test:
             "threshold": float(f"{self.threshold:.3g}"),
             "look_of_day": self.look,
             "statistics": [STATISTICS[i] for i in np.flatnonzero(self.statistics)],
+            "weights": {
+                STATISTICS[i]: round(float(WEIGHTS[i]), 4) for i in np.flatnonzero(self.statistics)
+            },
         }
 
 
@@ -122,8 +164,9 @@ def doublings(counts: np.ndarray) -> np.ndarray:
 
 
 def bonferroni(p_values: np.ndarray, tested: np.ndarray) -> np.ndarray:
-    """Bonferroni's combined p-value of each row over the `tested` columns (a statistic
-    without a value, NaN, counts as p = 1)."""
+    """The weighted Bonferroni p-value of each row over the `tested` columns, the least of
+    p / weight (`WEIGHTS`, summing to 1 over each test's columns; a statistic without a
+    value, NaN, counts as p = 1)."""
     chosen = p_values[:, tested]
-    smallest = np.where(np.isnan(chosen), 1.0, chosen).min(axis=1)
-    return np.minimum(1.0, int(tested.sum()) * smallest)
+    scaled = np.where(np.isnan(chosen), 1.0, chosen) / WEIGHTS[tested]
+    return np.minimum(1.0, scaled.min(axis=1))
