@@ -21,6 +21,7 @@ from detectors import state_codec
 from detectors.base import Finding, Kind
 from detectors.clients.detector import (
     EXACT,
+    LINKED_CLIENTS,
     WARMUP_FACTOR,
     QueryPatternDetector,
     typical_rate,
@@ -256,6 +257,24 @@ def test_attack_split_over_keys_is_linked_through_shared_fingerprints() -> None:
         assert others <= group <= set(flagged) - {key}
 
 
+def test_sharing_fingerprints_links_both_keys_whoever_queried_first() -> None:
+    """A split attacker's key whose queries its siblings came back to, but which never came
+    back to theirs, is linked to them all the same: sharing is mutual."""
+    detector, stream = warmed(seed=3)
+    base = stream.rng.normal(0, 1, size=(60, len(FEATURES))) + 3.0
+    jitter = stream.rng.normal(0, 1e-3, size=(3, 60, len(FEATURES)))
+    run_mixed(detector, stream, base + jitter[0], ["first"] * 60, per_batch=25)
+    assert detector.clients["first"].linked is None
+    run_mixed(detector, stream, base + jitter[1], ["copier"] * 60, per_batch=25)
+    owner_of = {name: owner for owner, name in detector.owner_names.items()}
+    assert owner_of["copier"] in (detector.clients["first"].linked or {})
+    assert owner_of["first"] in (detector.clients["copier"].linked or {})
+    # The first key's incident comes to name the copier at its next looks.
+    later = run_mixed(detector, stream, base + jitter[2], ["first"] * 60, per_batch=25)
+    named = [f.details["linked_clients"] for f in later if f.subject == "first"]
+    assert named and "copier" in named[-1]
+
+
 @pytest.mark.parametrize("siblings_join", [True, False])
 def test_a_flagged_key_is_reported_again_when_siblings_join_its_group(
     siblings_join: bool,
@@ -337,6 +356,26 @@ def test_the_linked_group_follows_links_through_other_clients() -> None:
     assert detector._linked_group("a", detector.clients["a"]) == ["b", "c", "d"]
     assert detector._linked_group("c", detector.clients["c"]) == ["a", "b", "d"]
     assert detector._linked_group("e", detector.clients["e"]) == []
+
+
+def test_a_key_sharing_now_enters_a_full_set_of_older_links() -> None:
+    """A client remembers at most `LINKED_CLIENTS` others; one sharing with it now must
+    enter even when all are taken by older links (a split attacker's quieter key whose
+    ordinary queries share with many benign keys), and rise as it keeps sharing."""
+    detector = QueryPatternDetector("m", SETTINGS)
+    names = ["key"] + [f"old-{i}" for i in range(LINKED_CLIENTS)] + ["sibling"]
+    owners = {name: 100 + i for i, name in enumerate(names)}
+    for name, owner in owners.items():
+        detector._states([name], [owner])
+    for _ in range(3):
+        detector._link({owners["key"]: {owners[f"old-{i}"] for i in range(LINKED_CLIENTS)}})
+    assert len(detector.clients["key"].linked or {}) == LINKED_CLIENTS
+    for _ in range(5):
+        detector._link({owners["sibling"]: {owners["key"]}})  # mutual: the key learns it too
+    links = detector.clients["key"].linked or Counter()
+    assert len(links) == LINKED_CLIENTS
+    assert links.most_common(1)[0][0] == owners["sibling"]
+    assert detector.clients["sibling"].linked == Counter({owners["key"]: 5})
 
 
 def test_re_scoring_the_same_entities_is_not_flagged() -> None:
