@@ -195,7 +195,8 @@ class ClientState:
     flagged_severity: str | None = None
     first_flagged: float | None = None  # event time of the first flagged look
     first_seen: float | None = None  # event time of its first tracked query
-    # Other clients' owner hashes; None until the first (most clients never get one).
+    # The owner hashes of clients it shared fingerprints with (either way), and how often
+    # (batches); at most LINKED_CLIENTS. None until the first (most clients never get one).
     linked: Counter[int] | None = None
 
 
