@@ -877,34 +877,43 @@ class QueryPatternDetector(ProfiledDetector):
         names = self.profile.feature_names  # the order of `InputProfile.anomalies`' columns
         return [name for name, left in zip(names, self.ranges.left.tolist(), strict=True) if left]
 
+    def _tracked(self, owner: int) -> ClientState | None:
+        """The state of the tracked client with this owner hash (None: not tracked)."""
+        return self.clients.get(self.owner_names.get(owner, ""))
+
     def _link(self, linked: dict[int, set[int]]) -> None:
         """Records shared fingerprints on both clients (`linked`: owner -> the owners whose
-        fingerprints its queries hit). Sharing is mutual, whoever queried first: a split
-        attacker's key whose queries its siblings came back to, but which never came back to
-        theirs, is linked to them too (held-out segment seed 158: one key of 8 had no link of
-        its own, and its incident named none of its 7 siblings)."""
-        for mine, theirs in linked.items():
-            for other in theirs:
-                for owner, shared_with in ((mine, other), (other, mine)):
-                    state = self.clients.get(self.owner_names.get(owner, ""))
-                    if state is None:
-                        continue
-                    if state.linked is None:
-                        state.linked = Counter()
-                    links = state.linked
-                    if shared_with in links or len(links) < LINKED_CLIENTS:
-                        links[shared_with] += 1
-                        continue
-                    # Full: Space-Saving (Metwally et al. 2005), the newcomer takes the least
-                    # link's place and count + 1, so a key sharing now enters and rises (kept
-                    # by count alone, it lost every tie to the older links and never entered).
-                    least = min(links, key=links.__getitem__)
-                    links[shared_with] = links.pop(least) + 1
+        fingerprints its queries hit), once per pair and batch. Sharing is mutual, whoever
+        queried first: a split attacker's key whose queries its siblings came back to, but
+        which never came back to theirs, is linked to them too (held-out segment seed 158:
+        one key of 8 had no link of its own, and its incident named none of its 7
+        siblings)."""
+        pairs = {
+            (min(mine, other), max(mine, other))
+            for mine, theirs in linked.items()
+            for other in theirs
+        }
+        for one, other in pairs:
+            for owner, shared_with in ((one, other), (other, one)):
+                state = self._tracked(owner)
+                if state is None:
+                    continue
+                if state.linked is None:
+                    state.linked = Counter()
+                links = state.linked
+                if shared_with in links or len(links) < LINKED_CLIENTS:
+                    links[shared_with] += 1
+                    continue
+                # Full: Space-Saving (Metwally et al. 2005), the newcomer takes the least
+                # link's place and count + 1, so a key sharing now enters and rises (kept by
+                # count alone, it lost every tie to the older links and never entered).
+                least = min(links, key=links.__getitem__)
+                links[shared_with] = links.pop(least) + 1
 
     def _linked_to_flagged(self, state: ClientState) -> bool:
         """Whether the client shares fingerprints with a tracked client flagged before."""
         for owner in state.linked or ():
-            other = self.clients.get(self.owner_names.get(owner, ""))
+            other = self._tracked(owner)
             if other is not None and other.flagged_severity is not None:
                 return True
         return False
