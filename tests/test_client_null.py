@@ -10,8 +10,11 @@ population is not flagged by it.
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from scipy.stats import binom
 
 from detectors.clients.coverage import REGIONS, RegionCoverage
+from detectors.clients.detector import STRADDLE_RATE
 from detectors.clients.null import (
     STATISTICS,
     PopulationNull,
@@ -21,6 +24,7 @@ from detectors.clients.null import (
     tail_p,
     tail_parameters,
 )
+from detectors.clients.statistics import chernoff_tail
 
 CLASS = STATISTICS.index("region_coverage")
 RING = STATISTICS.index("knn_distance")
@@ -279,3 +283,64 @@ def test_a_share_far_beyond_every_clients_is_bounded_through_the_full_rings_rate
     benign = p_values(rng.binomial(20, rates(200_000)) / 20)
     for level in (1e-2, 1e-3, 1e-4):
         assert np.mean(benign <= level) <= level
+
+
+def prior_null(level: float, pairs_rate: float) -> PopulationNull:
+    """A null with no population: the reference prior judges every look, its share tail
+    (level, 0.05 x sqrt(20 / fill)) and boundary pairs bounded by Chernoff at `pairs_rate`,
+    as `QueryPatternDetector._learn_prior` sets them."""
+    edges = history_edges(20, 256)
+    null = PopulationNull(edges, window=DAY, min_clients=12, ring=256)
+    low, pairs = STATISTICS.index("low_margin_share"), STATISTICS.index("boundary_pairs")
+    fill = np.minimum(edges, 256)
+    null.prior_u[:, low] = level
+    null.prior_b[:, low] = np.maximum(0.05 * np.sqrt(20 / fill), 0.02)
+    for bucket, edge in enumerate(fill.tolist()):
+        null.prior_u[bucket, pairs], null.prior_b[bucket, pairs] = chernoff_tail(
+            int(edge), pairs_rate
+        )
+    null.prior_noise[low] = 0.05 * np.sqrt(20)
+    null.prior_rate[pairs] = pairs_rate
+    null.refresh(DAY)
+    return null
+
+
+def test_the_prior_judges_a_look_at_its_own_size_not_its_buckets_smallest() -> None:
+    """A warm-up HopSkipJump's boundary pairs stood at 10 of its 70 queries: the prior's
+    tangent to the Chernoff bound at the bucket's 57 queries gave p 4e-4, above every
+    threshold of its look; the bound itself at 70 queries gives 1e-5 or less. A low-margin
+    share of 0.3 over 110 queries is judged at that size's noise, not at 80's."""
+    null = prior_null(level=0.05, pairs_rate=STRADDLE_RATE)
+    low, pairs = STATISTICS.index("low_margin_share"), STATISTICS.index("boundary_pairs")
+    stats = np.full((2, len(STATISTICS)), np.nan)
+    stats[0, pairs], stats[1, low] = 10 / 70, 0.3
+    buckets = np.repeat(bucket_of(np.array([70, 110]), history_edges(20, 256))[:, None], 9, 1)
+    sizes = np.full(stats.shape, np.nan)
+    sizes[0, pairs], sizes[1, low] = 70, 110
+    at_bucket = null.p_values(stats, buckets)
+    at_size = null.p_values(stats, buckets, sizes)
+    assert (null.source[buckets[:, 0], [pairs, low]] == 3).all()  # the reference prior
+    assert at_bucket[0, pairs] > 1e-4 and at_size[0, pairs] <= 1e-5
+    scale = 0.05 * np.sqrt(20 / 110)
+    assert at_size[1, low] == pytest.approx(0.1 * np.exp(-(0.3 - 0.05) / scale))
+    assert at_size[1, low] < at_bucket[1, low] / 4
+    unknown = null.p_values(stats, buckets, np.full(stats.shape, np.nan))
+    np.testing.assert_array_equal(unknown, at_bucket)  # no size: the bucket's tail alone
+
+
+@pytest.mark.parametrize("n", [20, 27, 45, 70, 110, 180, 256])
+def test_the_priors_pair_bound_at_a_looks_size_is_a_valid_p_value(n: int) -> None:
+    """Clients whose queries are boundary pairs independently at the prior's rate: the exact
+    probability that a look's p-value is at most a (the binomial's mass where it is) stays
+    within a, at every size."""
+    null = prior_null(level=0.05, pairs_rate=STRADDLE_RATE)
+    pairs = STATISTICS.index("boundary_pairs")
+    k = np.arange(n + 1)
+    stats = np.full((n + 1, len(STATISTICS)), np.nan)
+    stats[:, pairs] = k / n
+    buckets = np.full(stats.shape, bucket_of(np.array([n]), history_edges(20, 256))[0])
+    sizes = np.full(stats.shape, float(n))
+    p = null.p_values(stats, buckets, sizes)[:, pairs]
+    mass = binom.pmf(k, n, STRADDLE_RATE)
+    for level in (1e-1, 1e-2, 1e-3, 1e-4, 1e-6):
+        assert mass[p <= level].sum() <= level

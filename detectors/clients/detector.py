@@ -140,6 +140,9 @@ KNN_STAT, LOW_STAT, OOD_STAT, PAIRS_STAT = (
     for name in ("knn_distance", "low_margin_share", "ood_share", "boundary_pairs")
 )
 PRIOR_CLIENTS = 24  # pseudo-clients drawn from the reference per history bucket
+# The reference prior's tail scale for the out-of-reference and low-margin shares at
+# `min_queries` values, narrowing as 1 / sqrt(values) (a share's sampling noise).
+PRIOR_NOISE = 0.05
 # Boundary pairs: a query and its nearest earlier distinct query closer than this share of the
 # reference records' median distance to their nearest other record, with another class.
 STRADDLE_SCALE = 0.5
@@ -240,6 +243,9 @@ class QueryPatternDetector(ProfiledDetector):
         self.null = PopulationNull(
             self.edges, s.null_window_seconds, s.min_null_clients, s.buffer_size
         )
+        for name in ("ood_share", "low_margin_share"):
+            self.null.prior_noise[STATISTICS.index(name)] = PRIOR_NOISE * math.sqrt(s.min_queries)
+        self.null.prior_rate[PAIRS_STAT] = STRADDLE_RATE
         self.exact_weights = np.zeros(0)
         self.projections = np.zeros((0, 0))
         self.offsets = np.zeros(0)
@@ -406,7 +412,7 @@ class QueryPatternDetector(ProfiledDetector):
         # noise shrinks like 1 / sqrt(queries), and so does the tail's scale: 0.05 at
         # `min_queries`, down to the shares' floor (0.02 from 125 queries on the defaults).
         fill = np.minimum(self.edges, s.buffer_size)
-        share_scale = 0.05 * np.sqrt(s.min_queries / fill)
+        share_scale = PRIOR_NOISE * np.sqrt(s.min_queries / fill)
         for name, rate in (("ood_share", ood_rate), ("low_margin_share", low_rate)):
             prior_u[:, index[name]] = min(1.0, 3 * rate + 0.05)
             prior_b[:, index[name]] = np.maximum(share_scale, FLOORS[index[name]])
@@ -1345,7 +1351,7 @@ class QueryPatternDetector(ProfiledDetector):
             axis=1,
         )
         buckets[:, [COVERAGE, REGION_STAT]] = bucket_of(counts, self.edges)[:, None]
-        p_values = self.null.p_values(stats, buckets)
+        p_values = self.null.p_values(stats, buckets, self._sizes(windows, counts))
         p_values[:, ~TESTED] = np.nan  # reported, not tested
         # Closeness alone is no evidence (a batch job of similar records is close too): it
         # counts with low margins or out-of-reference inputs, as max(p_knn, min(p_low, p_ood)),
@@ -1453,6 +1459,21 @@ class QueryPatternDetector(ProfiledDetector):
             slots = np.array([states[i].slot for i in voices])
             self.null.record(slots, buckets[voices], stats[voices], look_ts[voices])
         return findings
+
+    def _sizes(self, windows: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """How many values each look's statistics are over (looks x `STATISTICS`, NaN: not
+        needed), for the prior at a look's own size: the distinct inputs of its window
+        for the out-of-reference share, those with scores for the low-margin share, and
+        every query of it for boundary pairs (`_statistics_of`)."""
+        sizes = np.full((len(windows), len(STATISTICS)), np.nan)
+        if not len(windows):
+            return sizes
+        ts, low, probe = windows.transpose(2, 0, 1)[[TS, LOW, PROBE]]
+        distinct = (ts > -np.inf) & (probe >= 0)
+        sizes[:, OOD_STAT] = np.count_nonzero(distinct, axis=1)
+        sizes[:, LOW_STAT] = np.count_nonzero(distinct & (low >= 0), axis=1)
+        sizes[:, PAIRS_STAT] = np.minimum(counts, self.settings.buffer_size)
+        return sizes
 
     def _finding(
         self,

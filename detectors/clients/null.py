@@ -301,6 +301,13 @@ class PopulationNull:
         self.stamps = np.full((0, buckets, stats), -np.inf)
         self.prior_u = np.full((buckets, stats), np.nan)  # NaN: no prior for that statistic
         self.prior_b = np.full((buckets, stats), np.nan)
+        # The prior's laws at a look's own size n (the values a statistic is over), which
+        # its per-bucket tails take at the bucket's smallest fill (`prior_at_size`): a share
+        # whose tail scale is its sampling noise, `prior_noise` / sqrt(n) (NaN: none), and
+        # a share bounded by Chernoff for n independent events of at most `prior_rate`.
+        # Constants of the settings, not of the data: never checkpointed.
+        self.prior_noise = np.full(stats, np.nan)
+        self.prior_rate = np.full(stats, np.nan)
         self.u = self.prior_u.copy()
         self.b = self.prior_b.copy()
         self.clients = np.zeros((buckets, stats), dtype=np.int64)  # pool size behind (u, b)
@@ -409,12 +416,19 @@ class PopulationNull:
         self.source = np.where(borrow, 4, self.source)
         self.from_bucket = np.where(borrow, smaller, self.from_bucket)
 
-    def p_values(self, stats: np.ndarray, buckets: np.ndarray) -> np.ndarray:
+    def p_values(
+        self, stats: np.ndarray, buckets: np.ndarray, sizes: np.ndarray | None = None
+    ) -> np.ndarray:
         """p-values of each look's statistics (looks x statistics), each in its bucket; a
-        share's is also bounded through the full ring's tail (`share_bound`), the smaller
-        of the two kept."""
+        share's is also bounded through the full ring's tail (`share_bound`), and, judged
+        by the prior, by the prior at the look's own size (`sizes`: looks x statistics, the
+        values each statistic is over; NaN: not known), the smallest kept."""
         cols = np.arange(stats.shape[1])
         p = tail_p(stats, self.u[buckets, cols], self.b[buckets, cols])
+        if sizes is not None:
+            prior = self.source[buckets, cols] == SOURCES.index("reference prior")
+            at_size = self.prior_at_size(stats, self.u[buckets, cols], sizes)
+            p = np.where(prior, np.fmin(p, at_size), p)
         if len(stats):
             full = self.full_ring
             shares = np.array(SHARE_STATISTICS)
@@ -422,6 +436,27 @@ class PopulationNull:
             bound = share_bound(stats[:, shares], fill, self.u[full, shares], self.b[full, shares])
             p[:, shares] = np.fmin(p[:, shares], bound)
         return p
+
+    def prior_at_size(self, stats: np.ndarray, u: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """The prior's p-values (looks x statistics; NaN where it has no law at a size) at
+        each look's own size n rather than its bucket's smallest fill: a share's noise law
+        0.1 exp(-(x - u) / max(`prior_noise` / sqrt(n), floor)), and the Chernoff bound
+        exp(-n KL(x || `prior_rate`)) itself rather than its tangent at the bucket's u
+        (`statistics.chernoff_tail`), which lies above it far beyond u. Same assumptions,
+        less slack: a warm-up HopSkipJump whose boundary pairs stood at 10 of 70 queries had
+        p 4e-4 by the tangent at 57 queries, 9e-6 by the bound at 70."""
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            scale = np.maximum(self.prior_noise / np.sqrt(sizes), FLOORS)
+            noise = np.minimum(1.0, 0.1 * np.exp(-(stats - u) / scale))
+            rate = self.prior_rate
+            x = np.clip(stats, 1e-12, 1.0)
+            kl = x * np.log(x / rate) + np.where(
+                x < 1, (1 - x) * np.log(np.clip(1 - x, 1e-300, None) / (1 - rate)), 0.0
+            )
+            chernoff = np.where(stats > rate, np.exp(-sizes * kl), 1.0)
+        at_size = np.where(np.isnan(self.prior_noise), np.nan, noise)
+        at_size = np.where(np.isnan(rate), at_size, chernoff)
+        return np.where(np.isnan(stats) | np.isnan(sizes), np.nan, at_size)
 
     def baseline(self, bucket: int, stat: int) -> dict[str, object]:
         """What a statistic of a look in `bucket` was judged against, for incident details."""
