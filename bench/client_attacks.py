@@ -25,6 +25,7 @@ other explains (agent/incidents/causes.py), one per cause at best.
     .venv/bin/python bench/client_attacks.py --quick      # one small seed, ~1 minute
     .venv/bin/python bench/client_attacks.py --seed 7 8 --dataset synthetic
     .venv/bin/python bench/client_attacks.py --seed 141 --dataset segment --preference 1
+    .venv/bin/python bench/client_attacks.py --seed 301 --dataset wine --preference 1
 
 With `--reference training` the model's answers on 5,000 rows of the pre-shift data
 distribution are stored first as its reference (`bulwark reference set`,
@@ -339,7 +340,9 @@ def summary(tallies: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, nargs="+", default=None, help="default 1 2")
-    parser.add_argument("--dataset", choices=["digits", "synthetic", "segment"], default="digits")
+    parser.add_argument(
+        "--dataset", choices=["digits", "synthetic", "segment", "wine"], default="digits"
+    )
     parser.add_argument("--quick", action="store_true", help="one small seed, small budgets")
     parser.add_argument(
         "--attacks",

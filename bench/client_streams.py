@@ -107,9 +107,10 @@ def load_dataset(name: str, seed: int) -> Dataset:
     """A dataset that ships with scikit-learn or River (digits: 8x8 images of 0-16 pixels;
     synthetic: `make_classification`, 20 continuous features, 4 classes; segment: River's
     bundled Image Segmentation data, 2,310 real image regions, 18 features of very different
-    scales, 7 classes), split in half: training rows and the pool benign data is drawn
-    around."""
-    from sklearn.datasets import load_digits, make_classification
+    scales, 7 classes; wine: scikit-learn's wine recognition data, 178 real wines, 13
+    chemical measurements of very different scales, 3 classes), split in half: training rows and the
+    pool benign data is drawn around."""
+    from sklearn.datasets import load_digits, load_wine, make_classification
     from sklearn.model_selection import train_test_split
     from sklearn.utils import Bunch
 
@@ -144,8 +145,13 @@ def load_dataset(name: str, seed: int) -> Dataset:
         )
         image_shape = (1, len(names), 1)
         integer = False
+    elif name == "wine":
+        data = load_wine()
+        names = [n.replace("/", "_") for n in data.feature_names]
+        image_shape = (1, len(names), 1)
+        integer = False
     else:
-        raise ValueError(f"unknown dataset {name!r} (digits, synthetic or segment)")
+        raise ValueError(f"unknown dataset {name!r} (digits, synthetic, segment or wine)")
     x = data.data.astype(float)
     x_train, pool, y_train, _ = train_test_split(
         x, data.target, test_size=0.5, random_state=seed, stratify=data.target
