@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detectors.clients.ranges import MIN_QUERIES, TrafficRanges
+from detectors.clients.ranges import BITS, MIN_QUERIES, TrafficRanges
 
 CLIENTS = 40
 
@@ -62,3 +62,36 @@ def test_too_few_clients_with_enough_queries_leave_the_ranges_as_they_were() -> 
     assert not ranges.left.any()
     ranges.forget(0)
     assert ranges.seen[0] == 0 and ranges.out[0].sum() == 0
+
+
+def test_a_record_keeps_its_features_and_a_look_counts_those_kept_then() -> None:
+    """A query's record says which features it was out of range on; whether it counts is
+    decided at the look, by the features kept then: flags recorded before a feature was
+    left stop counting when it is, and count again when the traffic is back."""
+    rng = np.random.default_rng(4)
+    ranges = TrafficRanges(np.zeros(3))
+    ranges.reserve(CLIENTS)
+    flags = np.array([[True, False, False], [False, True, False], [True, True, False]])
+    bits = ranges.bits(flags)
+    assert ranges.counts(bits).tolist() == [True, True, True]  # nothing left yet
+    ranges.observe(*_traffic(rng, np.array([[0.5, 0.0, 0.0]] * CLIENTS), 50))
+    ranges.refresh(np.arange(CLIENTS), min_clients=12)
+    assert ranges.left.tolist() == [True, False, False]
+    # The same records, judged now: out on feature 0 alone no longer counts.
+    assert ranges.counts(bits).tolist() == [False, True, True]
+    assert not ranges.counts(ranges.bits(np.zeros((1, 3), dtype=bool))).any()
+
+
+def test_features_beyond_the_bits_share_them_counted_only_while_all_are_kept() -> None:
+    """64 features (8x8 pixels) fold into BITS bits: feature f + BITS shares f's. Out of range
+    on either counts while both are kept; once one of them is left, neither counts (a shift
+    must not flag a client), and the other bits count as before."""
+    features = 64
+    ranges = TrafficRanges(np.zeros(features))
+    out = np.zeros((3, features), dtype=bool)
+    out[0, 3], out[1, BITS + 3], out[2, 10] = True, True, True
+    bits = ranges.bits(out)
+    assert bits[0] == bits[1] == 2.0**3
+    assert ranges.counts(bits).tolist() == [True, True, True]
+    ranges.left[BITS + 3] = True
+    assert ranges.counts(bits).tolist() == [False, False, True]

@@ -812,6 +812,28 @@ def test_a_range_the_whole_traffic_left_does_not_hide_an_out_of_range_client() -
     assert details["ranges_left_by_traffic"] == ["a"]
 
 
+def test_queries_out_of_range_on_a_feature_the_traffic_then_leaves_stop_counting() -> None:
+    """A client that queries through a shift before the typical client is seen out of range
+    (a heavy user at night) keeps those queries in its ring for hours: once the traffic has
+    left the feature, its ring's flags on it count no more (held-out segment seed 166: a
+    heavy user flagged by `ood_share` seven hours after the shift, the feature already
+    left)."""
+    detector, stream = warmed(seed=25)
+    stream.shift = 8.0  # feature "a" of every query leaves the reference's range
+    x, _ = stream.benign(60)
+    detector.update(stream.batch(x, ["early"] * 60))
+    ood = STATISTICS.index("ood_share")
+    early = detector.clients["early"]
+    assert detector._statistics([early])[0, ood] > 0.5  # counted: "a" not left yet
+    for _ in range(90):
+        detector.update(stream.batch(*stream.benign(500)))
+        if detector.ranges.left.any():
+            break
+    assert detector._ranges_left() == ["a"]
+    assert detector.clients["early"] is early  # still tracked, its ring unchanged
+    assert detector._statistics([early])[0, ood] == 0.0
+
+
 def test_an_attacker_present_from_the_first_query_is_found() -> None:
     """No blind warm-up: the detector judges from its first look on, against the reference
     prior and then the few clients it has seen, with estimates the attacker cannot shape."""

@@ -152,7 +152,8 @@ STRADDLE_SCALE = 0.5
 STRADDLE_RATE = 0.02
 
 
-# Columns of a client's per-query record (one row per query in its ring).
+# Columns of a client's per-query record (one row per query in its ring). OOD: the features
+# the query was out of the reference on, as bits (`TrafficRanges.bits`).
 TS, OOD, LOW, SHARED, EXACT, KNN, MIN_DISTANCE, PROBE, CLASS, STRADDLE = range(10)
 RECORD = 10
 _NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan, 0, -1, 0])  # in no statistic
@@ -727,9 +728,10 @@ class QueryPatternDetector(ProfiledDetector):
             self._link(linked)
         per_query = np.empty((n, RECORD))
         per_query[:, TS] = ts
-        # Out of range on a feature the traffic as a whole has not left (`TrafficRanges`).
+        # The features it is out of range on; a look counts those the traffic as a whole
+        # has not left then (`TrafficRanges`).
         out_of_range = self.profile.anomalies(batch, numeric)[start:]
-        per_query[:, OOD] = out_of_range[:, self.ranges.kept].any(axis=1)
+        per_query[:, OOD] = self.ranges.bits(out_of_range)
         self.ranges.observe(caller_slot[codes], out_of_range)
         per_query[:, LOW] = low_margin(batch, s.low_margin)[start:]
         per_query[:, SHARED] = shared
@@ -1277,7 +1279,7 @@ class QueryPatternDetector(ProfiledDetector):
         distinct = (ts > -np.inf) & (probe >= 0)
         kept = np.count_nonzero(distinct, axis=1)
         enough = kept >= s.min_queries // 2
-        ood = np.count_nonzero(ood_flag.astype(bool) & distinct, axis=1)
+        ood = np.count_nonzero(self.ranges.counts(ood_flag) & distinct, axis=1)
         out[:, 0] = np.where(enough, ood / np.maximum(kept, 1), np.nan)
         scored = np.count_nonzero((low >= 0) & distinct, axis=1)
         low_count = np.count_nonzero((low == 1) & distinct, axis=1)
