@@ -54,15 +54,19 @@ class TrafficRanges:
 
     def bits(self, flags: np.ndarray) -> np.ndarray:
         """Per query (rows of per-feature flags), the features it is out of range on, as
-        the bits of a float64 for its record (`counts` reads them)."""
-        weights = np.left_shift(1, np.arange(flags.shape[1]) % BITS).astype(np.int64)
-        folded = np.bitwise_or.reduce(np.where(flags, weights, 0), axis=1, initial=0)
-        return folded.astype(np.float64)
+        the bits of a float64 for its record (`counts` reads them). Only the few queries
+        out of range on something are folded."""
+        out = np.zeros(len(flags))
+        hit = np.flatnonzero(flags.any(axis=1))
+        if len(hit):
+            weights = _weights(flags.shape[1])
+            out[hit] = np.bitwise_or.reduce(np.where(flags[hit], weights, 0), axis=1)
+        return out
 
     def counts(self, bits: np.ndarray) -> np.ndarray:
         """Whether each record (`bits`) is out of range on a feature kept now. A shared bit
         counts only while every feature folded into it is kept: a shift must not flag."""
-        weights = np.left_shift(1, np.arange(len(self.left)) % BITS).astype(np.int64)
+        weights = _weights(len(self.left))
         left_bits = np.bitwise_or.reduce(np.where(self.left, weights, 0), initial=0)
         every = np.bitwise_or.reduce(weights, initial=0)
         return (bits.astype(np.int64) & (every & ~left_bits)) != 0
@@ -112,3 +116,8 @@ class TrafficRanges:
         self.level, self.left = state["level"], state["left"]
         kept = len(range(*rows.indices(len(state["seen"]))))
         self.out[:kept], self.seen[:kept] = state["out"][rows], state["seen"][rows]
+
+
+def _weights(features: int) -> np.ndarray:
+    """Each feature's bit (feature f: bit f mod BITS)."""
+    return np.left_shift(1, np.arange(features) % BITS).astype(np.int64)
