@@ -1353,7 +1353,9 @@ class QueryPatternDetector(ProfiledDetector):
             axis=1,
         )
         buckets[:, [COVERAGE, REGION_STAT]] = bucket_of(counts, self.edges)[:, None]
-        p_values = self.null.p_values(stats, buckets, self._sizes(windows, counts))
+        # Judged by the prior (a new model's first hours), a look is judged at its own size.
+        sizes = self._sizes(windows, counts) if self.null.prior_judges(buckets) else None
+        p_values = self.null.p_values(stats, buckets, sizes)
         p_values[:, ~TESTED] = np.nan  # reported, not tested
         # Closeness alone is no evidence (a batch job of similar records is close too): it
         # counts with low margins or out-of-reference inputs, as max(p_knn, min(p_low, p_ood)),

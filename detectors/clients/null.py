@@ -84,6 +84,7 @@ FLOORS = np.array([0.02, 0.02, 0.02, 0.05, 0.02, 0.02, 0.03, 0.1, 0.02])
 TAIL_QUANTILE = 0.9
 MAX_POOL = 4096  # clients per bucket used to estimate the tail (a stride subset beyond)
 SOURCES = ("none", "population", "larger history", "reference prior", "smaller history")
+PRIOR = SOURCES.index("reference prior")
 SHARE_STATISTICS = [
     STATISTICS.index(name)
     for name in (
@@ -426,7 +427,7 @@ class PopulationNull:
         cols = np.arange(stats.shape[1])
         p = tail_p(stats, self.u[buckets, cols], self.b[buckets, cols])
         if sizes is not None:
-            prior = self.source[buckets, cols] == SOURCES.index("reference prior")
+            prior = self.source[buckets, cols] == PRIOR
             at_size = self.prior_at_size(stats, self.u[buckets, cols], sizes)
             p = np.where(prior, np.fmin(p, at_size), p)
         if len(stats):
@@ -436,6 +437,11 @@ class PopulationNull:
             bound = share_bound(stats[:, shares], fill, self.u[full, shares], self.b[full, shares])
             p[:, shares] = np.fmin(p[:, shares], bound)
         return p
+
+    def prior_judges(self, buckets: np.ndarray) -> bool:
+        """Whether the reference prior judges any statistic of these looks (looks x
+        statistics, each look's bucket): only then are their sizes needed."""
+        return bool((self.source[buckets, np.arange(buckets.shape[1])] == PRIOR).any())
 
     def prior_at_size(self, stats: np.ndarray, u: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         """The prior's p-values (looks x statistics; NaN where it has no law at a size) at
