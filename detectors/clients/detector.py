@@ -413,8 +413,8 @@ class QueryPatternDetector(ProfiledDetector):
         # noise shrinks like 1 / sqrt(queries), and so does the tail's scale: 0.05 at
         # `min_queries`, down to the shares' floor (0.02 from 125 queries on the defaults).
         fill = np.minimum(self.edges, s.buffer_size)
-        share_scale = PRIOR_NOISE * np.sqrt(s.min_queries / fill)
         for name, rate in (("ood_share", ood_rate), ("low_margin_share", low_rate)):
+            share_scale = self.null.prior_noise[index[name]] / np.sqrt(fill)  # its noise law
             prior_u[:, index[name]] = min(1.0, 3 * rate + 0.05)
             prior_b[:, index[name]] = np.maximum(share_scale, FLOORS[index[name]])
         for name in ("shared_fingerprints", "coordinate_probes"):
@@ -1276,7 +1276,7 @@ class QueryPatternDetector(ProfiledDetector):
         # Shares over distinct inputs: an entity re-scored (PROBE -1) counts once, so a
         # re-scorer whose entities sit at the edge of the reference is not "out of it" again
         # and again. Half the window at least must be distinct.
-        distinct = (ts > -np.inf) & (probe >= 0)
+        distinct = _distinct(ts, probe)
         kept = np.count_nonzero(distinct, axis=1)
         enough = kept >= s.min_queries // 2
         ood = np.count_nonzero(self.ranges.counts(ood_flag) & distinct, axis=1)
@@ -1473,7 +1473,7 @@ class QueryPatternDetector(ProfiledDetector):
         if not len(windows):
             return sizes
         ts, low, probe = windows.transpose(2, 0, 1)[[TS, LOW, PROBE]]
-        distinct = (ts > -np.inf) & (probe >= 0)
+        distinct = _distinct(ts, probe)
         sizes[:, OOD_STAT] = np.count_nonzero(distinct, axis=1)
         sizes[:, LOW_STAT] = np.count_nonzero(distinct & (low >= 0), axis=1)
         sizes[:, PAIRS_STAT] = np.minimum(counts, self.settings.buffer_size)
@@ -1615,6 +1615,12 @@ def typical_rates(flags: np.ndarray, owners: np.ndarray) -> np.ndarray:
     voice, sizes = client_voices(owners)
     shares = [np.bincount(voice, column, minlength=len(sizes)) / sizes for column in flags.T]
     return np.median(np.array(shares), axis=1) if shares else np.zeros(0)
+
+
+def _distinct(ts: np.ndarray, probe: np.ndarray) -> np.ndarray:
+    """The window records the shares are over (records' TS and PROBE columns): queries
+    present, an entity re-scored counting once (PROBE -1)."""
+    return (ts > -np.inf) & (probe >= 0)
 
 
 def _compact(batch: ModelBatch, keep: np.ndarray) -> ModelBatch:

@@ -190,14 +190,22 @@ def share_bound(x: np.ndarray, fill: np.ndarray, u: np.ndarray, b: np.ndarray) -
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         t = u[..., None] + (x - u)[..., None] * SPLITS  # looks x shares x splits
         t = np.clip(t, 1e-9, 1 - 1e-9)
-        xs = np.clip(x, 1e-12, 1.0)[..., None]
-        kl = xs * np.log(xs / t) + np.where(
-            xs < 1, (1 - xs) * np.log(np.clip(1 - xs, 1e-300, None) / (1 - t)), 0.0
-        )
+        kl = bernoulli_kl(x[..., None], t)
         rates = np.minimum(1.0, 0.1 * np.exp(-(t - u[..., None]) / b[..., None]))
         bound = np.min(rates + np.exp(-fill[..., None] * np.maximum(kl, 0.0)), axis=-1)
     out[rows] = np.where(beyond[rows], np.minimum(bound, 1.0), out[rows])
     return out
+
+
+def bernoulli_kl(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """KL(x || t) between Bernoulli laws (elementwise, broadcast), the exponent of
+    Chernoff's bound on a share x of independent events of probability t; x is taken in
+    [1e-12, 1], and x = 1 has no (1 - x) term."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xs = np.clip(x, 1e-12, 1.0)
+        return xs * np.log(xs / t) + np.where(
+            xs < 1, (1 - xs) * np.log(np.clip(1 - xs, 1e-300, None) / (1 - t)), 0.0
+        )
 
 
 def tail_p(values: np.ndarray, u: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -455,11 +463,7 @@ class PopulationNull:
             scale = np.maximum(self.prior_noise / np.sqrt(sizes), FLOORS)
             noise = np.minimum(1.0, 0.1 * np.exp(-(stats - u) / scale))
             rate = self.prior_rate
-            x = np.clip(stats, 1e-12, 1.0)
-            kl = x * np.log(x / rate) + np.where(
-                x < 1, (1 - x) * np.log(np.clip(1 - x, 1e-300, None) / (1 - rate)), 0.0
-            )
-            chernoff = np.where(stats > rate, np.exp(-sizes * kl), 1.0)
+            chernoff = np.where(stats > rate, np.exp(-sizes * bernoulli_kl(stats, rate)), 1.0)
         at_size = np.where(np.isnan(self.prior_noise), np.nan, noise)
         at_size = np.where(np.isnan(rate), at_size, chernoff)
         return np.where(np.isnan(stats) | np.isnan(sizes), np.nan, at_size)
