@@ -110,7 +110,7 @@ def load_dataset(name: str, seed: int) -> Dataset:
     scales, 7 classes; wine: scikit-learn's wine recognition data, 178 real wines, 13
     chemical measurements of very different scales, 3 classes), split in half: training rows and the
     pool benign data is drawn around."""
-    from sklearn.datasets import load_digits, load_wine, make_classification
+    from sklearn.datasets import load_breast_cancer, load_digits, load_wine, make_classification
     from sklearn.model_selection import train_test_split
     from sklearn.utils import Bunch
 
@@ -145,13 +145,13 @@ def load_dataset(name: str, seed: int) -> Dataset:
         )
         image_shape = (1, len(names), 1)
         integer = False
-    elif name == "wine":
-        data = load_wine()
-        names = [n.replace("/", "_") for n in data.feature_names]
+    elif name in ("wine", "cancer"):
+        data = load_wine() if name == "wine" else load_breast_cancer()
+        names = [n.replace("/", "_").replace(" ", "_") for n in data.feature_names]
         image_shape = (1, len(names), 1)
         integer = False
     else:
-        raise ValueError(f"unknown dataset {name!r} (digits, synthetic, segment or wine)")
+        raise ValueError(f"unknown dataset {name!r} (digits, synthetic, segment, wine or cancer)")
     x = data.data.astype(float)
     x_train, pool, y_train, _ = train_test_split(
         x, data.target, test_size=0.5, random_state=seed, stratify=data.target
