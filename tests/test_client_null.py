@@ -24,6 +24,7 @@ from detectors.clients.null import (
     tail_p,
     tail_parameters,
 )
+from detectors.clients.spending import WEIGHTS, Spending
 from detectors.clients.statistics import chernoff_tail
 
 CLASS = STATISTICS.index("region_coverage")
@@ -344,3 +345,42 @@ def test_the_priors_pair_bound_at_a_looks_size_is_a_valid_p_value(n: int) -> Non
     mass = binom.pmf(k, n, STRADDLE_RATE)
     for level in (1e-1, 1e-2, 1e-3, 1e-4, 1e-6):
         assert mass[p <= level].sum() <= level
+
+
+def test_boundary_pairs_no_benign_client_sends_are_judged_by_their_floor() -> None:
+    """Benign keys on every bench dataset send at most one boundary pair per full ring (most
+    none), so the population's tail is its floor: a late HopSkipJump's line search, 3 pairs
+    in its first 20 queries, must cross the ring test's threshold at its first looks (at the
+    floor 0.02 it stood at p 6e-5, flagged only after 240 and 140 queries: segment 147, wine
+    307), while one pair in 20 stays far above it. Where benign keys do send pairs, their
+    own spread sets the tail, and their looks stay within their budget at 20 queries."""
+    rng = np.random.default_rng(12)
+    edges = history_edges(20, 256)
+    pairs = STATISTICS.index("boundary_pairs")
+    full, at = (int(b) for b in bucket_of(np.array([256, 20]), edges))
+    threshold = Spending(alpha=1e-3, looks_per_ring=26).ring_threshold(2) * WEIGHTS[pairs]
+
+    def population(rates: np.ndarray) -> PopulationNull:
+        null = PopulationNull(edges, window=DAY, min_clients=12, ring=256)
+        null.reserve(len(rates))
+        stats = np.full((len(rates), len(STATISTICS)), np.nan)
+        stats[:, pairs] = rng.binomial(256, rates) / 256
+        null.record(np.arange(len(rates)), np.full(stats.shape, full), stats, np.full(150, DAY))
+        null.refresh(DAY + 60.0, len(rates))
+        return null
+
+    def p_values(null: PopulationNull, shares: np.ndarray) -> np.ndarray:
+        looks = np.full((len(shares), len(STATISTICS)), np.nan)
+        looks[:, pairs] = shares
+        return null.p_values(looks, np.full(looks.shape, at))[:, pairs]
+
+    quiet = population(np.where(np.arange(150) % 50 == 0, 1 / 256, 0.0))
+    line_search, one_pair = p_values(quiet, np.array([3 / 20, 1 / 20]))
+    assert line_search <= threshold
+    assert one_pair >= 10 * threshold
+    rates = rng.beta(1.0, 300.0, size=150)  # a population that does send pairs now and then
+    busy = population(rates)
+    assert busy.b[at, pairs] > 0.01  # its spread, not the floor
+    benign = p_values(busy, rng.binomial(20, rng.beta(1.0, 300.0, size=200_000)) / 20)
+    for level in (1e-2, 1e-3, 1e-4):
+        assert np.mean(benign <= level) <= level
