@@ -648,7 +648,7 @@ class QueryPatternDetector(ProfiledDetector):
         # Each row's latest look (a reduction over the rows in use: no copy of the stamps).
         latest = self.null.stamps[: len(self.clients)].max(axis=(1, 2), initial=-np.inf)
         fresh = slots[latest[slots] >= self.last_ts - self.null.window]
-        self.ranges.refresh(fresh, self.settings.min_null_clients)
+        self.ranges.refresh(fresh, self.settings.min_null_clients, self.last_ts)
         if len(fresh) >= self.settings.min_null_clients:
             self.regions.observe_population(self.region_counts[fresh])
         else:
@@ -1279,7 +1279,7 @@ class QueryPatternDetector(ProfiledDetector):
         distinct = _distinct(ts, probe)
         kept = np.count_nonzero(distinct, axis=1)
         enough = kept >= s.min_queries // 2
-        ood = np.count_nonzero(self.ranges.counts(ood_flag) & distinct, axis=1)
+        ood = np.count_nonzero(self.ranges.counts(ood_flag, ts) & distinct, axis=1)
         out[:, 0] = np.where(enough, ood / np.maximum(kept, 1), np.nan)
         scored = np.count_nonzero((low >= 0) & distinct, axis=1)
         low_count = np.count_nonzero((low == 1) & distinct, axis=1)
