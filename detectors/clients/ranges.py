@@ -50,9 +50,7 @@ class TrafficRanges:
     reference's range (decayed counts); the features the typical client has left."""
 
     def __init__(self, reference_rates: np.ndarray) -> None:
-        rates = np.asarray(reference_rates, dtype=np.float64)
-        self.level = 3 * rates + 0.05  # the typical client's rate beyond which it is left
-        self.back = (rates + self.level) / 2  # ... and below which it is kept again
+        self.level = 3 * np.asarray(reference_rates, dtype=np.float64) + 0.05
         features = len(self.level)
         self.out = np.zeros((0, features), dtype=np.float32)
         self.seen = np.zeros(0, dtype=np.float32)
@@ -60,6 +58,12 @@ class TrafficRanges:
         # When each feature was last kept again (event time; -inf: never left): its flags
         # count only on queries sent since.
         self.kept_since = np.full(features, -np.inf)
+
+    @property
+    def back(self) -> np.ndarray:
+        """The typical rate below which a left feature is kept again: halfway from the
+        level (3 x the reference's rate + 0.05) back to the reference's rate."""
+        return (self.level + (self.level - 0.05) / 3) / 2
 
     @property
     def kept(self) -> np.ndarray:
@@ -84,9 +88,10 @@ class TrafficRanges:
         weights = _weights(len(self.left))
         left_bits = np.bitwise_or.reduce(np.where(self.left, weights, 0), initial=0)
         every = np.bitwise_or.reduce(weights, initial=0)
-        counted = np.full(bits.shape, every & ~left_bits, dtype=np.int64)
+        counted: np.ndarray | int = every & ~left_bits
+        # Features kept again (rare): their bits only on queries sent since.
         for feature in np.flatnonzero(~self.left & np.isfinite(self.kept_since)).tolist():
-            counted &= np.where(ts < self.kept_since[feature], ~weights[feature], -1)
+            counted = counted & np.where(ts < self.kept_since[feature], ~weights[feature], -1)
         return (bits.astype(np.int64) & counted) != 0
 
     def reserve(self, rows: int) -> None:
@@ -126,7 +131,6 @@ class TrafficRanges:
     def state(self, slots: np.ndarray) -> dict[str, np.ndarray]:
         return {
             "level": self.level,
-            "back": self.back,
             "kept_since": self.kept_since,
             "out": self.out[slots],
             "seen": self.seen[slots],
@@ -135,10 +139,8 @@ class TrafficRanges:
 
     def load(self, state: dict[str, np.ndarray], rows: slice) -> None:
         """The state of `state()`, its clients `rows` of it into slots 0.. (reserved).
-        Checkpoints from before the hysteresis hold neither `back` (derived from the level,
-        3 x rate + 0.05) nor `kept_since` (nothing kept again yet)."""
+        Checkpoints from before the hysteresis hold no `kept_since` (nothing kept again)."""
         self.level, self.left = state["level"], state["left"]
-        self.back = state.get("back", (self.level + (self.level - 0.05) / 3) / 2)
         self.kept_since = state.get("kept_since", np.full(len(self.level), -np.inf))
         kept = len(range(*rows.indices(len(state["seen"]))))
         self.out[:kept], self.seen[:kept] = state["out"][rows], state["seen"][rows]
