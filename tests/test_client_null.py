@@ -248,6 +248,45 @@ def test_a_partial_ring_share_is_judged_against_every_client_at_its_noise() -> N
     assert p_values(np.array([0.9]))[0] < 1e-4
 
 
+def test_a_partial_ring_share_is_judged_by_each_clients_latest_voice() -> None:
+    """Sharing moves with the hour: keys that passed the 28-query bucket in the night, when
+    few keys queried at once (shares near 0.02), fill their rings by the morning at about
+    0.2. A morning key at 30 queries is judged against what every key shows now, widened to
+    its noise, not against the night's voices (against them over half of ordinary morning
+    keys stood at p 1e-3 or less), and a share far above every key's still stands out."""
+    rng = np.random.default_rng(11)
+    edges = history_edges(20, 256)
+    null = PopulationNull(edges, window=DAY, min_clients=12, ring=256)
+    shared = STATISTICS.index("shared_fingerprints")
+    keys = 150
+    null.reserve(keys)
+    full, at = (int(b) for b in bucket_of(np.array([256, 30]), edges))
+
+    def record(slots: np.ndarray, bucket: int, values: np.ndarray, ts: float) -> None:
+        stats = np.full((len(slots), len(STATISTICS)), np.nan)
+        stats[:, shared] = values
+        null.record(slots, np.full(stats.shape, bucket), stats, np.full(len(slots), ts))
+
+    def morning_rates(n: int) -> np.ndarray:
+        return rng.beta(20.0, 80.0, size=n)
+
+    slots = np.arange(keys)
+    night, morning = 3 * 3_600.0, 8 * 3_600.0
+    fills = rng.integers(28, 40, size=keys)  # where each passed the bucket
+    record(slots, at, rng.binomial(fills, 0.02) / fills, night)
+    record(slots, full, rng.binomial(256, morning_rates(keys)) / 256, morning)
+    null.refresh(morning + 60.0, keys)
+
+    def p_values(shares: np.ndarray) -> np.ndarray:
+        stats = np.full((len(shares), len(STATISTICS)), np.nan)
+        stats[:, shared] = shares
+        return null.p_values(stats, np.full(stats.shape, at))[:, shared]
+
+    ordinary = rng.binomial(30, morning_rates(20_000)) / 30
+    assert np.mean(p_values(ordinary) <= 1e-3) <= 1e-3
+    assert p_values(np.array([0.9]))[0] <= 1e-3
+
+
 def test_a_share_far_beyond_every_clients_is_bounded_through_the_full_rings_rates() -> None:
     """At 20 queries the partial ring's widened tail is wide (a few clients of a segment of
     their own stand far out), and a client with 19 of its 20 queries out of reference got p
