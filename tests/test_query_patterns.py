@@ -1180,6 +1180,54 @@ def test_a_warm_up_boundary_walker_on_continuous_features_is_flagged_by_its_pair
     assert run(Stream(seed=26)) == {}  # one class all along the lines: no pairs
 
 
+def bisections(rng: np.random.Generator, lines: int, steps: int) -> np.ndarray:
+    """Binary searches on b = 0.5 between points where the model's class is the same (a + b
+    from 1.5 to 2.5), each line elsewhere in (c, d): a search for a threshold of the score,
+    its steps (down to a tenth of a unit) well beyond `repeat_distance` in every coordinate."""
+    out = []
+    spread = np.array([0.2, 0.2, 2.0, 2.0])
+    for _ in range(lines):
+        low = np.array([2.5, -1.0, -1.0, -1.0]) + rng.normal(0, spread)
+        high = np.array([0.5, 2.0, 1.0, 1.0]) + rng.normal(0, spread)
+        for _ in range(steps):
+            mid = (low + high) / 2
+            out.append(mid)
+            low, high = (low, mid) if mid[1] > 0.5 else (mid, high)
+    return np.array(out)
+
+
+def test_a_binary_search_is_boundary_search_whatever_the_class_along_it() -> None:
+    """A binary search sent in its order (each query depends on the answer before it) halves
+    the gap to its nearest earlier query at every step: those steps count in
+    `boundary_pairs` even where the class never changes along the line (the warm-up
+    HopSkipJumps of segment seeds 148, 169 and 171 held few pairs and were flagged after
+    410-540 queries, now after 20). The same queries with each line sent farthest-first (no
+    halvings) are not flagged."""
+
+    def run(walk: np.ndarray) -> dict[str, Finding]:
+        stream = Stream(seed=27)
+        detector = QueryPatternDetector("m", SETTINGS)
+        findings: list[Finding] = []
+        for start in range(0, len(walk), 10):
+            bx, bc = stream.benign(40)
+            steps = walk[start : start + 10]
+            batch = stream.batch(np.vstack([bx, steps]), bc + ["walker"] * len(steps))
+            findings += detector.update(batch)
+        for _ in range(4):
+            findings += detector.update(stream.batch(*stream.benign(500)))
+        return first_by_client(findings)
+
+    lines, steps = 30, 6
+    walk = bisections(np.random.default_rng(5), lines, steps)
+    flagged = run(walk)
+    assert set(flagged) == {"walker"}
+    walker = flagged["walker"]
+    assert walker.details["detectors_fired"] == ["boundary_pairs"]
+    assert walker.details["queries_seen"] <= 100
+    farthest_first = walk.reshape(lines, steps, -1)[:, ::-1].reshape(walk.shape)
+    assert run(farthest_first) == {}
+
+
 def test_compare_counts_the_coordinates_moved_beyond_the_repeat_distance() -> None:
     """`_compare`'s third value is, per candidate, how many coordinates moved by more than
     `repeat_distance` (boundary pairs leave out entities with 1 to `entity_changes` fields
