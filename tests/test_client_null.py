@@ -203,18 +203,25 @@ def test_an_exponential_tail_is_not_fitted_short() -> None:
             assert count / judged <= 1.5 * alpha, (voices, alpha, count / judged)
 
 
+def ring_null(keys: int, fill: int) -> tuple[PopulationNull, int, int]:
+    """An empty null for `keys` clients on the default buckets, with the full ring's bucket
+    and the bucket of ring fill `fill`."""
+    edges = history_edges(20, 256)
+    null = PopulationNull(edges, window=DAY, min_clients=12, ring=256)
+    null.reserve(keys)
+    full, at = (int(b) for b in bucket_of(np.array([256, fill]), edges))
+    return null, full, at
+
+
 def test_a_partial_ring_share_is_judged_against_every_client_at_its_noise() -> None:
     """A share at 40 queries is noisier than at a full ring: the full-ring clients speak for
     the 40-query bucket with their deviations widened (sqrt(256 / 40)), so new benign clients
     are not flagged by that noise, while the bucket's three own voices alone would say
     nothing, and a share far above every client's still is."""
     rng = np.random.default_rng(5)
-    edges = history_edges(20, 256)
-    null = PopulationNull(edges, window=DAY, min_clients=12, ring=256)
     ood = STATISTICS.index("ood_share")
     old, new = 150, 3
-    null.reserve(old + new)
-    full, at = (int(b) for b in bucket_of(np.array([256, 40]), edges))
+    null, full, at = ring_null(old + new, 40)
 
     def record(slot: int, bucket: int, value: float) -> None:
         stats = np.full((1, len(STATISTICS)), np.nan)
@@ -255,12 +262,9 @@ def test_a_partial_ring_share_is_judged_by_each_clients_latest_voice() -> None:
     its noise, not against the night's voices (against them over half of ordinary morning
     keys stood at p 1e-3 or less), and a share far above every key's still stands out."""
     rng = np.random.default_rng(11)
-    edges = history_edges(20, 256)
-    null = PopulationNull(edges, window=DAY, min_clients=12, ring=256)
     shared = STATISTICS.index("shared_fingerprints")
     keys = 150
-    null.reserve(keys)
-    full, at = (int(b) for b in bucket_of(np.array([256, 30]), edges))
+    null, full, at = ring_null(keys, 30)
 
     def record(slots: np.ndarray, bucket: int, values: np.ndarray, ts: float) -> None:
         stats = np.full((len(slots), len(STATISTICS)), np.nan)
@@ -295,12 +299,9 @@ def test_a_share_far_beyond_every_clients_is_bounded_through_the_full_rings_rate
     times smaller, while benign clients of the same population, edge segment included, stay
     within their budget at 20 queries."""
     rng = np.random.default_rng(9)
-    edges = history_edges(20, 256)
-    null = PopulationNull(edges, window=DAY, min_clients=12, ring=256)
     ood = STATISTICS.index("ood_share")
     old = 150
-    null.reserve(old)
-    full, at = (int(b) for b in bucket_of(np.array([256, 20]), edges))
+    null, full, at = ring_null(old, 20)
 
     def rates(n: int) -> np.ndarray:  # 2% of the clients serve an edge segment (rate ~0.3)
         edge = np.arange(n) % 50 == 0

@@ -1138,15 +1138,28 @@ def line_searches(rng: np.random.Generator, lines: int, steps: int = 12) -> np.n
     """Binary searches for the sector boundary b = 0 (a > 0) between random points on either
     side, every coordinate moving: a boundary walker (Sign-OPT, HopSkipJump's binary search)
     whose queries keep ordinary margins (a + b stays near 2) and stay in the reference."""
+    below, above = np.array([2.0, -0.6, 0.0, 0.0]), np.array([2.0, 0.6, 0.0, 0.0])
+    return binary_searches(rng, lines, steps, (below, above), np.full(4, 0.3), cut=0.0)
+
+
+def binary_searches(
+    rng: np.random.Generator,
+    lines: int,
+    steps: int,
+    ends: tuple[np.ndarray, np.ndarray],
+    spread: np.ndarray,
+    cut: float,
+) -> np.ndarray:
+    """`lines` binary searches of `steps` queries each for b = `cut`, each between the two
+    `ends` (low, high) moved by normal noise of `spread` per coordinate (high drawn first)."""
     out = []
     for _ in range(lines):
-        above = np.array([2.0, 0.6, 0.0, 0.0]) + rng.normal(0, 0.3, 4)
-        below = np.array([2.0, -0.6, 0.0, 0.0]) + rng.normal(0, 0.3, 4)
-        low, high = below, above
+        high = ends[1] + rng.normal(0, spread)
+        low = ends[0] + rng.normal(0, spread)
         for _ in range(steps):
             mid = (low + high) / 2
             out.append(mid)
-            low, high = (low, mid) if mid[1] > 0 else (mid, high)
+            low, high = (low, mid) if mid[1] > cut else (mid, high)
     return np.array(out)
 
 
@@ -1184,16 +1197,8 @@ def bisections(rng: np.random.Generator, lines: int, steps: int) -> np.ndarray:
     """Binary searches on b = 0.5 between points where the model's class is the same (a + b
     from 1.5 to 2.5), each line elsewhere in (c, d): a search for a threshold of the score,
     its steps (down to a tenth of a unit) well beyond `repeat_distance` in every coordinate."""
-    out = []
-    spread = np.array([0.2, 0.2, 2.0, 2.0])
-    for _ in range(lines):
-        low = np.array([2.5, -1.0, -1.0, -1.0]) + rng.normal(0, spread)
-        high = np.array([0.5, 2.0, 1.0, 1.0]) + rng.normal(0, spread)
-        for _ in range(steps):
-            mid = (low + high) / 2
-            out.append(mid)
-            low, high = (low, mid) if mid[1] > 0.5 else (mid, high)
-    return np.array(out)
+    low, high = np.array([2.5, -1.0, -1.0, -1.0]), np.array([0.5, 2.0, 1.0, 1.0])
+    return binary_searches(rng, lines, steps, (low, high), np.array([0.2, 0.2, 2.0, 2.0]), 0.5)
 
 
 def test_a_binary_search_is_boundary_search_whatever_the_class_along_it() -> None:

@@ -85,7 +85,9 @@ STATISTICS = (
 # `boundary_pairs` 0.01: benign keys on five datasets (digits, synthetic, segment, wine,
 # cancer) sent at most one pair per full ring, most none, so its tail is this floor; at 0.02
 # a late HopSkipJump's line search (3 pairs in 20 queries) stood at p 6e-5, five times its
-# first looks' threshold, and was flagged after 140-240 queries ("Runs of stop 42").
+# first looks' threshold, and was flagged after 140-240 queries ("Runs of stop 42"). (Since
+# stop 43 a binary search's halving steps count too: benign keys' full rings hold at most
+# 0.01 of them.)
 FLOORS = np.array([0.02, 0.02, 0.02, 0.05, 0.02, 0.02, 0.03, 0.1, 0.01])
 TAIL_QUANTILE = 0.9
 MAX_POOL = 4096  # clients per bucket used to estimate the tail (a stride subset beyond)
