@@ -156,7 +156,9 @@ STRADDLE_RATE = 0.02
 # from |x|^2 + |y|^2 - 2 x.y, whose cancellation errs by about 1% of a gap 0.004 of the
 # inputs' norm: halvings are taken within 2% (`_bisection_steps`). Benign keys' nearest
 # distances are not in such ratios twice running: 0 of their looks under 100 queries on
-# segment seeds 148, 169 and 171, at most 0.01 of a full ring ("Runs of stop 43").
+# segment seeds 148, 169 and 171, at most 0.01 of a full ring ("Runs of stop 43"). The
+# nearest query counts whatever entity it is: a search's small steps move most coordinates
+# by less than `repeat_distance`, an entity with a field or two changed to `_compare`.
 BISECTION_TOLERANCE = 0.02
 
 
@@ -166,7 +168,8 @@ TS, OOD, LOW, SHARED, EXACT, KNN, MIN_DISTANCE, PROBE, CLASS, STRADDLE = range(1
 RECORD = 10
 _NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan, 0, -1, 0])  # in no statistic
 # LOW: 1 low margin, 0 not, -1 no score. KNN: log mean distance to the k nearest earlier
-# distinct queries (NaN: not enough of them). MIN_DISTANCE: NaN for repeats and the first.
+# distinct queries (NaN: not enough of them). MIN_DISTANCE: distance to the nearest earlier
+# query, the same entity with a field changed included (NaN: a repeat of it, or the first).
 # PROBE: 1 + the coordinate a probe moved (by at most `probe_step`), -(2 + the coordinate) for
 # an entity re-scored with one coordinate moved further, -1 for another entity re-scored, 0
 # for other queries. CLASS: the predicted class's slot (`RegionCoverage.class_slots`). STRADDLE:
@@ -792,12 +795,11 @@ class QueryPatternDetector(ProfiledDetector):
         unflagged = caller_unflagged[group_codes]
         self.regions.observe(regions[np.repeat(unflagged, sizes)], self.last_ts)
         slots = caller_slot[group_codes]
-        nearest, probe, straddle = self._nearest(
+        nearest, closest, probe, straddle = self._nearest(
             stored, query, records[:, CLASS], slots, filled[group_codes], first, sizes
         )
         records[:, STRADDLE] = straddle
-        closest = nearest.min(axis=1)
-        records[:, MIN_DISTANCE] = np.where(np.isfinite(closest), np.sqrt(np.abs(closest)), np.nan)
+        records[:, MIN_DISTANCE] = np.sqrt(np.abs(closest))  # NaN stays NaN
         enough = np.isfinite(nearest[:, -1])
         records[:, KNN] = np.nan
         records[enough, KNN] = np.log(np.sqrt(np.maximum(nearest[enough], 0)).mean(axis=1) + 1e-6)
@@ -1034,10 +1036,12 @@ class QueryPatternDetector(ProfiledDetector):
         filled: np.ndarray,
         first: np.ndarray,
         sizes: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Squared distances of each query to its k nearest earlier queries of its client
         (ring, then the earlier ones of this round) that are not the same entity; inf when
-        fewer. Rows are grouped by client (group g: rows first[g] to first[g] + sizes[g]).
+        fewer. Also the squared distance to the nearest earlier one whatever entity it is
+        (NaN: none, or this query repeats it; `MIN_DISTANCE`). Rows are grouped by client
+        (group g: rows first[g] to first[g] + sizes[g]).
         Also each query's probe coordinate (1 + index, 0: none; `_compare`), and whether it
         straddles the decision boundary with one of its k nearest earlier queries (within
         `straddle_radius`, another predicted class; `classes`: the rows' class slots).
@@ -1050,6 +1054,7 @@ class QueryPatternDetector(ProfiledDetector):
         s = self.settings
         size, dim = s.buffer_size, stored.shape[1] - 2
         nearest = np.full((len(stored), s.k_neighbours), np.inf)
+        closest = np.full(len(stored), np.nan)
         probe = np.zeros(len(stored))
         straddle = np.zeros(len(stored))
         flat = self.ring_vectors.reshape(-1, dim + 2)
@@ -1102,6 +1107,13 @@ class QueryPatternDetector(ProfiledDetector):
             vectors = candidates(flat, stored, size, rows_f, ring_base, batch_base, cols[:, :k])
             found = values[:, :k]
             same, probe[top:bottom], moved = self._compare(x, vectors, dim, np.isfinite(found))
+            # The nearest earlier query whatever entity it is, unless repeated (no coordinate
+            # moved beyond `repeat_distance`): once a binary search's gap is small, most
+            # coordinates move by less than that and `_compare` takes a step for the same
+            # entity with a field or two changed (Sign-OPT's on segment seed 154), yet the
+            # gaps still halve (`_bisection_steps`).
+            distinct = np.isfinite(found[:, 0]) & (moved[:, 0] >= 1)
+            closest[top:bottom] = np.where(distinct, found[:, 0], np.nan)
             # A boundary pair: one of the k nearest earlier queries within the radius, of
             # another class, and not the same entity with a field changed (1 to
             # `entity_changes` coordinates moved beyond `repeat_distance`: a changed entity
@@ -1129,7 +1141,7 @@ class QueryPatternDetector(ProfiledDetector):
                 )
                 found[redo] = self._neighbours(x[redo], vectors, values[redo], dim)
             nearest[top:bottom, :k] = found
-        return nearest, probe, straddle
+        return nearest, closest, probe, straddle
 
     def _push(
         self,
