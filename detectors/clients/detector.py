@@ -1039,12 +1039,12 @@ class QueryPatternDetector(ProfiledDetector):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Squared distances of each query to its k nearest earlier queries of its client
         (ring, then the earlier ones of this round) that are not the same entity; inf when
-        fewer. Also the squared distance to the nearest earlier one whatever entity it is
-        (NaN: none, or this query repeats it; `MIN_DISTANCE`). Rows are grouped by client
-        (group g: rows first[g] to first[g] + sizes[g]).
-        Also each query's probe coordinate (1 + index, 0: none; `_compare`), and whether it
-        straddles the decision boundary with one of its k nearest earlier queries (within
-        `straddle_radius`, another predicted class; `classes`: the rows' class slots).
+        fewer. Rows are grouped by client (group g: rows first[g] to first[g] + sizes[g]).
+        Also the squared distance to the nearest earlier query whatever entity it is (NaN:
+        none, or this query repeats it; `MIN_DISTANCE`), each query's probe coordinate (1 +
+        index, 0: none; `_compare`), and whether it straddles the decision boundary with one
+        of its k nearest earlier queries (within `straddle_radius`, another predicted class;
+        `classes`: the rows' class slots).
 
         Consecutive groups of similar shape (`segments`) form one padded block, clients x
         queries x (ring + batch) columns, from two batched products: the cost is a few numpy
