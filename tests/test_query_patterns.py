@@ -22,6 +22,7 @@ from detectors.base import Finding, Kind
 from detectors.clients.detector import (
     EXACT,
     LINKED_CLIENTS,
+    PROBE_FLOOR,
     WARMUP_FACTOR,
     QueryPatternDetector,
     typical_rate,
@@ -394,15 +395,17 @@ def _expected_neighbours(
     """(min distance, log mean k-NN distance) of query x by brute force: its candidates are
     the last `buffer_size` queries of its client before the batch (`history[:before]`) and the
     client's earlier queries of the batch. The min distance is the nearest one's, whatever
-    entity it is, unless x repeats it (NaN); the k-NN, of the 3k nearest without the same
-    entity again."""
+    entity it is, unless x repeats it or moves one coordinate of one of the k nearest (NaN);
+    the k-NN, of the 3k nearest without the same entity again."""
     earlier = np.array(history[max(0, before - s.buffer_size) :])
     if len(earlier) == 0:
         return np.nan, np.nan
     d2 = ((earlier - x) ** 2).sum(axis=1)
     nearest = np.argsort(d2, kind="stable")[: 3 * s.k_neighbours]
     changed = (np.abs(earlier[nearest] - x) > s.repeat_distance).sum(axis=1)
-    closest = float(np.sqrt(d2[nearest[0]])) if changed[0] else np.nan
+    stirred = (np.abs(earlier[nearest[: s.k_neighbours]] - x) > PROBE_FLOOR).sum(axis=1)
+    one_moved = bool((stirred == 1).any())
+    closest = float(np.sqrt(d2[nearest[0]])) if changed[0] and not one_moved else np.nan
     kept = np.sort(d2[nearest][changed > s.entity_changes])
     if len(kept) < s.k_neighbours:
         return closest, np.nan
@@ -1203,6 +1206,22 @@ def bisections(rng: np.random.Generator, lines: int, steps: int) -> np.ndarray:
     return binary_searches(rng, lines, steps, (low, high), np.array([0.2, 0.2, 2.0, 2.0]), 0.5)
 
 
+def walker_findings(walk: np.ndarray) -> dict[str, Finding]:
+    """First findings per client when `walk` is sent by "walker", 10 queries among each 40
+    benign ones, then 2,000 benign queries."""
+    stream = Stream(seed=27)
+    detector = QueryPatternDetector("m", SETTINGS)
+    findings: list[Finding] = []
+    for start in range(0, len(walk), 10):
+        bx, bc = stream.benign(40)
+        steps = walk[start : start + 10]
+        batch = stream.batch(np.vstack([bx, steps]), bc + ["walker"] * len(steps))
+        findings += detector.update(batch)
+    for _ in range(4):
+        findings += detector.update(stream.batch(*stream.benign(500)))
+    return first_by_client(findings)
+
+
 @pytest.mark.parametrize("two_fields", [False, True], ids=["every-coordinate", "two-fields"])
 def test_a_binary_search_is_boundary_search_whatever_the_class_along_it(two_fields: bool) -> None:
     """A binary search sent in its order (each query depends on the answer before it) halves
@@ -1211,34 +1230,33 @@ def test_a_binary_search_is_boundary_search_whatever_the_class_along_it(two_fiel
     HopSkipJumps of segment seeds 148, 169 and 171 held few pairs and were flagged after
     410-540 queries, now after 20). So they do where each line moves two fields only, each
     step the same entity re-scored to `_compare` (the warm-up Sign-OPT of segment seed 154,
-    most of its coordinates at their bounds, was flagged after 160 queries, now after 20).
-    The same queries with each line sent farthest-first (no halvings) are not flagged."""
-
-    def run(walk: np.ndarray) -> dict[str, Finding]:
-        stream = Stream(seed=27)
-        detector = QueryPatternDetector("m", SETTINGS)
-        findings: list[Finding] = []
-        for start in range(0, len(walk), 10):
-            bx, bc = stream.benign(40)
-            steps = walk[start : start + 10]
-            batch = stream.batch(np.vstack([bx, steps]), bc + ["walker"] * len(steps))
-            findings += detector.update(batch)
-        for _ in range(4):
-            findings += detector.update(stream.batch(*stream.benign(500)))
-        return first_by_client(findings)
-
+    its small steps beyond `repeat_distance` in a coordinate or two, was flagged after 160
+    queries, now after 20). The same queries with each line sent farthest-first (no
+    halvings) are not flagged."""
     lines, steps = 30, 6
     walk = bisections(np.random.default_rng(5), lines, steps)
     if two_fields:  # (c, d) fixed along each line: only a and b move
         per_line = walk.reshape(lines, steps, -1)
         per_line[:, :, 2:] = per_line[:, :1, 2:]
-    flagged = run(walk)
+    flagged = walker_findings(walk)
     assert set(flagged) == {"walker"}
     walker = flagged["walker"]
     assert walker.details["detectors_fired"] == ["boundary_pairs"]
     assert walker.details["queries_seen"] <= 100
     farthest_first = walk.reshape(lines, steps, -1)[:, ::-1].reshape(walk.shape)
-    assert run(farthest_first) == {}
+    assert walker_findings(farthest_first) == {}
+
+
+def test_a_what_if_search_on_one_field_is_not_boundary_search() -> None:
+    """An analyst bisecting one field of a record (at what amount does the decision flip?)
+    moves that field only: a move of one coordinate, `coordinate_probes`' kind of evidence
+    (which wants many coordinates walked), not a search's step, so it is not flagged. The
+    same lines moving two fields are (the test above)."""
+    lines, steps = 30, 6
+    walk = bisections(np.random.default_rng(5), lines, steps)
+    per_line = walk.reshape(lines, steps, -1)
+    per_line[:, :, [0, 2, 3]] = per_line[:, :1, [0, 2, 3]]  # only b moves along each line
+    assert walker_findings(walk) == {}
 
 
 def test_compare_counts_the_coordinates_moved_beyond_the_repeat_distance() -> None:

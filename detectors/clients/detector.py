@@ -169,7 +169,8 @@ RECORD = 10
 _NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan, 0, -1, 0])  # in no statistic
 # LOW: 1 low margin, 0 not, -1 no score. KNN: log mean distance to the k nearest earlier
 # distinct queries (NaN: not enough of them). MIN_DISTANCE: distance to the nearest earlier
-# query, the same entity with a field changed included (NaN: a repeat of it, or the first).
+# query, the same entity with a field changed included (NaN: the first, a repeat, or a move
+# of one coordinate).
 # PROBE: 1 + the coordinate a probe moved (by at most `probe_step`), -(2 + the coordinate) for
 # an entity re-scored with one coordinate moved further, -1 for another entity re-scored, 0
 # for other queries. CLASS: the predicted class's slot (`RegionCoverage.class_slots`). STRADDLE:
@@ -1041,10 +1042,10 @@ class QueryPatternDetector(ProfiledDetector):
         (ring, then the earlier ones of this round) that are not the same entity; inf when
         fewer. Rows are grouped by client (group g: rows first[g] to first[g] + sizes[g]).
         Also the squared distance to the nearest earlier query whatever entity it is (NaN:
-        none, or this query repeats it; `MIN_DISTANCE`), each query's probe coordinate (1 +
-        index, 0: none; `_compare`), and whether it straddles the decision boundary with one
-        of its k nearest earlier queries (within `straddle_radius`, another predicted class;
-        `classes`: the rows' class slots).
+        none, this query repeats it or moves one coordinate of one; `MIN_DISTANCE`), each
+        query's probe coordinate (1 + index, 0: none; `_compare`), and whether it straddles
+        the decision boundary with one of its k nearest earlier queries (within
+        `straddle_radius`, another predicted class; `classes`: the rows' class slots).
 
         Consecutive groups of similar shape (`segments`) form one padded block, clients x
         queries x (ring + batch) columns, from two batched products: the cost is a few numpy
@@ -1111,8 +1112,10 @@ class QueryPatternDetector(ProfiledDetector):
             # moved beyond `repeat_distance`): once a binary search's gap is small, most
             # coordinates move by less than that and `_compare` takes a step for the same
             # entity with a field or two changed (Sign-OPT's on segment seed 154), yet the
-            # gaps still halve (`_bisection_steps`).
-            distinct = np.isfinite(found[:, 0]) & (moved[:, 0] >= 1)
+            # gaps still halve (`_bisection_steps`); every coordinate still moves a little.
+            # None for a query that moves one coordinate of an earlier one (a probe, a what-if
+            # on one field of a record): `coordinate_probes`' evidence, not a search's step.
+            distinct = np.isfinite(found[:, 0]) & (moved[:, 0] >= 1) & (probe[top:bottom] == 0)
             closest[top:bottom] = np.where(distinct, found[:, 0], np.nan)
             # A boundary pair: one of the k nearest earlier queries within the radius, of
             # another class, and not the same entity with a field changed (1 to
