@@ -1168,34 +1168,41 @@ def binary_searches(
     return np.array(out)
 
 
+def walker_findings(walk: np.ndarray, stream: Stream, shuffled: bool = False) -> dict[str, Finding]:
+    """First findings per client of a fresh detector when `walk` is sent by "walker", 10
+    queries among each 40 benign ones of `stream`, then 2,000 benign queries. `shuffled`:
+    each batch's rows in random order (pairs need no order; a binary search's halvings do)."""
+    detector = QueryPatternDetector("m", SETTINGS)
+    findings: list[Finding] = []
+    for start in range(0, len(walk), 10):
+        bx, bc = stream.benign(40)
+        steps = walk[start : start + 10]
+        x, clients = np.vstack([bx, steps]), bc + ["walker"] * len(steps)
+        if shuffled:
+            order = stream.rng.permutation(len(x))
+            x, clients = x[order], [clients[i] for i in order]
+        findings += detector.update(stream.batch(x, clients))
+    for _ in range(4):
+        findings += detector.update(stream.batch(*stream.benign(500)))
+    return first_by_client(findings)
+
+
 def test_a_warm_up_boundary_walker_on_continuous_features_is_flagged_by_its_pairs() -> None:
     """No lattice, ordinary margins, inputs in reference: what gives a line search away is
     pairs of queries closer than benign records are that the model puts in different classes
     (`boundary_pairs`). Present from the first query, it is judged once the profile exists,
     against the reference prior (a Chernoff bound), and flagged; no benign client is. The same
     queries to a model whose class does not change along them are not flagged."""
-
-    def run(stream: Stream) -> dict[str, Finding]:
-        detector = QueryPatternDetector("m", SETTINGS)
-        walk = line_searches(np.random.default_rng(5), 20)
-        findings: list[Finding] = []
-        for start in range(0, len(walk), 10):
-            bx, bc = stream.benign(40)
-            x = np.vstack([bx, walk[start : start + 10]])
-            clients = bc + ["walker"] * len(walk[start : start + 10])
-            order = stream.rng.permutation(len(x))
-            findings += detector.update(stream.batch(x[order], [clients[i] for i in order]))
-        for _ in range(4):
-            findings += detector.update(stream.batch(*stream.benign(500)))
-        return first_by_client(findings)
-
-    flagged = run(SectorStream(seed=26))  # the class is the sector: b = 0 is a boundary
+    walk = line_searches(np.random.default_rng(5), 20)
+    # The class is the sector: b = 0 is a boundary.
+    flagged = walker_findings(walk, SectorStream(seed=26), shuffled=True)
     assert set(flagged) == {"walker"}
     walker = flagged["walker"]
     assert walker.details["detectors_fired"] == ["boundary_pairs"]
     assert walker.details["judged_late"]  # a look of the learning window
     assert walker.details["queries_seen"] <= 100
-    assert run(Stream(seed=26)) == {}  # one class all along the lines: no pairs
+    # One class all along the lines: no pairs.
+    assert walker_findings(walk, Stream(seed=26), shuffled=True) == {}
 
 
 def bisections(rng: np.random.Generator, lines: int, steps: int) -> np.ndarray:
@@ -1204,22 +1211,6 @@ def bisections(rng: np.random.Generator, lines: int, steps: int) -> np.ndarray:
     its steps (down to a tenth of a unit) well beyond `repeat_distance` in every coordinate."""
     low, high = np.array([2.5, -1.0, -1.0, -1.0]), np.array([0.5, 2.0, 1.0, 1.0])
     return binary_searches(rng, lines, steps, (low, high), np.array([0.2, 0.2, 2.0, 2.0]), 0.5)
-
-
-def walker_findings(walk: np.ndarray) -> dict[str, Finding]:
-    """First findings per client when `walk` is sent by "walker", 10 queries among each 40
-    benign ones, then 2,000 benign queries."""
-    stream = Stream(seed=27)
-    detector = QueryPatternDetector("m", SETTINGS)
-    findings: list[Finding] = []
-    for start in range(0, len(walk), 10):
-        bx, bc = stream.benign(40)
-        steps = walk[start : start + 10]
-        batch = stream.batch(np.vstack([bx, steps]), bc + ["walker"] * len(steps))
-        findings += detector.update(batch)
-    for _ in range(4):
-        findings += detector.update(stream.batch(*stream.benign(500)))
-    return first_by_client(findings)
 
 
 @pytest.mark.parametrize("two_fields", [False, True], ids=["every-coordinate", "two-fields"])
@@ -1238,13 +1229,13 @@ def test_a_binary_search_is_boundary_search_whatever_the_class_along_it(two_fiel
     if two_fields:  # (c, d) fixed along each line: only a and b move
         per_line = walk.reshape(lines, steps, -1)
         per_line[:, :, 2:] = per_line[:, :1, 2:]
-    flagged = walker_findings(walk)
+    flagged = walker_findings(walk, Stream(seed=27))
     assert set(flagged) == {"walker"}
     walker = flagged["walker"]
     assert walker.details["detectors_fired"] == ["boundary_pairs"]
     assert walker.details["queries_seen"] <= 100
     farthest_first = walk.reshape(lines, steps, -1)[:, ::-1].reshape(walk.shape)
-    assert walker_findings(farthest_first) == {}
+    assert walker_findings(farthest_first, Stream(seed=27)) == {}
 
 
 def test_a_what_if_search_on_one_field_is_not_boundary_search() -> None:
@@ -1256,7 +1247,7 @@ def test_a_what_if_search_on_one_field_is_not_boundary_search() -> None:
     walk = bisections(np.random.default_rng(5), lines, steps)
     per_line = walk.reshape(lines, steps, -1)
     per_line[:, :, [0, 2, 3]] = per_line[:, :1, [0, 2, 3]]  # only b moves along each line
-    assert walker_findings(walk) == {}
+    assert walker_findings(walk, Stream(seed=27)) == {}
 
 
 def test_compare_counts_the_coordinates_moved_beyond_the_repeat_distance() -> None:
