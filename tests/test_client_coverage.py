@@ -163,12 +163,12 @@ def test_input_cells_show_a_segment_whose_classes_are_the_traffics() -> None:
 
     def counts(x: np.ndarray) -> np.ndarray:
         labels = rng.choice(["a", "b"], size=len(x)).tolist()  # classes: the same mix everywhere
-        regions = coverage.regions(labels, x, np.zeros((len(x), 0), dtype=np.int64))
+        regions, _ = coverage.regions(labels, x, np.zeros((len(x), 0), dtype=np.int64))
         assert (regions[:, 0] < CLASS_SLOTS).all() and (regions[:, 1] >= CLASS_SLOTS).all()
         return np.bincount(regions.ravel(), minlength=REGIONS)
 
     none = np.zeros((10_000, 0), dtype=np.int64)  # no categorical feature
-    coverage.observe(coverage.regions(["a", "b"] * 5000, rows(10_000, None), none), 0.0)
+    coverage.observe(coverage.regions(["a", "b"] * 5000, rows(10_000, None), none)[0], 0.0)
     segment = counts(rows(1000, 0))
     sampler = counts(rows(1000, None))
     both = coverage.statistic(np.stack([segment, sampler]))
@@ -297,10 +297,10 @@ def test_categorical_values_show_a_market_segment() -> None:
         return ["a"] * n, rng.normal(size=(n, 2)), rng.choice(buckets, size=(n, 1), p=p)
 
     coverage = RegionCoverage(86_400.0, None, (1, buckets))
-    coverage.observe(coverage.regions(*queries(10_000, share)), 0.0)
+    coverage.observe(coverage.regions(*queries(10_000, share))[0], 0.0)
     home = np.array([0.9, 0.02, 0.02, 0.02, 0.02, 0.02, 0.0, 0.0])
-    market = coverage.regions(*queries(400, home))
-    sampler = coverage.regions(*queries(400, share))
+    market, _ = coverage.regions(*queries(400, home))
+    sampler, _ = coverage.regions(*queries(400, share))
     assert (market[:, 2] >= VALUES_START).all() and market.shape[1] == 3
     counts = np.stack([np.bincount(r.ravel(), minlength=REGIONS) for r in (market, sampler)])
     market_value, sampler_value = coverage.statistic(counts)
@@ -308,4 +308,4 @@ def test_categorical_values_show_a_market_segment() -> None:
     # A missing value is a value of its own, not a crash.
     labels, x, _ = queries(3, share)
     missing = np.full((3, 1), buckets)  # the detector's bin for a missing value
-    assert len(set(coverage.regions(labels, x, missing)[:, 2].tolist())) == 1
+    assert len(set(coverage.regions(labels, x, missing)[0][:, 2].tolist())) == 1

@@ -355,7 +355,8 @@ def test_the_prior_judges_a_look_at_its_own_size_not_its_buckets_smallest() -> N
     low, pairs = STATISTICS.index("low_margin_share"), STATISTICS.index("boundary_pairs")
     stats = np.full((2, len(STATISTICS)), np.nan)
     stats[0, pairs], stats[1, low] = 10 / 70, 0.3
-    buckets = np.repeat(bucket_of(np.array([70, 110]), history_edges(20, 256))[:, None], 9, 1)
+    at = bucket_of(np.array([70, 110]), history_edges(20, 256))
+    buckets = np.repeat(at[:, None], len(STATISTICS), 1)
     sizes = np.full(stats.shape, np.nan)
     sizes[0, pairs], sizes[1, low] = 70, 110
     at_bucket = null.p_values(stats, buckets)

@@ -25,6 +25,7 @@ from detectors.clients.detector import (
     PROBE_FLOOR,
     WARMUP_FACTOR,
     QueryPatternDetector,
+    typical_radius,
     typical_rate,
 )
 from detectors.clients.null import STATISTICS
@@ -307,14 +308,15 @@ def test_a_key_sharing_queries_with_a_flagged_key_is_judged_with_looks_of_its_ow
     """A split attacker's quieter key: a long ordinary history today (its ring looks'
     thresholds spent down), then copies of a flagged key's queries. Its ring test alone
     does not cross; the linked test, whose looks begin when it shares with a flagged key,
-    does."""
+    does. (The copied queries sit at 2.5, not 3: copies that far out are atypical enough
+    for the ring test alone, `atypical_share`.)"""
     detector, stream = warmed(seed=seed)
     rng = np.random.default_rng(seed)
     centre = stream.centres[0]
     history = centre + rng.normal(0, 1.0, size=(600, len(FEATURES)))
     assert run_mixed(detector, stream, history, ["quiet"] * 600) == []
     n = 200
-    base = rng.normal(0, 1, size=(n, len(FEATURES))) + 3.0
+    base = rng.normal(0, 1, size=(n, len(FEATURES))) + 2.5
     quiet = centre + rng.normal(0, 1.0, size=(n, len(FEATURES)))
     copies = rng.random(n) < 0.9
     quiet[copies] = base[copies] + rng.normal(0, 1e-3, size=(copies.sum(), len(FEATURES)))
@@ -813,7 +815,9 @@ def test_a_range_the_whole_traffic_left_does_not_hide_an_out_of_range_client() -
     flagged = first_by_client(run_mixed(detector, stream, uniform, ["extractor"] * 200))
     assert set(flagged) == {"extractor"}
     details = flagged["extractor"].details
-    assert "ood_share" in details["detectors_fired"]
+    # Out of range on the kept features (and far from every input cell, which fires first).
+    assert "atypical_share" in details["detectors_fired"]
+    assert details["statistics"]["ood_share"]["p_value"] < 1e-4
     assert details["ranges_left_by_traffic"] == ["a"]
 
 
@@ -1024,10 +1028,10 @@ def test_the_two_tests_spend_alpha_per_client_day_between_them() -> None:
 def test_each_test_weighs_its_statistics_and_the_cumulative_one_favours_region_coverage() -> None:
     """A weighted Bonferroni: a look crosses when a statistic's p is at most its weight's
     share of the threshold, the weights summing to 1 over each test (so P <= threshold). The
-    ring's six statistics alike; the cumulative test gives `region_coverage`, the natural
+    ring's seven statistics alike; the cumulative test gives `region_coverage`, the natural
     extractor's statistic where keys serve segments, 0.8 and the features' `coverage` 0.2."""
     assert WEIGHTS[RING].sum() == pytest.approx(1) and WEIGHTS[CUMULATIVE].sum() == pytest.approx(1)
-    assert np.allclose(WEIGHTS[RING], 1 / 6) and WEIGHTS[~TESTED].sum() == 0
+    assert np.allclose(WEIGHTS[RING], 1 / 7) and WEIGHTS[~TESTED].sum() == 0
     region, coverage = STATISTICS.index("region_coverage"), STATISTICS.index("coverage")
     threshold = 1e-4
     p = np.full((4, len(STATISTICS)), np.nan)
@@ -1263,6 +1267,64 @@ def test_compare_counts_the_coordinates_moved_beyond_the_repeat_distance() -> No
     same, _probe, moved = detector._compare(x, vectors, 2, np.ones((1, 4), dtype=bool))
     assert moved.tolist() == [[0, 1, 2, 0]]
     assert same.tolist() == [[c <= detector.settings.entity_changes for c in (0, 1, 2, 0)]]
+
+
+def test_the_typical_radius_is_the_typical_clients_not_a_few_busy_attackers() -> None:
+    """The radius beyond which a query is atypical: the median client's own 99th percentile
+    of distances to the nearest cell, so five busy warm-up attackers far from every cell do
+    not widen it; events without a client are one voice, not one each (each alone would
+    stand at its own value, and half the reference would set the median)."""
+    rng = np.random.default_rng(3)
+    benign = rng.uniform(0, 1, 40 * 30)
+    owners = np.repeat(np.arange(1, 41), 30)
+    far = rng.uniform(50, 60, 5 * 300)
+    nearest = np.concatenate([benign, far])
+    everyone = np.concatenate([owners, np.repeat(np.arange(41, 46), 300)]).astype(np.int64)
+    assert np.quantile(nearest, 0.99) > 50  # by events, the attackers' distances set it
+    assert 0.9 < typical_radius(nearest, everyone) < 1.0
+    anonymous = np.zeros(len(benign), dtype=np.int64)  # NO_CLIENT: one voice
+    assert typical_radius(benign, anonymous) == pytest.approx(np.quantile(benign, 0.99))
+    mixed = np.concatenate([anonymous[:600], owners[600:]])
+    assert typical_radius(benign, mixed) > 0.9
+    assert typical_radius(np.zeros(0), np.zeros(0, dtype=np.int64)) == np.inf
+
+
+class EdgeStream(Stream):
+    """The test stream where the last `wide` clients spread feature "a" five times wider
+    than the others: real users at the reference's edge, often out of its range."""
+
+    def __init__(self, seed: int, clients: int = 44, wide: int = 4) -> None:
+        super().__init__(seed, clients)
+        self.wide = self.names[clients - wide :]
+        self.wide_centre = float(self.centres[clients - wide, 0])  # theirs alike
+
+    def benign(self, n: int) -> tuple[np.ndarray, list[str | None]]:
+        x, who = super().benign(n)
+        wide = np.isin(who, self.wide)
+        x[wide, 0] = self.rng.normal(self.wide_centre, 5.0, np.count_nonzero(wide))
+        return x, who
+
+
+@pytest.mark.parametrize("seed", [43, 44])
+def test_an_extractor_the_edge_users_hide_from_ood_share_is_atypical(seed: int) -> None:
+    """A uniform-random extractor among benign keys that are often out of the reference's
+    range (one feature spread wide): their `ood_share` widens that statistic's tail, and
+    the extractor, 60-70% out of range, stood at p 3e-4 to 5e-4 and was not flagged in 200
+    queries. Its queries are also far from every cluster of the reference, which the edge
+    users' are not (their wide feature is out of range, the rest of the row typical):
+    `atypical_share` flags it within 60 queries, and no benign key."""
+    detector = QueryPatternDetector("m", SETTINGS)
+    stream = EdgeStream(seed)
+    for _ in range(40):
+        assert detector.update(stream.batch(*stream.benign(500))) == []
+    uniform = stream.rng.uniform(-5, 5, size=(200, len(FEATURES)))
+    findings = run_mixed(detector, stream, uniform, ["extractor"] * 200, per_batch=10)
+    flagged = first_by_client(findings)
+    assert set(flagged) == {"extractor"}
+    details = flagged["extractor"].details
+    assert details["queries_seen"] <= 60
+    assert details["detectors_fired"] == ["atypical_share"]
+    assert details["statistics"]["ood_share"]["p_value"] > 1e-4
 
 
 def test_the_reference_rate_the_prior_judges_against_is_the_typical_clients() -> None:

@@ -77,6 +77,9 @@ SMOOTHING = 0.5  # added to each slot of the traffic's mix (a slot nobody reache
 NOISE_FLOOR = 0.5
 FLOOR = 1e-6  # of the divergence, under the log (a part with a single slot has no noise)
 MAX_LABELS = 4096  # labels whose slot is cached (a regression model has endless values)
+# A query farther from every input cell than this share of the reference's rows is atypical
+# (`atypical_share`): a joint picture of the reference that per-feature ranges lack.
+TYPICAL_QUANTILE = 0.99
 
 
 def fit_cells(encoded: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -111,8 +114,15 @@ def fit_cells(encoded: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def nearest_cell(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """The index of each row's nearest centroid (one matrix product)."""
+    return nearest_cells(x, centroids)[0]
+
+
+def nearest_cells(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's nearest centroid and its squared distance to it (one matrix product)."""
     d2 = (centroids**2).sum(axis=1)[None, :] - 2 * (x @ centroids.T)
-    return d2.argmin(axis=1)
+    cell = d2.argmin(axis=1)
+    nearest = np.take_along_axis(d2, cell[:, None], axis=1)[:, 0]
+    return cell, np.maximum(nearest + np.einsum("ij,ij->i", x, x), 0.0)
 
 
 class RegionCoverage:
@@ -124,9 +134,11 @@ class RegionCoverage:
         time_constant: float,
         centroids: np.ndarray | None = None,
         categorical: tuple[int, int] = (0, 0),
+        radius: float = math.inf,
     ) -> None:
         self.time_constant = time_constant
         self.centroids = np.zeros((0, 0)) if centroids is None else centroids
+        self.radius = radius  # squared; beyond it from every cell a query is atypical
         # The profile's categorical features and hashed buckets per feature.
         self.categorical = categorical
         features, buckets = categorical
@@ -142,21 +154,25 @@ class RegionCoverage:
 
     def regions(
         self, predictions: list[object], encoded: np.ndarray, values: np.ndarray
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Each query's regions (queries x (2 + categorical features), int64): its class
         slot, its input cell (`CELLS_START` + the cell; without cells, every query in the
-        first), then each categorical feature's value slot. `values`: each query's bucket per
-        categorical feature (queries x features; `buckets` where missing), as the detector's
-        coverage histograms bin them."""
+        first), then each categorical feature's value slot; and whether it is atypical
+        (beyond `radius` from every cell). `values`: each query's bucket per categorical
+        feature (queries x features; `buckets` where missing), as the detector's coverage
+        histograms bin them."""
         features = self.categorical[0]
         out = np.empty((len(predictions), 2 + features), dtype=np.int64)
         out[:, 0] = self.class_slots(predictions)
         out[:, 1] = CELLS_START
+        atypical = np.zeros(len(predictions), dtype=bool)
         if len(self.centroids) and len(encoded):
-            out[:, 1] += nearest_cell(np.asarray(encoded, dtype=np.float64), self.centroids)
+            cell, d2 = nearest_cells(np.asarray(encoded, dtype=np.float64), self.centroids)
+            out[:, 1] += cell
+            atypical = d2 > self.radius
         if features:
             out[:, 2:] = self.value_slots[np.arange(features), values]
-        return out
+        return out, atypical
 
     def class_slots(self, predictions: list[object]) -> np.ndarray:
         """Each query's class slot (int64); a missing prediction is hashed as the text
@@ -228,14 +244,14 @@ class RegionCoverage:
             "population": self.population,
             "centroids": self.centroids,
             "categorical": list(self.categorical),
+            "radius": self.radius,
         }
 
     @classmethod
     def from_data(cls, data: dict[str, Any], time_constant: float) -> RegionCoverage:
         features, buckets = (int(v) for v in data["categorical"])
-        out = cls(
-            time_constant, np.asarray(data["centroids"], dtype=np.float64), (features, buckets)
-        )
+        centroids = np.asarray(data["centroids"], dtype=np.float64)
+        out = cls(time_constant, centroids, (features, buckets), float(data["radius"]))
         out.traffic = np.asarray(data["traffic"], dtype=np.float64)
         out.traffic_ts = float(data["traffic_ts"])
         # Checkpoints before the population's mix: the traffic's until the next refresh.

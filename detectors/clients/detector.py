@@ -14,6 +14,10 @@ with numpy:
 - a *coordinate probe*: one of its nearest earlier queries differs in exactly one coordinate,
   by at most `probe_step` (robust units): the finite differences of ZOO-style attacks;
 - out of the reference's ranges (the `InputProfile` rule), and a low-margin prediction;
+- *atypical*: out of those ranges and farther from every input cell (the reference's
+  k-means clusters, `detectors.clients.coverage`) than the typical reference client's
+  queries are, 99% of the time: out of the reference's joint picture, not at the edge of one
+  feature (a user at the reference's edge is out of range; its rows still look real);
 - the bin of each feature it falls in (numeric: the reference's octiles; categorical: the
   profile's hashed bucket), added to the client's cumulative per-feature histograms;
 - a *boundary pair*: one of its k nearest earlier queries is closer than half the
@@ -24,9 +28,9 @@ with numpy:
   noticed: splitting an attack over several keys does not hide it.
 
 Every `check_every` queries of a client (a "look", at that query even mid-batch: its window
-is rebuilt as it was then), nine statistics summarize its ring: `ood_share`,
-`low_margin_share`, `shared_fingerprints`, `knn_distance` (minus the mean log k-NN
-distance), `prada_normality` (-log Shapiro-Wilk W of the min distances),
+is rebuilt as it was then), ten statistics summarize its ring: `ood_share`,
+`atypical_share`, `low_margin_share`, `shared_fingerprints`, `knn_distance` (minus the mean
+log k-NN distance), `prada_normality` (-log Shapiro-Wilk W of the min distances),
 `coordinate_probes` (share of probes, weighted by how many coordinates were probed),
 `boundary_pairs` (share of boundary pairs) and
 `coverage` (how fully the client's cumulative histograms cover the reference's: the sum over
@@ -50,7 +54,7 @@ Two tests share alpha = `false_clients_per_thousand` / 1000, the share of benign
 flagged per day at most (as far as the null's tail holds; derived in docs/query-patterns.md),
 each spending its own share per client and per event-time day (`Spending`):
 
-- the *ring* test, at every look: the Bonferroni minimum over the ring's six statistics; the
+- the *ring* test, at every look: the Bonferroni minimum over the ring's seven statistics; the
   day's g-th ring of looks (`buffer_size` / `check_every` looks: a ring's worth of new
   queries) has alpha_r x 0.9 for g = 1 and alpha_r x 0.1 / ((g - 1) g) after, its i-th look
   that share x i^-1.25, normalised over the ring's looks (`Spending.ring_threshold`);
@@ -84,7 +88,15 @@ from detectors.clients.codec import (
     sample_from_data,
     sample_to_data,
 )
-from detectors.clients.coverage import REGIONS, RegionCoverage, counts_at, fit_cells, labels_of
+from detectors.clients.coverage import (
+    REGIONS,
+    TYPICAL_QUANTILE,
+    RegionCoverage,
+    counts_at,
+    fit_cells,
+    labels_of,
+    nearest_cells,
+)
 from detectors.clients.neighbours import candidates, not_earlier, segments, smallest
 from detectors.clients.null import (
     FLOORS,
@@ -135,9 +147,15 @@ BINS = 8  # per feature in the coverage histograms
 # comes first: contemporaneous within an hour, at a cost spread over thousands of queries.
 NULL_REFRESH_SECONDS = 3600.0
 NULL_REFRESH_QUERIES = 5_000
-KNN_STAT, LOW_STAT, OOD_STAT, PAIRS_STAT = (
+KNN_STAT, LOW_STAT, OOD_STAT, PAIRS_STAT, ATYPICAL_STAT = (
     STATISTICS.index(name)
-    for name in ("knn_distance", "low_margin_share", "ood_share", "boundary_pairs")
+    for name in (
+        "knn_distance",
+        "low_margin_share",
+        "ood_share",
+        "boundary_pairs",
+        "atypical_share",
+    )
 )
 PRIOR_CLIENTS = 24  # pseudo-clients drawn from the reference per history bucket
 # The reference prior's tail scale for the out-of-reference and low-margin shares at
@@ -164,9 +182,9 @@ BISECTION_TOLERANCE = 0.02
 
 # Columns of a client's per-query record (one row per query in its ring). OOD: the features
 # the query was out of the reference on, as bits (`TrafficRanges.bits`).
-TS, OOD, LOW, SHARED, EXACT, KNN, MIN_DISTANCE, PROBE, CLASS, STRADDLE = range(10)
-RECORD = 10
-_NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan, 0, -1, 0])  # in no statistic
+TS, OOD, LOW, SHARED, EXACT, KNN, MIN_DISTANCE, PROBE, CLASS, STRADDLE, ATYPICAL = range(11)
+RECORD = 11
+_NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan, 0, -1, 0, 0])  # in no statistic
 # LOW: 1 low margin, 0 not, -1 no score. KNN: log mean distance to the k nearest earlier
 # distinct queries (NaN: not enough of them). MIN_DISTANCE: distance to the nearest earlier
 # query, the same entity with a field changed included (NaN: the first, a repeat, or a move
@@ -176,7 +194,8 @@ _NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan, 0, -1, 0])  # in no
 # for other queries. CLASS: the predicted class's slot (`RegionCoverage.class_slots`). STRADDLE:
 # 1 when one of the k nearest earlier queries is within `straddle_radius`, predicted another
 # class and is not an entity with a field changed (a pair across the decision boundary,
-# `boundary_pairs`).
+# `boundary_pairs`). ATYPICAL: 1 when farther from every input cell than the reference's
+# rows mostly are (`RegionCoverage.radius`, `atypical_share`).
 
 # A client's integer fields as checkpointed, in the clients' order; its ring slot is not among
 # them (`load_state` assigns slots afresh in that order), so equal states encode equally.
@@ -223,8 +242,9 @@ class QueryPatternDetector(ProfiledDetector):
     # 2: class coverage (a statistic more, per-client class counts); 3: two tests (per-client
     # cumulative looks of the day and first query's time); 4: boundary pairs (two record
     # columns, a statistic more); 5: region coverage adds input cells and categorical values
-    # (per-client counts of all three, the reference's k-means centroids)
-    state_version = 5
+    # (per-client counts of all three, the reference's k-means centroids); 6: atypical
+    # queries (a record column, a statistic more, the cells' typical radius)
+    state_version = 6
 
     def __init__(self, model: str, settings: QueryPatternSettings | None = None) -> None:
         self.settings = settings or QueryPatternSettings()
@@ -256,7 +276,7 @@ class QueryPatternDetector(ProfiledDetector):
         self.null = PopulationNull(
             self.edges, s.null_window_seconds, s.min_null_clients, s.buffer_size
         )
-        for name in ("ood_share", "low_margin_share"):
+        for name in ("ood_share", "low_margin_share", "atypical_share"):
             self.null.prior_noise[STATISTICS.index(name)] = PRIOR_NOISE * math.sqrt(s.min_queries)
         self.null.prior_rate[PAIRS_STAT] = STRADDLE_RATE
         self.exact_weights = np.zeros(0)
@@ -454,8 +474,6 @@ class QueryPatternDetector(ProfiledDetector):
         for bucket, edge in enumerate(self.edges.tolist()):
             n = min(int(edge), s.buffer_size)
             prior_u[bucket, pairs], prior_b[bucket, pairs] = chernoff_tail(n, STRADDLE_RATE)
-        self.null.prior_u, self.null.prior_b = prior_u, prior_b
-        self.null.refresh(self.last_ts)
         numerics = len(profile.numeric_names)
         quantiles = np.arange(1, BINS) / BINS
         self.bin_edges = np.quantile(encoded[:, :numerics], quantiles, axis=0).T.copy()
@@ -465,7 +483,20 @@ class QueryPatternDetector(ProfiledDetector):
         np.add.at(histogram, (np.arange(features)[None, :], self._bins(encoded)), 1)
         self.reference_entropy = float(entropy(histogram[None])[0])
         categorical = (len(profile.categorical_names), profile.buckets)
-        self.regions = RegionCoverage(s.null_window_seconds, fit_cells(encoded, rng), categorical)
+        cells = fit_cells(encoded, rng)
+        _, nearest = nearest_cells(encoded, cells) if len(cells) else (None, np.zeros(0))
+        radius = typical_radius(nearest, owners)
+        self.regions = RegionCoverage(s.null_window_seconds, cells, categorical, radius)
+        # Judged by the prior like the out-of-reference share: the reference's typical rate
+        # (about 1 - TYPICAL_QUANTILE by construction) times 3, + 0.05.
+        atypical = index["atypical_share"]
+        far = nearest > radius if len(nearest) else np.zeros(len(flags), dtype=bool)
+        rate = typical_rate(far & flags.any(axis=1), owners)
+        share_scale = self.null.prior_noise[atypical] / np.sqrt(fill)
+        prior_u[:, atypical] = min(1.0, 3 * rate + 0.05)
+        prior_b[:, atypical] = np.maximum(share_scale, FLOORS[atypical])
+        self.null.prior_u, self.null.prior_b = prior_u, prior_b
+        self.null.refresh(self.last_ts)
 
     def _straddle_radius(self, encoded: np.ndarray) -> float:
         """`STRADDLE_SCALE` x the median distance of a reference record to its nearest other
@@ -752,8 +783,9 @@ class QueryPatternDetector(ProfiledDetector):
         assert self.regions is not None
         labels = labels_of(batch.predictions[start:], batch.scores[start:], n)
         values = bins[:, len(self.profile.numeric_names) :]  # the categorical features' buckets
-        regions = self.regions.regions(labels, x, values)  # queries x (class, cell, values...)
+        regions, atypical = self.regions.regions(labels, x, values)  # (class, cell, values...)
         per_query[:, CLASS] = regions[:, 0]
+        per_query[:, ATYPICAL] = atypical
         self.since_refresh += n
         if (
             self.last_ts >= self.refreshed + NULL_REFRESH_SECONDS
@@ -1292,8 +1324,8 @@ class QueryPatternDetector(ProfiledDetector):
         # The columns used, each as one contiguous looks x ring array: one strided gather,
         # after which every operation below reads contiguous memory rather than one value
         # in each record's row (~2x faster each).
-        ts, ood_flag, low, shared, knn, probe, straddle = records.transpose(2, 0, 1)[
-            [TS, OOD, LOW, SHARED, KNN, PROBE, STRADDLE]
+        ts, ood_flag, low, shared, knn, probe, straddle, atypical = records.transpose(2, 0, 1)[
+            [TS, OOD, LOW, SHARED, KNN, PROBE, STRADDLE, ATYPICAL]
         ]
         out = np.full((len(records), len(STATISTICS)), np.nan)
         # Shares over distinct inputs: an entity re-scored (PROBE -1) counts once, so a
@@ -1302,8 +1334,11 @@ class QueryPatternDetector(ProfiledDetector):
         distinct = _distinct(ts, probe)
         kept = np.count_nonzero(distinct, axis=1)
         enough = kept >= s.min_queries // 2
-        ood = np.count_nonzero(self.ranges.counts(ood_flag, ts) & distinct, axis=1)
+        out_of_range = self.ranges.counts(ood_flag, ts) & distinct
+        ood = np.count_nonzero(out_of_range, axis=1)
         out[:, 0] = np.where(enough, ood / np.maximum(kept, 1), np.nan)
+        far = np.count_nonzero((atypical > 0) & out_of_range, axis=1)
+        out[:, ATYPICAL_STAT] = np.where(enough, far / np.maximum(kept, 1), np.nan)
         scored = np.count_nonzero((low >= 0) & distinct, axis=1)
         low_count = np.count_nonzero((low == 1) & distinct, axis=1)
         out[:, 1] = np.where(
@@ -1500,7 +1535,7 @@ class QueryPatternDetector(ProfiledDetector):
             return sizes
         ts, low, probe = windows.transpose(2, 0, 1)[[TS, LOW, PROBE]]
         distinct = _distinct(ts, probe)
-        sizes[:, OOD_STAT] = np.count_nonzero(distinct, axis=1)
+        sizes[:, OOD_STAT] = sizes[:, ATYPICAL_STAT] = np.count_nonzero(distinct, axis=1)
         sizes[:, LOW_STAT] = np.count_nonzero(distinct & (low >= 0), axis=1)
         sizes[:, PAIRS_STAT] = np.minimum(counts, self.settings.buffer_size)
         return sizes
@@ -1642,6 +1677,24 @@ def typical_rate(flags: np.ndarray, owners: np.ndarray) -> float:
     --quick`, 29% of the events, most out of reference) put that level at 1, and the
     uniform-random extractor among them was never flagged."""
     return float(typical_rates(flags[:, None], owners)[0])
+
+
+def typical_radius(nearest: np.ndarray, owners: np.ndarray) -> float:
+    """The squared distance to the nearest input cell within which the typical client of
+    the reference keeps `TYPICAL_QUANTILE` of its events (`nearest`: each event's): the
+    median over clients of each one's quantile, so a few warm-up attackers far from every
+    cell, up to half the clients, cannot widen it (inf without events: nothing is
+    atypical)."""
+    if not len(nearest):
+        return math.inf
+    if not knows_clients(owners):
+        return float(np.quantile(nearest, TYPICAL_QUANTILE))
+    # Events without a client are one voice here: each alone would stand at its own value.
+    _, voice, sizes = np.unique(owners, return_inverse=True, return_counts=True)
+    order = np.lexsort((nearest, voice))  # by client, then distance
+    starts = np.cumsum(sizes) - sizes
+    at = starts + np.floor(TYPICAL_QUANTILE * (sizes - 1)).astype(np.int64)
+    return float(np.median(nearest[order][at]))
 
 
 def typical_rates(flags: np.ndarray, owners: np.ndarray) -> np.ndarray:

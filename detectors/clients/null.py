@@ -79,6 +79,7 @@ STATISTICS = (
     "coverage",
     "region_coverage",
     "boundary_pairs",
+    "atypical_share",
 )
 # Smallest tail scale per statistic, in its own units (shares, log distance, -log W, ratio):
 # a population that shows no spread at all (every client at 0) is not infinitely sharp.
@@ -88,7 +89,11 @@ STATISTICS = (
 # first looks' threshold, and was flagged after 140-240 queries ("Runs of stop 42"). (Since
 # stop 43 a binary search's halving steps count too: benign keys' full rings hold at most
 # 0.01 of them.)
-FLOORS = np.array([0.02, 0.02, 0.02, 0.05, 0.02, 0.02, 0.03, 0.1, 0.01])
+# `atypical_share` 0.03: a key's queries are atypical with its segment, so the few keys
+# whose segment lies beyond the reference's cells stand far above the rest (segment 170 and
+# 172: two edge keys at 0.21-0.23 of their rings where the 90th percentile stood at
+# 0.02-0.03; at 0.02 they fell at p 5e-6, at 0.03 at 1.3e-4 to 1.7e-4, "Runs of stop 45").
+FLOORS = np.array([0.02, 0.02, 0.02, 0.05, 0.02, 0.02, 0.03, 0.1, 0.01, 0.03])
 TAIL_QUANTILE = 0.9
 MAX_POOL = 4096  # clients per bucket used to estimate the tail (a stride subset beyond)
 SOURCES = ("none", "population", "larger history", "reference prior", "smaller history")
@@ -101,6 +106,7 @@ SHARE_STATISTICS = [
         "shared_fingerprints",
         "coordinate_probes",
         "boundary_pairs",
+        "atypical_share",
     )
 ]
 # Shares whose benign level moves with the hour: `shared_fingerprints` grows with how many

@@ -23,7 +23,7 @@ CUMULATIVE = np.isin(np.arange(len(STATISTICS)), CUMULATIVE_STATISTICS)
 RING = TESTED & ~CUMULATIVE
 # Of a test's threshold, what each of its statistics spends (weighted Bonferroni: a look
 # crosses when some statistic's p <= its weight x the threshold; P <= the threshold as the
-# weights sum to 1). The ring's six alike. Of the cumulative test, `region_coverage` most:
+# weights sum to 1). The ring's seven alike. Of the cumulative test, `region_coverage` most:
 # it is the natural-data extractor's statistic wherever keys serve segments of the
 # population (classes, input cells or values), where the features' `coverage` is so only
 # where a segment is one value of a feature (a market: p 3.7e-6 at 200 queries, 1/13 of its
