@@ -430,8 +430,9 @@ class QueryPatternDetector(ProfiledDetector):
         prior_u = np.full((buckets, len(STATISTICS)), np.nan)
         prior_b = np.full((buckets, len(STATISTICS)), np.nan)
         flags = profile.anomalies(batch)
+        out_of_range = np.asarray(flags.any(axis=1))
         owners = batch.client_ids()
-        ood_rate = typical_rate(np.asarray(flags.any(axis=1)), owners)
+        ood_rate = typical_rate(out_of_range, owners)
         self.ranges = TrafficRanges(typical_rates(flags, owners))
         scored, low = self.reference_margins  # the first events' (a stored reference: below)
         low_rate = low / scored if scored >= 50 else 0.2
@@ -440,15 +441,6 @@ class QueryPatternDetector(ProfiledDetector):
             with_score = margins >= 0
             if np.count_nonzero(with_score) >= 50:  # as the out-of-reference rate: typical
                 low_rate = typical_rate(margins[with_score] == 1, owners[with_score])
-        # The level carries the spread between clients (3x the typical rate + 0.05: benign
-        # keys on the benches stayed below it at every look); beyond it a share's sampling
-        # noise shrinks like 1 / sqrt(queries), and so does the tail's scale: 0.05 at
-        # `min_queries`, down to the shares' floor (0.02 from 125 queries on the defaults).
-        fill = np.minimum(self.edges, s.buffer_size)
-        for name, rate in (("ood_share", ood_rate), ("low_margin_share", low_rate)):
-            share_scale = self.null.prior_noise[index[name]] / np.sqrt(fill)  # its noise law
-            prior_u[:, index[name]] = min(1.0, 3 * rate + 0.05)
-            prior_b[:, index[name]] = np.maximum(share_scale, FLOORS[index[name]])
         for name in ("shared_fingerprints", "coordinate_probes"):
             prior_u[:, index[name]] = 0.05
             prior_b[:, index[name]] = 0.05
@@ -483,18 +475,25 @@ class QueryPatternDetector(ProfiledDetector):
         np.add.at(histogram, (np.arange(features)[None, :], self._bins(encoded)), 1)
         self.reference_entropy = float(entropy(histogram[None])[0])
         categorical = (len(profile.categorical_names), profile.buckets)
-        cells = fit_cells(encoded, rng)
-        _, nearest = nearest_cells(encoded, cells) if len(cells) else (None, np.zeros(0))
+        cells = fit_cells(encoded, rng)  # none only for an empty reference
+        nearest = nearest_cells(encoded, cells)[1] if len(cells) else np.zeros(0)
         radius = typical_radius(nearest, owners)
         self.regions = RegionCoverage(s.null_window_seconds, cells, categorical, radius)
-        # Judged by the prior like the out-of-reference share: the reference's typical rate
-        # (about 1 - TYPICAL_QUANTILE by construction) times 3, + 0.05.
-        atypical = index["atypical_share"]
-        far = nearest > radius if len(nearest) else np.zeros(len(flags), dtype=bool)
-        rate = typical_rate(far & flags.any(axis=1), owners)
-        share_scale = self.null.prior_noise[atypical] / np.sqrt(fill)
-        prior_u[:, atypical] = min(1.0, 3 * rate + 0.05)
-        prior_b[:, atypical] = np.maximum(share_scale, FLOORS[atypical])
+        # about 1 - TYPICAL_QUANTILE of the out-of-range rate, by construction
+        atypical_rate = typical_rate((nearest > radius) & out_of_range, owners)
+        # The level carries the spread between clients (3x the typical rate + 0.05: benign
+        # keys on the benches stayed below it at every look); beyond it a share's sampling
+        # noise shrinks like 1 / sqrt(queries), and so does the tail's scale: 0.05 at
+        # `min_queries`, down to the shares' floor (0.02 from 125 queries on the defaults).
+        fill = np.minimum(self.edges, s.buffer_size)
+        for name, rate in (
+            ("ood_share", ood_rate),
+            ("low_margin_share", low_rate),
+            ("atypical_share", atypical_rate),
+        ):
+            share_scale = self.null.prior_noise[index[name]] / np.sqrt(fill)  # its noise law
+            prior_u[:, index[name]] = min(1.0, 3 * rate + 0.05)
+            prior_b[:, index[name]] = np.maximum(share_scale, FLOORS[index[name]])
         self.null.prior_u, self.null.prior_b = prior_u, prior_b
         self.null.refresh(self.last_ts)
 
