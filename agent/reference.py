@@ -60,6 +60,11 @@ class ActiveReference:
     learned_until: dict[PartitionKey, int] = field(default_factory=dict)
     _batch: ModelBatch | None = None
 
+    @property
+    def learned(self) -> bool:
+        """Learned from the stream's first events (else stored from a file)."""
+        return bool(self.learned_until)
+
     def batch(self) -> ModelBatch:
         if self._batch is None:
             self._batch = self.sample.to_batch(self.model)

@@ -25,6 +25,7 @@ from detectors.clients.coverage import (
     fit_cells,
     labels_of,
     nearest_cell,
+    shrunk_mix,
 )
 from detectors.clients.detector import ClientState, QueryPatternDetector
 from detectors.clients.null import STATISTICS, bucket_of
@@ -250,6 +251,56 @@ def test_the_populations_mix_gives_a_heavy_user_one_voice() -> None:
     restored = RegionCoverage.from_data(coverage.to_data(), 86_400.0)
     assert restored.population is not None
     assert np.array_equal(restored.statistic(sampler), coverage.statistic(sampler))
+
+
+def segment_keys(rng: np.random.Generator, data: np.ndarray, keys: int, queries: int) -> np.ndarray:
+    """Region counts (keys x REGIONS) of keys that each draw `queries` rows from their own
+    mix of the data's 7 cells (Dirichlet around the data's, total concentration 7)."""
+    counts = np.zeros((keys, REGIONS), dtype=np.int64)
+    for i in range(keys):
+        counts[i, CLASS_SLOTS : CLASS_SLOTS + 7] = rng.multinomial(queries, rng.dirichlet(7 * data))
+    return counts
+
+
+def test_a_stored_references_mix_steadies_the_populations_until_the_traffic_moves() -> None:
+    """150 keys with segments of their own: their mean mix stands a KL of about 1e-3 from
+    the data they sample, a natural-data extractor's ceiling; shrunk towards a 5,000-row
+    reference of those data by what each is worth, about half that, and the extractor
+    stands higher. A reference the traffic has moved away from is all but ignored."""
+    rng = np.random.default_rng(3)
+    data = rng.dirichlet(np.full(7, 3.0))
+
+    def kl(p: np.ndarray, q: np.ndarray) -> float:
+        return float(np.sum(p * np.log(p / q)))
+
+    gains, moved = [], []
+    for _ in range(10):
+        counts = segment_keys(rng, data, 150, 2000)
+        parts = counts.reshape(150, 3, 16).astype(float)
+        mixes = parts / np.maximum(parts.sum(axis=2, keepdims=True), 1)
+        reference = np.zeros((3, 16))
+        reference[1, :7] = rng.multinomial(5000, data)
+        mean = mixes.mean(axis=0)[1, :7]
+        gains.append(kl(data, shrunk_mix(mixes, reference)[1, :7]) / kl(data, mean))
+        elsewhere = np.zeros((3, 16))
+        elsewhere[1, :7] = rng.multinomial(5000, np.roll(data, 1))
+        moved.append(kl(shrunk_mix(mixes, elsewhere)[1, :7], mean) / kl(np.roll(data, 1), mean))
+    assert np.median(gains) < 0.5
+    assert max(moved) < 0.01
+    counts = segment_keys(rng, data, 150, 2000)
+    extractor = np.zeros((1, REGIONS), dtype=np.int64)
+    extractor[0, CLASS_SLOTS : CLASS_SLOTS + 7] = rng.multinomial(2000, data)
+    stored = np.zeros(REGIONS)
+    stored[CLASS_SLOTS : CLASS_SLOTS + 7] = rng.multinomial(5000, data)
+    values = []
+    for reference in (None, stored):
+        coverage = RegionCoverage(86_400.0, reference=reference)
+        coverage.observe(np.repeat(np.arange(REGIONS), counts.sum(axis=0)), 0.0)
+        coverage.observe_population(counts)
+        values.append(float(coverage.statistic(extractor)[0]))
+    assert values[1] > values[0] + 0.4
+    restored = RegionCoverage.from_data(coverage.to_data(), 86_400.0)
+    assert np.array_equal(restored.statistic(extractor), coverage.statistic(extractor))
 
 
 def test_the_detectors_population_is_its_fresh_unflagged_clients() -> None:

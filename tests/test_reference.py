@@ -19,6 +19,7 @@ from agent.reference import ReferenceFileError, load_reference_file
 from agent.runtime.pipeline import Pipeline
 from agent.samples import RecentWindow, ReferenceCollector, Sample
 from detectors import state_codec
+from detectors.clients.coverage import CELLS_START, INPUT_CELLS
 from detectors.input_anomaly import InputProfile
 from detectors.registry import build_detectors
 from storage.db import Database
@@ -211,6 +212,31 @@ def test_a_stored_reference_reaches_the_input_anomaly_detector(
     lines = [line.replace(b'"fraud"', b'"fresh"') for line in drifted]
     replay(settings_for(database.url), database, lines, consumer="b", name="live2")
     assert Repository(database).list_incidents(IncidentFilter(model="fresh")) == []
+
+
+def test_only_a_stored_reference_anchors_the_client_detectors_population_mix(
+    database: Database, tmp_path: Path
+) -> None:
+    """A reference stored from a file is rows drawn apart from the keys: the client
+    detector shrinks the population's region mix towards its counts. One learned from the
+    stream's first events is those keys' own queries, and anchors nothing."""
+    reference = tmp_path / "ref.jsonl"
+    reference.write_bytes(b"\n".join(events(3000, seed=11)))
+    _set(database.url, "fraud", reference)
+    stored = replay(settings_for(database.url), database, events(500, seed=12), "a", "live")
+    learned = replay(
+        settings_for(database.url, learn_events=2000),
+        database,
+        [line.replace(b'"fraud"', b'"fresh"') for line in events(2600, seed=13)],
+        "b",
+        "live2",
+    )
+    (watcher,) = next(iter(stored.monitors.values()))["fraud"].watching_clients
+    assert watcher.regions is not None and watcher.regions.reference is not None
+    cells = watcher.regions.reference[CELLS_START : CELLS_START + INPUT_CELLS]
+    assert cells.sum() == 3000  # every row of the file in its input cell
+    (watcher,) = next(iter(learned.monitors.values()))["fresh"].watching_clients
+    assert watcher.regions is not None and watcher.regions.reference is None
 
 
 def test_learned_reference_is_persisted_once_and_reused_after_restart(

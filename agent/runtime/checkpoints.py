@@ -93,7 +93,7 @@ def restore(monitor: ModelMonitor, state: dict[str, Any]) -> ReferenceCollector 
     elif monitor.reference is not None:
         for detector in monitor.referenced:
             if detector in reconfigured:  # rebuilt at once from the (cached) reference batch
-                detector.set_reference(monitor.reference.batch())
+                monitor.hand_reference(detector)
     return None
 
 

@@ -67,11 +67,19 @@ class ModelMonitor:
         self.flagged: dict[str, float] = {}
 
     def set_reference(self, reference: ActiveReference) -> None:
-        batch = reference.batch()
-        for detector in self.referenced:
-            detector.set_reference(batch)
         self.reference = reference
+        for detector in self.referenced:
+            self.hand_reference(detector)
         self.known = {}
+
+    def hand_reference(self, detector: Detector) -> None:
+        """Rebuilds one detector on the reference in force; a client detector is told
+        whether it was learned from the stream (then it is no view apart from the keys)."""
+        assert self.reference is not None
+        if isinstance(detector, QueryPatternDetector):
+            detector.set_reference(self.reference.batch(), learned=self.reference.learned)
+        else:
+            detector.set_reference(self.reference.batch())
 
     def flagged_against(self, candidate: ModelBatch, window: ModelBatch | None) -> set[str]:
         """Names of the clients the client detectors would flag in the learning window (the
@@ -81,7 +89,7 @@ class ModelMonitor:
         names: set[str] = set()
         for watcher in self.watching_clients:
             trial = copy.deepcopy(watcher)
-            trial.set_reference(candidate)
+            trial.set_reference(candidate, learned=True)
             found = trial.judge_learning_window()
             if window is not None and len(window):
                 found += trial.update(window)

@@ -322,15 +322,17 @@ class QueryPatternDetector(ProfiledDetector):
 
     # --- the reference -------------------------------------------------------------------
 
-    def set_reference(self, reference: ModelBatch) -> None:
+    def set_reference(self, reference: ModelBatch, learned: bool = False) -> None:
         """Learns the profile and the prior from the stored reference at once (no events are
         spent on it) and starts afresh: rings encoded with another profile would not compare.
         Events kept while learning from the first ones (a pipeline hands over the reference it
-        learned from them) are judged at the next update."""
+        learned from them, `learned`) are judged at the next update. Only a reference stored
+        apart from the stream anchors the population's mix (`RegionCoverage.reference`): a
+        learned one is the same keys' queries."""
         backlog = self.warmup if self.profile is None else []  # judged once learned
         self.__init__(self.model, self.settings)  # type: ignore[misc]
         self.reference = None
-        self._learn(reference.numeric, reference.categorical, reference)
+        self._learn(reference.numeric, reference.categorical, reference, stored=not learned)
         self.warmup = backlog
 
     def _monitored_from(self, batch: ModelBatch) -> int | None:
@@ -388,6 +390,7 @@ class QueryPatternDetector(ProfiledDetector):
         numeric: dict[str, np.ndarray],
         categorical: dict[str, np.ndarray],
         scored: ModelBatch | None = None,
+        stored: bool = False,
     ) -> None:
         s = self.settings
         # One voice per client for the lattice, where the reference's clients are known (a
@@ -410,10 +413,10 @@ class QueryPatternDetector(ProfiledDetector):
         self.exact_weights = rng.normal(size=dim)
         batch = scored if scored is not None else reference_batch(numeric, categorical)
         encoded = self.profile.encode(batch)
-        self._learn_prior(encoded, batch, rng)
+        self._learn_prior(encoded, batch, rng, stored)
 
     def _learn_prior(
-        self, encoded: np.ndarray, batch: ModelBatch, rng: np.random.Generator
+        self, encoded: np.ndarray, batch: ModelBatch, rng: np.random.Generator, stored: bool
     ) -> None:
         """The reference's benign levels: the prior of the null, and the coverage bins.
 
@@ -479,6 +482,8 @@ class QueryPatternDetector(ProfiledDetector):
         nearest = nearest_cells(encoded, cells)[1] if len(cells) else np.zeros(0)
         radius = typical_radius(nearest, owners)
         self.regions = RegionCoverage(s.null_window_seconds, cells, categorical, radius)
+        if stored:  # rows drawn apart from the keys the population's mix is the mean of
+            self.regions.reference = self._reference_regions(encoded, batch)
         # about 1 - TYPICAL_QUANTILE of the out-of-range rate, by construction
         atypical_rate = typical_rate((nearest > radius) & out_of_range, owners)
         # The level carries the spread between clients (3x the typical rate + 0.05: benign
@@ -496,6 +501,17 @@ class QueryPatternDetector(ProfiledDetector):
             prior_b[:, index[name]] = np.maximum(share_scale, FLOORS[index[name]])
         self.null.prior_u, self.null.prior_b = prior_u, prior_b
         self.null.refresh(self.last_ts)
+
+    def _reference_regions(self, encoded: np.ndarray, batch: ModelBatch) -> np.ndarray:
+        """A stored reference's counts per region (`REGIONS`); its class part empty where
+        it has no predictions (every row would stand in the slot of None)."""
+        assert self.profile is not None and self.regions is not None
+        labels = labels_of(batch.predictions, batch.scores, len(encoded))
+        values = self._bins(encoded)[:, len(self.profile.numeric_names) :]
+        regions, _ = self.regions.regions(labels, encoded, values)
+        if all(label is None for label in labels):
+            regions = regions[:, 1:]
+        return np.bincount(regions.ravel(), minlength=REGIONS).astype(np.float64)
 
     def _straddle_radius(self, encoded: np.ndarray) -> float:
         """`STRADDLE_SCALE` x the median distance of a reference record to its nearest other
