@@ -47,6 +47,17 @@ clients themselves sample the whole population alike (then they too stand near t
 and so does the null), nor about a benign key whose own mix is as close to the population's as
 an extractor's (`bench/client_separation.py --noise-free`).
 
+Only the directions the clients' mixes spread along count in full (`spread_directions`,
+since stop 47). Keys serving segments of a few kinds differ along a few directions of a part's
+16 slots; along the others every key, like a sampler, shows sampling noise alone, which a
+divergence over all 16 adds to the extractor's noise floor and to the keys' alike. Per part,
+the clients' covariance in the population's chi-square coordinates, less what their sampling
+noise explains (Marchenko-Pastur's edge for as many clients), gives the directions and the
+spread along each; a look's chi-square along them is weighted spread / (spread + 1 / n), the
+likelihood ratio's weight between a key with that spread and a sampler, and off them counts
+only what clears `OFF_CLEAR` sds of its noise, so a key unlike every other in a way of its own
+keeps its distance.
+
 Cells from signs of random projections, joined to the class, were tried first and dropped: on
 the tuning seeds they added noise, not separation. Cells fitted to the reference's clusters
 separate as well as the classes, and their mean better (`bench/client_separation.py --seed 8
@@ -79,6 +90,13 @@ SMOOTHING = 0.5  # added to each slot of the traffic's mix (a slot nobody reache
 # below 0 by chance lands there too, not far above.
 NOISE_FLOOR = 0.5
 FLOOR = 1e-6  # of the divergence, under the log (a part with a single slot has no noise)
+# The directions are estimated from the clients with at least MIN_SPREAD_QUERIES queries in
+# a part, and only where there are at least MIN_SPREAD_CLIENTS of them and twice the slots
+# they reached (a covariance of fewer is mostly its own noise: early on day 0, 15 clients
+# made a heavy user at 200 queries stand out as a sampler on wine 304 and 307).
+MIN_SPREAD_QUERIES = 50
+MIN_SPREAD_CLIENTS = 30
+OFF_CLEAR = 2.0  # sds of its noise the divergence off the directions must clear to count
 MAX_LABELS = 4096  # labels whose slot is cached (a regression model has endless values)
 # A query farther from every input cell than this share of the reference's rows is atypical
 # (`atypical_share`): a joint picture of the reference that per-feature ranges lack.
@@ -158,6 +176,13 @@ class RegionCoverage:
         # The population's mix, each client one voice (`observe_population`); None until
         # enough clients have looked, and the decayed traffic stands in.
         self.population: np.ndarray | None = None
+        # Per part, the directions the clients' mixes differ along (PARTS x PART_SLOTS x
+        # PART_SLOTS, in the population's chi-square coordinates, a column each) and the
+        # spread along each beyond sampling noise (PARTS x PART_SLOTS; 0 for a direction
+        # the noise explains): `spread_directions`. None (no part spreads beyond its
+        # noise, or too few clients): the whole divergence counts.
+        self.directions: np.ndarray | None = None
+        self.spread: np.ndarray | None = None
         self.slots: dict[object, int] = {}
 
     def regions(
@@ -215,7 +240,16 @@ class RegionCoverage:
         mean = mixes.mean(axis=0)
         if self.reference is not None and len(mixes) > 1:
             mean = shrunk_mix(mixes, self.reference.reshape(PARTS, PART_SLOTS))
-        self.population = (mean + smoothing).ravel()
+        q = mean + smoothing
+        self.population = q.ravel()
+        q = q / q.sum(axis=1, keepdims=True)
+        directions, spread = spread_directions(mixes, n[:, :, 0], q)
+        kept = bool(np.any(spread))
+        self.directions, self.spread = (directions, spread) if kept else (None, None)
+
+    def forget_population(self) -> None:
+        """Too few clients looked lately: the decayed traffic's mix stands in, whole."""
+        self.population = self.directions = self.spread = None
 
     def statistic(self, counts: np.ndarray) -> np.ndarray:
         """Minus the log of the mean, over the parts with queries (classes, input cells,
@@ -242,11 +276,51 @@ class RegionCoverage:
         reached = np.count_nonzero(self.traffic.reshape(PARTS, PART_SLOTS) > 0, axis=1)
         degrees = np.maximum(reached - 1, 0)[None, :]
         twice_n = 2 * np.maximum(n, 1)
-        total = np.where(has, terms.sum(axis=2) - degrees / twice_n, 0.0).sum(axis=1)
-        variance = np.where(has, 2 * degrees / twice_n**2, 0.0)
+        divergence = terms.sum(axis=2) - degrees / twice_n
+        variance = 2 * degrees / twice_n**2
+        if self.population is not None and self.directions is not None:
+            divergence, variance = self._along_spread(p, n, degrees, divergence, variance)
+        total = np.where(has, divergence, 0.0).sum(axis=1)
+        variance = np.where(has, variance, 0.0)
         noise = np.sqrt(variance.sum(axis=1)) / np.maximum(parts, 1)
         divergence = np.maximum(total / np.maximum(parts, 1), 0.0) + NOISE_FLOOR * noise + FLOOR
         return np.where(parts > 0, -np.log(divergence), np.nan)
+
+    def _along_spread(
+        self,
+        p: np.ndarray,
+        n: np.ndarray,
+        degrees: np.ndarray,
+        divergence: np.ndarray,
+        variance: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each look's divergence and its noise's variance per part (looks x parts), where
+        the population spreads along some direction: half the chi-square of the look's mix
+        along the directions, each weighted spread / (spread + 1 / n) (what a key with that
+        spread shows there over what a sampler's noise does) and less its noise, plus half
+        the chi-square off them where it clears `OFF_CLEAR` sds of its noise (a key unlike
+        every other in a way of its own is no sampler). Elsewhere the KL as it was."""
+        assert self.population is not None
+        assert self.directions is not None and self.spread is not None
+        q = self.population.reshape(PARTS, PART_SLOTS)
+        q = q / q.sum(axis=1, keepdims=True)
+        y = (p - q) / np.sqrt(q)  # looks x parts x slots: chi-square coordinates
+        along = np.einsum("lps,psd->lpd", y, self.directions) ** 2  # looks x parts x dirs
+        inverse_n = 1 / np.maximum(n, 1)[:, :, None]
+        weight = self.spread / (self.spread + inverse_n)
+        spread_along = ((along - inverse_n) * weight).sum(axis=2)
+        spread_variance = 2 * (weight**2 * inverse_n**2).sum(axis=2)
+        kept = np.count_nonzero(self.spread, axis=1)
+        off_degrees = np.maximum(degrees - kept, 0)
+        inverse_n = inverse_n[:, :, 0]
+        off = (y**2).sum(axis=2) - np.where(self.spread > 0, along, 0.0).sum(axis=2)
+        off -= off_degrees * inverse_n + OFF_CLEAR * np.sqrt(2 * off_degrees) * inverse_n
+        chi_square = spread_along + np.maximum(off, 0.0)
+        use = kept > 0
+        return (
+            np.where(use, chi_square / 2, divergence),
+            np.where(use, spread_variance / 4, variance),
+        )
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -257,6 +331,8 @@ class RegionCoverage:
             "categorical": list(self.categorical),
             "radius": self.radius,
             "reference": self.reference,
+            "directions": self.directions,
+            "spread": self.spread,
         }
 
     @classmethod
@@ -272,6 +348,9 @@ class RegionCoverage:
         # Checkpoints before the population's mix: the traffic's until the next refresh.
         if (population := data.get("population")) is not None:
             out.population = np.asarray(population, dtype=np.float64)
+        if data.get("directions") is not None:
+            out.directions = np.asarray(data["directions"], dtype=np.float64)
+            out.spread = np.asarray(data["spread"], dtype=np.float64)
         return out
 
 
@@ -304,6 +383,37 @@ def shrunk_mix(mixes: np.ndarray, reference: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         weight = np.where((rows[:, 0] > 0) & (total > 0), v_clients / total, 0.0)
     return mean + weight[:, None] * (r - mean)
+
+
+def spread_directions(
+    mixes: np.ndarray, n: np.ndarray, q: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per part, the directions the clients' mixes (clients x PARTS x PART_SLOTS, of n
+    queries each: clients x PARTS) spread along around the population's mix q, in its
+    chi-square coordinates (p - q) / sqrt(q), and the spread along each beyond sampling
+    noise: the eigenvalues of the covariance of the clients with `MIN_SPREAD_QUERIES` in
+    the part, less (1 + sqrt(g))^2 x their mean 1 / n (their sampling noise per direction,
+    and the largest eigenvalue a covariance of noise alone reaches over as many clients:
+    Marchenko-Pastur, g = (slots reached - 1) / clients), at least 0."""
+    directions = np.zeros((PARTS, PART_SLOTS, PART_SLOTS))
+    spread = np.zeros((PARTS, PART_SLOTS))
+    for part in range(PARTS):
+        has = n[:, part] >= MIN_SPREAD_QUERIES
+        clients = int(has.sum())
+        slots = int(np.count_nonzero(mixes[has, part].sum(axis=0) > 0))
+        if slots < 2 or clients < max(MIN_SPREAD_CLIENTS, 2 * slots):
+            continue  # too few mixes for a covariance: the whole divergence counts
+        root = np.sqrt(q[part])
+        y = (mixes[has, part] - q[part]) / root
+        y = y - y.mean(axis=0)
+        noise = float(np.mean(1 / n[has, part]))
+        cov = y.T @ y / (clients - 1)
+        values, vectors = np.linalg.eigh(cov)
+        g = (slots - 1) / clients
+        edge = noise * (1 + math.sqrt(g)) ** 2
+        spread[part] = np.maximum(values - edge, 0.0)
+        directions[part] = vectors
+    return directions, spread
 
 
 def labels_of(

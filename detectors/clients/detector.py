@@ -710,7 +710,7 @@ class QueryPatternDetector(ProfiledDetector):
         if len(fresh) >= self.settings.min_null_clients:
             self.regions.observe_population(self.region_counts[fresh])
         else:
-            self.regions.population = None
+            self.regions.forget_population()
 
     def window(self, state: ClientState) -> np.ndarray:
         """The records of a client's queries in its ring (ring order, not arrival order)."""
