@@ -169,10 +169,15 @@ class Detector(ABC):
     @abstractmethod
     def update(self, batch: ModelBatch) -> list[Finding]: ...
 
-    def set_reference(self, reference: ModelBatch) -> None:  # noqa: B027 - optional hook
+    def set_reference(  # noqa: B027 - optional hook
+        self, reference: ModelBatch, learned: bool = False
+    ) -> None:
         """Use this reference instead of learning one from the first events, replacing all
         that was built on an earlier one. A `Baseline.REFERENCE` detector implements it; the
-        others judge against no reference and ignore it."""
+        others judge against no reference and ignore it. `learned`: the pipeline learned it
+        from the stream's first events, so it is the same traffic the detector judges, not
+        a view apart from it (a stored one); only a detector that anchors on such a view
+        needs to know."""
 
     def metrics(self) -> list[MetricPoint]:
         """Performance points computed since the last call (most detectors have none)."""

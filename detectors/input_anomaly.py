@@ -283,7 +283,7 @@ class InputAnomalyDetector(ProfiledDetector):
         self.window_features: np.ndarray = np.zeros(0)
         self.seen = 0
 
-    def set_reference(self, reference: ModelBatch) -> None:
+    def set_reference(self, reference: ModelBatch, learned: bool = False) -> None:
         """Builds the profile from the reference at once and starts afresh (shares judged
         against another profile would not compare)."""
         self._start()

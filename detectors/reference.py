@@ -74,7 +74,7 @@ class ReferenceDetector(Detector):
             batch = batch.slice(take, len(batch))
         return self.monitor(batch)
 
-    def set_reference(self, reference: ModelBatch) -> None:
+    def set_reference(self, reference: ModelBatch, learned: bool = False) -> None:
         self.first.clear()
         self.build(reference)
         self.ready = True

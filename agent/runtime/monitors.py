@@ -73,13 +73,10 @@ class ModelMonitor:
         self.known = {}
 
     def hand_reference(self, detector: Detector) -> None:
-        """Rebuilds one detector on the reference in force; a client detector is told
-        whether it was learned from the stream (then it is no view apart from the keys)."""
+        """Rebuilds one detector on the reference in force, telling it whether the reference
+        was learned from the stream (then it is no view apart from the keys)."""
         assert self.reference is not None
-        if isinstance(detector, QueryPatternDetector):
-            detector.set_reference(self.reference.batch(), learned=self.reference.learned)
-        else:
-            detector.set_reference(self.reference.batch())
+        detector.set_reference(self.reference.batch(), learned=self.reference.learned)
 
     def flagged_against(self, candidate: ModelBatch, window: ModelBatch | None) -> set[str]:
         """Names of the clients the client detectors would flag in the learning window (the
