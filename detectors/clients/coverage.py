@@ -263,7 +263,8 @@ class RegionCoverage:
             q = self.population.reshape(PARTS, PART_SLOTS)
         else:
             q = self.traffic.reshape(PARTS, PART_SLOTS) + SMOOTHING
-        log_q = np.log(q / q.sum(axis=1, keepdims=True))
+        q = q / q.sum(axis=1, keepdims=True)
+        log_q = np.log(q)
         n = counts.sum(axis=2)  # looks x parts
         p = counts / np.maximum(n, 1)[:, :, None]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -279,7 +280,7 @@ class RegionCoverage:
         divergence = terms.sum(axis=2) - degrees / twice_n
         variance = 2 * degrees / twice_n**2
         if self.population is not None and self.directions is not None:
-            divergence, variance = self._along_spread(p, n, degrees, divergence, variance)
+            divergence, variance = self._along_spread(p, q, n, degrees, divergence, variance)
         total = np.where(has, divergence, 0.0).sum(axis=1)
         variance = np.where(has, variance, 0.0)
         noise = np.sqrt(variance.sum(axis=1)) / np.maximum(parts, 1)
@@ -289,6 +290,7 @@ class RegionCoverage:
     def _along_spread(
         self,
         p: np.ndarray,
+        q: np.ndarray,
         n: np.ndarray,
         degrees: np.ndarray,
         divergence: np.ndarray,
@@ -299,11 +301,9 @@ class RegionCoverage:
         along the directions, each weighted spread / (spread + 1 / n) (what a key with that
         spread shows there over what a sampler's noise does) and less its noise, plus half
         the chi-square off them where it clears `OFF_CLEAR` sds of its noise (a key unlike
-        every other in a way of its own is no sampler). Elsewhere the KL as it was."""
-        assert self.population is not None
+        every other in a way of its own is no sampler). Elsewhere the KL as it was. `q`:
+        the population's mix per part, normalized."""
         assert self.directions is not None and self.spread is not None
-        q = self.population.reshape(PARTS, PART_SLOTS)
-        q = q / q.sum(axis=1, keepdims=True)
         y = (p - q) / np.sqrt(q)  # looks x parts x slots: chi-square coordinates
         along = np.einsum("lps,psd->lpd", y, self.directions) ** 2  # looks x parts x dirs
         inverse_n = 1 / np.maximum(n, 1)[:, :, None]

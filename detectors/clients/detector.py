@@ -475,7 +475,8 @@ class QueryPatternDetector(ProfiledDetector):
         features = numerics + len(profile.categorical_names)
         self.coverage = np.zeros((0, features, BINS), dtype=np.int32)
         histogram = np.zeros((features, BINS))
-        np.add.at(histogram, (np.arange(features)[None, :], self._bins(encoded)), 1)
+        bins = self._bins(encoded)
+        np.add.at(histogram, (np.arange(features)[None, :], bins), 1)
         self.reference_entropy = float(entropy(histogram[None])[0])
         categorical = (len(profile.categorical_names), profile.buckets)
         cells = fit_cells(encoded, rng)  # none only for an empty reference
@@ -483,7 +484,8 @@ class QueryPatternDetector(ProfiledDetector):
         radius = typical_radius(nearest, owners)
         self.regions = RegionCoverage(s.null_window_seconds, cells, categorical, radius)
         if stored:  # rows drawn apart from the keys the population's mix is the mean of
-            self.regions.reference = self._reference_regions(encoded, batch)
+            category_bins = bins[:, numerics:]
+            self.regions.reference = self._reference_regions(encoded, batch, category_bins)
         # about 1 - TYPICAL_QUANTILE of the out-of-range rate, by construction
         atypical_rate = typical_rate((nearest > radius) & out_of_range, owners)
         # The level carries the spread between clients (3x the typical rate + 0.05: benign
@@ -502,12 +504,14 @@ class QueryPatternDetector(ProfiledDetector):
         self.null.prior_u, self.null.prior_b = prior_u, prior_b
         self.null.refresh(self.last_ts)
 
-    def _reference_regions(self, encoded: np.ndarray, batch: ModelBatch) -> np.ndarray:
-        """A stored reference's counts per region (`REGIONS`); its class part empty where
-        it has no predictions (every row would stand in the slot of None)."""
-        assert self.profile is not None and self.regions is not None
+    def _reference_regions(
+        self, encoded: np.ndarray, batch: ModelBatch, values: np.ndarray
+    ) -> np.ndarray:
+        """A stored reference's counts per region (`REGIONS`) from its rows and their
+        categorical buckets; its class part empty where it has no predictions (every row
+        would stand in the slot of None)."""
+        assert self.regions is not None
         labels = labels_of(batch.predictions, batch.scores, len(encoded))
-        values = self._bins(encoded)[:, len(self.profile.numeric_names) :]
         regions, _ = self.regions.regions(labels, encoded, values)
         if all(label is None for label in labels):
             regions = regions[:, 1:]
