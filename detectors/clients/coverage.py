@@ -237,9 +237,10 @@ class RegionCoverage:
         mixes = parts / np.maximum(n, 1)
         # A slot nobody reached yet: SMOOTHING queries' worth, as the traffic's mix has.
         smoothing = SMOOTHING / np.maximum(n.sum(axis=0), 1)
-        mean = mixes.mean(axis=0)
         if self.reference is not None and len(mixes) > 1:
             mean = shrunk_mix(mixes, self.reference.reshape(PARTS, PART_SLOTS))
+        else:
+            mean = mixes.mean(axis=0)
         q = mean + smoothing
         self.population = q.ravel()
         q = q / q.sum(axis=1, keepdims=True)
