@@ -9,8 +9,10 @@ extractor, or a benign key serving every segment (an aggregator). The two are th
 this statistic, so a population may hold a few such benign keys among its voices (a
 population's fifth field), and the tail must leave them unflagged. Variants of the fit: the
 quantile the scale is fitted from (the tail is always anchored at the 90th percentile) and
-the shape floor, the least scale as a share of (u - median) besides the small-pool term, a
-coefficient / sqrt(voices) (the detector: 0.9, 0.4 and 1.5).
+the shape floor, the least scale as a share of (u - median), and how that share grows for a
+small pool: shape x (1 + c / voices) (the detector since stop 48: 0.9, 0.4 and c = 32,
+`null.SMALL_POOL`), or shape + c / sqrt(voices) (before, and still the other statistics':
+1.5).
 
     PYTHONPATH=. .venv/bin/python bench/client_tail_calibration.py     (about a minute)
 """
@@ -20,25 +22,30 @@ from __future__ import annotations
 import numpy as np
 
 from detectors.clients.coverage import REGIONS, RegionCoverage
-from detectors.clients.null import tail_p, tail_parameters
+from detectors.clients.null import SMALL_POOL, tail_p, tail_parameters
 
 DAY = 86400.0
 FLOORS = np.array([0.1])  # region_coverage's floor (detectors.clients.null.FLOORS)
-# (scale fitted from the quantile, shape floor, small-pool coefficient); the detector's first.
+# (scale fitted from the quantile, shape floor, small-pool coefficient, its form: "1/n" for
+# shape x (1 + c / voices), "1/sqrt" for shape + c / sqrt(voices)); the detector's first.
 VARIANTS = [
-    (0.9, 0.4, 1.5),
-    (0.9, 0.4, 0.75),
-    (0.9, 0.4, 0.0),
-    (0.9, 0.0, 1.5),
-    (0.8, 0.4, 1.5),
-    (0.8, 0.0, 1.5),
-    (0.75, 0.0, 1.5),
+    (0.9, 0.4, SMALL_POOL, "1/n"),
+    (0.9, 0.4, 16.0, "1/n"),
+    (0.9, 0.4, 1.5, "1/sqrt"),
+    (0.9, 0.4, 0.75, "1/sqrt"),
+    (0.9, 0.4, 0.0, "1/sqrt"),
+    (0.9, 0.0, 1.5, "1/sqrt"),
+    (0.8, 0.4, 1.5, "1/sqrt"),
+    (0.8, 0.0, 1.5, "1/sqrt"),
 ]
 SEEDS = 20
 POPULATIONS = [  # slots, concentration, queries seen, voices, whole-traffic keys among them
     (10, 1.0, 1600, 150, 0),
     (10, 3.0, 1600, 150, 0),
     (10, 1.0, 400, 40, 0),
+    (3, 1.0, 400, 40, 0),
+    (3, 1.0, 400, 20, 0),
+    (6, 1.0, 400, 12, 0),  # the smallest pool the null fits (`min_null_clients`)
     (16, 1.0, 2000, 80, 0),
     (6, 1.0, 1600, 150, 0),
     (3, 1.0, 1600, 150, 0),  # few degrees of freedom: the heaviest tail here
@@ -48,11 +55,16 @@ POPULATIONS = [  # slots, concentration, queries seen, voices, whole-traffic key
 
 
 def fit(
-    pool: np.ndarray, fit_quantile: float, shape: float, small: float, floor: float = 0.1
+    pool: np.ndarray,
+    fit_quantile: float,
+    shape: float,
+    small: float,
+    form: str,
+    floor: float = 0.1,
 ) -> tuple:
     """`detectors.clients.null.tail_parameters` for one column, with the scale fitted from
-    `fit_quantile`, the shape floor `shape` and the small-pool coefficient `small` (the
-    detector: 0.9, 0.4 and 1.5)."""
+    `fit_quantile`, the shape floor `shape` and the small-pool coefficient `small` of `form`
+    (the detector: 0.9, 0.4, 32, "1/n")."""
     pool = np.sort(pool)
     voices = len(pool)
     median = pool[(voices - 1) // 2]  # the lower middle, as the detector takes it
@@ -64,7 +76,8 @@ def fit(
     dropped = np.count_nonzero(pool[voices - drop :] > start)  # censored at the largest kept
     b = (excess.sum() + dropped * excess.max()) / len(excess) if len(excess) else 0.0
     mad = np.sort(np.abs(pool - median))[(voices - 1) // 2]
-    return u, max(b, 0.5 * mad, (u - median) * (shape + small / np.sqrt(voices)), floor)
+    share = shape * (1 + small / voices) if form == "1/n" else shape + small / np.sqrt(voices)
+    return u, max(b, 0.5 * mad, (u - median) * share, floor)
 
 
 def key(rng, coverage, slots, mix, n, own=None, conc=1.0) -> float:
@@ -89,7 +102,7 @@ def main() -> None:
             fresh = np.array([key(rng, coverage, slots, mix, n, conc=conc) for _ in range(4000)])
             samplers = np.array([key(rng, coverage, slots, mix, n, own=mix) for _ in range(20)])
             # The detector's variant is the detector's fit, not a copy drifting from it.
-            detector = np.ravel(tail_parameters(pool[:, None], FLOORS))
+            detector = np.ravel(tail_parameters(pool[:, None], FLOORS, True))
             assert np.allclose(fit(pool, *VARIANTS[0]), detector)
             for v in VARIANTS:
                 u, b = fit(pool, *v)
@@ -105,7 +118,7 @@ def main() -> None:
             ratio = ", ".join(f"{np.mean(x) / a:.2f} at {a:g}" for a, x in rates[v].items())
             print(
                 f"  scale from the {v[0]:.0%} quantile, shape floor {v[1]:.1f}, small-pool "
-                f"{v[2]:g}: benign rate / "
+                f"{v[2]:g} x {v[3]}: benign rate / "
                 f"alpha {ratio}; whole-traffic key's median p {np.median(sampler[v]):.1e}"
             )
 

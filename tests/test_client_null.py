@@ -425,3 +425,29 @@ def test_boundary_pairs_no_benign_client_sends_are_judged_by_their_floor() -> No
     benign = p_values(busy, rng.binomial(20, rng.beta(1.0, 300.0, size=200_000)) / 20)
     for level in (1e-2, 1e-3, 1e-4):
         assert np.mean(benign <= level) <= level
+
+
+def test_a_small_pools_region_tail_pays_for_its_own_noise() -> None:
+    """`region_coverage`'s least tail scale grows as 1 / voices (`SMALL_POOL`): fitted on a
+    dozen keys serving segments of their own (Dirichlet mixes over 6 slots, 400 queries each),
+    fresh keys of the same population fall at p <= 1e-3 about as often as 1e-3; with the
+    other statistics' 1.5 / sqrt(voices), three to five times as often."""
+    rng = np.random.default_rng(17)
+    slots, queries, voices = 6, 400, 12
+    flagged = {True: 0, False: 0}
+    judged = 0
+    for _ in range(100):
+        coverage = RegionCoverage(DAY)
+        mix = rng.dirichlet(np.full(slots, 3.0))
+        coverage.observe(rng.choice(slots, size=100_000, p=mix), 0.0)
+        own = rng.dirichlet(mix * slots, size=voices + 2000)
+        counts = np.zeros((len(own), REGIONS))
+        counts[:, :slots] = rng.multinomial(queries, own)
+        values = coverage.statistic(counts)
+        pool, fresh = values[:voices, None], values[voices:]
+        judged += len(fresh)
+        for by_variance in flagged:
+            u, b = tail_parameters(pool, np.array([0.1]), by_variance)
+            flagged[by_variance] += int(np.count_nonzero(tail_p(fresh, u[0], b[0]) <= 1e-3))
+    assert flagged[True] / judged <= 1.5e-3
+    assert flagged[False] / judged >= 3e-3  # what the 1 / sqrt(voices) margin left

@@ -95,6 +95,17 @@ STATISTICS = (
 # 0.02-0.03; at 0.02 they fell at p 5e-6, at 0.03 at 1.3e-4 to 1.7e-4, "Runs of stop 45").
 FLOORS = np.array([0.02, 0.02, 0.02, 0.05, 0.02, 0.02, 0.03, 0.1, 0.01, 0.03])
 TAIL_QUANTILE = 0.9
+# The least tail scale, as a share of the spread from the median to u: a normal tail's is
+# 0.37 of it. A small pool's few excesses say little about its tail, so the share grows as
+# the pool shrinks: by 1.5 / sqrt(voices), or, for `region_coverage`, by the relative
+# margin SMALL_POOL / voices. A fitted scale's error costs a look at level a about
+# exp(L^2 var / 2) with L = log(0.1 / a), var its relative variance, which falls as
+# 1 / voices: a margin of L var / 2 pays for it. 32 keeps the benign rate within alpha at
+# 1e-2 to 1e-4 on `bench/client_tail_calibration.py`'s populations from 12 to 150 voices
+# (1.5 / sqrt(voices) put it at 5.2 times alpha at 1e-3 with 12 voices, 1.7 times with 20,
+# and 0.2-0.6 times with 150, where 32 / voices is 0.4-0.8).
+SHAPE_FLOOR = 0.4
+SMALL_POOL = 32.0
 MAX_POOL = 4096  # clients per bucket used to estimate the tail (a stride subset beyond)
 SOURCES = ("none", "population", "larger history", "reference prior", "smaller history")
 PRIOR = SOURCES.index("reference prior")
@@ -123,6 +134,8 @@ CONCURRENT = [STATISTICS.index("shared_fingerprints")]
 # (`cumulative_voices`).
 CUMULATIVE_STATISTICS = [STATISTICS.index("coverage"), STATISTICS.index("region_coverage")]
 REGION = STATISTICS.index("region_coverage")
+# The statistics whose least tail scale grows with 1 / voices (`SMALL_POOL`).
+BY_VARIANCE = np.arange(len(STATISTICS)) == REGION
 REGION_VOICE = CUMULATIVE_STATISTICS.index(REGION)
 # History buckets below its own a `region_coverage` voice may come from (4x fewer queries).
 REGION_REACH = 4
@@ -151,7 +164,9 @@ def bucket_of(fill: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.maximum(np.searchsorted(edges, fill, side="right") - 1, 0)
 
 
-def tail_parameters(pool: np.ndarray, floors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def tail_parameters(
+    pool: np.ndarray, floors: np.ndarray, by_variance: np.ndarray | bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(u, b) per column of `pool` (clients x statistics, or clients x buckets x statistics:
     each column on its own; NaN = no value), as the module docstring says; NaN where a column
     has no value. Rows with no value at all change nothing (NaN sorts last), so pools of
@@ -179,9 +194,13 @@ def tail_parameters(pool: np.ndarray, floors: np.ndarray) -> tuple[np.ndarray, n
     dropped = np.count_nonzero(beyond & top, axis=0)
     censored_at = excess.max(axis=0, initial=0.0)
     b = (excess.sum(axis=0) + dropped * censored_at) / np.maximum(n_excess, 1)
-    # A small pool's few excesses say little about the tail: at least a share of the spread
-    # from the median to u (0.37 of it for a normal tail), larger for fewer clients.
-    spread = (u - med) * (0.4 + 1.5 / np.sqrt(np.maximum(count, 1)))
+    # At least a share of the spread from the median to u, larger for fewer voices
+    # (`SHAPE_FLOOR`).
+    voices = np.maximum(count, 1)
+    share = np.where(
+        by_variance, SHAPE_FLOOR * (1 + SMALL_POOL / voices), SHAPE_FLOOR + 1.5 / np.sqrt(voices)
+    )
+    spread = (u - med) * share
     b = np.maximum(np.maximum(b, np.maximum(0.5 * np.nan_to_num(mad), spread)), floors)
     none = count == 0
     u[none], b[none] = np.nan, np.nan
@@ -420,7 +439,7 @@ class PopulationNull:
             pool[:, :, CUMULATIVE_STATISTICS] = cumulative[:, pooled]
             pool[:, :, SHARE_STATISTICS] = shares[:, pooled]
             count = np.count_nonzero(~np.isnan(pool), axis=0)
-            u, b = tail_parameters(pool, FLOORS)
+            u, b = tail_parameters(pool, FLOORS, BY_VARIANCE)
             enough = count >= self.min_clients
             own_u[pooled] = np.where(enough, u, np.nan)
             own_b[pooled] = np.where(enough, b, np.nan)
@@ -434,7 +453,7 @@ class PopulationNull:
                 if len(pool) > MAX_POOL:
                     pool = pool[:: math.ceil(len(pool) / MAX_POOL)]
                 count = np.count_nonzero(~np.isnan(pool), axis=0)
-                u, b = tail_parameters(pool, FLOORS)
+                u, b = tail_parameters(pool, FLOORS, BY_VARIANCE)
                 enough = count >= self.min_clients
                 own_u[bucket, enough], own_b[bucket, enough] = u[enough], b[enough]
                 own_n[bucket, enough] = count[enough]
