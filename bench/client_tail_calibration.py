@@ -14,7 +14,7 @@ small pool: shape x (1 + c / voices) (the detector since stop 48: 0.9, 0.4 and c
 `null.SMALL_POOL`), or shape + c / sqrt(voices) (before, and still the other statistics':
 1.5).
 
-    PYTHONPATH=. .venv/bin/python bench/client_tail_calibration.py     (about a minute)
+    PYTHONPATH=. .venv/bin/python bench/client_tail_calibration.py     (about two minutes)
 """
 
 from __future__ import annotations
