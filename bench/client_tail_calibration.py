@@ -22,10 +22,10 @@ from __future__ import annotations
 import numpy as np
 
 from detectors.clients.coverage import REGIONS, RegionCoverage
-from detectors.clients.null import SMALL_POOL, tail_p, tail_parameters
+from detectors.clients.null import FLOORS, REGION, SMALL_POOL, tail_p, tail_parameters
 
 DAY = 86400.0
-FLOORS = np.array([0.1])  # region_coverage's floor (detectors.clients.null.FLOORS)
+REGION_FLOOR = FLOORS[[REGION]]  # region_coverage's floor, as the detector has it
 # (scale fitted from the quantile, shape floor, small-pool coefficient, its form: "1/n" for
 # shape x (1 + c / voices), "1/sqrt" for shape + c / sqrt(voices)); the detector's first.
 VARIANTS = [
@@ -60,7 +60,7 @@ def fit(
     shape: float,
     small: float,
     form: str,
-    floor: float = 0.1,
+    floor: float = float(REGION_FLOOR[0]),
 ) -> tuple:
     """`detectors.clients.null.tail_parameters` for one column, with the scale fitted from
     `fit_quantile`, the shape floor `shape` and the small-pool coefficient `small` of `form`
@@ -102,7 +102,7 @@ def main() -> None:
             fresh = np.array([key(rng, coverage, slots, mix, n, conc=conc) for _ in range(4000)])
             samplers = np.array([key(rng, coverage, slots, mix, n, own=mix) for _ in range(20)])
             # The detector's variant is the detector's fit, not a copy drifting from it.
-            detector = np.ravel(tail_parameters(pool[:, None], FLOORS, True))
+            detector = np.ravel(tail_parameters(pool[:, None], REGION_FLOOR, True))
             assert np.allclose(fit(pool, *VARIANTS[0]), detector)
             for v in VARIANTS:
                 u, b = fit(pool, *v)

@@ -16,6 +16,8 @@ from scipy.stats import binom
 from detectors.clients.coverage import REGIONS, RegionCoverage
 from detectors.clients.detector import STRADDLE_RATE
 from detectors.clients.null import (
+    FLOORS,
+    REGION,
     STATISTICS,
     PopulationNull,
     bucket_of,
@@ -447,7 +449,7 @@ def test_a_small_pools_region_tail_pays_for_its_own_noise() -> None:
         pool, fresh = values[:voices, None], values[voices:]
         judged += len(fresh)
         for by_variance in flagged:
-            u, b = tail_parameters(pool, np.array([0.1]), by_variance)
+            u, b = tail_parameters(pool, FLOORS[[REGION]], by_variance)
             flagged[by_variance] += int(np.count_nonzero(tail_p(fresh, u[0], b[0]) <= 1e-3))
     assert flagged[True] / judged <= 1.5e-3
     assert flagged[False] / judged >= 3e-3  # what the 1 / sqrt(voices) margin left

@@ -106,6 +106,7 @@ TAIL_QUANTILE = 0.9
 # and 0.2-0.6 times with 150, where 32 / voices is 0.4-0.8).
 SHAPE_FLOOR = 0.4
 SMALL_POOL = 32.0
+SMALL_POOL_SQRT = 1.5  # the other statistics' margin: SMALL_POOL_SQRT / sqrt(voices)
 MAX_POOL = 4096  # clients per bucket used to estimate the tail (a stride subset beyond)
 SOURCES = ("none", "population", "larger history", "reference prior", "smaller history")
 PRIOR = SOURCES.index("reference prior")
@@ -198,7 +199,9 @@ def tail_parameters(
     # (`SHAPE_FLOOR`).
     voices = np.maximum(count, 1)
     share = np.where(
-        by_variance, SHAPE_FLOOR * (1 + SMALL_POOL / voices), SHAPE_FLOOR + 1.5 / np.sqrt(voices)
+        by_variance,
+        SHAPE_FLOOR * (1 + SMALL_POOL / voices),
+        SHAPE_FLOOR + SMALL_POOL_SQRT / np.sqrt(voices),
     )
     spread = (u - med) * share
     b = np.maximum(np.maximum(b, np.maximum(0.5 * np.nan_to_num(mad), spread)), floors)
