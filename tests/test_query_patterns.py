@@ -32,6 +32,7 @@ from detectors.clients.null import STATISTICS
 from detectors.clients.spending import (
     CUMULATIVE,
     CUMULATIVE_FIRST,
+    FIRST_CUMULATIVE,
     RING,
     RING_DECAY,
     TESTED,
@@ -999,9 +1000,10 @@ def test_a_reference_handed_over_while_learning_keeps_the_window_to_judge() -> N
 
 
 def test_the_two_tests_spend_alpha_per_client_day_between_them() -> None:
-    """The ring test at every look, the cumulative test at doublings of queries seen: each
-    spends its share as share / (i (i + 1)) over its looks of the day, so whatever the number
-    of looks a day's thresholds sum to less than alpha, approaching it."""
+    """The ring test at every look, the cumulative test at the day's first look and at
+    doublings of queries seen: each spends its share over its looks of the day by a series
+    that sums to 1, so whatever the number of looks a day's thresholds sum to less than
+    alpha, approaching it."""
     spending = Spending(1e-3, looks_per_ring=26)
     assert spending.ring + spending.cumulative == pytest.approx(1e-3)
     assert not (RING & CUMULATIVE).any() and ((RING | CUMULATIVE) == TESTED).all()
@@ -1023,6 +1025,19 @@ def test_the_two_tests_spend_alpha_per_client_day_between_them() -> None:
     counts = np.arange(21, 20_001, 7)  # looks every 7 queries: the next look after each
     due = counts[cumulative_looks_due(counts, 7)]
     assert len(due) == 7 and all(0 <= d - 200 * 2**k < 7 for k, d in enumerate(due))
+
+
+def test_the_cumulative_test_spends_most_of_its_share_at_the_days_first_look() -> None:
+    """A long-lived client's day has one to three cumulative looks, and the first carries
+    all its history: 0.7 of the share is spent there (half under 1 / (i (i + 1))), the i-th
+    (i >= 2) (1 - 0.7) / ((i - 1) i), so the day's looks still spend at most the share."""
+    spending = Spending(1e-3, looks_per_ring=26)
+    share = spending.cumulative
+    looks = [spending.cumulative_threshold(i) for i in range(1, 10_001)]
+    assert FIRST_CUMULATIVE == 0.7 and looks[0] == pytest.approx(0.7 * share)
+    assert looks[1] == pytest.approx(0.3 * share / 2) and looks[2] == pytest.approx(0.05 * share)
+    assert all(a > b for a, b in pairwise(looks))
+    assert sum(looks) < share and sum(looks) == pytest.approx(share, rel=1e-3)
 
 
 def test_each_test_weighs_its_statistics_and_the_cumulative_one_favours_region_coverage() -> None:

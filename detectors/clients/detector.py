@@ -62,7 +62,8 @@ each spending its own share per client and per event-time day (`Spending`):
   the client sent, slowly; weighted Bonferroni, `region_coverage` 0.8 and `coverage` 0.2)
   only at the client's first look of each day (from
   `CUMULATIVE_FIRST` queries seen) and at the looks where its queries seen pass
-  `CUMULATIVE_FIRST` x 2^k: the i-th such look of the day at alpha_c / (i (i + 1)).
+  `CUMULATIVE_FIRST` x 2^k: the day's first such look at alpha_c x 0.7, its i-th (i >= 2) at
+  alpha_c x 0.3 / ((i - 1) i) (`FIRST_CUMULATIVE`).
 
 Cost: every query is measured, with no numpy call per client; the batched neighbour search
 (`segments`, `smallest`) and the Shapiro-Wilk shortcut (`shapiro_w`) are explained where
