@@ -79,14 +79,22 @@ FIRST_RING = 0.9
 RING_DECAY = 1.25
 
 
+def first_heavy_share(n: int, first: float) -> float:
+    """The n-th term (from 1) of a series that spends `first` on its first term and
+    (1 - first) / ((n - 1) n) on the n-th after it: the terms sum to 1 however many there
+    are. The day's rings of ring looks (FIRST_RING) and its cumulative looks
+    (FIRST_CUMULATIVE) each spend their test's share by it."""
+    return first if n == 1 else (1 - first) / ((n - 1) * n)
+
+
 @dataclass(frozen=True, slots=True)
 class Spending:
     """alpha (benign clients flagged per client-day, at most) split between the two tests;
     the cumulative test's first look of a client's day is tested at FIRST_CUMULATIVE of its
     share and its i-th (i >= 2) at (1 - FIRST_CUMULATIVE) / ((i - 1) i) of it, which sum to 1,
     so a day's looks spend less than alpha however many there are (docs/query-patterns.md
-    derives it). The ring test's looks fall in rings
-    of the day's looks, each ring with its share, spent over its looks (`ring_threshold`)."""
+    derives it). The ring test's looks fall in rings of the day's looks, each ring with its
+    share, spent over its looks (`ring_threshold`)."""
 
     alpha: float
     looks_per_ring: int  # buffer_size / check_every, rounded up: a ring's worth of new queries
@@ -116,12 +124,10 @@ class Spending:
         day's looks, a fast client's 30th look (its 300th query) was tested at 1 / 930 of
         the share, and a CopycatCNN at 87% out of reference (p 1.4e-7) was never flagged."""
         ring, i = divmod(look - 1, self.looks_per_ring)
-        share = FIRST_RING if ring == 0 else (1 - FIRST_RING) / (ring * (ring + 1))
-        return self.ring * share * float(self.within[i])
+        return self.ring * first_heavy_share(ring + 1, FIRST_RING) * float(self.within[i])
 
     def cumulative_threshold(self, look: int) -> float:
-        share = FIRST_CUMULATIVE if look == 1 else (1 - FIRST_CUMULATIVE) / ((look - 1) * look)
-        return self.cumulative * share
+        return self.cumulative * first_heavy_share(look, FIRST_CUMULATIVE)
 
     def linked_threshold(self, look: int) -> float:
         return self.alpha * LINKED_SHARE / (look * (look + 1))
