@@ -133,6 +133,28 @@ def _key(value: bytes, field: str) -> bytes | None:
     return None if key is None else str(key).encode()
 
 
+def not_yet_processed(
+    polled: dict[Any, list[Any]], next_offsets: dict[Any, int]
+) -> tuple[dict[Any, list[Any]], int]:
+    """The polled messages from each partition's next offset on (`next_offsets`: where the
+    detector state in memory stands; a partition without one keeps all), and how many were
+    left out. A client that fetches a partition again from an older position without a
+    rebalance (kafka-python has done so after fetch errors: dpkp/kafka-python#1078) would
+    otherwise feed the same events to the same state twice, and a window test would
+    count them twice."""
+    fresh: dict[Any, list[Any]] = {}
+    skipped = 0
+    for tp, messages in polled.items():
+        start = next_offsets.get(tp)
+        if start is not None and messages and messages[0].offset < start:
+            kept = [m for m in messages if m.offset >= start]
+            skipped += len(messages) - len(kept)
+            messages = kept
+        if messages:
+            fresh[tp] = messages
+    return fresh, skipped
+
+
 def to_records(polled: dict[Any, list[Any]]) -> list[RawRecord]:
     """kafka-python's {TopicPartition: [ConsumerRecord]} as raw records, partition by partition."""
     records: list[RawRecord] = []

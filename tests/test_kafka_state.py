@@ -17,7 +17,7 @@ from agent.runtime.replay import memory_batches, replay_batches
 from storage.db import Database
 from storage.models import Checkpoint, Evidence, Incident
 from streams.events import Position, RawRecord
-from streams.kafka import KafkaSettings, to_records
+from streams.kafka import KafkaSettings, not_yet_processed, to_records
 
 
 def test_environment_overrides_the_kafka_section(tmp_path: Path) -> None:
@@ -153,3 +153,28 @@ def test_polled_messages_become_raw_records_at_their_real_positions() -> None:
     ]
     assert all(type(r) is RawRecord and type(r.position) is Position for r in records)
     assert records[0].size is None and records[0].position.offset == 7
+
+
+def test_records_fetched_again_before_the_states_position_are_not_fed_twice() -> None:
+    """A partition fetched again from an older offset without a rebalance: what the state in
+    memory already took is left out (and counted), the rest goes on; a partition the
+    daemon holds no position for keeps everything."""
+
+    def message(tp: TopicPartition, offset: int) -> ConsumerRecord:
+        return ConsumerRecord(
+            tp.topic, tp.partition, None, offset, 0, 0, None, b"x", [], None, 0, 0, 0
+        )
+
+    a, b, c = (TopicPartition("predictions", p) for p in (0, 1, 2))
+    polled = {
+        a: [message(a, o) for o in range(5, 12)],  # 5-9 already processed
+        b: [message(b, o) for o in range(3, 6)],  # all of them already processed
+        c: [message(c, o) for o in range(0, 4)],  # no position: all new
+    }
+    fresh, skipped = not_yet_processed(polled, {a: 10, b: 20})
+    assert [m.offset for m in fresh[a]] == [10, 11]
+    assert b not in fresh
+    assert [m.offset for m in fresh[c]] == [0, 1, 2, 3]
+    assert skipped == 5 + 3
+    same, none = not_yet_processed(polled, {a: 5, b: 3})
+    assert none == 0 and same == polled

@@ -52,6 +52,7 @@ from streams.kafka import (
     has_metadata,
     make_consumer,
     make_producer,
+    not_yet_processed,
     to_records,
 )
 
@@ -399,6 +400,13 @@ class Daemon:
         with self.lock:
             # A partition revoked during this poll is no longer ours: its new owner reads it.
             mine = {tp: messages for tp, messages in polled.items() if tp in self.owned}
+            mine, again = not_yet_processed(mine, self.next_offsets)
+            if again:
+                log.warning(
+                    "the consumer returned %d records already processed (before the "
+                    "partitions' positions in memory); they were skipped",
+                    again,
+                )
             records = to_records(mine)
             if not records:
                 return
