@@ -25,7 +25,6 @@ from detectors.clients.detector import (
     PROBE_FLOOR,
     WARMUP_FACTOR,
     QueryPatternDetector,
-    typical_radius,
     typical_rate,
 )
 from detectors.clients.null import STATISTICS
@@ -43,6 +42,7 @@ from detectors.clients.spending import (
 )
 from detectors.clients.spending import Test as CombinedTest
 from detectors.clients.statistics import shapiro_w
+from detectors.clients.typicality import typical_radius
 from detectors.settings import QueryPatternSettings
 from detectors.state_codec import StateError
 from detectors.stats.scores import TailPValue

@@ -98,9 +98,6 @@ MIN_SPREAD_QUERIES = 50
 MIN_SPREAD_CLIENTS = 30
 OFF_CLEAR = 2.0  # sds of its noise the divergence off the directions must clear to count
 MAX_LABELS = 4096  # labels whose slot is cached (a regression model has endless values)
-# A query farther from every input cell than this share of the reference's rows is atypical
-# (`atypical_share`): a joint picture of the reference that per-feature ranges lack.
-TYPICAL_QUANTILE = 0.99
 
 
 def fit_cells(encoded: np.ndarray, rng: np.random.Generator) -> np.ndarray:

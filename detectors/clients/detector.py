@@ -16,8 +16,10 @@ with numpy:
 - out of the reference's ranges (the `InputProfile` rule), and a low-margin prediction;
 - *atypical*: out of those ranges and farther from every input cell (the reference's
   k-means clusters, `detectors.clients.coverage`) than the typical reference client's
-  queries are, 99% of the time: out of the reference's joint picture, not at the edge of one
-  feature (a user at the reference's edge is out of range; its rows still look real);
+  queries are, 99% of the time, or, in range or not, farther from every reference row than
+  the rows are from each other, its most extreme feature set aside
+  (`detectors.clients.typicality`): out of the reference's joint picture, not at the edge
+  of one feature (a user at the reference's edge is out of range; its rows still look real);
 - the bin of each feature it falls in (numeric: the reference's octiles; categorical: the
   profile's hashed bucket), added to the client's cumulative per-feature histograms;
 - a *boundary pair*: one of its k nearest earlier queries is closer than half the
@@ -91,7 +93,6 @@ from detectors.clients.codec import (
 )
 from detectors.clients.coverage import (
     REGIONS,
-    TYPICAL_QUANTILE,
     RegionCoverage,
     counts_at,
     fit_cells,
@@ -120,6 +121,7 @@ from detectors.clients.spending import (
     cumulative_looks_due,
 )
 from detectors.clients.statistics import chernoff_tail, entropy, low_margin, shapiro_w
+from detectors.clients.typicality import TypicalRows, typical_radius
 from detectors.input_anomaly import (
     InputProfile,
     ProfiledDetector,
@@ -195,8 +197,11 @@ _NO_RECORD = np.array([-np.inf, 0, -1, 0, 0, np.nan, np.nan, 0, -1, 0, 0])  # in
 # for other queries. CLASS: the predicted class's slot (`RegionCoverage.class_slots`). STRADDLE:
 # 1 when one of the k nearest earlier queries is within `straddle_radius`, predicted another
 # class and is not an entity with a field changed (a pair across the decision boundary,
-# `boundary_pairs`). ATYPICAL: 1 when farther from every input cell than the reference's
-# rows mostly are (`RegionCoverage.radius`, `atypical_share`).
+# `boundary_pairs`). ATYPICAL: the bits of the two rules of `atypical_share`, BEYOND_CELLS
+# when farther from every input cell than the reference's rows mostly are
+# (`RegionCoverage.radius`; it counts only out of range), OFF_ROWS when farther from every
+# reference row than the rows are from each other (`detectors.clients.typicality`).
+BEYOND_CELLS, OFF_ROWS = 1, 2
 
 # A client's integer fields as checkpointed, in the clients' order; its ring slot is not among
 # them (`load_state` assigns slots afresh in that order), so equal states encode equally.
@@ -244,8 +249,9 @@ class QueryPatternDetector(ProfiledDetector):
     # cumulative looks of the day and first query's time); 4: boundary pairs (two record
     # columns, a statistic more); 5: region coverage adds input cells and categorical values
     # (per-client counts of all three, the reference's k-means centroids); 6: atypical
-    # queries (a record column, a statistic more, the cells' typical radius)
-    state_version = 6
+    # queries (a record column, a statistic more, the cells' typical radius); 7: atypical
+    # off the reference's rows too (`detectors.clients.typicality`: anchors and a radius)
+    state_version = 7
 
     def __init__(self, model: str, settings: QueryPatternSettings | None = None) -> None:
         self.settings = settings or QueryPatternSettings()
@@ -264,6 +270,7 @@ class QueryPatternDetector(ProfiledDetector):
         self.coverage = np.zeros((0, 0, BINS), dtype=np.int32)  # client x feature x bin
         self.region_counts = np.zeros((0, REGIONS), dtype=np.int32)  # client x region
         self.regions: RegionCoverage | None = None  # learned with the profile
+        self.typical: TypicalRows | None = None  # and the rule of atypical queries
         self.ranges = TrafficRanges(np.zeros(0))  # the reference's ranges the traffic left
         size = 1 << max(10, (s.max_fingerprints - 1).bit_length())
         self.fp_keys = np.zeros(size, dtype=np.int64)  # the shared fingerprint table
@@ -487,8 +494,10 @@ class QueryPatternDetector(ProfiledDetector):
         if stored:  # rows drawn apart from the keys the population's mix is the mean of
             category_bins = bins[:, numerics:]
             self.regions.reference = self._reference_regions(encoded, batch, category_bins)
-        # about 1 - TYPICAL_QUANTILE of the out-of-range rate, by construction
-        atypical_rate = typical_rate((nearest > radius) & out_of_range, owners)
+        # Either rule flags about 1% of the reference's rows (the first, 1% of those out of
+        # range), by construction.
+        self.typical, far_from_rows = TypicalRows.fit(encoded, numerics, owners, rng)
+        atypical_rate = typical_rate(((nearest > radius) & out_of_range) | far_from_rows, owners)
         # The level carries the spread between clients (3x the typical rate + 0.05: benign
         # keys on the benches stayed below it at every look); beyond it a share's sampling
         # noise shrinks like 1 / sqrt(queries), and so does the tail's scale: 0.05 at
@@ -599,6 +608,7 @@ class QueryPatternDetector(ProfiledDetector):
             "coverage": self.coverage[slots],
             "region_counts": self.region_counts[slots],
             "regions": None if self.regions is None else self.regions.to_data(),
+            "typical": None if self.typical is None else self.typical.to_data(),
             "region_debiased": True,
             "ranges": self.ranges.state(slots),
             "null": self.null.state(0)
@@ -643,6 +653,8 @@ class QueryPatternDetector(ProfiledDetector):
         self.fp_keys, self.fp_owners, self.fp_ts = state["fingerprints"]
         if state["regions"] is not None:
             self.regions = RegionCoverage.from_data(state["regions"], s.null_window_seconds)
+        if state["typical"] is not None:
+            self.typical = TypicalRows.from_data(state["typical"])
         if self.profile is None:
             return
         dim = self.profile.dim
@@ -803,9 +815,11 @@ class QueryPatternDetector(ProfiledDetector):
         assert self.regions is not None
         labels = labels_of(batch.predictions[start:], batch.scores[start:], n)
         values = bins[:, len(self.profile.numeric_names) :]  # the categorical features' buckets
-        regions, atypical = self.regions.regions(labels, x, values)  # (class, cell, values...)
+        regions, beyond_cells = self.regions.regions(labels, x, values)  # (class, cell, ...)
         per_query[:, CLASS] = regions[:, 0]
-        per_query[:, ATYPICAL] = atypical
+        assert self.typical is not None  # learned with the regions
+        off_rows = self.typical.atypical(x)
+        per_query[:, ATYPICAL] = beyond_cells * BEYOND_CELLS + off_rows * OFF_ROWS
         self.since_refresh += n
         if (
             self.last_ts >= self.refreshed + NULL_REFRESH_SECONDS
@@ -1357,7 +1371,9 @@ class QueryPatternDetector(ProfiledDetector):
         out_of_range = self.ranges.counts(ood_flag, ts) & distinct
         ood = np.count_nonzero(out_of_range, axis=1)
         out[:, 0] = np.where(enough, ood / np.maximum(kept, 1), np.nan)
-        far = np.count_nonzero((atypical > 0) & out_of_range, axis=1)
+        kinds = atypical.astype(np.int64)
+        far_out = ((kinds & BEYOND_CELLS) > 0) & out_of_range
+        far = np.count_nonzero((far_out | ((kinds & OFF_ROWS) > 0)) & distinct, axis=1)
         out[:, ATYPICAL_STAT] = np.where(enough, far / np.maximum(kept, 1), np.nan)
         scored = np.count_nonzero((low >= 0) & distinct, axis=1)
         low_count = np.count_nonzero((low == 1) & distinct, axis=1)
@@ -1697,24 +1713,6 @@ def typical_rate(flags: np.ndarray, owners: np.ndarray) -> float:
     --quick`, 29% of the events, most out of reference) put that level at 1, and the
     uniform-random extractor among them was never flagged."""
     return float(typical_rates(flags[:, None], owners)[0])
-
-
-def typical_radius(nearest: np.ndarray, owners: np.ndarray) -> float:
-    """The squared distance to the nearest input cell within which the typical client of
-    the reference keeps `TYPICAL_QUANTILE` of its events (`nearest`: each event's): the
-    median over clients of each one's quantile, so a few warm-up attackers far from every
-    cell, up to half the clients, cannot widen it (inf without events: nothing is
-    atypical)."""
-    if not len(nearest):
-        return math.inf
-    if not knows_clients(owners):
-        return float(np.quantile(nearest, TYPICAL_QUANTILE))
-    # Events without a client are one voice here: each alone would stand at its own value.
-    _, voice, sizes = np.unique(owners, return_inverse=True, return_counts=True)
-    order = np.lexsort((nearest, voice))  # by client, then distance
-    starts = np.cumsum(sizes) - sizes
-    at = starts + np.floor(TYPICAL_QUANTILE * (sizes - 1)).astype(np.int64)
-    return float(np.median(nearest[order][at]))
 
 
 def typical_rates(flags: np.ndarray, owners: np.ndarray) -> np.ndarray:
