@@ -120,7 +120,7 @@ def typical_radius(nearest: np.ndarray, owners: np.ndarray) -> float:
     finite = np.isfinite(nearest)
     if not finite.any():
         return math.inf
-    if len(owners) != len(nearest) or not knows_clients(owners):  # a reference without clients
+    if not knows_clients(owners):  # a reference without clients (none, or all NO_CLIENT)
         return float(np.quantile(nearest[finite], TYPICAL_QUANTILE))
     nearest, owners = nearest[finite], owners[finite]
     # Rows without a client are one voice here: each alone would stand at its own value.
