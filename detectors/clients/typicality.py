@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -43,9 +44,10 @@ from streams.batch import knows_clients
 ANCHORS = 256  # reference rows a query is measured against, at most (its cost: one product)
 TYPICAL_QUANTILE = 0.99  # of the reference rows' distances: the radius
 SAME_ROW = 1e-12  # squared distance within which an anchor is the row itself
+CHUNK = 128  # rows whose distances to the anchors are taken at once (128 x 256 in cache)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class TypicalRows:
     """The anchors, how many leading encoded dimensions are numeric features, and the
     squared radius (inf: nothing is atypical)."""
@@ -72,24 +74,45 @@ class TypicalRows:
     def nearest(self, x: np.ndarray, exclude_same: bool = False) -> np.ndarray:
         """Each row's squared distance to its nearest anchor, its most extreme numeric
         feature set aside (inf without anchors); `exclude_same`: an anchor identical to the
-        row does not count (the reference's own rows, measured as fresh queries)."""
+        row does not count (the reference's own rows, measured as fresh queries).
+
+        With feature e set aside, |x - a|^2 over the others is |x'|^2 + (|a|^2 - a_e^2) -
+        2 x'.a, x' being x with e zeroed: one product and one gather of the anchors' norms
+        without e (`_norms_without`, a row per numeric feature), in blocks of `CHUNK` rows
+        that stay in cache. The full distances less (x_e - a_e)^2, a batch at once, took
+        six times as long (the hot path)."""
         if not len(self.anchors):
             return np.full(len(x), math.inf)
-        x = np.asarray(x, dtype=np.float64)
+        x = np.array(x, dtype=np.float64)  # a copy: the set-aside feature is zeroed in it
         anchors = self.anchors
-        d2 = (
-            (anchors**2).sum(axis=1)[None, :]
-            - 2 * (x @ anchors.T)
-            + np.einsum("ij,ij->i", x, x)[:, None]
-        )
-        if exclude_same:
-            d2[d2 <= SAME_ROW] = math.inf
+        if exclude_same:  # an identical anchor, judged on every feature
+            same = _squared_distances(x, anchors) <= SAME_ROW
         if self.numerics >= 2:
             # Robust-scaled, a numeric coordinate's size is how extreme it is.
             extreme = np.abs(x[:, : self.numerics]).argmax(axis=1)
-            d2 -= (x[np.arange(len(x)), extreme][:, None] - anchors[:, extreme].T) ** 2
-        np.maximum(d2, 0.0, out=d2)
-        return d2.min(axis=1)
+            x[np.arange(len(x)), extreme] = 0.0
+        else:
+            extreme = np.zeros(len(x), dtype=np.int64)  # the one row of full norms
+        nearest = np.empty(len(x))
+        for top in range(0, len(x), CHUNK):
+            rows = slice(top, top + CHUNK)
+            d2 = x[rows] @ anchors.T
+            d2 *= -2
+            d2 += self._norms_without[extreme[rows]]
+            if exclude_same:
+                d2[same[rows]] = math.inf
+            d2.min(axis=1, out=nearest[rows])
+        nearest += np.einsum("ij,ij->i", x, x)
+        return np.maximum(nearest, 0.0)
+
+    @cached_property
+    def _norms_without(self) -> np.ndarray:
+        """Per numeric feature e (one row each; one row of full norms without numerics),
+        each anchor's squared norm without coordinate e."""
+        norms = (self.anchors**2).sum(axis=1)
+        if self.numerics < 2:
+            return norms[None, :]
+        return norms[None, :] - (self.anchors[:, : self.numerics] ** 2).T
 
     def atypical(self, x: np.ndarray) -> np.ndarray:
         """Whether each query lies beyond the radius from every anchor."""
@@ -129,3 +152,12 @@ def typical_radius(nearest: np.ndarray, owners: np.ndarray) -> float:
     starts = np.cumsum(sizes) - sizes
     at = starts + np.floor(TYPICAL_QUANTILE * (sizes - 1)).astype(np.int64)
     return float(np.median(nearest[order][at]))
+
+
+def _squared_distances(x: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """Rows x anchors: every squared distance, all features counted."""
+    return (
+        (anchors**2).sum(axis=1)[None, :]
+        - 2 * (x @ anchors.T)
+        + np.einsum("ij,ij->i", x, x)[:, None]
+    )
