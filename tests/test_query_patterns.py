@@ -822,6 +822,52 @@ def test_a_range_the_whole_traffic_left_does_not_hide_an_out_of_range_client() -
     assert details["ranges_left_by_traffic"] == ["a"]
 
 
+@pytest.mark.parametrize("seed", [25, 28])
+def test_a_sudden_shift_stops_counting_before_its_own_batches_are_judged(seed: int) -> None:
+    """Two features jump by 8 IQRs for every client at once: at the next hourly refresh the
+    traffic has left them, but the batches before it were judged with every client's flags
+    on them counted against the null of before (on these seeds a benign client was flagged
+    by `ood_share` or `atypical_share` within two batches). The typical caller of each batch
+    leaves them at once (`TrafficRanges.leave`)."""
+    detector, stream = warmed(seed=seed)
+    shift = np.array([8.0, -8.0, 0.0, 0.0])
+    for _ in range(20):
+        x, clients = stream.benign(500)
+        assert detector.update(stream.batch(x + shift, clients)) == []
+    assert detector.ranges.left.tolist()[:2] == [True, True]
+    assert detector.rows_traffic.left.all()
+
+
+def test_a_move_off_the_rows_by_the_whole_traffic_does_not_hide_an_atypical_client() -> None:
+    """After a shift of two features for every client, every query lies off the reference's
+    rows (one extreme feature is set aside, not two), so the off-rows rule says nothing
+    about any one client and is left out of `atypical_share` (`rows_traffic`): a
+    uniform-random extractor, out of range and beyond the input cells on the kept features,
+    still stands out by it."""
+    detector, stream = warmed(seed=24)
+    shift = np.array([8.0, -8.0, 0.0, 0.0])
+    unshifted = stream.benign
+
+    def shifted(n: int) -> tuple[np.ndarray, list[str | None]]:
+        x, clients = unshifted(n)
+        return x + shift, clients
+
+    stream.benign = shifted  # type: ignore[method-assign]
+    # Longer than the null's window (a day, 2 s a query): the voices from before are stale.
+    for _ in range(90):
+        assert detector.update(stream.batch(*stream.benign(500))) == []
+    assert detector.rows_traffic.left.all()
+    uniform = stream.rng.uniform(-12, 12, size=(200, len(FEATURES))) + shift
+    flagged = first_by_client(run_mixed(detector, stream, uniform, ["extractor"] * 200))
+    assert set(flagged) == {"extractor"}
+    details = flagged["extractor"].details
+    # Counting the rule, the benign shares' tail started near 0.6 and the extractor stood
+    # out only after 120 queries, by `ood_share` alone.
+    assert "atypical_share" in details["detectors_fired"]
+    assert details["queries_seen"] <= 60
+    assert details["rows_left_by_traffic"] is True
+
+
 def test_queries_out_of_range_on_a_feature_the_traffic_then_leaves_stop_counting() -> None:
     """A client that queries through a shift before the typical client is seen out of range
     (a heavy user at night) keeps those queries in its ring for hours: once the traffic has

@@ -20,6 +20,8 @@ with numpy:
   the rows are from each other, its most extreme feature set aside
   (`detectors.clients.typicality`): out of the reference's joint picture, not at the edge
   of one feature (a user at the reference's edge is out of range; its rows still look real);
+  the second rule counts while the traffic as a whole is not off the rows (`rows_traffic`,
+  followed as the ranges are);
 - the bin of each feature it falls in (numeric: the reference's octiles; categorical: the
   profile's hashed bucket), added to the client's cumulative per-feature histograms;
 - a *boundary pair*: one of its k nearest earlier queries is closer than half the
@@ -250,8 +252,9 @@ class QueryPatternDetector(ProfiledDetector):
     # columns, a statistic more); 5: region coverage adds input cells and categorical values
     # (per-client counts of all three, the reference's k-means centroids); 6: atypical
     # queries (a record column, a statistic more, the cells' typical radius); 7: atypical
-    # off the reference's rows too (`detectors.clients.typicality`: anchors and a radius)
-    state_version = 7
+    # off the reference's rows too (`detectors.clients.typicality`: anchors and a radius);
+    # 8: the traffic's off-rows rate followed (`rows_traffic`)
+    state_version = 8
 
     def __init__(self, model: str, settings: QueryPatternSettings | None = None) -> None:
         self.settings = settings or QueryPatternSettings()
@@ -272,6 +275,9 @@ class QueryPatternDetector(ProfiledDetector):
         self.regions: RegionCoverage | None = None  # learned with the profile
         self.typical: TypicalRows | None = None  # and the rule of atypical queries
         self.ranges = TrafficRanges(np.zeros(0))  # the reference's ranges the traffic left
+        # Whether the traffic as a whole has moved off the reference's rows: one pseudo-feature
+        # (`OFF_ROWS`), followed as the ranges are.
+        self.rows_traffic = TrafficRanges(np.zeros(1))
         size = 1 << max(10, (s.max_fingerprints - 1).bit_length())
         self.fp_keys = np.zeros(size, dtype=np.int64)  # the shared fingerprint table
         self.fp_owners = np.zeros(size, dtype=np.int64)
@@ -497,6 +503,7 @@ class QueryPatternDetector(ProfiledDetector):
         # Either rule flags about 1% of the reference's rows (the first, 1% of those out of
         # range), by construction.
         self.typical, far_from_rows = TypicalRows.fit(encoded, numerics, owners, rng)
+        self.rows_traffic = TrafficRanges(typical_rates(far_from_rows[:, None], owners))
         atypical_rate = typical_rate(((nearest > radius) & out_of_range) | far_from_rows, owners)
         # The level carries the spread between clients (3x the typical rate + 0.05: benign
         # keys on the benches stayed below it at every look); beyond it a share's sampling
@@ -611,6 +618,7 @@ class QueryPatternDetector(ProfiledDetector):
             "typical": None if self.typical is None else self.typical.to_data(),
             "region_debiased": True,
             "ranges": self.ranges.state(slots),
+            "rows_traffic": self.rows_traffic.state(slots),
             "null": self.null.state(0)
             | {
                 "values": self.null.values[slots],
@@ -661,6 +669,7 @@ class QueryPatternDetector(ProfiledDetector):
         self.ring_vectors = np.zeros((0, s.buffer_size, dim + 2), dtype=np.float32)
         self.coverage = np.zeros((0, state["coverage"].shape[1], BINS), dtype=np.int32)
         self.ranges = TrafficRanges(np.zeros(len(self.profile.feature_names)))
+        self.rows_traffic = TrafficRanges(np.zeros(1))
         fill = state["fill"]
         cap = self.tracked_cap()
         kept = slice(max(0, len(fill) - cap), len(fill))  # the most recently seen fit
@@ -692,6 +701,7 @@ class QueryPatternDetector(ProfiledDetector):
         # decides at the level of a reference rate of 0 (not kept in them).
         if "ranges" in state:
             self.ranges.load(state["ranges"], kept)
+        self.rows_traffic.load(state["rows_traffic"], kept)
         clients = state["clients"]
         self.evicted += len(fill) - len(fill[kept])
         for i in range(kept.start, kept.stop):
@@ -724,6 +734,7 @@ class QueryPatternDetector(ProfiledDetector):
         latest = self.null.stamps[: len(self.clients)].max(axis=(1, 2), initial=-np.inf)
         fresh = slots[latest[slots] >= self.last_ts - self.null.window]
         self.ranges.refresh(fresh, self.settings.min_null_clients, self.last_ts)
+        self.rows_traffic.refresh(fresh, self.settings.min_null_clients, self.last_ts)
         if len(fresh) >= self.settings.min_null_clients:
             self.regions.observe_population(self.region_counts[fresh])
         else:
@@ -820,6 +831,10 @@ class QueryPatternDetector(ProfiledDetector):
         assert self.typical is not None  # learned with the regions
         off_rows = self.typical.atypical(x)
         per_query[:, ATYPICAL] = beyond_cells * BEYOND_CELLS + off_rows * OFF_ROWS
+        self.rows_traffic.observe(caller_slot[codes], off_rows[:, None])
+        voters = caller_slot[caller_unflagged]  # tracked, never flagged
+        self.ranges.leave(voters, s.min_null_clients)
+        self.rows_traffic.leave(voters, s.min_null_clients)
         self.since_refresh += n
         if (
             self.last_ts >= self.refreshed + NULL_REFRESH_SECONDS
@@ -1066,6 +1081,7 @@ class QueryPatternDetector(ProfiledDetector):
                 self.region_counts[slot] = 0
                 self.null.forget(slot)
                 self.ranges.forget(slot)
+                self.rows_traffic.forget(slot)
             else:
                 continue  # over-full batch: not tracked
             states[i] = self.clients[name] = ClientState(slot)
@@ -1093,6 +1109,7 @@ class QueryPatternDetector(ProfiledDetector):
         self.region_counts = region_counts
         self.null.reserve(cap)
         self.ranges.reserve(cap)
+        self.rows_traffic.reserve(cap)
 
     def _nearest(
         self,
@@ -1373,7 +1390,10 @@ class QueryPatternDetector(ProfiledDetector):
         out[:, 0] = np.where(enough, ood / np.maximum(kept, 1), np.nan)
         kinds = atypical.astype(np.int64)
         far_out = ((kinds & BEYOND_CELLS) > 0) & out_of_range
-        far = np.count_nonzero((far_out | ((kinds & OFF_ROWS) > 0)) & distinct, axis=1)
+        # Off the rows counts while the traffic as a whole has not moved off them
+        # (`rows_traffic`, its one bit: OFF_ROWS shifted to bit 0).
+        off_rows = self.rows_traffic.counts(kinds >> 1, ts)
+        far = np.count_nonzero((far_out | off_rows) & distinct, axis=1)
         out[:, ATYPICAL_STAT] = np.where(enough, far / np.maximum(kept, 1), np.nan)
         scored = np.count_nonzero((low >= 0) & distinct, axis=1)
         low_count = np.count_nonzero((low == 1) & distinct, axis=1)
@@ -1682,6 +1702,7 @@ class QueryPatternDetector(ProfiledDetector):
                 "reported_for": "linked_group" if group_only else "flagged_look",
                 "unique_input_ratio": round(len(np.unique(records[:, EXACT])) / n, 4),
                 "ranges_left_by_traffic": self._ranges_left(),
+                "rows_left_by_traffic": bool(self.rows_traffic.left.any()),
                 "burstiness": round(burstiness, 4),
                 "queries_per_minute": round(60 * (n - 1) / span, 3) if span > 0 else None,
                 "tracked_clients": len(self.clients),
