@@ -27,16 +27,18 @@ other explains (agent/incidents/causes.py), one per cause at best.
     .venv/bin/python bench/client_attacks.py --seed 141 --dataset segment --preference 1
     .venv/bin/python bench/client_attacks.py --seed 301 --dataset wine --preference 1
     .venv/bin/python bench/client_attacks.py --seed 401 --dataset cancer --preference 1
+    .venv/bin/python bench/client_attacks.py --seed 501 --dataset wine --preference 1 --shifted 3
 
-With `--reference training` the model's answers on 5,000 rows of the pre-shift data
-distribution are stored first as its reference (`bulwark reference set`,
-`...-reference.jsonl`); by default Bulwark learns the reference from the stream's first
-events, warm-up attackers included.
+With `--shifted K` the K busiest features move at the shift, not the busiest alone (a change
+upstream that moves several features at once). With `--reference training` the model's
+answers on 5,000 rows of the pre-shift data distribution are stored first as its reference
+(`bulwark reference set`, `...-reference.jsonl`); by default Bulwark learns the reference
+from the stream's first events, warm-up attackers included.
 
 A seed fixes its stream, whatever ran before it in the process (each attack's draws follow
 from the seed: `client_streams.run_attack`). Each seed leaves
 `bench/out/client_attacks-<dataset>-seed<N>.jsonl` (the events; `-trainref`,
-`-late-attacks`, `-none-attacks`, `-quick` added to the name as the options say),
+`-late-attacks`, `-none-attacks`, `-shift<K>`, `-quick` added to the name as the options say),
 `...-keys.json` (who is who: benign keys, the heavy user, the shift time, each attack's keys,
 start and queries sent) and `...db` (the incidents). Targets (issue 14): at most 1 benign key
 flagged per 1,000 client-days; evasion and synthetic extraction flagged within 100 of their
@@ -143,11 +145,12 @@ def run(
     who: str = "all",
     preference: float = 0.0,
     box: str = "global",
+    shifted: int = 1,
 ) -> dict:
     rng = np.random.default_rng(seed)
     np.random.seed(seed)  # ART samples with numpy's global generator
     started = time.perf_counter()
-    dataset = load_dataset(dataset_name, seed)
+    dataset = load_dataset(dataset_name, seed).shifted(shifted)
     served = LoggedModel(train_model(dataset, seed), dataset, box)
     benign = benign_traffic(served, rng, clients, days, preference=preference)
     plan = attacks(days, quick)
@@ -170,6 +173,8 @@ def run(
         stem = stem.with_name(f"{stem.name}-pref{preference:g}")
     if box != "global":
         stem = stem.with_name(f"{stem.name}-{box}-box")
+    if shifted != 1:
+        stem = stem.with_name(f"{stem.name}-shift{shifted}")
     if quick:
         stem = stem.with_name(stem.name + "-quick")
     stream = stem.with_name(stem.name + ".jsonl")  # not with_suffix: "pref0.3" has a dot
@@ -195,7 +200,7 @@ def run(
         "benign_keys": benign.keys,
         "heavy_key": benign.heavy,
         "client_days": benign.client_days,
-        "shift_feature": dataset.names[dataset.shift_feature],
+        "shift_features": [dataset.names[j] for j in dataset.shift_features],
         "shift_ts": benign.shift_ts,
         "end_ts": benign.end_ts,
         "attacks": [{**asdict(a), "sent": {k: sent.get(k, 0) for k in a.keys}} for a in plan],
@@ -206,7 +211,7 @@ def run(
         "dataset": dataset_name,
         "reference": reference,
         "preference": preference,
-        "shift_feature": dataset.names[dataset.shift_feature],
+        "shift_features": [dataset.names[j] for j in dataset.shift_features],
         "stream": stream,
         "events": events,
         "built": built,
@@ -290,15 +295,17 @@ def report(result: dict) -> dict:
         "  other incidents (opened before / after the shift): "
         + (", ".join(f"{k} {before[k]}/{after[k]}" for k in sorted(before | after)) or "none")
     )
-    shifted = result["shift_feature"]
-    seen = [(kind, first, last) for kind, subject, first, last in other if subject == shifted]
-    print(
-        f"  shifted feature {shifted}: "
-        + (
-            ", ".join(f"{kind} evidence from {when(f)} to {when(last)}" for kind, f, last in seen)
-            or "no incident"
+    for shifted in result["shift_features"]:
+        seen = [(kind, first, last) for kind, subject, first, last in other if subject == shifted]
+        print(
+            f"  shifted feature {shifted}: "
+            + (
+                ", ".join(
+                    f"{kind} evidence from {when(f)} to {when(last)}" for kind, f, last in seen
+                )
+                or "no incident"
+            )
         )
-    )
     pages = Counter(kind for kind, _ in result["roots"])
     print(
         "  pages (incidents no other explains): "
@@ -392,6 +399,13 @@ def main() -> None:
         "about 12 GB",
     )
     parser.add_argument("--days", type=float, default=None, help="run length (10; quick 2)")
+    parser.add_argument(
+        "--shifted",
+        type=int,
+        default=1,
+        help="features whose distribution moves for everyone halfway, the busiest first "
+        "(1: the busiest alone; each by one sd of the data, a pixel by 5)",
+    )
     args = parser.parse_args()
     seeds = args.seed or ([1] if args.quick else [1, 2])
     clients = args.clients or (40 if args.quick else 150)
@@ -408,6 +422,7 @@ def main() -> None:
             args.attacks,
             args.preference,
             args.box,
+            args.shifted,
         )
         tallies.append(report(result))
     summary(tallies)

@@ -30,7 +30,7 @@ import random
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,9 @@ class Dataset:
     high: np.ndarray
     integer: bool  # values on an integer lattice (pixels)
     image_shape: tuple[int, ...]  # how SimBA sees one row (channels first)
-    shift_feature: int  # the feature whose distribution changes for everyone midway
+    # The features whose distribution changes for everyone midway (`shifted`: by default the
+    # busiest pixel or feature alone).
+    shift_features: tuple[int, ...]
 
     @property
     def classes(self) -> int:
@@ -75,7 +77,7 @@ class Dataset:
         weights: np.ndarray | None = None,
     ) -> np.ndarray:
         """n real-looking rows: pool rows (uniformly, or by `weights`, one per pool row) with
-        a little noise; `shifted` rows (a bool or one per row) have the shift feature moved,
+        a little noise; `shifted` rows (a bool or one per row) have the shift features moved,
         as after a change upstream."""
         if weights is None:
             rows = self.pool[rng.integers(len(self.pool), size=n)].astype(float)
@@ -89,12 +91,18 @@ class Dataset:
             rows += rng.normal(0, 0.05, rows.shape) * self.pool.std(axis=0)
             rows = _significant(rows, 4)
         moved = np.broadcast_to(np.asarray(shifted, dtype=bool), (n,))
-        j = self.shift_feature
-        if self.integer:
-            rows[moved, j] = np.clip(rows[moved, j] + 5, self.low[j], self.high[j])
-        else:
-            rows[moved, j] = _significant(rows[moved, j] + self.pool[:, j].std(), 4)
+        for j in self.shift_features:
+            if self.integer:
+                rows[moved, j] = np.clip(rows[moved, j] + 5, self.low[j], self.high[j])
+            else:
+                rows[moved, j] = _significant(rows[moved, j] + self.pool[:, j].std(), 4)
         return rows
+
+    def shifted(self, features: int) -> Dataset:
+        """The same data with its `features` busiest features shifted midway (the busiest
+        first, as the default one)."""
+        busiest = np.argsort(-self.pool.std(axis=0), kind="stable")[:features]
+        return replace(self, shift_features=tuple(int(j) for j in busiest))
 
 
 def _significant(x: np.ndarray, digits: int) -> np.ndarray:
@@ -166,7 +174,7 @@ def load_dataset(name: str, seed: int) -> Dataset:
         high=x.max(axis=0),
         integer=integer,
         image_shape=image_shape,
-        shift_feature=int(np.argmax(pool.std(axis=0))),  # the busiest pixel or feature
+        shift_features=(int(np.argmax(pool.std(axis=0))),),  # the busiest pixel or feature
     )
 
 
