@@ -101,8 +101,12 @@ class Dataset:
     def shifted(self, features: int) -> Dataset:
         """The same data with its `features` busiest features shifted midway (the busiest
         first, as the default one)."""
-        busiest = np.argsort(-self.pool.std(axis=0), kind="stable")[:features]
-        return replace(self, shift_features=tuple(int(j) for j in busiest))
+        return replace(self, shift_features=busiest(self.pool, features))
+
+
+def busiest(pool: np.ndarray, count: int) -> tuple[int, ...]:
+    """The `count` features (pixels) of widest spread in `pool`, the widest first."""
+    return tuple(int(j) for j in np.argsort(-pool.std(axis=0), kind="stable")[:count])
 
 
 def _significant(x: np.ndarray, digits: int) -> np.ndarray:
@@ -174,7 +178,7 @@ def load_dataset(name: str, seed: int) -> Dataset:
         high=x.max(axis=0),
         integer=integer,
         image_shape=image_shape,
-        shift_features=(int(np.argmax(pool.std(axis=0))),),  # the busiest pixel or feature
+        shift_features=busiest(pool, 1),  # the busiest pixel or feature
     )
 
 

@@ -832,7 +832,7 @@ class QueryPatternDetector(ProfiledDetector):
         off_rows = self.typical.atypical(x)
         per_query[:, ATYPICAL] = beyond_cells * BEYOND_CELLS + off_rows * OFF_ROWS
         self.rows_traffic.observe(caller_slot[codes], off_rows[:, None])
-        voters = caller_slot[caller_unflagged]  # tracked, never flagged
+        voters = caller_slot[caller_unflagged]  # tracked, never flagged: each caller once
         self.ranges.leave(voters, s.min_null_clients)
         self.rows_traffic.leave(voters, s.min_null_clients)
         self.since_refresh += n

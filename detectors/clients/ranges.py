@@ -134,12 +134,13 @@ class TrafficRanges:
 
     def leave(self, voters: np.ndarray, min_clients: int) -> None:
         """Between refreshes, at every batch: the features the typical client among
-        `voters` (this batch's unflagged callers) has now left, so a sudden shift stops
-        counting before its own batch is judged rather than at the next refresh (an hour
-        of every client's flags on it against the null of before: a shift of two features
-        by 8 IQRs flagged a benign client on 2 of 5 streams of `tests/test_query_patterns.py`
-        within two batches). Only leaving: a feature is kept again at a refresh."""
-        typical = self._typical(np.unique(voters), min_clients)
+        `voters` (this batch's unflagged callers, each slot once) has now left, so a sudden
+        shift stops counting before its own batch is judged rather than at the next refresh
+        (an hour of every client's flags on it against the null of before: a shift of two
+        features by 8 IQRs flagged a benign client on 2 of 5 streams of
+        `tests/test_query_patterns.py` within two batches). Only leaving: a feature is kept
+        again at a refresh."""
+        typical = self._typical(voters, min_clients)
         if typical is not None:
             self.left |= typical > self.level
 
