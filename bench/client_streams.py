@@ -198,14 +198,20 @@ def preferences(
     from the pool's by a KL of 0.05-0.07, as far from it as benign keys' own mixes.)"""
     if alpha <= 0:
         return [None] * keys
-    from sklearn.cluster import KMeans
-
-    scaled = (dataset.pool - dataset.pool.mean(axis=0)) / (dataset.pool.std(axis=0) + 1e-9)
+    labels = clusters(dataset)
     k = dataset.classes
-    labels = KMeans(k, n_init=4, random_state=0).fit_predict(scaled)
     size = np.bincount(labels, minlength=k).astype(float)
     mixes = rng.dirichlet(alpha * k * size / size.sum(), size=keys)
     return [mix[labels] / size[labels] for mix in mixes]
+
+
+def clusters(dataset: Dataset) -> np.ndarray:
+    """Each pool row's segment: k-means clusters of the standardized pool, as many as
+    classes (what `preferences` mixes; `bench/extraction_bound.py` tests mixes of them)."""
+    from sklearn.cluster import KMeans
+
+    scaled = (dataset.pool - dataset.pool.mean(axis=0)) / (dataset.pool.std(axis=0) + 1e-9)
+    return KMeans(dataset.classes, n_init=4, random_state=0).fit_predict(scaled)
 
 
 def train_model(dataset: Dataset, seed: int) -> object:
