@@ -18,6 +18,7 @@ from detectors.clients.detector import STRADDLE_RATE
 from detectors.clients.null import (
     FLOORS,
     REGION,
+    REGION_REACH,
     STATISTICS,
     PopulationNull,
     bucket_of,
@@ -167,6 +168,38 @@ def test_a_sampler_ahead_of_samplers_is_not_flagged() -> None:
     at = np.full(judged.shape, bucket_of(np.array([1600]), edges)[0])
     p = null.p_values(judged, at)[:, CLASS]
     assert np.mean(p <= 1e-3) <= 1e-3
+
+
+def test_a_key_ahead_of_every_population_meets_a_tail_raised_by_what_history_adds() -> None:
+    """Nobody has a heavy user's 200 queries early on day 0: its region_coverage is judged
+    against the nearest smaller bucket's keys, whose voices come from down to 4x fewer
+    queries than that bucket's. A value can rise with history by at most log(n' / n) (its
+    noise floor falls as 1 / queries), so the borrowed tail's start is raised by log(the
+    look's bucket / the least history among those voices); heavy keys of the same
+    population stay calibrated, and a sampler of the population's mix is not flagged that
+    early (its peers' history, not its own, is what is known)."""
+    rng = np.random.default_rng(0)
+    edges = history_edges(20, 256)
+    coverage = RegionCoverage(DAY)
+    mix = rng.dirichlet(np.full(10, 5.0))
+    coverage.observe(rng.choice(10, size=100_000, p=mix), 0.0)
+    histories = rng.integers(25, 80, 14)
+    null = _region_null(
+        edges, histories, [_population(rng, coverage, mix, int(n)) for n in histories]
+    )
+    at = int(bucket_of(np.array([200]), edges)[0])
+    assert null.baseline(at, CLASS)["source"] == "smaller history"
+    borrowed = int(null.from_bucket[at, CLASS])
+    least = edges[max(borrowed - REGION_REACH, 0)]
+    assert null.u[at, CLASS] == pytest.approx(null.u[borrowed, CLASS] + np.log(edges[at] / least))
+    assert null.b[at, CLASS] == null.b[borrowed, CLASS]
+    heavy = np.full((4000, len(STATISTICS)), np.nan)
+    heavy[:, CLASS] = [_population(rng, coverage, mix, 200) for _ in range(4000)]
+    p_heavy = null.p_values(heavy, np.full(heavy.shape, at))[:, CLASS]
+    assert np.mean(p_heavy <= 0.01) <= 0.01 and np.mean(p_heavy <= 1e-3) <= 1e-3
+    sampler = np.full((200, len(STATISTICS)), np.nan)
+    sampler[:, CLASS] = [_sampler(rng, coverage, mix, 200) for _ in range(200)]
+    assert np.median(null.p_values(sampler, np.full(sampler.shape, at))[:, CLASS]) > 2.8e-4
 
 
 def test_the_tail_is_not_widened_by_two_extreme_voices() -> None:
