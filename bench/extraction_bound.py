@@ -29,8 +29,9 @@ against that rate (1: as promised; above 1, the fitted tail is lighter than the 
 A detector can do no better than this, so where the power is low, no calibration of
 `region_coverage` reaches the issue's target (natural extraction flagged within 2,000 of its
 queries) at the false-alarm budget. `--false-alarm` defaults to what `region_coverage` spends
-at a client's first cumulative look of a day (alpha 1e-3 x 0.5 x 0.7 x 0.8 =
-`detectors/clients/spending.py`), the largest share any of its looks has.
+at a client's first cumulative look of a day, the largest share any of its looks has: alpha
+1e-3 x the cumulative test's half x the first look's 0.7 x `region_coverage`'s weight 0.8 =
+2.8e-4 (`detectors/clients/spending.py`).
 
     .venv/bin/python bench/extraction_bound.py                      # five datasets
     .venv/bin/python bench/extraction_bound.py --dataset segment --seed 141 142
