@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -59,6 +60,25 @@ DATASETS = ("digits", "synthetic", "segment", "wine", "cancer")
 FIRST_LOOK = 1e-3 * CUMULATIVE_SHARE * FIRST_CUMULATIVE * CUMULATIVE_WEIGHTS["region_coverage"]
 
 
+@dataclass(frozen=True)
+class Trial:
+    """One setting of the comparison: benign mixes Dirichlet(`concentration` x k x each
+    segment's share), everyone judged at `queries` queries at `false_alarm` per look; the
+    centre from `keys` keys, re-drawn for each of `populations` populations."""
+
+    concentration: float
+    queries: int
+    keys: int
+    false_alarm: float
+    benign_draws: int
+    extractors: int
+    populations: int
+
+    def prior(self, shares: np.ndarray) -> np.ndarray:
+        """The benign keys' Dirichlet parameters (they average to `shares`)."""
+        return self.concentration * len(shares) * shares
+
+
 def log_dirichlet_multinomial(counts: np.ndarray, a: np.ndarray) -> np.ndarray:
     """log P(counts | Dirichlet-multinomial(a)) less the multinomial coefficient (which the
     ratio against a multinomial cancels)."""
@@ -72,28 +92,19 @@ def ratio(counts: np.ndarray, centre: np.ndarray, a: np.ndarray) -> np.ndarray:
     return (counts * np.log(centre)).sum(axis=-1) - log_dirichlet_multinomial(counts, a)
 
 
-def power(
-    shares: np.ndarray,
-    concentration: float,
-    n: int,
-    keys: int,
-    false_alarm: float,
-    rng: np.random.Generator,
-    benign_draws: int,
-    extractors: int,
-    populations: int,
-) -> tuple[float, float]:
-    """(known centre, centre from `keys` keys): the share of extractors at n queries whose
-    ratio exceeds the benign keys' 1 - `false_alarm` quantile at n queries."""
-    a = concentration * len(shares) * shares
-    benign = rng.multinomial(n, rng.dirichlet(a, size=benign_draws))
-    extractor = rng.multinomial(n, shares, size=extractors)
-    threshold = np.quantile(ratio(benign, shares, a), 1 - false_alarm)
+def power(shares: np.ndarray, trial: Trial, rng: np.random.Generator) -> tuple[float, float]:
+    """(known centre, centre from the trial's keys): the share of extractors at n queries
+    whose ratio exceeds the benign keys' 1 - false-alarm quantile at n queries."""
+    a = trial.prior(shares)
+    n = trial.queries
+    benign = rng.multinomial(n, rng.dirichlet(a, size=trial.benign_draws))
+    extractor = rng.multinomial(n, shares, size=trial.extractors)
+    threshold = np.quantile(ratio(benign, shares, a), 1 - trial.false_alarm)
     oracle = float(np.mean(ratio(extractor, shares, a) > threshold))
     found = []
-    for _ in range(populations):
-        centre = rng.dirichlet(a, size=keys).mean(axis=0)
-        threshold = np.quantile(ratio(benign, centre, a), 1 - false_alarm)
+    for _ in range(trial.populations):
+        centre = rng.dirichlet(a, size=trial.keys).mean(axis=0)
+        threshold = np.quantile(ratio(benign, centre, a), 1 - trial.false_alarm)
         found.append(np.mean(ratio(extractor, centre, a) > threshold))
     return oracle, float(np.mean(found))
 
@@ -109,36 +120,28 @@ def divergence_statistic(counts: np.ndarray, centre: np.ndarray) -> np.ndarray:
     return -np.log(np.maximum(chi2 - (k - 1) / (2 * n), 0.0) + 0.5 * noise)
 
 
-def fitted_tail(
-    shares: np.ndarray,
-    concentration: float,
-    n: int,
-    keys: int,
-    false_alarm: float,
-    rng: np.random.Generator,
-    benign_draws: int,
-    extractors: int,
-    populations: int,
-) -> tuple[float, float]:
-    """(extractors found, fresh benign keys at p <= `false_alarm` / `false_alarm`) when each
-    population's `keys` keys fit the null's exponential tail (`tail_parameters`) to
+def fitted_tail(shares: np.ndarray, trial: Trial, rng: np.random.Generator) -> tuple[float, float]:
+    """(extractors found, fresh benign keys at p <= the false-alarm rate / that rate) when
+    each population's keys fit the null's exponential tail (`tail_parameters`) to
     `divergence_statistic` about their own mean mix."""
     from detectors.clients.null import BY_VARIANCE, FLOORS, REGION, tail_p, tail_parameters
 
-    a = concentration * len(shares) * shares
+    a = trial.prior(shares)
+    n, alarm = trial.queries, trial.false_alarm
     found, benign = [], []
-    for _ in range(populations):
-        mixes = rng.dirichlet(a, size=keys)
+    for _ in range(trial.populations):
+        mixes = rng.dirichlet(a, size=trial.keys)
         centre = mixes.mean(axis=0)
-        voices = np.full((keys, len(FLOORS)), np.nan)
+        voices = np.full((trial.keys, len(FLOORS)), np.nan)
         voices[:, REGION] = divergence_statistic(rng.multinomial(n, mixes), centre)
         u, b = tail_parameters(voices, FLOORS, BY_VARIANCE)
-        extractor = divergence_statistic(rng.multinomial(n, shares, size=extractors), centre)
-        fresh = rng.multinomial(n, rng.dirichlet(a, size=benign_draws // populations))
-        found.append(np.mean(tail_p(extractor, u[REGION], b[REGION]) <= false_alarm))
+        extractor = divergence_statistic(rng.multinomial(n, shares, size=trial.extractors), centre)
+        fresh_keys = trial.benign_draws // trial.populations
+        fresh = rng.multinomial(n, rng.dirichlet(a, size=fresh_keys))
+        found.append(np.mean(tail_p(extractor, u[REGION], b[REGION]) <= alarm))
         p = tail_p(divergence_statistic(fresh, centre), u[REGION], b[REGION])
-        benign.append(np.mean(p <= false_alarm))
-    return float(np.mean(found)), float(np.mean(benign)) / false_alarm
+        benign.append(np.mean(p <= alarm))
+    return float(np.mean(found)), float(np.mean(benign)) / alarm
 
 
 def main() -> None:
@@ -173,33 +176,22 @@ def main() -> None:
             labels = clusters(load_dataset(name, seed))
             shares = np.bincount(labels) / len(labels)
             for n in args.queries:
-                oracle, estimated = power(
-                    shares,
+                trial = Trial(
                     args.preference,
                     n,
                     args.keys,
                     args.false_alarm,
-                    rng,
                     args.benign_draws,
                     2000,
                     args.populations,
                 )
+                oracle, estimated = power(shares, trial, rng)
                 line = (
                     f"{name:9s} {seed:5d} {len(shares):3d} {shares.min():11.3f} {n:7d}  "
                     f"{oracle:12.2f}  {estimated:16.2f}"
                 )
                 if args.fitted_tail:
-                    found, benign = fitted_tail(
-                        shares,
-                        args.preference,
-                        n,
-                        args.keys,
-                        args.false_alarm,
-                        rng,
-                        args.benign_draws,
-                        2000,
-                        args.populations,
-                    )
+                    found, benign = fitted_tail(shares, trial, rng)
                     line += f"  {found:11.2f}  {benign:13.2f}"
                 print(line)
 

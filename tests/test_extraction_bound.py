@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import dirichlet_multinomial, multinomial
 
-from bench.extraction_bound import power, ratio
+from bench.extraction_bound import Trial, power, ratio
 
 
 def test_the_ratio_is_the_log_likelihood_ratio_of_a_pool_sampler_against_a_benign_key() -> None:
@@ -20,10 +20,13 @@ def test_the_ratio_is_the_log_likelihood_ratio_of_a_pool_sampler_against_a_benig
 def test_power_spans_chance_to_certainty_with_how_far_keys_stray_from_the_pool() -> None:
     shares = np.array([0.4, 0.3, 0.2, 0.1])
     rng = np.random.default_rng(0)
-    common = dict(n=1000, keys=150, false_alarm=0.01, benign_draws=50_000, extractors=2000)
+
+    def trial(concentration: float) -> Trial:
+        return Trial(concentration, 1000, 150, 0.01, 50_000, 2000, 5)
+
     # Keys whose mixes barely differ from the pool's are samplers too: no test beats chance.
-    alike = power(shares, 1e5, rng=rng, populations=5, **common)
+    alike = power(shares, trial(1e5), rng)
     # Keys each mostly in a segment of their own: a sampler of the whole pool stands out.
-    apart = power(shares, 0.2, rng=rng, populations=5, **common)
+    apart = power(shares, trial(0.2), rng)
     assert alike[0] < 0.05 and alike[1] < 0.05
     assert apart[0] > 0.95 and apart[1] > 0.95
