@@ -84,6 +84,17 @@ def test_a_client_behind_its_peers_gets_their_region_voices_widened() -> None:
     assert np.isnan(voices[:3]).all() and voices[3:].tolist() == [1.0] * 3
 
 
+def _traffic(
+    rng: np.random.Generator, slots: int = 10, concentration: float = 5.0
+) -> tuple[RegionCoverage, np.ndarray]:
+    """A traffic of 100,000 queries over `slots` class slots in a random mix (Dirichlet with
+    `concentration` per slot), observed; and that mix."""
+    coverage = RegionCoverage(DAY)
+    mix = rng.dirichlet(np.full(slots, concentration))
+    coverage.observe(rng.choice(slots, size=100_000, p=mix), 0.0)
+    return coverage, mix
+
+
 def _population(
     rng: np.random.Generator, coverage: RegionCoverage, mix: np.ndarray, n: int
 ) -> float:
@@ -121,9 +132,7 @@ def test_a_sampler_ahead_of_its_peers_is_judged_against_less_history() -> None:
     null is the keys' values widened to their noise."""
     rng = np.random.default_rng(3)
     edges = history_edges(25, 256)
-    coverage = RegionCoverage(DAY)
-    mix = rng.dirichlet(np.full(10, 5.0))
-    coverage.observe(rng.choice(10, size=100_000, p=mix), 0.0)
+    coverage, mix = _traffic(rng)
     clients = 150
     histories = rng.integers(600, 1000, clients)
     values = [_population(rng, coverage, mix, int(n)) for n in histories]
@@ -158,9 +167,7 @@ def test_a_sampler_ahead_of_samplers_is_not_flagged() -> None:
     p <= 1e-3: docs/query-patterns.md, "Runs of stop 34".)"""
     rng = np.random.default_rng(5)
     edges = history_edges(25, 256)
-    coverage = RegionCoverage(DAY)
-    mix = rng.dirichlet(np.full(10, 5.0))
-    coverage.observe(rng.choice(10, size=100_000, p=mix), 0.0)
+    coverage, mix = _traffic(rng)
     histories = rng.integers(300, 1000, 150)
     null = _region_null(edges, histories, [_sampler(rng, coverage, mix, int(n)) for n in histories])
     judged = np.full((2000, len(STATISTICS)), np.nan)
@@ -180,9 +187,7 @@ def test_a_key_ahead_of_every_population_meets_a_tail_raised_by_what_history_add
     early (its peers' history, not its own, is what is known)."""
     rng = np.random.default_rng(0)
     edges = history_edges(20, 256)
-    coverage = RegionCoverage(DAY)
-    mix = rng.dirichlet(np.full(10, 5.0))
-    coverage.observe(rng.choice(10, size=100_000, p=mix), 0.0)
+    coverage, mix = _traffic(rng)
     histories = rng.integers(25, 80, 14)
     null = _region_null(
         edges, histories, [_population(rng, coverage, mix, int(n)) for n in histories]
@@ -472,9 +477,7 @@ def test_a_small_pools_region_tail_pays_for_its_own_noise() -> None:
     flagged = {True: 0, False: 0}
     judged = 0
     for _ in range(100):
-        coverage = RegionCoverage(DAY)
-        mix = rng.dirichlet(np.full(slots, 3.0))
-        coverage.observe(rng.choice(slots, size=100_000, p=mix), 0.0)
+        coverage, mix = _traffic(rng, slots, 3.0)
         own = rng.dirichlet(mix * slots, size=voices + 2000)
         counts = np.zeros((len(own), REGIONS))
         counts[:, :slots] = rng.multinomial(queries, own)
